@@ -1,0 +1,48 @@
+"""Grid axes, structures and metric names: defined once, imported everywhere.
+
+The values here are the ones users see in exports, tables and MLflow (DESIGN.md,
+"Values"): model in {CLIPSeg, CRIS}, strategy in {real, synthetic, synth-PT:real-FT},
+encoder in {frozen, unfrozen}, prompt in {P0..P7}.
+"""
+
+from __future__ import annotations
+
+# --- grid axes -------------------------------------------------------------------------
+MODELS: tuple[str, ...] = ("CLIPSeg", "CRIS")
+STRATEGY_REAL = "real"
+STRATEGY_SYNTHETIC = "synthetic"
+STRATEGY_FINETUNE = "synth-PT:real-FT"
+STRATEGIES: tuple[str, ...] = (STRATEGY_REAL, STRATEGY_SYNTHETIC, STRATEGY_FINETUNE)
+ENCODERS: tuple[str, ...] = ("frozen", "unfrozen")
+PROMPTS: tuple[str, ...] = tuple(f"P{i}" for i in range(8))
+# Synthetic (SDM) data has no image-quality attribute, hence no P7 (DESIGN.md).
+SYNTHETIC_PROMPTS: tuple[str, ...] = PROMPTS[:7]
+
+# Registry names of the models (lower case, used in configs and `build_model`).
+MODEL_KEYS: dict[str, str] = {"CLIPSeg": "clipseg", "CRIS": "cris"}
+
+# --- structures (CAMUS label values) ---------------------------------------------------
+STRUCTURES: dict[int, str] = {1: "LV", 2: "MYO", 3: "LA"}
+STRUCTURE_NAMES: dict[int, str] = {
+    1: "Left ventricular cavity",
+    2: "Myocardium",
+    3: "Left atrium cavity",
+}
+
+# --- image geometry --------------------------------------------------------------------
+EVAL_SIZE = 512  # predictions and ground truth are compared at 512 x 512 (nearest)
+
+# --- metric names (keys of tune.report, MLflow metrics and Parquet columns) -----------
+TRAIN_LOSS = "train_loss"
+VAL_LOSS = "val_loss"
+VAL_DICE = "val_dice"
+BEST_VAL_DICE = "best_val_dice"
+LR = "lr"
+IMAGES_PER_S = "images_per_s"
+EPOCH = "epoch"
+SECONDS = "seconds"
+TEST_DICE_MEAN = "test_dice_mean"
+TEST_DICE_STD = "test_dice_std"
+DICE = "dice"
+IOU = "iou"
+HAUSDORFF = "hausdorff"

@@ -1,0 +1,70 @@
+"""What every reader returns: one record per 2-D echocardiogram (view x phase).
+
+Records say where the pixels are and what is known about the patient; they never hold
+pixels. `vlsm.data.io.read_image` / `read_label_map` turn a record into arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VIEWS: tuple[str, ...] = ("2CH", "4CH")
+PHASES: tuple[str, ...] = ("ED", "ES")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SEXES: tuple[str, ...] = ("M", "F")
+QUALITIES: tuple[str, ...] = ("Good", "Medium", "Poor")
+
+# Prompts of one (image, structure) in the authors' JSON shape:
+# {"p0": "", "p1": ("... of the heart.", "... in the cardiac ultrasound."), ...}
+PromptSet = Mapping[str, "str | tuple[str, str]"]
+
+
+@dataclass(frozen=True)
+class PatientInfo:
+    """Metadata of one patient and view, as CAMUS's Info_<view>.cfg gives it.
+
+    Image quality (and the ED/ES frame numbers) belong to a view, so CAMUS has one
+    PatientInfo per patient and view. Unknown fields stay None.
+    """
+
+    sex: str | None = None  # "M" | "F"
+    age: int | None = None  # years
+    image_quality: str | None = None  # "Good" | "Medium" | "Poor"
+    ef: float | None = None  # ejection fraction, % (cfg key EF, or LVef in 2019)
+    ed_frame: int | None = None
+    es_frame: int | None = None
+    n_frames: int | None = None
+
+
+@dataclass(frozen=True)
+class EchoImage:
+    """One 2-D echocardiogram (one view at one phase) and where its pixels live.
+
+    mask_paths holds one label-map file (CAMUS 0-3, or an SDM file in either label
+    coding) or three binary masks for structures 1, 2, 3 (the authors' layout); it is
+    empty when no ground truth is published (the 2019 release's test patients).
+    """
+
+    source: str  # reader: "camus2019" | "camus2023" | "sdm" | "synthetic-boost" | ...
+    patient: str  # "patient0001"
+    view: str  # "2CH" | "4CH"
+    phase: str  # "ED" | "ES"
+    split: str  # "train" | "val" | "test"
+    image_path: Path
+    mask_paths: tuple[Path, ...] = ()
+    info: PatientInfo = field(default_factory=PatientInfo)
+    variant: int | None = None  # SDM: which of the synthetic images of one real image
+    # The authors' layout carries its own prompts per structure (1, 2, 3).
+    prompts: Mapping[int, PromptSet] | None = None
+
+    @property
+    def name(self) -> str:
+        """Unique, file-name-safe id within a source: patient0001_2CH_ED[_v3]."""
+        base = f"{self.patient}_{self.view}_{self.phase}"
+        return base if self.variant is None else f"{base}_v{self.variant}"
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "sdm" or self.variant is not None
