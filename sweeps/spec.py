@@ -1,0 +1,254 @@
+"""The sweep definition: YAML files under search_spaces/ plus command-line overrides.
+
+A sweep is data: `search_spaces/paper.yaml` (optionally overlaid by `demo.yaml` or a
+user's `--config FILE`) and `--set key=value` overrides become one typed `SweepSpec`.
+Unknown keys and wrong types fail with the file (or option) and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlsm.axes import ENCODERS, MODELS, PROMPTS, STRATEGIES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SEARCH_SPACES = REPO_ROOT / "search_spaces"
+PAPER_YAML = SEARCH_SPACES / "paper.yaml"
+DEMO_YAML = SEARCH_SPACES / "demo.yaml"
+
+
+class SpecError(ValueError):
+    """A sweep definition the user wrote (YAML or --set) is not what we expect."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    camus_root: str | None = None  # raw CAMUS folder, 2019 or 2023 release
+    sdm_root: str | None = None  # SDM CAMUS folder
+    split_scheme: str = "paper"  # "paper" or "official" (2023 split files)
+    cache_dir: str | None = None  # default: <output>/cache
+    demo: bool = False  # generate phantom data instead of reading a dataset
+    demo_patients: int = 12
+    demo_test_patients: int = 4
+    demo_val_patients: int = 2
+    demo_image_size: tuple[int, int] = (128, 112)
+    demo_sdm_per_image: int = 1
+    demo_seed: int = 0
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    models: tuple[str, ...] = MODELS
+    prompts: tuple[str, ...] = PROMPTS
+    strategies: tuple[str, ...] = STRATEGIES
+    encoders: tuple[str, ...] = ENCODERS
+    finetune_upstream: dict[str, str] = field(default_factory=dict)  # finetune prompt -> synthetic prompt
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    pretrained: str | None = None  # hub id or local folder / file
+    checkpoint: str | None = None  # official CRIS checkpoint
+    config: Any = None  # None, "tiny", or a dict of model config fields
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for this model
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)  # encoder -> {cpu, gpu}
+    images_per_s: dict[str, float] = field(default_factory=dict)  # encoder -> training throughput per GPU
+
+
+@dataclass(frozen=True)
+class LRSearchSpec:
+    trials: int = 0  # Optuna trials per (model, encoder); 0 = no search
+    space: str = "search_spaces/lr_search.yaml"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    max_concurrent: int = 0  # 0 = as many as resources allow
+    max_failures: int = 1  # retries of a failing trial before it counts as failed
+    reuse_actors: bool = True  # 0.3 s instead of 4.6 s per trial slot (DESIGN.md)
+    expected_epochs: int = 60  # for --dry-run estimates: early stopping usually ends runs long before max_epochs
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str = "paper-grid"
+    data: DataSpec = field(default_factory=DataSpec)
+    grid: GridSpec = field(default_factory=GridSpec)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every trial
+    lr_search: LRSearchSpec = field(default_factory=LRSearchSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise SpecError(f"{path}: sweep definition not found") from err
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Overlay wins; nested mappings merge key by key; lists and scalars are replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set a.b.c=value` overrides; values are parsed as YAML scalars/lists."""
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected key=value, e.g. --set train.max_epochs=5")
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(text)
+    return result
+
+
+def _parse_value(text: str) -> Any:
+    """A YAML scalar or list; numbers like 1e-4 (a string to YAML 1.1) become floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise SpecError naming `where`."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _convert(value, non_none[0], where)
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{where}: expected a list, got {value!r}")
+        item_hint = args[0] if args else Any
+        return tuple(_convert(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpecError(f"{where}: expected a mapping, got {value!r}")
+        value_hint = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(v, value_hint, f"{where}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{where}: expected a number, got {value!r}")
+        if hint is int and float(value) != int(value):
+            raise SpecError(f"{where}: expected a whole number, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise SpecError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_dataclass(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys fail with their dotted name."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    kwargs = {key: _convert(value, hints[key], f"{where}.{key}" if where else key) for key, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _check_values(spec: SweepSpec, where: str) -> None:
+    allowed = {"models": MODELS, "prompts": PROMPTS, "strategies": STRATEGIES, "encoders": ENCODERS}
+    for axis, values in allowed.items():
+        for value in getattr(spec.grid, axis):
+            if value not in values:
+                raise SpecError(f"{where}: grid.{axis} has {value!r}; expected one of {list(values)}")
+    for model in spec.grid.models:
+        if model not in spec.models:
+            raise SpecError(f"{where}: models.{model} is missing (grid.models lists it)")
+    for name in spec.models:
+        if name not in MODELS:
+            raise SpecError(f"{where}: models.{name}: unknown model; expected one of {list(MODELS)}")
+    for source, target in spec.grid.finetune_upstream.items():
+        if source not in PROMPTS or target not in PROMPTS:
+            raise SpecError(f"{where}: grid.finetune_upstream.{source}={target}: expected prompts P0-P7")
+    if spec.data.split_scheme not in ("paper", "official"):
+        raise SpecError(f"{where}: data.split_scheme={spec.data.split_scheme!r}; expected 'paper' or 'official'")
+    for name, model in spec.models.items():
+        for encoder, resources in model.resources.items():
+            if encoder not in ENCODERS:
+                raise SpecError(f"{where}: models.{name}.resources.{encoder}: expected frozen or unfrozen")
+            unknown = set(resources) - {"cpu", "gpu"}
+            if unknown:
+                raise SpecError(f"{where}: models.{name}.resources.{encoder}: unknown {sorted(unknown)}; expected cpu, gpu")
+
+
+def load_spec(
+    *, config: Path | None = None, demo: bool = False, overrides: list[str] | None = None
+) -> SweepSpec:
+    """paper.yaml, then demo.yaml (when `demo`), then `config`, then `--set` overrides."""
+    raw = load_yaml(PAPER_YAML)
+    sources = [str(PAPER_YAML)]
+    if demo:
+        raw = deep_merge(raw, load_yaml(DEMO_YAML))
+        sources.append(str(DEMO_YAML))
+    if config is not None:
+        raw = deep_merge(raw, load_yaml(Path(config)))
+        sources.append(str(config))
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        sources.append("--set")
+    where = " + ".join(sources)
+    try:
+        spec = build_dataclass(SweepSpec, raw, "")
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
+    _check_values(spec, where)
+    return spec
+
+
+def has_dataset(spec: SweepSpec) -> bool:
+    return bool(spec.data.camus_root or spec.data.sdm_root)

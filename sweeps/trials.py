@@ -1,0 +1,80 @@
+"""Turn grid cells into Ray Tune trial configs (TrainConfig dicts) and resources.
+
+Everything a trial needs is in its config: model, prompt, encoder mode, the cache
+folders of its data (passed by path, so Ray ships no arrays), the training settings of
+the sweep and the model, and `tags` naming its grid cell. `init_from` is filled in by
+the chain searcher when the upstream checkpoint exists.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from sweeps.grid import Cell
+from sweeps.spec import SweepSpec
+from vlsm.axes import MODEL_KEYS, STRATEGY_SYNTHETIC
+
+
+def model_config(spec: SweepSpec, model: str) -> dict | None:
+    """The model's config dict: None (pretrained/default), a dict, or "tiny" resolved."""
+    raw = spec.models[model].config
+    if raw == "tiny":
+        from vlsm.models import tiny_config
+
+        return tiny_config(MODEL_KEYS[model])
+    if raw is not None and not isinstance(raw, dict):
+        raise ValueError(f"models.{model}.config: expected null, 'tiny' or a mapping, got {raw!r}")
+    return copy.deepcopy(raw)
+
+
+def trial_config(
+    spec: SweepSpec,
+    cell: Cell,
+    caches: dict[str, dict[str, dict[str, str]]],
+    *,
+    lr: dict[tuple[str, str], float] | None = None,
+) -> dict[str, Any]:
+    """The TrainConfig dict of one cell.
+
+    caches: dataset ("camus" | "sdm") -> model -> split -> cache folder. Synthetic cells
+    train and validate on SDM and are tested on real CAMUS, as in the paper.
+    """
+    model_spec = spec.models[cell.model]
+    train_data = caches[cell.train_data][cell.model]
+    test_data = caches["camus"][cell.model]
+    config: dict[str, Any] = {
+        **copy.deepcopy(spec.train),
+        **copy.deepcopy(model_spec.train),
+        "model": MODEL_KEYS[cell.model],
+        "model_config": model_config(spec, cell.model),
+        "pretrained": model_spec.pretrained,
+        "checkpoint": model_spec.checkpoint,
+        "freeze_encoder": cell.encoder == "frozen",
+        "prompt": cell.prompt,
+        "train_cache": train_data["train"],
+        "val_cache": train_data["val"],
+        "test_cache": test_data["test"],
+        "init_from": None,
+        "tags": {
+            "cell_id": cell.cell_id,
+            "model": cell.model,
+            "strategy": cell.strategy,
+            "encoder": cell.encoder,
+            "prompt": cell.prompt,
+            "upstream_cell_id": cell.upstream,
+        },
+    }
+    if lr and (cell.model, cell.encoder) in lr:
+        config["lr"] = lr[(cell.model, cell.encoder)]
+    if cell.strategy == STRATEGY_SYNTHETIC and cell.prompt == "P7":
+        raise ValueError(f"{cell.cell_id}: synthetic data has no P7 prompt")
+    return config
+
+
+def trial_resources(spec: SweepSpec, model: str, encoder: str, *, use_gpu: bool) -> dict[str, float]:
+    """{"cpu": n, "gpu": share} of one trial; gpu 0 where there is none."""
+    resources = dict(spec.models[model].resources.get(encoder, {"cpu": 1, "gpu": 0}))
+    resources.setdefault("cpu", 1)
+    resources["gpu"] = float(resources.get("gpu", 0)) if use_gpu else 0.0
+    return resources

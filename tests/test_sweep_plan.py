@@ -1,0 +1,103 @@
+"""The sweep definition and its plan: YAML loading, overrides, the 92-trial grid, chains."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from sweeps.grid import Cell, dependents, expand_grid
+from sweeps.plan import dataset_sizes, format_plan
+from sweeps.spec import SpecError, load_spec
+from vlsm.axes import STRATEGY_FINETUNE, STRATEGY_SYNTHETIC
+
+
+def test_paper_grid_has_92_trials_with_the_paper_axes() -> None:
+    cells = expand_grid(load_spec())
+    assert len(cells) == 92
+    counts = Counter(c.strategy for c in cells)
+    assert counts == {"real": 32, "synthetic": 28, STRATEGY_FINETUNE: 32}
+    assert not any(c.strategy == STRATEGY_SYNTHETIC and c.prompt == "P7" for c in cells)
+    assert len({c.cell_id for c in cells}) == 92
+
+
+def test_each_finetune_starts_from_its_synthetic_upstream_and_p7_from_p6() -> None:
+    cells = {c.cell_id: c for c in expand_grid(load_spec())}
+    for cell in cells.values():
+        if cell.strategy != STRATEGY_FINETUNE:
+            assert cell.upstream is None
+            continue
+        upstream = cells[cell.upstream]
+        assert upstream.strategy == STRATEGY_SYNTHETIC
+        assert (upstream.model, upstream.encoder) == (cell.model, cell.encoder)
+        assert upstream.prompt == ("P6" if cell.prompt == "P7" else cell.prompt)
+
+
+def test_longest_chains_come_first() -> None:
+    cells = expand_grid(load_spec())
+    waiting = dependents(cells)
+    first_synthetic = [c for c in cells if c.strategy == STRATEGY_SYNTHETIC][0]
+    assert cells[0] == first_synthetic
+    assert first_synthetic.prompt == "P6"  # P6 feeds both the P6 and the P7 finetunes
+    assert len(waiting[first_synthetic.cell_id]) == 2
+    order = [c.strategy for c in cells]
+    assert order.index(STRATEGY_FINETUNE) > max(i for i, s in enumerate(order) if s == STRATEGY_SYNTHETIC)
+
+
+def test_finetune_subset_pulls_in_its_upstream() -> None:
+    spec = load_spec(overrides=["grid.strategies=['synth-PT:real-FT']", "grid.models=[CRIS]", "grid.prompts=[P7]"])
+    cells = expand_grid(spec)
+    ids = [c.cell_id for c in cells]
+    assert sorted(ids[:2]) == ["cris-synthetic-frozen-p6", "cris-synthetic-unfrozen-p6"]
+    assert sorted(ids[2:]) == ["cris-synth-pt-real-ft-frozen-p7", "cris-synth-pt-real-ft-unfrozen-p7"]
+
+
+def test_overrides_and_demo_overlay() -> None:
+    spec = load_spec(demo=True, overrides=["train.max_epochs=3", "models.CRIS.train.lr=1e-4"])
+    assert spec.data.demo is True
+    assert spec.train["max_epochs"] == 3
+    assert spec.models["CRIS"].train["lr"] == pytest.approx(1e-4)
+    assert spec.models["CLIPSeg"].config == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("grid.bogus=1", "unknown key(s) ['bogus']"),
+        ("grid.prompts=[P9]", "grid.prompts has 'P9'"),
+        ("data.split_scheme=random", "data.split_scheme"),
+        ("run.max_failures=many", "expected a number"),
+        ("oops", "expected key=value"),
+    ],
+)
+def test_bad_definitions_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(SpecError, match=None) as err:
+        load_spec(overrides=[override])
+    assert message in str(err.value)
+
+
+def test_bad_yaml_file_names_the_file(tmp_path) -> None:
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("train:\n  max_epochs: [unclosed\n")
+    with pytest.raises(SpecError, match="mine.yaml"):
+        load_spec(config=bad)
+
+
+def test_dry_run_plan_lists_every_trial_and_an_estimate() -> None:
+    spec = load_spec()
+    cells = expand_grid(spec)
+    text = format_plan(spec, cells, dataset_sizes(spec, None, None), use_gpu=True)
+    lines = text.splitlines()
+    assert len(lines) == 92 + 2
+    assert "92 trials, 32 chained" in lines[-1]
+    assert "GPU-hours" in lines[-1]
+    # CLIPSeg real unfrozen: 4800 pairs x 60 epochs / 2000 images/s = 0.04 GPU-hours
+    row = next(line for line in lines if line.startswith("clipseg-real-unfrozen-p1 "))
+    assert row.split()[-1] == "0.04"
+
+
+def test_cell_ids_are_stable() -> None:
+    cell = Cell("CLIPSeg", STRATEGY_FINETUNE, "frozen", "P3", upstream="x")
+    assert cell.cell_id == "clipseg-synth-pt-real-ft-frozen-p3"
+    assert cell.train_data == "camus"
+    assert Cell("CRIS", STRATEGY_SYNTHETIC, "unfrozen", "P0").train_data == "sdm"

@@ -1,0 +1,185 @@
+"""MLflow tracking for a sweep: one experiment, a parent run, one nested run per trial.
+
+A Ray Tune callback in the driver does all the logging (trials never talk to MLflow),
+so the same code works with a local SQLite store and with a tracking server on a
+cluster head. Runs are found again by tags (`vlsm.sweep_dir`, `vlsm.cell_id`), so a
+resumed sweep continues the same runs instead of making duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from vlsm import axes
+
+logger = logging.getLogger(__name__)
+
+TAG_ROLE = "vlsm.role"  # "sweep" (parent) or "trial"
+TAG_SWEEP_DIR = "vlsm.sweep_dir"
+TAG_CELL = "vlsm.cell_id"
+TAG_TRIAL = "vlsm.trial_id"
+TAG_UPSTREAM_CELL = "vlsm.upstream_cell_id"
+TAG_UPSTREAM_RUN = "vlsm.upstream_run_id"
+TAG_STATUS = "vlsm.status"
+TAG_REASON = "vlsm.reason"
+PARENT_TAG = "mlflow.parentRunId"
+
+# Per-epoch metrics logged with step=epoch; final metrics logged once.
+EPOCH_METRICS = (
+    axes.TRAIN_LOSS, axes.VAL_LOSS, axes.VAL_DICE, axes.BEST_VAL_DICE,
+    axes.LR, axes.IMAGES_PER_S, axes.SECONDS,
+)
+FINAL_METRICS = (axes.TEST_DICE_MEAN, axes.TEST_DICE_STD)
+CELL_PARAMS = ("model", "strategy", "encoder", "prompt")
+
+
+def default_tracking_uri(output: Path) -> str:
+    """A SQLite store at <output>/mlflow.db (artifacts beside it, in <output>/mlartifacts)."""
+    return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+class SweepTracker:
+    """The MLflow side of one sweep: its experiment, its parent run, its trial runs."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, sweep_dir: Path):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.sweep_dir = str(Path(sweep_dir).resolve())
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            artifact_location = None
+            if tracking_uri.startswith("sqlite:///"):
+                artifact_location = (Path(self.sweep_dir) / "mlartifacts").as_uri()
+            self.experiment_id = self.client.create_experiment(
+                experiment_name, artifact_location=artifact_location
+            )
+        else:
+            self.experiment_id = experiment.experiment_id
+        self.parent_run_id = self._find_or_create_parent()
+        self._runs: dict[str, str] = {}  # cell_id -> run_id
+
+    def _search(self, filter_string: str) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10)
+
+    def _find_or_create_parent(self) -> str:
+        found = self._search(f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_DIR}` = '{self.sweep_dir}'")
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=Path(self.sweep_dir).name,
+            tags={TAG_ROLE: "sweep", TAG_SWEEP_DIR: self.sweep_dir},
+        )
+        return run.info.run_id
+
+    def log_sweep_params(self, params: dict[str, Any]) -> None:
+        existing = self.client.get_run(self.parent_run_id).data.params
+        for key, value in _flatten(params).items():
+            if key not in existing:
+                self.client.log_param(self.parent_run_id, key, value)
+
+    def trial_run(self, cell_id: str, config: dict[str, Any] | None = None) -> str:
+        """The run of a cell: found by tag (resume) or created, nested under the parent."""
+        if cell_id in self._runs:
+            return self._runs[cell_id]
+        found = self._search(
+            f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TAG_CELL}` = '{cell_id}'"
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            tags = {PARENT_TAG: self.parent_run_id, TAG_ROLE: "trial", TAG_CELL: cell_id}
+            if config:
+                cell = config.get("tags") or {}
+                tags.update({key: str(cell.get(key)) for key in CELL_PARAMS})
+                if cell.get("upstream_cell_id"):
+                    tags[TAG_UPSTREAM_CELL] = cell["upstream_cell_id"]
+                    tags[TAG_UPSTREAM_RUN] = self.trial_run(cell["upstream_cell_id"])
+            run = self.client.create_run(self.experiment_id, run_name=cell_id, tags=tags)
+            run_id = run.info.run_id
+            if config:
+                for key, value in _flatten(config).items():
+                    self.client.log_param(run_id, key, value)
+        self._runs[cell_id] = run_id
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], names: tuple[str, ...], step: int) -> None:
+        for name in names:
+            value = metrics.get(name)
+            if isinstance(value, (int, float)) and math.isfinite(float(value)):
+                self.client.log_metric(run_id, name, float(value), step=step)
+
+    def finish_trial(self, cell_id: str, status: str, *, reason: str | None = None,
+                     artifacts: list[Path] | None = None) -> None:
+        run_id = self.trial_run(cell_id)
+        self.client.set_tag(run_id, TAG_STATUS, status)
+        if reason:
+            self.client.set_tag(run_id, TAG_REASON, reason[:5000])
+        for path in artifacts or []:
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
+            elif path.is_file():
+                self.client.log_artifact(run_id, str(path))
+        mlflow_status = {"done": "FINISHED", "failed": "FAILED", "not_run": "KILLED"}.get(status, "FINISHED")
+        self.client.set_terminated(run_id, status=mlflow_status)
+
+    def finish_sweep(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+
+class MLflowTrialCallback(Callback):
+    """Ray Tune callback: log each trial's config, epochs, results and checkpoint."""
+
+    def __init__(self, tracker: SweepTracker, *, log_checkpoints: bool = True):
+        self.tracker = tracker
+        self.log_checkpoints = log_checkpoints
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        cell_id = (trial.config.get("tags") or {}).get("cell_id")
+        if cell_id:
+            run_id = self.tracker.trial_run(cell_id, trial.config)
+            self.tracker.client.set_tag(run_id, TAG_TRIAL, trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        cell_id = (trial.config.get("tags") or {}).get("cell_id")
+        if cell_id:
+            run_id = self.tracker.trial_run(cell_id, trial.config)
+            step = int(result.get(axes.EPOCH, result.get("training_iteration", 0)))
+            self.tracker.log_metrics(run_id, result, EPOCH_METRICS, step)
+            self.tracker.log_metrics(run_id, result, FINAL_METRICS, step)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        cell_id = (trial.config.get("tags") or {}).get("cell_id")
+        if not cell_id:
+            return
+        artifacts: list[Path] = []
+        checkpoint = trial.checkpoint
+        if self.log_checkpoints and checkpoint is not None and "://" not in checkpoint.path:
+            local = Path(checkpoint.path)
+            artifacts = [p for p in (local / "best", local / "per_image.parquet") if p.exists()]
+        self.tracker.finish_trial(cell_id, "done", artifacts=artifacts)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        cell_id = (trial.config.get("tags") or {}).get("cell_id")
+        if cell_id:
+            self.tracker.finish_trial(cell_id, "failed", reason="trial failed after all retries")
