@@ -1,0 +1,79 @@
+"""The analysis command line.
+
+    python -m analysis export <output_dir>      (Parquet exports of a sweep, also written at its end)
+    python -m analysis report <output_dir> [--published PATH] [--format html|md] [--out FILE]
+    python -m analysis example-export <dir>
+    python -m analysis notebooks [--out analysis/notebooks]
+
+Heavy libraries (pandas, scipy, matplotlib) are imported only by the subcommand that
+runs, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description="Tables, tests, figures and reports of sweeps.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    export = sub.add_parser("export", help="write <output_dir>/exports/*.parquet from a sweep folder")
+    export.add_argument("output_dir", type=Path, help="the --output folder of sweeps/paper_grid.py")
+    export.add_argument("--storage", default=None, help="Ray storage path if it differs from the one the sweep recorded")
+
+    report = sub.add_parser("report", help="write one self-contained report of a sweep")
+    report.add_argument("output_dir", type=Path, help="the sweep's output folder (holding exports/*.parquet)")
+    report.add_argument("--published", type=Path, default=None,
+                        help="the authors' metrics folder (naamiinepal/synthetic-boost metrics/): show ours beside theirs")
+    report.add_argument("--format", choices=("html", "md"), default="html", help="report format (default html)")
+    report.add_argument("--out", type=Path, default=None, help="report file (default <output_dir>/report.<format>)")
+    report.add_argument("--test", choices=("wilcoxon", "ttest"), default="wilcoxon", help="paired test (default wilcoxon)")
+
+    example = sub.add_parser("example-export", help="write a small made-up export to try the report on")
+    example.add_argument("output_dir", type=Path)
+    example.add_argument("--seed", type=int, default=0)
+
+    notebooks = sub.add_parser("notebooks", help="regenerate the analysis notebooks (outputs stripped)")
+    notebooks.add_argument("--out", type=Path, default=_HERE / "notebooks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("analysis")
+    try:
+        if args.command == "export":
+            from sweeps.export import export_sweep
+
+            log.info("wrote %s", export_sweep(args.output_dir, storage=args.storage))
+        elif args.command == "report":
+            from analysis.report import build_report
+
+            path = build_report(args.output_dir, published=args.published, fmt=args.format, out=args.out, test=args.test)
+            log.info("wrote %s", path)
+        elif args.command == "example-export":
+            from analysis.example import write_example_exports
+
+            log.info("wrote %s", write_example_exports(args.output_dir, seed=args.seed))
+        else:
+            from analysis.notebook_builder import build_notebooks
+
+            for path in build_notebooks(args.out):
+                log.info("wrote %s", path)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Write the analysis notebooks from code, outputs stripped.
+
+    python -m analysis notebooks [--out analysis/notebooks]
+
+The notebooks live in git as generated here (the test checks they match), so they
+never carry stale outputs or hidden state. Both read a sweep's Parquet exports from
+the folder in the environment variable VLSM_OUTPUT_DIR (default `runs/paper_grid`);
+the first also reads the authors' files when VLSM_PUBLISHED is set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+__all__ = ["NOTEBOOKS", "build_notebooks", "notebook_cells"]
+
+OUTPUT_ENV = "VLSM_OUTPUT_DIR"
+PUBLISHED_ENV = "VLSM_PUBLISHED"
+DEFAULT_OUTPUT = "runs/paper_grid"
+NOTEBOOKS = ("tables_and_tests.ipynb", "figures_and_convergence.ipynb")
+
+_SETUP = f"""import os
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Image, Markdown, display
+
+import analysis
+
+OUTPUT_DIR = Path(os.environ.get("{OUTPUT_ENV}", "{DEFAULT_OUTPUT}"))
+print("sweep output:", OUTPUT_DIR.resolve())"""
+
+_TABLES: list[tuple[str, str]] = [
+    ("md", "# Tables and paired tests\n\nThe paper's Tables 2 and 3 and its Wilcoxon tests, from a sweep's "
+           f"Parquet exports. Set `{OUTPUT_ENV}` to the sweep's output folder before starting Jupyter."),
+    ("code", _SETUP),
+    ("code", "per_image = analysis.load_sweep(OUTPUT_DIR)\n"
+             "table = analysis.dice_table(per_image)\n"
+             "table"),
+    ("md", "## The paper's layout (mean ± std of Dice x 100, best per column in bold)"),
+    ("code", "for encoder in sorted(set(table['encoder']), reverse=True):\n"
+             "    display(Markdown(f'**encoders {encoder}**\\n\\n' + analysis.render_table(table, encoder=encoder)))"),
+    ("md", "## Paired tests\n\nBest real vs best synthetic and best synth-PT:real-FT vs best real "
+           "(one-sided Wilcoxon), frozen vs unfrozen per cell (two-sided), Holm-adjusted within each family."),
+    ("code", "tests = analysis.paper_comparisons(per_image, test='wilcoxon')\n"
+             "tests"),
+    ("md", "## Beside the authors' published results (optional)"),
+    ("code", f"published = os.environ.get('{PUBLISHED_ENV}')\n"
+             "if published:\n"
+             "    display(analysis.compare_sources(per_image, analysis.load_published(published)))\n"
+             "else:\n"
+             f"    print('set {PUBLISHED_ENV} to the authors\\' metrics folder to compare')"),
+]
+
+_FIGURES: list[tuple[str, str]] = [
+    ("md", "# Figures and convergence\n\nThe paper's Fig. 2 and Fig. 3 and the convergence of finetuning, "
+           f"from a sweep's Parquet exports (`{OUTPUT_ENV}`)."),
+    ("code", _SETUP),
+    ("code", "per_image = analysis.load_sweep(OUTPUT_DIR)\n"
+             "table = analysis.dice_table(per_image)\n"
+             "encoders = sorted(set(table['encoder']), reverse=True)"),
+    ("md", "## Each strategy minus real, per prompt (Fig. 2)"),
+    ("code", "for encoder in encoders:\n"
+             "    display(Image(analysis.figure_png(analysis.strategy_difference_figure(table, encoder))))"),
+    ("md", "## Frozen minus unfrozen, per prompt (Fig. 3)"),
+    ("code", "if len(encoders) == 2:\n"
+             "    display(Image(analysis.figure_png(analysis.encoder_difference_figure(table))))\n"
+             "else:\n"
+             "    print('needs both encoder modes; present:', encoders)"),
+    ("md", "## Convergence\n\nEpochs to the best validation Dice per trial and the speed-up of "
+           "synth-PT:real-FT over real (the paper: 4.55x CRIS, 1.71x CLIPSeg)."),
+    ("code", "epochs, trials = analysis.read_epochs(OUTPUT_DIR), analysis.read_trials(OUTPUT_DIR)\n"
+             "per_trial = analysis.epochs_to_best(epochs, trials)\n"
+             "analysis.speedup(per_trial)"),
+    ("code", "for encoder in encoders:\n"
+             "    display(Image(analysis.figure_png(analysis.val_dice_figure(epochs, trials, encoder))))"),
+]
+
+
+def notebook_cells(name: str) -> list[tuple[str, str]]:
+    """The (kind, source) cells of one of NOTEBOOKS."""
+    cells = {NOTEBOOKS[0]: _TABLES, NOTEBOOKS[1]: _FIGURES}
+    if name not in cells:
+        raise ValueError(f"notebook {name!r}; expected one of {NOTEBOOKS}")
+    return cells[name]
+
+
+def _notebook(name: str) -> nbformat.NotebookNode:
+    cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in notebook_cells(name)]
+    for i, cell in enumerate(cells):
+        cell["id"] = f"cell-{i}"  # stable ids: regenerating gives identical files
+    return new_notebook(
+        cells=cells,
+        metadata={
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+    )
+
+
+def build_notebooks(directory: Path | str) -> list[Path]:
+    """Write NOTEBOOKS into `directory` (outputs stripped); returns their paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in NOTEBOOKS:
+        notebook = _notebook(name)
+        nbformat.validate(notebook)
+        path = directory / name
+        path.write_text(nbformat.writes(notebook) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths

@@ -1,0 +1,253 @@
+"""One self-contained report of a sweep: tables, paired tests, figures, convergence.
+
+    python -m analysis report runs/paper_grid [--published PATH] [--format html|md]
+
+The report is a single HTML or Markdown file with its figures embedded as base64 PNG
+(so it can be mailed or attached as it is); the figures are also written as PNG and PDF
+under `figures/` beside it for papers. With `--published`, every cell that both our
+sweep and the authors' files have is shown side by side with a paired Wilcoxon test.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.convergence import epochs_to_best, speedup, val_dice_figure
+from analysis.figures import encoder_difference_figure, save_figure, strategy_difference_figure
+from analysis.published import load_published
+from analysis.stats import compare_sources, paper_comparisons
+from analysis.sweep import load_sweep, read_epochs, read_trials
+from analysis.tables import dice_table, render_table, sort_cells
+from vlsm.axes import ENCODERS, PROMPTS
+
+__all__ = ["REPORT_FORMATS", "build_report"]
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMATS = ("html", "md")
+_TABLE_NUMBER = {"unfrozen": "Table 2", "frozen": "Table 3"}
+_P = "{:.2e}".format
+
+
+def _fmt_float(value: object, spec: str = "{:.2f}") -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    return spec.format(value) if isinstance(value, float) else str(value)
+
+
+@dataclass
+class _Document:
+    """Blocks rendered to Markdown or HTML; figures are embedded and saved beside."""
+
+    title: str
+    figures_dir: Path
+    blocks: list[tuple[str, ...]] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("heading", str(level), text))
+
+    def text(self, text: str) -> None:
+        self.blocks.append(("text", text))
+
+    def table(self, markdown: str, html_text: str) -> None:
+        self.blocks.append(("table", markdown, html_text))
+
+    def frame(self, frame: pd.DataFrame, formats: Mapping[str, Callable[[object], str]] | None = None) -> None:
+        formats = formats or {}
+        cells = pd.DataFrame(
+            {c: [formats.get(c, _fmt_float)(v) for v in frame[c]] for c in frame.columns}, columns=frame.columns
+        )
+        header = [str(c) for c in cells.columns]
+        md = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        md += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False, name=None)]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
+            for row in cells.itertuples(index=False, name=None)
+        )
+        self.table("\n".join(md) + "\n", f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n")
+
+    def figure(self, fig: Figure, name: str, caption: str) -> None:
+        png, _pdf = save_figure(fig, self.figures_dir / name, formats=("png", "pdf"))
+        data = base64.b64encode(png.read_bytes()).decode("ascii")  # the same PNG, embedded
+        self.blocks.append(("figure", name, data, caption))
+
+    def markdown(self) -> str:
+        parts = [f"# {self.title}\n"]
+        for kind, *rest in self.blocks:
+            if kind == "heading":
+                parts.append(f"{'#' * int(rest[0])} {rest[1]}\n")
+            elif kind == "text":
+                parts.append(rest[0] + "\n")
+            elif kind == "table":
+                parts.append(rest[0])
+            else:
+                name, data, caption = rest
+                parts.append(f"![{caption}](data:image/png;base64,{data})\n\n*{caption}* (`figures/{name}.pdf`)\n")
+        return "\n".join(parts)
+
+    def html(self) -> str:
+        parts = []
+        for kind, *rest in self.blocks:
+            if kind == "heading":
+                parts.append(f"<h{rest[0]}>{html.escape(rest[1])}</h{rest[0]}>")
+            elif kind == "text":
+                parts.append(f"<p>{html.escape(rest[0])}</p>")
+            elif kind == "table":
+                parts.append(rest[1])
+            else:
+                name, data, caption = rest
+                parts.append(
+                    f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(caption)} (figures/{html.escape(name)}.pdf)</figcaption></figure>"
+                )
+        style = (
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+            "img{max-width:100%}caption,figcaption{font-style:italic}"
+        )
+        return (
+            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
+        )
+
+
+def _tables_and_tests(doc: _Document, per_image: pd.DataFrame, table: pd.DataFrame, test: str) -> None:
+    encoders = [e for e in ENCODERS[::-1] if e in set(table["encoder"])]  # unfrozen (Table 2) first
+    doc.heading("Dice tables")
+    doc.text("Mean ± sample standard deviation of test Dice x 100 over image-structure pairs; "
+             "best of each column in bold; N/A: the cell cannot exist (synthetic data has no P7); –: not run.")
+    for encoder in encoders:
+        caption = f"{_TABLE_NUMBER[encoder]} layout: encoders {encoder}"
+        doc.table(
+            render_table(table, "markdown", encoder=encoder, caption=f"**{caption}**"),
+            render_table(table, "html", encoder=encoder, caption=caption),
+        )
+    doc.heading("Paired tests")
+    doc.text(f"Test: {test}, paired over the same test images and structures; mean_diff = a - b (Dice x 100); "
+             "'best' = the prompt with the highest mean test Dice, as in the paper; p_holm: Holm-adjusted within each family.")
+    for encoder in encoders:
+        tests = paper_comparisons(per_image, test=test, encoder=encoder)
+        doc.heading(f"Encoders {encoder}", 3)
+        if tests.empty:
+            doc.text("No pair of cells to compare.")
+            continue
+        if encoder != encoders[0]:
+            tests = tests[tests["family"] != "frozen vs unfrozen"]  # listed once, under the first encoder
+        doc.frame(tests.drop(columns=["statistic"]), {"p_value": _P, "p_holm": _P, "n": str})
+
+
+def _figures(doc: _Document, table: pd.DataFrame) -> None:
+    doc.heading("Figures")
+    encoders = set(table["encoder"])
+    for encoder in ENCODERS[::-1]:
+        if encoder not in encoders:
+            continue
+        try:
+            fig = strategy_difference_figure(table, encoder)
+        except ValueError as err:
+            doc.text(f"Difference to real ({encoder}): {err}")
+            continue
+        doc.figure(fig, f"strategy_difference_{encoder}",
+                   f"Mean Dice of each strategy minus real, per prompt ({encoder} encoders; the paper's Fig. 2)")
+    if len(encoders) == len(ENCODERS):
+        doc.figure(encoder_difference_figure(table), "encoder_difference",
+                   "Mean Dice with frozen minus with unfrozen encoders, per prompt (the paper's Fig. 3)")
+    else:
+        doc.text("Frozen minus unfrozen (Fig. 3): needs both encoder modes; only "
+                 f"{sorted(encoders)} present.")
+
+
+def _convergence(doc: _Document, output_dir: Path) -> None:
+    doc.heading("Convergence")
+    try:
+        epochs, trials = read_epochs(output_dir), read_trials(output_dir)
+    except FileNotFoundError as err:
+        doc.text(f"No convergence data: {err}")
+        return
+    per_trial = epochs_to_best(epochs, trials)
+    if per_trial.empty:
+        doc.text("No trial has a validation Dice yet.")
+        return
+    doc.text("Epochs to the best validation Dice (counted from the trial's first epoch; a finetune's "
+             "epochs exclude its synthetic pretraining). The paper reports synth-PT:real-FT converging "
+             "4.55x faster than real for CRIS and 1.71x for CLIPSeg.")
+    grid = per_trial.pivot_table(index=["model", "strategy", "encoder"], columns="prompt",
+                                 values="epochs_to_best", aggfunc="mean")
+    grid = sort_cells(grid.reindex(columns=[p for p in PROMPTS if p in grid.columns]).reset_index())
+    doc.frame(grid, {p: (lambda v: _fmt_float(v, "{:.0f}")) for p in PROMPTS})
+    speed = speedup(per_trial)
+    if speed.empty:
+        doc.text("Speed-up: needs real and synth-PT:real-FT trials with the same prompts.")
+    else:
+        doc.frame(speed, {"n_prompts": str, "real_epochs": lambda v: _fmt_float(v, "{:.1f}"),
+                          "finetune_epochs": lambda v: _fmt_float(v, "{:.1f}"),
+                          "speedup": lambda v: _fmt_float(v, "{:.2f}x")})
+    for encoder in ENCODERS[::-1]:
+        if encoder in set(trials["encoder"]) and encoder in set(per_trial["encoder"]):
+            doc.figure(val_dice_figure(epochs, trials, encoder), f"val_dice_{encoder}",
+                       f"Validation Dice per epoch ({encoder} encoders)")
+
+
+def _published(doc: _Document, per_image: pd.DataFrame, published: Path, test: str) -> None:
+    doc.heading("Ours beside the authors'")
+    theirs = load_published(published)
+    side = compare_sources(per_image, theirs, test=test)
+    doc.text(f"Authors' per-image results: {published} (naamiinepal/synthetic-boost, CC-BY 4.0; encoders unfrozen). "
+             f"Each cell both have: mean ± std Dice x 100, mean_diff = ours - theirs, paired {test} test "
+             "(two-sided) over the same images and structures, p_holm over all cells.")
+    if side.empty:
+        doc.text("No cell in common (the published runs are all with unfrozen encoders).")
+        return
+    doc.frame(side.drop(columns=["statistic"]), {"p_value": _P, "p_holm": _P, "n_ours": str, "n_theirs": str, "n_pairs": str})
+
+
+def build_report(
+    output_dir: Path | str,
+    *,
+    published: Path | str | None = None,
+    fmt: str = "html",
+    out: Path | str | None = None,
+    test: str = "wilcoxon",
+) -> Path:
+    """Write the report of the sweep in `output_dir`; returns its path.
+
+    out: the report file (default `<output_dir>/report.<fmt>`); figures go to
+    `figures/` beside it.
+    """
+    if fmt not in REPORT_FORMATS:
+        raise ValueError(f"format {fmt!r}; expected one of {REPORT_FORMATS}")
+    output_dir = Path(output_dir)
+    out = Path(out) if out is not None else output_dir / f"report.{fmt}"
+    per_image = load_sweep(output_dir)
+    table = dice_table(per_image)
+    doc = _Document(title=f"Sweep report: {output_dir}", figures_dir=out.parent / "figures")
+    trials = read_trials(output_dir)
+    doc.text(f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from {output_dir.resolve()}: "
+             f"{len(trials)} trials, {trials['trial_id'].isin(per_image['trial_id']).sum()} with test results, "
+             f"{len(per_image)} image-structure rows.")
+    status = trials.groupby(["strategy", "status"], dropna=False).size().rename("trials").reset_index()
+    doc.frame(status, {"trials": str})
+    _tables_and_tests(doc, per_image, table, test)
+    _figures(doc, table)
+    _convergence(doc, output_dir)
+    if published is not None:
+        _published(doc, per_image, Path(published), test)
+    text = doc.html() if fmt == "html" else doc.markdown()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)  # never a half-written report
+    log.info("report written to %s", out)
+    return out

@@ -1,0 +1,126 @@
+"""File names and columns of the sweep's Parquet exports and of the per-image frame.
+
+The sweep writes these files and `analysis` reads them, so both import the names from
+here: a column renamed in one place cannot silently break the other.
+
+    <output>/exports/trials.parquet     one row per trial
+    <output>/exports/epochs.parquet     one row per trial and epoch
+    <output>/exports/per_image.parquet  one row per trial, test image and structure
+
+Dice and IoU are fractions in [0, 1]; Hausdorff distances are pixels at 512 x 512.
+`structure` holds the names of `vlsm.axes.STRUCTURES` ("LV", "MYO", "LA"); integer
+labels 1-3 are accepted on reading and mapped to those names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from vlsm.axes import (
+    BEST_VAL_DICE,
+    DICE,
+    EPOCH,
+    HAUSDORFF,
+    IMAGES_PER_S,
+    IOU,
+    LR,
+    SECONDS,
+    STRUCTURES,
+    TEST_DICE_MEAN,
+    TEST_DICE_STD,
+    TRAIN_LOSS,
+    VAL_DICE,
+    VAL_LOSS,
+)
+
+__all__ = [
+    "CELL_COLUMNS",
+    "EPOCHS_COLUMNS",
+    "EPOCHS_FILE",
+    "EXPORTS_DIR",
+    "PER_IMAGE_COLUMNS",
+    "PER_IMAGE_EXPORT_COLUMNS",
+    "PER_IMAGE_FILE",
+    "TRIALS_COLUMNS",
+    "TRIALS_FILE",
+    "exports_dir",
+    "normalise_structure",
+    "require_columns",
+]
+
+EXPORTS_DIR = "exports"
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+PER_IMAGE_FILE = "per_image.parquet"
+
+MODEL, STRATEGY, ENCODER, PROMPT = "model", "strategy", "encoder", "prompt"
+TRIAL_ID, IMAGE, STRUCTURE = "trial_id", "image", "structure"
+
+# One cell of the grid = one (model, strategy, encoder, prompt).
+CELL_COLUMNS: tuple[str, ...] = (MODEL, STRATEGY, ENCODER, PROMPT)
+
+TRIALS_COLUMNS: tuple[str, ...] = (
+    TRIAL_ID,
+    *CELL_COLUMNS,
+    LR,
+    "status",
+    "upstream_trial_id",  # synth-PT:real-FT: the synthetic trial it starts from
+    "mlflow_run_id",
+    "best_epoch",
+    "epochs",
+    BEST_VAL_DICE,
+    TEST_DICE_MEAN,
+    TEST_DICE_STD,
+    "wall_s",
+    "gpu_s",
+    "checkpoint",
+)
+EPOCHS_COLUMNS: tuple[str, ...] = (
+    TRIAL_ID,
+    EPOCH,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    VAL_DICE,
+    LR,
+    IMAGES_PER_S,
+    SECONDS,
+)
+PER_IMAGE_EXPORT_COLUMNS: tuple[str, ...] = (TRIAL_ID, IMAGE, STRUCTURE, DICE, IOU, HAUSDORFF)
+
+# The long per-image frame every analysis function takes (load_published, load_sweep).
+PER_IMAGE_COLUMNS: tuple[str, ...] = (*CELL_COLUMNS, IMAGE, STRUCTURE, DICE, IOU, HAUSDORFF)
+
+
+def exports_dir(output_dir: Path | str) -> Path:
+    """`<output>/exports`, or `output_dir` itself when it already holds the files."""
+    output_dir = Path(output_dir)
+    if (output_dir / TRIALS_FILE).is_file():
+        return output_dir
+    return output_dir / EXPORTS_DIR
+
+
+def require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str) -> None:
+    """Raise ValueError naming `source` and every column of `columns` it lacks."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{source}: missing column(s) {missing}; expected at least {list(columns)}, "
+            f"found {list(frame.columns)}"
+        )
+
+
+def normalise_structure(values: pd.Series, source: str) -> pd.Series:
+    """Map structure labels (1-3 or "LV"/"MYO"/"LA") to the names of vlsm.axes.STRUCTURES."""
+    names = set(STRUCTURES.values())
+    by_label = {str(k): v for k, v in STRUCTURES.items()}
+    out = values.astype(str).map(lambda v: v if v in names else by_label.get(v))
+    bad = sorted(set(values[out.isna()].astype(str)))
+    if bad:
+        raise ValueError(
+            f"{source}: column 'structure' has value(s) {bad[:5]}; expected one of "
+            f"{sorted(names)} or the labels {sorted(STRUCTURES)}"
+        )
+    return out.astype(object)

@@ -1,0 +1,125 @@
+"""Read our sweep's Parquet exports (see `analysis.schema`) into the per-image frame.
+
+`per_image.parquet` names trials only by id; the grid cell of each trial comes from
+`trials.parquet`. When one cell was run more than once (an LR search, a retry), one
+trial has to stand for it: by default the one with the best validation Dice, because
+test results must never choose the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.schema import (
+    CELL_COLUMNS,
+    EPOCHS_COLUMNS,
+    EPOCHS_FILE,
+    PER_IMAGE_COLUMNS,
+    PER_IMAGE_EXPORT_COLUMNS,
+    PER_IMAGE_FILE,
+    TRIALS_COLUMNS,
+    TRIALS_FILE,
+    exports_dir,
+    normalise_structure,
+    require_columns,
+)
+from vlsm.axes import BEST_VAL_DICE, ENCODERS, MODELS, PROMPTS, STRATEGIES
+
+__all__ = ["DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_trials"]
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_POLICIES = ("best-val", "error")
+_ALLOWED = {"model": MODELS, "strategy": STRATEGIES, "encoder": ENCODERS, "prompt": PROMPTS}
+
+
+def check_cells(frame: pd.DataFrame, source: str) -> None:
+    """Raise ValueError when a model/strategy/encoder/prompt value is not one of vlsm.axes."""
+    for column, allowed in _ALLOWED.items():
+        bad = sorted(set(frame[column].dropna().astype(str)) - set(allowed))
+        if bad:
+            raise ValueError(f"{source}: column {column!r} has value(s) {bad}; expected one of {list(allowed)}")
+
+
+def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such export; run the sweep's export first")
+    frame = pd.read_parquet(path)
+    require_columns(frame, columns, str(path))
+    return frame
+
+
+def read_trials(output_dir: Path | str) -> pd.DataFrame:
+    """`trials.parquet` of a sweep output folder (or of its `exports/` folder)."""
+    path = exports_dir(output_dir) / TRIALS_FILE
+    trials = _read(path, TRIALS_COLUMNS)
+    check_cells(trials, str(path))
+    if trials["trial_id"].duplicated().any():
+        dup = trials["trial_id"][trials["trial_id"].duplicated()].iloc[0]
+        raise ValueError(f"{path}: trial_id {dup!r} appears more than once")
+    return trials
+
+
+def read_epochs(output_dir: Path | str) -> pd.DataFrame:
+    """`epochs.parquet` of a sweep output folder (or of its `exports/` folder)."""
+    return _read(exports_dir(output_dir) / EPOCHS_FILE, EPOCHS_COLUMNS)
+
+
+def _one_trial_per_cell(trials: pd.DataFrame, duplicates: str, source: str) -> pd.DataFrame:
+    counts = trials.groupby(list(CELL_COLUMNS)).size()
+    repeated = counts[counts > 1]
+    if repeated.empty:
+        return trials
+    if duplicates == "error":
+        cell = repeated.index[0]
+        ids = trials.loc[(trials[list(CELL_COLUMNS)] == list(cell)).all(axis=1), "trial_id"].tolist()
+        raise ValueError(
+            f"{source}: cell {dict(zip(CELL_COLUMNS, cell, strict=True))} has trials {ids}; "
+            "expected one per cell (use duplicates='best-val' to keep the best validation Dice)"
+        )
+    log.info("%s: %d cell(s) with several trials; keeping the best validation Dice", source, len(repeated))
+    ranked = trials.sort_values(BEST_VAL_DICE, ascending=False, na_position="last", kind="stable")
+    return ranked.drop_duplicates(list(CELL_COLUMNS), keep="first")
+
+
+def load_sweep(output_dir: Path | str, *, duplicates: str = "best-val") -> pd.DataFrame:
+    """Our exports as the long per-image frame (PER_IMAGE_COLUMNS plus trial_id).
+
+    duplicates: what to do when a grid cell has several trials with per-image results:
+    "best-val" keeps the one with the highest best_val_dice, "error" raises.
+    """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates={duplicates!r}; expected one of {DUPLICATE_POLICIES}")
+    folder = exports_dir(output_dir)
+    trials = read_trials(output_dir)
+    per_image_path = folder / PER_IMAGE_FILE
+    per_image = _read(per_image_path, PER_IMAGE_EXPORT_COLUMNS)
+    unknown = sorted(set(per_image["trial_id"]) - set(trials["trial_id"]))
+    if unknown:
+        raise ValueError(
+            f"{per_image_path}: trial_id(s) {unknown[:5]} are not in {folder / TRIALS_FILE}"
+        )
+    tested = trials[trials["trial_id"].isin(per_image["trial_id"])]
+    kept = _one_trial_per_cell(tested, duplicates, str(folder / TRIALS_FILE))
+    merged = per_image.merge(kept[["trial_id", *CELL_COLUMNS]], on="trial_id", how="inner")
+    merged["structure"] = normalise_structure(merged["structure"], str(per_image_path))
+    for column in ("dice", "iou"):
+        values = merged[column].astype(float)
+        if not values.dropna().between(0.0, 1.0).all():
+            raise ValueError(
+                f"{per_image_path}: column {column!r} has values outside [0, 1] "
+                f"(max {values.max()}); expected fractions, not percentages"
+            )
+    dup = merged.duplicated(["trial_id", "image", "structure"])
+    if dup.any():
+        row = merged[dup].iloc[0]
+        raise ValueError(
+            f"{per_image_path}: trial {row['trial_id']} has image {row['image']} "
+            f"structure {row['structure']} more than once"
+        )
+    for column in (*CELL_COLUMNS, "image"):
+        merged[column] = merged[column].astype(object)
+    return merged[[*PER_IMAGE_COLUMNS, "trial_id"]].reset_index(drop=True)

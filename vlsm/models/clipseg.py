@@ -1,0 +1,394 @@
+"""CLIPSeg (Lüddecke and Ecker, CVPR 2022) as the grid trains it: Hugging Face weights, our forward.
+
+    from vlsm.models import build_model, build_tokenizer
+    model = build_model("clipseg", pretrained="CIDAS/clipseg-rd64-refined")  # the paper's weights
+    model = build_model("clipseg", config=tiny_config("clipseg"))           # tiny, random, CPU-fast
+    logits = model(pixel_values, input_ids, attention_mask)                 # (B, 1, 352, 352)
+
+Why our own forward: `CLIPSegForImageSegmentation.forward` runs both CLIP towers under
+`torch.no_grad()`, so with the stock forward an "unfrozen" encoder never receives a
+gradient and trains exactly like a frozen one (DESIGN.md "Pitfalls"; the authors'
+unfrozen CLIPSeg results most likely never trained the encoders). `CLIPSeg.forward`
+composes the same computation from `self.clip` and `self.decoder` with gradients on:
+
+1. vision tower on the image, hidden states after layers `extract_layers` (+1 for the
+   embeddings), position embeddings interpolated to the input size (as stock);
+2. text tower on the prompt; the conditional embedding is the final-layer-norm output at
+   the end-of-text token, projected by `clip.text_projection` (as stock; we locate the
+   end-of-text token from the attention mask, which for CLIP tokens is the same position
+   the stock code finds from the token ids);
+3. the decoder (FiLM-conditioned transformer + transposed convolutions) -> logits.
+
+With the same weights in eval mode it matches the stock forward to float32 rounding
+(tests/test_clipseg.py). The authors' behaviour stays available, for reproducing their
+numbers only, as `config={"stock_forward_no_grad_encoders": True}`.
+
+Frozen encoder = every `clip.*` parameter (vision and text towers and their projections)
+has requires_grad False and `clip` stays in eval mode whatever `train()` is called with.
+
+Extra config keys besides `CLIPSegConfig` fields (all optional):
+    input_size: int  square input side in pixels; default 352 with pretrained weights
+                     (the size CLIPSeg was trained at), else vision_config.image_size.
+    stock_forward_no_grad_encoders: bool  default False; True runs the Hugging Face
+                     forward (encoders under no_grad, i.e. never trained).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    CLIPSegConfig,
+    CLIPSegForImageSegmentation,
+    CLIPSegTextConfig,
+    CLIPSegVisionConfig,
+)
+
+from vlsm.models.common import (
+    check_forward_inputs,
+    is_hub_id,
+    load_state_dict_file,
+    load_strict,
+)
+from vlsm.models.tokenizer import TINY_CONTEXT_LENGTH, PromptTokenizer, tiny_vocab_size
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PAPER_INPUT_SIZE",
+    "PAPER_PRETRAINED",
+    "CLIPSeg",
+    "build_clipseg",
+    "expected_input_size",
+    "save_clipseg_folder",
+    "tiny_clipseg_config",
+]
+
+logger = logging.getLogger(__name__)
+
+PAPER_PRETRAINED = "CIDAS/clipseg-rd64-refined"  # the weights the paper finetuned
+PAPER_INPUT_SIZE = 352
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Our keys in the config dict (not CLIPSegConfig fields), and where input_size is kept
+# inside a saved folder's config.json so that a tiny folder reloads at its own size.
+INPUT_SIZE = "input_size"
+STOCK_FORWARD = "stock_forward_no_grad_encoders"
+_FOLDER_INPUT_SIZE = "vlsm_input_size"
+
+
+def tiny_clipseg_config() -> dict[str, Any]:
+    """A CLIPSeg of about 0.1 M parameters: 64 px input, 8 px patches, 4 + 2 layers.
+
+    Shaped like the real rd64 model at small widths: decoder taps after vision layers
+    1, 2, 3 (real: 3, 6, 9) and a text tower over the tiny prompt vocabulary
+    (`vlsm.models.tokenizer.tiny_tokenizer`). The single transposed convolution (kernel =
+    stride = patch) gives logits at exactly 64 px; the "refined" two-step one upsamples by
+    (patch // 4) ** 2, i.e. only 4x for 8 px patches.
+    """
+    vocab = tiny_vocab_size()
+    return {
+        INPUT_SIZE: 64,
+        "text_config": {
+            "vocab_size": vocab,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": TINY_CONTEXT_LENGTH,
+            # the tiny vocabulary puts bos and eos last, as CLIP's does
+            "bos_token_id": vocab - 2,
+            "eos_token_id": vocab - 1,
+            "pad_token_id": vocab - 1,
+        },
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 2,
+            "image_size": 64,
+            "patch_size": 8,
+        },
+        "projection_dim": 32,
+        "extract_layers": [1, 2, 3],
+        "reduce_dim": 16,
+        "decoder_num_attention_heads": 2,
+        "decoder_intermediate_size": 32,
+        "use_complex_transposed_convolution": False,
+    }
+
+
+class CLIPSeg(CLIPSegForImageSegmentation):
+    """`CLIPSegForImageSegmentation` whose forward trains the encoders when asked to.
+
+    Same modules and state-dict names as the Hugging Face class (`clip.*`, `decoder.*`),
+    so `from_pretrained` / `save_pretrained` work unchanged. Build it with
+    `build_clipseg` (or `vlsm.models.build_model("clipseg", ...)`), which also sets:
+    input_size, spec, freeze_encoder and stock_forward.
+    """
+
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
+    encoder_prefixes: tuple[str, ...] = ("clip.",)
+
+    def __init__(self, config: CLIPSegConfig) -> None:
+        super().__init__(config)
+        self.input_size: int = config.vision_config.image_size
+        self.freeze_encoder = False
+        self.stock_forward = False
+        self.spec: dict[str, Any] = {}
+
+    def set_encoder_frozen(self, frozen: bool) -> None:
+        """Frozen: `clip` gets requires_grad False and stays in eval mode."""
+        self.freeze_encoder = bool(frozen)
+        if self.spec:
+            self.spec["freeze_encoder"] = self.freeze_encoder
+        self.clip.requires_grad_(not self.freeze_encoder)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> CLIPSeg:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.clip.eval()  # no dropout in the towers while the decoder trains
+        return self
+
+    def forward(  # type: ignore[override]  (our contract, not Hugging Face's)
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """pixel_values (B, 3, S, S) ImageNet-normalised, input_ids/attention_mask (B, L) -> logits (B, 1, S, S)."""
+        check_forward_inputs("CLIPSeg", pixel_values, input_ids, attention_mask)
+        b, _, h, w = pixel_values.shape
+        if h != w:
+            raise ValueError(f"CLIPSeg pixel_values: expected a square image, got {h}x{w}")
+        if self.stock_forward:
+            stock = super().forward(
+                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask
+            )
+            logits = stock.logits  # (B, h', w')
+        else:
+            logits = self._segment(pixel_values, input_ids, attention_mask)  # (B, h', w')
+        logits = logits.reshape(b, 1, *logits.shape[-2:])  # (B, 1, h', w')
+        if logits.shape[-2:] != (h, w):  # decoder grid x upsampling != input size
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits
+
+    def _segment(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The stock computation without `no_grad`: (B, 3, S, S) -> logits (B, S', S')."""
+        # hidden_states[0] is the embedding output, hence the +1 (as stock).
+        taps = [i + 1 for i in self.extract_layers]
+        vision = self.clip.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=True, output_hidden_states=taps
+        )
+        activations = [vision.hidden_states[i] for i in taps]  # each (B, 1 + N, D_vision)
+
+        text = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        words = text.last_hidden_state  # (B, L, D_text), after the final layer norm
+        positions = torch.arange(words.shape[1], device=words.device)  # (L,)
+        eot = ((attention_mask != 0) * positions).argmax(dim=1)  # (B,) last attended token
+        pooled = words[torch.arange(words.shape[0], device=words.device), eot]  # (B, D_text)
+        conditional = self.clip.text_projection(pooled)  # (B, projection_dim)
+
+        return self.decoder(activations, conditional).logits
+
+
+def _check_keys(values: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(
+            f"CLIPSeg config{where}: unknown key(s) {unknown}; expected some of {sorted(allowed)}"
+        )
+
+
+def _split_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(our options, CLIPSegConfig kwargs) of a config dict; unknown keys raise ValueError."""
+    if config is None:
+        return {}, {}
+    if not isinstance(config, dict):
+        raise ValueError(f"CLIPSeg config: expected a dict, got {type(config).__name__}")
+    ours = {k: config[k] for k in (INPUT_SIZE, STOCK_FORWARD) if k in config}
+    hf = {k: v for k, v in config.items() if k not in ours}
+    _check_keys(hf, {f.name for f in fields(CLIPSegConfig)}, "")
+    for key, cls in (("text_config", CLIPSegTextConfig), ("vision_config", CLIPSegVisionConfig)):
+        sub = hf.get(key)
+        if sub is not None:
+            if not isinstance(sub, dict):
+                raise ValueError(f"CLIPSeg config[{key!r}]: expected a dict, got {sub!r:.80}")
+            _check_keys(sub, {f.name for f in fields(cls)}, f"[{key!r}]")
+    if STOCK_FORWARD in ours and not isinstance(ours[STOCK_FORWARD], bool):
+        raise ValueError(
+            f"CLIPSeg config[{STOCK_FORWARD!r}]: expected true or false, got {ours[STOCK_FORWARD]!r}"
+        )
+    return ours, hf
+
+
+def _resolve_pretrained(pretrained: str | Path) -> str:
+    """An absolute local folder, or a hub id as given."""
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"pretrained={str(pretrained)!r}: expected a folder written by save_pretrained "
+                f"(with config.json and model weights)"
+            )
+        return str(path.resolve())
+    if isinstance(pretrained, Path) or not is_hub_id(str(pretrained)):
+        raise ValueError(
+            f"pretrained={str(pretrained)!r}: no such folder (and not a Hugging Face hub id such "
+            f"as {PAPER_PRETRAINED!r})"
+        )
+    return str(pretrained)
+
+
+def _from_pretrained(source: str) -> CLIPSeg:
+    try:
+        model, info = CLIPSeg.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+    except OSError as err:
+        raise ValueError(
+            f"pretrained={source!r}: could not load CLIPSeg weights ({err}). A hub id needs "
+            f"network access once, or a cached copy (HF_HUB_OFFLINE=1 uses the cache only)."
+        ) from err
+    missing = list(info.get("missing_keys", [])) + list(info.get("mismatched_keys", []))
+    if missing:
+        raise ValueError(
+            f"pretrained={source!r}: the weights do not cover the model; missing or mismatched: "
+            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
+    return model
+
+
+def expected_input_size(config: dict[str, Any] | None, pretrained: str | Path | None = None) -> int:
+    """The input_size `build_clipseg(config=config, pretrained=pretrained)` gives, without building.
+
+    Reads a local folder's config.json; a hub id means the paper's 352.
+    """
+    options, hf_kwargs = _split_config(config)
+    if INPUT_SIZE in options:
+        return int(options[INPUT_SIZE])
+    if pretrained is not None:
+        config_file = Path(pretrained).expanduser() / "config.json"
+        if config_file.is_file():
+            return int(
+                json.loads(config_file.read_text()).get(_FOLDER_INPUT_SIZE, PAPER_INPUT_SIZE)
+            )
+        return PAPER_INPUT_SIZE
+    vision = hf_kwargs.get("vision_config") or {}
+    return int(vision.get("image_size", CLIPSegVisionConfig().image_size))
+
+
+def build_clipseg(
+    *,
+    pretrained: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    freeze_encoder: bool = False,
+) -> CLIPSeg:
+    """CLIPSeg from a hub id / local folder (`pretrained`) or from `config` (random weights).
+
+    `checkpoint`: a state-dict file (.safetensors or torch, optionally under "state_dict"
+    and "module."-prefixed) loaded strictly on top. With `pretrained`, `config` may only
+    hold `input_size` and `stock_forward_no_grad_encoders`: the architecture is the
+    folder's. Random initialisation uses the global torch RNG: call through
+    `vlsm.models.build_model`, which seeds it, when weights must be reproducible.
+    """
+    options, hf_kwargs = _split_config(config)
+    if pretrained is not None:
+        if hf_kwargs:
+            raise ValueError(
+                f"CLIPSeg config keys {sorted(hf_kwargs)} with pretrained={str(pretrained)!r}: the "
+                f"architecture comes from the pretrained folder; only {INPUT_SIZE!r} and "
+                f"{STOCK_FORWARD!r} may be set"
+            )
+        source = _resolve_pretrained(pretrained)
+        model: CLIPSeg | None = _from_pretrained(source)
+        hf_config = model.config
+        default_size = getattr(hf_config, _FOLDER_INPUT_SIZE, PAPER_INPUT_SIZE)
+    elif config is not None:
+        source, model = None, None
+        hf_config = CLIPSegConfig(**hf_kwargs)
+        default_size = hf_config.vision_config.image_size
+    else:
+        raise ValueError(
+            f"CLIPSeg needs pretrained= (a hub id such as {PAPER_PRETRAINED!r} or a local folder) "
+            f"or config= (e.g. vlsm.models.tiny_config('clipseg')); got neither"
+        )
+    input_size = options.get(INPUT_SIZE, default_size)
+    patch = hf_config.vision_config.patch_size
+    if not isinstance(input_size, int) or input_size <= 0 or input_size % patch:
+        raise ValueError(
+            f"CLIPSeg config[{INPUT_SIZE!r}]: expected a positive multiple of the patch size "
+            f"{patch}, got {input_size!r}"
+        )
+    if model is None:
+        model = CLIPSeg(hf_config)
+    model.input_size = input_size
+    model.stock_forward = bool(options.get(STOCK_FORWARD, False))
+    if checkpoint is not None:
+        state = load_state_dict_file(checkpoint, "checkpoint")
+        load_strict(model, state, f"checkpoint={str(checkpoint)!r}")
+        checkpoint = str(Path(checkpoint).expanduser().resolve())
+    model.spec = {
+        "name": "clipseg",
+        "pretrained": source,
+        "checkpoint": checkpoint,
+        "config": None if config is None else json.loads(json.dumps(config)),
+        "freeze_encoder": bool(freeze_encoder),
+    }
+    model.set_encoder_frozen(freeze_encoder)
+    if model.stock_forward and not freeze_encoder:
+        logger.warning(
+            "CLIPSeg %s=True: the stock Hugging Face forward runs the CLIP towers under "
+            "no_grad, so the 'unfrozen' encoder will not train (the authors' behaviour)",
+            STOCK_FORWARD,
+        )
+    n = sum(p.numel() for p in model.parameters())
+    logger.debug(
+        "built CLIPSeg (%s, %.2f M parameters, input %d)", source or "random", n / 1e6, input_size
+    )
+    return model
+
+
+def save_clipseg_folder(model: CLIPSeg, tokenizer: PromptTokenizer, path: str | Path) -> Path:
+    """Write model and tokenizer as one `save_pretrained` folder, atomically.
+
+    The folder loads back with `build_model("clipseg", pretrained=path)` and
+    `build_tokenizer("clipseg", pretrained=path)`, the same code path a hub id takes;
+    it also records the input size. An existing folder at `path` is replaced.
+    """
+    if not isinstance(model, CLIPSeg):
+        raise ValueError(
+            f"save_clipseg_folder: expected a CLIPSeg model, got {type(model).__name__}"
+        )
+    path = Path(path).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(tmp)
+        config_file = tmp / "config.json"
+        saved = json.loads(config_file.read_text())
+        # a standard Hugging Face folder: loadable by CLIPSegForImageSegmentation too
+        saved["architectures"] = ["CLIPSegForImageSegmentation"]
+        saved[_FOLDER_INPUT_SIZE] = model.input_size
+        config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
