@@ -89,7 +89,17 @@ def prepare_caches(
         for model in spec.grid.models:
             size = model_input_size(spec, model)
             if (kind, size) not in by_size:
-                paths = prepare_dataset(kind, root, size, cache_dir, split_scheme=spec.data.split_scheme)
+                paths = prepare_dataset(
+                    kind,
+                    root,
+                    size,
+                    cache_dir,
+                    split_scheme=spec.data.split_scheme,
+                    # the demo has fewer patients than the paper's 50 validation ones
+                    n_val=spec.data.demo_val_patients if roots.demo else None,
+                    # SDM images carry no sex or age: P4-P6 take them from CAMUS
+                    camus_root=roots.camus_root if kind == "sdm" else None,
+                )
                 by_size[(kind, size)] = {split: str(path) for split, path in paths.items()}
             caches[kind][model] = by_size[(kind, size)]
     return caches

@@ -1,0 +1,182 @@
+"""Prompts P0-P7 against the authors' published task files, character for character."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from vlsm.axes import STRUCTURE_NAMES
+from vlsm.data.prompts import age_in_words, build_prompts, choose_phrasing, prompt_keys
+from vlsm.data.records import EchoImage, PatientInfo
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+TASKS = REFERENCE / "synthetic-boost" / "tasks"
+
+# Written independently of vlsm.data.prompts: what the reference sentences say.
+_NAME = re.compile(r"^(patient\d{4})_(2CH|4CH)_(ED|ES)(?:_(training|validation|testing))?(?:_(\d))?\.png$")
+_LAST = re.compile(
+    r"^(?P<structure>[A-Z][a-z ]+?)(?: of (?P<shape>\w+) shape)? in (?:two|four)-chamber view "
+    r"of the heart at end of the (?:diastole|systole) cycle of a (?P<age>[a-z-]+)-year-old "
+    r"(?P<sex>male|female)(?: with (?P<quality>good|medium|poor) image quality)?\.$"
+)
+_WORD_AGES = {age_in_words(a): a for a in range(0, 120)}
+
+
+def _load(rel: str) -> list[dict]:
+    path = TASKS / rel
+    if not path.is_file():
+        pytest.skip(f"reference task file {path} missing (shared/reference not available)")
+    return json.loads(path.read_text())
+
+
+def _image_and_shape(entry: dict, synthetic: bool) -> tuple[EchoImage, int, str]:
+    """The record and shape that the reference entry's sentences imply."""
+    patient, view, phase, _split, variant = _NAME.match(entry["img_name"]).groups()
+    structure = int(entry["mask_name"].split("/")[0].removeprefix("mask_"))
+    last = entry["prompts"]["p6" if synthetic else "p7"][0]
+    m = _LAST.match(last)
+    assert m, last
+    info = PatientInfo(
+        sex={"male": "M", "female": "F"}[m["sex"]],
+        age=_WORD_AGES[m["age"]],
+        image_quality=m["quality"].capitalize() if m["quality"] else None,
+    )
+    image = EchoImage(
+        source="sdm" if synthetic else "camus2023",
+        patient=patient,
+        view=view,
+        phase=phase,
+        split="val",
+        image_path=Path(entry["img_name"]),
+        info=info,
+        variant=int(variant) if variant is not None else None,
+    )
+    return image, structure, m["shape"]
+
+
+def _as_json(prompts: dict) -> dict:
+    return {k: v if isinstance(v, str) else list(v) for k, v in prompts.items()}
+
+
+@pytest.mark.parametrize("rel", ["camus/val.json", "camus/test.json"])
+def test_real_prompts_match_reference(rel: str) -> None:
+    entries = _load(rel)
+    assert len(entries) == 600
+    for i, entry in enumerate(entries):
+        image, structure, shape = _image_and_shape(entry, synthetic=False)
+        got = _as_json(build_prompts(image, structure, shape))
+        assert got == entry["prompts"], f"{rel} entry {i}"
+
+
+@pytest.mark.parametrize("rel", ["sdm/val.json", "sdm/test.json"])
+def test_synthetic_prompts_match_reference(rel: str) -> None:
+    entries = _load(rel)
+    for i, entry in enumerate(entries):
+        image, structure, shape = _image_and_shape(entry, synthetic=True)
+        if image.variant is None:  # sdm/test.json: real test images, worded like SDM (no P7)
+            image = EchoImage(**{**image.__dict__, "source": "sdm"})
+        got = _as_json(build_prompts(image, structure, shape))
+        assert got == entry["prompts"], f"{rel} entry {i}"
+
+
+def _image(**info) -> EchoImage:
+    return EchoImage(
+        source="camus2023",
+        patient="patient0007",
+        view="4CH",
+        phase="ES",
+        split="train",
+        image_path=Path("patient0007_4CH_ES.nii.gz"),
+        info=PatientInfo(**info),
+    )
+
+
+def test_known_sentence_and_keys() -> None:
+    prompts = build_prompts(_image(sex="M", age=73, image_quality="Poor"), 3, "square")
+    assert tuple(prompts) == prompt_keys(synthetic=False) == tuple(f"p{i}" for i in range(8))
+    assert prompts["p0"] == ""
+    assert prompts["p1"] == (f"{STRUCTURE_NAMES[3]} of the heart.", "Left atrium cavity in the cardiac ultrasound.")
+    assert prompts["p7"][1] == (
+        "Left atrium cavity of square shape in four-chamber view in the cardiac ultrasound at end "
+        "of the systole cycle of a seventy-three-year-old male with poor image quality."
+    )
+    assert prompt_keys(synthetic=True) == tuple(f"p{i}" for i in range(7))
+
+
+def test_missing_metadata_errors_name_image_and_field() -> None:
+    with pytest.raises(ValueError, match=r"patient0007_4CH_ES.*info\.age"):
+        build_prompts(_image(sex="F", image_quality="Good"), 1, "oval")
+    with pytest.raises(ValueError, match=r"patient0007_4CH_ES.*info\.image_quality"):
+        build_prompts(_image(sex="F", age=40), 1, "oval")
+    with pytest.raises(ValueError, match=r"patient0007_4CH_ES.*info\.sex"):
+        build_prompts(_image(age=40, image_quality="Good"), 1, "oval")
+    with pytest.raises(ValueError, match=r"patient0007_4CH_ES.*p7.*shape"):
+        build_prompts(_image(sex="F", age=40, image_quality="Good"), 1)
+    with pytest.raises(ValueError, match=r"info\.sex='X'"):
+        build_prompts(_image(sex="X", age=40, image_quality="Good"), 1, "oval")
+    with pytest.raises(ValueError, match="structure"):
+        build_prompts(_image(sex="F", age=40, image_quality="Good"), 4, "oval")
+
+
+def test_keys_subset_needs_only_its_metadata() -> None:
+    prompts = build_prompts(_image(), 2, keys=["p0", "p3"])
+    assert prompts == {
+        "p0": "",
+        "p3": (
+            "Myocardium in four-chamber view of the heart at end of the systole cycle.",
+            "Myocardium in four-chamber view in the cardiac ultrasound at end of the systole cycle.",
+        ),
+    }
+    with pytest.raises(ValueError, match="p9"):
+        build_prompts(_image(), 2, keys=["p9"])
+
+
+def test_synthetic_has_no_p7() -> None:
+    image = EchoImage(
+        source="sdm", patient="patient0001", view="2CH", phase="ED", split="train",
+        image_path=Path("x.png"), info=PatientInfo(sex="F", age=56), variant=2,
+    )
+    prompts = build_prompts(image, 1, "circle")
+    assert "p7" not in prompts
+    assert prompts["p6"][0].startswith("Left ventricular cavity of circle shape in two-chamber view")
+    with pytest.raises(ValueError, match="p7"):
+        build_prompts(image, 1, "circle", keys=["p7"])
+
+
+def test_record_prompts_returned_verbatim() -> None:
+    own = {1: {"p0": "", "p1": ["A.", "B."]}}
+    image = EchoImage(
+        source="synthetic-boost", patient="patient0001", view="2CH", phase="ED", split="val",
+        image_path=Path("x.png"), prompts=own,
+    )
+    assert build_prompts(image, 1) == {"p0": "", "p1": ("A.", "B.")}
+    assert build_prompts(image, 1, keys=["p1"]) == {"p1": ("A.", "B.")}
+    with pytest.raises(ValueError, match="p7"):
+        build_prompts(image, 1, keys=["p7"])
+    with pytest.raises(ValueError, match="structure 2"):
+        build_prompts(image, 2)
+
+
+def test_choose_phrasing() -> None:
+    prompts = {"p0": "", "p1": ("first.", "second.")}
+    assert choose_phrasing(prompts, "p1", None) == "first."
+    assert choose_phrasing(prompts, "p0", random.Random(0)) == ""
+    rng = random.Random(0)
+    drawn = {choose_phrasing(prompts, "p1", rng) for _ in range(50)}
+    assert drawn == {"first.", "second."}
+    seq_a = [choose_phrasing(prompts, "p1", random.Random(3)) for _ in range(5)]
+    seq_b = [choose_phrasing(prompts, "p1", random.Random(3)) for _ in range(5)]
+    assert seq_a == seq_b
+    with pytest.raises(ValueError, match="p5"):
+        choose_phrasing(prompts, "p5", None)
+
+
+def test_age_in_words() -> None:
+    assert age_in_words(56) == "fifty-six"
+    assert age_in_words(101) == "one-hundred-and-one"
+    with pytest.raises(ValueError, match="age"):
+        age_in_words(-3)

@@ -1,0 +1,763 @@
+"""The preprocessing cache: decode, resize and prompt every image of a split once.
+
+    python -m vlsm prepare --camus-root DIR --size 352 --size 416 --cache-dir DIR
+
+Trials must not decode NIfTI/MHD/PNG files and resize them every epoch: the GPU would
+wait for the CPU (DESIGN.md, "Performance facts"). So each (dataset, split, input size)
+is preprocessed once into a folder of uint8 ``.npy`` arrays that trials open
+memory-mapped and read-only; all trials on a node then share one copy in the page cache.
+
+A cache folder is named ``<name>-<split>-<size>-<key[:16]>``; the key is a content hash
+of the input files' bytes, the records' metadata, the parameters, ``CACHE_VERSION`` and
+the source code of the modules that decide the cached values (pixel I/O, SDM label
+coding, prompts, shapes, this module). Changed pixels, metadata or code therefore give a
+new folder, never a stale one. Folders are built in a temporary folder next to the
+final one and renamed into place, so a killed ``prepare`` never leaves a half cache,
+and two processes preparing the same key at once are safe (a lock makes the second one
+wait and reuse; without the lock the loser of the rename discards its copy).
+
+Layout of one folder (all files read-only):
+
+- ``images.npy``      (N, size, size) uint8 grayscale, resized with PIL bilinear
+  (antialiased when shrinking, i.e. area-like);
+- ``labels.npy``      (N, size, size) uint8 label map 0..3, nearest: the loss targets;
+- ``eval_labels.npy`` (N, 512, 512) uint8 label map 0..3, nearest: evaluation (DESIGN.md);
+- ``items.json``      one item per (image, structure 1..3) with its prompts: the
+  record's own (authors' layout) or `build_prompts` with P7's shape from
+  `classify_shape` on the 512 x 512 mask; a prompt whose metadata is missing (SDM
+  without CAMUS metadata has no sex or age) is left out, and meta.json counts them;
+- ``meta.json``       version, key, parameters, image names, per-image metadata and
+  ``prompt_counts`` (items holding each prompt key).
+
+Rows are images in the order of the records given; orientation is (H, W) = (rows,
+columns) as `vlsm.data.io` reads it. Large splits are preprocessed in worker processes
+(the result does not depend on how many). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlsm.axes import EVAL_SIZE, STRUCTURES
+from vlsm.data.records import SPLITS, EchoImage
+
+__all__ = [
+    "CACHE_VERSION",
+    "DATASET_KINDS",
+    "CacheItem",
+    "PreparedSplit",
+    "cache_key",
+    "cache_folder_name",
+    "open_split",
+    "prepare_dataset",
+    "prepare_records",
+    "prepare_split",
+]
+
+log = logging.getLogger(__name__)
+
+# Bump when the layout or meaning of the cached files changes.
+CACHE_VERSION = 1
+DATASET_KINDS: tuple[str, ...] = ("camus", "sdm", "synthetic-boost")
+
+# Modules whose code decides the cached values; their source is part of the key.
+_CODE_MODULES: tuple[str, ...] = (
+    "vlsm.data.io",
+    "vlsm.data.sdm",
+    "vlsm.data.prompts",
+    "vlsm.data.shapes",
+    "vlsm.data.cache",
+)
+_ARRAYS: tuple[str, ...] = ("images", "labels", "eval_labels")
+_TMP_PREFIX = ".tmp-"
+# Preprocessing is CPU-bound (decoding, resizing, shape classification at 512 px).
+_PARALLEL_MIN_IMAGES = 64
+_MAX_WORKERS = 8
+_OWNER_FILE = "owner.json"
+
+
+@dataclass(frozen=True)
+class CacheItem:
+    """One training/evaluation sample: structure `structure` of image `image_index`.
+
+    name is ``<record.name>_<LV|MYO|LA>``; prompts maps "p0".."p7" to "" or a pair of
+    phrasings (DESIGN.md, "Prompts").
+    """
+
+    image_index: int
+    structure: int  # 1 LV cavity, 2 myocardium, 3 LA (vlsm.axes.STRUCTURES)
+    name: str
+    prompts: dict[str, str | tuple[str, str]]
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedSplit:
+    """A cache folder opened read-only; the arrays are memory maps of its .npy files.
+
+    Pickling (e.g. by Ray) sends only the folder path; the receiver re-opens the maps,
+    so no process ever copies the arrays.
+    """
+
+    root: Path
+    size: int
+    split: str
+    source: str
+    images: np.ndarray = field(repr=False)  # (N, size, size) uint8 grayscale 0-255
+    labels: np.ndarray = field(repr=False)  # (N, size, size) uint8 in {0,1,2,3}, nearest
+    eval_labels: np.ndarray = field(repr=False)  # (N, 512, 512) uint8 in {0,1,2,3}, nearest
+    names: list[str] = field(repr=False)  # record.name per image
+    records_meta: list[dict] = field(repr=False)  # patient, view, phase, split, ... per image
+    items: list[CacheItem] = field(repr=False)  # one per (image, structure): 3 * N
+
+    def __len__(self) -> int:
+        """Number of items (image-structure pairs), not images."""
+        return len(self.items)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.names)
+
+    def __reduce__(self):
+        return (open_split, (self.root,))
+
+
+# --- the key --------------------------------------------------------------------------
+
+
+def _mhd_data_files(path: Path) -> list[Path]:
+    """The data file a .mhd header points to (its pixels are not in the header)."""
+    for line in path.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile":
+            value = value.strip()
+            if value.upper() in ("LOCAL", "") or value.upper().startswith("LIST"):
+                return []
+            return [path.parent / value]
+    return []
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of the file's bytes (and of its .raw for a .mhd header)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: input file not found while computing the cache key")
+    digest = hashlib.sha256()
+    files = [path]
+    if path.name.lower().endswith(".mhd"):
+        files += _mhd_data_files(path)
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f"{file}: data file of {path} not found")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _code_digest() -> str:
+    """sha256 of the source of the modules that decide what is cached."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for module_name in _CODE_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # a module being written by someone else; key still valid
+            digest.update(f"{module_name}:missing".encode())
+            continue
+        source = getattr(module, "__file__", None)
+        digest.update(module_name.encode())
+        if source and Path(source).is_file():
+            digest.update(Path(source).read_bytes())
+    return digest.hexdigest()
+
+
+def _jsonable(value):
+    """Records' metadata as JSON-friendly values (paths as str, tuples as lists)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _record_fields(rec: EchoImage) -> dict:
+    """Everything about a record except where its files are (moving data keeps the key)."""
+    fields = {
+        "source": rec.source,
+        "patient": rec.patient,
+        "view": rec.view,
+        "phase": rec.phase,
+        "split": rec.split,
+        "variant": rec.variant,
+        "info": dataclasses.asdict(rec.info),
+        "n_masks": len(rec.mask_paths),
+    }
+    if rec.prompts is not None:
+        fields["prompts"] = {str(k): _jsonable(v) for k, v in sorted(rec.prompts.items())}
+    return fields
+
+
+def cache_key(records: Sequence[EchoImage], size: int, *, eval_size: int = EVAL_SIZE) -> str:
+    """Content hash (sha256 hex) of what a cache built from these records would hold.
+
+    Covers every input file's bytes (a .mhd's .raw too), the records' metadata and
+    order, size and eval_size, CACHE_VERSION and the code of `_CODE_MODULES`.
+    """
+    digest = hashlib.sha256()
+    header = {"cache_version": CACHE_VERSION, "size": size, "eval_size": eval_size}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    digest.update(_code_digest().encode())
+    for rec in records:
+        digest.update(json.dumps(_record_fields(rec), sort_keys=True, default=str).encode())
+        for path in (rec.image_path, *rec.mask_paths):
+            digest.update(_file_digest(Path(path)).encode())
+    return digest.hexdigest()
+
+
+def cache_folder_name(name: str, split: str, size: int, key: str) -> str:
+    return f"{name}-{split}-{size}-{key[:16]}"
+
+
+# --- building -------------------------------------------------------------------------
+
+
+def _resize(array: np.ndarray, size: int, *, nearest: bool) -> np.ndarray:
+    """(H, W) uint8 -> (size, size) uint8; bilinear (antialiased) or nearest."""
+    if array.shape == (size, size):
+        return np.array(array, dtype=np.uint8, copy=True)
+    from PIL import Image
+
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    return np.asarray(image.resize((size, size), resample=resample))
+
+
+def _as_prompt_set(prompts: Mapping) -> dict[str, str | tuple[str, str]]:
+    """Prompts with lists (JSON) turned back into (phrasing 1, phrasing 2) tuples."""
+    out: dict[str, str | tuple[str, str]] = {}
+    for key, value in prompts.items():
+        out[str(key)] = value if isinstance(value, str) else tuple(value)
+    return out
+
+
+def _item_prompts(rec: EchoImage, structure: int, mask512: np.ndarray) -> dict:
+    """The record's own prompts (authors' layout) or prompts built from its metadata."""
+    if rec.prompts is not None:
+        if structure not in rec.prompts:
+            raise ValueError(
+                f"{rec.image_path}: record {rec.name} carries prompts for structures "
+                f"{sorted(rec.prompts)}, but not for structure {structure}"
+            )
+        return _as_prompt_set(rec.prompts[structure])
+    from vlsm.data.prompts import build_prompts, prompt_keys
+    from vlsm.data.shapes import classify_shape
+
+    binary = mask512 == structure  # (512, 512) bool
+    shape = None
+    if binary.any():
+        try:
+            shape = classify_shape(binary)
+        except ValueError as err:  # degenerate outline (a few pixels): no shape prompt
+            log.debug("%s structure %d: no shape (%s)", rec.name, structure, err)
+    try:
+        return _as_prompt_set(build_prompts(rec, structure, shape=shape))
+    except ValueError as err:
+        # Missing metadata (an age, a shape) only rules out the prompts that need it:
+        # keep the others so that e.g. P1 trials still run; meta.json counts them.
+        log.debug("%s: %s", rec.name, err)
+    prompts: dict[str, str | tuple[str, str]] = {}
+    for key in prompt_keys(rec.synthetic):
+        try:
+            prompts.update(build_prompts(rec, structure, shape=shape, keys=[key]))
+        except ValueError:
+            continue
+    return _as_prompt_set(prompts)
+
+
+def _record_meta(rec: EchoImage) -> dict:
+    meta = {
+        "name": rec.name,
+        "source": rec.source,
+        "patient": rec.patient,
+        "view": rec.view,
+        "phase": rec.phase,
+        "split": rec.split,
+        "variant": rec.variant,
+        **dataclasses.asdict(rec.info),
+        "image_path": str(rec.image_path),
+        "mask_paths": [str(p) for p in rec.mask_paths],
+    }
+    return meta
+
+
+@dataclass(frozen=True)
+class _Processed:
+    """One record, preprocessed (what a worker process sends back)."""
+
+    image: np.ndarray  # (size, size) uint8
+    labels: np.ndarray  # (size, size) uint8 in 0..3
+    eval_labels: np.ndarray  # (512, 512) uint8 in 0..3
+    prompts: list[dict]  # per structure 1, 2, 3
+    missing: list[str]  # prompt keys some structure could not get
+
+
+def _process(rec: EchoImage, size: int) -> _Processed:
+    """Read, resize and prompt one record (runs in the parent or a worker process)."""
+    from vlsm.data.io import read_image, read_label_map
+    from vlsm.data.prompts import prompt_keys
+
+    image = read_image(rec)  # (H, W) uint8
+    label_map = read_label_map(rec)  # (H, W) uint8 in 0..3
+    if image.shape != label_map.shape:
+        raise ValueError(
+            f"{rec.image_path}: image shape {image.shape} differs from its mask "
+            f"{rec.mask_paths[0]} shape {label_map.shape}"
+        )
+    mask512 = _resize(label_map, EVAL_SIZE, nearest=True)  # (512, 512)
+    prompts, missing = [], []
+    for structure in sorted(STRUCTURES):
+        item_prompts = _item_prompts(rec, structure, mask512)
+        if rec.prompts is None:
+            missing += [k for k in prompt_keys(rec.synthetic) if k not in item_prompts]
+        prompts.append(_jsonable(item_prompts))
+    return _Processed(
+        image=_resize(image, size, nearest=False),
+        labels=_resize(label_map, size, nearest=True),
+        eval_labels=mask512,
+        prompts=prompts,
+        missing=missing,
+    )
+
+
+def _default_workers(n: int) -> int:
+    """Worker processes for n images: none for small jobs (start-up costs ~1 s)."""
+    if n < _PARALLEL_MIN_IMAGES:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(_MAX_WORKERS, cpus))
+
+
+@contextmanager
+def _processed(records: Sequence[EchoImage], size: int, workers: int) -> Iterator:
+    """_Processed per record, in order; in `workers` spawned processes when > 1."""
+    if workers <= 1:
+        yield (_process(rec, size) for rec in records)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from itertools import repeat
+
+    # spawn, not fork: the caller may hold threads (Ray, tqdm) that fork would copy broken
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        yield pool.map(_process, records, repeat(size), chunksize=4)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # do not finish a failed build
+        raise
+    pool.shutdown()
+
+
+def _build(
+    folder: Path,
+    records: Sequence[EchoImage],
+    size: int,
+    meta: dict,
+    progress: bool,
+    workers: int,
+) -> None:
+    """Write the arrays, items.json and meta.json of one split into folder."""
+    from numpy.lib.format import open_memmap
+    from tqdm.auto import tqdm
+
+    n = len(records)
+    # Written straight to disk: SDM train at 416 px would not fit in memory.
+    images = open_memmap(folder / "images.npy", "w+", np.uint8, (n, size, size))
+    labels = open_memmap(folder / "labels.npy", "w+", np.uint8, (n, size, size))
+    eval_labels = open_memmap(folder / "eval_labels.npy", "w+", np.uint8, (n, EVAL_SIZE, EVAL_SIZE))
+    items: list[dict] = []
+    missing: Counter[str] = Counter()  # prompt key -> items that could not get it
+    desc = f"prepare {meta['name']}/{meta['split']} @ {size}px"
+    with _processed(records, size, workers) as results:
+        bar = tqdm(results, total=n, desc=desc, unit="img", disable=not progress)
+        for index, (rec, done) in enumerate(zip(records, bar, strict=True)):
+            images[index] = done.image
+            labels[index] = done.labels
+            eval_labels[index] = done.eval_labels
+            missing.update(done.missing)
+            for (structure, short), prompts in zip(
+                sorted(STRUCTURES.items()), done.prompts, strict=True
+            ):
+                items.append(
+                    {
+                        "image_index": index,
+                        "structure": structure,
+                        "name": f"{rec.name}_{short}",
+                        "prompts": prompts,
+                    }
+                )
+    for array in (images, labels, eval_labels):
+        array.flush()
+    del images, labels, eval_labels
+    _write_json(folder / "items.json", items)
+    prompt_counts = dict(Counter(key for item in items for key in item["prompts"]))
+    if missing:
+        log.warning(
+            "%s/%s: some items lack prompts (missing metadata or shape): %s",
+            meta["name"],
+            meta["split"],
+            ", ".join(f"{k} missing for {m} item(s)" for k, m in sorted(missing.items())),
+        )
+    meta = {
+        **meta,
+        "n_images": n,
+        "n_items": len(items),
+        "prompt_counts": prompt_counts,  # items holding each prompt key
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "names": [rec.name for rec in records],
+        "records": [_record_meta(rec) for rec in records],
+    }
+    _write_json(folder / "meta.json", meta)  # written last: its presence = complete
+
+
+def _write_json(path: Path, value) -> None:
+    with open(path, "w") as fh:
+        json.dump(value, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _make_read_only(folder: Path) -> None:
+    """Files r--r--r--; the folder rwxr-xr-x (mkdtemp made it private; other users
+    on a node may share the cache), writable by its owner so that it can be deleted."""
+    for path in folder.iterdir():
+        path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    folder.chmod(0o755)
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory lock (flock); a no-op where fcntl does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic rename alone keeps caches whole
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_tmp(cache_dir: Path, final_name: str) -> None:
+    """Delete temporary folders of final_name left by killed builds on this host."""
+    host = socket.gethostname()
+    for tmp in cache_dir.glob(f"{_TMP_PREFIX}{final_name}-*"):
+        try:
+            owner = json.loads((tmp / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # no owner yet (just created) or not ours: leave it
+        if owner.get("host") == host and not _pid_alive(int(owner.get("pid", -1))):
+            log.info("removing %s, left by a killed prepare (pid %s)", tmp, owner.get("pid"))
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_records(records: Sequence[EchoImage], split: str, size: int, name: str) -> None:
+    if not records:
+        raise ValueError(f"prepare_split: no records for split {split!r} of {name!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"prepare_split: size must be a positive int, got {size!r}")
+    if not name or "/" in name or os.sep in name or name.startswith("."):
+        raise ValueError(
+            f"prepare_split: name {name!r} must be a non-empty file-name-safe string "
+            "(no '/', not starting with '.')"
+        )
+    for rec in records:
+        if rec.split != split:
+            raise ValueError(
+                f"{rec.image_path}: record {rec.name} belongs to split {rec.split!r}, "
+                f"but prepare_split was asked for split {split!r}"
+            )
+        if not rec.mask_paths:
+            raise ValueError(
+                f"{rec.image_path}: record {rec.name} has no ground-truth mask; the cache "
+                "needs labelled images (drop unlabelled records, e.g. CAMUS 2019 testing)"
+            )
+    names = [rec.name for rec in records]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})[:5]
+        raise ValueError(f"prepare_split: duplicate record names in split {split!r}: {dupes}")
+
+
+def prepare_split(
+    records: Sequence[EchoImage],
+    split: str,
+    size: int,
+    cache_dir: Path,
+    *,
+    name: str,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
+    """Build (or reuse) the cache folder of one split at one input size; return it.
+
+    The folder is ``<cache_dir>/<name>-<split>-<size>-<key[:16]>``. It is built in a
+    temporary folder and renamed into place, so it either exists complete or not at all.
+    workers: processes that decode and resize (default: up to 8 for 64+ images, else
+    none; 1 = in this process). The result does not depend on it.
+    """
+    records = list(records)
+    _check_records(records, split, size, name)
+    cache_dir = Path(cache_dir)
+    key = cache_key(records, size)
+    final = cache_dir / cache_folder_name(name, split, size, key)
+    if final.is_dir():
+        log.info("reusing cache %s", final)
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(cache_dir / f".{final.name}.lock"):
+        if final.is_dir():  # another process built it while we waited
+            log.info("reusing cache %s (built by another process)", final)
+            return final
+        _remove_stale_tmp(cache_dir, final.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=cache_dir))
+        try:
+            owner = {"host": socket.gethostname(), "pid": os.getpid()}
+            (tmp / _OWNER_FILE).write_text(json.dumps(owner))
+            sources = sorted({rec.source for rec in records})
+            meta = {
+                "cache_version": CACHE_VERSION,
+                "key": key,
+                "name": name,
+                "split": split,
+                "size": size,
+                "eval_size": EVAL_SIZE,
+                "source": "+".join(sources),
+            }
+            started = time.perf_counter()
+            n_workers = _default_workers(len(records)) if workers is None else workers
+            _build(tmp, records, size, meta, progress, n_workers)
+            (tmp / _OWNER_FILE).unlink()
+            _make_read_only(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                log.info("cache %s appeared during the build; keeping that one", final)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
+            log.info(
+                "built cache %s (%d images) in %.1f s",
+                final,
+                len(records),
+                time.perf_counter() - started,
+            )
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
+
+
+# --- opening --------------------------------------------------------------------------
+
+
+def open_split(path: Path) -> PreparedSplit:
+    """Open a cache folder read-only (arrays memory-mapped, mmap_mode="r")."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise ValueError(
+            f"{path}: not a prepared cache folder (no meta.json); run `vlsm prepare` first"
+        )
+    meta = json.loads(meta_path.read_text())
+    version = meta.get("cache_version")
+    if version != CACHE_VERSION:
+        raise ValueError(
+            f"{meta_path}: cache_version {version!r}, expected {CACHE_VERSION}; "
+            "re-run `vlsm prepare` (it builds a new folder) and delete this one"
+        )
+    arrays = {}
+    for array_name in _ARRAYS:
+        file = path / f"{array_name}.npy"
+        if not file.is_file():
+            raise ValueError(f"{file}: missing from cache folder {path}; delete it and re-prepare")
+        arrays[array_name] = np.load(file, mmap_mode="r")
+    size, n = int(meta["size"]), int(meta["n_images"])
+    expected = {
+        "images": (n, size, size),
+        "labels": (n, size, size),
+        "eval_labels": (n, int(meta["eval_size"]), int(meta["eval_size"])),
+    }
+    for array_name, shape in expected.items():
+        if arrays[array_name].shape != shape or arrays[array_name].dtype != np.uint8:
+            raise ValueError(
+                f"{path / (array_name + '.npy')}: shape {arrays[array_name].shape} dtype "
+                f"{arrays[array_name].dtype}, expected {shape} uint8; delete it and re-prepare"
+            )
+    raw_items = json.loads((path / "items.json").read_text())
+    items = [
+        CacheItem(
+            image_index=int(it["image_index"]),
+            structure=int(it["structure"]),
+            name=it["name"],
+            prompts=_as_prompt_set(it["prompts"]),
+        )
+        for it in raw_items
+    ]
+    return PreparedSplit(
+        root=path,
+        size=size,
+        split=meta["split"],
+        source=meta["source"],
+        images=arrays["images"],
+        labels=arrays["labels"],
+        eval_labels=arrays["eval_labels"],
+        names=list(meta["names"]),
+        records_meta=list(meta["records"]),
+        items=items,
+    )
+
+
+# --- whole datasets -------------------------------------------------------------------
+
+
+def _load_camus(root: Path, split_scheme: str, n_val: int | None) -> list[EchoImage]:
+    from vlsm.data.camus import load_camus
+
+    if n_val is None:
+        return load_camus(root, split_scheme=split_scheme)
+    return load_camus(root, split_scheme=split_scheme, n_val=n_val)
+
+
+def _load_records(
+    kind: str,
+    root: Path,
+    split_scheme: str,
+    n_val: int | None,
+    camus_root: Path | None,
+    dataset: str,
+) -> list[EchoImage]:
+    if kind == "camus":
+        return _load_camus(root, split_scheme, n_val)
+    if kind == "sdm":
+        from vlsm.data.sdm import load_sdm, with_camus_info
+
+        records = load_sdm(root)
+        if camus_root is None:
+            log.warning(
+                "%s: SDM images carry no patient metadata; without a CAMUS root only "
+                "prompts P0-P3 can be built (give camus_root / --camus-root for P4-P6)",
+                root,
+            )
+            return records
+        return with_camus_info(records, _load_camus(Path(camus_root), split_scheme, n_val))
+    if kind == "synthetic-boost":
+        from vlsm.data.synthetic_boost import load_synthetic_boost
+
+        return load_synthetic_boost(root, dataset=dataset)
+    raise ValueError(f"prepare_dataset: unknown kind {kind!r}; expected one of {DATASET_KINDS}")
+
+
+def prepare_records(
+    records: Sequence[EchoImage],
+    size: int,
+    cache_dir: Path,
+    *,
+    name: str,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, Path]:
+    """Prepare one cache per split present in records; return {split: folder}.
+
+    Records without ground truth (CAMUS 2019 testing) are skipped with a warning.
+    """
+    labelled = [rec for rec in records if rec.mask_paths]
+    if len(labelled) < len(records):
+        first = next(rec for rec in records if not rec.mask_paths)
+        log.warning(
+            "%s: skipping %d image(s) without ground truth (e.g. %s)",
+            name,
+            len(records) - len(labelled),
+            first.image_path,
+        )
+    if not labelled:
+        raise ValueError(f"prepare {name!r}: no labelled images among {len(records)} records")
+    unknown = sorted({rec.split for rec in labelled} - set(SPLITS))
+    if unknown:
+        raise ValueError(f"prepare {name!r}: unknown split(s) {unknown}; expected {SPLITS}")
+    out: dict[str, Path] = {}
+    for split in SPLITS:
+        split_records = [rec for rec in labelled if rec.split == split]
+        if split_records:
+            out[split] = prepare_split(
+                split_records,
+                split,
+                size,
+                cache_dir,
+                name=name,
+                progress=progress,
+                workers=workers,
+            )
+    return out
+
+
+def prepare_dataset(
+    kind: str,
+    root: Path,
+    size: int,
+    cache_dir: Path,
+    split_scheme: str = "paper",
+    *,
+    n_val: int | None = None,
+    camus_root: Path | None = None,
+    dataset: str = "camus",
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, Path]:
+    """Read a dataset with its reader and prepare one cache per split; return {split: folder}.
+
+    kind: "camus" | "sdm" | "synthetic-boost". split_scheme and n_val (validation
+    patients, default the paper's 50) go to `load_camus`; for "sdm", camus_root gives
+    the SDM images their patients' metadata (`with_camus_info`), needed by P4-P6;
+    dataset ("camus" | "sdm") picks the data set of the authors' layout.
+    """
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"prepare_dataset: unknown kind {kind!r}; expected one of {DATASET_KINDS}")
+    records = _load_records(kind, Path(root), split_scheme, n_val, camus_root, dataset)
+    name = kind if kind != "synthetic-boost" else f"synthetic-boost-{dataset}"
+    return prepare_records(records, size, cache_dir, name=name, progress=progress, workers=workers)

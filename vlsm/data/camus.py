@@ -1,0 +1,466 @@
+"""CAMUS readers and writers for both public releases.
+
+Two releases of the same 500 patients exist and users have either (or both):
+
+- 2019 (challenge release)::
+
+      root/training/patient0001 .. patient0450/
+          patient0001_2CH_ED.mhd + .raw, patient0001_2CH_ED_gt.mhd + .raw, ... (2CH|4CH x ED|ES)
+          Info_2CH.cfg, Info_4CH.cfg          (ED, ES, NbFrame, Sex, Age, ImageQuality, LVedv, LVesv, LVef)
+      root/testing/patient0001 .. patient0050/ (same files; _gt only in later downloads)
+
+  The 50 test patients are numbered patient0001-0050 *separately* from training, so in
+  this release a patient id is only unique together with its split.
+- 2023 (CAMUS_public)::
+
+      root/database_nifti/patient0001 .. patient0500/
+          patient0001_2CH_ED.nii.gz, patient0001_2CH_ED_gt.nii.gz, ..., Info_2CH.cfg (EF instead of LVef)
+      root/database_split/subgroup_{training,validation,testing}.txt   (one patient id a line)
+
+Splits (`load_camus(split_scheme=...)`):
+
+- "paper" (Synthetic Boost, and Stojanovski et al.'s extraction script): the official
+  test patients are the test split (2019: every patient under `testing/`; 2023: the
+  patients listed in `database_split/subgroup_testing.txt`); of the other patients,
+  sorted by id, the first `n_val` (50) validate and the rest train.
+- "official": the 2023 release's three subgroup files as they are. The 2019 release has
+  no official validation split, so this is a ValueError there.
+
+Label maps: 0 background, 1 LV cavity, 2 myocardium, 3 LA (`vlsm.axes.STRUCTURES`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from vlsm.data.io import write_itk, write_text_atomic
+from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage, PatientInfo
+
+__all__ = [
+    "RELEASES",
+    "SPLIT_SCHEMES",
+    "PAPER_VAL_PATIENTS",
+    "SPLIT_FILES",
+    "detect_camus_release",
+    "parse_info_cfg",
+    "format_info_cfg",
+    "load_camus",
+    "read_camus_split_files",
+    "write_camus_patient",
+    "write_camus_split_files",
+]
+
+log = logging.getLogger(__name__)
+
+RELEASE_2019 = "2019"
+RELEASE_2023 = "2023"
+RELEASES: tuple[str, ...] = (RELEASE_2019, RELEASE_2023)
+SOURCES: dict[str, str] = {RELEASE_2019: "camus2019", RELEASE_2023: "camus2023"}
+SPLIT_SCHEMES: tuple[str, ...] = ("paper", "official")
+PAPER_VAL_PATIENTS = 50  # paper: the first 50 non-test patients validate
+# 2019 folders and the 2023 data / split folders
+DIR_TRAINING, DIR_TESTING = "training", "testing"
+DIR_NIFTI, DIR_SPLIT = "database_nifti", "database_split"
+SPLIT_FILES: dict[str, str] = {
+    "train": "subgroup_training.txt",
+    "val": "subgroup_validation.txt",
+    "test": "subgroup_testing.txt",
+}
+_SUFFIX = {RELEASE_2019: ".mhd", RELEASE_2023: ".nii.gz"}
+_PATIENT_RE = re.compile(r"^patient\d{4}$")
+# cfg key of the ejection fraction per release (2019 also carries LVedv/LVesv)
+_EF_KEY = {RELEASE_2019: "LVef", RELEASE_2023: "EF"}
+_REQUIRED_CFG_KEYS = ("Sex", "Age", "ImageQuality")
+
+
+# --- release detection ----------------------------------------------------------------
+
+
+def detect_camus_release(root: Path) -> str:
+    """'2019' when root holds training/ (and/or testing/), '2023' when it holds database_nifti/.
+
+    Raises ValueError naming root and the folders expected when neither (or both) is found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"CAMUS root {root} is not a folder")
+    has_2023 = (root / DIR_NIFTI).is_dir()
+    has_2019 = (root / DIR_TRAINING).is_dir() or (root / DIR_TESTING).is_dir()
+    if has_2023 and has_2019:
+        raise ValueError(
+            f"CAMUS root {root} holds both the 2019 release ({DIR_TRAINING}/, {DIR_TESTING}/) "
+            f"and the 2023 release ({DIR_NIFTI}/); point to a folder with only one of them"
+        )
+    if has_2023:
+        return RELEASE_2023
+    if has_2019:
+        return RELEASE_2019
+    hint = ""
+    nested = [p.name for p in root.iterdir() if p.is_dir() and (p / DIR_NIFTI).is_dir()]
+    if nested:
+        hint = f" (found {DIR_NIFTI}/ inside {root / nested[0]}; use that folder as root)"
+    raise ValueError(
+        f"CAMUS root {root}: expected {DIR_TRAINING}/ and {DIR_TESTING}/ (2019 release) or "
+        f"{DIR_NIFTI}/ and {DIR_SPLIT}/ (2023 release){hint}"
+    )
+
+
+# --- Info_<view>.cfg ------------------------------------------------------------------
+
+
+def _cfg_int(path: Path, lineno: int, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{path}:{lineno}: {key} must be an integer, got {value!r}") from None
+
+
+def _cfg_float(path: Path, lineno: int, key: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{path}:{lineno}: {key} must be a number, got {value!r}") from None
+
+
+def parse_info_cfg(path: Path) -> PatientInfo:
+    """Parse a CAMUS Info_<view>.cfg (`Key: value` lines) into a PatientInfo.
+
+    Known keys: ED, ES, NbFrame (ints), Sex (F|M), Age (int), ImageQuality
+    (Good|Medium|Poor), EF (2023) or LVef (2019) in %; LVedv, LVesv and FrameRate are
+    checked to be numbers and otherwise ignored, other keys are ignored. Sex, Age and
+    ImageQuality are required (prompts P4-P6 need them). Raises ValueError naming the
+    file (and line) for a missing file, a malformed line, a bad value or a missing key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: CAMUS info file not found (expected `Key: value` lines)")
+    fields: dict[str, object] = {}
+    seen: set[str] = set()
+    ef_from: str | None = None
+    for lineno, raw in enumerate(
+        path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
+    ):
+        line = raw.strip()
+        if not line:
+            continue
+        key, sep, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"{path}:{lineno}: expected a `Key: value` line, got {raw!r}")
+        seen.add(key)
+        if key in ("ED", "ES", "NbFrame"):
+            name = {"ED": "ed_frame", "ES": "es_frame", "NbFrame": "n_frames"}[key]
+            fields[name] = _cfg_int(path, lineno, key, value)
+        elif key == "Sex":
+            if value.upper() not in SEXES:
+                raise ValueError(f"{path}:{lineno}: Sex must be one of {SEXES}, got {value!r}")
+            fields["sex"] = value.upper()
+        elif key == "Age":
+            fields["age"] = _cfg_int(path, lineno, key, value)
+        elif key == "ImageQuality":
+            quality = value.capitalize()
+            if quality not in QUALITIES:
+                raise ValueError(
+                    f"{path}:{lineno}: ImageQuality must be one of {QUALITIES}, got {value!r}"
+                )
+            fields["image_quality"] = quality
+        elif key in ("EF", "LVef"):
+            ef = _cfg_float(path, lineno, key, value)
+            if key == "EF" or ef_from is None:  # EF wins over LVef when both are given
+                fields["ef"], ef_from = ef, key
+        elif key in ("LVedv", "LVesv", "FrameRate"):
+            _cfg_float(path, lineno, key, value)
+        else:
+            log.debug("%s:%d: ignoring unknown key %r", path, lineno, key)
+    missing = [k for k in _REQUIRED_CFG_KEYS if k not in seen]
+    if missing:
+        raise ValueError(
+            f"{path}: missing required key(s) {missing}; expected `Key: value` lines for "
+            f"{list(_REQUIRED_CFG_KEYS)} (and ED, ES, NbFrame, EF or LVef)"
+        )
+    return PatientInfo(**fields)  # type: ignore[arg-type]
+
+
+def format_info_cfg(info: PatientInfo, release: str) -> str:
+    """The text of an Info_<view>.cfg for `info` in the release's key order.
+
+    Fields that are None are left out; the ejection fraction is written as LVef (2019)
+    or EF (2023).
+    """
+    _check_release(release)
+    rows = [
+        ("ED", info.ed_frame),
+        ("ES", info.es_frame),
+        ("NbFrame", info.n_frames),
+        ("Sex", info.sex),
+        ("Age", info.age),
+        ("ImageQuality", info.image_quality),
+        (_EF_KEY[release], None if info.ef is None else repr(float(info.ef))),
+    ]
+    return "".join(f"{key}: {value}\n" for key, value in rows if value is not None)
+
+
+# --- reading a release ----------------------------------------------------------------
+
+
+def _check_release(release: str) -> None:
+    if release not in RELEASES:
+        raise ValueError(f"CAMUS release must be one of {RELEASES}, got {release!r}")
+
+
+def _patient_dirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _PATIENT_RE.match(p.name))
+
+
+def read_camus_split_files(root: Path) -> dict[str, list[str]]:
+    """The 2023 release's database_split/subgroup_*.txt as {"train"|"val"|"test": [patient, ...]}.
+
+    Only files that exist are returned; blank lines are skipped; a line that is not a
+    patient id (patientXXXX) is a ValueError naming the file and line.
+    """
+    folder = Path(root) / DIR_SPLIT
+    splits: dict[str, list[str]] = {}
+    for split, name in SPLIT_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            continue
+        patients: list[str] = []
+        for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            line = raw.strip()
+            if not line:
+                continue
+            if not _PATIENT_RE.match(line):
+                raise ValueError(
+                    f"{path}:{lineno}: expected a patient id like 'patient0001', got {raw!r}"
+                )
+            patients.append(line)
+        splits[split] = patients
+    return splits
+
+
+def _assign_paper(candidates: list[str], test: set[str], n_val: int) -> dict[str, str]:
+    """patient -> split for the paper scheme (test given; first n_val others validate)."""
+    others = sorted(p for p in candidates if p not in test)
+    val = set(others[:n_val])
+    return {p: ("test" if p in test else "val" if p in val else "train") for p in candidates}
+
+
+def _records_for_patient(patient_dir: Path, release: str, split: str) -> list[EchoImage]:
+    patient = patient_dir.name
+    suffix = _SUFFIX[release]
+    records = []
+    for view in VIEWS:
+        info = parse_info_cfg(patient_dir / f"Info_{view}.cfg")
+        for phase in PHASES:
+            image = patient_dir / f"{patient}_{view}_{phase}{suffix}"
+            if not image.is_file():
+                raise ValueError(
+                    f"{image}: CAMUS image not found (expected {patient}_{view}_{phase}{suffix} "
+                    f"in {patient_dir})"
+                )
+            gt = patient_dir / f"{patient}_{view}_{phase}_gt{suffix}"
+            masks: tuple[Path, ...] = (gt,) if gt.is_file() else ()
+            if not masks and split != "test":
+                log.warning(
+                    "%s: no ground truth for a %s image (%s missing)", image, split, gt.name
+                )
+            records.append(
+                EchoImage(
+                    source=SOURCES[release],
+                    patient=patient,
+                    view=view,
+                    phase=phase,
+                    split=split,
+                    image_path=image,
+                    mask_paths=masks,
+                    info=info,
+                )
+            )
+    return records
+
+
+def load_camus(
+    root: Path, split_scheme: str = "paper", *, n_val: int = PAPER_VAL_PATIENTS
+) -> list[EchoImage]:
+    """One record per patient x view (2CH, 4CH) x phase (ED, ES) of a CAMUS release.
+
+    The release is detected from the folders (`detect_camus_release`). Splits:
+
+    - "paper": official test patients -> "test" (2019: every patient under testing/;
+      2023: the patients in database_split/subgroup_testing.txt, required); the other
+      patients sorted by id: the first `n_val` (50) -> "val", the rest -> "train".
+    - "official" (2023 only): the three subgroup_*.txt files; patients in none are
+      left out with a warning.
+
+    2019 test patients without _gt files get empty `mask_paths`. Records are sorted by
+    split (train, val, test), patient, view, phase. In the 2019 release test patients
+    reuse the ids patient0001-0050, so there a record is identified by (split, name).
+    Raises ValueError naming the file or folder for anything missing or malformed.
+    """
+    root = Path(root)
+    if split_scheme not in SPLIT_SCHEMES:
+        raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {split_scheme!r}")
+    if n_val < 0:
+        raise ValueError(f"n_val must be >= 0, got {n_val}")
+    release = detect_camus_release(root)
+    jobs: list[tuple[Path, str]] = []  # (patient folder, split)
+    if release == RELEASE_2019:
+        if split_scheme == "official":
+            raise ValueError(
+                f"CAMUS root {root} is the 2019 release, which has no official validation "
+                "split (database_split/ came with the 2023 release); use split_scheme='paper'"
+            )
+        train_dirs = _patient_dirs(root / DIR_TRAINING)
+        test_dirs = _patient_dirs(root / DIR_TESTING)
+        splits = _assign_paper([d.name for d in train_dirs], set(), n_val)
+        jobs += [(d, splits[d.name]) for d in train_dirs]
+        jobs += [(d, "test") for d in test_dirs]
+    else:
+        dirs = {d.name: d for d in _patient_dirs(root / DIR_NIFTI)}
+        files = read_camus_split_files(root)
+        needed = ["test"] if split_scheme == "paper" else list(SPLIT_FILES)
+        for split in needed:
+            if split not in files:
+                raise ValueError(
+                    f"{root / DIR_SPLIT / SPLIT_FILES[split]}: split file not found; the "
+                    f"'{split_scheme}' split of the 2023 release needs "
+                    f"{', '.join(SPLIT_FILES[s] for s in needed)} in {root / DIR_SPLIT}"
+                )
+        listed = {p: s for s in needed for p in files[s]}
+        missing = sorted(p for p in listed if p not in dirs)
+        if missing:
+            raise ValueError(
+                f"{root / DIR_SPLIT}: patients {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                f"are listed in the split files but have no folder in {root / DIR_NIFTI}"
+            )
+        if split_scheme == "paper":
+            splits = _assign_paper(sorted(dirs), set(files["test"]), n_val)
+        else:
+            splits = listed
+            unlisted = sorted(set(dirs) - set(listed))
+            if unlisted:
+                log.warning(
+                    "%s: %d patient(s) in no split file are left out (e.g. %s)",
+                    root / DIR_SPLIT,
+                    len(unlisted),
+                    unlisted[0],
+                )
+        jobs += [(dirs[p], s) for p, s in sorted(splits.items())]
+    if not jobs:
+        raise ValueError(f"CAMUS root {root}: no patientXXXX folders found")
+    records = [r for d, s in jobs for r in _records_for_patient(d, release, s)]
+    order = {"train": 0, "val": 1, "test": 2}
+    records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase))
+    log.info(
+        "CAMUS %s at %s: %s",
+        release,
+        root,
+        ", ".join(f"{s} {sum(r.split == s for r in records)}" for s in order),
+    )
+    return records
+
+
+# --- writing a release ----------------------------------------------------------------
+
+
+def _check_key(key: tuple[str, str], what: str) -> None:
+    if not (isinstance(key, tuple) and len(key) == 2 and key[0] in VIEWS and key[1] in PHASES):
+        raise ValueError(
+            f"{what} key must be (view, phase) with view in {VIEWS} and phase in {PHASES}, "
+            f"got {key!r}"
+        )
+
+
+def write_camus_patient(
+    root: Path,
+    release: str,
+    patient: str,
+    images: Mapping[tuple[str, str], np.ndarray],
+    label_maps: Mapping[tuple[str, str], np.ndarray | None],
+    infos: Mapping[str, PatientInfo],
+    spacing: tuple[float, float] = (0.3, 0.3),
+    testing: bool = False,
+) -> None:
+    """Write one patient exactly as the release lays it out (see the module docstring).
+
+    images / label_maps are keyed by (view, phase), e.g. ("2CH", "ED"): (H, W) uint8
+    images and (H, W) label maps in {0, 1, 2, 3}; a None (or absent) label map writes
+    no _gt file. infos is keyed by view and becomes Info_<view>.cfg (LVef in 2019, EF
+    in 2023). spacing is (row, col) mm. testing puts a 2019 patient under testing/
+    instead of training/; it has no effect on 2023 (use `write_camus_split_files`).
+    Every file is written atomically.
+    """
+    _check_release(release)
+    if not _PATIENT_RE.match(patient):
+        raise ValueError(f"patient must look like 'patient0001', got {patient!r}")
+    root = Path(root)
+    if release == RELEASE_2019:
+        folder = root / (DIR_TESTING if testing else DIR_TRAINING) / patient
+    else:
+        folder = root / DIR_NIFTI / patient
+    suffix = _SUFFIX[release]
+    for key in label_maps:
+        _check_key(key, "label_maps")
+        if key not in images:
+            raise ValueError(f"label_maps has {key!r} but images has no such image")
+    for key, image in images.items():
+        _check_key(key, "images")
+        image = np.asarray(image)
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise ValueError(
+                f"image {patient} {key}: expected a (H, W) uint8 array, got {image.dtype} "
+                f"{image.shape}"
+            )
+        view, phase = key
+        z = release == RELEASE_2019  # the 2019 .mhd files are W x H x 1 volumes
+        write_itk(folder / f"{patient}_{view}_{phase}{suffix}", image, spacing, singleton_z=z)
+        label = label_maps.get(key)
+        if label is None:
+            continue
+        label = np.asarray(label)
+        if label.shape != image.shape:
+            raise ValueError(
+                f"label map {patient} {key}: shape {label.shape} differs from the image's "
+                f"{image.shape}"
+            )
+        bad = sorted({int(v) for v in np.unique(label)} - {0, 1, 2, 3})
+        if bad:
+            raise ValueError(f"label map {patient} {key}: values {bad} outside 0-3")
+        write_itk(
+            folder / f"{patient}_{view}_{phase}_gt{suffix}",
+            label.astype(np.uint8),
+            spacing,
+            singleton_z=z,
+        )
+    for view, info in infos.items():
+        if view not in VIEWS:
+            raise ValueError(f"infos key must be a view in {VIEWS}, got {view!r}")
+        write_text_atomic(folder / f"Info_{view}.cfg", format_info_cfg(info, release))
+
+
+def write_camus_split_files(root: Path, splits: Mapping[str, list[str]]) -> None:
+    """Write the 2023 release's database_split/subgroup_{training,validation,testing}.txt.
+
+    splits maps "train" | "val" | "test" to patient ids; a patient may be in one split only.
+    """
+    unknown = sorted(set(splits) - set(SPLIT_FILES))
+    if unknown:
+        raise ValueError(f"splits keys must be in {tuple(SPLIT_FILES)}, got {unknown}")
+    owner: dict[str, str] = {}
+    for split, patients in splits.items():
+        for p in patients:
+            if not _PATIENT_RE.match(p):
+                raise ValueError(f"splits[{split!r}]: {p!r} is not a patient id like 'patient0001'")
+            if p in owner:
+                raise ValueError(f"{p} is in both splits {owner[p]!r} and {split!r}")
+            owner[p] = split
+    for split, patients in splits.items():
+        text = "".join(f"{p}\n" for p in patients)
+        write_text_atomic(Path(root) / DIR_SPLIT / SPLIT_FILES[split], text)

@@ -1,0 +1,309 @@
+"""Pixel I/O: turn an `EchoImage` record into arrays, and write arrays atomically.
+
+Readers (`vlsm.data.camus`, `vlsm.data.sdm`, ...) only say where pixels live; this
+module is the one place that opens image files, so that orientation, dtype and label
+coding are decided once:
+
+- every 2-D array is (H, W) = (rows, columns), as SimpleITK's `GetArrayFromImage` and
+  PIL give it (SimpleITK's *image* size is (W, H); we never use it for shapes);
+- images are uint8 grayscale 0-255; label maps are uint8 in {0, 1, 2, 3}
+  (0 background, 1 LV cavity, 2 myocardium, 3 LA; `vlsm.axes.STRUCTURES`);
+- spacing is (row, col) in mm;
+- writers never leave a partial file where a complete one belongs: they write a
+  temporary file in the destination folder and `os.replace` it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from vlsm.axes import STRUCTURES
+from vlsm.data.records import EchoImage
+
+__all__ = [
+    "ITK_SUFFIXES",
+    "read_image",
+    "read_label_map",
+    "read_spacing",
+    "read_itk",
+    "read_png",
+    "write_itk",
+    "write_png",
+    "write_text_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+ITK_SUFFIXES: tuple[str, ...] = (".mhd", ".nii.gz", ".nii")
+PNG_SUFFIX = ".png"
+_LABELS = frozenset([0, *STRUCTURES])  # {0, 1, 2, 3}
+
+
+def _kind(path: Path) -> str:
+    """'itk' | 'png' from the file name; ValueError for anything else."""
+    name = path.name.lower()
+    if name.endswith(PNG_SUFFIX):
+        return "png"
+    if any(name.endswith(s) for s in ITK_SUFFIXES):
+        return "itk"
+    raise ValueError(
+        f"{path}: unsupported image file type; expected one of "
+        f"{', '.join((*ITK_SUFFIXES, PNG_SUFFIX))}"
+    )
+
+
+def _to_2d(array: np.ndarray, path: Path) -> np.ndarray:
+    """Squeeze singleton leading/trailing dims to (H, W); ValueError otherwise."""
+    if array.ndim > 2:
+        array = np.squeeze(array)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D image, got an array of shape {array.shape}")
+    return array
+
+
+def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    """Read a .mhd/.nii(.gz) file with SimpleITK.
+
+    Returns the array (H, W) in the file's dtype and the spacing (row, col) in mm.
+    A singleton third dimension (CAMUS 2019 stores 2-D images as W x H x 1) is dropped.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: SimpleITK could not read this file ({err})") from err
+    array = sitk.GetArrayFromImage(image)  # (Z, H, W) or (H, W): numpy order is reversed
+    spacing_xyz = image.GetSpacing()  # (col, row[, slice]) in ITK order
+    array = _to_2d(array, path)
+    return array, (float(spacing_xyz[1]), float(spacing_xyz[0]))
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Read a PNG as a (H, W) array (8-bit grayscale; palette/RGB converted to L)."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    with Image.open(path) as im:
+        if im.mode in ("P", "L", "I;16", "I", "1"):
+            # palette PNGs keep their indices (label maps are often written as P)
+            array = np.asarray(im)
+        else:
+            array = np.asarray(im.convert("L"))
+    return _to_2d(array, path)
+
+
+def _read_any(path: Path) -> np.ndarray:
+    return read_png(path) if _kind(path) == "png" else read_itk(path)[0]
+
+
+def _as_uint8_image(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    lo, hi = float(array.min()), float(array.max())
+    if np.issubdtype(array.dtype, np.integer) and lo >= 0 and hi <= 255:
+        return array.astype(np.uint8)
+    log.debug("%s: rescaling %s range [%g, %g] to uint8", path, array.dtype, lo, hi)
+    if hi <= lo:
+        return np.zeros(array.shape, np.uint8)
+    scaled = (array.astype(np.float64) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def read_image(rec: EchoImage) -> np.ndarray:
+    """The record's image as (H, W) uint8 grayscale (0-255).
+
+    .mhd/.nii(.gz) via SimpleITK, .png via PIL. Non-uint8 intensities outside 0-255
+    are min-max rescaled (CAMUS and SDM ship uint8, so this is a fallback).
+    """
+    path = Path(rec.image_path)
+    return _as_uint8_image(_read_any(path), path)
+
+
+def _check_labels(array: np.ndarray, path: Path, allowed: frozenset[int]) -> np.ndarray:
+    values = {int(v) for v in np.unique(array)}
+    unknown = sorted(values - allowed)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown label value(s) {unknown}; expected values in {sorted(allowed)}"
+        )
+    return array.astype(np.uint8)
+
+
+def read_label_map(rec: EchoImage) -> np.ndarray:
+    """The record's ground truth as one (H, W) uint8 map in {0, 1, 2, 3}.
+
+    - one file, CAMUS (source "camus2019"/"camus2023" or any .mhd/.nii): values 0-3;
+    - one file, SDM (source "sdm"): coding ("labels" or "sector") detected from the
+      values (`vlsm.data.sdm.detect_sdm_coding`) and mapped to 0-3;
+    - three binary masks (structures 1, 2, 3; the authors' layout): label k where
+      mask k > 0. Overlaps are an error (they cannot be expressed as one map).
+
+    Raises ValueError naming the file when the record has no ground truth or a file
+    holds values outside the expected set.
+    """
+    masks = tuple(Path(p) for p in rec.mask_paths)
+    if not masks:
+        raise ValueError(
+            f"{rec.image_path}: record {rec.source}/{rec.name} has no ground-truth mask "
+            "(mask_paths is empty; e.g. a CAMUS 2019 test patient)"
+        )
+    if len(masks) == 1:
+        path = masks[0]
+        array = _read_any(path)
+        if not np.issubdtype(array.dtype, np.integer) and not np.all(array == np.rint(array)):
+            raise ValueError(f"{path}: label map holds non-integer values; expected 0-3")
+        if rec.source == "sdm":
+            from vlsm.data.sdm import detect_sdm_coding, sdm_to_camus_labels
+
+            coding = detect_sdm_coding(array, path)
+            return sdm_to_camus_labels(array, coding)
+        return _check_labels(array, path, _LABELS)
+    if len(masks) == len(STRUCTURES):
+        out: np.ndarray | None = None
+        for label, path in zip(sorted(STRUCTURES), masks, strict=True):
+            mask = _read_any(path) > 0  # (H, W) bool
+            if out is None:
+                out = np.zeros(mask.shape, np.uint8)
+            elif mask.shape != out.shape:
+                raise ValueError(
+                    f"{path}: mask shape {mask.shape} differs from {masks[0]} {out.shape}"
+                )
+            if np.any(mask & (out > 0)):
+                raise ValueError(
+                    f"{path}: mask of structure {label} overlaps an earlier structure's mask; "
+                    "expected disjoint binary masks"
+                )
+            out[mask] = label
+        assert out is not None
+        return out
+    raise ValueError(
+        f"{rec.image_path}: record {rec.source}/{rec.name} has {len(masks)} mask paths; "
+        f"expected 1 label map or {len(STRUCTURES)} binary masks"
+    )
+
+
+def read_spacing(rec: EchoImage) -> tuple[float, float]:
+    """(row, col) pixel spacing in mm from the image header; (1.0, 1.0) for PNG."""
+    path = Path(rec.image_path)
+    if _kind(path) == "png":
+        return (1.0, 1.0)
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise ValueError(f"{path}: SimpleITK could not read the header ({err})") from err
+    spacing = reader.GetSpacing()  # ITK order (col, row[, slice])
+    return (float(spacing[1]), float(spacing[0]))
+
+
+# --- writers --------------------------------------------------------------------------
+
+
+@contextmanager
+def _atomic_target(path: Path, suffix: str) -> Iterator[Path]:
+    """Yield a temporary path in path's folder; on success os.replace it onto path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_2d(array: np.ndarray, path: Path) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: can only write 2-D (H, W) arrays, got shape {array.shape}")
+    return array
+
+
+def write_itk(
+    path: Path,
+    array: np.ndarray,
+    spacing: tuple[float, float] = (1.0, 1.0),
+    *,
+    singleton_z: bool = False,
+) -> None:
+    """Write a (H, W) array as .mhd(+.raw) or .nii(.gz), chosen by suffix, atomically.
+
+    spacing is (row, col) mm. singleton_z stores a 3-D W x H x 1 image (z spacing 1.0),
+    as the CAMUS 2019 .mhd files do; `read_itk` squeezes it back to (H, W). For .mhd
+    the .raw is written first and the header last, each via a temporary file +
+    os.replace, so a visible .mhd always has its data.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if _kind(path) != "itk":
+        raise ValueError(f"{path}: write_itk expects a .mhd, .nii or .nii.gz path")
+    array = _check_2d(array, path)
+    itk_spacing = (float(spacing[1]), float(spacing[0]))  # ITK order (col, row)
+    if singleton_z:
+        array = array[None]  # (1, H, W) -> ITK size (W, H, 1)
+        itk_spacing += (1.0,)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # ITK size (W, H[, 1])
+    image.SetSpacing(itk_spacing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.lower().endswith(".mhd"):
+        raw = path.with_suffix(".raw")
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmp_dir:
+            tmp_mhd = Path(tmp_dir) / path.name
+            writer = sitk.ImageFileWriter()
+            writer.SetFileName(str(tmp_mhd))
+            writer.SetUseCompression(False)
+            writer.Execute(image)
+            header = tmp_mhd.read_text()
+            tmp_raw = tmp_mhd.with_suffix(".raw")
+            if not tmp_raw.is_file():  # SimpleITK names the data file after the header
+                raise RuntimeError(f"{path}: SimpleITK did not write {tmp_raw.name}")
+            os.replace(tmp_raw, raw)
+            with _atomic_target(path, ".mhd") as tmp:
+                tmp.write_text(header)
+        return
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
+    with _atomic_target(path, suffix) as tmp:
+        sitk.WriteImage(image, str(tmp))
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """Write a (H, W) uint8 array as an 8-bit grayscale (mode L) PNG, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    array = _check_2d(array, path)
+    if array.dtype != np.uint8:
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(
+                f"{path}: PNG values must be 0-255, got range [{array.min()}, {array.max()}]"
+            )
+        array = array.astype(np.uint8)
+    with _atomic_target(path, ".png") as tmp:
+        Image.fromarray(np.ascontiguousarray(array), mode="L").save(tmp, format="PNG")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file (UTF-8) atomically: a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    with _atomic_target(path, ".tmp") as tmp:
+        tmp.write_text(text, encoding="utf-8")

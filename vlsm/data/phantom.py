@@ -1,0 +1,651 @@
+"""Phantom apical echocardiograms: a CAMUS + SDM look-alike dataset made from a seed.
+
+Why: the demo and the whole test suite must run with no dataset downloaded, yet
+exercise the real readers, prompts, models and metrics. So this module draws
+images and label maps that look and behave like CAMUS apical views, and writes them
+in the real CAMUS (2019 or 2023) and SDM CAMUS file formats through the real
+writers (`vlsm.data.camus`, `vlsm.data.sdm`):
+
+    python -m vlsm demo-data --out demo_data          # the same call, from the shell
+    write_demo_data(Path("demo_data"), seed=0)        # -> demo_data/camus, demo_data/sdm
+
+What an image shows (apex at the top next to the probe, atria at the bottom):
+
+- a fan-shaped sector; every pixel outside it is exactly 0 and every pixel inside
+  is >= 1, so the cone can be recovered as `image > 0`;
+- speckle (Rayleigh-like multiplicative noise, laterally elongated), soft edges,
+  depth attenuation and low-frequency tissue texture;
+- label 1 (LV cavity): dark, bullet-shaped, cut at the mitral plane;
+- label 2 (myocardium): a brighter horseshoe around the LV, open towards the base;
+- label 3 (LA cavity): dark, below the mitral plane;
+- 4CH only: the right ventricle and right atrium as extra dark regions on the image
+  left, with bright walls, NOT labelled (2CH has neither);
+- ED vs ES: the LV is larger at ED (shrunk at ES by the patient's ejection fraction,
+  walls thicker), the LA larger at ES;
+- image quality (Good/Medium/Poor) lowers contrast, adds haze, dropout, noise and blur;
+- patient-level anatomy (size, eccentricity, wall thickness, tilt of a few degrees)
+  shared by both views and phases of a patient.
+
+All three structures are in every image, so an empty prompt stays ambiguous.
+Geometry is in units of the image height H; x is measured from the sector axis.
+Everything is numpy/scipy and deterministic for a given `numpy.random.Generator`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage, PatientInfo
+
+__all__ = [
+    "Anatomy",
+    "DemoData",
+    "GENERATOR_VERSION",
+    "MANIFEST_NAME",
+    "make_patient_info",
+    "render_phantom",
+    "sample_anatomy",
+    "sector_mask",
+    "write_demo_data",
+]
+
+log = logging.getLogger(__name__)
+
+# Bump when the pixels or the layout change, so that cached demo folders are rewritten.
+GENERATOR_VERSION = 1
+MANIFEST_NAME = "phantom_manifest.json"
+RELEASES: tuple[str, ...] = ("2019", "2023")
+SDM_CODINGS: tuple[str, ...] = ("labels", "sector")
+MIN_SIZE = 32  # below this the myocardium is thinner than a pixel
+
+# Sector: origin slightly above the top row, on the vertical centre line.
+_SECTOR_ORIGIN_Y = -0.03  # in H
+_SECTOR_HALF_ANGLE = math.radians(40.0)
+_SECTOR_DEPTH = 1.0  # radius of the far arc, in H (measured from the origin)
+_DEPTH_MM = 150.0  # imaging depth that one image height stands for
+
+
+# --- anatomy ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Patient-level heart geometry at end-diastole, in units of the image height.
+
+    The heart frame has its origin at the outer (epicardial) LV apex; u runs down the
+    long axis towards the mitral plane, v to the image right. Both views and both
+    phases of a patient share one Anatomy, so ED/ES and 2CH/4CH stay consistent.
+    """
+
+    apex_y: float  # depth of the outer LV apex below the top row
+    apex_x: float  # lateral offset of the apex from the sector axis (2CH)
+    tilt_2ch: float  # long-axis tilt from vertical, degrees (< 0: base to the right)
+    tilt_4ch: float
+    lv_a: float  # LV cavity semi-axis along the long axis
+    lv_b: float  # LV cavity semi-axis across (eccentricity = lv_b / lv_a)
+    base_cut: float  # mitral plane at u = apex wall + lv_a * (1 + base_cut)
+    wall: float  # lateral/septal wall thickness
+    apex_wall: float  # apical wall thickness
+    la_a: float  # LA semi-axis along the long axis
+    la_b: float  # LA semi-axis across
+    la_shift: float  # lateral offset of the LA centre from the long axis
+    rv_scale: float  # right-heart size relative to the left (4CH)
+    myo_gain: float  # echogenicity of the myocardium
+    tissue_gain: float  # echogenicity of the surrounding tissue
+
+
+def sample_anatomy(rng: np.random.Generator) -> Anatomy:
+    """Draw one patient's heart: size, eccentricity, walls, tilt, atrium."""
+    scale = rng.uniform(0.88, 1.1)
+    lv_a = 0.22 * scale * rng.uniform(0.93, 1.07)
+    lv_b = lv_a * rng.uniform(0.4, 0.52)
+    base_cut = rng.uniform(0.66, 0.8)
+    wall = 0.045 * scale * rng.uniform(0.85, 1.25)
+    la_shift = rng.uniform(-0.015, 0.015)
+    # The LA must cover the LV's mitral opening (half-width lv_b*sqrt(1-t^2)) so that
+    # the LV cavity touches only myocardium and atrium; its top half-width is 0.87*la_b.
+    opening = lv_b * math.sqrt(1.0 - base_cut**2)
+    la_b = max(0.1 * scale * rng.uniform(0.9, 1.15), (opening + abs(la_shift) + 0.015) / 0.866)
+    return Anatomy(
+        apex_y=rng.uniform(0.1, 0.14),
+        apex_x=rng.uniform(-0.025, 0.025),
+        tilt_2ch=float(np.clip(rng.normal(0.0, 3.0), -7.0, 7.0)),
+        tilt_4ch=float(np.clip(rng.normal(-5.0, 3.0), -11.0, 1.0)),
+        lv_a=lv_a,
+        lv_b=lv_b,
+        base_cut=base_cut,
+        wall=wall,
+        apex_wall=wall * rng.uniform(0.7, 0.95),
+        la_a=0.11 * scale * rng.uniform(0.85, 1.15),
+        la_b=la_b,
+        la_shift=la_shift,
+        rv_scale=rng.uniform(0.85, 1.15),
+        myo_gain=rng.uniform(0.6, 0.85),
+        tissue_gain=rng.uniform(0.2, 0.3),
+    )
+
+
+def make_patient_info(
+    rng: np.random.Generator, view: str, *, patient: PatientInfo | None = None
+) -> PatientInfo:
+    """Metadata of one patient and view, as CAMUS's Info_<view>.cfg would hold it.
+
+    Sex, age (20-90) and ejection fraction belong to the patient: pass the other
+    view's info as `patient` to keep them; image quality and the ED/ES frame numbers
+    are drawn per view.
+    """
+    _check_choice("view", view, VIEWS)
+    if patient is None:
+        sex = str(rng.choice(SEXES))
+        age = int(rng.integers(20, 91))
+        # CAMUS holds normal and impaired hearts: EF roughly 20-75 %.
+        ef = float(np.round(np.clip(rng.normal(52.0, 11.0), 20.0, 75.0), 1))
+    else:
+        sex, age, ef = patient.sex, patient.age, patient.ef
+    quality = str(rng.choice(QUALITIES, p=(0.4, 0.4, 0.2)))
+    n_frames = int(rng.integers(14, 31))
+    es_frame = int(rng.integers(max(2, n_frames // 2), n_frames + 1))
+    return PatientInfo(
+        sex=sex,
+        age=age,
+        image_quality=quality,
+        ef=ef,
+        ed_frame=1,
+        es_frame=es_frame,
+        n_frames=n_frames,
+    )
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Style:
+    """Acquisition look: what image quality changes."""
+
+    contrast: float  # 1 = full dynamic range of the tissue classes
+    haze: float  # near-field clutter filling the cavities
+    dropout: float  # amplitude of wall dropout (0 = none)
+    noise: float  # additive electronic noise
+    blur: float  # final blur, in pixels at H = 256
+    attenuation: float  # depth attenuation left after time-gain compensation
+
+
+_QUALITY_STYLES: dict[str, _Style] = {
+    "Good": _Style(contrast=1.0, haze=0.02, dropout=0.15, noise=0.02, blur=0.6, attenuation=0.3),
+    "Medium": _Style(contrast=0.8, haze=0.08, dropout=0.35, noise=0.05, blur=0.9, attenuation=0.5),
+    "Poor": _Style(contrast=0.65, haze=0.16, dropout=0.55, noise=0.09, blur=1.3, attenuation=0.7),
+}
+
+
+def _style_for(rng: np.random.Generator, quality: str | None) -> _Style:
+    if quality is None:  # SDM-like images: no quality attribute, a continuum of looks
+        good, poor = asdict(_QUALITY_STYLES["Good"]), asdict(_QUALITY_STYLES["Poor"])
+        q = rng.uniform(0.0, 0.7)  # mostly clean, never the worst
+        return _Style(**{k: (1.0 - q) * good[k] + q * poor[k] for k in good})
+    _check_choice("image_quality", quality, QUALITIES)
+    base = _QUALITY_STYLES[quality]
+    jitter = rng.uniform(0.9, 1.1, size=6)
+    return _Style(*(v * j for v, j in zip(asdict(base).values(), jitter, strict=True)))
+
+
+@lru_cache(maxsize=8)
+def _grid(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in units of H: y down from the top, x from the centre."""
+    h, w = size
+    y = (np.arange(h, dtype=np.float32) + 0.5) / h
+    x = (np.arange(w, dtype=np.float32) + 0.5 - w / 2) / h
+    yy, xx = np.meshgrid(y, x, indexing="ij")  # (H, W) each
+    yy.setflags(write=False)
+    xx.setflags(write=False)
+    return yy, xx
+
+
+@lru_cache(maxsize=8)
+def _polar(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = _grid(size)
+    dy = yy - _SECTOR_ORIGIN_Y
+    radius = np.hypot(dy, xx)  # (H, W), in H
+    angle = np.arctan2(xx, dy)  # 0 on the axis, + to the right
+    radius.setflags(write=False)
+    angle.setflags(write=False)
+    return radius, angle
+
+
+def sector_mask(size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the imaging cone. Every phantom image is 0 exactly outside it."""
+    size = _check_size(size)
+    radius, angle = _polar(size)
+    return (np.abs(angle) <= _SECTOR_HALF_ANGLE) & (radius <= _SECTOR_DEPTH)
+
+
+@lru_cache(maxsize=32)
+def _blend(n: int, cells: int) -> np.ndarray:
+    """(n, cells + 3) row-normalised Gaussian weights: coarse nodes -> n pixels."""
+    nodes = (np.arange(cells + 3) - 1.0) / cells  # one node beyond each edge
+    pixels = (np.arange(n) + 0.5) / n
+    weights = np.exp(-0.5 * ((pixels[:, None] - nodes[None, :]) * cells / 0.7) ** 2)
+    weights /= weights.sum(axis=1, keepdims=True)
+    weights.setflags(write=False)
+    return weights.astype(np.float32)
+
+
+def _smooth_field(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
+    """Zero-mean, unit-std random field varying over about H / cells (a few matmuls)."""
+    h, w = size
+    cells_x = max(2, round(cells * w / h))
+    coarse = rng.standard_normal((cells + 3, cells_x + 3), dtype=np.float32)
+    field = _blend(h, cells) @ coarse @ _blend(w, cells_x).T  # (H, W)
+    field -= field.mean()
+    return field / (field.std() + 1e-6)
+
+
+def _ellipse(u: np.ndarray, v: np.ndarray, uc: float, vc: float, a: float, b: float) -> np.ndarray:
+    return ((u - uc) / a) ** 2 + ((v - vc) / b) ** 2 <= 1.0
+
+
+def _phase_geometry(anatomy: Anatomy, phase: str, ef: float | None) -> dict[str, float]:
+    """Cavity and wall sizes at ED or ES. ES shrinks the LV by the ejection fraction."""
+    a, b, wall, apex_wall = anatomy.lv_a, anatomy.lv_b, anatomy.wall, anatomy.apex_wall
+    la_a, la_b = anatomy.la_a, anatomy.la_b
+    if phase == "ES":
+        ef_frac = 0.55 if ef is None else float(np.clip(ef / 100.0, 0.1, 0.8))
+        area_ratio = (1.0 - ef_frac) ** (2.0 / 3.0)  # 2-D area from volume ~ area^(3/2)
+        a *= area_ratio**0.35  # the long axis shortens less than the short axis
+        b *= area_ratio**0.65
+        thicken = 1.0 + 0.6 * (1.0 - area_ratio)
+        wall *= thicken
+        apex_wall *= thicken
+        la_a *= 1.2
+        la_b *= 1.15
+    centre = apex_wall + a
+    return {
+        "a": a, "b": b, "wall": wall, "apex_wall": apex_wall, "centre": centre,
+        "base": centre + a * anatomy.base_cut, "la_a": la_a, "la_b": la_b,
+    }
+
+
+def render_phantom(
+    rng: np.random.Generator,
+    view: str,
+    phase: str,
+    info: PatientInfo,
+    size: tuple[int, int] = (256, 224),
+    *,
+    anatomy: Anatomy | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One apical echocardiogram and its CAMUS label map.
+
+    Returns (image (H, W) uint8, 0 outside the sector and >= 1 inside;
+    label_map (H, W) uint8 in {0 background, 1 LV, 2 MYO, 3 LA}), apex at the top.
+    `anatomy` (from `sample_anatomy`) fixes the patient's heart; when None one is drawn
+    from rng first. info.ef sets the ES contraction and info.image_quality the look
+    (None: an SDM-like continuum of looks).
+    """
+    _check_choice("view", view, VIEWS)
+    _check_choice("phase", phase, PHASES)
+    size = _check_size(size)
+    if anatomy is None:
+        anatomy = sample_anatomy(rng)
+    style = _style_for(rng, info.image_quality)
+    g = _phase_geometry(anatomy, phase, info.ef)
+    four = view == "4CH"
+
+    # Heart frame: origin at the outer LV apex, u down the long axis, v to the right.
+    yy, xx = _grid(size)
+    tilt = math.radians(anatomy.tilt_4ch if four else anatomy.tilt_2ch)
+    apex_x = anatomy.apex_x + (0.015 if four else 0.0)  # 4CH: LV right, RV left
+    dy, dx = yy - anatomy.apex_y, xx - apex_x
+    c, s = math.cos(tilt), math.sin(tilt)
+    u = c * dy - s * dx  # (H, W)
+    v = s * dy + c * dx
+    above_base = u <= g["base"]
+
+    lv = _ellipse(u, v, g["centre"], 0.0, g["a"], g["b"]) & above_base
+    outer = _ellipse(u, v, g["centre"], 0.0, g["a"] + g["apex_wall"], g["b"] + g["wall"])
+    la_centre = g["base"] + 0.5 * g["la_a"]  # top of the LA at the mitral plane
+    la = _ellipse(u, v, la_centre, anatomy.la_shift, g["la_a"], g["la_b"]) & ~above_base
+    # The basal myocardium reaches a little past the mitral plane beside the LA (about a
+    # pixel), so that on a tilted pixel grid the LV still touches only MYO and LA.
+    annulus = u <= g["base"] + 0.015 + 1.0 / size[0]
+    myo = outer & annulus & ~lv & ~la
+    # Pericardium: a bright sheath a little outside the epicardium, not labelled.
+    sheath_in = _ellipse(u, v, g["centre"], 0.0, g["a"] + g["apex_wall"] + 0.012,
+                         g["b"] + g["wall"] + 0.012)
+    sheath_out = _ellipse(u, v, g["centre"], 0.0, g["a"] + g["apex_wall"] + 0.03,
+                          g["b"] + g["wall"] + 0.03)
+    sheath = sheath_out & ~sheath_in & (u <= g["base"] + 0.02)
+    la_wall = _ellipse(u, v, la_centre, anatomy.la_shift, g["la_a"] + 0.018,
+                       g["la_b"] + 0.018) & ~la & ~above_base
+
+    # Closed mitral leaflets (both ED and ES): a faint line across the opening.
+    opening = g["b"] * math.sqrt(1.0 - anatomy.base_cut**2)
+    valve = (np.abs(u - g["base"] - 0.004) <= 0.006) & (np.abs(v) <= opening)
+    dark = lv | la
+    walls = la_wall
+    if four:  # right ventricle and atrium: dark, bright walls, never labelled
+        rv_b = 0.6 * anatomy.lv_b * anatomy.rv_scale * (0.8 if phase == "ES" else 1.0)
+        rv_v = -(g["b"] + g["wall"] + 0.012 + 0.9 * rv_b)
+        rv_a = 0.42 * g["base"] * anatomy.rv_scale
+        rv_u = g["base"] - 0.95 * rv_a
+        keep_out = _ellipse(u, v, g["centre"], 0.0, g["a"] + g["apex_wall"] + 0.012,
+                            g["b"] + g["wall"] + 0.012)
+        rv = _ellipse(u, v, rv_u, rv_v, rv_a, rv_b) & above_base & ~keep_out
+        rv_wall = (_ellipse(u, v, rv_u, rv_v, rv_a + 0.02, rv_b + 0.02) & above_base
+                   & ~rv & ~outer)
+        ra_a, ra_b = 0.9 * g["la_a"] * anatomy.rv_scale, 0.8 * g["la_b"] * anatomy.rv_scale
+        ra_v = min(rv_v, anatomy.la_shift - g["la_b"] - 0.02 - ra_b)
+        ra_u = g["base"] + 0.65 * ra_a
+        ra = _ellipse(u, v, ra_u, ra_v, ra_a, ra_b) & ~above_base & ~la & ~la_wall
+        ra_wall = _ellipse(u, v, ra_u, ra_v, ra_a + 0.015, ra_b + 0.015) & ~above_base & ~ra & ~la
+        dark = dark | rv | ra
+        walls = walls | rv_wall | ra_wall
+
+    cone = sector_mask(size)
+    label = np.zeros(size, np.uint8)  # (H, W)
+    label[lv] = 1
+    label[myo] = 2
+    label[la] = 3
+    label[~cone] = 0
+
+    # Echogenicity (linear amplitude before speckle), then the acquisition chain.
+    h = size[0]
+    px = h / 256.0  # pixel sizes below are given for H = 256
+    # Tissue texture; the floor keeps it from faking extra chambers.
+    tissue = anatomy.tissue_gain * np.clip(1.0 + 0.3 * _smooth_field(rng, size, 6), 0.5, None)
+    echo = tissue.astype(np.float32)  # (H, W)
+    echo[sheath] = 0.75 + 0.1 * rng.standard_normal()
+    echo[walls] = 0.5
+    myo_texture = anatomy.myo_gain * (1.0 + 0.2 * _smooth_field(rng, size, 10))
+    echo[myo] = myo_texture[myo]
+    echo[dark] = 0.03
+    echo[valve] = 0.3
+    radius, _ = _polar(size)
+    # Dropout: patches where the signal fades (a poor acoustic window), walls included.
+    fade = np.clip(_smooth_field(rng, size, 5), 0.0, None) * style.dropout
+    echo *= np.clip(1.0 - fade, 0.15, 1.0)
+    echo = ndimage.gaussian_filter(echo, sigma=1.0 * px)  # soft anatomical edges
+    # Near-field clutter (haze), strongest at the top, fills the cavities.
+    echo += style.haze * np.exp(-radius / 0.35) * (1.0 + 0.5 * _smooth_field(rng, size, 8))
+    echo *= np.exp(-style.attenuation * radius)
+    echo = style.contrast * echo + (1.0 - style.contrast) * 0.25
+
+    # Speckle: magnitude of a correlated complex Gaussian (Rayleigh), mean 1.
+    sigma = (max(0.5, 0.8 * px), max(0.7, 1.8 * px))  # (rows, cols): laterally elongated
+    re = ndimage.gaussian_filter(rng.standard_normal(size, dtype=np.float32), sigma)
+    im = ndimage.gaussian_filter(rng.standard_normal(size, dtype=np.float32), sigma)
+    speckle = np.hypot(re, im)
+    speckle /= speckle.mean() + 1e-6
+    amplitude = echo * speckle + style.noise * np.abs(rng.standard_normal(size, dtype=np.float32))
+    # Log compression as scanners display it.
+    display = np.log1p(12.0 * np.clip(amplitude, 0.0, None)) / np.log1p(12.0)
+    display = ndimage.gaussian_filter(display, sigma=style.blur * px)
+    image = np.clip(np.rint(display * 255.0), 1, 255).astype(np.uint8)
+    image[~cone] = 0
+    return image, label
+
+
+# --- validation helpers ------------------------------------------------------------------
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    try:
+        h, w = (int(n) for n in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size={size!r}: expected two integers (H, W)") from None
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise ValueError(f"size={size!r}: H and W must be at least {MIN_SIZE} pixels")
+    return h, w
+
+
+# --- the demo dataset ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """A phantom dataset on disk: CAMUS under camus_root, SDM CAMUS under sdm_root.
+
+    Splits follow the paper scheme: the last n_test patients are the official test
+    patients; of the others the first n_val validate and the rest train. SDM holds
+    sdm_per_image synthetic images of every train and val image. In the 2019 layout
+    the test patients are numbered from patient0001 again under testing/ (as the real
+    release does), so ids are unique only together with the split.
+    """
+
+    root: Path
+    camus_root: Path
+    sdm_root: Path
+    release: str
+    seed: int
+    n_patients: int
+    n_test: int
+    n_val: int
+    sdm_per_image: int
+    sdm_coding: str
+    size: tuple[int, int]
+    train_patients: tuple[str, ...]
+    val_patients: tuple[str, ...]
+    test_patients: tuple[str, ...]
+
+    def camus_records(self, split_scheme: str = "paper") -> list[EchoImage]:
+        """`vlsm.data.camus.load_camus` on camus_root with this dataset's n_val."""
+        from vlsm.data.camus import load_camus
+
+        return load_camus(self.camus_root, split_scheme, n_val=self.n_val)
+
+    def sdm_records(self) -> list[EchoImage]:
+        """`vlsm.data.sdm.load_sdm` on sdm_root."""
+        from vlsm.data.sdm import load_sdm
+
+        return load_sdm(self.sdm_root)
+
+
+def _patient_ids(n_patients: int, n_test: int, n_val: int, release: str) -> list[tuple[str, str]]:
+    """(patient id, split) for patient index 0..n-1, in the release's numbering."""
+    n_rest = n_patients - n_test
+    ids: list[tuple[str, str]] = []
+    for i in range(n_patients):
+        split = "val" if i < n_val else "train" if i < n_rest else "test"
+        number = i - n_rest + 1 if (split == "test" and release == "2019") else i + 1
+        ids.append((f"patient{number:04d}", split))
+    return ids
+
+
+def _params(seed: int, n_patients: int, n_test: int, n_val: int, release: str,
+            sdm_per_image: int, sdm_coding: str, size: tuple[int, int]) -> dict:
+    for name, value, low in (("seed", seed, 0), ("n_patients", n_patients, 3),
+                             ("n_test", n_test, 1), ("n_val", n_val, 1),
+                             ("sdm_per_image", sdm_per_image, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
+    if n_test + n_val >= n_patients:
+        raise ValueError(
+            f"n_patients={n_patients} leaves no training patient after n_test={n_test} and "
+            f"n_val={n_val}; expected n_patients > n_test + n_val"
+        )
+    release = str(release)
+    _check_choice("release", release, RELEASES)
+    _check_choice("sdm_coding", sdm_coding, SDM_CODINGS)
+    h, w = _check_size(size)
+    return {
+        "seed": int(seed), "n_patients": int(n_patients), "n_test": int(n_test),
+        "n_val": int(n_val), "release": release, "sdm_per_image": int(sdm_per_image),
+        "sdm_coding": sdm_coding, "size": [h, w],
+    }
+
+
+def _demo_data(out: Path, params: dict) -> DemoData:
+    ids = _patient_ids(params["n_patients"], params["n_test"], params["n_val"],
+                       params["release"])
+    return DemoData(
+        root=out,
+        camus_root=out / "camus",
+        sdm_root=out / "sdm",
+        release=params["release"],
+        seed=params["seed"],
+        n_patients=params["n_patients"],
+        n_test=params["n_test"],
+        n_val=params["n_val"],
+        sdm_per_image=params["sdm_per_image"],
+        sdm_coding=params["sdm_coding"],
+        size=tuple(params["size"]),
+        train_patients=tuple(p for p, s in ids if s == "train"),
+        val_patients=tuple(p for p, s in ids if s == "val"),
+        test_patients=tuple(p for p, s in ids if s == "test"),
+    )
+
+
+def _read_manifest(out: Path) -> dict | None:
+    path = out / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _matches(manifest: dict | None, params: dict) -> bool:
+    return (manifest is not None and manifest.get("version") == GENERATOR_VERSION
+            and manifest.get("params") == params)
+
+
+def _write_dataset(tmp: Path, params: dict) -> None:
+    """Every file of the dataset into tmp (a fresh folder); the manifest last."""
+    from vlsm.data.camus import write_camus_patient, write_camus_split_files
+    from vlsm.data.sdm import write_sdm_image
+
+    seed, release, size = params["seed"], params["release"], tuple(params["size"])
+    sdm_size = (size[0], size[0])  # SDM CAMUS images are square
+    sdm_cone = sector_mask(sdm_size)  # (H, H) bool, for the "sector" label coding
+    spacing = (_DEPTH_MM / size[0], _DEPTH_MM / size[0])  # (row, col) mm
+    ids = _patient_ids(params["n_patients"], params["n_test"], params["n_val"], release)
+    camus, sdm = tmp / "camus", tmp / "sdm"
+    for i, (patient, split) in enumerate(ids):
+        meta_rng = np.random.default_rng([seed, i, 0])
+        infos = {VIEWS[0]: make_patient_info(meta_rng, VIEWS[0])}
+        for view in VIEWS[1:]:
+            infos[view] = make_patient_info(meta_rng, view, patient=infos[VIEWS[0]])
+        anatomy = sample_anatomy(np.random.default_rng([seed, i, 1]))
+        images, labels = {}, {}
+        for vi, view in enumerate(VIEWS):
+            for pi, phase in enumerate(PHASES):
+                rng = np.random.default_rng([seed, i, 2, vi, pi])
+                images[view, phase], labels[view, phase] = render_phantom(
+                    rng, view, phase, infos[view], size, anatomy=anatomy
+                )
+                if split == "test":
+                    continue
+                # SDM: synthetic looks on the real patient's anatomy, no image quality.
+                sdm_info = PatientInfo(ef=infos[view].ef)
+                sdm_split = "training" if split == "train" else "validation"
+                for k in range(params["sdm_per_image"]):
+                    rng = np.random.default_rng([seed, i, 3, vi, pi, k])
+                    image, label = render_phantom(rng, view, phase, sdm_info, sdm_size,
+                                                  anatomy=anatomy)
+                    write_sdm_image(sdm, patient, view, phase, sdm_split, k, image, label,
+                                    coding=params["sdm_coding"], cone=sdm_cone)
+        write_camus_patient(camus, release, patient, images, labels, infos, spacing=spacing,
+                            testing=split == "test")
+    if release == "2023":
+        write_camus_split_files(
+            camus, {s: [p for p, ps in ids if ps == s] for s in ("train", "val", "test")}
+        )
+    manifest = {"generator": __name__, "version": GENERATOR_VERSION, "params": params}
+    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete temporary folders that killed runs left next to out (their pid is gone)."""
+    leftovers = [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]
+    for tmp in leftovers:
+        try:
+            pid = int(tmp.name[len(out.name) + 6:].split("-")[0])  # ".<name>.tmp-<pid>-..."
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            log.debug("removing %s, left by a killed run", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+
+
+def _install(tmp: Path, out: Path, params: dict) -> None:
+    """Move the finished tmp folder to out in one rename; replace an older phantom set."""
+    old: Path | None = None
+    if out.exists() and _read_manifest(out) is not None:
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)  # atomic; replaces out only if it is an empty folder
+    except OSError:
+        if _matches(_read_manifest(out), params):  # a concurrent run wrote the same set
+            return
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_demo_data(
+    out: Path,
+    *,
+    seed: int = 0,
+    n_patients: int = 20,
+    n_test: int = 4,
+    n_val: int = 4,
+    release: str = "2023",
+    sdm_per_image: int = 2,
+    sdm_coding: str = "labels",
+    size: tuple[int, int] = (256, 224),
+) -> DemoData:
+    """Write a phantom CAMUS (out/camus) and SDM CAMUS (out/sdm) dataset.
+
+    The same arguments give the same bytes. The dataset is built in a temporary folder
+    next to out and renamed into place, so out is either absent or complete. When out
+    already holds the same dataset (out/phantom_manifest.json: generator version and
+    parameters) nothing is rewritten; a phantom dataset with other parameters is
+    replaced; any other non-empty folder is a ValueError. size is (H, W) of the CAMUS
+    images; SDM images are (H, H) like the real 256 x 256 SDM CAMUS.
+    """
+    out = Path(out)
+    params = _params(seed, n_patients, n_test, n_val, release, sdm_per_image, sdm_coding,
+                     size)
+    data = _demo_data(out, params)
+    manifest = _read_manifest(out)
+    if _matches(manifest, params):
+        log.debug("%s already holds this phantom dataset (seed %d); not rewritten", out, seed)
+        return data
+    if out.is_file() or (out.is_dir() and manifest is None and any(out.iterdir())):
+        raise ValueError(
+            f"{out}: exists and is not a phantom dataset (no {MANIFEST_NAME}); "
+            "expected a new or empty folder, or one written by `vlsm demo-data`"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        _write_dataset(tmp, params)
+        _install(tmp, out, params)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only still there when something failed
+    log.debug(
+        "wrote phantom dataset to %s: CAMUS %s (%d train, %d val, %d test patients), "
+        "SDM %d images per train/val image",
+        out, params["release"], len(data.train_patients), len(data.val_patients),
+        len(data.test_patients), params["sdm_per_image"],
+    )
+    return data

@@ -1,0 +1,329 @@
+"""The Synthetic Boost authors' preprocessed layout (PNG + JSON), read and written.
+
+Why: reading their layout with their JSON prompts (which carry their VQA shapes)
+reproduces their runs exactly; writing it from raw CAMUS lets their code, or anyone
+comparing with it, run on data prepared by this project.
+
+Layout of one dataset folder DIR (their `data_root/camus` or `data_root/sdm_camus`),
+as their data module (naamiinepal/synthetic-boost,
+`configs/datamodule/img_txt_mask_{camus,sdm_camus}.yaml`) reads it:
+
+    DIR/anns/{train,val,test}.json     [{"img_name", "mask_name", "prompts"}, ...],
+                                       one entry per image and structure (mask_1..3)
+    camus:
+      DIR/images/train/<name>.png      train AND val images (val.json points here)
+      DIR/images/test/<name>.png
+      DIR/masks/train/mask_<k>/<name>_gt.png     mask_name "mask_<k>/<name>_gt.png"
+      DIR/masks/test/mask_<k>/<name>_gt.png
+    sdm (synthetic; their test set is the real CAMUS test above):
+      DIR/images/{train,val,test}/<name>.png
+      DIR/masks/mask_<k>/{training,validation,testing}/<name>.png
+                                       mask_name "mask_<k>/validation/<name>.png"
+
+img_name is relative to the split's image folder, mask_name to its mask folder.
+Images are 512 x 512 uint8 grayscale, masks 0/255. <name> is patientXXXX_2CH_ED
+(CAMUS) or patientXXXX_2CH_ED_validation_3 (SDM: split word and variant).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from vlsm.axes import EVAL_SIZE, STRUCTURES
+from vlsm.data.records import SPLITS, EchoImage, PatientInfo
+
+__all__ = ["DATASETS", "export_synthetic_boost", "load_synthetic_boost"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "synthetic-boost"
+# dataset -> its folder name under the authors' data_root
+DATASETS: dict[str, str] = {"camus": "camus", "sdm": "sdm_camus"}
+# (dataset, split) -> image folders to look in, mask folder (relative to DIR)
+_IMAGE_DIRS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("camus", "train"): ("images/train",),
+    ("camus", "val"): ("images/train", "images/val"),  # theirs: val images live in train/
+    ("camus", "test"): ("images/test",),
+    ("sdm", "train"): ("images/train",),
+    ("sdm", "val"): ("images/val",),
+    ("sdm", "test"): ("images/test",),
+}
+_MASK_DIRS: dict[tuple[str, str], str] = {
+    ("camus", "train"): "masks/train",
+    ("camus", "val"): "masks/train",
+    ("camus", "test"): "masks/test",
+    ("sdm", "train"): "masks",
+    ("sdm", "val"): "masks",
+    ("sdm", "test"): "masks",
+}
+# Where export writes each split of real CAMUS: (image folder, mask folder).
+_EXPORT_DIRS: dict[str, tuple[str, str]] = {
+    "train": ("images/train", "masks/train"),
+    "val": ("images/train", "masks/train"),
+    "test": ("images/test", "masks/test"),
+}
+
+_NAME = re.compile(
+    r"^(?P<patient>patient\d{4})_(?P<view>2CH|4CH)_(?P<phase>ED|ES)"
+    r"(?:_(?:training|validation|testing))?(?:_(?P<variant>\d+))?(?:_gt)?\.png$"
+)
+_MASK_DIR = re.compile(r"^mask_(\d)$")
+_META = re.compile(
+    r" of an? (?P<age>[a-z-]+)-year-old (?P<sex>male|female)"
+    r"(?: with (?P<quality>good|medium|poor) image quality)?\.$"
+)
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def _dataset_dir(root: Path, dataset: str) -> Path:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: got {dataset!r}; expected one of {', '.join(DATASETS)}")
+    for candidate in (root, root / DATASETS[dataset]):
+        if (candidate / "anns").is_dir():
+            return candidate
+    raise ValueError(
+        f"{root}: not a Synthetic Boost layout; expected {root}/anns/ (or "
+        f"{root}/{DATASETS[dataset]}/anns/) holding train.json, val.json or test.json"
+    )
+
+
+def _metadata_from_prompts(prompts: dict) -> PatientInfo:
+    """Sex, age and image quality as the longest prompt states them (None if absent)."""
+    from vlsm.data.prompts import age_in_words
+
+    sentences = [v[0] for v in prompts.values() if isinstance(v, list | tuple) and v]
+    if not sentences:
+        return PatientInfo()
+    m = _META.search(max(sentences, key=len))
+    if m is None:
+        return PatientInfo()
+    ages = {age_in_words(a): a for a in range(0, 151)}
+    return PatientInfo(
+        sex="M" if m["sex"] == "male" else "F",
+        age=ages.get(m["age"]),
+        image_quality=m["quality"].capitalize() if m["quality"] else None,
+    )
+
+
+def _find(folders: list[Path], rel: str) -> Path | None:
+    for folder in folders:
+        if (folder / rel).is_file():
+            return folder / rel
+    return None
+
+
+def _load_split(base: Path, dataset: str, split: str, ann: Path) -> list[EchoImage]:
+    try:
+        entries = json.loads(ann.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{ann}: not valid JSON ({err})") from err
+    if not isinstance(entries, list):
+        raise ValueError(f"{ann}: expected a JSON list of entries, got {type(entries).__name__}")
+    image_dirs = [base / d for d in _IMAGE_DIRS[dataset, split]]
+    mask_dir = base / _MASK_DIRS[dataset, split]
+
+    # img_name -> {structure: (entry index, mask path, prompts)}
+    groups: dict[str, dict[int, tuple[int, Path, dict]]] = defaultdict(dict)
+    for i, entry in enumerate(entries):
+        where = f"{ann} entry {i}"
+        if not isinstance(entry, dict) or not {"img_name", "mask_name", "prompts"} <= entry.keys():
+            raise ValueError(f"{where}: expected an object with img_name, mask_name and prompts")
+        img_name, mask_name, prompts = entry["img_name"], entry["mask_name"], entry["prompts"]
+        if not _NAME.match(str(img_name)):
+            raise ValueError(
+                f"{where}: img_name {img_name!r}; expected patientXXXX_<2CH|4CH>_<ED|ES>[...].png"
+            )
+        m = _MASK_DIR.match(str(mask_name).split("/")[0])
+        structure = int(m.group(1)) if m else None
+        if structure not in STRUCTURES:
+            raise ValueError(
+                f"{where}: mask_name {mask_name!r}; expected it to start with mask_1/, mask_2/ "
+                "or mask_3/"
+            )
+        if not isinstance(prompts, dict) or "p0" not in prompts:
+            raise ValueError(f"{where}: prompts must be an object with keys p0, p1, ...")
+        if structure in groups[img_name]:
+            first = groups[img_name][structure][0]
+            raise ValueError(
+                f"{where}: {img_name} structure {structure} already given by entry {first}"
+            )
+        mask_path = mask_dir / mask_name
+        if not mask_path.is_file():
+            raise FileNotFoundError(f"{where}: mask file {mask_path} not found")
+        groups[img_name][structure] = (i, mask_path, prompts)
+
+    records = []
+    for img_name, by_structure in groups.items():
+        first = min(i for i, _, _ in by_structure.values())
+        missing = sorted(set(STRUCTURES) - set(by_structure))
+        if missing:
+            raise ValueError(
+                f"{ann} entry {first}: {img_name} has no entry for structure(s) {missing}; "
+                "expected one entry per structure (mask_1, mask_2, mask_3)"
+            )
+        image_path = _find(image_dirs, img_name)
+        if image_path is None:
+            raise FileNotFoundError(
+                f"{ann} entry {first}: image {img_name} not found in "
+                f"{', '.join(str(d) for d in image_dirs)}"
+            )
+        m = _NAME.match(img_name)
+        prompts = {k: by_structure[k][2] for k in sorted(STRUCTURES)}
+        records.append(
+            EchoImage(
+                source=SOURCE,
+                patient=m["patient"],
+                view=m["view"],
+                phase=m["phase"],
+                split=split,
+                image_path=image_path,
+                mask_paths=tuple(by_structure[k][1] for k in sorted(STRUCTURES)),
+                info=_metadata_from_prompts(prompts[1]),
+                variant=int(m["variant"]) if m["variant"] is not None else None,
+                prompts={
+                    k: {key: v if isinstance(v, str) else tuple(v) for key, v in p.items()}
+                    for k, p in prompts.items()
+                },
+            )
+        )
+    return records
+
+
+def load_synthetic_boost(root: Path, dataset: str = "camus") -> list[EchoImage]:
+    """Records of the authors' layout, one per image, in split then name order.
+
+    root: the dataset folder (holding anns/), or the authors' data_root holding
+      camus/ or sdm_camus/. dataset: "camus" or "sdm" (selects the folder conventions).
+    Each record has source "synthetic-boost", the split of its JSON file, the three
+    binary masks (structures 1, 2, 3) as mask_paths, the JSON prompts per structure
+    (`record.prompts[k]`, lists as tuples) and sex/age/quality read back from them.
+    SDM names carry a variant, so SDM train/val records are `synthetic`.
+
+    Raises ValueError / FileNotFoundError naming the JSON file and entry index.
+    """
+    base = _dataset_dir(Path(root), dataset)
+    records: list[EchoImage] = []
+    for split in SPLITS:
+        ann = base / "anns" / f"{split}.json"
+        if ann.is_file():
+            records += sorted(_load_split(base, dataset, split, ann), key=lambda r: r.name)
+    if not records:
+        raise ValueError(f"{base / 'anns'}: none of train.json, val.json, test.json found")
+    log.info("%s: %d images from the Synthetic Boost layout (%s)", base, len(records), dataset)
+    return records
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def _resize(array: np.ndarray, nearest: bool) -> np.ndarray:
+    """(H, W) uint8 -> (EVAL_SIZE, EVAL_SIZE) uint8; bilinear (antialiased) or nearest."""
+    from PIL import Image
+
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    out = Image.fromarray(np.ascontiguousarray(array)).resize((EVAL_SIZE, EVAL_SIZE), resample)
+    return np.asarray(out)
+
+
+def _export_record(rec: EchoImage, tmp: Path) -> list[dict]:
+    """Write one image and its three masks under tmp; return its three JSON entries."""
+    from vlsm.data.io import read_image, read_label_map, write_png
+    from vlsm.data.prompts import build_prompts
+    from vlsm.data.shapes import classify_shape
+
+    image_dir, mask_dir = _EXPORT_DIRS[rec.split]
+    image = _resize(read_image(rec), nearest=False)  # (512, 512) uint8
+    labels = _resize(read_label_map(rec), nearest=True)  # (512, 512) uint8 in 0..3
+    write_png(tmp / image_dir / f"{rec.name}.png", image)
+    entries = []
+    for k in sorted(STRUCTURES):
+        mask = (labels == k).astype(np.uint8) * 255  # (512, 512) 0/255
+        if not mask.any():
+            raise ValueError(
+                f"{rec.mask_paths[0]}: structure {k} ({STRUCTURES[k]}) is absent after resizing "
+                f"{rec.name} to {EVAL_SIZE} x {EVAL_SIZE}; every image needs all three structures"
+            )
+        mask_name = f"mask_{k}/{rec.name}_gt.png"
+        write_png(tmp / mask_dir / mask_name, mask)
+        prompts = build_prompts(rec, k, classify_shape(mask))
+        entries.append(
+            {
+                "img_name": f"{rec.name}.png",
+                "mask_name": mask_name,
+                "prompts": {key: v if isinstance(v, str) else list(v) for key, v in prompts.items()},
+            }
+        )
+    return entries
+
+
+def export_synthetic_boost(
+    camus_root: Path, out: Path, split_scheme: str = "paper", *, overwrite: bool = False
+) -> None:
+    """Write raw CAMUS (2019 or 2023 release) in the authors' camus layout at `out`.
+
+    Images are resized to 512 x 512 (bilinear, antialiased), masks by nearest neighbour
+    and saved 0/255; prompts p0-p7 come from `build_prompts`, P7's shape from
+    `classify_shape` on the 512 x 512 mask. Splits follow `load_camus(camus_root,
+    split_scheme)`; records without ground truth (2019 test patients) are skipped with a
+    warning. Atomic: everything is written into a temporary sibling folder that is
+    renamed to `out` at the end, so `out` is either complete or untouched.
+
+    Raises ValueError when `out` exists and is not empty (unless overwrite) and, naming
+    the image, when metadata a prompt needs is missing.
+    """
+    from tqdm import tqdm
+
+    from vlsm.data.camus import load_camus
+
+    out = Path(out)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: already exists and is not empty; choose a new --out or pass --overwrite")
+    records = load_camus(Path(camus_root), split_scheme)
+    usable = [r for r in records if r.mask_paths]
+    if len(usable) < len(records):
+        log.warning(
+            "%s: skipping %d images without ground truth (e.g. 2019 test patients)",
+            camus_root, len(records) - len(usable),
+        )
+    if not usable:
+        raise ValueError(f"{camus_root}: no CAMUS image with a ground-truth mask to export")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        anns: dict[str, list[dict]] = {split: [] for split in SPLITS}
+        for rec in tqdm(sorted(usable, key=lambda r: (r.split, r.name)), desc="export", disable=None):
+            anns[rec.split] += _export_record(rec, tmp)
+        (tmp / "anns").mkdir()
+        for split, entries in anns.items():
+            if entries:
+                (tmp / "anns" / f"{split}.json").write_text(json.dumps(entries, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "%s: wrote %s", out, ", ".join(f"{len(v) // 3} {k}" for k, v in anns.items() if v)
+    )
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder src to dst, replacing what is there."""
+    if dst.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, trash / dst.name)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)

@@ -1,0 +1,40 @@
+"""Write raw CAMUS in the Synthetic Boost authors' PNG + JSON layout.
+
+    python -m vlsm export-synthetic-boost --camus-root RAW --out DIR [--split-scheme paper|official]
+
+DIR then holds images/, masks/ and anns/{train,val,test}.json exactly as the authors'
+data module expects under `data_root/camus` (see `vlsm.data.synthetic_boost`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--camus-root", type=Path, required=True,
+        help="raw CAMUS folder (2019 release: training/ testing/; 2023: database_nifti/)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder to create (must not exist or be empty)")
+    parser.add_argument(
+        "--split-scheme", choices=("paper", "official"), default="paper",
+        help="paper: official test, first 50 other patients val, rest train; "
+        "official: the 2023 release's database_split files (default: paper)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already has files")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlsm.data.synthetic_boost import export_synthetic_boost
+
+    try:
+        export_synthetic_boost(args.camus_root, args.out, args.split_scheme, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    return 0

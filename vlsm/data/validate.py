@@ -1,0 +1,461 @@
+"""Dataset validation: find every problem in a CAMUS / SDM CAMUS folder before a sweep.
+
+    python -m vlsm validate-data --camus-root data/CAMUS --sdm-root data/SDM
+
+The readers (`vlsm.data.camus`, `vlsm.data.sdm`) stop at the first bad file, which is
+right for loading but wastes a user's afternoon: fix one file, rerun, meet the next.
+This module walks the whole folder instead and returns one `Problem` per defect,
+naming its file: missing files (an image without its mask, a mask without its image, a
+missing Info_<view>.cfg), unreadable or corrupt images, image/mask size mismatches,
+unknown label values, structures absent from a mask, malformed or missing cfg fields,
+and a patient listed in two split files. Pixels are read through `vlsm.data.io`, so
+what passes here is what the cache and the trainable will read. When no error was
+found, the reader itself is run as a last check.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vlsm.axes import STRUCTURES
+from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage
+
+__all__ = [
+    "ERROR",
+    "WARNING",
+    "Problem",
+    "has_errors",
+    "validate_camus",
+    "validate_data",
+    "validate_sdm",
+]
+
+log = logging.getLogger(__name__)
+
+ERROR, WARNING = "error", "warning"
+_SEVERITIES = (ERROR, WARNING)
+_PATIENT_RE = re.compile(r"^patient\d{4}$")
+_CAMUS_SUFFIX = {"2019": ".mhd", "2023": ".nii.gz"}
+# cfg keys the readers need (prompts P4-P6) and keys CAMUS always has
+_CFG_REQUIRED = ("Sex", "Age", "ImageQuality")
+_CFG_EXPECTED = ("ED", "ES", "NbFrame")
+_CFG_NUMBERS = ("EF", "LVef", "LVedv", "LVesv", "FrameRate")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect of a dataset: the file it is in and what is wrong with it."""
+
+    path: Path
+    message: str
+    severity: str = ERROR  # "error" (the sweep refuses to start) or "warning"
+
+    def __post_init__(self) -> None:
+        if self.severity not in _SEVERITIES:
+            raise ValueError(
+                f"Problem.severity: got {self.severity!r}; expected one of {_SEVERITIES}"
+            )
+
+    def __str__(self) -> str:
+        prefix = "" if self.severity == ERROR else f"{self.severity}: "
+        return f"{self.path}: {prefix}{self.message}"
+
+
+def has_errors(problems: Iterable[Problem]) -> bool:
+    return any(p.severity == ERROR for p in problems)
+
+
+def _message(err: BaseException, *paths: Path) -> str:
+    """The exception's text without a leading '<path>:' that our Problem shows anyway."""
+    text = str(err).strip() or type(err).__name__
+    for path in paths:
+        for prefix in (f"{path}: ", f"{path}:"):
+            if text.startswith(prefix):
+                return text[len(prefix) :].strip()
+    return text
+
+
+def _progress(items: list, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="file", disable=not progress, leave=False)
+
+
+# --- one image and its label map -------------------------------------------------------
+
+
+def _check_pair(rec: EchoImage) -> list[Problem]:
+    """Read the record's image and (if any) label map; report what is wrong with them."""
+    from vlsm.data.io import read_image, read_label_map
+
+    problems: list[Problem] = []
+    image_path = Path(rec.image_path)
+    image = labels = None
+    try:
+        image = read_image(rec)  # (H, W) uint8
+    except Exception as err:  # any decoder failure is a finding, not a crash
+        problems.append(Problem(image_path, f"unreadable image: {_message(err, image_path)}"))
+    if not rec.mask_paths:
+        return problems
+    mask_path = Path(rec.mask_paths[0])
+    try:
+        labels = read_label_map(rec)  # (H, W) uint8 in 0..3
+    except Exception as err:
+        text = _message(err, mask_path, image_path)
+        if "label" not in text:
+            text = f"unreadable mask: {text}"
+        problems.append(Problem(mask_path, text))
+    if labels is None:
+        return problems
+    if image is not None and image.shape != labels.shape:
+        problems.append(
+            Problem(
+                mask_path,
+                f"mask size {labels.shape[0]} x {labels.shape[1]} (H x W) differs from its "
+                f"image {image_path.name}, {image.shape[0]} x {image.shape[1]}",
+            )
+        )
+    present = {int(v) for v in np.unique(labels)}
+    absent = [f"{STRUCTURES[s]} ({s})" for s in sorted(STRUCTURES) if s not in present]
+    if absent:
+        problems.append(
+            Problem(mask_path, f"structure(s) {', '.join(absent)} absent from the mask")
+        )
+    return problems
+
+
+# --- CAMUS ---------------------------------------------------------------------------
+
+
+def _cfg_value_error(key: str, value: str) -> str | None:
+    """Why `value` is not valid for cfg key `key` (None when it is or the key is unknown)."""
+    if key in _CFG_EXPECTED:
+        if not value.isdigit() or int(value) < 1:
+            return f"{key} must be a frame number >= 1, got {value!r}"
+    elif key == "Age":
+        if not value.isdigit() or not 0 <= int(value) <= 150:
+            return f"Age must be a whole number of years 0-150, got {value!r}"
+    elif key == "Sex":
+        if value.upper() not in SEXES:
+            return f"Sex must be one of {', '.join(SEXES)}, got {value!r}"
+    elif key == "ImageQuality":
+        if value.capitalize() not in QUALITIES:
+            return f"ImageQuality must be one of {', '.join(QUALITIES)}, got {value!r}"
+    elif key in _CFG_NUMBERS:
+        try:
+            float(value)
+        except ValueError:
+            return f"{key} must be a number, got {value!r}"
+    return None
+
+
+def _check_cfg(path: Path) -> list[Problem]:
+    """Every problem of one Info_<view>.cfg (`Key: value` lines)."""
+    if not path.is_file():
+        return [
+            Problem(path, "missing Info cfg (sex, age, image quality and ED/ES frames of the view)")
+        ]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return [Problem(path, f"unreadable Info cfg: {err}")]
+    problems: list[Problem] = []
+    values: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        key, sep, value = (part.strip() for part in line.partition(":"))
+        if not sep or not key or not value:
+            problems.append(Problem(path, f"line {lineno}: expected `Key: value`, got {raw!r}"))
+            continue
+        if key in values:
+            problems.append(Problem(path, f"line {lineno}: {key} given twice", WARNING))
+        values[key] = value
+        reason = _cfg_value_error(key, value)
+        if reason:
+            problems.append(Problem(path, f"line {lineno}: {reason}"))
+    for key in _CFG_REQUIRED:
+        if key not in values:
+            problems.append(Problem(path, f"missing field {key} (prompts P4-P6 need it)"))
+    for key in _CFG_EXPECTED:
+        if key not in values:
+            problems.append(Problem(path, f"missing field {key}", WARNING))
+    frames = values.get("NbFrame", "")
+    for key in ("ED", "ES"):
+        value = values.get(key, "")
+        if value.isdigit() and frames.isdigit() and int(value) > int(frames):
+            problems.append(Problem(path, f"{key} frame {value} is beyond NbFrame {frames}"))
+    if not problems:  # our checks passed: the reader must agree
+        from vlsm.data.camus import parse_info_cfg
+
+        try:
+            parse_info_cfg(path)
+        except ValueError as err:
+            problems.append(Problem(path, _message(err, path)))
+    return problems
+
+
+def _check_camus_patient(folder: Path, release: str, gt_required: bool) -> list[Problem]:
+    patient = folder.name
+    suffix = _CAMUS_SUFFIX[release]
+    problems: list[Problem] = []
+    for view in VIEWS:
+        problems += _check_cfg(folder / f"Info_{view}.cfg")
+        for phase in PHASES:
+            image = folder / f"{patient}_{view}_{phase}{suffix}"
+            mask = folder / f"{patient}_{view}_{phase}_gt{suffix}"
+            if not image.is_file():
+                what = f"mask without image: {image.name} is missing"
+                problems.append(
+                    Problem(mask, what)
+                    if mask.is_file()
+                    else Problem(image, f"image missing (and its mask {mask.name})")
+                )
+                continue
+            if not mask.is_file() and gt_required:
+                problems.append(Problem(image, f"image without mask: {mask.name} is missing"))
+            rec = EchoImage(
+                source=f"camus{release}",
+                patient=patient,
+                view=view,
+                phase=phase,
+                split="train",
+                image_path=image,
+                mask_paths=(mask,) if mask.is_file() else (),
+            )
+            problems += _check_pair(rec)
+    return problems
+
+
+def _patient_folders(folder: Path, problems: list[Problem]) -> list[Path]:
+    """patientXXXX sub-folders; anything else that looks misplaced is a warning."""
+    if not folder.is_dir():
+        return []
+    out = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and _PATIENT_RE.match(entry.name):
+            out.append(entry)
+        elif entry.is_dir() or entry.name.lower().startswith("patient"):
+            problems.append(Problem(entry, "not a patientXXXX folder; ignored", WARNING))
+    return out
+
+
+def _read_split_file(path: Path, problems: list[Problem]) -> list[str]:
+    patients: list[str] = []
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if not _PATIENT_RE.match(line):
+            problems.append(
+                Problem(path, f"line {lineno}: expected a patient id like patient0001, got {raw!r}")
+            )
+            continue
+        patients.append(line)
+    return patients
+
+
+def _check_camus_splits(root: Path, patients: set[str]) -> list[Problem]:
+    """2023 database_split/: files present, ids well-formed, one split per patient."""
+    from vlsm.data.camus import DIR_SPLIT, SPLIT_FILES
+
+    problems: list[Problem] = []
+    owner: dict[str, Path] = {}
+    for split, name in SPLIT_FILES.items():
+        path = root / DIR_SPLIT / name
+        if not path.is_file():
+            if split == "test":
+                problems.append(
+                    Problem(path, "split file missing (the test patients of every split scheme)")
+                )
+            else:
+                problems.append(
+                    Problem(path, "split file missing (needed by split_scheme='official')", WARNING)
+                )
+            continue
+        for patient in _read_split_file(path, problems):
+            if patient in owner and owner[patient] != path:
+                problems.append(
+                    Problem(path, f"{patient} is in two splits: also in {owner[patient].name}")
+                )
+            elif patient in owner:
+                problems.append(Problem(path, f"{patient} listed twice", WARNING))
+            owner.setdefault(patient, path)
+            if patient not in patients:
+                problems.append(Problem(path, f"{patient} is listed but has no patient folder"))
+    if owner:
+        unlisted = sorted(patients - set(owner))
+        for patient in unlisted:
+            problems.append(Problem(root / DIR_SPLIT, f"{patient} is in no split file", WARNING))
+    return problems
+
+
+def validate_camus(root: Path, *, progress: bool = True) -> list[Problem]:
+    """Every problem of a CAMUS folder (2019 or 2023 release), each naming its file."""
+    from vlsm.data.camus import DIR_NIFTI, DIR_TESTING, DIR_TRAINING, detect_camus_release
+
+    root = Path(root)
+    try:
+        release = detect_camus_release(root)
+    except ValueError as err:
+        return [Problem(root, _message(err, root))]
+    problems: list[Problem] = []
+    jobs: list[tuple[Path, bool]] = []  # (patient folder, ground truth required)
+    if release == "2019":
+        for name, gt_required in ((DIR_TRAINING, True), (DIR_TESTING, False)):
+            if not (root / name).is_dir():
+                problems.append(Problem(root / name, "folder missing", WARNING))
+            # 2019 test ids restart at patient0001, so the same id in both is expected.
+            jobs += [(d, gt_required) for d in _patient_folders(root / name, problems)]
+    else:
+        dirs = _patient_folders(root / DIR_NIFTI, problems)
+        jobs += [(d, True) for d in dirs]
+        problems += _check_camus_splits(root, {d.name for d in dirs})
+    if not jobs:
+        problems.append(Problem(root, f"no patientXXXX folders found ({release} release layout)"))
+    for folder, gt_required in _progress(jobs, f"validate CAMUS {release}", progress):
+        problems += _check_camus_patient(folder, release, gt_required)
+    if not has_errors(problems):  # a last check: the reader loads what we passed
+        from vlsm.data.camus import load_camus
+
+        try:
+            load_camus(root)
+        except ValueError as err:
+            problems.append(Problem(root, f"the CAMUS reader fails: {_message(err, root)}"))
+    return problems
+
+
+# --- SDM CAMUS -------------------------------------------------------------------------
+
+
+def validate_sdm(root: Path, *, progress: bool = True) -> list[Problem]:
+    """Every problem of an SDM CAMUS folder, each naming its file (layout: `vlsm.data.sdm`)."""
+    from vlsm.data import sdm as sdm_reader
+
+    root = Path(root)
+    if not root.is_dir():
+        return [Problem(root, "SDM root folder not found")]
+    problems: list[Problem] = []
+    images: dict[str, Path] = {}
+    label_pngs: list[Path] = []
+    for path in sorted(root.rglob("*.png")):
+        if any(sdm_reader._is_label_dir(part) for part in path.relative_to(root).parts[:-1]):
+            label_pngs.append(path)
+            continue
+        if sdm_reader._NAME_RE.match(path.name) is None:
+            if not sdm_reader._TEST_NAME_RE.match(path.name):
+                problems.append(
+                    Problem(
+                        path,
+                        "not named patientXXXX_{2CH|4CH}_{ED|ES}_{training|validation}_<i>.png;"
+                        " ignored",
+                        WARNING,
+                    )
+                )
+            continue
+        if path.name in images:
+            problems.append(Problem(path, f"duplicate of {images[path.name]}; ignored", WARNING))
+            continue
+        images[path.name] = path
+    if not images:
+        problems.append(
+            Problem(
+                root,
+                "no SDM images found (expected folders of "
+                "patientXXXX_<view>_<phase>_<training|validation>_<i>.png)",
+            )
+        )
+    paired: set[Path] = set()
+    for name, path in _progress(sorted(images.items()), "validate SDM", progress):
+        label, _ = sdm_reader._find_label(path, root)
+        if label is None:
+            problems.append(
+                Problem(
+                    path,
+                    "image without label map (no file of this name in a sibling "
+                    "annotations/labels/masks folder)",
+                )
+            )
+            rec_masks: tuple[Path, ...] = ()
+        else:
+            paired.add(label)
+            rec_masks = (label,)
+        match = sdm_reader._NAME_RE.match(name)
+        assert match is not None
+        rec = EchoImage(
+            source="sdm",
+            patient=match["patient"],
+            view=match["view"],
+            phase=match["phase"],
+            split="train",
+            image_path=path,
+            mask_paths=rec_masks,
+            variant=int(match["index"]),
+        )
+        problems += _check_pair(rec)
+    for label in label_pngs:
+        if sdm_reader._NAME_RE.match(label.name) and label.name not in images:
+            problems.append(Problem(label, "label map without image"))
+    return problems
+
+
+def _camus_test_patients(camus_root: Path) -> set[str]:
+    """2023 release: the official test patients (2019 ids collide, so nothing there)."""
+    from vlsm.data.camus import DIR_SPLIT, SPLIT_FILES, detect_camus_release
+
+    try:
+        if detect_camus_release(camus_root) != "2023":
+            return set()
+    except ValueError:
+        return set()
+    path = camus_root / DIR_SPLIT / SPLIT_FILES["test"]
+    if not path.is_file():
+        return set()
+    return set(_read_split_file(path, []))
+
+
+def validate_data(
+    camus_root: Path | None, sdm_root: Path | None, *, progress: bool = True
+) -> list[Problem]:
+    """Problems of the CAMUS and/or SDM folders given (at least one), CAMUS first.
+
+    With both, SDM images of CAMUS test patients (2023 split files) are reported as a
+    warning: synthetic training data made from test patients leaks the test set.
+    """
+    if camus_root is None and sdm_root is None:
+        raise ValueError("validate_data: give camus_root, sdm_root or both; got neither")
+    problems: list[Problem] = []
+    if camus_root is not None:
+        problems += validate_camus(Path(camus_root), progress=progress)
+    if sdm_root is not None:
+        problems += validate_sdm(Path(sdm_root), progress=progress)
+    if camus_root is not None and sdm_root is not None and Path(sdm_root).is_dir():
+        test = _camus_test_patients(Path(camus_root))
+        from vlsm.data import sdm as sdm_reader
+
+        leaked = sorted(
+            {
+                m["patient"]
+                for p in Path(sdm_root).rglob("patient*.png")
+                if (m := sdm_reader._NAME_RE.match(p.name)) and m["patient"] in test
+            }
+        )
+        for patient in leaked:
+            problems.append(
+                Problem(
+                    Path(sdm_root),
+                    f"synthetic images of {patient}, a CAMUS test patient: the test set leaks "
+                    "into synthetic training",
+                    WARNING,
+                )
+            )
+    n_errors = sum(p.severity == ERROR for p in problems)
+    log.info("validation: %d error(s), %d warning(s)", n_errors, len(problems) - n_errors)
+    return problems
