@@ -26,6 +26,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from sweeps.grid import Cell
+from vlsm.checkpoint import BEST_DIR  # the best-validation-Dice weights inside a checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class ChainSearcher(Searcher):
                 upstream = self.state.cells[cell.upstream]
                 if upstream.status != DONE or upstream.checkpoint is None:
                     continue  # wait for its own upstream, not the whole stage
-                init_from = upstream.checkpoint
+                init_from = f"{upstream.checkpoint.rstrip('/')}/{BEST_DIR}"
             entry.status = RUNNING
             entry.trial_id = trial_id
             config = copy.deepcopy(self.configs[cell.cell_id])

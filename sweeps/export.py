@@ -20,6 +20,7 @@ import pandas as pd
 
 from analysis import schema
 from vlsm import axes
+from vlsm.checkpoint import PER_IMAGE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def export_sweep(output: Path, storage: str | None = None) -> Path:
         for _, row in epochs.iterrows():
             epoch_rows.append({"trial_id": cell_id, **{c: row.get(c) for c in schema.EPOCHS_COLUMNS if c != "trial_id"}})
         if entry.checkpoint:
-            per_image = _read_parquet(f"{entry.checkpoint.rstrip('/')}/per_image.parquet")
+            per_image = _read_parquet(f"{entry.checkpoint.rstrip('/')}/{PER_IMAGE_FILE}")
             if per_image is not None:
                 per_image = per_image.assign(trial_id=cell_id)
                 image_frames.append(per_image[list(schema.PER_IMAGE_EXPORT_COLUMNS)])

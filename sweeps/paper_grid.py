@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# One forced experiment snapshot per checkpoint is what keeping only the latest
+# checkpoint costs (a few ms here); Ray warns about it at every trial otherwise.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 from sweeps.grid import expand_grid  # noqa: E402
 from sweeps.spec import SpecError, has_dataset, load_spec  # noqa: E402
@@ -113,14 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from sweeps.export import export_sweep, write_sweep_file
-    from sweeps.runner import run_grid
+    from sweeps.runner import record_not_run, run_grid
     from sweeps.trials import trial_config, trial_resources
     from vlsm.tracking import SweepTracker, default_tracking_uri
 
+    # Trial output (checkpoint notices, ...) stays in each trial's folder unless --verbose;
+    # the driver logs one line per finished trial.
+    log_to_driver = args.verbose
     if args.address:
-        ray.init(address=args.address)
+        ray.init(address=args.address, log_to_driver=log_to_driver)
     else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
     use_gpu = bool(args.address) or ray.cluster_resources().get("GPU", 0) > 0
     tracker = SweepTracker(args.mlflow_uri or default_tracking_uri(output), spec.name, output)
     tracker.log_sweep_params({"spec": spec.to_dict()})
@@ -136,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_share = {c.cell_id: trial_resources(spec, c.model, c.encoder, use_gpu=use_gpu)["gpu"] for c in cells}
     write_sweep_file(output, storage=storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share=gpu_share)
     state = run_grid(spec, cells, configs, storage=storage, state_path=output / "chain_state.json", tracker=tracker, use_gpu=use_gpu)
-    for cell_id, entry in state.cells.items():
-        if entry.status == "not_run":
-            tracker.trial_run(cell_id, configs.get(cell_id))
-            tracker.finish_trial(cell_id, "not_run", reason=entry.reason)
+    record_not_run(state, tracker, configs)
     exports = export_sweep(output, storage=storage)
     failed = [c for c, e in state.cells.items() if e.status != "done"]
     tracker.finish_sweep("FINISHED" if not failed else "FAILED")

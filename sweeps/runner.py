@@ -15,8 +15,9 @@ from typing import Any
 
 from ray import tune
 
-from sweeps.chain import ChainCallback, ChainSearcher, ChainState
+from sweeps.chain import NOT_RUN, ChainCallback, ChainSearcher, ChainState
 from sweeps.grid import Cell
+from sweeps.progress import ProgressCallback
 from sweeps.spec import SweepSpec
 from sweeps.trials import trial_resources
 from vlsm import axes
@@ -75,11 +76,19 @@ def run_grid(
             run_config=tune.RunConfig(
                 name=EXPERIMENT_NAME,
                 storage_path=storage,
-                callbacks=[ChainCallback(state), MLflowTrialCallback(tracker)],
+                callbacks=[ChainCallback(state), MLflowTrialCallback(tracker), ProgressCallback(len(cells))],
                 failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1,
+                verbose=0,  # ProgressCallback logs one line per trial instead
             ),
         )
     tuner.fit()
     return ChainState.load(state_path)
+
+
+def record_not_run(state: ChainState, tracker: SweepTracker, configs: dict[str, dict[str, Any]]) -> None:
+    """Give every cell that never ran (its upstream failed) an MLflow run saying why."""
+    for cell_id, entry in state.cells.items():
+        if entry.status == NOT_RUN:
+            tracker.trial_run(cell_id, configs.get(cell_id))
+            tracker.finish_trial(cell_id, NOT_RUN, reason=entry.reason)

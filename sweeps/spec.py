@@ -36,9 +36,9 @@ class DataSpec:
     split_scheme: str = "paper"  # "paper" or "official" (2023 split files)
     cache_dir: str | None = None  # default: <output>/cache
     demo: bool = False  # generate phantom data instead of reading a dataset
-    demo_patients: int = 12
+    demo_patients: int = 24
     demo_test_patients: int = 4
-    demo_val_patients: int = 2
+    demo_val_patients: int = 4
     demo_image_size: tuple[int, int] = (128, 112)
     demo_sdm_per_image: int = 1
     demo_seed: int = 0

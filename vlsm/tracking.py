@@ -16,6 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from vlsm import axes
+from vlsm.checkpoint import BEST_DIR, PER_IMAGE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class MLflowTrialCallback(Callback):
         checkpoint = trial.checkpoint
         if self.log_checkpoints and checkpoint is not None and "://" not in checkpoint.path:
             local = Path(checkpoint.path)
-            artifacts = [p for p in (local / "best", local / "per_image.parquet") if p.exists()]
+            artifacts = [p for p in (local / BEST_DIR, local / PER_IMAGE_FILE) if p.exists()]
         self.tracker.finish_trial(cell_id, "done", artifacts=artifacts)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:

@@ -121,9 +121,10 @@ def tiny_clipseg_config() -> dict[str, Any]:
         },
         "projection_dim": 32,
         "extract_layers": [1, 2, 3],
-        "reduce_dim": 16,
+        # a 32-wide decoder learns the phantom clearly better than 16 at the same speed
+        "reduce_dim": 32,
         "decoder_num_attention_heads": 2,
-        "decoder_intermediate_size": 32,
+        "decoder_intermediate_size": 64,
         "use_complex_transposed_convolution": False,
     }
 

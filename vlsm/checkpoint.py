@@ -1,0 +1,361 @@
+"""Checkpoints as plain files: safetensors for tensors, JSON for everything else.
+
+Why not ``torch.save``: loading a pickle runs arbitrary code, and checkpoints travel
+between machines and people (synth-PT:real-FT starts from another trial's). Here
+loading reads only safetensors and JSON.
+
+Layout of one checkpoint folder (what `vlsm.train` reports each epoch):
+
+    weights.safetensors      model tensors (see below), the latest epoch
+    model_spec.json          {"spec": model.spec, "init_seed", "stored", "frozen", "frozen_sha256"}
+    train_state.safetensors  optimizer tensors and RNG states
+    train_state.json         epoch, scheduler, grad scaler, early stopping, RNG scalars, ...
+    config.json              the resolved TrainConfig
+    best/                    weights.safetensors + model_spec.json + metrics.json of the
+                             best validation Dice so far
+    per_image.parquet        test metrics of best/ (last checkpoint of a trial only)
+
+Frozen encoders are not stored: with the encoder frozen, ``weights.safetensors`` holds
+only the trainable parameters and all buffers. The frozen tensors are re-derived by
+rebuilding the model exactly as the trial did (``build_model(**spec)`` under
+``torch.manual_seed(init_seed)``: pretrained weights or a seeded random init), and
+``frozen_sha256`` (a hash of the frozen tensors at save time) proves they came back
+bit-identical; a mismatch (e.g. a changed pretrained folder) raises. When the frozen
+tensors do not come from that rebuild (a frozen finetune initialised from an unfrozen
+upstream), they are stored too (``include_frozen=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "BEST_DIR",
+    "CONFIG_FILE",
+    "MODEL_SPEC_FILE",
+    "PER_IMAGE_FILE",
+    "TRAIN_STATE_JSON",
+    "TRAIN_STATE_TENSORS",
+    "WEIGHTS_FILE",
+    "CheckpointError",
+    "build_seeded",
+    "capture_rng",
+    "copy_tree",
+    "frozen_fingerprint",
+    "frozen_names",
+    "load_model",
+    "load_stored_into",
+    "load_train_state",
+    "load_weights_into",
+    "optimizer_from_flat",
+    "optimizer_to_flat",
+    "read_json",
+    "restore_rng",
+    "save_model",
+    "save_train_state",
+    "write_json",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.safetensors"
+MODEL_SPEC_FILE = "model_spec.json"
+TRAIN_STATE_TENSORS = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+CONFIG_FILE = "config.json"
+BEST_DIR = "best"
+PER_IMAGE_FILE = "per_image.parquet"
+_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing files, inconsistent or not re-derivable."""
+
+
+# --- small file helpers ---------------------------------------------------------------
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically (temporary file + rename): never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; not a complete vlsm checkpoint folder")
+    return json.loads(path.read_text())
+
+
+def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """safetensors file written atomically; shared storages are cloned (safetensors forbids them)."""
+    from safetensors.torch import save_file
+
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen and tensor.numel():
+            tensor = tensor.clone()
+        seen.add(ptr)
+        out[name] = tensor
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(out, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; not a complete vlsm checkpoint folder")
+    return load_file(str(path))
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy a folder, hard-linking files where possible (checkpoints are never modified in place)."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy, dirs_exist_ok=True)
+
+
+# --- model weights --------------------------------------------------------------------
+
+
+def frozen_names(model: nn.Module) -> list[str]:
+    """State-dict keys of the parameters that do not train (requires_grad False)."""
+    return sorted(
+        name
+        for name, p in model.named_parameters(remove_duplicate=False)
+        if not p.requires_grad
+    )
+
+
+def frozen_fingerprint(model: nn.Module) -> str:
+    """sha256 over names, dtypes, shapes and bytes of the frozen parameters."""
+    state = model.state_dict()
+    digest = hashlib.sha256()
+    for name in frozen_names(model):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_seeded(spec: Mapping[str, Any], init_seed: int) -> nn.Module:
+    """build_model(**spec) with torch's RNG seeded (and the caller's RNG left untouched)."""
+    from vlsm.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return build_model(**spec)
+
+
+def save_model(
+    model: nn.Module,
+    directory: Path,
+    *,
+    init_seed: int,
+    include_frozen: bool = False,
+    frozen_sha256: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write weights.safetensors + model_spec.json of model into directory.
+
+    Stores every tensor except the frozen parameters, unless include_frozen.
+    frozen_sha256: the model's `frozen_fingerprint`, when the caller has it (it is
+    computed otherwise; it costs one pass over the frozen weights).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, Mapping):
+        raise CheckpointError(f"save_model: {type(model).__name__} has no `spec` dict to rebuild it")
+    frozen = frozen_names(model)
+    skip = set() if include_frozen else set(frozen)
+    state = model.state_dict()
+    stored = {name: t for name, t in state.items() if name not in skip}
+    if frozen and frozen_sha256 is None:
+        frozen_sha256 = frozen_fingerprint(model)
+    _save_tensors(directory / WEIGHTS_FILE, stored)
+    meta = {
+        "format": _FORMAT,
+        "spec": dict(spec),
+        "init_seed": int(init_seed),
+        "stored": sorted(stored),
+        "frozen": frozen,
+        "frozen_sha256": frozen_sha256 if frozen else None,
+        **(dict(extra) if extra else {}),
+    }
+    write_json(directory / MODEL_SPEC_FILE, meta)
+
+
+def load_stored_into(model: nn.Module, directory: Path) -> dict:
+    """Load the tensors a checkpoint stores into model; verify the re-derived frozen ones.
+
+    model must be built as the checkpoint's model was (same spec and init_seed); returns
+    the checkpoint's model_spec.json.
+    """
+    directory = Path(directory)
+    meta = read_json(directory / MODEL_SPEC_FILE)
+    if meta.get("format") != _FORMAT:
+        raise CheckpointError(
+            f"{directory / MODEL_SPEC_FILE}: format {meta.get('format')!r}, expected {_FORMAT}"
+        )
+    stored = _load_tensors(directory / WEIGHTS_FILE)
+    state = model.state_dict()
+    frozen = frozen_names(model)
+    unexpected = sorted(set(stored) - set(state))
+    missing = sorted(set(state) - set(stored) - set(frozen))
+    if unexpected or missing:
+        raise CheckpointError(
+            f"{directory / WEIGHTS_FILE}: does not match the model built from "
+            f"{MODEL_SPEC_FILE}: unexpected tensors {unexpected[:5]}, missing {missing[:5]}"
+        )
+    for name, tensor in stored.items():
+        if tensor.shape != state[name].shape:
+            raise CheckpointError(
+                f"{directory / WEIGHTS_FILE}: tensor {name} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(state[name].shape)}"
+            )
+    if any(name not in stored for name in frozen):
+        if frozen_fingerprint(model) != meta.get("frozen_sha256"):
+            raise CheckpointError(
+                f"{directory}: the frozen encoder re-derived from {MODEL_SPEC_FILE} (spec "
+                f"{meta['spec']}, init_seed {meta['init_seed']}) differs from the one trained "
+                "(frozen_sha256 mismatch); were the pretrained weights changed or moved?"
+            )
+    model.load_state_dict({**state, **stored}, strict=True)
+    return meta
+
+
+def load_model(directory: Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by `save_model`; frozen tensors are re-derived and verified."""
+    meta = read_json(Path(directory) / MODEL_SPEC_FILE)
+    model = build_seeded(meta["spec"], meta["init_seed"])
+    load_stored_into(model, directory)
+    return model.to(device)
+
+
+def load_weights_into(model: nn.Module, directory: Path) -> None:
+    """Copy every tensor of the checkpoint in directory into model (weights only).
+
+    Used by ``init_from`` (synth-PT:real-FT): the upstream model is rebuilt with
+    `load_model` and its full state dict loaded, so architectures must match.
+    """
+    source = load_model(directory)
+    try:
+        model.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"init_from {directory}: its model ({read_json(Path(directory) / MODEL_SPEC_FILE)['spec']}) "
+            f"does not fit this trial's model: {err}"
+        ) from err
+
+
+# --- training state -------------------------------------------------------------------
+
+
+def optimizer_to_flat(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """optimizer.state_dict() -> (tensors "optimizer.<param>.<key>", JSON-able rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
+    """Inverse of `optimizer_to_flat` (betas come back as tuples)."""
+    per_param: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            per_param.setdefault(int(index), {})[key] = tensor
+    for index, values in meta["scalars"].items():
+        per_param.setdefault(int(index), {}).update(values)
+    groups = []
+    for group in meta["param_groups"]:
+        group = dict(group)
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": dict(sorted(per_param.items())), "param_groups": groups}
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
+    """The states of torch (CPU and CUDA), numpy and Python's global RNGs."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, py_state, gauss_next = random.getstate()
+    meta = {
+        "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(py_state), gauss_next],
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Inverse of `capture_rng` (CUDA states only when the same devices exist)."""
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, cached = meta["numpy"]
+    keys = tensors["rng.numpy"].numpy().astype(np.uint32)
+    np.random.set_state((kind, keys, int(pos), int(has_gauss), float(cached)))
+    version, py_state, gauss_next = meta["python"]
+    random.setstate((version, tuple(py_state), gauss_next))
+
+
+def save_train_state(
+    directory: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> None:
+    """Write train_state.safetensors + train_state.json (JSON last: it marks completeness)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_tensors(directory / TRAIN_STATE_TENSORS, tensors)
+    write_json(directory / TRAIN_STATE_JSON, {"format": _FORMAT, **meta})
+
+
+def load_train_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read what `save_train_state` wrote: (tensors, meta). Nothing is unpickled."""
+    directory = Path(directory)
+    meta = read_json(directory / TRAIN_STATE_JSON)
+    if meta.get("format") != _FORMAT:
+        raise CheckpointError(
+            f"{directory / TRAIN_STATE_JSON}: format {meta.get('format')!r}, expected {_FORMAT}"
+        )
+    return _load_tensors(directory / TRAIN_STATE_TENSORS), meta

@@ -1,0 +1,253 @@
+"""The typed configuration of one training trial, built from a Ray Tune config dict.
+
+Why a dataclass and not ``config.get(key, default)``: a mistyped key in a sweep file
+would otherwise be silently ignored and the trial would run with a default nobody
+chose. `TrainConfig.from_dict` therefore names every unknown key and every bad value
+at once, and the resolved config (`to_dict`) is saved with every checkpoint.
+
+    from vlsm.config import TrainConfig
+    cfg = TrainConfig.from_dict({"model": "clipseg", "prompt": "P3", "train_cache": "..."})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlsm.axes import MODEL_KEYS, PROMPTS
+
+__all__ = ["PRECISIONS", "TrainConfig", "paper_defaults"]
+
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+
+# Learning rate and batch size of the paper, per model registry key (DESIGN.md, "Training").
+_PAPER_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "clipseg": {"lr": 2e-3, "batch_size": 128},
+    "cris": {"lr": 2e-5, "batch_size": 32},
+}
+
+
+def _model_key(model: str) -> str:
+    """"CLIPSeg" or "clipseg" -> "clipseg"; ValueError for anything else."""
+    if model in MODEL_KEYS:
+        return MODEL_KEYS[model]
+    if model in MODEL_KEYS.values():
+        return model
+    allowed = sorted({*MODEL_KEYS, *MODEL_KEYS.values()})
+    raise ValueError(f"model: unknown value {model!r}; expected one of {allowed}")
+
+
+def paper_defaults(model: str) -> dict[str, float | int]:
+    """The paper's {"lr", "batch_size"} for a model ("clipseg"/"CLIPSeg", "cris"/"CRIS")."""
+    return dict(_PAPER_DEFAULTS[_model_key(model)])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one trial needs. Defaults are the paper's (DESIGN.md, "Training")."""
+
+    # --- model -------------------------------------------------------------------------
+    model: str = "clipseg"  # registry key ("clipseg" | "cris"; "CLIPSeg"/"CRIS" accepted)
+    model_config: dict | None = None  # architecture overrides, e.g. tiny_config(model) for tests
+    pretrained: str | None = None  # HF id / local folder (CLIPSeg) or CLIP RN50 file (CRIS)
+    checkpoint: str | None = None  # official CRIS checkpoint file; None = not used
+    freeze_encoder: bool = False  # grid axis "encoder": frozen trains only the decoder
+    prompt: str = "P1"  # grid axis "prompt" (P0..P7); P1 = structure name only
+    # --- data (folders written by `vlsm prepare`; passed by path so Ray ships no arrays) --
+    train_cache: str | None = None
+    val_cache: str | None = None
+    test_cache: str | None = None  # None: no test evaluation at the end
+    init_from: str | None = None  # checkpoint folder: weights only (synth-PT:real-FT)
+    # --- optimisation ------------------------------------------------------------------
+    lr: float | None = None  # None -> paper value for the model (2e-3 CLIPSeg, 2e-5 CRIS)
+    batch_size: int | None = None  # None -> paper value (128 CLIPSeg, 32 CRIS)
+    eval_batch_size: int | None = None  # None -> batch_size; evaluation needs no gradients
+    weight_decay: float = 1e-3  # AdamW, as in the paper
+    grad_clip: float = 0.5  # max gradient norm (Lightning's gradient_clip_val in the paper)
+    lr_factor: float = 0.1  # ReduceLROnPlateau on val loss: multiply lr by this ...
+    lr_patience: int = 5  # ... after this many epochs without improvement
+    # --- stopping ------------------------------------------------------------------------
+    max_epochs: int = 1000  # paper: effectively "until early stopping"
+    min_epochs: int = 10  # never stop early before this many epochs
+    patience: int = 20  # early stopping on val Dice: epochs without improvement
+    min_delta: float = 1e-4  # an improvement must exceed this
+    # --- loss and evaluation -------------------------------------------------------------
+    dice_weight: float = 1.0  # soft Dice term
+    bce_weight: float = 0.2  # BCE term; 0 reproduces the authors' effective Dice-only loss
+    dice_smooth: float = 1.0  # added to numerator and denominator of the soft Dice
+    threshold: float = 0.5  # sigmoid threshold of a prediction (authors' CRIS config: 0.35)
+    # --- runtime -------------------------------------------------------------------------
+    precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 + grad scaler; fp32 on CPU
+    seed: int = 42  # the paper's seed; also seeds the model's random init
+    num_workers: int = 0  # DataLoader workers (only when data_on_device is False)
+    data_on_device: bool = True  # copy the uint8 cache to the device once (fast GPUs starve otherwise)
+    deterministic: bool = False  # deterministic CUDA kernels (slower); CPU runs are exact anyway
+    checkpoint_every: int = 1  # write a full checkpoint every this many epochs (and at the end)
+    tags: dict = field(default_factory=dict)  # free labels of the grid cell (strategy, ...), unused here
+
+    def __post_init__(self) -> None:
+        errors = _validate(self)
+        if errors:
+            raise ValueError("TrainConfig: " + "; ".join(errors))
+        object.__setattr__(self, "model", _model_key(self.model))
+        defaults = _PAPER_DEFAULTS[self.model]
+        if self.lr is None:
+            object.__setattr__(self, "lr", float(defaults["lr"]))
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", int(defaults["batch_size"]))
+        if self.eval_batch_size is None:
+            object.__setattr__(self, "eval_batch_size", self.batch_size)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build from a (Ray Tune) dict; ValueError naming every unknown key and bad value."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"TrainConfig.from_dict: expected a mapping, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in names)
+        errors = []
+        if unknown:
+            errors.append(f"unknown key(s) {unknown}; expected some of {sorted(names)}")
+        values: dict[str, Any] = {}
+        for key, value in d.items():
+            if key not in names:
+                continue
+            try:
+                values[key] = _coerce(key, value)
+            except ValueError as err:
+                errors.append(str(err))
+        if errors:
+            raise ValueError("TrainConfig: " + "; ".join(errors))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict; `from_dict(to_dict())` gives an equal config."""
+        return dataclasses.asdict(self)
+
+
+# field -> (kind, nullable); kinds: str, int, float, bool, dict, path
+_KINDS: dict[str, tuple[str, bool]] = {
+    "model": ("str", False),
+    "model_config": ("dict", True),
+    "pretrained": ("path", True),
+    "checkpoint": ("path", True),
+    "freeze_encoder": ("bool", False),
+    "prompt": ("str", False),
+    "train_cache": ("path", True),
+    "val_cache": ("path", True),
+    "test_cache": ("path", True),
+    "init_from": ("path", True),
+    "lr": ("float", True),
+    "batch_size": ("int", True),
+    "eval_batch_size": ("int", True),
+    "weight_decay": ("float", False),
+    "grad_clip": ("float", False),
+    "lr_factor": ("float", False),
+    "lr_patience": ("int", False),
+    "max_epochs": ("int", False),
+    "min_epochs": ("int", False),
+    "patience": ("int", False),
+    "min_delta": ("float", False),
+    "dice_weight": ("float", False),
+    "bce_weight": ("float", False),
+    "dice_smooth": ("float", False),
+    "threshold": ("float", False),
+    "precision": ("str", False),
+    "seed": ("int", False),
+    "num_workers": ("int", False),
+    "data_on_device": ("bool", False),
+    "deterministic": ("bool", False),
+    "checkpoint_every": ("int", False),
+    "tags": ("dict", False),
+}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """A value of the field's type (numpy scalars, ints for floats, PathLike for paths)."""
+    kind, nullable = _KINDS[key]
+    if value is None:
+        if nullable:
+            return None
+        raise ValueError(f"{key}: got None, expected a {kind}")
+    ok = True
+    if kind == "bool":
+        ok = isinstance(value, bool) or type(value).__name__ == "bool_"
+        value = bool(value) if ok else value
+    elif kind == "int":
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        value = int(value) if ok else value
+    elif kind == "float":
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "path":
+        ok = isinstance(value, str | os.PathLike)
+        value = os.fspath(value) if ok else value
+    elif kind == "dict":
+        ok = isinstance(value, Mapping)
+        value = dict(value) if ok else value
+    if not ok:
+        raise ValueError(f"{key}: got {value!r} ({type(value).__name__}), expected a {kind}")
+    return value
+
+
+def _validate(cfg: TrainConfig) -> list[str]:
+    """Every problem of a config, each naming the field, its value and what was expected."""
+    errors = []
+    for name in _KINDS:
+        try:
+            _coerce(name, getattr(cfg, name))
+        except ValueError as err:
+            errors.append(str(err))
+    if errors:  # types first: the range checks below assume them
+        return errors
+    try:
+        _model_key(cfg.model)
+    except ValueError as err:
+        errors.append(str(err))
+    if cfg.prompt not in PROMPTS:
+        errors.append(f"prompt: got {cfg.prompt!r}, expected one of {list(PROMPTS)}")
+    if cfg.precision not in PRECISIONS:
+        errors.append(f"precision: got {cfg.precision!r}, expected one of {list(PRECISIONS)}")
+    positive = {
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "eval_batch_size": cfg.eval_batch_size,
+        "max_epochs": cfg.max_epochs,
+        "patience": cfg.patience,
+        "checkpoint_every": cfg.checkpoint_every,
+        "lr_factor": cfg.lr_factor,
+        "grad_clip": cfg.grad_clip,
+    }
+    for name, value in positive.items():
+        if value is not None and not value > 0:
+            errors.append(f"{name}: got {value!r}, expected > 0")
+    non_negative = {
+        "weight_decay": cfg.weight_decay,
+        "lr_patience": cfg.lr_patience,
+        "min_epochs": cfg.min_epochs,
+        "min_delta": cfg.min_delta,
+        "dice_weight": cfg.dice_weight,
+        "bce_weight": cfg.bce_weight,
+        "dice_smooth": cfg.dice_smooth,
+        "num_workers": cfg.num_workers,
+    }
+    for name, value in non_negative.items():
+        if not value >= 0:
+            errors.append(f"{name}: got {value!r}, expected >= 0")
+    if cfg.dice_weight == 0 and cfg.bce_weight == 0:
+        errors.append("dice_weight and bce_weight: both 0, expected at least one > 0")
+    if not 0 < cfg.threshold < 1:
+        errors.append(f"threshold: got {cfg.threshold!r}, expected 0 < threshold < 1")
+    if not cfg.lr_factor < 1:
+        errors.append(f"lr_factor: got {cfg.lr_factor!r}, expected < 1")
+    if cfg.min_epochs > cfg.max_epochs:
+        errors.append(
+            f"min_epochs: got {cfg.min_epochs}, expected <= max_epochs ({cfg.max_epochs})"
+        )
+    return errors
