@@ -147,6 +147,20 @@ def test_exact_resume(caches, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(a / ckpt.PER_IMAGE_FILE), pd.read_parquet(b / ckpt.PER_IMAGE_FILE))
 
 
+def test_resuming_a_finished_trial_reports_its_result_without_a_new_checkpoint(caches, tmp_path):
+    # Ray may restore a trial that finished just before the driver died: it must not
+    # train or test again, nor replace the checkpoint finetunes start from.
+    cfg = _cfg(caches, model="cris", max_epochs=1, batch_size=12, lr=1e-3)
+    done = _Recorder(tmp_path / "done")
+    run_training(cfg, done)
+    again = _Recorder(tmp_path / "again")
+    run_training(cfg, again, resume_dir=done.dirs[-1])
+    assert len(again.metrics) == 1 and again.dirs == []
+    final = done.metrics[-1]
+    assert again.metrics[0][TEST_DICE_MEAN] == pytest.approx(final[TEST_DICE_MEAN])
+    assert again.metrics[0][EPOCH] == final[EPOCH]
+
+
 def test_loader_path_equals_device_path_and_frozen_checkpoint(caches, tmp_path):
     common = dict(max_epochs=1, freeze_encoder=True, test_cache=None)
     on_device = _Recorder(tmp_path / "a")

@@ -412,6 +412,11 @@ def run_training(
                 ckpt.copy_tree(Path(resume_dir) / ckpt.BEST_DIR, best_dir)
             start = meta["epoch"] + 1
             log.info("resuming after epoch %d from %s", meta["epoch"], resume_dir)
+            finished = _finished_result(resume_dir, last_metrics)
+            if finished is not None:
+                log.info("the trial had finished; reporting its result again")
+                report(finished, None)
+                return result
 
         def write_checkpoint(epoch: int) -> Path:
             out = Path(tempfile.mkdtemp(prefix=f"epoch{epoch:04d}-", dir=tmp))
@@ -522,7 +527,26 @@ def _test_best(best_dir, test_split, cfg, prompts, device, precision, loss_fn, o
     frame.to_parquet(tmp, index=False)
     tmp.rename(out_dir / ckpt.PER_IMAGE_FILE)
     result.test_rows = rows
-    dice = frame[DICE].to_numpy()
     del model, data
+    return _test_summary(frame[DICE].to_numpy())
+
+
+def _test_summary(dice: np.ndarray) -> dict[str, float]:
+    """Mean and sample standard deviation of the per-image test Dice."""
     return {TEST_DICE_MEAN: float(dice.mean()),
             TEST_DICE_STD: float(dice.std(ddof=1)) if len(dice) > 1 else math.nan}
+
+
+def _finished_result(resume_dir: Path, last_metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The final report of a trial whose last checkpoint is resume_dir, if it had finished.
+
+    Ray restores a trial that finished just before the driver died (after our chain state
+    saw it finish, before Ray's experiment snapshot did). Reporting its result again,
+    without a new checkpoint, keeps its checkpoint (which finetunes start from) in place.
+    """
+    per_image = Path(resume_dir) / ckpt.PER_IMAGE_FILE
+    if not per_image.is_file():
+        return None
+    import pandas as pd
+
+    return {**last_metrics, **_test_summary(pd.read_parquet(per_image)[DICE].to_numpy())}
