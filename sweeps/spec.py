@@ -126,7 +126,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            if node.get(part) is None:  # an unset section (e.g. `config: null`) becomes one
+                node[part] = {}
+            child = node[part]
             if not isinstance(child, dict):
                 raise SpecError(f"--set {item!r}: {part!r} is a value, not a section")
             node = child

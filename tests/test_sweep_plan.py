@@ -101,3 +101,8 @@ def test_cell_ids_are_stable() -> None:
     assert cell.cell_id == "clipseg-synth-pt-real-ft-frozen-p3"
     assert cell.train_data == "camus"
     assert Cell("CRIS", STRATEGY_SYNTHETIC, "unfrozen", "P0").train_data == "sdm"
+
+
+def test_override_inside_an_unset_section() -> None:
+    spec = load_spec(overrides=["models.CLIPSeg.config.stock_forward_no_grad_encoders=true"])
+    assert spec.models["CLIPSeg"].config == {"stock_forward_no_grad_encoders": True}
