@@ -41,6 +41,26 @@ def read_sweep_file(output: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def resume_mismatch(output: Path, configs: dict[str, dict[str, Any]]) -> str | None:
+    """Why the sweep already in `output` cannot be resumed with `configs`, or None.
+
+    Ray restores an experiment with the trial configs it started with, so a changed grid
+    or setting would be silently ignored; we refuse instead and say what differs.
+    """
+    if not (output / SWEEP_FILE).exists():
+        return None
+    before: dict[str, dict] = json.loads(json.dumps(read_sweep_file(output).get("configs", {})))
+    now = json.loads(json.dumps(configs))
+    if set(before) != set(now):
+        added, removed = sorted(set(now) - set(before)), sorted(set(before) - set(now))
+        return f"grid cells added {added[:3]}, removed {removed[:3]}"
+    for cell_id, config in now.items():
+        for key in sorted(set(config) | set(before[cell_id])):
+            if key != "init_from" and config.get(key) != before[cell_id].get(key):
+                return f"{cell_id}: {key} was {before[cell_id].get(key)!r}, now {config.get(key)!r}"
+    return None
+
+
 def _read_parquet(path: str) -> pd.DataFrame | None:
     """A Parquet file from a local path or a storage URI (s3://...), or None."""
     try:

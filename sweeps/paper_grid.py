@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_plan(spec, cells, sizes, use_gpu=True, measured=measured_throughput(output)))
         return 0
 
+    if args.resume and not (output / "chain_state.json").exists():
+        print(f"error: --resume: {output} holds no sweep to resume (no chain_state.json)", file=sys.stderr)
+        return 2
     output.mkdir(parents=True, exist_ok=True)
     started = time.time()
     try:
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from sweeps.export import export_sweep, write_sweep_file
+    from sweeps.export import export_sweep, resume_mismatch, write_sweep_file
     from sweeps.runner import record_not_run, run_grid
     from sweeps.trials import trial_config, trial_resources
     from vlsm.tracking import SweepTracker, default_tracking_uri
@@ -142,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     configs = {cell.cell_id: trial_config(spec, cell, caches, lr=lr) for cell in cells}
     storage = args.storage or str(output / "ray")
     gpu_share = {c.cell_id: trial_resources(spec, c.model, c.encoder, use_gpu=use_gpu)["gpu"] for c in cells}
+    mismatch = resume_mismatch(output, configs)
+    if mismatch:
+        print(f"error: {output} holds a sweep started with other settings ({mismatch}); "
+              "run it with its original options to resume, or give a new --output", file=sys.stderr)
+        return 2
     write_sweep_file(output, storage=storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share=gpu_share)
     state = run_grid(spec, cells, configs, storage=storage, state_path=output / "chain_state.json", tracker=tracker, use_gpu=use_gpu)
     record_not_run(state, tracker, configs)

@@ -106,3 +106,16 @@ def test_cell_ids_are_stable() -> None:
 def test_override_inside_an_unset_section() -> None:
     spec = load_spec(overrides=["models.CLIPSeg.config.stock_forward_no_grad_encoders=true"])
     assert spec.models["CLIPSeg"].config == {"stock_forward_no_grad_encoders": True}
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path) -> None:
+    from sweeps.export import resume_mismatch, write_sweep_file
+
+    configs = {"cris-real-frozen-p1": {"lr": 1e-3, "max_epochs": 2, "init_from": None}}
+    assert resume_mismatch(tmp_path, configs) is None  # nothing to resume yet
+    write_sweep_file(tmp_path, storage="s", mlflow_uri=None, configs=configs, gpu_share={})
+    assert resume_mismatch(tmp_path, configs) is None
+    changed = {"cris-real-frozen-p1": {"lr": 1e-3, "max_epochs": 5, "init_from": None}}
+    assert "max_epochs was 2, now 5" in resume_mismatch(tmp_path, changed)
+    more = {**configs, "cris-real-frozen-p2": {"lr": 1e-3}}
+    assert "added ['cris-real-frozen-p2']" in resume_mismatch(tmp_path, more)

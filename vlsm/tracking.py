@@ -28,6 +28,7 @@ TAG_UPSTREAM_CELL = "vlsm.upstream_cell_id"
 TAG_UPSTREAM_RUN = "vlsm.upstream_run_id"
 TAG_STATUS = "vlsm.status"
 TAG_REASON = "vlsm.reason"
+TAG_CHECKPOINT = "vlsm.checkpoint"  # where the trial's final checkpoint (with best/) lives
 PARENT_TAG = "mlflow.parentRunId"
 
 # Per-epoch metrics logged with step=epoch; final metrics logged once.
@@ -175,9 +176,13 @@ class MLflowTrialCallback(Callback):
             return
         artifacts: list[Path] = []
         checkpoint = trial.checkpoint
-        if self.log_checkpoints and checkpoint is not None and "://" not in checkpoint.path:
-            local = Path(checkpoint.path)
-            artifacts = [p for p in (local / BEST_DIR, local / PER_IMAGE_FILE) if p.exists()]
+        if checkpoint is not None:
+            run_id = self.tracker.trial_run(cell_id)
+            self.tracker.client.set_tag(run_id, TAG_CHECKPOINT, checkpoint.path)
+            local = checkpoint.filesystem is None or checkpoint.filesystem.type_name == "local"
+            if self.log_checkpoints and local:  # on shared storage (s3://) the tag points to it
+                folder = Path(checkpoint.path)
+                artifacts = [p for p in (folder / BEST_DIR, folder / PER_IMAGE_FILE) if p.exists()]
         self.tracker.finish_trial(cell_id, "done", artifacts=artifacts)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
