@@ -135,20 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     use_gpu = bool(args.address) or ray.cluster_resources().get("GPU", 0) > 0
     tracker = SweepTracker(args.mlflow_uri or default_tracking_uri(output), spec.name, output)
     tracker.log_sweep_params({"spec": spec.to_dict()})
+    storage = args.storage or str(output / "ray")
 
     lr = {}
     if spec.lr_search.trials > 0:
         from sweeps.lr_search import run_lr_search
 
-        lr = run_lr_search(spec, caches, output=output, storage=args.storage or str(output / "ray"), use_gpu=use_gpu)
+        lr = run_lr_search(spec, caches, output=output, storage=storage, use_gpu=use_gpu)
         logger.info("learning rates from the search: %s", lr)
     configs = {cell.cell_id: trial_config(spec, cell, caches, lr=lr) for cell in cells}
-    storage = args.storage or str(output / "ray")
     gpu_share = {c.cell_id: trial_resources(spec, c.model, c.encoder, use_gpu=use_gpu)["gpu"] for c in cells}
     mismatch = resume_mismatch(output, configs)
     if mismatch:
         print(f"error: {output} holds a sweep started with other settings ({mismatch}); "
               "run it with its original options to resume, or give a new --output", file=sys.stderr)
+        ray.shutdown()
         return 2
     write_sweep_file(output, storage=storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share=gpu_share)
     state = run_grid(spec, cells, configs, storage=storage, state_path=output / "chain_state.json", tracker=tracker, use_gpu=use_gpu)
