@@ -57,11 +57,11 @@ SOURCE = "sdm"
 CODING_LABELS, CODING_SECTOR = "labels", "sector"
 CODINGS: tuple[str, ...] = (CODING_LABELS, CODING_SECTOR)
 SDM_SPLITS: dict[str, str] = {"training": "train", "validation": "val"}  # file token -> split
-_NAME_RE = re.compile(
+NAME_RE = re.compile(
     r"^(?P<patient>patient\d{4})_(?P<view>2CH|4CH)_(?P<phase>ED|ES)_"
     r"(?P<split>training|validation)_(?P<index>\d+)\.png$"
 )
-_TEST_NAME_RE = re.compile(r"^patient\d{4}_(2CH|4CH)_(ED|ES)_testing(_\d+)?\.png$")
+TEST_NAME_RE = re.compile(r"^patient\d{4}_(2CH|4CH)_(ED|ES)_testing(_\d+)?\.png$")
 _LABEL_DIR_WORDS = ("annotation", "label", "mask")
 # sector -> labels: 0 outside cone -> 0, 1 LV -> 1, 2 cone -> 0, 3 MYO -> 2, 4 LA -> 3
 _SECTOR_TO_LABELS = np.array([0, 1, 0, 2, 3], dtype=np.uint8)
@@ -213,12 +213,12 @@ def write_sdm_image(
     write_png(folder / label_dir / split / name, encoded)
 
 
-def _is_label_dir(name: str) -> bool:
+def is_label_dir(name: str) -> bool:
     name = name.lower()
     return any(word in name for word in _LABEL_DIR_WORDS)
 
 
-def _find_label(image: Path, root: Path) -> tuple[Path | None, list[Path]]:
+def find_label(image: Path, root: Path) -> tuple[Path | None, list[Path]]:
     """The label map of `image`: same relative path under the nearest label-ish sibling folder.
 
     Walks from the image's folder up to root; at the first level where a sibling folder
@@ -235,7 +235,7 @@ def _find_label(image: Path, root: Path) -> tuple[Path | None, list[Path]]:
                 (
                     s
                     for s in parent.iterdir()
-                    if s.is_dir() and s != folder and _is_label_dir(s.name)
+                    if s.is_dir() and s != folder and is_label_dir(s.name)
                 ),
                 key=lambda s: ("sector" in s.name.lower(), s.name),
             )
@@ -269,11 +269,11 @@ def load_sdm(root: Path) -> list[EchoImage]:
     skipped_test = skipped_other = 0
     for path in sorted(root.rglob("*.png")):
         rel_dirs = path.relative_to(root).parts[:-1]
-        if any(_is_label_dir(part) for part in rel_dirs):
+        if any(is_label_dir(part) for part in rel_dirs):
             continue
-        match = _NAME_RE.match(path.name)
+        match = NAME_RE.match(path.name)
         if match is None:
-            if _TEST_NAME_RE.match(path.name):
+            if TEST_NAME_RE.match(path.name):
                 skipped_test += 1
             else:
                 skipped_other += 1
@@ -282,7 +282,7 @@ def load_sdm(root: Path) -> list[EchoImage]:
         if path.name in records:
             log.warning("%s: duplicate of %s, skipped", path, records[path.name].image_path)
             continue
-        label, tried = _find_label(path, root)
+        label, tried = find_label(path, root)
         if label is None:
             shown = (
                 ", ".join(str(t) for t in tried[:4])

@@ -346,11 +346,11 @@ def validate_sdm(root: Path, *, progress: bool = True) -> list[Problem]:
     images: dict[str, Path] = {}
     label_pngs: list[Path] = []
     for path in sorted(root.rglob("*.png")):
-        if any(sdm_reader._is_label_dir(part) for part in path.relative_to(root).parts[:-1]):
+        if any(sdm_reader.is_label_dir(part) for part in path.relative_to(root).parts[:-1]):
             label_pngs.append(path)
             continue
-        if sdm_reader._NAME_RE.match(path.name) is None:
-            if not sdm_reader._TEST_NAME_RE.match(path.name):
+        if sdm_reader.NAME_RE.match(path.name) is None:
+            if not sdm_reader.TEST_NAME_RE.match(path.name):
                 problems.append(
                     Problem(
                         path,
@@ -374,7 +374,7 @@ def validate_sdm(root: Path, *, progress: bool = True) -> list[Problem]:
         )
     paired: set[Path] = set()
     for name, path in _progress(sorted(images.items()), "validate SDM", progress):
-        label, _ = sdm_reader._find_label(path, root)
+        label, _ = sdm_reader.find_label(path, root)
         if label is None:
             problems.append(
                 Problem(
@@ -387,7 +387,7 @@ def validate_sdm(root: Path, *, progress: bool = True) -> list[Problem]:
         else:
             paired.add(label)
             rec_masks = (label,)
-        match = sdm_reader._NAME_RE.match(name)
+        match = sdm_reader.NAME_RE.match(name)
         assert match is not None
         rec = EchoImage(
             source="sdm",
@@ -401,7 +401,7 @@ def validate_sdm(root: Path, *, progress: bool = True) -> list[Problem]:
         )
         problems += _check_pair(rec)
     for label in label_pngs:
-        if sdm_reader._NAME_RE.match(label.name) and label.name not in images:
+        if sdm_reader.NAME_RE.match(label.name) and label.name not in images:
             problems.append(Problem(label, "label map without image"))
     return problems
 
@@ -444,7 +444,7 @@ def validate_data(
             {
                 m["patient"]
                 for p in Path(sdm_root).rglob("patient*.png")
-                if (m := sdm_reader._NAME_RE.match(p.name)) and m["patient"] in test
+                if (m := sdm_reader.NAME_RE.match(p.name)) and m["patient"] in test
             }
         )
         for patient in leaked:
