@@ -366,6 +366,20 @@ def test_prepare_dataset_sdm_from_phantom(demo, phantom_caches, tmp_path):
     assert set(open_split(alone).items[0].prompts) == {"p0", "p1", "p2", "p3"}  # no sex/age
 
 
+def test_real_items_carry_synthetic_style_prompts_for_synthetic_models(phantom_caches):
+    # Models trained on SDM are tested on real images with the prompts they learned:
+    # P6 = P5 + shape (no image quality), as in the authors' sdm task files.
+    _, camus, sdm = phantom_caches
+    test, train = open_split(camus["test"]), open_split(sdm["train"])
+    assert not test.synthetic and train.synthetic
+    assert all(it.synthetic_prompts is None for it in train.items)
+    for item in test.items:
+        real_p6, synthetic_p6 = item.prompts["p6"][0], item.synthetic_prompts["p6"][0]
+        assert "image quality" in real_p6 and "image quality" not in synthetic_p6
+        assert " shape " in synthetic_p6 and set(item.synthetic_prompts) == {f"p{i}" for i in range(7)}
+        assert item.synthetic_prompts["p5"] == item.prompts["p5"]
+
+
 def test_prepare_cli_reuses_what_the_api_built(demo, phantom_caches, tmp_path, capsys):
     from vlsm.cli import main
 

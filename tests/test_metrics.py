@@ -71,3 +71,15 @@ def test_predict_masks_threshold_then_nearest():
     assert not predict_masks(logits, threshold=0.6)[0, 256:, 256:].any()  # 0.52 < 0.6
     with pytest.raises(ValueError, match="predict_masks"):
         predict_masks(torch.zeros(1, 2, 4, 4))
+
+
+@pytest.mark.parametrize("size", [352, 416, 64])
+def test_prediction_resize_matches_the_ground_truth_resize(size):
+    # The 512 ground truth is resized with PIL's NEAREST (pixel centres); a perfect
+    # prediction at input size must land on exactly the same pixels.
+    from PIL import Image
+
+    mask = (np.random.default_rng(size).random((size, size)) > 0.5).astype(np.uint8)
+    truth = np.asarray(Image.fromarray(mask).resize((512, 512), Image.Resampling.NEAREST)).astype(bool)
+    logits = torch.tensor(mask, dtype=torch.float32)[None, None] * 20 - 10  # (1, 1, S, S)
+    assert (predict_masks(logits)[0].numpy() == truth).all()

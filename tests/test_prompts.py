@@ -180,3 +180,22 @@ def test_age_in_words() -> None:
     assert age_in_words(101) == "one-hundred-and-one"
     with pytest.raises(ValueError, match="age"):
         age_in_words(-3)
+
+
+def test_synthetic_style_on_a_real_image_equals_the_synthetic_prompts() -> None:
+    import dataclasses
+
+    from vlsm.data.records import EchoImage, PatientInfo
+
+    real = EchoImage(
+        source="camus2023", patient="patient0001", view="4CH", phase="ES", split="test",
+        image_path=Path("x.nii.gz"), info=PatientInfo(sex="M", age=55, image_quality="Good"),
+    )
+    synthetic = dataclasses.replace(real, source="sdm", variant=0)
+    as_synthetic = build_prompts(real, 1, shape="oval", synthetic=True)
+    assert as_synthetic == build_prompts(synthetic, 1, shape="oval")
+    assert as_synthetic["p6"][0] == (
+        "Left ventricular cavity of oval shape in four-chamber view of the heart at end of the "
+        "systole cycle of a fifty-five-year-old male."
+    )
+    assert "p7" not in as_synthetic and "image quality" in build_prompts(real, 1, shape="oval")["p6"][0]

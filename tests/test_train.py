@@ -161,6 +161,24 @@ def test_resuming_a_finished_trial_reports_its_result_without_a_new_checkpoint(c
     assert again.metrics[0][EPOCH] == final[EPOCH]
 
 
+def test_synthetic_trial_is_tested_with_the_prompts_it_learned(tmp_path):
+    # Synthetic P6 = P5 + shape; a real image's P6 = P5 + image quality. A model trained
+    # on SDM is tested on real CAMUS with the synthetic phrasing (as the authors did).
+    from vlsm.data.cache import prepare_dataset
+    from vlsm.data.phantom import write_demo_data
+
+    demo = write_demo_data(tmp_path / "demo", seed=1, n_patients=4, n_test=1, n_val=1, sdm_per_image=1,
+                           size=(64, 56))
+    camus = prepare_dataset("camus", demo.camus_root, 64, tmp_path / "cache", n_val=1, progress=False)
+    sdm = prepare_dataset("sdm", demo.sdm_root, 64, tmp_path / "cache", n_val=1, camus_root=demo.camus_root,
+                          progress=False)
+    cfg = _cfg({"train": sdm["train"], "val": sdm["val"], "test": camus["test"]}, prompt="P6", max_epochs=1)
+    rec = _Recorder(tmp_path / "keep")
+    run_training(cfg, rec)
+    prompts = pd.read_parquet(rec.dirs[-1] / ckpt.PER_IMAGE_FILE)["prompt"]
+    assert prompts.str.contains(" shape ").all() and not prompts.str.contains("image quality").any()
+
+
 def test_loader_path_equals_device_path_and_frozen_checkpoint(caches, tmp_path):
     common = dict(max_epochs=1, freeze_encoder=True, test_cache=None)
     on_device = _Recorder(tmp_path / "a")

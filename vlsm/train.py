@@ -148,15 +148,20 @@ def _sync(device: torch.device) -> None:
 class _Prompts:
     """Every prompt string of the trial, tokenised once; rows of the token table on the device."""
 
-    def __init__(self, splits: Sequence[Any], key: str, tokenizer: Callable, device: torch.device):
+    def __init__(self, splits: Sequence[Any], key: str, tokenizer: Callable, device: torch.device,
+                 *, synthetic_style: bool = False):
+        # A model trained on synthetic data is tested on real images with the prompts it
+        # learned: the synthetic style (P6 = shape, no image quality), as the authors did.
+        self.synthetic_style = synthetic_style
         strings: dict[str, int] = {}
         for split in splits:
             for item in split.items:
-                value = item.prompts.get(key)
+                prompts = self.prompts_of(item)
+                value = prompts.get(key)
                 if value is None:
                     raise ValueError(
                         f"{split.root}: item {item.name} has no prompt {key!r}; it holds "
-                        f"{sorted(item.prompts)} (synthetic data has no P7)"
+                        f"{sorted(prompts)} (synthetic data has no P7)"
                     )
                 for text in [value] if isinstance(value, str) else value:
                     strings.setdefault(text, len(strings))
@@ -167,11 +172,17 @@ class _Prompts:
         self.input_ids = torch.as_tensor(tokens["input_ids"]).to(device)  # (P, L)
         self.attention_mask = torch.as_tensor(tokens["attention_mask"]).to(device)  # (P, L)
 
+    def prompts_of(self, item: Any) -> dict:
+        """The item's prompts in this trial's style (its own when it has no other)."""
+        if self.synthetic_style and item.synthetic_prompts is not None:
+            return item.synthetic_prompts
+        return item.prompts
+
     def choose(self, items: Sequence[Any], rng: random.Random | None) -> torch.Tensor:
         """Row per item: a random phrasing (training) or the first one (rng None: evaluation)."""
         from vlsm.data.prompts import choose_phrasing
 
-        return torch.tensor([self.rows[choose_phrasing(it.prompts, self.key, rng)] for it in items])
+        return torch.tensor([self.rows[choose_phrasing(self.prompts_of(it), self.key, rng)] for it in items])
 
 
 class _PairDataset(torch.utils.data.Dataset):
@@ -383,7 +394,7 @@ def run_training(
 
     tokenizer = build_tokenizer(cfg.model, pretrained=cfg.pretrained, config=cfg.model_config)
     splits = [s for s in (train_split, val_split, test_split) if s is not None]
-    prompts = _Prompts(splits, key, tokenizer, device)
+    prompts = _Prompts(splits, key, tokenizer, device, synthetic_style=train_split.synthetic)
     inputs = _Inputs(model, prompts, device)
     train_data = _SplitData(train_split, cfg, device, with_eval=False)
     val_data = _SplitData(val_split, cfg, device, with_eval=True)

@@ -49,9 +49,12 @@ def _limit_to_share(resources: dict[str, float]) -> str:
     cpus = resources.get("CPU")
     if cpus:
         torch.set_num_threads(max(1, int(cpus)))
-    if not torch.cuda.is_available():  # Ray hides GPUs not assigned (CUDA_VISIBLE_DEVICES)
+    if not torch.cuda.is_available():
         return "cpu"
-    share = resources.get("GPU", 1.0)
+    if resources and not resources.get("GPU"):
+        # Ray leaves CUDA_VISIBLE_DEVICES alone for a trial given no GPU: keep off the card.
+        return "cpu"
+    share = resources.get("GPU", 1.0)  # outside Ray: the whole device
     if 0 < share < 1:
         torch.cuda.set_per_process_memory_fraction(share, 0)
     return "cuda"

@@ -73,7 +73,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Bump when the layout or meaning of the cached files changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DATASET_KINDS: tuple[str, ...] = ("camus", "sdm", "synthetic-boost")
 
 # Modules whose code decides the cached values; their source is part of the key.
@@ -104,6 +104,9 @@ class CacheItem:
     structure: int  # 1 LV cavity, 2 myocardium, 3 LA (vlsm.axes.STRUCTURES)
     name: str
     prompts: dict[str, str | tuple[str, str]]
+    # Real images only: the same prompts in the synthetic style (p0-p6, p6 = shape, no
+    # image quality), which models trained on synthetic data are tested with.
+    synthetic_prompts: dict[str, str | tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,6 +135,11 @@ class PreparedSplit:
     @property
     def n_images(self) -> int:
         return len(self.names)
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the split holds synthetic (SDM) images."""
+        return any(meta.get("synthetic") for meta in self.records_meta)
 
     def __reduce__(self):
         return (open_split, (self.root,))
@@ -259,8 +267,23 @@ def _as_prompt_set(prompts: Mapping) -> dict[str, str | tuple[str, str]]:
     return out
 
 
-def _item_prompts(rec: EchoImage, structure: int, mask512: np.ndarray) -> dict:
-    """The record's own prompts (authors' layout) or prompts built from its metadata."""
+def _shape(rec: EchoImage, structure: int, mask512: np.ndarray) -> str | None:
+    """The P7 shape word of a structure (on its 512 x 512 mask), or None if it has none."""
+    from vlsm.data.shapes import classify_shape
+
+    binary = mask512 == structure  # (512, 512) bool
+    if not binary.any():
+        return None
+    try:
+        return classify_shape(binary)
+    except ValueError as err:  # degenerate outline (a few pixels): no shape prompt
+        log.debug("%s structure %d: no shape (%s)", rec.name, structure, err)
+        return None
+
+
+def _item_prompts(rec: EchoImage, structure: int, shape: str | None, *, synthetic: bool) -> dict:
+    """The record's own prompts (authors' layout) or prompts built from its metadata in
+    the real or the synthetic style."""
     if rec.prompts is not None:
         if structure not in rec.prompts:
             raise ValueError(
@@ -269,25 +292,17 @@ def _item_prompts(rec: EchoImage, structure: int, mask512: np.ndarray) -> dict:
             )
         return _as_prompt_set(rec.prompts[structure])
     from vlsm.data.prompts import build_prompts, prompt_keys
-    from vlsm.data.shapes import classify_shape
 
-    binary = mask512 == structure  # (512, 512) bool
-    shape = None
-    if binary.any():
-        try:
-            shape = classify_shape(binary)
-        except ValueError as err:  # degenerate outline (a few pixels): no shape prompt
-            log.debug("%s structure %d: no shape (%s)", rec.name, structure, err)
     try:
-        return _as_prompt_set(build_prompts(rec, structure, shape=shape))
+        return _as_prompt_set(build_prompts(rec, structure, shape=shape, synthetic=synthetic))
     except ValueError as err:
         # Missing metadata (an age, a shape) only rules out the prompts that need it:
         # keep the others so that e.g. P1 trials still run; meta.json counts them.
         log.debug("%s: %s", rec.name, err)
     prompts: dict[str, str | tuple[str, str]] = {}
-    for key in prompt_keys(rec.synthetic):
+    for key in prompt_keys(synthetic):
         try:
-            prompts.update(build_prompts(rec, structure, shape=shape, keys=[key]))
+            prompts.update(build_prompts(rec, structure, shape=shape, keys=[key], synthetic=synthetic))
         except ValueError:
             continue
     return _as_prompt_set(prompts)
@@ -302,6 +317,7 @@ def _record_meta(rec: EchoImage) -> dict:
         "phase": rec.phase,
         "split": rec.split,
         "variant": rec.variant,
+        "synthetic": rec.synthetic,
         **dataclasses.asdict(rec.info),
         "image_path": str(rec.image_path),
         "mask_paths": [str(p) for p in rec.mask_paths],
@@ -317,6 +333,7 @@ class _Processed:
     labels: np.ndarray  # (size, size) uint8 in 0..3
     eval_labels: np.ndarray  # (512, 512) uint8 in 0..3
     prompts: list[dict]  # per structure 1, 2, 3
+    synthetic_prompts: list[dict | None]  # per structure: real images in the synthetic style
     missing: list[str]  # prompt keys some structure could not get
 
 
@@ -333,17 +350,23 @@ def _process(rec: EchoImage, size: int) -> _Processed:
             f"{rec.mask_paths[0]} shape {label_map.shape}"
         )
     mask512 = _resize(label_map, EVAL_SIZE, nearest=True)  # (512, 512)
-    prompts, missing = [], []
+    prompts, synthetic_prompts, missing = [], [], []
     for structure in sorted(STRUCTURES):
-        item_prompts = _item_prompts(rec, structure, mask512)
+        shape = _shape(rec, structure, mask512) if rec.prompts is None else None
+        item_prompts = _item_prompts(rec, structure, shape, synthetic=rec.synthetic)
         if rec.prompts is None:
             missing += [k for k in prompt_keys(rec.synthetic) if k not in item_prompts]
         prompts.append(_jsonable(item_prompts))
+        as_synthetic = None
+        if rec.prompts is None and not rec.synthetic:
+            as_synthetic = _jsonable(_item_prompts(rec, structure, shape, synthetic=True))
+        synthetic_prompts.append(as_synthetic)
     return _Processed(
         image=_resize(image, size, nearest=False),
         labels=_resize(label_map, size, nearest=True),
         eval_labels=mask512,
         prompts=prompts,
+        synthetic_prompts=synthetic_prompts,
         missing=missing,
     )
 
@@ -407,8 +430,8 @@ def _build(
             labels[index] = done.labels
             eval_labels[index] = done.eval_labels
             missing.update(done.missing)
-            for (structure, short), prompts in zip(
-                sorted(STRUCTURES.items()), done.prompts, strict=True
+            for (structure, short), prompts, as_synthetic in zip(
+                sorted(STRUCTURES.items()), done.prompts, done.synthetic_prompts, strict=True
             ):
                 items.append(
                     {
@@ -416,6 +439,7 @@ def _build(
                         "structure": structure,
                         "name": f"{rec.name}_{short}",
                         "prompts": prompts,
+                        "synthetic_prompts": as_synthetic,
                     }
                 )
     for array in (images, labels, eval_labels):
@@ -636,6 +660,7 @@ def open_split(path: Path) -> PreparedSplit:
             structure=int(it["structure"]),
             name=it["name"],
             prompts=_as_prompt_set(it["prompts"]),
+            synthetic_prompts=_as_prompt_set(it["synthetic_prompts"]) if it.get("synthetic_prompts") else None,
         )
         for it in raw_items
     ]

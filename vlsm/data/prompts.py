@@ -106,6 +106,7 @@ def build_prompts(
     shape: str | None = None,
     *,
     keys: Iterable[str] | None = None,
+    synthetic: bool | None = None,
 ) -> dict[str, str | tuple[str, str]]:
     """Prompts of one (image, structure): {"p0": "", "p1": (first, second), ...}.
 
@@ -117,6 +118,8 @@ def build_prompts(
       (real) or p6 (synthetic).
     keys: build only these prompts (default: all of the image's); metadata is required
       only for the prompts asked for, so P1 training works without patient ages.
+    synthetic: the prompt style (default `image.synthetic`). True on a real image gives
+      the prompts a model trained on synthetic data is tested with: p0-p6, p6 = shape.
 
     Raises ValueError naming the image and field when a needed value (shape, sex, age,
     image quality) is missing or unknown, or when a key is not one of the image's.
@@ -137,11 +140,12 @@ def build_prompts(
             )
         return {k: own[k] for k in keys}
 
-    all_keys = prompt_keys(image.synthetic)
+    style = image.synthetic if synthetic is None else synthetic
+    all_keys = prompt_keys(style)
     wanted = all_keys if keys is None else tuple(keys)
     unknown = [k for k in wanted if k not in all_keys]
     if unknown:
-        kind = "a synthetic" if image.synthetic else "a real"
+        kind = "a synthetic" if style else "a real"
         raise ValueError(
             f"keys: {unknown} are not prompts of {kind} image ({image.source}/{image.name}); "
             f"expected some of {', '.join(all_keys)}"
@@ -154,7 +158,7 @@ def build_prompts(
         )
     depth = max(int(k[1:]) for k in wanted) if wanted else 0
     info = image.info
-    level = 6 if image.synthetic else 7  # first prompt holding the shape
+    level = 6 if style else 7  # first prompt holding the shape
 
     # Words of each cumulative step; only the ones a wanted prompt needs are looked up.
     view = _field(image, "view", image.view, _VIEW_WORDS, "p2") if depth >= 2 else ""
@@ -169,7 +173,7 @@ def build_prompts(
             )
         age = age_in_words(info.age)
     quality = ""
-    if depth >= 6 and not image.synthetic:
+    if depth >= 6 and not style:
         quality = _field(image, "info.image_quality", info.image_quality, _QUALITY_WORDS, "p6")
 
     name = STRUCTURE_NAMES[structure]
@@ -187,7 +191,7 @@ def build_prompts(
             tail += f" at end of the {phase} cycle"
         if n >= 4:
             tail += f" of a {age}-year-old {sex}" if n >= 5 else f" of a {sex}"
-        if n >= 6 and not image.synthetic:
+        if n >= 6 and not style:
             tail += f" with {quality} image quality"
         first, second = (f"{head} {where}{tail}." for where in PHRASINGS)
         prompts[key] = (first, second)
