@@ -103,3 +103,20 @@ def prepare_caches(
                 by_size[(kind, size)] = {split: str(path) for split, path in paths.items()}
             caches[kind][model] = by_size[(kind, size)]
     return caches
+
+
+def publish_caches(caches: dict[str, dict[str, dict[str, str]]], storage: str) -> dict[str, dict[str, dict[str, str]]]:
+    """The same caches on shared storage, so that trials on any node can read them."""
+    from vlsm.data.remote_cache import publish
+
+    published: dict[str, str] = {}
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for kind, by_model in caches.items():
+        out[kind] = {}
+        for model, splits in by_model.items():
+            out[kind][model] = {}
+            for split, folder in splits.items():
+                if folder not in published:
+                    published[folder] = publish(Path(folder), storage)
+                out[kind][model][split] = published[folder]
+    return out

@@ -41,7 +41,7 @@ def read_sweep_file(output: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def resume_mismatch(output: Path, configs: dict[str, dict[str, Any]]) -> str | None:
+def resume_mismatch(output: Path, configs: dict[str, dict[str, Any]], storage: str | None = None) -> str | None:
     """Why the sweep already in `output` cannot be resumed with `configs`, or None.
 
     Ray restores an experiment with the trial configs it started with, so a changed grid
@@ -49,7 +49,10 @@ def resume_mismatch(output: Path, configs: dict[str, dict[str, Any]]) -> str | N
     """
     if not (output / SWEEP_FILE).exists():
         return None
-    before: dict[str, dict] = json.loads(json.dumps(read_sweep_file(output).get("configs", {})))
+    recorded = read_sweep_file(output)
+    if storage is not None and recorded.get("storage") != storage:
+        return f"storage was {recorded.get('storage')!r}, now {storage!r} (give the same --storage)"
+    before: dict[str, dict] = json.loads(json.dumps(recorded.get("configs", {})))
     now = json.loads(json.dumps(configs))
     if set(before) != set(now):
         added, removed = sorted(set(now) - set(before)), sorted(set(before) - set(now))
@@ -82,12 +85,12 @@ def _mlflow_runs(tracking_uri: str | None, output: Path) -> dict[str, str]:
         return {}
     from mlflow.tracking import MlflowClient
 
-    from vlsm.tracking import PARENT_TAG, TAG_CELL, TAG_ROLE, TAG_SWEEP_DIR
+    from vlsm.tracking import PARENT_TAG, TAG_CELL, TAG_ROLE, TAG_SWEEP_KEY, sweep_key
 
     client = MlflowClient(tracking_uri=tracking_uri)
     parents = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_DIR}` = '{output.resolve()}'",
+        filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_KEY}` = '{sweep_key(output)}'",
     )
     runs: dict[str, str] = {}
     for parent in parents:

@@ -66,7 +66,8 @@ def run_lr_search(
             base["tags"] = {**base["tags"], "lr_search": True}
             bounds = space["models"][model]
             param_space = {**base, "lr": tune.loguniform(float(bounds["lr_min"]), float(bounds["lr_max"]))}
-            name = f"lr-search-{model.lower()}-{encoder}"
+            # N in the name: a search asked for with another N is a new search, not a resume
+            name = f"lr-search-{model.lower()}-{encoder}-n{spec.lr_search.trials}"
             path = f"{storage.rstrip('/')}/{name}"
             resources = trial_resources(spec, model, encoder, use_gpu=use_gpu)
             trainable = tune.with_resources(train_vlsm, resources=resources)
@@ -92,7 +93,10 @@ def run_lr_search(
                     run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
                 )
             grid = tuner.fit()
-            best = grid.get_best_result(metric=metric, mode=mode, scope="all")
+            try:
+                best = grid.get_best_result(metric=metric, mode=mode, scope="all")
+            except RuntimeError as err:  # every search trial failed
+                raise ValueError(f"lr search {key}: no trial reported {metric} ({err}); see {path}") from err
             results[key] = {
                 "lr": float(best.config["lr"]),
                 "best": float(best.metrics_dataframe[metric].max()) if mode == "max" else float(best.metrics_dataframe[metric].min()),

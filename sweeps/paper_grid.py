@@ -2,7 +2,7 @@
 
     python sweeps/paper_grid.py                                  # no data configured: the phantom demo
     python sweeps/paper_grid.py --camus-root CAMUS --sdm-root SDM --output runs/paper
-    python sweeps/paper_grid.py --address auto --storage s3://bucket/sweeps --mlflow-uri http://head:5000
+    python sweeps/paper_grid.py --address auto --storage s3://bucket/sweeps --mlflow-uri http://head:5000   # on the head node
     python sweeps/paper_grid.py --dry-run                        # print the plan and a GPU-hour estimate
 
 Reads search_spaces/paper.yaml (plus demo.yaml when no dataset is configured), expands
@@ -14,6 +14,7 @@ Parquet files to <output>/exports. Running again with the same --output resumes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -26,6 +27,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 # One forced experiment snapshot per checkpoint is what keeping only the latest
 # checkpoint costs (a few ms here); Ray warns about it at every trial otherwise.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# With a custom searcher Tune keeps a single trial pending; on an autoscaling cluster
+# that brings GPU nodes up one at a time. Let the waiting trials show their demand.
+os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "16")
 
 from sweeps.grid import expand_grid  # noqa: E402
 from sweeps.spec import SpecError, has_dataset, load_spec  # noqa: E402
@@ -35,7 +39,7 @@ logger = logging.getLogger("paper_grid")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", help="Ray cluster to join: 'auto' or ray://host:10001 (default: a local Ray)")
+    parser.add_argument("--address", help="Ray cluster to join from a cluster node: 'auto' or host:6379 (default: a local Ray)")
     parser.add_argument("--output", type=Path, help="sweep folder (default runs/<name>); the same folder resumes")
     parser.add_argument("--config", type=Path, help="a YAML file overlaid on search_spaces/paper.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a YAML value (dotted key), repeatable")
@@ -51,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///<output>/mlflow.db)")
     parser.add_argument("--lr-search", type=int, metavar="N", help="Optuna trials per (model, encoder) before the grid")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--cpu-only", action="store_true", help="request no GPUs even on a cluster that has (or can start) them")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--resume", action="store_true", help="continue the sweep in --output (also the default when it exists)")
     parser.add_argument("--skip-validation", action="store_true", help="do not run the data checks first")
@@ -73,6 +78,16 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def sweep_storage(storage: str | None, output: Path) -> str:
+    """Where this sweep's Ray experiments live: <output>/ray, or a folder of its own under
+    a shared --storage (named after the output folder, so sweeps sharing a bucket never
+    restore each other's experiments)."""
+    if not storage:
+        return str(output / "ray")
+    digest = hashlib.sha1(str(output).encode()).hexdigest()[:8]
+    return f"{storage.rstrip('/')}/{output.name}-{digest}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -92,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = (args.cache_dir or output / "cache").resolve()
     cells = expand_grid(spec)
 
-    from sweeps.data_setup import DataError, check_data, prepare_caches, resolve_data
+    from sweeps.data_setup import (
+        DataError,
+        check_data,
+        prepare_caches,
+        publish_caches,
+        resolve_data,
+    )
     from sweeps.plan import dataset_sizes, format_plan, measured_throughput
 
     if args.dry_run:
@@ -104,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         print(format_plan(spec, cells, sizes, use_gpu=True, measured=measured_throughput(output)))
         return 0
 
+    if args.address and args.address.startswith("ray://"):
+        print("error: --address ray://...: the driver keeps the sweep state on its own disk, so it must run on "
+              "the cluster; use `ray submit ray_cluster.yaml sweeps/paper_grid.py -- --address auto ...`", file=sys.stderr)
+        return 2
+    storage = sweep_storage(args.storage, output)
+    if args.address and not args.storage:
+        print("error: --address needs --storage: checkpoints must live where every node can read them "
+              "(s3://bucket/prefix, or a folder all nodes share)", file=sys.stderr)
+        return 2
     if args.resume and not (output / "chain_state.json").exists():
         print(f"error: --resume: {output} holds no sweep to resume (no chain_state.json)", file=sys.stderr)
         return 2
@@ -114,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_validation:
             check_data(roots, spec.grid.strategies)
         caches = prepare_caches(spec, roots, cache_dir, tuple({c.strategy for c in cells}))
+        if "://" in storage:  # trials on other nodes read the caches from shared storage
+            caches = publish_caches(caches, storage)
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -132,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=args.address, log_to_driver=log_to_driver)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
-    use_gpu = bool(args.address) or ray.cluster_resources().get("GPU", 0) > 0
+    # A cluster may start GPU nodes on demand (none yet at start); --cpu-only opts out.
+    use_gpu = not args.cpu_only and (bool(args.address) or ray.cluster_resources().get("GPU", 0) > 0)
     tracker = SweepTracker(args.mlflow_uri or default_tracking_uri(output), spec.name, output)
     tracker.log_sweep_params({"spec": spec.to_dict()})
-    storage = args.storage or str(output / "ray")
 
     lr = {}
     if spec.lr_search.trials > 0:
@@ -145,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("learning rates from the search: %s", lr)
     configs = {cell.cell_id: trial_config(spec, cell, caches, lr=lr) for cell in cells}
     gpu_share = {c.cell_id: trial_resources(spec, c.model, c.encoder, use_gpu=use_gpu)["gpu"] for c in cells}
-    mismatch = resume_mismatch(output, configs)
+    mismatch = resume_mismatch(output, configs, storage)
     if mismatch:
         print(f"error: {output} holds a sweep started with other settings ({mismatch}); "
               "run it with its original options to resume, or give a new --output", file=sys.stderr)
@@ -155,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     state = run_grid(spec, cells, configs, storage=storage, state_path=output / "chain_state.json", tracker=tracker, use_gpu=use_gpu)
     record_not_run(state, tracker, configs)
     exports = export_sweep(output, storage=storage)
+    unfinished = [c for c, e in state.cells.items() if e.status in ("pending", "running")]
+    if unfinished:  # Ctrl-C: Ray saved the experiment; the same command resumes it
+        ray.shutdown()
+        print(f"interrupted with {len(unfinished)} trial(s) unfinished; run the same command again to resume")
+        return 130
     failed = [c for c, e in state.cells.items() if e.status != "done"]
     tracker.finish_sweep("FINISHED" if not failed else "FAILED")
     ray.shutdown()

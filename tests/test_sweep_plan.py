@@ -119,3 +119,51 @@ def test_resuming_with_other_settings_is_refused(tmp_path) -> None:
     assert "max_epochs was 2, now 5" in resume_mismatch(tmp_path, changed)
     more = {**configs, "cris-real-frozen-p2": {"lr": 1e-3}}
     assert "added ['cris-real-frozen-p2']" in resume_mismatch(tmp_path, more)
+
+
+def test_resuming_with_another_storage_is_refused(tmp_path) -> None:
+    from sweeps.export import resume_mismatch, write_sweep_file
+
+    write_sweep_file(tmp_path, storage="s3://b/run-1", mlflow_uri=None, configs={}, gpu_share={})
+    assert "give the same --storage" in resume_mismatch(tmp_path, {}, "s3://b/run-2")
+    assert resume_mismatch(tmp_path, {}, "s3://b/run-1") is None
+
+
+def test_each_sweep_gets_its_own_folder_under_shared_storage(tmp_path) -> None:
+    from sweeps.paper_grid import sweep_storage
+
+    a, b = sweep_storage("s3://bucket/sweeps/", tmp_path / "a"), sweep_storage("s3://bucket/sweeps", tmp_path / "b")
+    assert a.startswith("s3://bucket/sweeps/a-") and b.startswith("s3://bucket/sweeps/b-") and a != b
+    assert sweep_storage(None, tmp_path / "a") == str(tmp_path / "a" / "ray")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--address", "ray://head:10001"], "must run on the cluster"),
+        (["--address", "auto"], "--address needs --storage"),
+        (["--resume"], "holds no sweep to resume"),
+    ],
+)
+def test_cluster_and_resume_misuse_is_refused_before_anything_runs(tmp_path, capsys, args, message) -> None:
+    from sweeps.paper_grid import main
+
+    assert main(["--output", str(tmp_path / "out"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_mlflow_store_never_raises_into_tune(tmp_path, caplog) -> None:
+    from types import SimpleNamespace
+
+    from vlsm.tracking import MLflowTrialCallback, SweepTracker, default_tracking_uri
+
+    tracker = SweepTracker(default_tracking_uri(tmp_path), "broken", tmp_path)
+    (tmp_path / "mlflow.db").unlink()  # the store is gone: every MLflow call now fails
+    (tmp_path / "mlflow.db").write_bytes(b"not a database")
+    trial = SimpleNamespace(config={"tags": {"cell_id": "cris-real-frozen-p1"}}, trial_id="t1", checkpoint=None)
+    callback = MLflowTrialCallback(tracker)
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"epoch": 1, "val_dice": 0.5})
+    callback.on_trial_complete(0, [], trial)
+    assert "MLflow logging failed" in caplog.text

@@ -8,6 +8,8 @@ resumed sweep continues the same runs instead of making duplicates.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -22,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 TAG_ROLE = "vlsm.role"  # "sweep" (parent) or "trial"
 TAG_SWEEP_DIR = "vlsm.sweep_dir"
+TAG_SWEEP_KEY = "vlsm.sweep_key"  # a hash of sweep_dir: safe inside a search filter
 TAG_CELL = "vlsm.cell_id"
 TAG_TRIAL = "vlsm.trial_id"
 TAG_UPSTREAM_CELL = "vlsm.upstream_cell_id"
@@ -45,6 +48,11 @@ def default_tracking_uri(output: Path) -> str:
     return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
 
 
+def sweep_key(sweep_dir: str | Path) -> str:
+    """A short hash of a sweep folder's absolute path (folder names may hold quotes)."""
+    return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
+
+
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in config.items():
@@ -65,6 +73,7 @@ class SweepTracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.sweep_dir = str(Path(sweep_dir).resolve())
+        self.sweep_key = sweep_key(self.sweep_dir)
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
             artifact_location = None
@@ -82,7 +91,7 @@ class SweepTracker:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10)
 
     def _find_or_create_parent(self) -> str:
-        found = self._search(f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_DIR}` = '{self.sweep_dir}'")
+        found = self._search(f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_KEY}` = '{self.sweep_key}'")
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -90,7 +99,7 @@ class SweepTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=Path(self.sweep_dir).name,
-            tags={TAG_ROLE: "sweep", TAG_SWEEP_DIR: self.sweep_dir},
+            tags={TAG_ROLE: "sweep", TAG_SWEEP_DIR: self.sweep_dir, TAG_SWEEP_KEY: self.sweep_key},
         )
         return run.info.run_id
 
@@ -149,6 +158,21 @@ class SweepTracker:
         self.client.set_terminated(self.parent_run_id, status=status)
 
 
+def _guarded(method):
+    """MLflow is secondary to the sweep: a failing call is logged, never raised into Tune
+    (an exception in a callback would abort the sweep or fail a finished trial)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any MLflow or network error
+            logger.warning("MLflow logging failed in %s: %s", method.__name__, err)
+            return None
+
+    return wrapper
+
+
 class MLflowTrialCallback(Callback):
     """Ray Tune callback: log each trial's config, epochs, results and checkpoint."""
 
@@ -156,12 +180,14 @@ class MLflowTrialCallback(Callback):
         self.tracker = tracker
         self.log_checkpoints = log_checkpoints
 
+    @_guarded
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         cell_id = (trial.config.get("tags") or {}).get("cell_id")
         if cell_id:
             run_id = self.tracker.trial_run(cell_id, trial.config)
             self.tracker.client.set_tag(run_id, TAG_TRIAL, trial.trial_id)
 
+    @_guarded
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         cell_id = (trial.config.get("tags") or {}).get("cell_id")
         if cell_id:
@@ -170,6 +196,7 @@ class MLflowTrialCallback(Callback):
             self.tracker.log_metrics(run_id, result, EPOCH_METRICS, step)
             self.tracker.log_metrics(run_id, result, FINAL_METRICS, step)
 
+    @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         cell_id = (trial.config.get("tags") or {}).get("cell_id")
         if not cell_id:
@@ -185,6 +212,7 @@ class MLflowTrialCallback(Callback):
                 artifacts = [p for p in (folder / BEST_DIR, folder / PER_IMAGE_FILE) if p.exists()]
         self.tracker.finish_trial(cell_id, "done", artifacts=artifacts)
 
+    @_guarded
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         cell_id = (trial.config.get("tags") or {}).get("cell_id")
         if cell_id:

@@ -316,10 +316,11 @@ def evaluate(
 
 def _open(path: str | None, what: str) -> Any:
     from vlsm.data.cache import open_split
+    from vlsm.data.remote_cache import localize
 
     if path is None:
         raise ValueError(f"{what}: no cache folder given; set it to a folder written by `vlsm prepare`")
-    return open_split(Path(path))
+    return open_split(localize(path))  # a folder, or a copy of one on shared storage (s3://)
 
 
 def _model_spec(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""Cache folders on shared storage (s3://...), for trials on other nodes of a cluster.
+
+The driver prepares the caches on its own disk; `publish` copies each folder once to
+`<storage>/cache/<folder name>` (the name holds a content hash, so a folder there never
+changes), and `localize` gives a trial a local copy: downloaded once per node into
+`~/.cache/vlsm/remote/`, atomically, then memory-mapped like any other cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LOCAL_ROOT = Path(os.environ.get("VLSM_REMOTE_CACHE", Path.home() / ".cache" / "vlsm" / "remote"))
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def publish(folder: Path, storage: str) -> str:
+    """Copy a local cache folder to <storage>/cache/<name> unless it is there; its URI."""
+    import pyarrow.fs
+
+    uri = f"{storage.rstrip('/')}/cache/{Path(folder).name}"
+    fs, inner = pyarrow.fs.FileSystem.from_uri(uri)
+    if fs.get_file_info(f"{inner}/meta.json").type == pyarrow.fs.FileType.File:
+        return uri
+    logger.info("copying %s to %s", folder, uri)
+    fs.create_dir(inner, recursive=True)
+    pyarrow.fs.copy_files(str(folder), inner, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+    with fs.open_output_stream(f"{inner}/meta.json") as out:  # written last: marks it complete
+        out.write((Path(folder) / "meta.json").read_bytes())
+    return uri
+
+
+def localize(path: str | os.PathLike) -> Path:
+    """A local folder for a cache path or URI (downloaded once per node for a URI)."""
+    if not is_remote(path):
+        return Path(path)
+    import pyarrow.fs
+
+    uri = str(path).rstrip("/")
+    target = LOCAL_ROOT / uri.rsplit("/", 1)[-1]
+    if (target / "meta.json").is_file():
+        return target
+    LOCAL_ROOT.mkdir(parents=True, exist_ok=True)
+    fs, inner = pyarrow.fs.FileSystem.from_uri(uri)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=LOCAL_ROOT))
+    try:
+        pyarrow.fs.copy_files(inner, str(tmp), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / "meta.json").is_file():  # not another trial's finished download
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
