@@ -26,7 +26,8 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from sweeps.grid import Cell
-from vlsm.checkpoint import BEST_DIR  # the best-validation-Dice weights inside a checkpoint
+from vlsm.checkpoint import BEST_DIR
+from vlsm.tracking import checkpoint_uri  # the best-validation-Dice weights inside a checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +185,9 @@ class ChainCallback(Callback):
         if checkpoint is None:
             entry.status = FAILED
             entry.reason = "trial finished without a checkpoint"
+            self.state.save()
             return
-        entry.checkpoint = checkpoint.path if "://" in checkpoint.path else str(checkpoint.path)
-        if "://" not in entry.checkpoint and checkpoint.filesystem is not None:
-            # A remote filesystem without scheme in the path (pyarrow S3): keep the URI.
-            type_name = checkpoint.filesystem.type_name
-            if type_name not in ("local", "mock"):
-                entry.checkpoint = f"{type_name}://{checkpoint.path}"
+        entry.checkpoint = checkpoint_uri(checkpoint)
         entry.status = DONE
         self.state.save()
 

@@ -64,8 +64,12 @@ def format_plan(
     for cell in cells:
         resources = trial_resources(spec, cell.model, cell.encoder, use_gpu=use_gpu)
         items = sizes[cell.train_data]
-        rate = measured.get((cell.model, cell.encoder)) or spec.models[cell.model].images_per_s.get(cell.encoder)
-        gpu_h = items * epochs / rate / 3600 if rate else float("nan")
+        # Configured rates are per full GPU; a measured rate is that of a trial holding
+        # its GPU share, so its GPU time is wall time x share.
+        measured_rate = measured.get((cell.model, cell.encoder))
+        rate = measured_rate or spec.models[cell.model].images_per_s.get(cell.encoder)
+        share = resources["gpu"] if measured_rate and resources["gpu"] > 0 else 1.0
+        gpu_h = items * epochs / rate / 3600 * share if rate else float("nan")
         total_gpu_h += 0 if gpu_h != gpu_h else gpu_h
         note = f"  -> {len(waiting[cell.cell_id])} finetune(s) wait on it" if waiting[cell.cell_id] else ""
         lines.append(

@@ -110,3 +110,14 @@ def test_permanently_failing_upstream_under_ray(tmp_path: Path) -> None:
     assert run.info.status == "KILLED" and run.data.tags["vlsm.status"] == NOT_RUN
     failed = tracker.client.get_run(tracker.trial_run("cris-synthetic-frozen-p1"))
     assert failed.info.status == "FAILED"
+
+
+def test_checkpoint_locations_keep_their_storage_scheme() -> None:
+    from types import SimpleNamespace
+
+    from vlsm.tracking import checkpoint_uri
+
+    s3 = SimpleNamespace(path="bucket/sweeps/grid/t/checkpoint_000004", filesystem=SimpleNamespace(type_name="s3"))
+    local = SimpleNamespace(path="/tmp/grid/t/checkpoint_000004", filesystem=SimpleNamespace(type_name="local"))
+    assert checkpoint_uri(s3) == "s3://bucket/sweeps/grid/t/checkpoint_000004"
+    assert checkpoint_uri(local) == "/tmp/grid/t/checkpoint_000004"

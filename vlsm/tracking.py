@@ -48,6 +48,15 @@ def default_tracking_uri(output: Path) -> str:
     return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
 
 
+def checkpoint_uri(checkpoint) -> str:
+    """A Ray checkpoint's location as a path or URI (pyarrow drops the s3:// scheme)."""
+    path = str(checkpoint.path)
+    filesystem = getattr(checkpoint, "filesystem", None)
+    if "://" in path or filesystem is None or filesystem.type_name in ("local", "mock"):
+        return path
+    return f"{filesystem.type_name}://{path}"
+
+
 def sweep_key(sweep_dir: str | Path) -> str:
     """A short hash of a sweep folder's absolute path (folder names may hold quotes)."""
     return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
@@ -205,7 +214,7 @@ class MLflowTrialCallback(Callback):
         checkpoint = trial.checkpoint
         if checkpoint is not None:
             run_id = self.tracker.trial_run(cell_id)
-            self.tracker.client.set_tag(run_id, TAG_CHECKPOINT, checkpoint.path)
+            self.tracker.client.set_tag(run_id, TAG_CHECKPOINT, checkpoint_uri(checkpoint))
             local = checkpoint.filesystem is None or checkpoint.filesystem.type_name == "local"
             if self.log_checkpoints and local:  # on shared storage (s3://) the tag points to it
                 folder = Path(checkpoint.path)
