@@ -13,7 +13,7 @@ from typing import Any
 
 from sweeps.grid import Cell
 from sweeps.spec import SweepSpec
-from vlsm.axes import MODEL_KEYS, STRATEGY_SYNTHETIC
+from vlsm.axes import MODEL_KEYS
 
 
 def model_config(spec: SweepSpec, model: str) -> dict | None:
@@ -67,8 +67,6 @@ def trial_config(
     }
     if lr and (cell.model, cell.encoder) in lr:
         config["lr"] = lr[(cell.model, cell.encoder)]
-    if cell.strategy == STRATEGY_SYNTHETIC and cell.prompt == "P7":
-        raise ValueError(f"{cell.cell_id}: synthetic data has no P7 prompt")
     return config
 
 

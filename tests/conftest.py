@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: tiny synthetic echo arrays (no files, no downloads).
+"""Shared pytest fixtures: the hub kept offline, tiny synthetic echo arrays.
 
 `make_label_map(h, w)` draws a CAMUS-coded heart (1 LV cavity, 2 myocardium ring,
 3 left atrium below) small enough to sit inside `make_cone(h, w)`, a fan that opens
@@ -8,10 +8,23 @@ noise, non-zero exactly inside the cone.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+
+# Nothing may download at test time: set before any test module imports transformers.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(monkeypatch):
+    """Every test (and every subprocess it starts) sees the Hugging Face hub as offline."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it
 
 import pytest
 import torch
@@ -20,14 +17,6 @@ PROMPTS = [
     "Myocardium in two-chamber view in the cardiac ultrasound at end of the systole cycle.",
     "Left atrium cavity of a seventy-three-year-old female.",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it
 
 import pytest
 import torch
@@ -33,14 +30,6 @@ MODELS = [
     ),
 ]
 PROMPTS = ["", "Left ventricular cavity of the heart.", "Left atrium cavity in four-chamber view."]
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def _batch(name: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:

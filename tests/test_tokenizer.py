@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it
-
 import pytest
 import torch
 
@@ -31,14 +29,6 @@ LONGEST_REFERENCE_PROMPT = (
     "Left ventricular cavity of rectangle shape in four-chamber view in the cardiac ultrasound "
     "at end of the diastole cycle of a eighty-seven-year-old female with medium image quality."
 )
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module")
