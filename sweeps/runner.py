@@ -18,6 +18,7 @@ from ray import tune
 from sweeps.chain import NOT_RUN, ChainCallback, ChainSearcher, ChainState
 from sweeps.grid import Cell
 from sweeps.progress import ProgressCallback
+from sweeps.retention import CheckpointRetention
 from sweeps.spec import SweepSpec
 from sweeps.trials import trial_resources
 from vlsm import axes
@@ -76,9 +77,13 @@ def run_grid(
             run_config=tune.RunConfig(
                 name=EXPERIMENT_NAME,
                 storage_path=storage,
-                callbacks=[ChainCallback(state), MLflowTrialCallback(tracker), ProgressCallback(len(cells))],
+                callbacks=[ChainCallback(state), MLflowTrialCallback(tracker), ProgressCallback(len(cells)),
+                           CheckpointRetention()],
                 failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Ray keeps every checkpoint; CheckpointRetention deletes the superseded ones
+                # once no saved experiment state can name them (Ray's num_to_keep deletes too
+                # early for a killed driver to resume, see sweeps/retention.py)
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 verbose=0,  # ProgressCallback logs one line per trial instead
             ),
         )

@@ -106,6 +106,18 @@ def test_finetune_starts_from_its_upstream_best_checkpoint(small_sweep: Path) ->
     assert len(real) == len(finetune) == 2 and (real != finetune).all()
 
 
+def test_each_trial_keeps_only_its_latest_checkpoint(small_sweep: Path) -> None:
+    # Ray keeps every checkpoint (num_to_keep=None); CheckpointRetention deletes the
+    # superseded ones after Ray's final snapshot, so each trial folder ends with one.
+    state = json.loads((small_sweep / "chain_state.json").read_text())
+    trial_dirs = sorted((small_sweep / "ray").rglob("train_vlsm_*"))
+    assert len(trial_dirs) == 3
+    for trial_dir in trial_dirs:
+        checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+        assert len(checkpoints) == 1, checkpoints
+        assert str(checkpoints[0]) in {s["checkpoint"] for s in state.values()}
+
+
 def test_mlflow_has_one_parent_and_nested_linked_runs(small_sweep: Path) -> None:
     runs = _mlflow_runs(small_sweep)
     parents = runs[runs["tags.vlsm.role"] == "sweep"]

@@ -1,0 +1,105 @@
+"""Delete superseded trial checkpoints only when no saved experiment state can name them.
+
+Ray's own `CheckpointConfig(num_to_keep=1)` deletes a trial's previous checkpoint the
+moment a new one is registered, before the experiment snapshot naming the new one has
+reached storage (the snapshot is written later in the same controller step and uploaded
+asynchronously). A driver killed in that window resumes the trial from a folder that no
+longer exists, and Ray fails it ("Could not recover from checkpoint as it does not exist
+on storage anymore"; ray-project/ray#27790). We saw exactly that on CI.
+
+So the sweep keeps `num_to_keep=None` and this callback does the deleting. It learns
+when Ray writes an experiment snapshot from `get_state`, which Ray calls while it saves
+one, and deletes a superseded checkpoint only after two snapshots that name its
+successor have been written and `grace_s` seconds have passed (the upload of a snapshot
+is asynchronous; Ray itself warns when one takes over 30 s). At the end of a sweep,
+after Ray's final snapshot (written and awaited), every superseded checkpoint goes.
+A trial's latest checkpoint is never deleted: resume, the chain and the exports use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ray import tune
+from ray.tune import Callback
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOTS_BEFORE_DELETE = 2
+GRACE_S = 60.0
+
+
+@dataclass
+class _Superseded:
+    """A checkpoint that a newer one of the same trial replaced."""
+
+    checkpoint: tune.Checkpoint
+    since: float  # clock time it was superseded
+    snapshots: int = 0  # experiment snapshots written since
+
+
+class CheckpointRetention(Callback):
+    """Keep each trial's latest checkpoint; delete older ones once resuming cannot need them."""
+
+    def __init__(self, grace_s: float = GRACE_S, clock: Callable[[], float] = time.monotonic):
+        self.grace_s = grace_s
+        self.clock = clock
+        self._latest: dict[str, tune.Checkpoint] = {}  # trial id -> its newest checkpoint
+        self._superseded: list[_Superseded] = []
+        self._snapshot_since_step = False  # a snapshot was written after the last step ended
+
+    # --- Ray's hooks ---
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint: tune.Checkpoint, **info) -> None:
+        previous = self._latest.get(trial.trial_id)
+        self._latest[trial.trial_id] = checkpoint
+        if previous is not None and previous.path != checkpoint.path:
+            self._superseded.append(_Superseded(previous, since=self.clock()))
+
+    def get_state(self) -> dict:
+        """Called by Ray while it writes an experiment snapshot: count it, return our state."""
+        for entry in self._superseded:
+            entry.snapshots += 1
+        self._snapshot_since_step = True
+        return {"latest": dict(self._latest), "superseded": list(self._superseded)}
+
+    def set_state(self, state: dict) -> None:
+        self._latest = dict(state.get("latest", {}))
+        # a restored superseded entry starts counting again: the snapshots that counted it
+        # may be newer than the one this sweep resumed from
+        self._superseded = [_Superseded(e.checkpoint, since=self.clock()) for e in state.get("superseded", [])]
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self._snapshot_since_step = False
+        now = self.clock()
+        self._delete(lambda e: e.snapshots >= SNAPSHOTS_BEFORE_DELETE and now - e.since >= self.grace_s)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        if self._snapshot_since_step:  # Ray's final snapshot, awaited, names only the latest
+            self._delete(lambda e: e.snapshots >= 1)
+        elif self._superseded:
+            logger.info("the sweep stopped without a final snapshot: keeping %d superseded "
+                        "checkpoints a resume may need", len(self._superseded))
+
+    # --- deleting ---
+    def _delete(self, ready: Callable[[_Superseded], bool]) -> None:
+        keep: list[_Superseded] = []
+        latest = {c.path for c in self._latest.values()}
+        for entry in self._superseded:
+            if not ready(entry):
+                keep.append(entry)
+            elif entry.checkpoint.path not in latest:
+                _delete_checkpoint(entry.checkpoint)
+        self._superseded = keep
+
+
+def _delete_checkpoint(checkpoint: tune.Checkpoint) -> None:
+    """Remove one checkpoint folder from its (local or remote) filesystem; never raise."""
+    try:
+        checkpoint.filesystem.delete_dir(checkpoint.path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:  # pyarrow raises OSError for remote failures
+        logger.warning("could not delete superseded checkpoint %s: %s", checkpoint.path, error)

@@ -1,0 +1,133 @@
+"""CheckpointRetention: superseded checkpoints go only when no saved snapshot can name them."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+from ray import tune
+
+from sweeps.retention import GRACE_S, CheckpointRetention
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _checkpoint(root: Path, trial: str, index: int) -> tune.Checkpoint:
+    folder = root / trial / f"checkpoint_{index:06d}"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text("{}")
+    return tune.Checkpoint.from_directory(str(folder))
+
+
+def _report(callback: CheckpointRetention, trial: str, checkpoint: tune.Checkpoint) -> None:
+    callback.on_checkpoint(iteration=0, trials=[], trial=SimpleNamespace(trial_id=trial), checkpoint=checkpoint)
+
+
+def _step(callback: CheckpointRetention, *, snapshot: bool) -> None:
+    """One controller step: Ray may write a snapshot (calling get_state), then ends the step."""
+    if snapshot:
+        callback.get_state()
+    callback.on_step_end(iteration=0, trials=[])
+
+
+def _exists(checkpoint: tune.Checkpoint) -> bool:
+    return Path(checkpoint.path).is_dir()
+
+
+def test_a_superseded_checkpoint_survives_until_two_snapshots_and_the_grace_time(tmp_path: Path) -> None:
+    clock = Clock()
+    retention = CheckpointRetention(clock=clock)
+    first, second = _checkpoint(tmp_path, "a", 0), _checkpoint(tmp_path, "a", 1)
+    _report(retention, "a", first)
+    _step(retention, snapshot=True)
+    _report(retention, "a", second)  # Ray's num_to_keep=1 would delete `first` here
+    _step(retention, snapshot=False)
+    assert _exists(first)
+    _step(retention, snapshot=True)
+    clock.now = GRACE_S + 1
+    _step(retention, snapshot=False)
+    assert _exists(first), "one snapshot naming the successor may still be uploading"
+    clock.now = 1.0
+    _step(retention, snapshot=True)
+    assert _exists(first), "the grace time has not passed"
+    clock.now = GRACE_S + 1
+    _step(retention, snapshot=False)
+    assert not _exists(first) and _exists(second)
+
+
+def test_the_latest_checkpoint_of_every_trial_is_never_deleted(tmp_path: Path) -> None:
+    clock = Clock()
+    retention = CheckpointRetention(clock=clock)
+    a0, a1, b0 = _checkpoint(tmp_path, "a", 0), _checkpoint(tmp_path, "a", 1), _checkpoint(tmp_path, "b", 0)
+    _report(retention, "a", a0)
+    _report(retention, "b", b0)
+    _report(retention, "a", a1)
+    _report(retention, "a", a1)  # the same checkpoint again (a restored trial re-reporting)
+    for _ in range(4):
+        clock.now += GRACE_S
+        _step(retention, snapshot=True)
+    assert not _exists(a0) and _exists(a1) and _exists(b0)
+
+
+def test_the_end_of_a_sweep_deletes_what_the_final_snapshot_no_longer_names(tmp_path: Path) -> None:
+    retention = CheckpointRetention(clock=Clock())
+    old, new = _checkpoint(tmp_path, "a", 0), _checkpoint(tmp_path, "a", 1)
+    _report(retention, "a", old)
+    _report(retention, "a", new)
+    _step(retention, snapshot=False)
+    retention.get_state()  # Ray's final snapshot, written and awaited before the callbacks end
+    retention.on_experiment_end(trials=[])
+    assert not _exists(old) and _exists(new)
+
+
+def test_a_sweep_that_stops_without_a_final_snapshot_keeps_them(tmp_path: Path) -> None:
+    retention = CheckpointRetention(clock=Clock())
+    old, new = _checkpoint(tmp_path, "a", 0), _checkpoint(tmp_path, "a", 1)
+    _report(retention, "a", old)
+    _step(retention, snapshot=True)
+    _report(retention, "a", new)
+    _step(retention, snapshot=True)  # the step then raises: Ray ends the callbacks at once
+    retention.on_experiment_end(trials=[])
+    assert _exists(old) and _exists(new)
+
+
+def test_state_survives_a_resume_and_restarts_the_count(tmp_path: Path) -> None:
+    clock = Clock()
+    retention = CheckpointRetention(clock=clock)
+    old, new = _checkpoint(tmp_path, "a", 0), _checkpoint(tmp_path, "a", 1)
+    _report(retention, "a", old)
+    _report(retention, "a", new)
+    state = pickle.loads(pickle.dumps(retention.get_state()))  # Ray pickles callback state
+
+    resumed = CheckpointRetention(clock=clock)
+    resumed.set_state(state)
+    clock.now = GRACE_S + 1
+    _step(resumed, snapshot=True)
+    assert _exists(old), "counted again from the resume"
+    _step(resumed, snapshot=True)
+    assert not _exists(old) and _exists(new)
+    newer = _checkpoint(tmp_path, "a", 2)
+    _report(resumed, "a", newer)  # the restored latest is superseded like any other
+    resumed.get_state()
+    resumed.on_experiment_end(trials=[])
+    assert not _exists(new) and _exists(newer)
+
+
+def test_a_checkpoint_already_gone_is_not_an_error(tmp_path: Path) -> None:
+    retention = CheckpointRetention(clock=Clock())
+    old, new = _checkpoint(tmp_path, "a", 0), _checkpoint(tmp_path, "a", 1)
+    _report(retention, "a", old)
+    _report(retention, "a", new)
+    for path in Path(old.path).iterdir():
+        path.unlink()
+    Path(old.path).rmdir()
+    retention.get_state()
+    retention.on_experiment_end(trials=[])
+    assert _exists(new)
