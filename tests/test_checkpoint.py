@@ -35,7 +35,7 @@ def _step(model: nn.Module) -> None:
 def test_model_round_trip(tmp_path, freeze):
     model = _tiny(freeze)
     _step(model)
-    ckpt.save_model(model, tmp_path, init_seed=7)
+    ckpt.save_model(model, tmp_path)
     meta = json.loads((tmp_path / ckpt.MODEL_SPEC_FILE).read_text())
     frozen = ckpt.frozen_names(model)
     if freeze:
@@ -56,7 +56,7 @@ def test_model_round_trip(tmp_path, freeze):
 def test_frozen_mismatch_is_detected(tmp_path):
     model = _tiny(True)
     _step(model)
-    ckpt.save_model(model, tmp_path, init_seed=7)
+    ckpt.save_model(model, tmp_path)
     meta = json.loads((tmp_path / ckpt.MODEL_SPEC_FILE).read_text())
     meta["frozen_sha256"] = "0" * 64  # as if the pretrained encoder had changed
     (tmp_path / ckpt.MODEL_SPEC_FILE).write_text(json.dumps(meta))
@@ -68,7 +68,7 @@ def test_include_frozen_stores_everything(tmp_path):
     model = _tiny(True)
     with torch.no_grad():  # a frozen encoder that a rebuild cannot re-derive
         next(p for n, p in model.named_parameters() if n.startswith("clip.")).add_(1.0)
-    ckpt.save_model(model, tmp_path, init_seed=7, include_frozen=True)
+    ckpt.save_model(model, tmp_path, include_frozen=True)
     loaded = ckpt.load_model(tmp_path)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
@@ -77,7 +77,7 @@ def test_include_frozen_stores_everything(tmp_path):
 def test_load_weights_into_and_mismatch(tmp_path):
     model = _tiny(False)
     _step(model)
-    ckpt.save_model(model, tmp_path, init_seed=7)
+    ckpt.save_model(model, tmp_path)
     fresh = _tiny(True)  # a frozen finetune from an unfrozen upstream
     ckpt.load_weights_into(fresh, tmp_path)
     for name, tensor in model.state_dict().items():

@@ -67,6 +67,7 @@ def test_shapes_and_contract_attributes(cfg, batch):
         "checkpoint": None,
         "config": cfg,
         "freeze_encoder": False,
+        "init_seed": 0,
     }
     one = model(**{k: v[:1] for k, v in batch.items()})  # batch of one keeps its dims
     assert one.shape == (1, 1, 64, 64)

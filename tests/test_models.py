@@ -110,6 +110,21 @@ def test_contract(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_init_seed_governs_the_random_init_and_is_kept_in_the_spec(name):
+    cfg = tiny_config(name)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    seven = build_model(name, config=cfg, init_seed=7)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is untouched
+    assert seven.spec["init_seed"] == 7
+    again = build_model(**json.loads(json.dumps(seven.spec)))
+    other = build_model(name, config=cfg, init_seed=8)
+    a, b, c = seven.state_dict(), again.state_dict(), other.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_unfrozen_step_trains_the_encoders(name):
     model = build_model(name, config=tiny_config(name), freeze_encoder=False)
     batch = _batch(name, model)

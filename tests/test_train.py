@@ -14,6 +14,7 @@ import torch
 from vlsm import checkpoint as ckpt
 from vlsm.axes import BEST_VAL_DICE, EPOCH, IMAGES_PER_S, SECONDS, TEST_DICE_MEAN, VAL_DICE
 from vlsm.config import TrainConfig, paper_defaults
+from vlsm.models import INIT_SEED
 from vlsm.train import STOP_REASON, EarlyStopping, resolve_precision, run_training
 
 TIMING = {SECONDS, IMAGES_PER_S}
@@ -188,7 +189,9 @@ def test_loader_path_equals_device_path_and_frozen_checkpoint(caches, tmp_path):
     assert _strip(on_device.metrics[0]) == _strip(streamed.metrics[0])
     meta = json.loads((streamed.dirs[-1] / ckpt.MODEL_SPEC_FILE).read_text())
     assert meta["frozen"] and not set(meta["frozen"]) & set(meta["stored"])
-    ckpt.load_model(streamed.dirs[-1] / ckpt.BEST_DIR)  # re-derives the frozen encoder
+    seed = _cfg(caches).seed
+    assert meta["spec"]["init_seed"] == meta["init_seed"] == seed != INIT_SEED  # the trial's seed
+    ckpt.load_model(streamed.dirs[-1] / ckpt.BEST_DIR)  # re-derives the frozen encoder, seed included
 
 
 def test_non_finite_loss_stops_and_is_never_best(caches, tmp_path, monkeypatch):

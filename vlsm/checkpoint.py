@@ -17,8 +17,8 @@ Layout of one checkpoint folder (what `vlsm.train` reports each epoch):
 
 Frozen encoders are not stored: with the encoder frozen, ``weights.safetensors`` holds
 only the trainable parameters and all buffers. The frozen tensors are re-derived by
-rebuilding the model exactly as the trial did (``build_model(**spec)`` under
-``torch.manual_seed(init_seed)``: pretrained weights or a seeded random init), and
+rebuilding the model exactly as the trial did (``build_model(**spec)``, whose
+``init_seed`` seeds any random init), and
 ``frozen_sha256`` (a hash of the frozen tensors at save time) proves they came back
 bit-identical; a mismatch (e.g. a changed pretrained folder) raises. When the frozen
 tensors do not come from that rebuild (a frozen finetune initialised from an unfrozen
@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlsm.models import INIT_SEED
+
 __all__ = [
     "BEST_DIR",
     "CONFIG_FILE",
@@ -50,7 +52,7 @@ __all__ = [
     "TRAIN_STATE_TENSORS",
     "WEIGHTS_FILE",
     "CheckpointError",
-    "build_seeded",
+    "rebuild",
     "capture_rng",
     "copy_tree",
     "frozen_fingerprint",
@@ -165,20 +167,20 @@ def frozen_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def build_seeded(spec: Mapping[str, Any], init_seed: int) -> nn.Module:
-    """build_model(**spec) with torch's RNG seeded (and the caller's RNG left untouched)."""
+def rebuild(spec: Mapping[str, Any]) -> nn.Module:
+    """The model a checkpoint's spec describes, random init included.
+
+    Specs written before they carried `init_seed` were built with the default INIT_SEED.
+    """
     from vlsm.models import build_model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
-        return build_model(**spec)
+    return build_model(**{"init_seed": INIT_SEED, **spec})
 
 
 def save_model(
     model: nn.Module,
     directory: Path,
     *,
-    init_seed: int,
     include_frozen: bool = False,
     frozen_sha256: str | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -204,7 +206,7 @@ def save_model(
     meta = {
         "format": _FORMAT,
         "spec": dict(spec),
-        "init_seed": int(init_seed),
+        "init_seed": int(spec.get("init_seed", INIT_SEED)),  # the seed its random init used
         "stored": sorted(stored),
         "frozen": frozen,
         "frozen_sha256": frozen_sha256 if frozen else None,
@@ -216,7 +218,7 @@ def save_model(
 def load_stored_into(model: nn.Module, directory: Path) -> dict:
     """Load the tensors a checkpoint stores into model; verify the re-derived frozen ones.
 
-    model must be built as the checkpoint's model was (same spec and init_seed); returns
+    model must be built as the checkpoint's model was (same spec, init_seed included); returns
     the checkpoint's model_spec.json.
     """
     directory = Path(directory)
@@ -255,7 +257,7 @@ def load_stored_into(model: nn.Module, directory: Path) -> dict:
 def load_model(directory: Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by `save_model`; frozen tensors are re-derived and verified."""
     meta = read_json(Path(directory) / MODEL_SPEC_FILE)
-    model = build_seeded(meta["spec"], meta["init_seed"])
+    model = rebuild(meta["spec"])
     load_stored_into(model, directory)
     return model.to(device)
 

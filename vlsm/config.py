@@ -82,7 +82,7 @@ class TrainConfig:
     threshold: float = 0.5  # sigmoid threshold of a prediction (authors' CRIS config: 0.35)
     # --- runtime -------------------------------------------------------------------------
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 + grad scaler; fp32 on CPU
-    seed: int = 42  # the paper's seed: data order, prompt phrasing, dropout (random inits are fixed, INIT_SEED 0)
+    seed: int = 42  # the paper's seed: random init of the model, data order, prompt phrasing, dropout
     num_workers: int = 0  # DataLoader workers (only when data_on_device is False)
     data_on_device: bool = True  # copy the uint8 cache to the device once (fast GPUs starve otherwise)
     deterministic: bool = False  # deterministic CUDA kernels (slower); CPU runs are exact anyway

@@ -325,7 +325,7 @@ def _open(path: str | None, what: str) -> Any:
 
 def _model_spec(cfg: TrainConfig) -> dict[str, Any]:
     spec = {"name": cfg.model, "pretrained": cfg.pretrained, "config": cfg.model_config,
-            "freeze_encoder": cfg.freeze_encoder}
+            "freeze_encoder": cfg.freeze_encoder, "init_seed": cfg.seed}
     if cfg.checkpoint is not None:
         spec["checkpoint"] = cfg.checkpoint
     return spec
@@ -376,7 +376,7 @@ def run_training(
 
     train_split, val_split = _open(cfg.train_cache, "train_cache"), _open(cfg.val_cache, "val_cache")
     test_split = _open(cfg.test_cache, "test_cache") if cfg.test_cache else None
-    model = ckpt.build_seeded(_model_spec(cfg), cfg.seed)
+    model = ckpt.rebuild(_model_spec(cfg))
     for split, name in ((train_split, "train_cache"), (val_split, "val_cache"), (test_split, "test_cache")):
         if split is not None and split.size != model.input_size:
             raise ValueError(
@@ -432,7 +432,7 @@ def run_training(
 
         def write_checkpoint(epoch: int) -> Path:
             out = Path(tempfile.mkdtemp(prefix=f"epoch{epoch:04d}-", dir=tmp))
-            ckpt.save_model(model, out, init_seed=cfg.seed, include_frozen=include_frozen,
+            ckpt.save_model(model, out, include_frozen=include_frozen,
                             frozen_sha256=frozen_sha)
             tensors, meta = _train_state(epoch, optimizer, scheduler, scaler, stopper, result, last_metrics)
             ckpt.save_train_state(out, tensors, meta)
@@ -516,7 +516,7 @@ def _save_best(model, best_dir: Path, cfg, include_frozen, frozen_sha, metrics) 
     """Replace best_dir by the current weights (written beside it, then renamed)."""
     staging = best_dir.with_name(best_dir.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
-    ckpt.save_model(model, staging, init_seed=cfg.seed, include_frozen=include_frozen,
+    ckpt.save_model(model, staging, include_frozen=include_frozen,
                     frozen_sha256=frozen_sha)
     ckpt.write_json(staging / "metrics.json", metrics)
     shutil.rmtree(best_dir, ignore_errors=True)

@@ -30,7 +30,11 @@ if TYPE_CHECKING:
 
     from vlsm.models.tokenizer import PromptTokenizer
 
+# Default seed of every random initialisation done by `build_model` (tests, tiny models).
+INIT_SEED = 0
+
 __all__ = [
+    "INIT_SEED",
     "MODEL_NAMES",
     "build_model",
     "build_tokenizer",
@@ -57,14 +61,17 @@ def build_model(
     checkpoint: str | Path | None = None,
     config: dict[str, Any] | None = None,
     freeze_encoder: bool = False,
+    init_seed: int = INIT_SEED,
 ) -> nn.Module:
     """Build model `name` ("clipseg" | "cris") following the contract in this module's docstring.
 
     pretrained: CLIPSeg: a hub id or a local save_pretrained folder; CRIS: an OpenAI CLIP
     RN50 state-dict file. checkpoint: a full state-dict file loaded strictly on top (an
     official CRIS checkpoint). config: architecture overrides (`tiny_config(name)` for a
-    tiny model). Random initialisation is seeded (`vlsm.models.common.INIT_SEED`) without
-    touching the caller's RNG, so `build_model(**model.spec)` rebuilds identical weights.
+    tiny model). init_seed seeds every random initialisation (the decoder of a pretrained
+    model, everything of a random one) without touching the caller's RNG; it is kept in
+    `model.spec`, so `build_model(**model.spec)` rebuilds identical weights. Training
+    passes its `seed`, so runs with different seeds start from different random inits.
     """
     from vlsm.models.common import seeded_init
 
@@ -72,14 +79,17 @@ def build_model(
     kwargs = dict(
         pretrained=pretrained, checkpoint=checkpoint, config=config, freeze_encoder=freeze_encoder
     )
-    with seeded_init():
+    with seeded_init(init_seed):
         if key == "clipseg":
             from vlsm.models.clipseg import build_clipseg
 
-            return build_clipseg(**kwargs)
-        from vlsm.models.cris import build_cris
+            model = build_clipseg(**kwargs)
+        else:
+            from vlsm.models.cris import build_cris
 
-        return build_cris(**kwargs)
+            model = build_cris(**kwargs)
+    model.spec["init_seed"] = int(init_seed)
+    return model
 
 
 def input_size(

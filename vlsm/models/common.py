@@ -2,8 +2,8 @@
 
 Why seeded initialisation: a checkpoint of a frozen-encoder trial stores only the
 trainable tensors, and `build_model(**model.spec)` must rebuild the frozen rest
-bit-identically. Random initialisation therefore runs under a fixed seed in a forked RNG,
-so it neither depends on nor disturbs the caller's global random state.
+bit-identically. Random initialisation therefore runs under a given seed (kept in the
+spec) in a forked RNG, so it neither depends on nor disturbs the caller's random state.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from vlsm.models import INIT_SEED
+
 __all__ = [
     "INIT_SEED",
     "check_forward_inputs",
@@ -23,8 +25,6 @@ __all__ = [
     "seeded_init",
 ]
 
-# Seed of every random initialisation done by `vlsm.models.build_model`.
-INIT_SEED = 0
 
 
 @contextmanager
