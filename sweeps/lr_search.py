@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.grid import Cell
+from sweeps.retention import CheckpointRetention
 from sweeps.spec import REPO_ROOT, SpecError, SweepSpec, load_yaml
 from sweeps.trials import trial_config, trial_resources
 from vlsm import axes
@@ -90,7 +91,13 @@ def run_lr_search(
                         num_samples=spec.lr_search.trials,
                         reuse_actors=spec.run.reuse_actors,
                     ),
-                    run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+                    run_config=tune.RunConfig(
+                        name=name, storage_path=storage, verbose=0,
+                        # every trial keeps only its latest checkpoint, deleted safely (see
+                        # sweeps/retention.py); Ray's default would keep them all
+                        callbacks=[CheckpointRetention()],
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                    ),
                 )
             grid = tuner.fit()
             try:

@@ -183,3 +183,6 @@ def test_lr_search_picks_a_rate_for_the_grid(tmp_path: Path) -> None:
     assert len(best["tried"]) == 2 and 1e-4 <= best["lr"] <= 1e-2 and best["lr"] in best["tried"]
     trials = pd.read_parquet(output / schema.EXPORTS_DIR / schema.TRIALS_FILE)
     assert trials["lr"].tolist() == pytest.approx([best["lr"]])
+    search_trials = [d for d in output.rglob("lr-search-*/train_vlsm_*") if d.is_dir()]
+    assert len(search_trials) == 2
+    assert all(len(list(d.glob("checkpoint_*"))) == 1 for d in search_trials)  # only the latest kept
