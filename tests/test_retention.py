@@ -30,6 +30,15 @@ def _report(callback: CheckpointRetention, trial: str, checkpoint: tune.Checkpoi
     callback.on_checkpoint(iteration=0, trials=[], trial=SimpleNamespace(trial_id=trial), checkpoint=checkpoint)
 
 
+def _superseded(root: Path, clock: Clock) -> tuple[CheckpointRetention, tune.Checkpoint, tune.Checkpoint]:
+    """A retention callback that has seen trial "a" replace checkpoint 0 by checkpoint 1."""
+    retention = CheckpointRetention(clock=clock)
+    old, new = _checkpoint(root, "a", 0), _checkpoint(root, "a", 1)
+    _report(retention, "a", old)
+    _report(retention, "a", new)
+    return retention, old, new
+
+
 def _step(callback: CheckpointRetention, *, snapshot: bool) -> None:
     """One controller step: Ray may write a snapshot (calling get_state), then ends the step."""
     if snapshot:
@@ -77,10 +86,7 @@ def test_the_latest_checkpoint_of_every_trial_is_never_deleted(tmp_path: Path) -
 
 
 def test_the_end_of_a_sweep_deletes_what_the_final_snapshot_no_longer_names(tmp_path: Path) -> None:
-    retention = CheckpointRetention(clock=Clock())
-    old, new = _checkpoint(tmp_path, "a", 0), _checkpoint(tmp_path, "a", 1)
-    _report(retention, "a", old)
-    _report(retention, "a", new)
+    retention, old, new = _superseded(tmp_path, Clock())
     _step(retention, snapshot=False)
     retention.get_state()  # Ray's final snapshot, written and awaited before the callbacks end
     retention.on_experiment_end(trials=[])
@@ -100,10 +106,7 @@ def test_a_sweep_that_stops_without_a_final_snapshot_keeps_them(tmp_path: Path) 
 
 def test_state_survives_a_resume_and_restarts_the_count(tmp_path: Path) -> None:
     clock = Clock()
-    retention = CheckpointRetention(clock=clock)
-    old, new = _checkpoint(tmp_path, "a", 0), _checkpoint(tmp_path, "a", 1)
-    _report(retention, "a", old)
-    _report(retention, "a", new)
+    retention, old, new = _superseded(tmp_path, clock)
     state = pickle.loads(pickle.dumps(retention.get_state()))  # Ray pickles callback state
 
     resumed = CheckpointRetention(clock=clock)
@@ -121,10 +124,7 @@ def test_state_survives_a_resume_and_restarts_the_count(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_already_gone_is_not_an_error(tmp_path: Path) -> None:
-    retention = CheckpointRetention(clock=Clock())
-    old, new = _checkpoint(tmp_path, "a", 0), _checkpoint(tmp_path, "a", 1)
-    _report(retention, "a", old)
-    _report(retention, "a", new)
+    retention, old, new = _superseded(tmp_path, Clock())
     for path in Path(old.path).iterdir():
         path.unlink()
     Path(old.path).rmdir()
