@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.grid import Cell
-from sweeps.retention import CheckpointRetention
+from sweeps.retention import CheckpointRetention, checkpoint_config
 from sweeps.spec import REPO_ROOT, SpecError, SweepSpec, load_yaml
 from sweeps.trials import trial_config, trial_resources
 from vlsm import axes
@@ -96,7 +96,7 @@ def run_lr_search(
                         # every trial keeps only its latest checkpoint, deleted safely (see
                         # sweeps/retention.py); Ray's default would keep them all
                         callbacks=[CheckpointRetention()],
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                        checkpoint_config=checkpoint_config(),
                     ),
                 )
             grid = tuner.fit()

@@ -32,6 +32,11 @@ SNAPSHOTS_BEFORE_DELETE = 2
 GRACE_S = 60.0
 
 
+def checkpoint_config() -> tune.CheckpointConfig:
+    """Ray's side of the arrangement: keep every checkpoint; CheckpointRetention deletes."""
+    return tune.CheckpointConfig(num_to_keep=None)
+
+
 @dataclass
 class _Superseded:
     """A checkpoint that a newer one of the same trial replaced."""

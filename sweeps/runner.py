@@ -18,7 +18,7 @@ from ray import tune
 from sweeps.chain import NOT_RUN, ChainCallback, ChainSearcher, ChainState
 from sweeps.grid import Cell
 from sweeps.progress import ProgressCallback
-from sweeps.retention import CheckpointRetention
+from sweeps.retention import CheckpointRetention, checkpoint_config
 from sweeps.spec import SweepSpec
 from sweeps.trials import trial_resources
 from vlsm import axes
@@ -83,7 +83,7 @@ def run_grid(
                 # Ray keeps every checkpoint; CheckpointRetention deletes the superseded ones
                 # once no saved experiment state can name them (Ray's num_to_keep deletes too
                 # early for a killed driver to resume, see sweeps/retention.py)
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                checkpoint_config=checkpoint_config(),
                 verbose=0,  # ProgressCallback logs one line per trial instead
             ),
         )
