@@ -167,3 +167,31 @@ def test_a_failing_mlflow_store_never_raises_into_tune(tmp_path, caplog) -> None
     callback.on_trial_result(0, [], trial, {"epoch": 1, "val_dice": 0.5})
     callback.on_trial_complete(0, [], trial)
     assert "MLflow logging failed" in caplog.text
+
+
+def test_a_resumed_sweep_logs_trials_where_the_driver_logs_now(tmp_path) -> None:
+    # Ray restores callbacks from the first launch's pickle; setup() rebinds them to the
+    # tracker this launch made for the same sweep folder (here: another MLflow store).
+    import pickle
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from vlsm.tracking import MLflowTrialCallback, SweepTracker
+
+    sweep = tmp_path / "sweep"
+    first_uri, now_uri = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "now.db"))
+    pickled = pickle.dumps(MLflowTrialCallback(SweepTracker(first_uri, "s", sweep)))
+    now = SweepTracker(now_uri, "s", sweep)
+    restored = pickle.loads(pickled)
+    restored.setup(stop=None, num_samples=1, total_num_samples=1)
+    assert restored.tracker is now
+    trial = SimpleNamespace(config={"tags": {"cell_id": "cris-real-frozen-p1"}}, trial_id="t1")
+    restored.on_trial_start(0, [], trial)
+
+    def trial_runs(uri: str) -> int:
+        client = MlflowClient(tracking_uri=uri)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        return len(client.search_runs(experiments, filter_string="tags.`vlsm.role` = 'trial'"))
+
+    assert trial_runs(now_uri) == 1 and trial_runs(first_uri) == 0

@@ -73,6 +73,10 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# The tracker this process made for each sweep folder (see MLflowTrialCallback.setup).
+_TRACKERS: dict[str, SweepTracker] = {}
+
+
 class SweepTracker:
     """The MLflow side of one sweep: its experiment, its parent run, its trial runs."""
 
@@ -83,6 +87,7 @@ class SweepTracker:
         self.tracking_uri = tracking_uri
         self.sweep_dir = str(Path(sweep_dir).resolve())
         self.sweep_key = sweep_key(self.sweep_dir)
+        _TRACKERS[self.sweep_dir] = self
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
             artifact_location = None
@@ -188,6 +193,21 @@ class MLflowTrialCallback(Callback):
     def __init__(self, tracker: SweepTracker, *, log_checkpoints: bool = True):
         self.tracker = tracker
         self.log_checkpoints = log_checkpoints
+
+    def setup(self, **info) -> None:
+        """Log through this launch's tracker for the sweep folder.
+
+        Ray restores a resumed experiment's callbacks from the pickle of its first launch,
+        tracker (and MLflow URI) included; without this, trial runs would go to the old
+        store while the driver logs the sweep to the one given now.
+        """
+        current = _TRACKERS.get(self.tracker.sweep_dir)
+        if current is None or current is self.tracker:
+            return
+        if current.tracking_uri != self.tracker.tracking_uri:
+            logger.warning("MLflow: this sweep logged to %s before; it logs to %s from now on (runs of "
+                           "trials finished before stay there)", self.tracker.tracking_uri, current.tracking_uri)
+        self.tracker = current
 
     @_guarded
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
