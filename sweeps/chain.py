@@ -26,6 +26,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from sweeps.grid import Cell
+from vlsm.axes import BEST_EPOCH, STOP_REASON
 from vlsm.checkpoint import BEST_DIR
 from vlsm.tracking import checkpoint_uri  # the best-validation-Dice weights inside a checkpoint
 
@@ -182,9 +183,14 @@ class ChainCallback(Callback):
         entry = self.state.cells[cell_id]
         entry.trial_id = trial.trial_id
         checkpoint = trial.checkpoint
-        if checkpoint is None:
+        result = trial.last_result or {}
+        if checkpoint is None or not result.get(BEST_EPOCH):
+            # no checkpoint, or no finite epoch (so no best/ weights for a finetune to start from)
             entry.status = FAILED
-            entry.reason = "trial finished without a checkpoint"
+            entry.reason = ("trial finished without a checkpoint" if checkpoint is None else
+                            f"no epoch with a finite loss ({result.get(STOP_REASON) or 'no best epoch'})")
+            if checkpoint is not None:
+                entry.checkpoint = checkpoint_uri(checkpoint)
             self.state.save()
             return
         entry.checkpoint = checkpoint_uri(checkpoint)

@@ -110,7 +110,9 @@ def run_lr_search(
                 "trials": spec.lr_search.trials,
                 "tried": sorted(float(r.config["lr"]) for r in grid if r.config),
             }
-            results_file.write_text(json.dumps(results, indent=1))
+            tmp = results_file.with_suffix(".tmp")  # never a half-written file to resume from
+            tmp.write_text(json.dumps(results, indent=1))
+            tmp.replace(results_file)
             logger.info("lr search %s: best lr %.3g (%s %.4f)", key, results[key]["lr"], metric, results[key]["best"])
     return {
         (model, encoder): results[f"{model}/{encoder}"]["lr"]

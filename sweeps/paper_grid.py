@@ -32,7 +32,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "16")
 
 from sweeps.grid import expand_grid  # noqa: E402
-from sweeps.spec import SpecError, has_dataset, load_spec  # noqa: E402
+from sweeps.spec import SpecError, has_dataset, load_spec, models_without_weights  # noqa: E402
 
 logger = logging.getLogger("paper_grid")
 
@@ -104,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     output = (args.output or Path("runs") / (f"{spec.name}-demo" if spec.data.demo else spec.name)).resolve()
     if output.exists() and (output / "chain_state.json").exists() and not args.resume and not args.dry_run:
         logger.info("%s holds a sweep: resuming it (finished trials are not rerun)", output)
-    cache_dir = (args.cache_dir or output / "cache").resolve()
-    cells = expand_grid(spec)
+    cache_dir = Path(args.cache_dir or spec.data.cache_dir or output / "cache").resolve()
+    try:
+        cells = expand_grid(spec)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     from sweeps.data_setup import (
         DataError,
@@ -125,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         print(format_plan(spec, cells, sizes, use_gpu=True, measured=measured_throughput(output)))
         return 0
 
+    untrained = models_without_weights(spec)
+    if untrained and not spec.data.demo:
+        name = untrained[0]
+        example = ("models.CRIS.checkpoint=/models/cris_r50.pth (official CRIS) or models.CRIS.pretrained=/models/RN50.pt"
+                   if name == "CRIS" else f"models.{name}.pretrained=<hub id or folder>")
+        print(f"error: models.{name}: no weights (pretrained, checkpoint and config are null), so the full-size "
+              f"model would train from random initialisation; give --set {example}, leave it out with "
+              f"--models, or set models.{name}.config (e.g. to {{}}) to train it from scratch on purpose", file=sys.stderr)
+        return 2
     if args.address and args.address.startswith("ray://"):
         print("error: --address ray://...: the driver keeps the sweep state on its own disk, so it must run on "
               "the cluster; use `ray submit ray_cluster.yaml sweeps/paper_grid.py -- --address auto ...`", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from vlsm.axes import ENCODERS, MODELS, PROMPTS, STRATEGIES
+from vlsm.axes import ENCODERS, MODEL_KEYS, MODELS, PROMPTS, STRATEGIES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SPACES = REPO_ROOT / "search_spaces"
@@ -57,6 +57,7 @@ class GridSpec:
 class ModelSpec:
     pretrained: str | None = None  # hub id or local folder / file
     checkpoint: str | None = None  # official CRIS checkpoint
+    tokenizer: str | None = None  # CLIP BPE tokenizer folder or hub id (CRIS: openai/clip-vit-base-patch32)
     config: Any = None  # None, "tiny", or a dict of model config fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for this model
     resources: dict[str, dict[str, float]] = field(default_factory=dict)  # encoder -> {cpu, gpu}
@@ -219,7 +220,15 @@ def _check_values(spec: SweepSpec, where: str) -> None:
             raise SpecError(f"{where}: grid.finetune_upstream.{source}={target}: expected prompts P0-P7")
     if spec.data.split_scheme not in ("paper", "official"):
         raise SpecError(f"{where}: data.split_scheme={spec.data.split_scheme!r}; expected 'paper' or 'official'")
+    from vlsm.config import TrainConfig  # light: no torch
+
     for name, model in spec.models.items():
+        if model.config is not None and model.config != "tiny" and not isinstance(model.config, dict):
+            raise SpecError(f"{where}: models.{name}.config: expected null, 'tiny' or a mapping, got {model.config!r}")
+        try:  # what every trial of this model gets, checked before anything runs
+            TrainConfig.from_dict({**spec.train, **model.train, "model": MODEL_KEYS[name]})
+        except ValueError as err:
+            raise SpecError(f"{where}: train + models.{name}.train: {err}") from None
         for encoder, resources in model.resources.items():
             if encoder not in ENCODERS:
                 raise SpecError(f"{where}: models.{name}.resources.{encoder}: expected frozen or unfrozen")
@@ -254,3 +263,15 @@ def load_spec(
 
 def has_dataset(spec: SweepSpec) -> bool:
     return bool(spec.data.camus_root or spec.data.sdm_root)
+
+
+def models_without_weights(spec: SweepSpec) -> list[str]:
+    """Models of the grid that would train a full-size network from random weights.
+
+    No `pretrained`, no `checkpoint` and no `config` (a mapping or "tiny" says "random on
+    purpose"): almost always a forgotten path (CRIS weights cannot be downloaded for you).
+    """
+    return [
+        name for name in spec.grid.models
+        if not (spec.models[name].pretrained or spec.models[name].checkpoint or spec.models[name].config is not None)
+    ]

@@ -50,6 +50,7 @@ def trial_config(
         "model_config": model_config(spec, cell.model),
         "pretrained": model_spec.pretrained,
         "checkpoint": model_spec.checkpoint,
+        "tokenizer": model_spec.tokenizer,
         "freeze_encoder": cell.encoder == "frozen",
         "prompt": cell.prompt,
         "train_cache": train_data["train"],

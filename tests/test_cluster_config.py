@@ -44,3 +44,14 @@ def test_every_node_installs_the_project() -> None:
     config = _config()
     assert any("make setup" in c for c in config["setup_commands"])
     assert "." in config["file_mounts"].values()
+
+
+def test_gpu_workers_refuse_to_run_without_an_nvidia_driver() -> None:
+    # a plain Ubuntu image has no driver: `make setup` would pick CPU torch and the trials
+    # would hold GPUs they cannot use; the worker setup stops instead
+    config = _config()
+    assert any("nvidia-smi" in c and "exit 1" in c for c in config["worker_setup_commands"])
+    head_image = config["available_node_types"][config["head_node_type"]]["node_config"]["ImageId"]
+    for name, node in config["available_node_types"].items():
+        if name != config["head_node_type"]:
+            assert node["node_config"]["ImageId"] != head_image, f"{name}: needs a GPU-driver image"

@@ -354,3 +354,19 @@ def test_registry_builds_tiny_cris_with_its_tokenizer():
     with torch.no_grad():
         logits = model(images(2), batch["input_ids"], batch["attention_mask"])
     assert logits.shape == (2, 1, 64, 64) and torch.isfinite(logits).all()
+
+
+def test_cris_tokenizer_from_a_local_folder(tmp_path):
+    # `tokenizer=` (TrainConfig.tokenizer, models.CRIS.tokenizer) points an offline node at
+    # a CLIP BPE folder instead of the hub; here one holding the tiny vocabulary.
+    from vlsm.models import build_model, build_tokenizer, save_pretrained_folder, tiny_config
+
+    clipseg = tiny_config("clipseg")
+    folder = save_pretrained_folder(build_model("clipseg", config=clipseg),
+                                    build_tokenizer("clipseg", config=clipseg), tmp_path / "bpe")
+    config = tiny_config("cris")
+    prompts = ["Left atrium cavity of the heart.", ""]
+    from_folder = build_tokenizer("cris", config=config, tokenizer=str(folder))(prompts)
+    built = build_tokenizer("cris", config=config)(prompts)
+    assert torch.equal(from_folder["input_ids"], built["input_ids"])
+    assert torch.equal(from_folder["attention_mask"], built["attention_mask"])

@@ -62,6 +62,29 @@ def test_failed_upstream_marks_its_finetunes_not_run(tmp_path: Path) -> None:
     assert saved.cells["cris-synth-pt-real-ft-frozen-p1"].status == DONE
 
 
+def test_an_upstream_without_a_finite_epoch_fails_and_its_finetune_is_not_run(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from sweeps.chain import ChainCallback
+
+    searcher, _ = _searcher(tmp_path)
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+    state = searcher.state.cells
+    p6 = state["cris-synthetic-frozen-p6"]
+    searcher.on_trial_complete(p6.trial_id, {"best_epoch": 0})  # Ray: the trial ended normally
+    diverged = SimpleNamespace(
+        config={"tags": {"cell_id": "cris-synthetic-frozen-p6"}}, trial_id=p6.trial_id,
+        checkpoint=SimpleNamespace(path="/ckpt/p6", filesystem=None),
+        last_result={"best_epoch": 0, "stop_reason": "non-finite train_loss at epoch 1"},
+    )
+    ChainCallback(searcher.state).on_trial_complete(0, [], diverged)
+    assert p6.status == FAILED and "non-finite train_loss" in p6.reason
+    searcher.suggest("t4")
+    finetune = state["cris-synth-pt-real-ft-frozen-p7"]
+    assert finetune.status == NOT_RUN and "non-finite train_loss" in finetune.reason
+
+
 def test_searcher_state_round_trips(tmp_path: Path) -> None:
     searcher, _ = _searcher(tmp_path)
     cell_id = searcher.suggest("t0")["tags"]["cell_id"]

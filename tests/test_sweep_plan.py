@@ -68,6 +68,9 @@ def test_overrides_and_demo_overlay() -> None:
         ("data.split_scheme=random", "data.split_scheme"),
         ("run.max_failures=many", "expected a number"),
         ("oops", "expected key=value"),
+        ("train.max_epoch=5", "train + models.CLIPSeg.train: TrainConfig: unknown key(s) ['max_epoch']"),
+        ("models.CRIS.train.bce_weight=abc", "train + models.CRIS.train: TrainConfig: bce_weight"),
+        ("models.CLIPSeg.config=big", "models.CLIPSeg.config: expected null, 'tiny' or a mapping"),
     ],
 )
 def test_bad_definitions_name_the_key(override: str, message: str) -> None:
@@ -143,6 +146,8 @@ def test_each_sweep_gets_its_own_folder_under_shared_storage(tmp_path) -> None:
         (["--address", "ray://head:10001"], "must run on the cluster"),
         (["--address", "auto"], "--address needs --storage"),
         (["--resume"], "holds no sweep to resume"),
+        (["--camus-root", "data/CAMUS"], "models.CRIS: no weights"),
+        (["--set", "grid.finetune_upstream.P7=P7"], "grid.finetune_upstream: P7 -> P7"),
     ],
 )
 def test_cluster_and_resume_misuse_is_refused_before_anything_runs(tmp_path, capsys, args, message) -> None:

@@ -55,6 +55,7 @@ class TrainConfig:
     model_config: dict | None = None  # architecture overrides, e.g. tiny_config(model) for tests
     pretrained: str | None = None  # HF id / local folder (CLIPSeg) or CLIP RN50 file (CRIS)
     checkpoint: str | None = None  # official CRIS checkpoint file; None = not used
+    tokenizer: str | None = None  # CLIP BPE tokenizer (hub id or folder); None = from pretrained, else the hub's
     freeze_encoder: bool = False  # grid axis "encoder": frozen trains only the decoder
     prompt: str = "P1"  # grid axis "prompt" (P0..P7); P1 = structure name only
     # --- data (folders written by `vlsm prepare`; passed by path so Ray ships no arrays) --
@@ -135,6 +136,7 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "model_config": ("dict", True),
     "pretrained": ("path", True),
     "checkpoint": ("path", True),
+    "tokenizer": ("path", True),
     "freeze_encoder": ("bool", False),
     "prompt": ("str", False),
     "train_cache": ("path", True),

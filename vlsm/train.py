@@ -393,7 +393,8 @@ def run_training(
     include_frozen = frozen_sha != base_sha  # frozen part not re-derivable from spec + seed
     model.to(device)
 
-    tokenizer = build_tokenizer(cfg.model, pretrained=cfg.pretrained, config=cfg.model_config)
+    tokenizer = build_tokenizer(cfg.model, pretrained=cfg.pretrained, config=cfg.model_config,
+                                tokenizer=cfg.tokenizer)
     splits = [s for s in (train_split, val_split, test_split) if s is not None]
     prompts = _Prompts(splits, key, tokenizer, device, synthetic_style=train_split.synthetic)
     inputs = _Inputs(model, prompts, device)
