@@ -167,6 +167,22 @@ def test_pretrained_clip_state_dict_file(tmp_path):
         build_cris(config=tiny(), pretrained=path)
 
 
+def test_frozen_from_clip_weights_trains_the_fresh_connect_branch(tmp_path):
+    # CLIP RN50 has no `connect` branch: frozen, it would stay random for good, so it trains
+    # (conv, BatchNorm and all); with a CRIS checkpoint it is trained already and freezes.
+    path = tmp_path / "RN50.pt"
+    torch.save(_clip_state(), path)
+    model = build_cris(config=tiny(), pretrained=path, freeze_encoder=True).train()
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("visual.attnpool.connect.") for n in trainable)
+    assert model.backbone.visual.attnpool.connect[1].training
+    assert not model.backbone.visual.layer1.training  # the rest keeps its BatchNorm fixed
+    ckpt = tmp_path / "cris.pth"
+    torch.save(build_cris(config=tiny()).state_dict(), ckpt)
+    frozen = build_cris(config=tiny(), pretrained=path, checkpoint=ckpt, freeze_encoder=True)
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+
+
 class _Holder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -439,6 +439,10 @@ class CRIS(nn.Module):
         )
         self.proj = Projector(cfg.word_dim, cfg.vis_dim // 2, 3)
         self.freeze_encoder = False
+        # True when the CRIS-only `connect` branch of the attention pool is freshly
+        # initialised (CLIP RN50 weights, no CRIS checkpoint): frozen, it would stay random,
+        # so it trains with the decoder instead (build_cris sets it).
+        self.connect_trains_when_frozen = False
         self.spec: dict[str, Any] = {
             "name": "cris",
             "pretrained": None,
@@ -453,12 +457,19 @@ class CRIS(nn.Module):
         self.freeze_encoder = bool(frozen)
         self.spec["freeze_encoder"] = self.freeze_encoder
         self.backbone.requires_grad_(not self.freeze_encoder)
+        if self.freeze_encoder and self.connect_trains_when_frozen:
+            self._connect().requires_grad_(True)
         self.train(self.training)
+
+    def _connect(self) -> nn.Module:
+        return self.backbone.get_submodule(_CRIS_ONLY_BACKBONE_PREFIX.rstrip("."))
 
     def train(self, mode: bool = True) -> CRIS:
         super().train(mode)
         if self.freeze_encoder:
             self.backbone.eval()  # keep BatchNorm running statistics fixed
+            if self.connect_trains_when_frozen:
+                self._connect().train(mode)
         return self
 
     def _check_inputs(
@@ -560,10 +571,12 @@ def build_cris(
 
     ``pretrained``: OpenAI CLIP RN50 file for the backbone; ``checkpoint``: a full CRIS
     checkpoint (loaded after ``pretrained``, so it wins). ``freeze_encoder`` freezes
-    both CLIP towers.
+    both CLIP towers, except the CRIS-only `connect` branch when CLIP weights leave it
+    freshly initialised (no checkpoint): it then trains with the decoder.
     """
     cfg = CRISConfig.from_dict(config)
     model = CRIS(cfg)
+    model.connect_trains_when_frozen = pretrained is not None and checkpoint is None
     if pretrained is not None:
         load_clip_weights(model.backbone, pretrained)
     if checkpoint is not None:
