@@ -98,6 +98,18 @@ def test_early_stopping_rules():
     assert stop.best == 0.5
 
 
+def test_data_goes_to_the_gpu_only_when_it_fits_the_trials_share():
+    from vlsm.train import DEVICE_DATA_FRACTION, keep_on_device
+
+    gib = 2**30
+    share = 24 * gib * 0.125  # a frozen CLIPSeg trial's eighth of an A10G
+    assert not keep_on_device(2 * gib, share, wanted=True)  # SDM train split at 352 px: streams
+    assert keep_on_device(int(DEVICE_DATA_FRACTION * share), share, wanted=True)
+    assert keep_on_device(2 * gib, 80 * gib * 0.25, wanted=True)  # a quarter of an H100
+    assert keep_on_device(2 * gib, None, wanted=True)  # CPU: no device budget
+    assert not keep_on_device(1, share, wanted=False)  # data_on_device=False always streams
+
+
 def test_precision_on_cpu():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"

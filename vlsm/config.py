@@ -85,7 +85,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 + grad scaler; fp32 on CPU
     seed: int = 42  # the paper's seed: random init of the model, data order, prompt phrasing, dropout
     num_workers: int = 0  # DataLoader workers (only when data_on_device is False)
-    data_on_device: bool = True  # copy the uint8 cache to the device once (fast GPUs starve otherwise)
+    data_on_device: bool = True  # copy the uint8 cache to the device once when it fits the trial's GPU share
     deterministic: bool = False  # deterministic CUDA kernels (slower); CPU runs are exact anyway
     checkpoint_every: int = 1  # write a full checkpoint every this many epochs (and at the end)
     tags: dict = field(default_factory=dict)  # free labels of the grid cell (strategy, ...), unused here

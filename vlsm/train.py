@@ -203,21 +203,52 @@ class _PairDataset(torch.utils.data.Dataset):
         return out
 
 
+# At most this share of the GPU memory a trial may use (its fractional-GPU share) holds
+# one split's uint8 arrays; larger splits stream from pinned host memory instead. Train,
+# validation and test splits together then stay under half of it.
+DEVICE_DATA_FRACTION = 0.15
+
+
+def keep_on_device(nbytes: int, allowed_bytes: float | None, wanted: bool) -> bool:
+    """Whether a split of nbytes is copied to the device once (True) or streamed.
+
+    allowed_bytes: the device memory this process may use (None on CPU: no limit checked).
+    """
+    return wanted and (allowed_bytes is None or nbytes <= DEVICE_DATA_FRACTION * allowed_bytes)
+
+
+def _allowed_device_bytes(device: torch.device) -> float | None:
+    """GPU memory this process may use: the card's total times its per-process fraction."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    return total * torch.cuda.get_per_process_memory_fraction(index)
+
+
 class _SplitData:
     """One cache split for the loop: item tensors, and batches of uint8 pixels on the device.
 
-    data_on_device copies the uint8 arrays to the device once and gathers batches there;
-    otherwise a DataLoader streams them from the memory-mapped cache (pinned memory on CUDA).
+    data_on_device copies the uint8 arrays to the device once and gathers batches there,
+    when they fit (`keep_on_device`); otherwise a DataLoader streams them from the
+    memory-mapped cache (pinned memory on CUDA).
     """
 
     def __init__(self, split: Any, cfg: TrainConfig, device: torch.device, with_eval: bool):
         self.split, self.device, self.with_eval = split, device, with_eval
-        self.num_workers, self.on_device = cfg.num_workers, cfg.data_on_device
+        self.num_workers = cfg.num_workers
         self.image_index = torch.tensor([it.image_index for it in split.items])  # (N,)
         self.structure = torch.tensor([it.structure for it in split.items], dtype=torch.uint8)
         self.arrays: tuple[torch.Tensor, ...] = ()
+        names = ("images", "labels", "eval_labels") if with_eval else ("images", "labels")
+        nbytes = sum(int(getattr(split, n).nbytes) for n in names)
+        allowed = _allowed_device_bytes(device)
+        self.on_device = keep_on_device(nbytes, allowed, cfg.data_on_device)
+        if cfg.data_on_device and not self.on_device:
+            log.info("%s: %.2f GB of uint8 data stream from host memory (more than %.0f%% of the "
+                     "%.2f GB this trial may use on the GPU)", split.root, nbytes / 1e9,
+                     100 * DEVICE_DATA_FRACTION, (allowed or 0) / 1e9)
         if self.on_device:
-            names = ("images", "labels", "eval_labels") if with_eval else ("images", "labels")
             self.arrays = tuple(
                 torch.from_numpy(np.array(getattr(split, n))).to(device) for n in names
             )
