@@ -223,7 +223,11 @@ def _allowed_device_bytes(device: torch.device) -> float | None:
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     total = torch.cuda.get_device_properties(index).total_memory
-    return total * torch.cuda.get_per_process_memory_fraction(index)
+    try:
+        fraction = torch.cuda.get_per_process_memory_fraction(index)
+    except (AttributeError, RuntimeError):  # not set or not offered by this build: the whole card
+        fraction = 1.0
+    return total * fraction
 
 
 class _SplitData:
