@@ -101,6 +101,14 @@ def prepare_caches(
                     camus_root=roots.camus_root if kind == "sdm" else None,
                 )
                 by_size[(kind, size)] = {split: str(path) for split, path in paths.items()}
+                needed = ("train", "val", "test") if kind == "camus" else ("train", "val")
+                missing = [split for split in needed if split not in paths]
+                if missing:  # every trial is tested on real CAMUS; synthetic ones train on SDM
+                    raise DataError(
+                        f"{root}: the {kind.upper()} data has no {', '.join(missing)} split with ground truth "
+                        f"(an old CAMUS 2019 download ships its test patients without _gt masks: use the "
+                        f"2023 release or a 2019 copy with the test annotations)"
+                    )
             caches[kind][model] = by_size[(kind, size)]
     return caches
 

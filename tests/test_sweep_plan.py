@@ -200,3 +200,19 @@ def test_a_resumed_sweep_logs_trials_where_the_driver_logs_now(tmp_path) -> None
         return len(client.search_runs(experiments, filter_string="tags.`vlsm.role` = 'trial'"))
 
     assert trial_runs(now_uri) == 1 and trial_runs(first_uri) == 0
+
+
+def test_camus_without_test_ground_truth_is_named_before_anything_runs(tmp_path, monkeypatch) -> None:
+    # an old CAMUS 2019 download has no test masks: prepare gives no "test" split, and
+    # every trial would fail on its missing test cache inside Ray
+    import vlsm.data.cache
+    from sweeps.data_setup import DataError, DataRoots, prepare_caches
+
+    def prepare_dataset(kind, root, size, cache_dir, **kwargs):
+        return {"train": cache_dir / "train", "val": cache_dir / "val"}
+
+    monkeypatch.setattr(vlsm.data.cache, "prepare_dataset", prepare_dataset)
+    spec = load_spec(demo=True, overrides=["grid.models=[CRIS]"])
+    roots = DataRoots(camus_root=tmp_path / "CAMUS", sdm_root=None, demo=False)
+    with pytest.raises(DataError, match=r"CAMUS.*no test split with ground truth"):
+        prepare_caches(spec, roots, tmp_path / "cache", ("real",))
