@@ -26,9 +26,8 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from sweeps.grid import Cell
-from vlsm.axes import BEST_EPOCH, STOP_REASON
-from vlsm.checkpoint import BEST_DIR
-from vlsm.tracking import checkpoint_uri  # the best-validation-Dice weights inside a checkpoint
+from vlsm.checkpoint import BEST_DIR  # the best-validation-Dice weights inside a checkpoint
+from vlsm.tracking import checkpoint_uri, no_best_reason
 
 logger = logging.getLogger(__name__)
 
@@ -183,12 +182,10 @@ class ChainCallback(Callback):
         entry = self.state.cells[cell_id]
         entry.trial_id = trial.trial_id
         checkpoint = trial.checkpoint
-        result = trial.last_result or {}
-        if checkpoint is None or not result.get(BEST_EPOCH):
-            # no checkpoint, or no finite epoch (so no best/ weights for a finetune to start from)
+        no_best = no_best_reason(trial.last_result)
+        if checkpoint is None or no_best:  # no best/ weights for a finetune to start from
             entry.status = FAILED
-            entry.reason = ("trial finished without a checkpoint" if checkpoint is None else
-                            f"no epoch with a finite loss ({result.get(STOP_REASON) or 'no best epoch'})")
+            entry.reason = "trial finished without a checkpoint" if checkpoint is None else no_best
             if checkpoint is not None:
                 entry.checkpoint = checkpoint_uri(checkpoint)
             self.state.save()

@@ -13,12 +13,15 @@ one, and deletes a superseded checkpoint only after two snapshots that name its
 successor have been written and `grace_s` seconds have passed (the upload of a snapshot
 is asynchronous; Ray itself warns when one takes over 30 s). At the end of a sweep,
 after Ray's final snapshot (written and awaited), every superseded checkpoint goes.
-A trial's latest checkpoint is never deleted: resume, the chain and the exports use it.
+A trial's latest checkpoint (ours, or Ray's `trial.checkpoint`) is never deleted: resume,
+the chain and the exports use it. What is left: a snapshot upload that stalls for longer
+than `grace_s`, or a failing final upload, and a driver killed just then.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +36,13 @@ GRACE_S = 60.0
 
 
 def checkpoint_config() -> tune.CheckpointConfig:
-    """Ray's side of the arrangement: keep every checkpoint; CheckpointRetention deletes."""
+    """Ray's side of the arrangement: keep every checkpoint; CheckpointRetention deletes.
+
+    With num_to_keep=None Ray's bookkeeping holds a result per checkpoint, each in every
+    experiment snapshot; TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE keeps those to the
+    path (we set no score attribute), so snapshots stay small over long sweeps.
+    """
+    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     return tune.CheckpointConfig(num_to_keep=None)
 
 
@@ -79,19 +88,22 @@ class CheckpointRetention(Callback):
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self._snapshot_since_step = False
         now = self.clock()
-        self._delete(lambda e: e.snapshots >= SNAPSHOTS_BEFORE_DELETE and now - e.since >= self.grace_s)
+        self._delete(lambda e: e.snapshots >= SNAPSHOTS_BEFORE_DELETE and now - e.since >= self.grace_s, trials)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         if self._snapshot_since_step:  # Ray's final snapshot, awaited, names only the latest
-            self._delete(lambda e: e.snapshots >= 1)
+            self._delete(lambda e: e.snapshots >= 1, trials)
         elif self._superseded:
             logger.info("the sweep stopped without a final snapshot: keeping %d superseded "
                         "checkpoints a resume may need", len(self._superseded))
 
     # --- deleting ---
-    def _delete(self, ready: Callable[[_Superseded], bool]) -> None:
+    def _delete(self, ready: Callable[[_Superseded], bool], trials: list) -> None:
         keep: list[_Superseded] = []
+        # Ray's own view too: after a resume from a torn snapshot, our restored state and
+        # Ray's trial states may disagree on which checkpoint is a trial's latest
         latest = {c.path for c in self._latest.values()}
+        latest |= {t.checkpoint.path for t in trials if getattr(t, "checkpoint", None) is not None}
         for entry in self._superseded:
             if not ready(entry):
                 keep.append(entry)

@@ -43,6 +43,8 @@ def test_no_port_is_open_to_the_world() -> None:
 def test_every_node_installs_the_project() -> None:
     config = _config()
     assert any("make setup" in c for c in config["setup_commands"])
+    # the head too: `ray submit` runs python from a login shell that sources ~/.bashrc
+    assert any(".venv/bin/activate" in c and ".bashrc" in c for c in config["setup_commands"])
     assert "." in config["file_mounts"].values()
 
 

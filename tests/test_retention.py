@@ -128,6 +128,21 @@ def test_state_survives_a_resume_and_restarts_the_count(tmp_path: Path) -> None:
     assert not _exists(new) and _exists(newer)
 
 
+def test_the_checkpoint_ray_resumes_a_trial_from_is_kept(tmp_path: Path) -> None:
+    # a torn snapshot (new callback state, old experiment state) can list as superseded the
+    # very checkpoint Ray restores the trial from: Ray's trial.checkpoint wins
+    clock = Clock()
+    retention, old, new = _superseded(tmp_path, clock)
+    ray_trial = SimpleNamespace(trial_id="a", checkpoint=old)
+    clock.now = GRACE_S + 1
+    for _ in range(3):
+        retention.get_state()
+        retention.on_step_end(iteration=0, trials=[ray_trial])
+    retention.get_state()
+    retention.on_experiment_end(trials=[ray_trial])
+    assert _exists(old) and _exists(new)
+
+
 def test_a_checkpoint_already_gone_is_not_an_error(tmp_path: Path) -> None:
     retention, old, new = _superseded(tmp_path, Clock())
     for path in Path(old.path).iterdir():

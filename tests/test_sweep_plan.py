@@ -174,6 +174,24 @@ def test_a_failing_mlflow_store_never_raises_into_tune(tmp_path, caplog) -> None
     assert "MLflow logging failed" in caplog.text
 
 
+def test_a_trial_without_a_finite_epoch_closes_its_mlflow_run_as_failed(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from vlsm.tracking import MLflowTrialCallback, SweepTracker, default_tracking_uri
+
+    tracker = SweepTracker(default_tracking_uri(tmp_path), "s", tmp_path)
+    trial = SimpleNamespace(config={"tags": {"cell_id": "cris-synthetic-frozen-p6"}}, trial_id="t1",
+                            checkpoint=None, last_result={"best_epoch": 0, "stop_reason": "non-finite val_loss at epoch 1"})
+    callback = MLflowTrialCallback(tracker)
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_complete(0, [], trial)
+    run = MlflowClient(tracking_uri=default_tracking_uri(tmp_path)).get_run(tracker.trial_run("cris-synthetic-frozen-p6"))
+    assert run.info.status == "FAILED" and run.data.tags["vlsm.status"] == "failed"
+    assert "non-finite val_loss" in run.data.tags["vlsm.reason"]
+
+
 def test_a_resumed_sweep_logs_trials_where_the_driver_logs_now(tmp_path) -> None:
     # Ray restores callbacks from the first launch's pickle; setup() rebinds them to the
     # tracker this launch made for the same sweep folder (here: another MLflow store).

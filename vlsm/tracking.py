@@ -57,6 +57,17 @@ def checkpoint_uri(checkpoint) -> str:
     return f"{filesystem.type_name}://{path}"
 
 
+def no_best_reason(result: dict[str, Any] | None) -> str | None:
+    """Why a trial that ended normally has no best weights (no finite epoch), or None.
+
+    Such a trial counts as failed: its finetunes have nothing to start from.
+    """
+    result = result or {}
+    if result.get(axes.BEST_EPOCH):
+        return None
+    return f"no epoch with a finite loss ({result.get(axes.STOP_REASON) or 'no best epoch'})"
+
+
 def sweep_key(sweep_dir: str | Path) -> str:
     """A short hash of a sweep folder's absolute path (folder names may hold quotes)."""
     return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
@@ -231,6 +242,7 @@ class MLflowTrialCallback(Callback):
         if not cell_id:
             return
         artifacts: list[Path] = []
+        failed = no_best_reason(trial.last_result)
         checkpoint = trial.checkpoint
         if checkpoint is not None:
             run_id = self.tracker.trial_run(cell_id)
@@ -239,7 +251,10 @@ class MLflowTrialCallback(Callback):
             if self.log_checkpoints and local:  # on shared storage (s3://) the tag points to it
                 folder = Path(checkpoint.path)
                 artifacts = [p for p in (folder / BEST_DIR, folder / PER_IMAGE_FILE) if p.exists()]
-        self.tracker.finish_trial(cell_id, "done", artifacts=artifacts)
+        if failed:
+            self.tracker.finish_trial(cell_id, "failed", reason=failed, artifacts=artifacts)
+        else:
+            self.tracker.finish_trial(cell_id, "done", artifacts=artifacts)
 
     @_guarded
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
