@@ -99,6 +99,8 @@ class CheckpointRetention(Callback):
 
     # --- deleting ---
     def _delete(self, ready: Callable[[_Superseded], bool], trials: list) -> None:
+        if not self._superseded:  # the usual case: this runs after every controller step
+            return
         keep: list[_Superseded] = []
         # Ray's own view too: after a resume from a torn snapshot, our restored state and
         # Ray's trial states may disagree on which checkpoint is a trial's latest
