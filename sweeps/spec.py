@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from vlsm.axes import ENCODERS, MODEL_KEYS, MODELS, PROMPTS, STRATEGIES
+from vlsm.config import TrainConfig  # light: no torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SPACES = REPO_ROOT / "search_spaces"
@@ -220,8 +221,6 @@ def _check_values(spec: SweepSpec, where: str) -> None:
             raise SpecError(f"{where}: grid.finetune_upstream.{source}={target}: expected prompts P0-P7")
     if spec.data.split_scheme not in ("paper", "official"):
         raise SpecError(f"{where}: data.split_scheme={spec.data.split_scheme!r}; expected 'paper' or 'official'")
-    from vlsm.config import TrainConfig  # light: no torch
-
     for name, model in spec.models.items():
         if model.config is not None and model.config != "tiny" and not isinstance(model.config, dict):
             raise SpecError(f"{where}: models.{name}.config: expected null, 'tiny' or a mapping, got {model.config!r}")

@@ -17,14 +17,13 @@ from vlsm.axes import MODEL_KEYS
 
 
 def model_config(spec: SweepSpec, model: str) -> dict | None:
-    """The model's config dict: None (pretrained/default), a dict, or "tiny" resolved."""
+    """The model's config dict: None (pretrained/default), a dict, or "tiny" resolved
+    (load_spec has checked it is one of these)."""
     raw = spec.models[model].config
     if raw == "tiny":
         from vlsm.models import tiny_config
 
         return tiny_config(MODEL_KEYS[model])
-    if raw is not None and not isinstance(raw, dict):
-        raise ValueError(f"models.{model}.config: expected null, 'tiny' or a mapping, got {raw!r}")
     return copy.deepcopy(raw)
 
 

@@ -98,7 +98,6 @@ class SweepTracker:
         self.tracking_uri = tracking_uri
         self.sweep_dir = str(Path(sweep_dir).resolve())
         self.sweep_key = sweep_key(self.sweep_dir)
-        _TRACKERS[self.sweep_dir] = self
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
             artifact_location = None
@@ -111,6 +110,7 @@ class SweepTracker:
             self.experiment_id = experiment.experiment_id
         self.parent_run_id = self._find_or_create_parent()
         self._runs: dict[str, str] = {}  # cell_id -> run_id
+        _TRACKERS[self.sweep_dir] = self  # only once it is fully set up
 
     def _search(self, filter_string: str) -> list:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10)
