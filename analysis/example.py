@@ -10,7 +10,6 @@ finds them. It is not a result of anything.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from analysis.schema import (
     TRIALS_COLUMNS,
     TRIALS_FILE,
 )
+from vlsm.atomic import atomic_path
 from vlsm.axes import (
     ENCODERS,
     MODELS,
@@ -48,9 +48,8 @@ _ENCODER_OFFSET = {"frozen": -0.01, "unfrozen": 0.0}
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)  # never leave a partial file where a complete one belongs
+    with atomic_path(path) as tmp:  # never a partial file where a complete one belongs
+        frame.to_parquet(tmp, index=False)
 
 
 def write_example_exports(

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from analysis.schema import require_columns
 from analysis.tables import cell_exists
+from vlsm.atomic import atomic_path
 from vlsm.axes import MODELS, PROMPTS, STRATEGIES, STRATEGY_REAL
 
 __all__ = [
@@ -133,7 +134,8 @@ def save_figure(fig: Figure, stem: Path | str, formats: Sequence[str] = FIGURE_F
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(path, format=fmt, dpi=120)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=120)
         paths.append(path)
     return paths
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from vlsm.atomic import write_text_atomic
+
 __all__ = ["NOTEBOOKS", "build_notebooks", "notebook_cells"]
 
 OUTPUT_ENV = "VLSM_OUTPUT_DIR"
@@ -110,6 +112,6 @@ def build_notebooks(directory: Path | str) -> list[Path]:
         notebook = _notebook(name)
         nbformat.validate(notebook)
         path = directory / name
-        path.write_text(nbformat.writes(notebook) + "\n", encoding="utf-8")
+        write_text_atomic(path, nbformat.writes(notebook) + "\n")
         paths.append(path)
     return paths

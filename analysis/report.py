@@ -14,7 +14,6 @@ import base64
 import datetime as _dt
 import html
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from analysis.published import load_published
 from analysis.stats import compare_sources, paper_comparisons
 from analysis.sweep import load_sweep, read_epochs, read_trials
 from analysis.tables import dice_table, render_table, sort_cells
+from vlsm.atomic import write_text_atomic
 from vlsm.axes import ENCODERS, PROMPTS
 
 __all__ = ["REPORT_FORMATS", "build_report"]
@@ -245,9 +245,6 @@ def build_report(
     if published is not None:
         _published(doc, per_image, Path(published), test)
     text = doc.html() if fmt == "html" else doc.markdown()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)  # never a half-written report
+    write_text_atomic(out, text)  # never a half-written report
     log.info("report written to %s", out)
     return out

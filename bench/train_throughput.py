@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['model']:<8} {row['encoder']:<9} {row['path']:<10} "
               f"{row['images_per_s']:>9.1f} {ratio:>17}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    from vlsm.atomic import write_text_atomic
+
+    write_text_atomic(args.out, json.dumps({
         "benchmark": "train_throughput",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": device,

@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['s_per_slot']:>8.2f}")
     print(f"reuse_actors=False / True: {ratio:.1f}x the wall time")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    from vlsm.atomic import write_text_atomic
+
+    write_text_atomic(args.out, json.dumps({
         "benchmark": "trial_overhead",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "ray": ray.__version__,

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlsm.atomic import atomic_path, write_json_atomic
 from vlsm.models import INIT_SEED
 
 __all__ = [
@@ -67,7 +68,6 @@ __all__ = [
     "restore_rng",
     "save_model",
     "save_train_state",
-    "write_json",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,6 @@ class CheckpointError(ValueError):
 
 
 # --- small file helpers ---------------------------------------------------------------
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically (temporary file + rename): never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
@@ -117,10 +109,8 @@ def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
             tensor = tensor.clone()
         seen.add(ptr)
         out[name] = tensor
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(out, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(out, str(tmp))
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -212,7 +202,7 @@ def save_model(
         "frozen_sha256": frozen_sha256 if frozen else None,
         **(dict(extra) if extra else {}),
     }
-    write_json(directory / MODEL_SPEC_FILE, meta)
+    write_json_atomic(directory / MODEL_SPEC_FILE, meta)
 
 
 def load_stored_into(model: nn.Module, directory: Path) -> dict:
@@ -349,7 +339,7 @@ def save_train_state(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _save_tensors(directory / TRAIN_STATE_TENSORS, tensors)
-    write_json(directory / TRAIN_STATE_JSON, {"format": _FORMAT, **meta})
+    write_json_atomic(directory / TRAIN_STATE_JSON, {"format": _FORMAT, **meta})
 
 
 def load_train_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:

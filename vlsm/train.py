@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from vlsm import checkpoint as ckpt
+from vlsm.atomic import atomic_path, write_json_atomic
 from vlsm.axes import (
     BEST_EPOCH,
     BEST_VAL_DICE,
@@ -472,7 +473,7 @@ def run_training(
                             frozen_sha256=frozen_sha)
             tensors, meta = _train_state(epoch, optimizer, scheduler, scaler, stopper, result, last_metrics)
             ckpt.save_train_state(out, tensors, meta)
-            ckpt.write_json(out / ckpt.CONFIG_FILE, cfg.to_dict())
+            write_json_atomic(out / ckpt.CONFIG_FILE, cfg.to_dict())
             if best_dir.is_dir():
                 ckpt.copy_tree(best_dir, out / ckpt.BEST_DIR)
             return out
@@ -554,7 +555,7 @@ def _save_best(model, best_dir: Path, cfg, include_frozen, frozen_sha, metrics) 
     shutil.rmtree(staging, ignore_errors=True)
     ckpt.save_model(model, staging, include_frozen=include_frozen,
                     frozen_sha256=frozen_sha)
-    ckpt.write_json(staging / "metrics.json", metrics)
+    write_json_atomic(staging / "metrics.json", metrics)
     shutil.rmtree(best_dir, ignore_errors=True)
     staging.rename(best_dir)
 
@@ -571,9 +572,8 @@ def _test_best(best_dir, test_split, cfg, prompts, device, precision, loss_fn, o
     _, rows = evaluate(model, data, _Inputs(model, prompts, device), loss_fn, cfg, precision,
                        with_hausdorff=True)
     frame = pd.DataFrame(rows)
-    tmp = out_dir / (ckpt.PER_IMAGE_FILE + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.rename(out_dir / ckpt.PER_IMAGE_FILE)
+    with atomic_path(out_dir / ckpt.PER_IMAGE_FILE) as tmp:
+        frame.to_parquet(tmp, index=False)
     result.test_rows = rows
     del model, data
     return _test_summary(frame[DICE].to_numpy())

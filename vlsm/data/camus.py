@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlsm.data.io import write_itk, write_text_atomic
+from vlsm.atomic import write_text_atomic
+from vlsm.data.io import write_itk
 from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage, PatientInfo
 
 __all__ = [
