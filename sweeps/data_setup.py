@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweeps.spec import SweepSpec
-from vlsm.axes import MODEL_KEYS
+from vlsm.models.registry import model_key
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def model_input_size(spec: SweepSpec, model: str) -> int:
     from sweeps.trials import model_config
     from vlsm.models import input_size
 
-    return int(input_size(MODEL_KEYS[model], model_config(spec, model), pretrained=spec.models[model].pretrained))
+    return int(input_size(model_key(model), model_config(spec, model), pretrained=spec.models[model].pretrained))
 
 
 def prepare_caches(

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vlsm.axes import ENCODERS, MODEL_KEYS, MODELS, PROMPTS, STRATEGIES
+from vlsm.axes import (
+    BEST_VAL_DICE,
+    ENCODERS,
+    MODELS,
+    PROMPTS,
+    STRATEGIES,
+    STRATEGY_REAL,
+    TRAIN_LOSS,
+    VAL_DICE,
+    VAL_LOSS,
+)
 from vlsm.config import TrainConfig  # light: no torch
+from vlsm.models.registry import model_key
+from vlsm.typed_config import ConfigError, from_mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SPACES = REPO_ROOT / "search_spaces"
@@ -75,7 +85,7 @@ class LRSearchSpec:
 class RunSpec:
     max_concurrent: int = 0  # 0 = as many as resources allow
     max_failures: int = 1  # retries of a failing trial before it counts as failed
-    reuse_actors: bool = True  # 0.3 s instead of 4.6 s per trial slot (DESIGN.md)
+    reuse_actors: bool = True  # 0.3 s instead of 4.6 s per trial slot (docs/design.md)
     expected_epochs: int = 60  # for --dry-run estimates: early stopping usually ends runs long before max_epochs
 
 
@@ -149,61 +159,6 @@ def _parse_value(text: str) -> Any:
     return value
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise SpecError naming `where`."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _convert(value, non_none[0], where)
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(f"{where}: expected a list, got {value!r}")
-        item_hint = args[0] if args else Any
-        return tuple(_convert(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise SpecError(f"{where}: expected a mapping, got {value!r}")
-        value_hint = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(v, value_hint, f"{where}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SpecError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{where}: expected a number, got {value!r}")
-        if hint is int and float(value) != int(value):
-            raise SpecError(f"{where}: expected a whole number, got {value!r}")
-        return hint(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise SpecError(f"{where}: expected text, got {value!r}")
-        return str(value)
-    return value
-
-
-def build_dataclass(cls: type, raw: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping; unknown keys fail with their dotted name."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError(f"{where}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise SpecError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
-    kwargs = {key: _convert(value, hints[key], f"{where}.{key}" if where else key) for key, value in raw.items()}
-    return cls(**kwargs)
-
-
 def _check_values(spec: SweepSpec, where: str) -> None:
     allowed = {"models": MODELS, "prompts": PROMPTS, "strategies": STRATEGIES, "encoders": ENCODERS}
     for axis, values in allowed.items():
@@ -225,7 +180,7 @@ def _check_values(spec: SweepSpec, where: str) -> None:
         if model.config is not None and model.config != "tiny" and not isinstance(model.config, dict):
             raise SpecError(f"{where}: models.{name}.config: expected null, 'tiny' or a mapping, got {model.config!r}")
         try:  # what every trial of this model gets, checked before anything runs
-            TrainConfig.from_dict({**spec.train, **model.train, "model": MODEL_KEYS[name]})
+            TrainConfig.from_dict({**spec.train, **model.train, "model": model_key(name)})
         except ValueError as err:
             raise SpecError(f"{where}: train + models.{name}.train: {err}") from None
         for encoder, resources in model.resources.items():
@@ -253,8 +208,8 @@ def load_spec(
         sources.append("--set")
     where = " + ".join(sources)
     try:
-        spec = build_dataclass(SweepSpec, raw, "")
-    except SpecError as err:
+        spec = from_mapping(SweepSpec, raw)
+    except ConfigError as err:
         raise SpecError(f"{where}: {err}") from None
     _check_values(spec, where)
     return spec
@@ -274,3 +229,65 @@ def models_without_weights(spec: SweepSpec) -> list[str]:
         name for name in spec.grid.models
         if not (spec.models[name].pretrained or spec.models[name].checkpoint or spec.models[name].config is not None)
     ]
+
+
+# --- the learning-rate search space (lr_search.space, a YAML file of its own) ---------
+
+
+@dataclass(frozen=True)
+class LRSearchCell:
+    """The grid cell every search trial trains (per model and encoder mode)."""
+
+    strategy: str = STRATEGY_REAL
+    prompt: str = "P1"
+
+
+@dataclass(frozen=True)
+class AshaSpec:
+    """ASHA early stopping of the search trials, in epochs."""
+
+    grace_period: int = 5  # epochs before ASHA may stop a trial
+    reduction_factor: float = 3.0
+    max_t: int = 100  # epochs at most per search trial
+
+
+@dataclass(frozen=True)
+class LRRange:
+    lr_min: float
+    lr_max: float
+
+
+@dataclass(frozen=True)
+class LRSearchSpace:
+    """Optuna TPE over a log-uniform learning rate per model, on one cell, with ASHA."""
+
+    models: dict[str, LRRange]  # model -> its range
+    cell: LRSearchCell = field(default_factory=LRSearchCell)
+    metric: str = VAL_DICE  # a metric every epoch reports
+    mode: str = "max"
+    asha: AshaSpec = field(default_factory=AshaSpec)
+
+
+SEARCH_METRICS = (VAL_DICE, VAL_LOSS, BEST_VAL_DICE, TRAIN_LOSS)
+
+
+def lr_search_space(spec: SweepSpec) -> LRSearchSpace:
+    """The typed search space `spec.lr_search.space` names (relative to the repository);
+    SpecError naming the file and key when it does not fit the grid."""
+    path = Path(spec.lr_search.space)
+    path = path if path.is_absolute() else REPO_ROOT / path
+    try:
+        space = from_mapping(LRSearchSpace, load_yaml(path))
+    except ConfigError as err:
+        raise SpecError(f"{path}: {err}") from None
+    if space.cell.strategy not in STRATEGIES or space.cell.prompt not in PROMPTS:
+        raise SpecError(f"{path}: cell: {space.cell}; expected a strategy of {list(STRATEGIES)} "
+                        f"and a prompt of {list(PROMPTS)}")
+    if space.metric not in SEARCH_METRICS or space.mode not in ("max", "min"):
+        raise SpecError(f"{path}: metric {space.metric!r}, mode {space.mode!r}; expected one of "
+                        f"{list(SEARCH_METRICS)} and max or min")
+    for model in spec.grid.models:
+        bounds = space.models.get(model)
+        if bounds is None or not 0 < bounds.lr_min < bounds.lr_max:
+            raise SpecError(f"{path}: models.{model} needs 0 < lr_min < lr_max, got {bounds}")
+    return space

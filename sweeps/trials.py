@@ -13,7 +13,7 @@ from typing import Any
 
 from sweeps.grid import Cell
 from sweeps.spec import SweepSpec
-from vlsm.axes import MODEL_KEYS
+from vlsm.models.registry import model_key
 
 
 def model_config(spec: SweepSpec, model: str) -> dict | None:
@@ -23,7 +23,7 @@ def model_config(spec: SweepSpec, model: str) -> dict | None:
     if raw == "tiny":
         from vlsm.models import tiny_config
 
-        return tiny_config(MODEL_KEYS[model])
+        return tiny_config(model_key(model))
     return copy.deepcopy(raw)
 
 
@@ -45,7 +45,7 @@ def trial_config(
     config: dict[str, Any] = {
         **copy.deepcopy(spec.train),
         **copy.deepcopy(model_spec.train),
-        "model": MODEL_KEYS[cell.model],
+        "model": model_key(cell.model),
         "model_config": model_config(spec, cell.model),
         "pretrained": model_spec.pretrained,
         "checkpoint": model_spec.checkpoint,

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from vlsm.axes import MODEL_KEYS
+from vlsm import axes
 from vlsm.models import (
     MODEL_NAMES,
     build_model,
@@ -58,10 +58,46 @@ def _one_step(model: torch.nn.Module, batch: dict) -> None:
     opt.step()
 
 
-def test_names_come_from_the_grid_axes():
-    assert MODEL_NAMES == ("clipseg", "cris") == tuple(MODEL_KEYS.values())
+def _toy_build(*, pretrained=None, checkpoint=None, config=None, freeze_encoder=False):
+    """A registry builder for `test_adding_a_model_is_one_registry_entry`."""
+    model = torch.nn.Conv2d(3, 1, 1)
+    model.spec = {"name": "toy", "config": config, "freeze_encoder": freeze_encoder}
+    return model
+
+
+def _toy_size(config, pretrained):
+    return 8 * len(config or {})
+
+
+def test_adding_a_model_is_one_registry_entry(monkeypatch):
+    from vlsm.config import TrainConfig
+    from vlsm.models.registry import MODEL_REGISTRY, LazyFunction, ModelEntry, PaperDefaults
+
+    here = __name__
+    entry = ModelEntry(
+        key="toy", name="Toy",
+        build=LazyFunction(here, "_toy_build"),
+        input_size=LazyFunction(here, "_toy_size"),
+        tiny_config=LazyFunction("builtins", "dict"),
+        text_shape=LazyFunction("vlsm.models.cris", "text_shape"),
+        paper=PaperDefaults(lr=0.5, batch_size=3),
+    )
+    monkeypatch.setitem(MODEL_REGISTRY, "toy", entry)
+    model = build_model("Toy", config={"a": 1}, init_seed=7)
+    assert isinstance(model, torch.nn.Conv2d) and model.spec["init_seed"] == 7
+    assert tiny_config("toy") == {} and input_size("toy", {"a": 1, "b": 2}) == 16
+    cfg = TrainConfig.from_dict({"model": "Toy"})
+    assert (cfg.model, cfg.lr, cfg.batch_size) == ("toy", 0.5, 3)
+
+
+def test_names_come_from_the_registry():
+    from vlsm.models.registry import MODEL_REGISTRY
+
+    assert MODEL_NAMES == ("clipseg", "cris") == tuple(MODEL_REGISTRY)
+    assert axes.MODELS == ("CLIPSeg", "CRIS") == tuple(e.name for e in MODEL_REGISTRY.values())
     with pytest.raises(
-        ValueError, match=r"model 'unet' not found; available models = \['clipseg', 'cris'\]"
+        ValueError,
+        match=r"model 'unet' not found; available models = \['CLIPSeg', 'CRIS', 'clipseg', 'cris'\]",
     ):
         build_model("unet", config={})
     with pytest.raises(ValueError, match="available models"):

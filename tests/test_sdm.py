@@ -7,16 +7,14 @@ import pytest
 
 from vlsm.data.camus import load_camus, write_camus_patient
 from vlsm.data.io import read_image, read_label_map, read_png, read_spacing, write_png
-from vlsm.data.records import PHASES, VIEWS, PatientInfo
-from vlsm.data.sdm import (
+from vlsm.data.label_codings import (
     SdmCodingError,
     camus_to_sdm_labels,
     detect_sdm_coding,
-    load_sdm,
     sdm_to_camus_labels,
-    with_camus_info,
-    write_sdm_image,
 )
+from vlsm.data.records import PHASES, VIEWS, PatientInfo
+from vlsm.data.sdm import load_sdm, with_camus_info, write_sdm_image
 
 H, W = 40, 56
 

@@ -13,7 +13,7 @@ import torch
 
 from vlsm import checkpoint as ckpt
 from vlsm.axes import BEST_VAL_DICE, EPOCH, IMAGES_PER_S, SECONDS, TEST_DICE_MEAN, VAL_DICE
-from vlsm.config import TrainConfig, paper_defaults
+from vlsm.config import TrainConfig
 from vlsm.models import INIT_SEED
 from vlsm.train import STOP_REASON, EarlyStopping, resolve_precision, run_training
 
@@ -80,7 +80,12 @@ def test_config_unknown_keys_and_bad_values_are_all_named():
 
 
 def test_config_paper_defaults_and_round_trip():
-    assert paper_defaults("CLIPSeg") == {"lr": 2e-3, "batch_size": 128}
+    from vlsm.models.registry import model_entry
+
+    paper = model_entry("CLIPSeg").paper
+    assert (paper.lr, paper.batch_size) == (2e-3, 128)
+    clipseg = TrainConfig.from_dict({"model": "CLIPSeg"})
+    assert (clipseg.model, clipseg.lr, clipseg.batch_size) == ("clipseg", 2e-3, 128)
     cris = TrainConfig.from_dict({"model": "CRIS"})
     assert (cris.model, cris.lr, cris.batch_size, cris.eval_batch_size) == ("cris", 2e-5, 32, 32)
     cfg = TrainConfig.from_dict({"model": "clipseg", "lr": 1, "tags": {"strategy": "real"}})

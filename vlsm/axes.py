@@ -1,25 +1,27 @@
 """Grid axes, structures and metric names: defined once, imported everywhere.
 
-The values here are the ones users see in exports, tables and MLflow (DESIGN.md,
-"Values"): model in {CLIPSeg, CRIS}, strategy in {real, synthetic, synth-PT:real-FT},
-encoder in {frozen, unfrozen}, prompt in {P0..P7}.
+The values here are the ones users see in exports, tables and MLflow: model in
+{CLIPSeg, CRIS}, strategy in {real, synthetic, synth-PT:real-FT}, encoder in {frozen,
+unfrozen}, prompt in {P0..P7} (docs/design.md, "Vocabulary").
 """
 
 from __future__ import annotations
 
+from vlsm.models.registry import MODEL_REGISTRY
+
 # --- grid axes -------------------------------------------------------------------------
-MODELS: tuple[str, ...] = ("CLIPSeg", "CRIS")
+# The axes that name a grid cell, in the order of cell ids, export columns and tables.
+CELL_AXES: tuple[str, ...] = ("model", "strategy", "encoder", "prompt")
+# The models are the registry's (display names); adding one is one registry entry.
+MODELS: tuple[str, ...] = tuple(entry.name for entry in MODEL_REGISTRY.values())
 STRATEGY_REAL = "real"
 STRATEGY_SYNTHETIC = "synthetic"
 STRATEGY_FINETUNE = "synth-PT:real-FT"
 STRATEGIES: tuple[str, ...] = (STRATEGY_REAL, STRATEGY_SYNTHETIC, STRATEGY_FINETUNE)
 ENCODERS: tuple[str, ...] = ("frozen", "unfrozen")
 PROMPTS: tuple[str, ...] = tuple(f"P{i}" for i in range(8))
-# Synthetic (SDM) data has no image-quality attribute, hence no P7 (DESIGN.md).
+# Synthetic (SDM) data has no image-quality attribute, hence no P7 (docs/design.md).
 SYNTHETIC_PROMPTS: tuple[str, ...] = PROMPTS[:7]
-
-# Registry names of the models (lower case, used in configs and `build_model`).
-MODEL_KEYS: dict[str, str] = {"CLIPSeg": "clipseg", "CRIS": "cris"}
 
 # --- structures (CAMUS label values) ---------------------------------------------------
 STRUCTURES: dict[int, str] = {1: "LV", 2: "MYO", 3: "LA"}

@@ -12,43 +12,26 @@ at once, and the resolved config (`to_dict`) is saved with every checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import numbers
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlsm.axes import MODEL_KEYS, PROMPTS
+from vlsm.axes import PROMPTS
+from vlsm.models.registry import MODEL_REGISTRY, model_entry
+from vlsm.typed_config import ConfigError, from_mapping, normalise_fields
 
-__all__ = ["PRECISIONS", "TrainConfig", "paper_defaults"]
+__all__ = ["PRECISIONS", "TrainConfig"]
 
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
-
-# Learning rate and batch size of the paper, per model registry key (DESIGN.md, "Training").
-_PAPER_DEFAULTS: dict[str, dict[str, float | int]] = {
-    "clipseg": {"lr": 2e-3, "batch_size": 128},
-    "cris": {"lr": 2e-5, "batch_size": 32},
-}
-
-
-def _model_key(model: str) -> str:
-    """"CLIPSeg" or "clipseg" -> "clipseg"; ValueError for anything else."""
-    if model in MODEL_KEYS:
-        return MODEL_KEYS[model]
-    if model in MODEL_KEYS.values():
-        return model
-    allowed = sorted({*MODEL_KEYS, *MODEL_KEYS.values()})
-    raise ValueError(f"model: unknown value {model!r}; expected one of {allowed}")
-
-
-def paper_defaults(model: str) -> dict[str, float | int]:
-    """The paper's {"lr", "batch_size"} for a model ("clipseg"/"CLIPSeg", "cris"/"CRIS")."""
-    return dict(_PAPER_DEFAULTS[_model_key(model)])
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything one trial needs. Defaults are the paper's (DESIGN.md, "Training")."""
+    """Everything one trial needs. Defaults are the paper's (docs/design.md, "Training").
+
+    The annotations are the schema (`vlsm.typed_config`): a value of the wrong type
+    is named, never guessed at.
+    """
 
     # --- model -------------------------------------------------------------------------
     model: str = "clipseg"  # registry key ("clipseg" | "cris"; "CLIPSeg"/"CRIS" accepted)
@@ -91,15 +74,15 @@ class TrainConfig:
     tags: dict = field(default_factory=dict)  # free labels of the grid cell (strategy, ...), unused here
 
     def __post_init__(self) -> None:
-        errors = _validate(self)
+        errors = normalise_fields(self) or _validate(self)
         if errors:
             raise ValueError("TrainConfig: " + "; ".join(errors))
-        object.__setattr__(self, "model", _model_key(self.model))
-        defaults = _PAPER_DEFAULTS[self.model]
+        entry = model_entry(self.model)
+        object.__setattr__(self, "model", entry.key)
         if self.lr is None:
-            object.__setattr__(self, "lr", float(defaults["lr"]))
+            object.__setattr__(self, "lr", float(entry.paper.lr))
         if self.batch_size is None:
-            object.__setattr__(self, "batch_size", int(defaults["batch_size"]))
+            object.__setattr__(self, "batch_size", int(entry.paper.batch_size))
         if self.eval_batch_size is None:
             object.__setattr__(self, "eval_batch_size", self.batch_size)
 
@@ -108,110 +91,24 @@ class TrainConfig:
         """Build from a (Ray Tune) dict; ValueError naming every unknown key and bad value."""
         if not isinstance(d, Mapping):
             raise ValueError(f"TrainConfig.from_dict: expected a mapping, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in names)
-        errors = []
-        if unknown:
-            errors.append(f"unknown key(s) {unknown}; expected some of {sorted(names)}")
-        values: dict[str, Any] = {}
-        for key, value in d.items():
-            if key not in names:
-                continue
-            try:
-                values[key] = _coerce(key, value)
-            except ValueError as err:
-                errors.append(str(err))
-        if errors:
-            raise ValueError("TrainConfig: " + "; ".join(errors))
-        return cls(**values)
+        try:
+            return from_mapping(cls, d)
+        except ConfigError as err:
+            raise ValueError(f"TrainConfig: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict; `from_dict(to_dict())` gives an equal config."""
         return dataclasses.asdict(self)
 
 
-# field -> (kind, nullable); kinds: str, int, float, bool, dict, path
-_KINDS: dict[str, tuple[str, bool]] = {
-    "model": ("str", False),
-    "model_config": ("dict", True),
-    "pretrained": ("path", True),
-    "checkpoint": ("path", True),
-    "tokenizer": ("path", True),
-    "freeze_encoder": ("bool", False),
-    "prompt": ("str", False),
-    "train_cache": ("path", True),
-    "val_cache": ("path", True),
-    "test_cache": ("path", True),
-    "init_from": ("path", True),
-    "lr": ("float", True),
-    "batch_size": ("int", True),
-    "eval_batch_size": ("int", True),
-    "weight_decay": ("float", False),
-    "grad_clip": ("float", False),
-    "lr_factor": ("float", False),
-    "lr_patience": ("int", False),
-    "max_epochs": ("int", False),
-    "min_epochs": ("int", False),
-    "patience": ("int", False),
-    "min_delta": ("float", False),
-    "dice_weight": ("float", False),
-    "bce_weight": ("float", False),
-    "dice_smooth": ("float", False),
-    "threshold": ("float", False),
-    "precision": ("str", False),
-    "seed": ("int", False),
-    "num_workers": ("int", False),
-    "data_on_device": ("bool", False),
-    "deterministic": ("bool", False),
-    "checkpoint_every": ("int", False),
-    "tags": ("dict", False),
-}
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """A value of the field's type (numpy scalars, ints for floats, PathLike for paths)."""
-    kind, nullable = _KINDS[key]
-    if value is None:
-        if nullable:
-            return None
-        raise ValueError(f"{key}: got None, expected a {kind}")
-    ok = True
-    if kind == "bool":
-        ok = isinstance(value, bool) or type(value).__name__ == "bool_"
-        value = bool(value) if ok else value
-    elif kind == "int":
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        value = int(value) if ok else value
-    elif kind == "float":
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif kind == "str":
-        ok = isinstance(value, str)
-    elif kind == "path":
-        ok = isinstance(value, str | os.PathLike)
-        value = os.fspath(value) if ok else value
-    elif kind == "dict":
-        ok = isinstance(value, Mapping)
-        value = dict(value) if ok else value
-    if not ok:
-        raise ValueError(f"{key}: got {value!r} ({type(value).__name__}), expected a {kind}")
-    return value
-
-
 def _validate(cfg: TrainConfig) -> list[str]:
     """Every problem of a config, each naming the field, its value and what was expected."""
-    errors = []
-    for name in _KINDS:
-        try:
-            _coerce(name, getattr(cfg, name))
-        except ValueError as err:
-            errors.append(str(err))
-    if errors:  # types first: the range checks below assume them
-        return errors
+    errors = []  # the types are right already (normalise_fields ran first)
     try:
-        _model_key(cfg.model)
-    except ValueError as err:
-        errors.append(str(err))
+        model_entry(cfg.model)
+    except ValueError:
+        allowed = sorted({*MODEL_REGISTRY, *(e.name for e in MODEL_REGISTRY.values())})
+        errors.append(f"model: unknown value {cfg.model!r}; expected one of {allowed}")
     if cfg.prompt not in PROMPTS:
         errors.append(f"prompt: got {cfg.prompt!r}, expected one of {list(PROMPTS)}")
     if cfg.precision not in PRECISIONS:

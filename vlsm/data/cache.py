@@ -78,7 +78,9 @@ DATASET_KINDS: tuple[str, ...] = ("camus", "sdm", "synthetic-boost")
 
 # Modules whose code decides the cached values; their source is part of the key.
 _CODE_MODULES: tuple[str, ...] = (
+    "vlsm.axes",  # structure names, hence prompts
     "vlsm.data.io",
+    "vlsm.data.label_codings",
     "vlsm.data.sdm",
     "vlsm.data.prompts",
     "vlsm.data.shapes",

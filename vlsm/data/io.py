@@ -9,8 +9,8 @@ coding are decided once:
 - images are uint8 grayscale 0-255; label maps are uint8 in {0, 1, 2, 3}
   (0 background, 1 LV cavity, 2 myocardium, 3 LA; `vlsm.axes.STRUCTURES`);
 - spacing is (row, col) in mm;
-- writers never leave a partial file where a complete one belongs: they write a
-  temporary file in the destination folder and `os.replace` it.
+- writers never leave a partial file where a complete one belongs
+  (`vlsm.atomic.atomic_path`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from vlsm.atomic import atomic_path
 from vlsm.axes import STRUCTURES
+from vlsm.data.label_codings import detect_sdm_coding, sdm_to_camus_labels
 from vlsm.data.records import EchoImage
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "read_png",
     "write_itk",
     "write_png",
-    "write_text_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ def read_label_map(rec: EchoImage) -> np.ndarray:
 
     - one file, CAMUS (source "camus2019"/"camus2023" or any .mhd/.nii): values 0-3;
     - one file, SDM (source "sdm"): coding ("labels" or "sector") detected from the
-      values (`vlsm.data.sdm.detect_sdm_coding`) and mapped to 0-3;
+      values (`vlsm.data.label_codings.detect_sdm_coding`) and mapped to 0-3;
     - three binary masks (structures 1, 2, 3; the authors' layout): label k where
       mask k > 0. Overlaps are an error (they cannot be expressed as one map).
 
@@ -168,8 +167,6 @@ def read_label_map(rec: EchoImage) -> np.ndarray:
         if not np.issubdtype(array.dtype, np.integer) and not np.all(array == np.rint(array)):
             raise ValueError(f"{path}: label map holds non-integer values; expected 0-3")
         if rec.source == "sdm":
-            from vlsm.data.sdm import detect_sdm_coding, sdm_to_camus_labels
-
             coding = detect_sdm_coding(array, path)
             return sdm_to_camus_labels(array, coding)
         return _check_labels(array, path, _LABELS)
@@ -215,20 +212,6 @@ def read_spacing(rec: EchoImage) -> tuple[float, float]:
 
 
 # --- writers --------------------------------------------------------------------------
-
-
-@contextmanager
-def _atomic_target(path: Path, suffix: str) -> Iterator[Path]:
-    """Yield a temporary path in path's folder; on success os.replace it onto path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_2d(array: np.ndarray, path: Path) -> np.ndarray:
@@ -278,11 +261,11 @@ def write_itk(
             if not tmp_raw.is_file():  # SimpleITK names the data file after the header
                 raise RuntimeError(f"{path}: SimpleITK did not write {tmp_raw.name}")
             os.replace(tmp_raw, raw)
-            with _atomic_target(path, ".mhd") as tmp:
+            with atomic_path(path, ".mhd") as tmp:
                 tmp.write_text(header)
         return
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    with _atomic_target(path, suffix) as tmp:
+    with atomic_path(path, suffix) as tmp:
         sitk.WriteImage(image, str(tmp))
 
 
@@ -298,12 +281,6 @@ def write_png(path: Path, array: np.ndarray) -> None:
                 f"{path}: PNG values must be 0-255, got range [{array.min()}, {array.max()}]"
             )
         array = array.astype(np.uint8)
-    with _atomic_target(path, ".png") as tmp:
+    with atomic_path(path, ".png") as tmp:
         Image.fromarray(np.ascontiguousarray(array), mode="L").save(tmp, format="PNG")
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file (UTF-8) atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    with _atomic_target(path, ".tmp") as tmp:
-        tmp.write_text(text, encoding="utf-8")

@@ -276,33 +276,26 @@ def _phase_geometry(anatomy: Anatomy, phase: str, ef: float | None) -> dict[str,
     }
 
 
-def render_phantom(
-    rng: np.random.Generator,
-    view: str,
-    phase: str,
-    info: PatientInfo,
-    size: tuple[int, int] = (256, 224),
-    *,
-    anatomy: Anatomy | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One apical echocardiogram and its CAMUS label map.
+@dataclass(frozen=True)
+class _Regions:
+    """(H, W) bool masks of one view and phase: what the label map and the look are made of.
 
-    Returns (image (H, W) uint8, 0 outside the sector and >= 1 inside;
-    label_map (H, W) uint8 in {0 background, 1 LV, 2 MYO, 3 LA}), apex at the top.
-    `anatomy` (from `sample_anatomy`) fixes the patient's heart; when None one is drawn
-    from rng first. info.ef sets the ES contraction and info.image_quality the look
-    (None: an SDM-like continuum of looks).
+    Pure geometry (no RNG), so that the label map and the echogenicity agree pixel for pixel.
     """
-    _check_choice("view", view, VIEWS)
-    _check_choice("phase", phase, PHASES)
-    size = _check_size(size)
-    if anatomy is None:
-        anatomy = sample_anatomy(rng)
-    style = _style_for(rng, info.image_quality)
-    g = _phase_geometry(anatomy, phase, info.ef)
-    four = view == "4CH"
 
-    # Heart frame: origin at the outer LV apex, u down the long axis, v to the right.
+    lv: np.ndarray  # label 1
+    myo: np.ndarray  # label 2
+    la: np.ndarray  # label 3
+    sheath: np.ndarray  # pericardium: bright, not labelled
+    walls: np.ndarray  # LA wall (4CH: and the RV/RA walls), not labelled
+    dark: np.ndarray  # every cavity: LV, LA (4CH: and RV, RA)
+    valve: np.ndarray  # closed mitral leaflets
+
+
+def _heart_frame(
+    anatomy: Anatomy, four: bool, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v), each (H, W): origin at the outer LV apex, u down the long axis, v to the right."""
     yy, xx = _grid(size)
     tilt = math.radians(anatomy.tilt_4ch if four else anatomy.tilt_2ch)
     apex_x = anatomy.apex_x + (0.015 if four else 0.0)  # 4CH: LV right, RV left
@@ -310,6 +303,37 @@ def render_phantom(
     c, s = math.cos(tilt), math.sin(tilt)
     u = c * dy - s * dx  # (H, W)
     v = s * dy + c * dx
+    return u, v
+
+
+def _right_heart(
+    u: np.ndarray, v: np.ndarray, anatomy: Anatomy, g: dict[str, float], phase: str,
+    la: np.ndarray, la_wall: np.ndarray, outer: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """4CH right ventricle and atrium: (cavities, walls), each (H, W) bool; never labelled."""
+    above_base = u <= g["base"]
+    rv_b = 0.6 * anatomy.lv_b * anatomy.rv_scale * (0.8 if phase == "ES" else 1.0)
+    rv_v = -(g["b"] + g["wall"] + 0.012 + 0.9 * rv_b)
+    rv_a = 0.42 * g["base"] * anatomy.rv_scale
+    rv_u = g["base"] - 0.95 * rv_a
+    keep_out = _ellipse(u, v, g["centre"], 0.0, g["a"] + g["apex_wall"] + 0.012,
+                        g["b"] + g["wall"] + 0.012)
+    rv = _ellipse(u, v, rv_u, rv_v, rv_a, rv_b) & above_base & ~keep_out
+    rv_wall = (_ellipse(u, v, rv_u, rv_v, rv_a + 0.02, rv_b + 0.02) & above_base
+               & ~rv & ~outer)
+    ra_a, ra_b = 0.9 * g["la_a"] * anatomy.rv_scale, 0.8 * g["la_b"] * anatomy.rv_scale
+    ra_v = min(rv_v, anatomy.la_shift - g["la_b"] - 0.02 - ra_b)
+    ra_u = g["base"] + 0.65 * ra_a
+    ra = _ellipse(u, v, ra_u, ra_v, ra_a, ra_b) & ~above_base & ~la & ~la_wall
+    ra_wall = _ellipse(u, v, ra_u, ra_v, ra_a + 0.015, ra_b + 0.015) & ~above_base & ~ra & ~la
+    return rv | ra, rv_wall | ra_wall
+
+
+def _heart_regions(
+    anatomy: Anatomy, view: str, phase: str, g: dict[str, float], size: tuple[int, int]
+) -> _Regions:
+    """The heart's regions in the image, from the anatomy and the phase geometry g."""
+    u, v = _heart_frame(anatomy, view == "4CH", size)
     above_base = u <= g["base"]
 
     lv = _ellipse(u, v, g["centre"], 0.0, g["a"], g["b"]) & above_base
@@ -334,43 +358,41 @@ def render_phantom(
     valve = (np.abs(u - g["base"] - 0.004) <= 0.006) & (np.abs(v) <= opening)
     dark = lv | la
     walls = la_wall
-    if four:  # right ventricle and atrium: dark, bright walls, never labelled
-        rv_b = 0.6 * anatomy.lv_b * anatomy.rv_scale * (0.8 if phase == "ES" else 1.0)
-        rv_v = -(g["b"] + g["wall"] + 0.012 + 0.9 * rv_b)
-        rv_a = 0.42 * g["base"] * anatomy.rv_scale
-        rv_u = g["base"] - 0.95 * rv_a
-        keep_out = _ellipse(u, v, g["centre"], 0.0, g["a"] + g["apex_wall"] + 0.012,
-                            g["b"] + g["wall"] + 0.012)
-        rv = _ellipse(u, v, rv_u, rv_v, rv_a, rv_b) & above_base & ~keep_out
-        rv_wall = (_ellipse(u, v, rv_u, rv_v, rv_a + 0.02, rv_b + 0.02) & above_base
-                   & ~rv & ~outer)
-        ra_a, ra_b = 0.9 * g["la_a"] * anatomy.rv_scale, 0.8 * g["la_b"] * anatomy.rv_scale
-        ra_v = min(rv_v, anatomy.la_shift - g["la_b"] - 0.02 - ra_b)
-        ra_u = g["base"] + 0.65 * ra_a
-        ra = _ellipse(u, v, ra_u, ra_v, ra_a, ra_b) & ~above_base & ~la & ~la_wall
-        ra_wall = _ellipse(u, v, ra_u, ra_v, ra_a + 0.015, ra_b + 0.015) & ~above_base & ~ra & ~la
-        dark = dark | rv | ra
-        walls = walls | rv_wall | ra_wall
+    if view == "4CH":
+        right_dark, right_walls = _right_heart(u, v, anatomy, g, phase, la, la_wall, outer)
+        dark = dark | right_dark
+        walls = walls | right_walls
+    return _Regions(lv=lv, myo=myo, la=la, sheath=sheath, walls=walls, dark=dark, valve=valve)
 
-    cone = sector_mask(size)
-    label = np.zeros(size, np.uint8)  # (H, W)
-    label[lv] = 1
-    label[myo] = 2
-    label[la] = 3
+
+def _label_map(regions: _Regions, cone: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 CAMUS labels (0 background, 1 LV, 2 MYO, 3 LA), 0 outside the cone."""
+    label = np.zeros(cone.shape, np.uint8)  # (H, W)
+    label[regions.lv] = 1
+    label[regions.myo] = 2
+    label[regions.la] = 3
     label[~cone] = 0
+    return label
 
-    # Echogenicity (linear amplitude before speckle), then the acquisition chain.
-    h = size[0]
-    px = h / 256.0  # pixel sizes below are given for H = 256
+
+def _echogenicity(
+    rng: np.random.Generator, anatomy: Anatomy, regions: _Regions, style: _Style,
+    size: tuple[int, int],
+) -> np.ndarray:
+    """(H, W) float32 linear amplitude before speckle: tissue classes, dropout, haze, depth.
+
+    Draws 4 smooth fields and 1 scalar from rng, in a fixed order.
+    """
+    px = size[0] / 256.0  # pixel sizes below are given for H = 256
     # Tissue texture; the floor keeps it from faking extra chambers.
     tissue = anatomy.tissue_gain * np.clip(1.0 + 0.3 * _smooth_field(rng, size, 6), 0.5, None)
     echo = tissue.astype(np.float32)  # (H, W)
-    echo[sheath] = 0.75 + 0.1 * rng.standard_normal()
-    echo[walls] = 0.5
+    echo[regions.sheath] = 0.75 + 0.1 * rng.standard_normal()
+    echo[regions.walls] = 0.5
     myo_texture = anatomy.myo_gain * (1.0 + 0.2 * _smooth_field(rng, size, 10))
-    echo[myo] = myo_texture[myo]
-    echo[dark] = 0.03
-    echo[valve] = 0.3
+    echo[regions.myo] = myo_texture[regions.myo]
+    echo[regions.dark] = 0.03
+    echo[regions.valve] = 0.3
     radius, _ = _polar(size)
     # Dropout: patches where the signal fades (a poor acoustic window), walls included.
     fade = np.clip(_smooth_field(rng, size, 5), 0.0, None) * style.dropout
@@ -379,8 +401,18 @@ def render_phantom(
     # Near-field clutter (haze), strongest at the top, fills the cavities.
     echo += style.haze * np.exp(-radius / 0.35) * (1.0 + 0.5 * _smooth_field(rng, size, 8))
     echo *= np.exp(-style.attenuation * radius)
-    echo = style.contrast * echo + (1.0 - style.contrast) * 0.25
+    return style.contrast * echo + (1.0 - style.contrast) * 0.25
 
+
+def _scan(
+    rng: np.random.Generator, echo: np.ndarray, style: _Style, cone: np.ndarray
+) -> np.ndarray:
+    """The displayed (H, W) uint8 image: speckle, electronic noise, log compression, blur.
+
+    0 exactly outside the cone and >= 1 inside. Draws 3 (H, W) normal fields from rng.
+    """
+    size = echo.shape
+    px = size[0] / 256.0  # pixel sizes below are given for H = 256
     # Speckle: magnitude of a correlated complex Gaussian (Rayleigh), mean 1.
     sigma = (max(0.5, 0.8 * px), max(0.7, 1.8 * px))  # (rows, cols): laterally elongated
     re = ndimage.gaussian_filter(rng.standard_normal(size, dtype=np.float32), sigma)
@@ -393,7 +425,40 @@ def render_phantom(
     display = ndimage.gaussian_filter(display, sigma=style.blur * px)
     image = np.clip(np.rint(display * 255.0), 1, 255).astype(np.uint8)
     image[~cone] = 0
-    return image, label
+    return image
+
+
+def render_phantom(
+    rng: np.random.Generator,
+    view: str,
+    phase: str,
+    info: PatientInfo,
+    size: tuple[int, int] = (256, 224),
+    *,
+    anatomy: Anatomy | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One apical echocardiogram and its CAMUS label map.
+
+    Returns (image (H, W) uint8, 0 outside the sector and >= 1 inside;
+    label_map (H, W) uint8 in {0 background, 1 LV, 2 MYO, 3 LA}), apex at the top.
+    `anatomy` (from `sample_anatomy`) fixes the patient's heart; when None one is drawn
+    from rng first. info.ef sets the ES contraction and info.image_quality the look
+    (None: an SDM-like continuum of looks).
+    """
+    _check_choice("view", view, VIEWS)
+    _check_choice("phase", phase, PHASES)
+    size = _check_size(size)
+    # rng order (fixed: the same seed must give the same bytes): anatomy, style,
+    # echogenicity, scan.
+    if anatomy is None:
+        anatomy = sample_anatomy(rng)
+    style = _style_for(rng, info.image_quality)
+    regions = _heart_regions(anatomy, view, phase, _phase_geometry(anatomy, phase, info.ef),
+                             size)
+    cone = sector_mask(size)
+    label = _label_map(regions, cone)
+    echo = _echogenicity(rng, anatomy, regions, style, size)
+    return _scan(rng, echo, style, cone), label
 
 
 # --- validation helpers ------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""The model registry: one name -> one builder, one tokenizer, one tiny config.
+"""Models: build one by name, with its tokenizer, following one contract.
 
+    import torch
     from vlsm.models import build_model, build_tokenizer, tiny_config
     model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True)
     tok = build_tokenizer("clipseg", config=tiny_config("clipseg"))
     batch = tok(["Left atrium cavity of the heart.", ""])       # (B, L) ids and mask
-    logits = model(pixel_values, batch["input_ids"], batch["attention_mask"])  # (B, 1, H, W)
+    s = model.input_size
+    pixel_values = torch.zeros(2, 3, s, s)                      # normalised by image_mean/std
+    logits = model(pixel_values, batch["input_ids"], batch["attention_mask"])  # (B, 1, S, S)
 
 Every model follows one contract (the training loop, the sweep and the tests rely on it):
 `forward(pixel_values (B, 3, H, W), input_ids (B, L), attention_mask (B, L)) -> logits
@@ -13,9 +16,9 @@ Every model follows one contract (the training loop, the sweep and the tests rel
 (JSON-serialisable; `build_model(**model.spec)` rebuilds the same model), `encoder_prefixes`
 (state-dict prefixes of the CLIP towers) and `freeze_encoder`.
 
-Adding a model is one entry here: a builder with the `build_model` keyword arguments, a
-tiny config, and where its tokenizer's vocabulary size and context length live.
-Builders are imported lazily: importing `vlsm.models` stays cheap (no torch import).
+Which models exist, and what each needs, is data: `vlsm.models.registry`. Adding a model
+is one entry there. Builders are imported lazily: importing `vlsm.models` stays cheap
+(no torch import).
 """
 
 from __future__ import annotations
@@ -23,15 +26,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlsm.axes import MODEL_KEYS
+from vlsm.models.registry import INIT_SEED, MODEL_REGISTRY, model_entry, model_key
 
 if TYPE_CHECKING:
     from torch import nn
 
     from vlsm.models.tokenizer import PromptTokenizer
-
-# Default seed of every random initialisation done by `build_model` (tests, tiny models).
-INIT_SEED = 0
 
 __all__ = [
     "INIT_SEED",
@@ -39,19 +39,12 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "input_size",
+    "model_key",
     "save_pretrained_folder",
     "tiny_config",
 ]
 
-MODEL_NAMES: tuple[str, ...] = tuple(MODEL_KEYS.values())  # ("clipseg", "cris")
-
-
-def _model_key(name: str) -> str:
-    """Registry key of a model name; the display names of `vlsm.axes.MODELS` work too."""
-    key = MODEL_KEYS.get(name, name)
-    if key not in MODEL_NAMES:
-        raise ValueError(f"model {name!r} not found; available models = {list(MODEL_NAMES)}")
-    return key
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_REGISTRY)  # registry keys: ("clipseg", "cris")
 
 
 def build_model(
@@ -75,19 +68,11 @@ def build_model(
     """
     from vlsm.models.common import seeded_init
 
-    key = _model_key(name)
-    kwargs = dict(
-        pretrained=pretrained, checkpoint=checkpoint, config=config, freeze_encoder=freeze_encoder
-    )
+    entry = model_entry(name)
     with seeded_init(init_seed):
-        if key == "clipseg":
-            from vlsm.models.clipseg import build_clipseg
-
-            model = build_clipseg(**kwargs)
-        else:
-            from vlsm.models.cris import build_cris
-
-            model = build_cris(**kwargs)
+        model = entry.build(
+            pretrained=pretrained, checkpoint=checkpoint, config=config, freeze_encoder=freeze_encoder
+        )
     model.spec["init_seed"] = int(init_seed)
     return model
 
@@ -100,53 +85,16 @@ def input_size(
     Cheap: reads configs only (for CLIPSeg, a local folder's config.json), builds nothing,
     downloads nothing; for cache preparation before any model exists.
     """
-    key = _model_key(name)
-    if key == "clipseg":
-        from vlsm.models.clipseg import expected_input_size
-
-        return expected_input_size(config, pretrained)
-    from vlsm.models.cris import CRISConfig
-
-    return int(CRISConfig.from_dict(config).input_size)
+    return int(model_entry(name).input_size(config, pretrained))
 
 
 def tiny_config(name: str) -> dict[str, Any]:
     """The tiny config of model `name` used by tests and the demo (CPU-fast, offline tokenizer)."""
-    from vlsm.models.tokenizer import TINY_CONTEXT_LENGTH, tiny_vocab_size
-
-    key = _model_key(name)
-    if key == "clipseg":
-        from vlsm.models.clipseg import tiny_clipseg_config
-
-        return tiny_clipseg_config()
-    from vlsm.models.cris import tiny_cris_config
-
-    # The tiny prompt vocabulary: its tokenizer is built offline (CLIP's BPE would need a
-    # download), and a 678-row embedding instead of 49408 keeps the tiny model tiny.
-    return {
-        **tiny_cris_config(),
-        "vocab_size": tiny_vocab_size(),
-        "context_length": TINY_CONTEXT_LENGTH,
-        "word_len": TINY_CONTEXT_LENGTH,
-    }
+    return model_entry(name).tiny_config()
 
 
-def _text_shape(key: str, config: dict[str, Any] | None) -> tuple[int, int]:
-    """(vocabulary size, tokens per prompt) that a config gives the text tower."""
-    from vlsm.models.tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE
-
-    config = config or {}
-    if key == "clipseg":
-        text = config.get("text_config") or {}
-        return (
-            text.get("vocab_size", CLIP_VOCAB_SIZE),
-            text.get("max_position_embeddings", CLIP_CONTEXT_LENGTH),
-        )
-    return config.get("vocab_size", CLIP_VOCAB_SIZE), config.get("word_len", CLIP_CONTEXT_LENGTH)
-
-
-def _tokenizer_folder(key: str, pretrained: str | Path | None) -> str | None:
-    """Where `pretrained` holds tokenizer files: a local folder, or (CLIPSeg) a hub id."""
+def _tokenizer_folder(name: str, pretrained: str | Path | None) -> str | None:
+    """Where `pretrained` holds tokenizer files: a local folder, or a hub id (CLIPSeg's)."""
     from vlsm.models.common import is_hub_id
 
     if pretrained is None:
@@ -159,7 +107,7 @@ def _tokenizer_folder(key: str, pretrained: str | Path | None) -> str | None:
                 f"(save it with vlsm.models.save_pretrained_folder)"
             )
         return str(path.resolve())
-    if key == "clipseg" and not path.exists() and is_hub_id(str(pretrained)):
+    if model_entry(name).hub_id_has_tokenizer and not path.exists() and is_hub_id(str(pretrained)):
         return str(pretrained)
     return None  # a CRIS weights file: the tokenizer comes from elsewhere
 
@@ -181,17 +129,20 @@ def build_tokenizer(
     tokenizer (`vlsm.models.tokenizer.tiny_tokenizer`).
     """
     from vlsm.models.tokenizer import (
+        CLIP_CONTEXT_LENGTH,
         CLIP_TOKENIZER_HUB_ID,
         CLIP_VOCAB_SIZE,
         load_clip_tokenizer,
         tiny_tokenizer,
     )
 
-    key = _model_key(name)
-    vocab_size, max_length = _text_shape(key, config)
-    # CRIS configs always define the text tower (CLIP's defaults); CLIPSeg ones only with
-    # text_config (with pretrained weights the folder's tokenizer knows its length).
-    configured = key == "cris" or "text_config" in (config or {})
+    entry = model_entry(name)
+    key = entry.key
+    # None: the config leaves the text tower to pretrained weights, whose tokenizer knows
+    # its own length (CLIPSeg without text_config); CRIS configs always define it.
+    shape = entry.text_shape(config or {})
+    configured = shape is not None
+    vocab_size, max_length = shape or (CLIP_VOCAB_SIZE, CLIP_CONTEXT_LENGTH)
     source = tokenizer or _tokenizer_folder(key, pretrained)
     if source is not None:
         tok = load_clip_tokenizer(source, max_length=max_length if configured else None)
@@ -214,11 +165,11 @@ def save_pretrained_folder(model: nn.Module, tokenizer: PromptTokenizer, path: s
     pretrained=path)` load it back through the same `from_pretrained` path as a hub id.
     """
     name = getattr(model, "spec", {}).get("name")
-    if name != "clipseg":
+    entry = model_entry(name) if name in MODEL_REGISTRY else None
+    if entry is None or entry.save_folder is None:
+        with_folders = " and ".join(e.name for e in MODEL_REGISTRY.values() if e.save_folder)
         raise ValueError(
-            f"save_pretrained_folder: only CLIPSeg models are supported, got model {name!r} "
-            f"(CRIS weights load from checkpoint files)"
+            f"save_pretrained_folder: only {with_folders} models have a pretrained-folder layout, "
+            f"got model {name!r} (CRIS weights load from checkpoint files)"
         )
-    from vlsm.models.clipseg import save_clipseg_folder
-
-    return save_clipseg_folder(model, tokenizer, path)
+    return entry.save_folder(model, tokenizer, path)

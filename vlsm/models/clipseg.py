@@ -59,7 +59,13 @@ from vlsm.models.common import (
     load_state_dict_file,
     load_strict,
 )
-from vlsm.models.tokenizer import TINY_CONTEXT_LENGTH, PromptTokenizer, tiny_vocab_size
+from vlsm.models.tokenizer import (
+    CLIP_CONTEXT_LENGTH,
+    CLIP_VOCAB_SIZE,
+    TINY_CONTEXT_LENGTH,
+    PromptTokenizer,
+    tiny_vocab_size,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -70,6 +76,7 @@ __all__ = [
     "build_clipseg",
     "expected_input_size",
     "save_clipseg_folder",
+    "text_shape",
     "tiny_clipseg_config",
 ]
 
@@ -292,6 +299,18 @@ def expected_input_size(config: dict[str, Any] | None, pretrained: str | Path | 
         return PAPER_INPUT_SIZE
     vision = hf_kwargs.get("vision_config") or {}
     return int(vision.get("image_size", CLIPSegVisionConfig().image_size))
+
+
+def text_shape(config: dict[str, Any]) -> tuple[int, int] | None:
+    """(vocabulary size, tokens per prompt) of a config's text tower; None without a
+    `text_config` (pretrained weights: their tokenizer knows its own length)."""
+    text = config.get("text_config")
+    if text is None:
+        return None
+    return (
+        text.get("vocab_size", CLIP_VOCAB_SIZE),
+        text.get("max_position_embeddings", CLIP_CONTEXT_LENGTH),
+    )
 
 
 def build_clipseg(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vlsm.models import INIT_SEED
+from vlsm.models.registry import INIT_SEED
 
 __all__ = [
     "INIT_SEED",

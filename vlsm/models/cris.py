@@ -33,6 +33,12 @@ from torch import nn
 
 from vlsm.models.common import check_forward_inputs, load_state_dict_file, load_strict
 from vlsm.models.cris_clip import CLIPBackbone
+from vlsm.models.tokenizer import (
+    CLIP_CONTEXT_LENGTH,
+    CLIP_VOCAB_SIZE,
+    TINY_CONTEXT_LENGTH,
+    tiny_vocab_size,
+)
 
 __all__ = [
     "CLIP_MEAN",
@@ -40,9 +46,12 @@ __all__ = [
     "CRIS",
     "CRISConfig",
     "build_cris",
+    "expected_input_size",
     "load_clip_weights",
     "load_cris_checkpoint",
+    "text_shape",
     "tiny_cris_config",
+    "tiny_prompt_cris_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -195,6 +204,32 @@ def tiny_cris_config() -> dict[str, Any]:
         text_layers=1,
         text_heads=2,
     ).to_dict()
+
+
+
+def tiny_prompt_cris_config() -> dict[str, Any]:
+    """The tiny CRIS of tests and the demo: `tiny_cris_config` over the tiny prompt vocabulary.
+
+    Its tokenizer is built offline (CLIP's BPE would need a download), and a 678-row
+    embedding instead of 49408 keeps the tiny model tiny.
+    """
+    return {
+        **tiny_cris_config(),
+        "vocab_size": tiny_vocab_size(),
+        "context_length": TINY_CONTEXT_LENGTH,
+        "word_len": TINY_CONTEXT_LENGTH,
+    }
+
+
+def expected_input_size(config: dict[str, Any] | None, pretrained: str | Path | None = None) -> int:
+    """The input side `build_cris(config=config, ...)` gives, without building (the weights
+    never change it)."""
+    return int(CRISConfig.from_dict(config).input_size)
+
+
+def text_shape(config: dict[str, Any]) -> tuple[int, int]:
+    """(vocabulary size, tokens per prompt) of a config's text tower (CLIP's by default)."""
+    return config.get("vocab_size", CLIP_VOCAB_SIZE), config.get("word_len", CLIP_CONTEXT_LENGTH)
 
 
 # --- building blocks -----------------------------------------------------------------------
