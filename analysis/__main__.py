@@ -1,12 +1,13 @@
 """The analysis command line.
 
-    python -m analysis export <output_dir>      (Parquet exports of a sweep, also written at its end)
     python -m analysis report <output_dir> [--published PATH] [--format html|md] [--out FILE]
     python -m analysis example-export <dir>
     python -m analysis notebooks [--out analysis/notebooks]
 
 Heavy libraries (pandas, scipy, matplotlib) are imported only by the subcommand that
-runs, so `--help` answers at once.
+runs, so `--help` answers at once. Analysis reads a sweep's Parquet exports and never
+the sweep's internals: a sweep folder's exports are written by the sweep itself, or
+again by `python -m sweeps export <output_dir>`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description="Tables, tests, figures and reports of sweeps.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    export = sub.add_parser("export", help="write <output_dir>/exports/*.parquet from a sweep folder")
-    export.add_argument("output_dir", type=Path, help="the --output folder of sweeps/paper_grid.py")
-    export.add_argument("--storage", default=None, help="Ray storage path if it differs from the one the sweep recorded")
 
     report = sub.add_parser("report", help="write one self-contained report of a sweep")
     report.add_argument("output_dir", type=Path, help="the sweep's output folder (holding exports/*.parquet)")
@@ -51,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("analysis")
     try:
-        if args.command == "export":
-            from sweeps.export import export_sweep
-
-            log.info("wrote %s", export_sweep(args.output_dir, storage=args.storage))
-        elif args.command == "report":
+        if args.command == "report":
             from analysis.report import build_report
 
             path = build_report(args.output_dir, published=args.published, fmt=args.format, out=args.out, test=args.test)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from vlsm.axes import (
     BEST_VAL_DICE,
+    CELL_AXES,
     DICE,
     EPOCH,
     HAUSDORFF,
@@ -56,11 +57,10 @@ TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 PER_IMAGE_FILE = "per_image.parquet"
 
-MODEL, STRATEGY, ENCODER, PROMPT = "model", "strategy", "encoder", "prompt"
 TRIAL_ID, IMAGE, STRUCTURE = "trial_id", "image", "structure"
 
-# One cell of the grid = one (model, strategy, encoder, prompt).
-CELL_COLUMNS: tuple[str, ...] = (MODEL, STRATEGY, ENCODER, PROMPT)
+# One cell of the grid = one (model, strategy, encoder, prompt): the axes' own names.
+CELL_COLUMNS: tuple[str, ...] = CELL_AXES
 
 TRIALS_COLUMNS: tuple[str, ...] = (
     TRIAL_ID,

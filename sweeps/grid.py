@@ -8,8 +8,7 @@ synthetic cells with the most finetunes waiting on them, then the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from sweeps.cell import Cell
 from sweeps.spec import SweepSpec
 from vlsm.axes import (
     STRATEGY_FINETUNE,
@@ -17,34 +16,6 @@ from vlsm.axes import (
     STRATEGY_SYNTHETIC,
     SYNTHETIC_PROMPTS,
 )
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One trial of the grid: a (model, strategy, encoder, prompt) combination."""
-
-    model: str  # "CLIPSeg" | "CRIS"
-    strategy: str  # "real" | "synthetic" | "synth-PT:real-FT"
-    encoder: str  # "frozen" | "unfrozen"
-    prompt: str  # "P0".."P7"
-    upstream: str | None = None  # cell_id of the synthetic cell a finetune starts from
-
-    @property
-    def cell_id(self) -> str:
-        """Stable, path-safe id: clipseg-synth-pt-real-ft-frozen-p3."""
-        strategy = {"real": "real", "synthetic": "synthetic", STRATEGY_FINETUNE: "synth-pt-real-ft"}[
-            self.strategy
-        ]
-        return f"{self.model.lower()}-{strategy}-{self.encoder}-{self.prompt.lower()}"
-
-    @property
-    def train_data(self) -> str:
-        """Which dataset trains this cell: 'sdm' for synthetic, 'camus' otherwise."""
-        return "sdm" if self.strategy == STRATEGY_SYNTHETIC else "camus"
-
-
-def synthetic_cell_id(model: str, encoder: str, prompt: str) -> str:
-    return Cell(model, STRATEGY_SYNTHETIC, encoder, prompt).cell_id
 
 
 def expand_grid(spec: SweepSpec) -> list[Cell]:

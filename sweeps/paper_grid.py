@@ -9,17 +9,27 @@ Reads search_spaces/paper.yaml (plus demo.yaml when no dataset is configured), e
 the grid (92 trials: synthetic data has no P7), chains each synth-PT:real-FT trial to its
 synthetic upstream, runs everything under Ray Tune with MLflow tracking, and exports
 Parquet files to <output>/exports. Running again with the same --output resumes.
+
+It runs in three phases (docs/design.md, "The driver"): plan (read the YAML and the
+options and check them all; nothing runs), data (the dataset or the phantom demo,
+validated, and the preprocessing caches), and the run, inside a session that always shuts
+Ray down and closes the sweep's MLflow run (LR search, trial configs, resume check, the
+grid, exports). Every error a user can cause is reported in one place, `main`: one line,
+exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,10 +41,34 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # that brings GPU nodes up one at a time. Let the waiting trials show their demand.
 os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "16")
 
+from sweeps.cell import Cell  # noqa: E402  (after the path and environment set-up above)
+from sweeps.data_setup import DataError, check_data, prepare_caches, publish_caches, resolve_data  # noqa: E402
+from sweeps.folder import SweepFolder, resume_mismatch  # noqa: E402
 from sweeps.grid import expand_grid  # noqa: E402
-from sweeps.spec import SpecError, has_dataset, load_spec, models_without_weights  # noqa: E402
+from sweeps.outcome import DONE, FINISHED_STATUSES  # noqa: E402
+from sweeps.plan import dataset_sizes, format_plan, measured_throughput  # noqa: E402
+from sweeps.spec import (  # noqa: E402
+    LRSearchSpace,
+    SpecError,
+    SweepSpec,
+    has_dataset,
+    load_spec,
+    lr_search_space,
+    models_without_weights,
+)
+from sweeps.trials import trial_config, trial_resources  # noqa: E402
+
+if TYPE_CHECKING:  # both import Ray, which planning and the dry run do without
+    from sweeps.chain import ChainState
+    from sweeps.tracking import SweepTracker
 
 logger = logging.getLogger("paper_grid")
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+class UsageError(ValueError):
+    """Options that cannot work (together, or with the sweep folder they name)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- phase 1: the plan ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What the command line asks for, checked: everything the later phases read."""
+
+    spec: SweepSpec
+    cells: list[Cell]
+    folder: SweepFolder
+    cache_dir: Path
+    storage: str  # where Ray keeps this sweep's experiments
+    lr_space: LRSearchSpace | None  # the LR search's space, when it runs
+    args: argparse.Namespace  # Ray's address and size, --cpu-only, --mlflow-uri, -v, ...
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
+    """The options that stand for YAML values, as `--set` overrides."""
     overrides = list(args.overrides)
     for axis in ("models", "prompts", "strategies", "encoders"):
         values = getattr(args, axis)
@@ -78,143 +129,206 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def sweep_storage(storage: str | None, output: Path) -> str:
-    """Where this sweep's Ray experiments live: <output>/ray, or a folder of its own under
-    a shared --storage (named after the output folder, so sweeps sharing a bucket never
-    restore each other's experiments)."""
-    if not storage:
-        return str(output / "ray")
-    digest = hashlib.sha1(str(output).encode()).hexdigest()[:8]
-    return f"{storage.rstrip('/')}/{output.name}-{digest}"
+def _load(args: argparse.Namespace) -> SweepSpec:
+    """paper.yaml with the options; with demo.yaml when asked or when no dataset is set."""
+    spec = load_spec(config=args.config, overrides=_overrides(args))
+    if args.demo or not has_dataset(spec):
+        if not args.demo:
+            print("No dataset configured (--camus-root/--sdm-root or data: in the YAML): running the built-in phantom demo (search_spaces/demo.yaml).")
+        spec = load_spec(config=args.config, demo=True, overrides=_overrides(args))
+    return spec
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        spec = load_spec(config=args.config, overrides=_overrides(args))
-        if args.demo or not has_dataset(spec):
-            if not args.demo:
-                print("No dataset configured (--camus-root/--sdm-root or data: in the YAML): running the built-in phantom demo (search_spaces/demo.yaml).")
-            spec = load_spec(config=args.config, demo=True, overrides=_overrides(args))
-    except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    output = (args.output or Path("runs") / (f"{spec.name}-demo" if spec.data.demo else spec.name)).resolve()
-    if output.exists() and (output / "chain_state.json").exists() and not args.resume and not args.dry_run:
-        logger.info("%s holds a sweep: resuming it (finished trials are not rerun)", output)
-    cache_dir = Path(args.cache_dir or spec.data.cache_dir or output / "cache").resolve()
-    try:
-        cells = expand_grid(spec)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    from sweeps.data_setup import (
-        DataError,
-        check_data,
-        prepare_caches,
-        publish_caches,
-        resolve_data,
-    )
-    from sweeps.plan import dataset_sizes, format_plan, measured_throughput
-
-    if args.dry_run:
-        roots_for_sizes = (None, None) if spec.data.demo else (
-            Path(spec.data.camus_root) if spec.data.camus_root else None,
-            Path(spec.data.sdm_root) if spec.data.sdm_root else None,
-        )
-        sizes = dataset_sizes(spec, *roots_for_sizes)
-        print(format_plan(spec, cells, sizes, use_gpu=True, measured=measured_throughput(output)))
-        return 0
-
+def _check_run_options(spec: SweepSpec, folder: SweepFolder, args: argparse.Namespace) -> None:
+    """Refuse what cannot run, before anything does (a dry run only plans, so skips this)."""
     untrained = models_without_weights(spec)
     if untrained and not spec.data.demo:
         name = untrained[0]
         example = ("models.CRIS.checkpoint=/models/cris_r50.pth (official CRIS) or models.CRIS.pretrained=/models/RN50.pt"
                    if name == "CRIS" else f"models.{name}.pretrained=<hub id or folder>")
-        print(f"error: models.{name}: no weights (pretrained, checkpoint and config are null), so the full-size "
-              f"model would train from random initialisation; give --set {example}, leave it out with "
-              f"--models, or set models.{name}.config (e.g. to {{}}) to train it from scratch on purpose", file=sys.stderr)
-        return 2
+        raise UsageError(f"models.{name}: no weights (pretrained, checkpoint and config are null), so the full-size "
+                         f"model would train from random initialisation; give --set {example}, leave it out with "
+                         f"--models, or set models.{name}.config (e.g. to {{}}) to train it from scratch on purpose")
     if args.address and args.address.startswith("ray://"):
-        print("error: --address ray://...: the driver keeps the sweep state on its own disk, so it must run on "
-              "the cluster; use `ray submit ray_cluster.yaml sweeps/paper_grid.py -- --address auto ...`", file=sys.stderr)
-        return 2
-    storage = sweep_storage(args.storage, output)
+        raise UsageError("--address ray://...: the driver keeps the sweep state on its own disk, so it must run on "
+                         "the cluster; use `ray submit ray_cluster.yaml sweeps/paper_grid.py -- --address auto ...`")
     if args.address and not args.storage:
-        print("error: --address needs --storage: checkpoints must live where every node can read them "
-              "(s3://bucket/prefix, or a folder all nodes share)", file=sys.stderr)
-        return 2
-    if args.resume and not (output / "chain_state.json").exists():
-        print(f"error: --resume: {output} holds no sweep to resume (no chain_state.json)", file=sys.stderr)
-        return 2
-    output.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+        raise UsageError("--address needs --storage: checkpoints must live where every node can read them "
+                         "(s3://bucket/prefix, or a folder all nodes share)")
+    if args.resume and not folder.holds_sweep():
+        raise UsageError(f"--resume: {folder.root} holds no sweep to resume (no {folder.chain_state.name})")
+
+
+def plan_sweep(args: argparse.Namespace) -> SweepPlan:
+    """Phase 1: the spec, the grid and the folders, every option checked (SpecError,
+    UsageError); nothing is written and nothing runs."""
+    spec = _load(args)
+    folder = SweepFolder(args.output or Path("runs") / (f"{spec.name}-demo" if spec.data.demo else spec.name))
     try:
-        roots = resolve_data(spec, cache_dir)
-        if not args.skip_validation:
-            check_data(roots, spec.grid.strategies)
-        caches = prepare_caches(spec, roots, cache_dir, tuple({c.strategy for c in cells}))
-        if "://" in storage:  # trials on other nodes read the caches from shared storage
-            caches = publish_caches(caches, storage)
-    except (DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        cells = expand_grid(spec)
+    except ValueError as err:  # a finetune mapped to a prompt synthetic data lacks
+        raise SpecError(str(err)) from None
+    if not args.dry_run:
+        _check_run_options(spec, folder, args)
+    return SweepPlan(
+        spec=spec,
+        cells=cells,
+        folder=folder,
+        cache_dir=Path(args.cache_dir or spec.data.cache_dir or folder.cache).resolve(),
+        storage=folder.storage(args.storage),
+        lr_space=lr_search_space(spec) if spec.lr_search.trials > 0 else None,
+        args=args,
+    )
 
-    import ray
 
-    from sweeps.export import export_sweep, resume_mismatch, write_sweep_file
-    from sweeps.runner import record_not_run, run_grid
-    from sweeps.trials import trial_config, trial_resources
-    from vlsm.tracking import SweepTracker, default_tracking_uri
+def describe_plan(plan: SweepPlan) -> str:
+    """The dry run: trials, dependencies, resources, a GPU-hour estimate."""
+    data = plan.spec.data
+    roots = (None, None) if data.demo else (
+        Path(data.camus_root) if data.camus_root else None,
+        Path(data.sdm_root) if data.sdm_root else None,
+    )
+    sizes = dataset_sizes(plan.spec, *roots)
+    return format_plan(plan.spec, plan.cells, sizes, use_gpu=True, measured=measured_throughput(plan.folder.root))
+
+
+# --- phase 2: the data -------------------------------------------------------------------
+
+
+def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
+    """Phase 2: the dataset folders (or the phantom demo), checked, and the caches every
+    trial reads by path (published to shared storage for a cluster). DataError."""
+    try:
+        roots = resolve_data(plan.spec, plan.cache_dir)
+        if not plan.args.skip_validation:
+            check_data(roots, plan.spec.grid.strategies)
+        caches = prepare_caches(plan.spec, roots, plan.cache_dir, tuple({c.strategy for c in plan.cells}))
+        if "://" in plan.storage:  # trials on other nodes read the caches from shared storage
+            caches = publish_caches(caches, plan.storage)
+    except DataError:
+        raise
+    except ValueError as err:  # a reader naming a file it cannot use
+        raise DataError(str(err)) from None
+    return caches
+
+
+# --- phase 3: the run ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ray_session(args: argparse.Namespace) -> Iterator[bool]:
+    """Ray for the sweep, shut down however the block ends; yields whether trials get GPUs."""
+    import ray  # here, not at the top: planning and the dry run need no Ray
 
     # Trial output (checkpoint notices, ...) stays in each trial's folder unless --verbose;
     # the driver logs one line per finished trial.
-    log_to_driver = args.verbose
     if args.address:
-        ray.init(address=args.address, log_to_driver=log_to_driver)
+        ray.init(address=args.address, log_to_driver=args.verbose)
     else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
-    # A cluster may start GPU nodes on demand (none yet at start); --cpu-only opts out.
-    use_gpu = not args.cpu_only and (bool(args.address) or ray.cluster_resources().get("GPU", 0) > 0)
-    tracker = SweepTracker(args.mlflow_uri or default_tracking_uri(output), spec.name, output)
-    tracker.log_sweep_params({"spec": spec.to_dict()})
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=args.verbose)
+    try:
+        # A cluster may start GPU nodes on demand (none yet at start); --cpu-only opts out.
+        yield not args.cpu_only and (bool(args.address) or ray.cluster_resources().get("GPU", 0) > 0)
+    finally:
+        ray.shutdown()
 
-    lr = {}
-    if spec.lr_search.trials > 0:
-        from sweeps.lr_search import run_lr_search
 
-        lr = run_lr_search(spec, caches, output=output, storage=storage, use_gpu=use_gpu)
+@dataclass(frozen=True)
+class SweepEnd:
+    """How the grid ended: every cell's state, and where to look at the results."""
+
+    state: ChainState
+    exports: Path
+    mlflow_uri: str
+
+    def unfinished(self) -> list[str]:
+        return [c for c, e in self.state.cells.items() if e.status not in FINISHED_STATUSES]
+
+    def failed(self) -> list[str]:
+        return [c for c, e in self.state.cells.items() if e.status in FINISHED_STATUSES and e.status != DONE]
+
+    def mlflow_status(self) -> str:
+        """The parent run's end: KILLED when interrupted (running again reopens it)."""
+        return "KILLED" if self.unfinished() else "FAILED" if self.failed() else "FINISHED"
+
+
+@contextlib.contextmanager
+def mlflow_sweep(plan: SweepPlan) -> Iterator[SweepTracker]:
+    """The sweep's MLflow parent run, closed however the block ends: with the status the
+    block gave `finish_sweep`, else KILLED (Ctrl-C) or FAILED (an error)."""
+    from sweeps.tracking import SweepTracker
+
+    tracker = SweepTracker(plan.args.mlflow_uri or plan.folder.default_tracking_uri(), plan.spec.name, plan.folder.root)
+    try:
+        yield tracker
+    except BaseException as err:
+        tracker.finish_sweep("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.finish_sweep("FAILED")  # a no-op when the block finished the run itself
+
+
+def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use_gpu: bool) -> SweepEnd:
+    """Phase 3 inside Ray: LR search, trial configs, resume check, the grid, exports."""
+    from sweeps.export import export_sweep
+    from sweeps.lr_search import run_lr_search
+    from sweeps.runner import record_not_run, run_grid
+
+    spec, folder = plan.spec, plan.folder
+    lr: dict[tuple[str, str], float] = {}
+    if plan.lr_space is not None:
+        lr = run_lr_search(spec, plan.lr_space, caches, results_file=folder.lr_search, storage=plan.storage, use_gpu=use_gpu)
         logger.info("learning rates from the search: %s", lr)
-    configs = {cell.cell_id: trial_config(spec, cell, caches, lr=lr) for cell in cells}
-    gpu_share = {c.cell_id: trial_resources(spec, c.model, c.encoder, use_gpu=use_gpu)["gpu"] for c in cells}
-    mismatch = resume_mismatch(output, configs, storage)
+    configs = {cell.cell_id: trial_config(spec, cell, caches, lr=lr) for cell in plan.cells}
+    mismatch = resume_mismatch(folder, configs, plan.storage)
     if mismatch:
-        print(f"error: {output} holds a sweep started with other settings ({mismatch}); "
-              "run it with its original options to resume, or give a new --output", file=sys.stderr)
-        ray.shutdown()
-        return 2
-    write_sweep_file(output, storage=storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share=gpu_share)
-    state = run_grid(spec, cells, configs, storage=storage, state_path=output / "chain_state.json", tracker=tracker, use_gpu=use_gpu)
-    record_not_run(state, tracker, configs)
-    exports = export_sweep(output, storage=storage)
-    unfinished = [c for c, e in state.cells.items() if e.status in ("pending", "running")]
+        raise UsageError(f"{folder.root} holds a sweep started with other settings ({mismatch}); "
+                         "run it with its original options to resume, or give a new --output")
+    if folder.holds_sweep():
+        logger.info("%s holds a sweep: resuming it (finished trials are not rerun)", folder.root)
+    gpu_share = {c.cell_id: trial_resources(spec, c.model, c.encoder, use_gpu=use_gpu)["gpu"] for c in plan.cells}
+    with mlflow_sweep(plan) as tracker:
+        tracker.log_sweep_params({"spec": spec.to_dict()})
+        folder.write_record(storage=plan.storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share=gpu_share)
+        state = run_grid(spec, plan.cells, configs, storage=plan.storage, state_path=folder.chain_state,
+                         tracker=tracker, use_gpu=use_gpu)
+        record_not_run(state, tracker, configs)
+        end = SweepEnd(state, export_sweep(folder.root, storage=plan.storage), tracker.tracking_uri)
+        tracker.finish_sweep(end.mlflow_status())
+    return end
+
+
+def summarise(end: SweepEnd, seconds: float) -> int:
+    """Print how the sweep ended; the exit status (0 all done, 1 some failed, 130 interrupted)."""
+    unfinished = end.unfinished()
     if unfinished:  # Ctrl-C: Ray saved the experiment; the same command resumes it
-        ray.shutdown()
         print(f"interrupted with {len(unfinished)} trial(s) unfinished; run the same command again to resume")
-        return 130
-    failed = [c for c, e in state.cells.items() if e.status != "done"]
-    tracker.finish_sweep("FINISHED" if not failed else "FAILED")
-    ray.shutdown()
-    done = sum(e.status == "done" for e in state.cells.values())
-    print(f"{done}/{len(state.cells)} trials done in {time.time() - started:.0f} s; exports: {exports}")
-    for cell_id in failed:
-        entry = state.cells[cell_id]
-        print(f"  {cell_id}: {entry.status}: {entry.reason}")
-    print(f"MLflow: mlflow ui --backend-store-uri {tracker.tracking_uri}")
-    return 0 if not failed else 1
+        return EXIT_INTERRUPTED
+    cells = end.state.cells
+    done = sum(e.status == DONE for e in cells.values())
+    print(f"{done}/{len(cells)} trials done in {seconds:.0f} s; exports: {end.exports}")
+    for cell_id in end.failed():
+        print(f"  {cell_id}: {cells[cell_id].status}: {cells[cell_id].reason}")
+    print(f"MLflow: mlflow ui --backend-store-uri {end.mlflow_uri}")
+    return 0 if not end.failed() else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.time()
+    try:
+        plan = plan_sweep(args)
+        if args.dry_run:
+            print(describe_plan(plan))
+            return 0
+        plan.folder.root.mkdir(parents=True, exist_ok=True)
+        caches = prepare_data(plan)
+        with ray_session(args) as use_gpu:
+            end = run_sweep(plan, caches, use_gpu)
+    except (SpecError, UsageError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return summarise(end, time.time() - started)
 
 
 if __name__ == "__main__":

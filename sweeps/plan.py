@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweeps.grid import Cell, dependents
+from sweeps.cell import Cell
+from sweeps.grid import dependents
 from sweeps.spec import SweepSpec
 from sweeps.trials import trial_resources
 

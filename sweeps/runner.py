@@ -1,10 +1,10 @@
 """Run the planned grid as one Ray Tune experiment (and resume it).
 
-One `tune.Tuner` with the chain searcher, per-trial resources from the sweep YAML,
-MLflow logging from the driver, one storage path, and `reuse_actors` (0.3 s instead of
-4.6 s per trial slot on a 2-core machine, DESIGN.md). Running again with the same
-output folder restores the experiment: finished trials are not rerun, interrupted ones
-continue from their last checkpoint.
+One experiment (`sweeps.tuner.build_tuner`) with the chain searcher, per-trial resources
+from the sweep YAML, the driver's callbacks (chain state, MLflow, progress), one storage
+path, and `reuse_actors` (0.3 s instead of 4.6 s per trial slot on a 2-core machine,
+docs/design.md). Running again with the same output folder restores the experiment:
+finished trials are not rerun, interrupted ones continue from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -15,30 +15,25 @@ from typing import Any
 
 from ray import tune
 
-from sweeps.chain import NOT_RUN, ChainCallback, ChainSearcher, ChainState
-from sweeps.grid import Cell
+from sweeps.cell import Cell
+from sweeps.chain import ChainCallback, ChainSearcher, ChainState
+from sweeps.outcome import NOT_RUN
 from sweeps.progress import ProgressCallback
-from sweeps.retention import CheckpointRetention, checkpoint_config
 from sweeps.spec import SweepSpec
+from sweeps.tracking import MLflowTrialCallback, SweepTracker
 from sweeps.trials import trial_resources
+from sweeps.tuner import GRID_EXPERIMENT, build_tuner
 from vlsm import axes
-from vlsm.tracking import MLflowTrialCallback, SweepTracker
 
 logger = logging.getLogger(__name__)
-
-EXPERIMENT_NAME = "grid"
-
-
-def experiment_path(storage: str, name: str = EXPERIMENT_NAME) -> str:
-    return f"{storage.rstrip('/')}/{name}"
 
 
 def _trainable(spec: SweepSpec, use_gpu: bool):
     from vlsm.trainable import train_vlsm
 
     def resources(config: dict[str, Any]) -> dict[str, float]:
-        cell = config["tags"]
-        return trial_resources(spec, cell["model"], cell["encoder"], use_gpu=use_gpu)
+        cell = Cell.of_config(config)
+        return trial_resources(spec, cell.model, cell.encoder, use_gpu=use_gpu)
 
     return tune.with_resources(train_vlsm, resources=resources)
 
@@ -58,35 +53,22 @@ def run_grid(
     The chain state is saved with the searcher (Ray restores it) and mirrored to
     `state_path` after every change, which is what the driver and the export read.
     """
-    path = experiment_path(storage)
-    trainable = _trainable(spec, use_gpu)
-    if tune.Tuner.can_restore(path):
-        logger.info("resuming the sweep in %s", path)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    else:
-        state = ChainState(path=str(state_path))
-        searcher = ChainSearcher(cells, configs, state, metric=axes.BEST_VAL_DICE, mode="max")
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                num_samples=len(cells),
-                max_concurrent_trials=spec.run.max_concurrent or None,
-                reuse_actors=spec.run.reuse_actors,
-            ),
-            run_config=tune.RunConfig(
-                name=EXPERIMENT_NAME,
-                storage_path=storage,
-                callbacks=[ChainCallback(state), MLflowTrialCallback(tracker), ProgressCallback(len(cells)),
-                           CheckpointRetention()],
-                failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-                # Ray keeps every checkpoint; CheckpointRetention deletes the superseded ones
-                # once no saved experiment state can name them (Ray's num_to_keep deletes too
-                # early for a killed driver to resume, see sweeps/retention.py)
-                checkpoint_config=checkpoint_config(),
-                verbose=0,  # ProgressCallback logs one line per trial instead
-            ),
-        )
+    # On a resume Ray restores its own pickled searcher and callbacks (sharing one restored
+    # ChainState); the ones built here then serve a new experiment only.
+    state = ChainState(path=str(state_path))
+    tuner = build_tuner(
+        _trainable(spec, use_gpu),
+        name=GRID_EXPERIMENT,
+        storage=storage,
+        tune_config=tune.TuneConfig(
+            search_alg=ChainSearcher(cells, configs, state, metric=axes.BEST_VAL_DICE, mode="max"),
+            num_samples=len(cells),
+            max_concurrent_trials=spec.run.max_concurrent or None,
+            reuse_actors=spec.run.reuse_actors,
+        ),
+        max_failures=spec.run.max_failures,
+        callbacks=[ChainCallback(state), MLflowTrialCallback(tracker), ProgressCallback(len(cells))],
+    )
     tuner.fit()
     return ChainState.load(state_path)
 

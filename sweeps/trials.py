@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sweeps.grid import Cell
+from sweeps.cell import Cell
 from sweeps.spec import SweepSpec
 from vlsm.models.registry import model_key
 
@@ -56,14 +56,7 @@ def trial_config(
         "val_cache": train_data["val"],
         "test_cache": test_data["test"],
         "init_from": None,
-        "tags": {
-            "cell_id": cell.cell_id,
-            "model": cell.model,
-            "strategy": cell.strategy,
-            "encoder": cell.encoder,
-            "prompt": cell.prompt,
-            "upstream_cell_id": cell.upstream,
-        },
+        "tags": cell.tags(),
     }
     if lr and (cell.model, cell.encoder) in lr:
         config["lr"] = lr[(cell.model, cell.encoder)]

@@ -1,15 +1,19 @@
-"""Chained trials: the searcher's gating (pure) and a permanently failing upstream under real Ray."""
+"""Chained trials: the searcher's gating, the recorded outcomes (pure), and a permanently
+failing upstream under real Ray."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 from ray.tune.search import Searcher
 
-from sweeps.chain import DONE, FAILED, NOT_RUN, PENDING, ChainSearcher, ChainState
+from sweeps.cell import Cell
+from sweeps.chain import ChainCallback, ChainSearcher, ChainState
 from sweeps.grid import expand_grid
+from sweeps.outcome import DONE, FAILED, NOT_RUN, PENDING, trial_outcome
 from sweeps.spec import load_spec
 
 SMALL = [
@@ -21,9 +25,28 @@ SMALL = [
 
 def _searcher(tmp_path: Path) -> tuple[ChainSearcher, list]:
     cells = expand_grid(load_spec(demo=True, overrides=SMALL))
-    configs = {c.cell_id: {"tags": {"cell_id": c.cell_id}} for c in cells}
+    configs = {c.cell_id: {"tags": c.tags()} for c in cells}
     state = ChainState(path=str(tmp_path / "chain_state.json"))
     return ChainSearcher(cells, configs, state, metric="best_val_dice"), cells
+
+
+def _trial(searcher: ChainSearcher, cell_id: str, *, best_epoch: int = 1, stop_reason: str = "max_epochs",
+           checkpoint: str | None = "/ckpt") -> SimpleNamespace:
+    """A finished Ray trial of the cell, as callbacks see it."""
+    entry = searcher.state.cells[cell_id]
+    cell = next(c for c in searcher.cells if c.cell_id == cell_id)
+    return SimpleNamespace(
+        config={"tags": cell.tags()}, trial_id=entry.trial_id,
+        checkpoint=None if checkpoint is None else SimpleNamespace(path=f"{checkpoint}/{cell_id}", filesystem=None),
+        last_result={"best_epoch": best_epoch, "stop_reason": stop_reason},
+    )
+
+
+def _complete(searcher: ChainSearcher, trial: SimpleNamespace, *, error: bool = False) -> None:
+    """What Ray does when a trial ends: the searcher first, then the callbacks."""
+    searcher.on_trial_complete(trial.trial_id, trial.last_result, error=error)
+    callback = ChainCallback(searcher.state)
+    (callback.on_trial_error if error else callback.on_trial_complete)(0, [], trial)
 
 
 def test_finetunes_wait_for_their_own_upstream_only(tmp_path: Path) -> None:
@@ -32,13 +55,13 @@ def test_finetunes_wait_for_their_own_upstream_only(tmp_path: Path) -> None:
     first = [searcher.suggest(f"t{i}")["tags"]["cell_id"] for i in range(4)]
     assert sorted(first[:2]) == ["cris-synthetic-frozen-p1", "cris-synthetic-frozen-p6"]
     assert searcher.suggest("t4") is None  # both finetunes wait; nothing else is ready
-    p1_trial = searcher.state.cells["cris-synthetic-frozen-p1"].trial_id
-    searcher.on_trial_complete(p1_trial, {"best_val_dice": 0.5})  # synthetic P1 done ...
-    assert searcher.suggest("t5") is None  # ... but its checkpoint is not recorded yet
-    searcher.state.cells["cris-synthetic-frozen-p1"].checkpoint = "/ckpt/p1"
+    p1 = _trial(searcher, "cris-synthetic-frozen-p1")
+    searcher.on_trial_complete(p1.trial_id, p1.last_result)  # Ray tells the searcher first ...
+    assert searcher.suggest("t5") is None  # ... but the checkpoint comes with the callback
+    ChainCallback(searcher.state).on_trial_complete(0, [], p1)
     config = searcher.suggest("t5")
     assert config["tags"]["cell_id"] == "cris-synth-pt-real-ft-frozen-p1"
-    assert config["init_from"] == "/ckpt/p1/best"
+    assert config["init_from"] == "/ckpt/cris-synthetic-frozen-p1/best"
     assert searcher.suggest("t6") is None  # the P7 finetune still waits on synthetic P6
 
 
@@ -47,42 +70,77 @@ def test_failed_upstream_marks_its_finetunes_not_run(tmp_path: Path) -> None:
     for i in range(4):
         searcher.suggest(f"t{i}")
     state = searcher.state.cells
-    searcher.on_trial_complete(state["cris-synthetic-frozen-p6"].trial_id, None, error=True)  # fails for good
+    _complete(searcher, _trial(searcher, "cris-synthetic-frozen-p6"), error=True)  # fails for good
     assert state["cris-synthetic-frozen-p6"].status == FAILED
     assert state["cris-synth-pt-real-ft-frozen-p7"].status == NOT_RUN
     assert "cris-synthetic-frozen-p6" in state["cris-synth-pt-real-ft-frozen-p7"].reason
     assert state["cris-synth-pt-real-ft-frozen-p1"].status == PENDING
     for cell in ("cris-synthetic-frozen-p1", "cris-real-frozen-p1", "cris-real-frozen-p7"):
-        searcher.on_trial_complete(state[cell].trial_id, {})
-    state["cris-synthetic-frozen-p1"].checkpoint = "/ckpt/p1"
+        _complete(searcher, _trial(searcher, cell))
     assert searcher.suggest("t4")["tags"]["cell_id"] == "cris-synth-pt-real-ft-frozen-p1"
-    searcher.on_trial_complete("t4", {})
+    _complete(searcher, _trial(searcher, "cris-synth-pt-real-ft-frozen-p1"))
     assert searcher.suggest("t5") == Searcher.FINISHED
     saved = ChainState.load(tmp_path / "chain_state.json")  # mirrored to disk on every change
     assert saved.cells["cris-synth-pt-real-ft-frozen-p1"].status == DONE
+    assert saved.cells["cris-synth-pt-real-ft-frozen-p7"].status == NOT_RUN
 
 
-def test_an_upstream_without_a_finite_epoch_fails_and_its_finetune_is_not_run(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from sweeps.chain import ChainCallback
-
+def test_the_last_upstream_diverging_ends_the_sweep_with_its_finetune_not_run(tmp_path: Path) -> None:
+    # Ray calls the searcher's on_trial_complete before the callbacks and may finish the
+    # experiment without another suggest: the saved state must already say not_run.
     searcher, _ = _searcher(tmp_path)
     for i in range(4):
         searcher.suggest(f"t{i}")
-    state = searcher.state.cells
-    p6 = state["cris-synthetic-frozen-p6"]
-    searcher.on_trial_complete(p6.trial_id, {"best_epoch": 0})  # Ray: the trial ended normally
-    diverged = SimpleNamespace(
-        config={"tags": {"cell_id": "cris-synthetic-frozen-p6"}}, trial_id=p6.trial_id,
-        checkpoint=SimpleNamespace(path="/ckpt/p6", filesystem=None),
-        last_result={"best_epoch": 0, "stop_reason": "non-finite train_loss at epoch 1"},
-    )
-    ChainCallback(searcher.state).on_trial_complete(0, [], diverged)
-    assert p6.status == FAILED and "non-finite train_loss" in p6.reason
+    for cell in ("cris-synthetic-frozen-p1", "cris-real-frozen-p1", "cris-real-frozen-p7"):
+        _complete(searcher, _trial(searcher, cell))
     searcher.suggest("t4")
-    finetune = state["cris-synth-pt-real-ft-frozen-p7"]
-    assert finetune.status == NOT_RUN and "non-finite train_loss" in finetune.reason
+    _complete(searcher, _trial(searcher, "cris-synth-pt-real-ft-frozen-p1"))
+    _complete(searcher, _trial(searcher, "cris-synthetic-frozen-p6", best_epoch=0,
+                               stop_reason="non-finite train_loss at epoch 1"))
+    saved = ChainState.load(tmp_path / "chain_state.json").cells
+    assert saved["cris-synthetic-frozen-p6"].status == FAILED
+    assert "non-finite train_loss" in saved["cris-synthetic-frozen-p6"].reason
+    assert saved["cris-synth-pt-real-ft-frozen-p7"].status == NOT_RUN
+    assert "non-finite train_loss" in saved["cris-synth-pt-real-ft-frozen-p7"].reason
+    assert all(e.status in (DONE, FAILED, NOT_RUN) for e in saved.values())
+    assert searcher.suggest("t5") == Searcher.FINISHED
+
+
+def test_one_outcome_for_chain_mlflow_and_progress() -> None:
+    cell = Cell("CRIS", "synthetic", "frozen", "P6")
+    checkpoint = SimpleNamespace(path="/ckpt/t", filesystem=None)
+    diverged = SimpleNamespace(config={"tags": cell.tags()}, trial_id="t", checkpoint=checkpoint,
+                               last_result={"best_epoch": 0, "stop_reason": "non-finite val_loss at epoch 1"})
+    outcome = trial_outcome(diverged)
+    assert (outcome.status, outcome.checkpoint) == (FAILED, "/ckpt/t")
+    assert "non-finite val_loss" in outcome.reason
+    fine = SimpleNamespace(**{**vars(diverged), "last_result": {"best_epoch": 3}})
+    assert trial_outcome(fine).status == DONE and trial_outcome(fine, error=True).status == FAILED
+    no_checkpoint = SimpleNamespace(**{**vars(fine), "checkpoint": None})
+    assert trial_outcome(no_checkpoint).reason == "trial finished without a checkpoint"
+
+
+def test_the_progress_line_says_failed_for_a_trial_without_a_finite_epoch(caplog) -> None:
+    import logging
+
+    from sweeps.progress import ProgressCallback
+
+    cell = Cell("CRIS", "synthetic", "frozen", "P6")
+    trial = SimpleNamespace(config={"tags": cell.tags()}, trial_id="t", error_file=None, path="/t",
+                            checkpoint=SimpleNamespace(path="/ckpt/t", filesystem=None),
+                            last_result={"best_epoch": 0, "stop_reason": "non-finite train_loss at epoch 1"})
+    with caplog.at_level(logging.INFO, logger="sweep"):
+        ProgressCallback(total=1).on_trial_complete(0, [], trial)
+    assert "cris-synthetic-frozen-p6: FAILED (no epoch with a finite loss" in caplog.text
+
+
+def test_cell_tags_round_trip_and_name_the_axes() -> None:
+    from vlsm.axes import CELL_AXES
+
+    cell = Cell("CLIPSeg", "synth-PT:real-FT", "unfrozen", "P7", upstream="clipseg-synthetic-unfrozen-p6")
+    assert Cell.of_config({"tags": cell.tags()}) == cell
+    assert tuple(cell.axes()) == CELL_AXES
+    assert Cell.of_config({"tags": {}}) is None and Cell.of_config({}) is None
 
 
 def test_searcher_state_round_trips(tmp_path: Path) -> None:
@@ -100,10 +158,11 @@ def test_permanently_failing_upstream_under_ray(tmp_path: Path) -> None:
     import ray
 
     from sweeps.data_setup import prepare_caches, resolve_data
-    from sweeps.export import export_sweep, write_sweep_file
+    from sweeps.export import export_sweep
+    from sweeps.folder import SweepFolder
     from sweeps.runner import record_not_run, run_grid
+    from sweeps.tracking import SweepTracker
     from sweeps.trials import trial_config
-    from vlsm.tracking import SweepTracker, default_tracking_uri
 
     spec = load_spec(demo=True, overrides=[*SMALL, "grid.prompts=[P1]", "run.max_failures=1"])
     cells = expand_grid(spec)
@@ -112,11 +171,12 @@ def test_permanently_failing_upstream_under_ray(tmp_path: Path) -> None:
     configs = {c.cell_id: trial_config(spec, c, caches) for c in cells}
     configs["cris-synthetic-frozen-p1"]["train_cache"] = str(tmp_path / "missing")  # fails on every try
     storage = str(tmp_path / "ray")
-    tracker = SweepTracker(default_tracking_uri(tmp_path), "t", tmp_path)
-    write_sweep_file(tmp_path, storage=storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share={})
+    folder = SweepFolder(tmp_path)
+    tracker = SweepTracker(folder.default_tracking_uri(), "t", tmp_path)
+    folder.write_record(storage=storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share={})
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
-        state = run_grid(spec, cells, configs, storage=storage, state_path=tmp_path / "chain_state.json",
+        state = run_grid(spec, cells, configs, storage=storage, state_path=folder.chain_state,
                          tracker=tracker, use_gpu=False)
     finally:
         ray.shutdown()
@@ -136,9 +196,7 @@ def test_permanently_failing_upstream_under_ray(tmp_path: Path) -> None:
 
 
 def test_checkpoint_locations_keep_their_storage_scheme() -> None:
-    from types import SimpleNamespace
-
-    from vlsm.tracking import checkpoint_uri
+    from sweeps.outcome import checkpoint_uri
 
     s3 = SimpleNamespace(path="bucket/sweeps/grid/t/checkpoint_000004", filesystem=SimpleNamespace(type_name="s3"))
     local = SimpleNamespace(path="/tmp/grid/t/checkpoint_000004", filesystem=SimpleNamespace(type_name="local"))

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from sweeps.grid import Cell, dependents, expand_grid
+from sweeps.cell import Cell
+from sweeps.grid import dependents, expand_grid
 from sweeps.plan import dataset_sizes, format_plan
 from sweeps.spec import SpecError, load_spec
 from vlsm.axes import STRATEGY_FINETUNE, STRATEGY_SYNTHETIC
@@ -112,32 +113,34 @@ def test_override_inside_an_unset_section() -> None:
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path) -> None:
-    from sweeps.export import resume_mismatch, write_sweep_file
+    from sweeps.folder import SweepFolder, resume_mismatch
 
+    folder = SweepFolder(tmp_path)
     configs = {"cris-real-frozen-p1": {"lr": 1e-3, "max_epochs": 2, "init_from": None}}
-    assert resume_mismatch(tmp_path, configs) is None  # nothing to resume yet
-    write_sweep_file(tmp_path, storage="s", mlflow_uri=None, configs=configs, gpu_share={})
-    assert resume_mismatch(tmp_path, configs) is None
+    assert resume_mismatch(folder, configs, "s") is None  # nothing to resume yet
+    folder.write_record(storage="s", mlflow_uri=None, configs=configs, gpu_share={})
+    assert resume_mismatch(folder, configs, "s") is None
     changed = {"cris-real-frozen-p1": {"lr": 1e-3, "max_epochs": 5, "init_from": None}}
-    assert "max_epochs was 2, now 5" in resume_mismatch(tmp_path, changed)
+    assert "max_epochs was 2, now 5" in resume_mismatch(folder, changed, "s")
     more = {**configs, "cris-real-frozen-p2": {"lr": 1e-3}}
-    assert "added ['cris-real-frozen-p2']" in resume_mismatch(tmp_path, more)
+    assert "added ['cris-real-frozen-p2']" in resume_mismatch(folder, more, "s")
 
 
 def test_resuming_with_another_storage_is_refused(tmp_path) -> None:
-    from sweeps.export import resume_mismatch, write_sweep_file
+    from sweeps.folder import SweepFolder, resume_mismatch
 
-    write_sweep_file(tmp_path, storage="s3://b/run-1", mlflow_uri=None, configs={}, gpu_share={})
-    assert "give the same --storage" in resume_mismatch(tmp_path, {}, "s3://b/run-2")
-    assert resume_mismatch(tmp_path, {}, "s3://b/run-1") is None
+    folder = SweepFolder(tmp_path)
+    folder.write_record(storage="s3://b/run-1", mlflow_uri=None, configs={}, gpu_share={})
+    assert "give the same --storage" in resume_mismatch(folder, {}, "s3://b/run-2")
+    assert resume_mismatch(folder, {}, "s3://b/run-1") is None
 
 
 def test_each_sweep_gets_its_own_folder_under_shared_storage(tmp_path) -> None:
-    from sweeps.paper_grid import sweep_storage
+    from sweeps.folder import SweepFolder
 
-    a, b = sweep_storage("s3://bucket/sweeps/", tmp_path / "a"), sweep_storage("s3://bucket/sweeps", tmp_path / "b")
+    a, b = SweepFolder(tmp_path / "a").storage("s3://bucket/sweeps/"), SweepFolder(tmp_path / "b").storage("s3://bucket/sweeps")
     assert a.startswith("s3://bucket/sweeps/a-") and b.startswith("s3://bucket/sweeps/b-") and a != b
-    assert sweep_storage(None, tmp_path / "a") == str(tmp_path / "a" / "ray")
+    assert SweepFolder(tmp_path / "a").storage(None) == str(tmp_path / "a" / "ray")
 
 
 @pytest.mark.parametrize(
@@ -161,12 +164,14 @@ def test_cluster_and_resume_misuse_is_refused_before_anything_runs(tmp_path, cap
 def test_a_failing_mlflow_store_never_raises_into_tune(tmp_path, caplog) -> None:
     from types import SimpleNamespace
 
-    from vlsm.tracking import MLflowTrialCallback, SweepTracker, default_tracking_uri
+    from sweeps.folder import SweepFolder
+    from sweeps.tracking import MLflowTrialCallback, SweepTracker
 
-    tracker = SweepTracker(default_tracking_uri(tmp_path), "broken", tmp_path)
+    tracker = SweepTracker(SweepFolder(tmp_path).default_tracking_uri(), "broken", tmp_path)
     (tmp_path / "mlflow.db").unlink()  # the store is gone: every MLflow call now fails
     (tmp_path / "mlflow.db").write_bytes(b"not a database")
-    trial = SimpleNamespace(config={"tags": {"cell_id": "cris-real-frozen-p1"}}, trial_id="t1", checkpoint=None)
+    trial = SimpleNamespace(config={"tags": Cell("CRIS", "real", "frozen", "P1").tags()}, trial_id="t1",
+                            checkpoint=None, last_result={})
     callback = MLflowTrialCallback(tracker)
     callback.on_trial_start(0, [], trial)
     callback.on_trial_result(0, [], trial, {"epoch": 1, "val_dice": 0.5})
@@ -179,15 +184,17 @@ def test_a_trial_without_a_finite_epoch_closes_its_mlflow_run_as_failed(tmp_path
 
     from mlflow.tracking import MlflowClient
 
-    from vlsm.tracking import MLflowTrialCallback, SweepTracker, default_tracking_uri
+    from sweeps.folder import SweepFolder
+    from sweeps.tracking import MLflowTrialCallback, SweepTracker
 
-    tracker = SweepTracker(default_tracking_uri(tmp_path), "s", tmp_path)
-    trial = SimpleNamespace(config={"tags": {"cell_id": "cris-synthetic-frozen-p6"}}, trial_id="t1",
+    uri = SweepFolder(tmp_path).default_tracking_uri()
+    tracker = SweepTracker(uri, "s", tmp_path)
+    trial = SimpleNamespace(config={"tags": Cell("CRIS", "synthetic", "frozen", "P6").tags()}, trial_id="t1",
                             checkpoint=None, last_result={"best_epoch": 0, "stop_reason": "non-finite val_loss at epoch 1"})
     callback = MLflowTrialCallback(tracker)
     callback.on_trial_start(0, [], trial)
     callback.on_trial_complete(0, [], trial)
-    run = MlflowClient(tracking_uri=default_tracking_uri(tmp_path)).get_run(tracker.trial_run("cris-synthetic-frozen-p6"))
+    run = MlflowClient(tracking_uri=uri).get_run(tracker.trial_run("cris-synthetic-frozen-p6"))
     assert run.info.status == "FAILED" and run.data.tags["vlsm.status"] == "failed"
     assert "non-finite val_loss" in run.data.tags["vlsm.reason"]
 
@@ -200,7 +207,7 @@ def test_a_resumed_sweep_logs_trials_where_the_driver_logs_now(tmp_path) -> None
 
     from mlflow.tracking import MlflowClient
 
-    from vlsm.tracking import MLflowTrialCallback, SweepTracker
+    from sweeps.tracking import MLflowTrialCallback, SweepTracker
 
     sweep = tmp_path / "sweep"
     first_uri, now_uri = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "now.db"))
@@ -209,7 +216,7 @@ def test_a_resumed_sweep_logs_trials_where_the_driver_logs_now(tmp_path) -> None
     restored = pickle.loads(pickled)
     restored.setup(stop=None, num_samples=1, total_num_samples=1)
     assert restored.tracker is now
-    trial = SimpleNamespace(config={"tags": {"cell_id": "cris-real-frozen-p1"}}, trial_id="t1")
+    trial = SimpleNamespace(config={"tags": Cell("CRIS", "real", "frozen", "P1").tags()}, trial_id="t1")
     restored.on_trial_start(0, [], trial)
 
     def trial_runs(uri: str) -> int:

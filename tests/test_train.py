@@ -12,10 +12,19 @@ import pytest
 import torch
 
 from vlsm import checkpoint as ckpt
-from vlsm.axes import BEST_VAL_DICE, EPOCH, IMAGES_PER_S, SECONDS, TEST_DICE_MEAN, VAL_DICE
+from vlsm.axes import (
+    BEST_VAL_DICE,
+    EPOCH,
+    IMAGES_PER_S,
+    SECONDS,
+    STOP_REASON,
+    TEST_DICE_MEAN,
+    VAL_DICE,
+)
 from vlsm.config import TrainConfig
 from vlsm.models import INIT_SEED
-from vlsm.train import STOP_REASON, EarlyStopping, resolve_precision, run_training
+from vlsm.train import resolve_precision, run_training
+from vlsm.train_state import EarlyStopping
 
 TIMING = {SECONDS, IMAGES_PER_S}
 
@@ -104,7 +113,7 @@ def test_early_stopping_rules():
 
 
 def test_data_goes_to_the_gpu_only_when_it_fits_the_trials_share():
-    from vlsm.train import DEVICE_DATA_FRACTION, keep_on_device
+    from vlsm.trial_data import DEVICE_DATA_FRACTION, keep_on_device
 
     gib = 2**30
     share = 24 * gib * 0.125  # a frozen CLIPSeg trial's eighth of an A10G

@@ -3,7 +3,7 @@
 Why the BCE term matters here: the Synthetic Boost authors used MONAI's ``DiceCELoss``
 on a single sigmoid channel. Its cross-entropy part is a softmax cross-entropy over the
 channel axis, and with one channel the softmax is identically 1, so the CE term was
-identically zero: they trained with Dice only (DESIGN.md, "Pitfalls"). The paper states
+identically zero: they trained with Dice only (docs/design.md, "Pitfalls"). The paper states
 Dice + 0.2 BCE, which is our default; ``bce_weight=0`` reproduces what they ran.
 """
 

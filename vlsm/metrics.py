@@ -2,7 +2,7 @@
 
 Why one module: validation (every epoch), the test of the best checkpoint and the
 analysis must agree on one definition, including the empty-mask cases that a
-formula alone leaves undefined (DESIGN.md, "Training"). The conventions:
+formula alone leaves undefined (docs/design.md, "Training"). The conventions:
 
 ===================  =====  =====  =============================================
 prediction / truth   dice   iou    hausdorff (pixels at 512 x 512)

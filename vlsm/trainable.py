@@ -12,7 +12,7 @@ trial continues exactly from ``tune.get_checkpoint()``. The last report carries
 checkpoint holds ``best/`` and ``per_image.parquet``.
 
 Workers may be reused between trials (``TuneConfig(reuse_actors=True)``, about 15x less
-per-trial overhead, DESIGN.md), so a trial resets seeds and global torch settings first
+per-trial overhead, docs/design.md, "Performance facts"), so a trial resets seeds and global torch settings first
 and frees GPU memory last. It uses the CPUs and the GPU share Ray assigned to it.
 """
 

@@ -3,7 +3,7 @@
     python -m vlsm prepare --camus-root DIR --size 352 --size 416 --cache-dir DIR
 
 Trials must not decode NIfTI/MHD/PNG files and resize them every epoch: the GPU would
-wait for the CPU (DESIGN.md, "Performance facts"). So each (dataset, split, input size)
+wait for the CPU (docs/design.md, "Performance facts"). So each (dataset, split, input size)
 is preprocessed once into a folder of uint8 ``.npy`` arrays that trials open
 memory-mapped and read-only; all trials on a node then share one copy in the page cache.
 
@@ -21,7 +21,7 @@ Layout of one folder (all files read-only):
 - ``images.npy``      (N, size, size) uint8 grayscale, resized with PIL bilinear
   (antialiased when shrinking, i.e. area-like);
 - ``labels.npy``      (N, size, size) uint8 label map 0..3, nearest: the loss targets;
-- ``eval_labels.npy`` (N, 512, 512) uint8 label map 0..3, nearest: evaluation (DESIGN.md);
+- ``eval_labels.npy`` (N, 512, 512) uint8 label map 0..3, nearest: evaluation (docs/design.md, "Training");
 - ``items.json``      one item per (image, structure 1..3) with its prompts: the
   record's own (authors' layout) or `build_prompts` with P7's shape from
   `classify_shape` on the 512 x 512 mask; a prompt whose metadata is missing (SDM
@@ -99,7 +99,7 @@ class CacheItem:
     """One training/evaluation sample: structure `structure` of image `image_index`.
 
     name is ``<record.name>_<LV|MYO|LA>``; prompts maps "p0".."p7" to "" or a pair of
-    phrasings (DESIGN.md, "Prompts").
+    phrasings (docs/design.md, "Prompts").
     """
 
     image_index: int

@@ -18,7 +18,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Input sizes of the two models (DESIGN.md): CLIPSeg 352, CRIS 416.
+# Input sizes of the two models (docs/design.md, "Models"): CLIPSeg 352, CRIS 416.
 DEFAULT_SIZES: tuple[int, ...] = (352, 416)
 
 

@@ -7,7 +7,7 @@
 
 Why our own forward: `CLIPSegForImageSegmentation.forward` runs both CLIP towers under
 `torch.no_grad()`, so with the stock forward an "unfrozen" encoder never receives a
-gradient and trains exactly like a frozen one (DESIGN.md "Pitfalls"; the authors'
+gradient and trains exactly like a frozen one (docs/design.md, "Pitfalls"; the authors'
 unfrozen CLIPSeg results most likely never trained the encoders). `CLIPSeg.forward`
 composes the same computation from `self.clip` and `self.decoder` with gradients on:
 

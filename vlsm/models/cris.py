@@ -6,7 +6,7 @@ official checkpoint (``reference/cris/cris_rn50_state_dict.json``) loads strictl
 Differences from the official code, both deliberate:
 
 - the padding mask and the end-of-text position come from the tokenizer's attention
-  mask, not from ``input_ids == 0`` / ``input_ids.argmax()`` (DESIGN.md, pitfalls);
+  mask, not from ``input_ids == 0`` / ``input_ids.argmax()`` (docs/design.md, "Pitfalls");
 - ``forward`` returns logits at the input resolution (the 1/4-resolution map is
   upsampled bicubically with ``align_corners=True``, as the official evaluation does).
 

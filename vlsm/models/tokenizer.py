@@ -4,7 +4,7 @@ Why a wrapper: the training loop needs `tok(list_of_str) -> {"input_ids", "atten
 as (B, L) int64 tensors padded to the model's context length (77 for CLIP), truncated with
 the end-of-text token kept, whatever the source of the vocabulary. Models take padding
 from `attention_mask`, never from a token id (CLIP pads with its end-of-text id, so an
-`input_ids == 0` test masks nothing; DESIGN.md "Pitfalls").
+`input_ids == 0` test masks nothing; docs/design.md, "Pitfalls").
 
 Two sources of vocabulary:
 
@@ -69,7 +69,7 @@ EOS = "<|endoftext|>"
 _WORD_END = "</w>"  # CLIP's end-of-word suffix
 _MIN_VOCAB = 2 * 256 + 2  # byte symbols, byte symbols ending a word, bos, eos
 
-# Words of the prompts beyond the structure names (DESIGN.md "Prompts"); the shapes add
+# Words of the prompts beyond the structure names (docs/design.md, "Prompts"); the shapes add
 # the adjectives the authors' VQA answers contain ("rectangular", "triangular").
 _PROMPT_PHRASES: tuple[str, ...] = (
     "of the heart.",

@@ -17,6 +17,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from sweeps.cell import CELL_ID, Cell
+from sweeps.folder import SweepFolder
+from sweeps.outcome import DONE, MLFLOW_STATUS, trial_outcome
 from vlsm import axes
 from vlsm.checkpoint import BEST_DIR, PER_IMAGE_FILE
 
@@ -25,9 +28,9 @@ logger = logging.getLogger(__name__)
 TAG_ROLE = "vlsm.role"  # "sweep" (parent) or "trial"
 TAG_SWEEP_DIR = "vlsm.sweep_dir"
 TAG_SWEEP_KEY = "vlsm.sweep_key"  # a hash of sweep_dir: safe inside a search filter
-TAG_CELL = "vlsm.cell_id"
+TAG_CELL = f"vlsm.{CELL_ID}"
 TAG_TRIAL = "vlsm.trial_id"
-TAG_UPSTREAM_CELL = "vlsm.upstream_cell_id"
+TAG_UPSTREAM_CELL = f"vlsm.upstream_{CELL_ID}"
 TAG_UPSTREAM_RUN = "vlsm.upstream_run_id"
 TAG_STATUS = "vlsm.status"
 TAG_REASON = "vlsm.reason"
@@ -40,32 +43,6 @@ EPOCH_METRICS = (
     axes.LR, axes.IMAGES_PER_S, axes.SECONDS,
 )
 FINAL_METRICS = (axes.TEST_DICE_MEAN, axes.TEST_DICE_STD)
-CELL_PARAMS = ("model", "strategy", "encoder", "prompt")
-
-
-def default_tracking_uri(output: Path) -> str:
-    """A SQLite store at <output>/mlflow.db (artifacts beside it, in <output>/mlartifacts)."""
-    return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
-
-
-def checkpoint_uri(checkpoint) -> str:
-    """A Ray checkpoint's location as a path or URI (pyarrow drops the s3:// scheme)."""
-    path = str(checkpoint.path)
-    filesystem = getattr(checkpoint, "filesystem", None)
-    if "://" in path or filesystem is None or filesystem.type_name in ("local", "mock"):
-        return path
-    return f"{filesystem.type_name}://{path}"
-
-
-def no_best_reason(result: dict[str, Any] | None) -> str | None:
-    """Why a trial that ended normally has no best weights (no finite epoch), or None.
-
-    Such a trial counts as failed: its finetunes have nothing to start from.
-    """
-    result = result or {}
-    if result.get(axes.BEST_EPOCH):
-        return None
-    return f"no epoch with a finite loss ({result.get(axes.STOP_REASON) or 'no best epoch'})"
 
 
 def sweep_key(sweep_dir: str | Path) -> str:
@@ -102,7 +79,7 @@ class SweepTracker:
         if experiment is None:
             artifact_location = None
             if tracking_uri.startswith("sqlite:///"):
-                artifact_location = (Path(self.sweep_dir) / "mlartifacts").as_uri()
+                artifact_location = SweepFolder(Path(self.sweep_dir)).mlartifacts.as_uri()
             self.experiment_id = self.client.create_experiment(
                 experiment_name, artifact_location=artifact_location
             )
@@ -110,6 +87,7 @@ class SweepTracker:
             self.experiment_id = experiment.experiment_id
         self.parent_run_id = self._find_or_create_parent()
         self._runs: dict[str, str] = {}  # cell_id -> run_id
+        self._sweep_finished = False
         _TRACKERS[self.sweep_dir] = self  # only once it is fully set up
 
     def _search(self, filter_string: str) -> list:
@@ -145,12 +123,12 @@ class SweepTracker:
             run_id = found[0].info.run_id
         else:
             tags = {PARENT_TAG: self.parent_run_id, TAG_ROLE: "trial", TAG_CELL: cell_id}
-            if config:
-                cell = config.get("tags") or {}
-                tags.update({key: str(cell.get(key)) for key in CELL_PARAMS})
-                if cell.get("upstream_cell_id"):
-                    tags[TAG_UPSTREAM_CELL] = cell["upstream_cell_id"]
-                    tags[TAG_UPSTREAM_RUN] = self.trial_run(cell["upstream_cell_id"])
+            cell = Cell.of_config(config) if config else None
+            if cell is not None:
+                tags.update(cell.axes())
+                if cell.upstream:
+                    tags[TAG_UPSTREAM_CELL] = cell.upstream
+                    tags[TAG_UPSTREAM_RUN] = self.trial_run(cell.upstream)
             run = self.client.create_run(self.experiment_id, run_name=cell_id, tags=tags)
             run_id = run.info.run_id
             if config:
@@ -176,11 +154,13 @@ class SweepTracker:
                 self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
             elif path.is_file():
                 self.client.log_artifact(run_id, str(path))
-        mlflow_status = {"done": "FINISHED", "failed": "FAILED", "not_run": "KILLED"}.get(status, "FINISHED")
-        self.client.set_terminated(run_id, status=mlflow_status)
+        self.client.set_terminated(run_id, status=MLFLOW_STATUS[status])
 
     def finish_sweep(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.parent_run_id, status=status)
+        """End the parent run with an MLflow status; only the first call of a launch counts."""
+        if not self._sweep_finished:
+            self._sweep_finished = True
+            self.client.set_terminated(self.parent_run_id, status=status)
 
 
 def _guarded(method):
@@ -222,42 +202,41 @@ class MLflowTrialCallback(Callback):
 
     @_guarded
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        cell_id = (trial.config.get("tags") or {}).get("cell_id")
-        if cell_id:
-            run_id = self.tracker.trial_run(cell_id, trial.config)
+        cell = Cell.of_config(trial.config)
+        if cell is not None:
+            run_id = self.tracker.trial_run(cell.cell_id, trial.config)
             self.tracker.client.set_tag(run_id, TAG_TRIAL, trial.trial_id)
 
     @_guarded
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        cell_id = (trial.config.get("tags") or {}).get("cell_id")
-        if cell_id:
-            run_id = self.tracker.trial_run(cell_id, trial.config)
+        cell = Cell.of_config(trial.config)
+        if cell is not None:
+            run_id = self.tracker.trial_run(cell.cell_id, trial.config)
             step = int(result.get(axes.EPOCH, result.get("training_iteration", 0)))
             self.tracker.log_metrics(run_id, result, EPOCH_METRICS, step)
             self.tracker.log_metrics(run_id, result, FINAL_METRICS, step)
 
     @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        cell_id = (trial.config.get("tags") or {}).get("cell_id")
-        if not cell_id:
-            return
-        artifacts: list[Path] = []
-        failed = no_best_reason(trial.last_result)
-        checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            run_id = self.tracker.trial_run(cell_id)
-            self.tracker.client.set_tag(run_id, TAG_CHECKPOINT, checkpoint_uri(checkpoint))
-            local = checkpoint.filesystem is None or checkpoint.filesystem.type_name == "local"
-            if self.log_checkpoints and local:  # on shared storage (s3://) the tag points to it
-                folder = Path(checkpoint.path)
-                artifacts = [p for p in (folder / BEST_DIR, folder / PER_IMAGE_FILE) if p.exists()]
-        if failed:
-            self.tracker.finish_trial(cell_id, "failed", reason=failed, artifacts=artifacts)
-        else:
-            self.tracker.finish_trial(cell_id, "done", artifacts=artifacts)
+        self._finish(trial, error=False)
 
     @_guarded
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        cell_id = (trial.config.get("tags") or {}).get("cell_id")
-        if cell_id:
-            self.tracker.finish_trial(cell_id, "failed", reason="trial failed after all retries")
+        self._finish(trial, error=True)
+
+    def _finish(self, trial, *, error: bool) -> None:
+        """Close the trial's run with its outcome; a local checkpoint's best/ weights and
+        per-image results become artifacts (on shared storage the tag names them)."""
+        cell = Cell.of_config(trial.config)
+        if cell is None:
+            return
+        outcome = trial_outcome(trial, error=error)
+        artifacts: list[Path] = []
+        if outcome.checkpoint is not None:
+            self.tracker.client.set_tag(self.tracker.trial_run(cell.cell_id), TAG_CHECKPOINT, outcome.checkpoint)
+            checkpoint = trial.checkpoint
+            local = checkpoint.filesystem is None or checkpoint.filesystem.type_name == "local"
+            if self.log_checkpoints and local and outcome.status == DONE:
+                folder = Path(checkpoint.path)
+                artifacts = [p for p in (folder / BEST_DIR, folder / PER_IMAGE_FILE) if p.exists()]
+        self.tracker.finish_trial(cell.cell_id, outcome.status, reason=outcome.reason, artifacts=artifacts)

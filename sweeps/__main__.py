@@ -1,0 +1,41 @@
+"""The sweep side's command line.
+
+    python -m sweeps export <output_dir> [--storage PATH]   (Parquet exports, also written at a sweep's end)
+
+The main job itself is `python sweeps/paper_grid.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sweeps", description="Tools for sweep folders.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    export = sub.add_parser("export", help="write <output_dir>/exports/*.parquet from a sweep folder")
+    export.add_argument("output_dir", type=Path, help="the --output folder of sweeps/paper_grid.py")
+    export.add_argument("--storage", default=None, help="Ray storage path if it differs from the one the sweep recorded")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from sweeps.export import export_sweep
+
+    try:
+        logging.getLogger("sweeps").info("wrote %s", export_sweep(args.output_dir, storage=args.storage))
+    except (ValueError, FileNotFoundError) as err:
+        logging.getLogger("sweeps").error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""The sweep folder (`--output`): every file a sweep writes there, named once.
+
+    <output>/
+      sweep.json          the record: storage path, MLflow URI, every trial's config
+      chain_state.json    every cell: pending/running/done/failed/not_run, checkpoint, why
+      lr_search.json      the learning rates found (--lr-search)
+      mlflow.db, mlartifacts/   the default MLflow store
+      ray/                Ray Tune's experiments (unless --storage names shared storage)
+      cache/              preprocessed data, and the demo's phantom dataset
+      exports/            trials.parquet, epochs.parquet, per_image.parquet
+
+The record lets a later run tell a resume from a changed sweep (`resume_mismatch`), and
+lets the export find the Ray experiment and the MLflow store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from analysis.schema import EXPORTS_DIR
+from vlsm.atomic import write_json_atomic
+
+__all__ = ["SweepFolder", "resume_mismatch"]
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """The paths of one sweep folder (absolute)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @property
+    def record(self) -> Path:  # the sweep's record
+        return self.root / "sweep.json"
+
+    @property
+    def chain_state(self) -> Path:  # every cell's state
+        return self.root / "chain_state.json"
+
+    @property
+    def lr_search(self) -> Path:  # the learning rates found
+        return self.root / "lr_search.json"
+
+    @property
+    def mlflow_db(self) -> Path:  # the default MLflow store
+        return self.root / "mlflow.db"
+
+    @property
+    def mlartifacts(self) -> Path:  # its artifacts
+        return self.root / "mlartifacts"
+
+    @property
+    def ray(self) -> Path:  # Ray Tune's experiments, without shared storage
+        return self.root / "ray"
+
+    @property
+    def cache(self) -> Path:  # preprocessed data (default --cache-dir)
+        return self.root / "cache"
+
+    @property
+    def exports(self) -> Path:  # the Parquet exports
+        return self.root / EXPORTS_DIR
+
+    def holds_sweep(self) -> bool:
+        """Whether a sweep ran here before (its chain state exists): running again resumes."""
+        return self.chain_state.exists()
+
+    def default_tracking_uri(self) -> str:
+        """The SQLite MLflow store in the folder (artifacts in mlartifacts/ beside it)."""
+        return f"sqlite:///{self.mlflow_db}"
+
+    def storage(self, shared: str | None) -> str:
+        """Where this sweep's Ray experiments live: <output>/ray, or a folder of its own
+        under shared storage (named after the folder and a hash of its path, so sweeps
+        sharing a bucket never restore each other's experiments)."""
+        if not shared:
+            return str(self.ray)
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
+        return f"{shared.rstrip('/')}/{self.root.name}-{digest}"
+
+    def write_record(self, **info: Any) -> None:
+        write_json_atomic(self.record, info, sort_keys=False, default=str)
+
+    def read_record(self) -> dict[str, Any]:
+        if not self.record.exists():
+            raise FileNotFoundError(
+                f"{self.record}: not a sweep folder (no {self.record.name}); expected the --output "
+                f"of sweeps/paper_grid.py"
+            )
+        return json.loads(self.record.read_text())
+
+
+def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], storage: str) -> str | None:
+    """Why the sweep already in `folder` cannot be resumed with `configs`, or None.
+
+    Ray restores an experiment with the trial configs it started with, so a changed grid
+    or setting would be silently ignored; we refuse instead and say what differs.
+    """
+    if not folder.record.exists():
+        return None
+    recorded = folder.read_record()
+    if recorded.get("storage") != storage:
+        return f"storage was {recorded.get('storage')!r}, now {storage!r} (give the same --storage)"
+    before: dict[str, dict] = json.loads(json.dumps(recorded.get("configs", {})))
+    now = json.loads(json.dumps(configs))
+    if set(before) != set(now):
+        added, removed = sorted(set(now) - set(before)), sorted(set(before) - set(now))
+        return f"grid cells added {added[:3]}, removed {removed[:3]}"
+    for cell_id, config in now.items():
+        for key in sorted(set(config) | set(before[cell_id])):
+            if key != "init_from" and config.get(key) != before[cell_id].get(key):
+                return f"{cell_id}: {key} was {before[cell_id].get(key)!r}, now {config.get(key)!r}"
+    return None

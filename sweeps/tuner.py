@@ -1,0 +1,65 @@
+"""One way to start or resume a Ray Tune experiment, for the grid and the LR search.
+
+An experiment lives at `<storage>/<name>`. When that folder holds one, it is restored
+(finished trials are not rerun, interrupted ones continue from their last checkpoint,
+errored ones stay errored); otherwise a new Tuner is made with the sweep's run settings:
+its callbacks plus checkpoint retention (`sweeps.retention`), the retry count, and no
+table on the console.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ray import tune
+
+from sweeps.retention import CheckpointRetention, checkpoint_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GRID_EXPERIMENT", "build_tuner", "experiment_path"]
+
+GRID_EXPERIMENT = "grid"  # the grid's experiment folder under the storage path
+
+
+def experiment_path(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def build_tuner(
+    trainable: Callable,
+    *,
+    name: str,
+    storage: str,
+    tune_config: tune.TuneConfig,
+    max_failures: int,
+    callbacks: Sequence[tune.Callback] = (),
+    param_space: dict[str, Any] | None = None,
+) -> tune.Tuner:
+    """The experiment `name` under `storage`: restored when it exists, else created.
+
+    A restored experiment keeps the settings it started with (Ray pickles them); the
+    driver refuses a resume with changed trial configs (`sweeps.folder.resume_mismatch`).
+    """
+    path = experiment_path(storage, name)
+    if tune.Tuner.can_restore(path):
+        logger.info("resuming the experiment in %s", path)
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            # Ray keeps every checkpoint; CheckpointRetention deletes the superseded ones
+            # once no saved experiment state can name them (Ray's num_to_keep deletes too
+            # early for a killed driver to resume, see sweeps/retention.py)
+            callbacks=[*callbacks, CheckpointRetention()],
+            checkpoint_config=checkpoint_config(),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            verbose=0,  # the grid logs one line per trial instead (sweeps.progress)
+        ),
+    )

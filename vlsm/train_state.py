@@ -1,0 +1,117 @@
+"""A trial's state besides its weights, saved and loaded as one object.
+
+Why one object: exact resume needs everything that changes from epoch to epoch
+(optimizer, LR scheduler, grad scaler, early stopping, the best epoch so far, the
+global RNGs), and writing it in one place and reading it back in the next keeps the
+two in step (docs/design.md, "Training").
+
+    state = TrainState.fresh(params, cfg, device, precision)
+    state.save(folder)        # train_state.safetensors + train_state.json
+    state.load(folder)        # the mirror: the same fields back, RNGs included
+
+The files are those `vlsm.checkpoint.save_train_state` writes; the JSON keys are
+epoch, optimizer, scheduler, scaler, early_stopping, best_val_dice, best_epoch,
+stop_reason, last_metrics and rng.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from vlsm import checkpoint as ckpt
+from vlsm.config import TrainConfig
+
+__all__ = ["EarlyStopping", "TrainState"]
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the monitored value (validation Dice, higher is better) stalls.
+
+    An epoch improves when value > best + min_delta; training stops once `patience`
+    epochs in a row did not improve, but never before `min_epochs` (Lightning's rules).
+    """
+
+    patience: int
+    min_delta: float
+    min_epochs: int
+    best: float = -math.inf
+    wait: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record epoch's value; True when training should stop after it."""
+        if value > self.best + self.min_delta:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+        return epoch >= self.min_epochs and self.wait >= self.patience
+
+
+@dataclass
+class TrainState:
+    """Everything of a trial that changes epoch to epoch besides the weights.
+
+    epoch is the last finished epoch (0 before the first); last_metrics its report.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+    epoch: int = 0
+    best_val_dice: float = -math.inf
+    best_epoch: int = 0
+    stop_reason: str = ""
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fresh(cls, params: Iterable[nn.Parameter], cfg: TrainConfig, device: torch.device,
+              precision: str) -> TrainState:
+        """The state before the first epoch: AdamW, ReduceLROnPlateau on the validation loss."""
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
+                                      patience=cfg.lr_patience)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.min_epochs)
+        return cls(optimizer, scheduler, scaler, stopper)
+
+    def save(self, directory: Path) -> None:
+        """Write train_state.safetensors + train_state.json, the global RNG states included."""
+        tensors, opt_meta = ckpt.optimizer_to_flat(self.optimizer.state_dict())
+        rng_tensors, rng_meta = ckpt.capture_rng()
+        meta = {
+            "epoch": self.epoch,
+            "optimizer": opt_meta,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "early_stopping": {"best": self.stopper.best, "wait": self.stopper.wait},
+            "best_val_dice": self.best_val_dice,
+            "best_epoch": self.best_epoch,
+            "stop_reason": self.stop_reason,
+            "last_metrics": self.last_metrics,
+            "rng": rng_meta,
+        }
+        ckpt.save_train_state(directory, {**tensors, **rng_tensors}, meta)
+
+    def load(self, directory: Path) -> None:
+        """Read what `save` wrote into this state, and restore the global RNGs."""
+        tensors, meta = ckpt.load_train_state(directory)
+        self.epoch = meta["epoch"]
+        self.optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.scaler.load_state_dict(meta["scaler"])
+        self.stopper.best = meta["early_stopping"]["best"]
+        self.stopper.wait = meta["early_stopping"]["wait"]
+        self.best_val_dice = meta["best_val_dice"]
+        self.best_epoch = meta["best_epoch"]
+        self.stop_reason = meta["stop_reason"]
+        self.last_metrics = meta["last_metrics"]
+        ckpt.restore_rng(tensors, meta["rng"])

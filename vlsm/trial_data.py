@@ -1,0 +1,220 @@
+"""What the training loop feeds the model: prompt tokens, uint8 pixels, model inputs.
+
+Why on the device: the cache holds uint8 pixels at the model's input size; copying
+them to the GPU once and normalising there keeps the GPU from waiting on a DataLoader
+(docs/design.md, "Performance facts"). Splits too large for the trial's GPU share
+stream from the memory-mapped cache instead (`keep_on_device`).
+
+    prompts = PromptTable(splits, "p2", tokenizer, device)
+    data = SplitTensors(split, cfg, device, with_eval=False)
+    inputs = ModelInputs(model, prompts, device, "fp32")
+    for idx, images, labels in data.batches(epoch_order(len(data), seed, epoch), 8):
+        logits = inputs(model, images, prompts.choose(split.items, None)[idx])  # (B, 1, S, S)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlsm.config import TrainConfig
+
+if TYPE_CHECKING:
+    from vlsm.data.cache import CacheItem, PreparedSplit
+
+__all__ = [
+    "DEVICE_DATA_FRACTION",
+    "ModelInputs",
+    "PromptTable",
+    "SplitTensors",
+    "epoch_order",
+    "keep_on_device",
+    "open_cache",
+]
+
+log = logging.getLogger(__name__)
+
+# At most this share of the GPU memory a trial may use (its fractional-GPU share) holds
+# one split's uint8 arrays; larger splits stream from pinned host memory instead. Train,
+# validation and test splits together then stay under half of it.
+DEVICE_DATA_FRACTION = 0.15
+
+
+def open_cache(path: str | None, what: str) -> PreparedSplit:
+    """The cache split at path (a folder, or a copy of one on shared storage: s3://)."""
+    from vlsm.data.cache import open_split
+    from vlsm.data.remote_cache import localize
+
+    if path is None:
+        raise ValueError(f"{what}: no cache folder given; set it to a folder written by `vlsm prepare`")
+    return open_split(localize(path))
+
+
+class PromptTable:
+    """Every prompt string of the trial, tokenised once; rows of the token table on the device."""
+
+    def __init__(self, splits: Sequence[PreparedSplit], key: str, tokenizer: Callable,
+                 device: torch.device, *, synthetic_style: bool = False):
+        # A model trained on synthetic data is tested on real images with the prompts it
+        # learned: the synthetic style (P6 = shape, no image quality), as the authors did.
+        self.synthetic_style = synthetic_style
+        strings: dict[str, int] = {}
+        for split in splits:
+            for item in split.items:
+                prompts = self.prompts_of(item)
+                value = prompts.get(key)
+                if value is None:
+                    raise ValueError(
+                        f"{split.root}: item {item.name} has no prompt {key!r}; it holds "
+                        f"{sorted(prompts)} (synthetic data has no P7)"
+                    )
+                for text in [value] if isinstance(value, str) else value:
+                    strings.setdefault(text, len(strings))
+        self.key = key
+        self.rows = strings  # text -> row
+        self.texts = list(strings)  # row -> text
+        tokens = tokenizer(list(strings))
+        self.input_ids = torch.as_tensor(tokens["input_ids"]).to(device)  # (P, L)
+        self.attention_mask = torch.as_tensor(tokens["attention_mask"]).to(device)  # (P, L)
+
+    def prompts_of(self, item: CacheItem) -> dict:
+        """The item's prompts in this trial's style (its own when it has no other)."""
+        if self.synthetic_style and item.synthetic_prompts is not None:
+            return item.synthetic_prompts
+        return item.prompts
+
+    def choose(self, items: Sequence[CacheItem], rng: random.Random | None) -> torch.Tensor:
+        """Row per item (N,): a random phrasing (training) or the first one (rng None: evaluation)."""
+        from vlsm.data.prompts import choose_phrasing
+
+        return torch.tensor([self.rows[choose_phrasing(self.prompts_of(it), self.key, rng)] for it in items])
+
+
+class _PairDataset(torch.utils.data.Dataset):
+    """(image uint8 (S, S), label map uint8 (S, S)[, eval label map (512, 512)]) per item."""
+
+    def __init__(self, split: PreparedSplit, with_eval: bool):
+        self.split, self.with_eval = split, with_eval
+
+    def __len__(self) -> int:
+        return len(self.split.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        image = self.split.items[i].image_index
+        out = (torch.from_numpy(np.array(self.split.images[image])),
+               torch.from_numpy(np.array(self.split.labels[image])))
+        if self.with_eval:
+            out += (torch.from_numpy(np.array(self.split.eval_labels[image])),)
+        return out
+
+
+def keep_on_device(nbytes: int, allowed_bytes: float | None, wanted: bool) -> bool:
+    """Whether a split of nbytes is copied to the device once (True) or streamed.
+
+    allowed_bytes: the device memory this process may use (None on CPU: no limit checked).
+    """
+    return wanted and (allowed_bytes is None or nbytes <= DEVICE_DATA_FRACTION * allowed_bytes)
+
+
+def _allowed_device_bytes(device: torch.device) -> float | None:
+    """GPU memory this process may use: the card's total times its per-process fraction."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    try:
+        fraction = torch.cuda.get_per_process_memory_fraction(index)
+    except (AttributeError, RuntimeError):  # not set or not offered by this build: the whole card
+        fraction = 1.0
+    return total * fraction
+
+
+class SplitTensors:
+    """One cache split for the loop: item tensors, and batches of uint8 pixels on the device.
+
+    data_on_device copies the uint8 arrays to the device once and gathers batches there,
+    when they fit (`keep_on_device`); otherwise a DataLoader streams them from the
+    memory-mapped cache (pinned memory on CUDA).
+    """
+
+    def __init__(self, split: PreparedSplit, cfg: TrainConfig, device: torch.device, with_eval: bool):
+        self.split, self.device, self.with_eval = split, device, with_eval
+        self.num_workers = cfg.num_workers
+        self.image_index = torch.tensor([it.image_index for it in split.items])  # (N,)
+        self.structure = torch.tensor([it.structure for it in split.items], dtype=torch.uint8)  # (N,)
+        self.arrays: tuple[torch.Tensor, ...] = ()
+        names = ("images", "labels", "eval_labels") if with_eval else ("images", "labels")
+        nbytes = sum(int(getattr(split, n).nbytes) for n in names)
+        allowed = _allowed_device_bytes(device)
+        self.on_device = keep_on_device(nbytes, allowed, cfg.data_on_device)
+        if cfg.data_on_device and not self.on_device:
+            log.info("%s: %.2f GB of uint8 data stream from host memory (more than %.0f%% of the "
+                     "%.2f GB this trial may use on the GPU)", split.root, nbytes / 1e9,
+                     100 * DEVICE_DATA_FRACTION, (allowed or 0) / 1e9)
+        if self.on_device:
+            self.arrays = tuple(
+                torch.from_numpy(np.array(getattr(split, n))).to(device) for n in names
+            )
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Yield (item indices (B,), images (B, S, S), labels (B, S, S)[, eval labels]) on device."""
+        chunks = list(order.split(batch_size))
+        if self.on_device:
+            for idx in chunks:
+                image = self.image_index[idx].to(self.device)
+                yield (idx, *(a[image] for a in self.arrays))
+            return
+        loader = torch.utils.data.DataLoader(
+            _PairDataset(self.split, self.with_eval),
+            batch_sampler=[c.tolist() for c in chunks],
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(0),  # never touch the global RNG
+        )
+        for idx, batch in zip(chunks, loader, strict=True):
+            yield (idx, *(t.to(self.device, non_blocking=True) for t in batch))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled item order (n,) of one epoch: a pure function of (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for "bf16" / "fp16", nothing for "fp32"."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class ModelInputs:
+    """uint8 pixels and prompt rows -> the model's logits, inputs built on the device.
+
+    The forward pass runs under the trial's precision (autocast for bf16 / fp16); the
+    loss is computed outside it, in float32.
+    """
+
+    def __init__(self, model: nn.Module, prompts: PromptTable, device: torch.device, precision: str):
+        self.mean = torch.tensor(model.image_mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(model.image_std, device=device).view(1, 3, 1, 1)
+        self.prompts, self.device, self.precision = prompts, device, precision
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """images (B, S, S) uint8, rows (B,) -> logits (B, 1, S, S)."""
+        with _autocast(self.device, self.precision):
+            x = images.unsqueeze(1).float().div_(255.0)  # (B, 1, S, S) in [0, 1]
+            x = (x - self.mean) / self.std  # grey repeated to 3 channels: (B, 3, S, S)
+            rows = rows.to(self.mean.device)
+            return model(x, self.prompts.input_ids[rows], self.prompts.attention_mask[rows])
