@@ -101,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass(frozen=True)
+class RaySettings:
+    """How the driver joins Ray: a cluster's address, or a local Ray of num_cpus."""
+
+    address: str | None
+    num_cpus: int | None
+    cpu_only: bool  # request no GPUs, even on a cluster that can start them
+    log_to_driver: bool  # trial output on the driver's console (-v)
+
+
+@dataclass(frozen=True)
 class SweepPlan:
     """What the command line asks for, checked: everything the later phases read."""
 
@@ -110,7 +120,9 @@ class SweepPlan:
     cache_dir: Path
     storage: str  # where Ray keeps this sweep's experiments
     lr_space: LRSearchSpace | None  # the LR search's space, when it runs
-    args: argparse.Namespace  # Ray's address and size, --cpu-only, --mlflow-uri, -v, ...
+    mlflow_uri: str
+    validate: bool  # run the data checks first (not --skip-validation)
+    ray: RaySettings
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -177,7 +189,9 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         cache_dir=Path(args.cache_dir or spec.data.cache_dir or folder.cache).resolve(),
         storage=folder.storage(args.storage),
         lr_space=lr_search_space(spec) if spec.lr_search.trials > 0 else None,
-        args=args,
+        mlflow_uri=args.mlflow_uri or folder.default_tracking_uri(),
+        validate=not args.skip_validation,
+        ray=RaySettings(args.address, args.num_cpus, args.cpu_only, args.verbose),
     )
 
 
@@ -200,7 +214,7 @@ def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
     trial reads by path (published to shared storage for a cluster). DataError."""
     try:
         roots = resolve_data(plan.spec, plan.cache_dir)
-        if not plan.args.skip_validation:
+        if plan.validate:
             check_data(roots, plan.spec.grid.strategies)
         caches = prepare_caches(plan.spec, roots, plan.cache_dir, tuple({c.strategy for c in plan.cells}))
         if "://" in plan.storage:  # trials on other nodes read the caches from shared storage
@@ -216,19 +230,20 @@ def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
 
 
 @contextlib.contextmanager
-def ray_session(args: argparse.Namespace) -> Iterator[bool]:
+def ray_session(settings: RaySettings) -> Iterator[bool]:
     """Ray for the sweep, shut down however the block ends; yields whether trials get GPUs."""
     import ray  # here, not at the top: planning and the dry run need no Ray
 
     # Trial output (checkpoint notices, ...) stays in each trial's folder unless --verbose;
     # the driver logs one line per finished trial.
-    if args.address:
-        ray.init(address=args.address, log_to_driver=args.verbose)
+    if settings.address:
+        ray.init(address=settings.address, log_to_driver=settings.log_to_driver)
     else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=args.verbose)
+        ray.init(num_cpus=settings.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=settings.log_to_driver)
     try:
         # A cluster may start GPU nodes on demand (none yet at start); --cpu-only opts out.
-        yield not args.cpu_only and (bool(args.address) or ray.cluster_resources().get("GPU", 0) > 0)
+        yield not settings.cpu_only and (bool(settings.address) or ray.cluster_resources().get("GPU", 0) > 0)
     finally:
         ray.shutdown()
 
@@ -258,7 +273,7 @@ def mlflow_sweep(plan: SweepPlan) -> Iterator[SweepTracker]:
     block gave `finish_sweep`, else KILLED (Ctrl-C) or FAILED (an error)."""
     from sweeps.tracking import SweepTracker
 
-    tracker = SweepTracker(plan.args.mlflow_uri or plan.folder.default_tracking_uri(), plan.spec.name, plan.folder.root)
+    tracker = SweepTracker(plan.mlflow_uri, plan.spec.name, plan.folder.root)
     try:
         yield tracker
     except BaseException as err:
@@ -323,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         plan.folder.root.mkdir(parents=True, exist_ok=True)
         caches = prepare_data(plan)
-        with ray_session(args) as use_gpu:
+        with ray_session(plan.ray) as use_gpu:
             end = run_sweep(plan, caches, use_gpu)
     except (SpecError, UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

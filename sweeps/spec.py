@@ -280,9 +280,10 @@ def lr_search_space(spec: SweepSpec) -> LRSearchSpace:
         space = from_mapping(LRSearchSpace, load_yaml(path))
     except ConfigError as err:
         raise SpecError(f"{path}: {err}") from None
-    if space.cell.strategy not in STRATEGIES or space.cell.prompt not in PROMPTS:
-        raise SpecError(f"{path}: cell: {space.cell}; expected a strategy of {list(STRATEGIES)} "
-                        f"and a prompt of {list(PROMPTS)}")
+    if space.cell.strategy not in STRATEGIES:
+        raise SpecError(f"{path}: cell.strategy {space.cell.strategy!r}; expected one of {list(STRATEGIES)}")
+    if space.cell.prompt not in PROMPTS:
+        raise SpecError(f"{path}: cell.prompt {space.cell.prompt!r}; expected one of {list(PROMPTS)}")
     if space.metric not in SEARCH_METRICS or space.mode not in ("max", "min"):
         raise SpecError(f"{path}: metric {space.metric!r}, mode {space.mode!r}; expected one of "
                         f"{list(SEARCH_METRICS)} and max or min")

@@ -132,6 +132,30 @@ def test_mlflow_has_one_parent_and_nested_linked_runs(small_sweep: Path) -> None
     assert any(artifacts.rglob("per_image.parquet")) and any(artifacts.rglob("weights.safetensors"))
 
 
+def test_the_export_command_writes_the_same_exports(small_sweep: Path) -> None:
+    from sweeps.__main__ import main
+
+    names = (schema.TRIALS_FILE, schema.EPOCHS_FILE, schema.PER_IMAGE_FILE)
+    before = {name: pd.read_parquet(small_sweep / schema.EXPORTS_DIR / name) for name in names}
+    assert main(["export", str(small_sweep)]) == 0
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_parquet(small_sweep / schema.EXPORTS_DIR / name), before[name])
+
+
+def test_a_refused_resume_shuts_ray_down_and_leaves_the_sweep_as_it_was(small_sweep: Path, capsys) -> None:
+    import ray
+
+    from sweeps.paper_grid import main
+
+    record = (small_sweep / "sweep.json").read_text()
+    runs = _mlflow_runs(small_sweep).set_index("run_id")["status"]
+    assert main(["--output", str(small_sweep), *SMALL, "--set", "train.max_epochs=3"]) == 2
+    assert "holds a sweep started with other settings" in capsys.readouterr().err
+    assert not ray.is_initialized()  # the session shut Ray down on the way out
+    assert (small_sweep / "sweep.json").read_text() == record
+    pd.testing.assert_series_equal(_mlflow_runs(small_sweep).set_index("run_id")["status"], runs)
+
+
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     output = tmp_path / "sweep"
     args = [sys.executable, str(SCRIPT), "--output", str(output), *SMALL, "--set", "train.max_epochs=4"]

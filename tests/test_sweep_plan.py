@@ -241,3 +241,54 @@ def test_camus_without_test_ground_truth_is_named_before_anything_runs(tmp_path,
     roots = DataRoots(camus_root=tmp_path / "CAMUS", sdm_root=None, demo=False)
     with pytest.raises(DataError, match=r"CAMUS.*no test split with ground truth"):
         prepare_caches(spec, roots, tmp_path / "cache", ("real",))
+
+
+def test_the_lr_search_space_is_typed_and_checked_before_anything_runs(tmp_path, capsys) -> None:
+    from sweeps.paper_grid import main
+    from sweeps.spec import lr_search_space
+
+    space = lr_search_space(load_spec())  # search_spaces/lr_search.yaml
+    assert (space.cell.strategy, space.cell.prompt, space.metric, space.mode) == ("real", "P1", "val_dice", "max")
+    assert space.models["CRIS"].lr_min == 1e-6 and space.asha.grace_period == 5
+    ranges = "models: {CRIS: {lr_min: 1.0e-4, lr_max: 1.0e-2}, CLIPSeg: {lr_min: 1.0e-4, lr_max: 1.0e-2}}\n"
+    cases = {
+        "asha: {grace: 1}\n" + ranges: "asha: unknown key(s) ['grace']",
+        "cell: {prompt: P9}\n" + ranges: "cell.prompt 'P9'; expected one of ['P0',",
+        "models: {CRIS: {lr_min: low, lr_max: 1.0}}\n": "models.CRIS.lr_min: expected a number, got 'low'",
+        "models: {CRIS: {lr_min: 1.0e-4, lr_max: 1.0e-2}}\n": "models.CLIPSeg needs 0 < lr_min < lr_max, got None",
+        "metric: test_dice_mean\n" + ranges: "metric 'test_dice_mean'",
+        "asha: {max_t: 5}\n": "missing key(s) ['models']",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"lr{i}.yaml"
+        path.write_text(text)
+        with pytest.raises(SpecError) as err:
+            lr_search_space(load_spec(overrides=[f"lr_search.space={path}"]))
+        assert str(path) in str(err.value) and message in str(err.value), (text, str(err.value))
+    output = tmp_path / "out"
+    assert main(["--output", str(output), "--lr-search", "2", "--set", f"lr_search.space={tmp_path / 'lr0.yaml'}"]) == 2
+    assert "asha: unknown key(s) ['grace']" in capsys.readouterr().err and not output.exists()
+
+
+def test_the_sweeps_mlflow_run_is_closed_however_the_run_ends(tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.paper_grid import build_parser, mlflow_sweep, plan_sweep
+
+    plan = plan_sweep(build_parser().parse_args(["--output", str(tmp_path / "sweep")]))
+    client = MlflowClient(tracking_uri=plan.folder.default_tracking_uri())
+
+    def parent_status(tracker) -> str:
+        return client.get_run(tracker.parent_run_id).info.status
+
+    with pytest.raises(RuntimeError), mlflow_sweep(plan) as tracker:
+        raise RuntimeError("a bug in the run")
+    assert parent_status(tracker) == "FAILED"
+    with pytest.raises(KeyboardInterrupt), mlflow_sweep(plan) as again:
+        assert again.parent_run_id == tracker.parent_run_id  # one parent run, reopened
+        assert parent_status(again) == "RUNNING"
+        raise KeyboardInterrupt
+    assert parent_status(tracker) == "KILLED"
+    with mlflow_sweep(plan) as tracker:
+        tracker.finish_sweep("FINISHED")
+    assert parent_status(tracker) == "FINISHED"

@@ -117,7 +117,7 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
             return dict(value)
         return {str(k): _convert(v, args[1], _join(where, k), problems) for k, v in value.items()}
     if hint is bool:
-        if isinstance(value, bool) or type(value).__name__ == "bool_":
+        if isinstance(value, bool) or _is_numpy_bool(value):
             return bool(value)
         return _bad(value, "true or false", where, problems)
     if hint in (int, float):
@@ -148,6 +148,11 @@ def _convert_tuple(value: Any, args: tuple, where: str, problems: list[str]) -> 
         item_hints = [Any] * len(value)
     return tuple(_convert(v, h, f"{where}[{i}]", problems)
                  for i, (v, h) in enumerate(zip(value, item_hints, strict=True)))
+
+
+def _is_numpy_bool(value: Any) -> bool:
+    """numpy's bool scalar (`bool_`, `bool` since numpy 2), without importing numpy."""
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
 
 
 def _bad(value: Any, expected: str, where: str, problems: list[str]) -> Any:
