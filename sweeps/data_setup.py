@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweeps.spec import SweepSpec
-from vlsm.models.registry import model_key
+from vlsm.model_registry import model_key
 
 logger = logging.getLogger(__name__)
 

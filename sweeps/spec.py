@@ -27,7 +27,7 @@ from vlsm.axes import (
     VAL_LOSS,
 )
 from vlsm.config import TrainConfig  # light: no torch
-from vlsm.models.registry import model_key
+from vlsm.model_registry import model_key
 from vlsm.typed_config import ConfigError, from_mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from typing import Any
 
 from sweeps.cell import Cell
 from sweeps.spec import SweepSpec
-from vlsm.models.registry import model_key
+from vlsm.model_registry import model_key
 
 
 def model_config(spec: SweepSpec, model: str) -> dict | None:

@@ -71,7 +71,7 @@ def _toy_size(config, pretrained):
 
 def test_adding_a_model_is_one_registry_entry(monkeypatch):
     from vlsm.config import TrainConfig
-    from vlsm.models.registry import MODEL_REGISTRY, LazyFunction, ModelEntry, PaperDefaults
+    from vlsm.model_registry import MODEL_REGISTRY, LazyFunction, ModelEntry, PaperDefaults
 
     here = __name__
     entry = ModelEntry(
@@ -91,7 +91,7 @@ def test_adding_a_model_is_one_registry_entry(monkeypatch):
 
 
 def test_names_come_from_the_registry():
-    from vlsm.models.registry import MODEL_REGISTRY
+    from vlsm.model_registry import MODEL_REGISTRY
 
     assert MODEL_NAMES == ("clipseg", "cris") == tuple(MODEL_REGISTRY)
     assert axes.MODELS == ("CLIPSeg", "CRIS") == tuple(e.name for e in MODEL_REGISTRY.values())

@@ -89,7 +89,7 @@ def test_config_unknown_keys_and_bad_values_are_all_named():
 
 
 def test_config_paper_defaults_and_round_trip():
-    from vlsm.models.registry import model_entry
+    from vlsm.model_registry import model_entry
 
     paper = model_entry("CLIPSeg").paper
     assert (paper.lr, paper.batch_size) == (2e-3, 128)

@@ -7,7 +7,7 @@ unfrozen}, prompt in {P0..P7} (docs/design.md, "Vocabulary").
 
 from __future__ import annotations
 
-from vlsm.models.registry import MODEL_REGISTRY
+from vlsm.model_registry import MODEL_REGISTRY
 
 # --- grid axes -------------------------------------------------------------------------
 # The axes that name a grid cell, in the order of cell ids, export columns and tables.

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from vlsm.atomic import atomic_path, write_json_atomic
-from vlsm.models.registry import INIT_SEED
+from vlsm.model_registry import INIT_SEED
 
 __all__ = [
     "BEST_DIR",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlsm.axes import PROMPTS
-from vlsm.models.registry import MODEL_REGISTRY, model_entry
+from vlsm.model_registry import MODEL_REGISTRY, model_entry
 from vlsm.typed_config import ConfigError, from_mapping, normalise_fields
 
 __all__ = ["PRECISIONS", "TrainConfig"]

@@ -16,7 +16,7 @@ Every model follows one contract (the training loop, the sweep and the tests rel
 (JSON-serialisable; `build_model(**model.spec)` rebuilds the same model), `encoder_prefixes`
 (state-dict prefixes of the CLIP towers) and `freeze_encoder`.
 
-Which models exist, and what each needs, is data: `vlsm.models.registry`. Adding a model
+Which models exist, and what each needs, is data: `vlsm.model_registry`. Adding a model
 is one entry there. Builders are imported lazily: importing `vlsm.models` stays cheap
 (no torch import).
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlsm.models.registry import INIT_SEED, MODEL_REGISTRY, model_entry, model_key
+from vlsm.model_registry import INIT_SEED, MODEL_REGISTRY, model_entry, model_key
 
 if TYPE_CHECKING:
     from torch import nn

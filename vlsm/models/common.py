@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vlsm.models.registry import INIT_SEED
+from vlsm.model_registry import INIT_SEED
 
 __all__ = [
     "INIT_SEED",

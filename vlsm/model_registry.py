@@ -1,6 +1,6 @@
 """The model registry as data: one entry per model, holding all the project knows of it.
 
-    from vlsm.models.registry import model_entry
+    from vlsm.model_registry import model_entry
     entry = model_entry("CRIS")             # display names and registry keys both work
     entry.key, entry.paper.lr, entry.input_size(None, None)   # "cris", 2e-05, 416
 
