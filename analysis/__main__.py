@@ -1,13 +1,14 @@
 """The analysis command line.
 
-    python -m analysis report <output_dir> [--published PATH] [--format html|md] [--out FILE]
+    python -m analysis report <output_dir> [--published [PATH]] [--format html|md] [--out FILE]
     python -m analysis example-export <dir>
     python -m analysis notebooks [--out analysis/notebooks]
 
 Heavy libraries (pandas, scipy, matplotlib) are imported only by the subcommand that
 runs, so `--help` answers at once. Analysis reads a sweep's Parquet exports and never
 the sweep's internals: a sweep folder's exports are written by the sweep itself, or
-again by `python -m sweeps export <output_dir>`.
+again by `python -m sweeps export <output_dir>`. `--published` alone compares with the
+authors' results bundled with the package; `--published PATH` with their metrics folder.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write one self-contained report of a sweep")
     report.add_argument("output_dir", type=Path, help="the sweep's output folder (holding exports/*.parquet)")
-    report.add_argument("--published", type=Path, default=None,
-                        help="the authors' metrics folder (naamiinepal/synthetic-boost metrics/): show ours beside theirs")
+    report.add_argument("--published", type=Path, nargs="?", const=True, default=None, metavar="PATH",
+                        help="show ours beside the authors' per-image results: the copy bundled with the package, "
+                             "or the authors' metrics folder PATH (naamiinepal/synthetic-boost metrics/)")
     report.add_argument("--format", choices=("html", "md"), default="html", help="report format (default html)")
     report.add_argument("--out", type=Path, default=None, help="report file (default <output_dir>/report.<format>)")
     report.add_argument("--test", choices=("wilcoxon", "ttest"), default="wilcoxon", help="paired test (default wilcoxon)")

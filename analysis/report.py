@@ -1,11 +1,13 @@
 """One self-contained report of a sweep: tables, paired tests, figures, convergence.
 
-    python -m analysis report runs/paper_grid [--published PATH] [--format html|md]
+    python -m analysis report runs/paper_grid [--published [PATH]] [--format html|md]
 
 The report is a single HTML or Markdown file with its figures embedded as base64 PNG
 (so it can be mailed or attached as it is); the figures are also written as PNG and PDF
 under `figures/` beside it for papers. With `--published`, every cell that both our
-sweep and the authors' files have is shown side by side with a paired Wilcoxon test.
+sweep and the authors' files have is shown side by side with a paired Wilcoxon test: the
+authors' files as bundled with the package (`--published` alone, `published=True`), or
+their metrics folder (`--published PATH`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from matplotlib.figure import Figure
 
 from analysis.convergence import epochs_to_best, speedup, val_dice_figure
 from analysis.figures import encoder_difference_figure, save_figure, strategy_difference_figure
-from analysis.published import load_published
+from analysis.published import BUNDLE, load_published
 from analysis.stats import compare_sources, paper_comparisons
 from analysis.sweep import load_sweep, read_epochs, read_trials
 from analysis.tables import dice_table, render_table, sort_cells
@@ -200,11 +202,14 @@ def _convergence(doc: _Document, output_dir: Path) -> None:
                        f"Validation Dice per epoch ({encoder} encoders)")
 
 
-def _published(doc: _Document, per_image: pd.DataFrame, published: Path, test: str) -> None:
+def _published(doc: _Document, per_image: pd.DataFrame, published: Path | None, test: str) -> None:
+    """published: the authors' metrics folder, or None for the copy bundled with the package."""
     doc.heading("Ours beside the authors'")
     theirs = load_published(published)
     side = compare_sources(per_image, theirs, test=test)
-    doc.text(f"Authors' per-image results: {published} (naamiinepal/synthetic-boost, CC-BY 4.0; encoders unfrozen). "
+    source = (f"the copy bundled with this package (analysis/{BUNDLE}, from commit 532d3dc)"
+              if published is None else str(published))
+    doc.text(f"Authors' per-image results: {source} (naamiinepal/synthetic-boost, CC-BY 4.0; encoders unfrozen). "
              f"Each cell both have: mean ± std Dice x 100, mean_diff = ours - theirs, paired {test} test "
              "(two-sided) over the same images and structures, p_holm over all cells.")
     if side.empty:
@@ -216,7 +221,7 @@ def _published(doc: _Document, per_image: pd.DataFrame, published: Path, test: s
 def build_report(
     output_dir: Path | str,
     *,
-    published: Path | str | None = None,
+    published: Path | str | bool | None = None,
     fmt: str = "html",
     out: Path | str | None = None,
     test: str = "wilcoxon",
@@ -225,6 +230,9 @@ def build_report(
 
     out: the report file (default `<output_dir>/report.<fmt>`); figures go to
     `figures/` beside it.
+    published: add our cells beside the authors': True for their per-image results as
+      bundled with the package, a path for their metrics folder; None or False: no such
+      section.
     """
     if fmt not in REPORT_FORMATS:
         raise ValueError(f"format {fmt!r}; expected one of {REPORT_FORMATS}")
@@ -242,7 +250,9 @@ def build_report(
     _tables_and_tests(doc, per_image, table, test)
     _figures(doc, table)
     _convergence(doc, output_dir)
-    if published is not None:
+    if published is True:
+        _published(doc, per_image, None, test)
+    elif published is not None and published is not False:
         _published(doc, per_image, Path(published), test)
     text = doc.html() if fmt == "html" else doc.markdown()
     write_text_atomic(out, text)  # never a half-written report

@@ -15,8 +15,13 @@ lets the export find the Ray experiment and the MLflow store.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,11 @@ from typing import Any
 from analysis.schema import EXPORTS_DIR
 from vlsm.atomic import write_json_atomic
 
-__all__ = ["SweepFolder", "resume_mismatch"]
+__all__ = ["FolderBusy", "SweepFolder", "not_writable", "resume_mismatch"]
+
+
+class FolderBusy(RuntimeError):
+    """Another live driver holds the sweep folder."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,35 @@ class SweepFolder:
     @property
     def exports(self) -> Path:  # the Parquet exports
         return self.root / EXPORTS_DIR
+
+    @property
+    def lock_file(self) -> Path:  # held by the one driver running this sweep
+        return self.root / ".driver.lock"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for this process: a second driver on the same folder would train
+        every trial twice and write the same state files concurrently. The lock is an
+        flock on `.driver.lock`, so it dies with its process (a killed driver leaves
+        nothing to clean up); FolderBusy names the holder's pid and host."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise FolderBusy(f"{self.root} is held by a running driver ({holder}); wait for it to "
+                                 f"end, or stop it, before running this sweep again") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()  # the lock itself goes with the file handle
 
     def holds_sweep(self) -> bool:
         """Whether a sweep ran here before (its chain state exists): running again resumes."""
@@ -117,4 +155,15 @@ def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], sto
         for key in sorted(set(config) | set(before[cell_id])):
             if key != "init_from" and config.get(key) != before[cell_id].get(key):
                 return f"{cell_id}: {key} was {before[cell_id].get(key)!r}, now {config.get(key)!r}"
+    return None
+
+
+def not_writable(path: Path) -> str | None:
+    """Why a folder cannot be created or written here, or None (checked before a run)."""
+    path = Path(path).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
     return None

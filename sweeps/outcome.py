@@ -47,7 +47,7 @@ def trial_outcome(trial: Any, *, error: bool = False) -> Outcome:
     """The outcome of a Ray trial that Ray reports complete (`error`: failed for good)."""
     checkpoint = checkpoint_uri(trial.checkpoint) if trial.checkpoint is not None else None
     if error:
-        return Outcome(FAILED, RETRIES_EXHAUSTED, checkpoint)
+        return Outcome(FAILED, _error_line(trial), checkpoint)
     result = trial.last_result or {}
     if not result.get(BEST_EPOCH):  # no best/ weights for a finetune to start from
         why = result.get(STOP_REASON) or "no best epoch"
@@ -55,6 +55,20 @@ def trial_outcome(trial: Any, *, error: bool = False) -> Outcome:
     if checkpoint is None:
         return Outcome(FAILED, "trial finished without a checkpoint")
     return Outcome(DONE, None, checkpoint)
+
+
+def _error_line(trial: Any) -> str:
+    """Why a trial failed for good: the last line of its error (the exception), and where
+    the whole traceback is."""
+    try:
+        text = trial.get_error() or ""
+    except (AttributeError, OSError):  # no error file (yet), or its storage unreachable
+        text = ""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    where = getattr(trial, "error_file", None) or getattr(trial, "path", None)
+    if not lines:
+        return f"{RETRIES_EXHAUSTED}" if where is None else f"trial failed after all retries (see {where})"
+    return f"{lines[-1][:2000]} (after all retries; traceback in {where})"
 
 
 def checkpoint_uri(checkpoint: Any) -> str:

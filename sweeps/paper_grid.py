@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,7 +43,7 @@ os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "16")
 
 from sweeps.cell import Cell  # noqa: E402  (after the path and environment set-up above)
 from sweeps.data_setup import DataError, check_data, prepare_caches, publish_caches, resolve_data  # noqa: E402
-from sweeps.folder import SweepFolder, resume_mismatch  # noqa: E402
+from sweeps.folder import FolderBusy, SweepFolder, not_writable, resume_mismatch  # noqa: E402
 from sweeps.grid import expand_grid  # noqa: E402
 from sweeps.outcome import DONE, FINISHED_STATUSES  # noqa: E402
 from sweeps.plan import dataset_sizes, format_plan, measured_throughput  # noqa: E402
@@ -51,7 +51,6 @@ from sweeps.spec import (  # noqa: E402
     LRSearchSpace,
     SpecError,
     SweepSpec,
-    has_dataset,
     load_spec,
     lr_search_space,
     models_without_weights,
@@ -125,29 +124,29 @@ class SweepPlan:
     ray: RaySettings
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    """The options that stand for YAML values, as `--set` overrides."""
-    overrides = list(args.overrides)
+def _option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that stand for YAML values, as dotted keys with their values as typed
+    (a path such as `--camus-root 2023` stays text; YAML would read a number)."""
+    values: dict[str, Any] = {}
     for axis in ("models", "prompts", "strategies", "encoders"):
-        values = getattr(args, axis)
-        if values:
-            overrides.append(f"grid.{axis}=[{', '.join(repr(v) for v in values)}]")
+        if getattr(args, axis):
+            values[f"grid.{axis}"] = list(getattr(args, axis))
     if args.camus_root:
-        overrides.append(f"data.camus_root={args.camus_root!r}")
+        values["data.camus_root"] = args.camus_root
     if args.sdm_root:
-        overrides.append(f"data.sdm_root={args.sdm_root!r}")
+        values["data.sdm_root"] = args.sdm_root
     if args.lr_search is not None:
-        overrides.append(f"lr_search.trials={args.lr_search}")
-    return overrides
+        values["lr_search.trials"] = args.lr_search
+    return values
 
 
 def _load(args: argparse.Namespace) -> SweepSpec:
-    """paper.yaml with the options; with demo.yaml when asked or when no dataset is set."""
-    spec = load_spec(config=args.config, overrides=_overrides(args))
-    if args.demo or not has_dataset(spec):
-        if not args.demo:
-            print("No dataset configured (--camus-root/--sdm-root or data: in the YAML): running the built-in phantom demo (search_spaces/demo.yaml).")
-        spec = load_spec(config=args.config, demo=True, overrides=_overrides(args))
+    """paper.yaml with the options; with demo.yaml when asked or when no dataset is set
+    (decided first, so that `--set` values are checked against what will run)."""
+    spec = load_spec(config=args.config, demo=True if args.demo else None, overrides=args.overrides,
+                     values=_option_values(args))
+    if spec.data.demo and not args.demo:
+        print("No dataset configured (--camus-root/--sdm-root or data: in the YAML): running the built-in phantom demo (search_spaces/demo.yaml).")
     return spec
 
 
@@ -169,6 +168,36 @@ def _check_run_options(spec: SweepSpec, folder: SweepFolder, args: argparse.Name
                          "(s3://bucket/prefix, or a folder all nodes share)")
     if args.resume and not folder.holds_sweep():
         raise UsageError(f"--resume: {folder.root} holds no sweep to resume (no {folder.chain_state.name})")
+    fp16 = [f"models.{m}.train" if spec.models[m].train.get("precision") == "fp16" else "train"
+            for m in spec.grid.models if {**spec.train, **spec.models[m].train}.get("precision") == "fp16"]
+    if fp16 and not args.address and (args.cpu_only or not _local_gpu()):
+        raise UsageError(_fp16_on_cpu(fp16[0]))
+
+
+def _local_gpu() -> bool:
+    import torch  # only asked when fp16 is configured
+
+    return torch.cuda.is_available()
+
+
+def _fp16_on_cpu(where: str) -> str:
+    return (f"{where}.precision fp16: the trials would run on CPU (no GPU here, or --cpu-only), where fp16 "
+            f"cannot train; use auto, bf16 or fp32")
+
+
+def _check_places(plan: SweepPlan) -> None:
+    """The folders a run writes and the MLflow store it logs to, usable (before anything runs)."""
+    from sweeps.tracking import tracking_uri_problem
+
+    for option, path in (("--output", plan.folder.root), ("--cache-dir", plan.cache_dir)):
+        problem = not_writable(path)
+        if problem:
+            raise UsageError(f"{option} {path}: {problem}")
+    if "://" not in plan.storage and not_writable(Path(plan.storage)):
+        raise UsageError(f"--storage {plan.storage}: {not_writable(Path(plan.storage))}")
+    problem = tracking_uri_problem(plan.mlflow_uri)
+    if problem:
+        raise UsageError(f"--mlflow-uri: {problem}")
 
 
 def plan_sweep(args: argparse.Namespace) -> SweepPlan:
@@ -176,13 +205,17 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
     UsageError); nothing is written and nothing runs."""
     spec = _load(args)
     folder = SweepFolder(args.output or Path("runs") / (f"{spec.name}-demo" if spec.data.demo else spec.name))
+    for key, option, root in (("camus_root", "--camus-root", spec.data.camus_root),
+                              ("sdm_root", "--sdm-root", spec.data.sdm_root)):
+        if root and not spec.data.demo and not Path(root).expanduser().is_dir():
+            raise UsageError(f"{option} (data.{key}): {root} is not a folder; expected the dataset's root folder")
     try:
         cells = expand_grid(spec)
     except ValueError as err:  # a finetune mapped to a prompt synthetic data lacks
         raise SpecError(str(err)) from None
     if not args.dry_run:
         _check_run_options(spec, folder, args)
-    return SweepPlan(
+    plan = SweepPlan(
         spec=spec,
         cells=cells,
         folder=folder,
@@ -193,6 +226,9 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         validate=not args.skip_validation,
         ray=RaySettings(args.address, args.num_cpus, args.cpu_only, args.verbose),
     )
+    if not args.dry_run:
+        _check_places(plan)
+    return plan
 
 
 def describe_plan(plan: SweepPlan) -> str:
@@ -294,6 +330,8 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
         lr = run_lr_search(spec, plan.lr_space, caches, results_file=folder.lr_search, storage=plan.storage, use_gpu=use_gpu)
         logger.info("learning rates from the search: %s", lr)
     configs = {cell.cell_id: trial_config(spec, cell, caches, lr=lr) for cell in plan.cells}
+    if not use_gpu and any(config["precision"] == "fp16" for config in configs.values()):
+        raise UsageError(_fp16_on_cpu("train"))  # a cluster without GPUs (locally this was refused at once)
     mismatch = resume_mismatch(folder, configs, plan.storage)
     if mismatch:
         raise UsageError(f"{folder.root} holds a sweep started with other settings ({mismatch}); "
@@ -336,11 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(describe_plan(plan))
             return 0
-        plan.folder.root.mkdir(parents=True, exist_ok=True)
-        caches = prepare_data(plan)
-        with ray_session(plan.ray) as use_gpu:
-            end = run_sweep(plan, caches, use_gpu)
-    except (SpecError, UsageError, DataError) as err:
+        with plan.folder.lock():  # one driver per sweep folder, for as long as it runs
+            caches = prepare_data(plan)
+            with ray_session(plan.ray) as use_gpu:
+                end = run_sweep(plan, caches, use_gpu)
+    except (SpecError, UsageError, DataError, FolderBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     return summarise(end, time.time() - started)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,21 @@ class SweepSpec:
         return dataclasses.asdict(self)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: `1e-4` is a float (YAML 1.1 makes it a string
+    unless it has a dot); everything else as yaml.safe_load reads it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError as err:
         raise SpecError(f"{path}: sweep definition not found") from err
     except yaml.YAMLError as err:
@@ -129,12 +142,25 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `--set a.b.c=value` overrides; values are parsed as YAML scalars/lists."""
-    result = copy.deepcopy(raw)
+    """Apply `--set a.b.c=value` overrides; values are parsed as YAML (quote a text that
+    looks like a number: `--set data.camus_root="'2023'"`)."""
+    values = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--set {item!r}: expected key=value, e.g. --set train.max_epochs=5")
+        try:
+            values[key] = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+        except yaml.YAMLError as err:
+            raise SpecError(f"--set {item!r}: not a YAML value: {err}") from None
+    return set_values(raw, values, option="--set")
+
+
+def set_values(raw: dict[str, Any], values: dict[str, Any], *, option: str = "") -> dict[str, Any]:
+    """Set dotted keys to values as they are (command-line options pass paths and names
+    this way: `--camus-root 2023` stays the text "2023")."""
+    result = copy.deepcopy(raw)
+    for key, value in values.items():
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
@@ -142,26 +168,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 node[part] = {}
             child = node[part]
             if not isinstance(child, dict):
-                raise SpecError(f"--set {item!r}: {part!r} is a value, not a section")
+                raise SpecError(f"{option or key}: {key}: {part!r} is a value, not a section")
             node = child
-        node[parts[-1]] = _parse_value(text)
+        node[parts[-1]] = copy.deepcopy(value)
     return result
-
-
-def _parse_value(text: str) -> Any:
-    """A YAML scalar or list; numbers like 1e-4 (a string to YAML 1.1) become floats."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _check_values(spec: SweepSpec, where: str) -> None:
     allowed = {"models": MODELS, "prompts": PROMPTS, "strategies": STRATEGIES, "encoders": ENCODERS}
     for axis, values in allowed.items():
+        if not getattr(spec.grid, axis):
+            raise SpecError(f"{where}: grid.{axis} is empty; expected some of {list(values)}")
         for value in getattr(spec.grid, axis):
             if value not in values:
                 raise SpecError(f"{where}: grid.{axis} has {value!r}; expected one of {list(values)}")
@@ -184,28 +201,52 @@ def _check_values(spec: SweepSpec, where: str) -> None:
         except ValueError as err:
             raise SpecError(f"{where}: train + models.{name}.train: {err}") from None
         for encoder, resources in model.resources.items():
+            key = f"models.{name}.resources.{encoder}"
             if encoder not in ENCODERS:
-                raise SpecError(f"{where}: models.{name}.resources.{encoder}: expected frozen or unfrozen")
+                raise SpecError(f"{where}: {key}: expected frozen or unfrozen")
             unknown = set(resources) - {"cpu", "gpu"}
             if unknown:
-                raise SpecError(f"{where}: models.{name}.resources.{encoder}: unknown {sorted(unknown)}; expected cpu, gpu")
+                raise SpecError(f"{where}: {key}: unknown {sorted(unknown)}; expected cpu, gpu")
+            cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
+            if not cpu > 0:
+                raise SpecError(f"{where}: {key}.cpu: {cpu}; expected > 0")
+            if not (0 <= gpu <= 1 or float(gpu).is_integer()):
+                raise SpecError(f"{where}: {key}.gpu: {gpu}; expected a share in [0, 1] or a whole number of GPUs")
+    for key, value in (("run.max_concurrent", spec.run.max_concurrent), ("run.max_failures", spec.run.max_failures),
+                       ("lr_search.trials", spec.lr_search.trials)):
+        if value < 0:
+            raise SpecError(f"{where}: {key}: {value}; expected 0 or more")
+    if spec.run.expected_epochs < 1:
+        raise SpecError(f"{where}: run.expected_epochs: {spec.run.expected_epochs}; expected 1 or more")
 
 
 def load_spec(
-    *, config: Path | None = None, demo: bool = False, overrides: list[str] | None = None
+    *,
+    config: Path | None = None,
+    demo: bool | None = False,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
 ) -> SweepSpec:
-    """paper.yaml, then demo.yaml (when `demo`), then `config`, then `--set` overrides."""
-    raw = load_yaml(PAPER_YAML)
-    sources = [str(PAPER_YAML)]
-    if demo:
-        raw = deep_merge(raw, load_yaml(DEMO_YAML))
-        sources.append(str(DEMO_YAML))
-    if config is not None:
-        raw = deep_merge(raw, load_yaml(Path(config)))
-        sources.append(str(config))
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-        sources.append("--set")
+    """paper.yaml, then demo.yaml (when `demo`), then `config`, then `--set` overrides,
+    then `values` (typed, from command-line options). demo=None: the demo exactly when
+    no dataset folder is configured (decided before anything is checked, so the demo's
+    settings are checked, not the paper's)."""
+
+    def merged(with_demo: bool) -> tuple[dict[str, Any], list[str]]:
+        raw, sources = load_yaml(PAPER_YAML), [str(PAPER_YAML)]
+        if with_demo:
+            raw, sources = deep_merge(raw, load_yaml(DEMO_YAML)), [*sources, str(DEMO_YAML)]
+        if config is not None:
+            raw, sources = deep_merge(raw, load_yaml(Path(config))), [*sources, str(config)]
+        if overrides:
+            raw, sources = apply_overrides(raw, overrides), [*sources, "--set"]
+        if values:
+            raw = set_values(raw, values)
+        return raw, sources
+
+    raw, sources = merged(bool(demo))
+    if demo is None and not _raw_has_dataset(raw):
+        raw, sources = merged(True)
     where = " + ".join(sources)
     try:
         spec = from_mapping(SweepSpec, raw)
@@ -217,6 +258,11 @@ def load_spec(
 
 def has_dataset(spec: SweepSpec) -> bool:
     return bool(spec.data.camus_root or spec.data.sdm_root)
+
+
+def _raw_has_dataset(raw: dict[str, Any]) -> bool:
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    return bool(data.get("camus_root") or data.get("sdm_root"))
 
 
 def models_without_weights(spec: SweepSpec) -> list[str]:

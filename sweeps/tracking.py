@@ -45,6 +45,27 @@ EPOCH_METRICS = (
 FINAL_METRICS = (axes.TEST_DICE_MEAN, axes.TEST_DICE_STD)
 
 
+def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why MLflow cannot log to `uri`, or None; checked before anything runs (the MLflow
+    client itself retries an unreachable server for minutes, then raises)."""
+    import urllib.error
+    import urllib.request
+
+    from sweeps.folder import not_writable
+
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                return None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            return f"no MLflow tracking server answers at {uri} ({reason}); start one or give another --mlflow-uri"
+    if uri.startswith("sqlite:///"):
+        problem = not_writable(Path(uri[len("sqlite:///"):]).parent)
+        return None if problem is None else f"{uri}: {problem}"
+    return None
+
+
 def sweep_key(sweep_dir: str | Path) -> str:
     """A short hash of a sweep folder's absolute path (folder names may hold quotes)."""
     return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
@@ -87,6 +108,7 @@ class SweepTracker:
             self.experiment_id = experiment.experiment_id
         self.parent_run_id = self._find_or_create_parent()
         self._runs: dict[str, str] = {}  # cell_id -> run_id
+        self._steps: dict[str, dict[str, set[int]]] = {}  # run_id -> metric -> steps logged
         self._sweep_finished = False
         _TRACKERS[self.sweep_dir] = self  # only once it is fully set up
 
@@ -121,6 +143,11 @@ class SweepTracker:
         )
         if found:
             run_id = found[0].info.run_id
+            # a resumed trial replays the epochs after its last checkpoint: log each once
+            self._steps[run_id] = {
+                name: {m.step for m in self.client.get_metric_history(run_id, name)}
+                for name in (*EPOCH_METRICS, *FINAL_METRICS)
+            }
         else:
             tags = {PARENT_TAG: self.parent_run_id, TAG_ROLE: "trial", TAG_CELL: cell_id}
             cell = Cell.of_config(config) if config else None
@@ -138,10 +165,13 @@ class SweepTracker:
         return run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], names: tuple[str, ...], step: int) -> None:
+        """Log the finite ones of `names` at `step`, each (run, metric, step) once."""
+        logged = self._steps.setdefault(run_id, {})
         for name in names:
             value = metrics.get(name)
-            if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            if isinstance(value, int | float) and math.isfinite(float(value)) and step not in logged.get(name, ()):
                 self.client.log_metric(run_id, name, float(value), step=step)
+                logged.setdefault(name, set()).add(step)
 
     def finish_trial(self, cell_id: str, status: str, *, reason: str | None = None,
                      artifacts: list[Path] | None = None) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
+from scipy import stats
 
 from analysis import build_notebooks, write_example_exports
 from analysis.notebook_builder import NOTEBOOKS, OUTPUT_ENV, PUBLISHED_ENV
@@ -35,16 +39,30 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run(name: str, cwd: Path) -> nbformat.NotebookNode:
-    """Execute a notebook in a python3 kernel whose working folder is `cwd`.
+# Appended to the executed copy (never to the committed notebook): the notebook's own
+# results, as JSON, for the test to check against values it computes itself.
+_PROBE = """import json
+found = {name: value.to_dict("records") for name, value in globals().items()
+         if name in ("table", "tests", "per_trial") and isinstance(value, pd.DataFrame)}
+if "epochs" in globals():
+    found["speedup"] = analysis.speedup(per_trial).to_dict("records")
+print("PROBE" + json.dumps(found, default=float))"""
+
+
+def _run(name: str, cwd: Path) -> tuple[nbformat.NotebookNode, dict]:
+    """Execute a notebook in a python3 kernel whose working folder is `cwd`; its outputs
+    and the values the probe read from the kernel.
 
     The kernel imports this checkout's `analysis` (PYTHONPATH, set by the tests), not
-    whatever an older editable install maps the name to.
+    whatever an older editable install maps the name to. nbclient raises on a cell error.
     """
     notebook = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(_PROBE))
     client = NotebookClient(notebook, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(cwd)}})
     client.execute()
-    return notebook
+    probe = notebook.cells.pop()
+    text = "".join(o.get("text", "") for o in probe.outputs)
+    return notebook, json.loads(text[text.index("PROBE") + len("PROBE"):])
 
 
 def _pythonpath() -> str:
@@ -55,26 +73,74 @@ def _outputs(notebook: nbformat.NotebookNode) -> list[dict]:
     return [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
 
 
-def test_tables_notebook_runs(export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _cells(export: Path) -> pd.DataFrame:
+    """Per-image Dice x 100 with each trial's cell, read with plain pandas (not analysis)."""
+    trials = pd.read_parquet(export / "exports" / "trials.parquet")
+    per_image = pd.read_parquet(export / "exports" / "per_image.parquet")
+    frame = per_image.merge(trials[["trial_id", "model", "strategy", "encoder", "prompt"]], on="trial_id")
+    return frame.assign(dice=frame["dice"] * 100)
+
+
+def test_tables_notebook_computes_the_papers_tables_and_tests(export: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(OUTPUT_ENV, str(export))
     monkeypatch.setenv("PYTHONPATH", _pythonpath())
     monkeypatch.delenv(PUBLISHED_ENV, raising=False)
-    outputs = _outputs(_run(NOTEBOOKS[0], tmp_path))
-    assert not [o for o in outputs if o["output_type"] == "error"]
-    text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
-    assert "| synth-PT:real-FT | CRIS |" in text and "**" in text  # the paper layout, best in bold
-    html = "\n".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
-    assert "real vs synthetic" in html and "PT-FT vs real" in html
+    notebook, found = _run(NOTEBOOKS[0], tmp_path)
+    outputs = _outputs(notebook)
+    # Table 2/3 numbers: mean and sample std of Dice x 100 per cell
+    expected = _cells(export).groupby(["model", "strategy", "encoder", "prompt"])["dice"].agg(["count", "mean", "std"])
+    table = pd.DataFrame(found["table"]).set_index(["model", "strategy", "encoder", "prompt"])
+    assert len(table) == len(expected) == 2 * 3 * 2 * 2
+    assert (table["n"] == expected.loc[table.index, "count"]).all()
+    assert np.allclose(table["mean"], expected.loc[table.index, "mean"], atol=1e-9)
+    assert np.allclose(table["std"], expected.loc[table.index, "std"], atol=1e-9)
+    # the paper's layout shows every cell as "mean ± std", the best of each column in bold
+    markdown = "\n".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    for (model, strategy, encoder, prompt), row in expected.iterrows():
+        assert f"{row['mean']:.2f} ± {row['std']:.2f}" in markdown, (model, strategy, encoder, prompt)
+    unfrozen = expected.xs("unfrozen", level="encoder")
+    best = unfrozen["mean"].groupby(level="prompt").idxmax()
+    for prompt, (model, strategy) in ((p, i[:2]) for p, i in best.items()):
+        row = unfrozen.loc[(model, strategy, prompt)]
+        assert f"**{row['mean']:.2f} ± {row['std']:.2f}**" in markdown
+    # best real vs best synthetic, one-sided Wilcoxon over paired images, per model
+    frame = _cells(export)
+    tests = pd.DataFrame(found["tests"]).set_index(["family", "model"])
+    for model in ("CLIPSeg", "CRIS"):
+        cells = unfrozen.xs(model, level="model")["mean"]
+        real = cells.xs("real", level="strategy").idxmax()
+        synthetic = cells.xs("synthetic", level="strategy").idxmax()
+
+        def dice(strategy: str, prompt: str, model: str = model) -> pd.Series:
+            rows = frame[(frame.model == model) & (frame.strategy == strategy) & (frame.encoder == "unfrozen")
+                         & (frame.prompt == prompt)]
+            return rows.set_index(["image", "structure"])["dice"].sort_index()
+
+        a, b = dice("real", real), dice("synthetic", synthetic)
+        p_value = stats.wilcoxon(a.to_numpy(), b.loc[a.index].to_numpy(), alternative="greater").pvalue
+        row = tests.loc[("real vs synthetic", model)]
+        assert row["a"] == f"{model} real unfrozen {real}" and row["p_value"] == pytest.approx(p_value, rel=1e-12)
     assert str(export.resolve()) in "".join(str(o.get("text", "")) for o in outputs)
     assert not list(tmp_path.iterdir())  # nothing written into the kernel's working folder
 
 
-def test_figures_notebook_runs(export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_figures_notebook_draws_the_figures_and_the_convergence(export: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(OUTPUT_ENV, str(export))
     monkeypatch.setenv("PYTHONPATH", _pythonpath())
-    outputs = _outputs(_run(NOTEBOOKS[1], tmp_path))
-    assert not [o for o in outputs if o["output_type"] == "error"]
-    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    notebook, found = _run(NOTEBOOKS[1], tmp_path)
+    images = [o for o in _outputs(notebook) if "image/png" in o.get("data", {})]
     assert len(images) == 2 + 1 + 2  # Fig. 2 per encoder, Fig. 3, validation Dice per encoder
-    html = "\n".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
-    assert "speedup" in html and "3.0" in html  # example: real peaks at epoch 9, finetune at 3
+    # epochs to the best validation Dice, read with plain pandas: real over finetune
+    epochs = pd.read_parquet(export / "exports" / "epochs.parquet")
+    trials = pd.read_parquet(export / "exports" / "trials.parquet").set_index("trial_id")
+    best_epoch = epochs.loc[epochs.groupby("trial_id")["val_dice"].idxmax()].set_index("trial_id")["epoch"]
+    per_trial = trials.join(best_epoch.rename("best"))
+    for row in found["speedup"]:
+        group = per_trial[(per_trial.model == row["model"]) & (per_trial.encoder == row["encoder"])]
+        real = group[group.strategy == "real"]["best"].mean()
+        finetune = group[group.strategy == "synth-PT:real-FT"]["best"].mean()
+        assert (row["real_epochs"], row["finetune_epochs"]) == (real, finetune)
+        assert row["speedup"] == pytest.approx(real / finetune)
+    assert len(found["speedup"]) == 4

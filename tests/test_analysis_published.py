@@ -1,16 +1,35 @@
-"""The authors' published per-image files reproduce the paper's Table 2 and Wilcoxon tests."""
+"""The authors' published per-image files reproduce the paper's Table 2 and Wilcoxon tests.
+
+The paper's tests run on the copy bundled with the package (analysis/published_data/,
+CC-BY 4.0, see the README there), so they run in any clone; the bundle is checked against
+the authors' folder itself when ../shared/reference is present.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import compare, dice_table, load_published, paper_comparisons, render_table
+from analysis import (
+    compare,
+    dice_table,
+    load_published,
+    paper_comparisons,
+    render_table,
+    write_example_exports,
+)
+from analysis.__main__ import build_parser, main
+from analysis.published import BUNDLE, BUNDLE_COLUMNS, write_bundle
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-METRICS = REFERENCE / "synthetic-boost" / "metrics"
+REPO = Path(__file__).resolve().parents[1]
+METRICS = REPO.parent / "shared" / "reference" / "synthetic-boost" / "metrics"
+BUNDLED = Path(str(resources.files("analysis") / BUNDLE))  # where the installed package has it
 
 # The paper's Table 2 (encoders unfrozen) as printed: "mean std" per prompt P0..P7.
 PAPER_TABLE_2 = {
@@ -29,9 +48,74 @@ def _decimals(text: str) -> int:
 
 @pytest.fixture(scope="module")
 def published() -> pd.DataFrame:
+    return load_published()  # the bundled copy
+
+
+@pytest.fixture(scope="module")
+def authors_folder() -> Path:
     if not METRICS.is_dir():
-        pytest.skip(f"reference data not found at {METRICS} (the shared/reference checkout is missing)")
-    return load_published(METRICS)
+        pytest.skip(f"the authors' metrics folder is not at {METRICS}; the bundled copy is used")
+    return METRICS
+
+
+def test_bundle_is_small_packaged_and_attributed() -> None:
+    assert BUNDLED.stat().st_size < 700_000  # 46 CSV files, 5.1 MB as text
+    raw = pd.read_parquet(BUNDLED)
+    assert tuple(raw.columns) == BUNDLE_COLUMNS
+    assert len(raw) == 46 * 600
+    assert raw.groupby(["strategy_folder", "model_folder", "prompt_folder"]).size().eq(600).all()
+    assert set(raw["model_folder"]) == {"cris", "clip_seg_bs_128"}  # the unpublished clip_seg is left out
+    assert raw["filename"].str.fullmatch(r"mask_[123]/patient\d{4}_(2CH|4CH)_(ED|ES)_gt\.png").all()
+    metrics = ["iou", "dice", "hausdorff_distance", "ones_dice_diff", "zeros_dice_diff"]
+    assert (raw[metrics].dtypes == "float64").all()  # as published: x100, float64
+    assert raw["dice"].max() > 98  # x100
+    # shipped with the package: pyproject's package data covers every file of the folder
+    section = (REPO / "pyproject.toml").read_text().split("\n[tool.setuptools.package-data]\n")[1].split("\n[")[0]
+    globs = json.loads(re.search(r"^analysis = (\[.*\])$", section, re.MULTILINE)[1])
+    folder = BUNDLED.parent
+    shipped = {p for g in globs for p in folder.parent.glob(g) if p.is_file()}
+    assert {p for p in folder.iterdir() if p.is_file()} <= shipped
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    for fact in ("Adhikari", "Synthetic Boost", "10.1007/978-3-031-44521-7_9", "naamiinepal/synthetic-boost",
+                 "532d3dc", "CC-BY 4.0", "Parquet", "mask_<k>/<file>"):
+        assert fact in readme, fact
+
+
+def test_bundle_equals_the_authors_folder(authors_folder: Path, published: pd.DataFrame, tmp_path: Path) -> None:
+    theirs = load_published(authors_folder)
+    pd.testing.assert_frame_equal(published, theirs, check_exact=True)
+    for column in ("dice", "iou", "hausdorff"):  # bit for bit, not only equal as numbers
+        assert np.array_equal(published[column].to_numpy().view(np.uint64), theirs[column].to_numpy().view(np.uint64))
+    rebuilt = pd.read_parquet(write_bundle(authors_folder, tmp_path / "bundle.parquet"))
+    pd.testing.assert_frame_equal(rebuilt, pd.read_parquet(BUNDLED), check_exact=True)
+    # and the metric values are the numbers of the CSV text, e.g. the first row of one file
+    csv = authors_folder / "camus_metrics_reduce_lr/cris/p1/metrics.csv"
+    first = csv.read_text().splitlines()[1].split(",")
+    row = rebuilt[(rebuilt["strategy_folder"] == "camus_metrics_reduce_lr") & (rebuilt["model_folder"] == "cris")
+                  & (rebuilt["prompt_folder"] == "p1")].iloc[0]
+    assert first[0].endswith("/" + row["filename"])
+    assert [row[c] for c in BUNDLE_COLUMNS[4:]] == [float(v) for v in first[1:]]
+
+
+def test_report_published_without_a_path_uses_the_bundle(tmp_path: Path) -> None:
+    assert build_parser().parse_args(["report", "runs/x", "--published"]).published is True
+    assert build_parser().parse_args(["report", "runs/x", "--published", "m"]).published == Path("m")
+    assert build_parser().parse_args(["report", "runs/x"]).published is None
+    export = tmp_path / "sweep"
+    write_example_exports(export, prompts=("P1", "P7"), n_patients=2)
+    out = tmp_path / "r.md"
+    assert main(["report", str(export), "--published", "--format", "md", "--out", str(out)]) == 0
+    side = out.read_text(encoding="utf-8").split("Ours beside the authors")[1]
+    assert f"analysis/{BUNDLE}" in side and "532d3dc" in side and "CC-BY 4.0" in side
+    # 2 models x (real P1, P7; synthetic P1; synth-PT:real-FT P1, P7): 2 patients x 4 images x 3 structures each
+    rows = [line for line in side.splitlines() if re.match(r"\| (CRIS|CLIPSeg) ", line)]
+    assert len(rows) == 2 * 5, rows
+    cells = {tuple(c.strip() for c in line.strip("|").split("|")[:4]): line for line in rows}
+    # n_ours | mean | std | n_theirs | mean | std | n_pairs
+    assert all(re.search(r"\| 24 \| [\d.]+ \| [\d.]+ \| 600 \| [\d.]+ \| [\d.]+ \| 24 \|", line) for line in rows), rows
+    # theirs are the paper's Table 2 cells
+    assert "| 600 | 91.00 | 6.34 | 24 |" in cells[("CRIS", "real", "unfrozen", "P1")]
+    assert "| 600 | 88.53 | 7.24 | 24 |" in cells[("CLIPSeg", "real", "unfrozen", "P1")]
 
 
 def test_schema_and_units(published: pd.DataFrame) -> None:

@@ -447,3 +447,61 @@ def test_losing_the_rename_race_keeps_the_winner(records, tmp_path, monkeypatch)
     assert _prepare(records, cache_dir) == final
     assert [p.name for p in cache_dir.iterdir() if p.is_dir()] == [final.name]
     assert open_split(final).images.shape == (2, SIZE, SIZE)
+
+
+# Modules that cache.py reaches (imports, lazy ones too) whose code does not decide a
+# cached value, with the reason; every other one must be part of the key.
+_NOT_SHAPING = {
+    "vlsm.atomic": "writes files, decides no value",
+    "vlsm.model_registry": "model names for vlsm.axes, no cached value",
+    "vlsm.data.camus": "reads records; the key hashes the records' files and metadata",
+    "vlsm.data.synthetic_boost": "reads records; the key hashes the records' files and metadata",
+}
+
+
+def _reached_from(module: str) -> set[str]:
+    """vlsm modules that `module` imports, transitively, lazy imports included (from the AST)."""
+    import ast
+    import importlib.util
+
+    def named(base: str, name: str) -> str:  # `from vlsm.data import io` names a module
+        try:
+            return f"{base}.{name}" if importlib.util.find_spec(f"{base}.{name}") else base
+        except ModuleNotFoundError:
+            return base
+
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(Path(importlib.util.find_spec(name).origin).read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vlsm"):
+                todo += [named(node.module, alias.name) for alias in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names if alias.name.startswith("vlsm")]
+    return seen - {"vlsm", "vlsm.data", "vlsm.models"}  # package faces hold no code that is cached
+
+
+def test_the_key_covers_every_module_that_shapes_cached_values() -> None:
+    reached = _reached_from("vlsm.data.cache")
+    assert {"vlsm.axes", "vlsm.data.prompts", "vlsm.data.label_codings"} <= reached
+    uncovered = sorted(reached - set(cache._CODE_MODULES) - set(_NOT_SHAPING))
+    assert not uncovered, f"modules that shape cached values but are outside the cache key: {uncovered}"
+
+
+@pytest.mark.parametrize("module_name", cache._CODE_MODULES)
+def test_a_change_in_a_module_that_shapes_cached_values_rebuilds(records, tmp_path, monkeypatch, module_name) -> None:
+    # e.g. renaming a structure in vlsm/axes.py changes every prompt: the old cache must
+    # not be served. A changed copy of the module's source stands in for the edit.
+    import importlib
+
+    module = importlib.import_module(module_name)
+    first = _prepare(records, tmp_path / "cache")
+    changed = tmp_path / "src" / Path(module.__file__).name
+    changed.parent.mkdir(exist_ok=True)
+    changed.write_text(Path(module.__file__).read_text() + "\n# an edit\n")
+    monkeypatch.setattr(module, "__file__", str(changed))
+    second = _prepare(records, tmp_path / "cache")
+    assert second != first and second.is_dir() and first.is_dir()

@@ -2,17 +2,24 @@
 
     .venv/bin/python -m pytest -q tests/test_cris.py
 
-Equivalence with the official CRIS.pytorch forward was checked outside the project
-(same weights, max |logit diff| 2.5e-12 in float64); these tests pin the behaviour that
-check established.
+Two checks against the official CRIS.pytorch, from bundled numbers (tests/fixtures/README.md),
+so neither needs the official code or ../shared:
+
+- the full-size model's state dict has the official checkpoint's names and shapes
+  (``fixtures/cris_rn50_state_dict.json``);
+- a tiny model with fixed weights gives the official forward's float64 logits on fixed
+  inputs (``fixtures/cris_official_golden.{json,npz}``): names and shapes alone would pass
+  a wrong concatenation order or a misplaced position embedding.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -28,8 +35,11 @@ from vlsm.models.cris import (
     tiny_cris_config,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-OFFICIAL_NAMES = REFERENCE / "cris" / "cris_rn50_state_dict.json"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OFFICIAL_NAMES = FIXTURES / "cris_rn50_state_dict.json"
+GOLDEN_META = FIXTURES / "cris_official_golden.json"
+GOLDEN_ARRAYS = FIXTURES / "cris_official_golden.npz"
+GOLDEN_ATOL = 1e-10  # float64; the observed max |diff| is in GOLDEN_META ("observed_max_abs_diff")
 VOCAB = 1000  # a small vocabulary keeps the tiny model's embedding tiny
 SOT, EOT = VOCAB - 2, VOCAB - 1
 
@@ -58,8 +68,6 @@ def images(b: int, size: int = 64, seed: int = 1) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def official_shapes() -> dict[str, list[int]]:
-    if not OFFICIAL_NAMES.is_file():
-        pytest.skip(f"reference file missing: {OFFICIAL_NAMES}")
     return json.loads(OFFICIAL_NAMES.read_text())["state_dict"]
 
 
@@ -127,6 +135,113 @@ def test_checkpoint_roundtrip_via_build_cris(tmp_path):
     assert model.spec["checkpoint"] == str(path)
     with pytest.raises(ValueError, match="no such file"):
         build_cris(config=tiny(), checkpoint=tmp_path / "absent.pt")
+
+
+# --- the official forward, from bundled numbers ---------------------------------------------
+
+
+def golden_weights(shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str, torch.Tensor]:
+    """The golden fixture's float64 weights: a function of the tensor names, shapes and seed only.
+
+    One seeded generator draws every tensor in sorted-name order, so the weights depend on
+    no model's own initialisation or module order. The scales keep every stage
+    non-degenerate (CLIP's init zeroes each residual branch's last BatchNorm, and fresh
+    BatchNorm statistics are the identity): kernels and matrices N(0, 2 / fan_in), other
+    `weight`s (norm gains) 1 + N(0, 0.2^2), running variances exp(N(0, 0.3^2)), everything
+    else N(0, 0.1^2). `fixtures/make_cris_golden.py` builds the official model's weights
+    with this function.
+    """
+    g = torch.Generator().manual_seed(seed)
+    weights: dict[str, torch.Tensor] = {}
+    for name in sorted(shapes):
+        shape = tuple(int(d) for d in shapes[name])
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "num_batches_tracked":
+            weights[name] = torch.zeros(shape, dtype=torch.long)
+            continue
+        r = torch.randn(shape, generator=g, dtype=torch.float64)
+        if leaf == "running_var":
+            weights[name] = (0.3 * r).exp()
+        elif len(shape) >= 2:
+            weights[name] = r * math.sqrt(2 / math.prod(shape[1:]))
+        elif leaf == "weight":
+            weights[name] = 1 + 0.2 * r
+        else:
+            weights[name] = 0.1 * r
+    return weights
+
+
+def weights_fingerprint(weights: Mapping[str, torch.Tensor]) -> dict[str, float | int]:
+    """Counts and float64 sums of a state dict: tells a changed RNG or recipe from a wrong model."""
+    values = [weights[k].double().flatten() for k in sorted(weights)]
+    return {
+        "tensors": len(values),
+        "values": sum(v.numel() for v in values),
+        "sum": sum(float(v.sum()) for v in values),
+        "sum_squares": sum(float((v * v).sum()) for v in values),
+    }
+
+
+@pytest.fixture(scope="module")
+def golden() -> tuple[dict, dict[str, torch.Tensor]]:
+    """The fixture's description (JSON) and its tensors (inputs, official logits)."""
+    meta = json.loads(GOLDEN_META.read_text())
+    with np.load(GOLDEN_ARRAYS, allow_pickle=False) as arrays:
+        tensors = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
+    return meta, tensors
+
+
+def golden_model(meta: dict) -> CRIS:
+    """Our CRIS with the fixture's config and weights, float64, eval mode."""
+    model = build_cris(config=meta["config"])
+    weights = golden_weights({k: v.shape for k, v in model.state_dict().items()},
+                             meta["weights"]["seed"])
+    fingerprint, expected = weights_fingerprint(weights), meta["weights"]["fingerprint"]
+    assert (fingerprint["tensors"], fingerprint["values"]) == (expected["tensors"], expected["values"])
+    for key in ("sum", "sum_squares"):
+        assert fingerprint[key] == pytest.approx(expected[key], rel=1e-9), (
+            "golden_weights no longer draws the fixture's weights (torch's RNG or the recipe "
+            "changed): regenerate the fixture (tests/fixtures/README.md)"
+        )
+    model.double().load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+def test_golden_inputs_follow_both_padding_rules(golden):
+    """On the fixture the official rules (padding = ids == 0, end of text = ids.argmax())
+    and ours (both from the attention mask) agree, so the logits must agree too."""
+    _, t = golden
+    ids, mask = t["input_ids"], t["attention_mask"]
+    lengths = mask.sum(1)
+    assert torch.equal(ids == 0, mask == 0)
+    assert torch.equal(ids.argmax(1), lengths - 1)
+    assert (lengths < ids.shape[1]).any() and (lengths == ids.shape[1]).any()  # padded and full
+    h, w = t["pixel_values"].shape[-2:]
+    assert h != w  # non-square: a swapped height and width cannot cancel out
+    official = t["official_logits"]
+    assert official.dtype == torch.float64 and official.shape == (ids.shape[0], 1, h, w)
+    assert official.std() > 0.1 and not torch.allclose(official[0], official[1])
+
+
+def test_golden_logits_match_official_cris(golden):
+    """Same weights, same inputs, float64: our logits are the official CRIS.pytorch ones, both
+    at the projector's 1/4 resolution and after the official evaluation's bicubic upsampling."""
+    meta, t = golden
+    model = golden_model(meta)
+    seen: dict[str, torch.Tensor] = {}
+    hook = model.proj.register_forward_hook(lambda _m, _i, out: seen.update(quarter=out))
+    try:
+        with torch.no_grad():
+            logits = model(t["pixel_values"].double(), t["input_ids"], t["attention_mask"])
+    finally:
+        hook.remove()
+    for name, ours, official in (
+        ("1/4-resolution", seen["quarter"], t["official_logits_quarter"]),
+        ("input-resolution", logits, t["official_logits"]),
+    ):
+        assert ours.shape == official.shape and ours.dtype == torch.float64, name
+        diff = (ours - official).abs().max().item()
+        assert diff <= GOLDEN_ATOL, f"{name} logits differ from the official CRIS by up to {diff:.3g}"
 
 
 # --- OpenAI CLIP weights --------------------------------------------------------------------
@@ -255,6 +370,10 @@ def test_sentence_feature_is_last_attended_token():
         before = model(x, ids, mask)
         ids[0, 6] = 5
         after = model(x, ids, mask)
+        # ... and the sentence feature stays at the last attended position: never found from
+        # the ids (argmax would now pick the start-of-text token, the largest id left)
+        words, state = model.backbone.encode_text(ids, mask)
+        torch.testing.assert_close(state[0], words[0, 6] @ model.backbone.text_projection)
     assert not torch.allclose(before[0], after[0])
     torch.testing.assert_close(before[1], after[1], atol=1e-5, rtol=1e-5)
 

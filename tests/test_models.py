@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -21,14 +20,7 @@ from vlsm.models import (
     tiny_config,
 )
 
-_HAS_CRIS = importlib.util.find_spec("vlsm.models.cris") is not None
-MODELS = [
-    "clipseg",
-    pytest.param(
-        "cris",
-        marks=pytest.mark.skipif(not _HAS_CRIS, reason="vlsm/models/cris.py not written yet"),
-    ),
-]
+MODELS = ["clipseg", "cris"]
 PROMPTS = ["", "Left ventricular cavity of the heart.", "Left atrium cavity in four-chamber view."]
 
 
@@ -225,7 +217,6 @@ def test_input_size_without_building(tmp_path):
     )
     (tmp_path / "config.json").write_text('{"vlsm_input_size": 96}')
     assert input_size("clipseg", None, pretrained=tmp_path) == 96
-    if _HAS_CRIS:
-        assert input_size("cris", None) == 416
+    assert input_size("cris", None) == 416
     with pytest.raises(ValueError, match="unknown key"):
         input_size("clipseg", {"inputsize": 64})

@@ -1,8 +1,15 @@
-"""Prompts P0-P7 against the authors' published task files, character for character."""
+"""Prompts P0-P7 against the authors' published task files, character for character.
+
+The task files are bundled in tests/fixtures/synthetic_boost_tasks.json.xz (see the
+README there: CC-BY 4.0, attribution), so these tests run in any clone; one test checks
+the bundle against the authors' files themselves when ../shared/reference is present.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import lzma
 import random
 import re
 from pathlib import Path
@@ -13,8 +20,9 @@ from vlsm.axes import STRUCTURE_NAMES
 from vlsm.data.prompts import age_in_words, build_prompts, choose_phrasing, prompt_keys
 from vlsm.data.records import EchoImage, PatientInfo
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-TASKS = REFERENCE / "synthetic-boost" / "tasks"
+TASKS_BUNDLE = Path(__file__).resolve().parent / "fixtures" / "synthetic_boost_tasks.json.xz"
+SHARED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "synthetic-boost" / "tasks"
+TASK_FILES = ("camus/val.json", "camus/test.json", "sdm/val.json", "sdm/test.json")
 
 # Written independently of vlsm.data.prompts: what the reference sentences say.
 _NAME = re.compile(r"^(patient\d{4})_(2CH|4CH)_(ED|ES)(?:_(training|validation|testing))?(?:_(\d))?\.png$")
@@ -23,14 +31,63 @@ _LAST = re.compile(
     r"of the heart at end of the (?:diastole|systole) cycle of a (?P<age>[a-z-]+)-year-old "
     r"(?P<sex>male|female)(?: with (?P<quality>good|medium|poor) image quality)?\.$"
 )
-_WORD_AGES = {age_in_words(a): a for a in range(0, 120)}
+_AGE = re.compile(r" of a (?P<age>[a-z-]+)-year-old ")
+# Number words spelled out by hand, not by age_in_words (the function under test) or
+# num2words, so that a consistent mis-spelling ("fourty-five") cannot pass.
+_UNITS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen".split())}
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
+         "eighty": 80, "ninety": 90}
+
+
+def _age_of(words: str) -> int:
+    """Age words read by hand: "eighteen" -> 18, "seventy" -> 70, "fifty-six" -> 56.
+
+    KeyError for any other spelling.
+    """
+    if words in _UNITS:
+        return _UNITS[words]
+    tens, hyphen, unit = words.partition("-")
+    if not hyphen:
+        return _TENS[tens]
+    if not 1 <= _UNITS[unit] <= 9:
+        raise KeyError(words)
+    return _TENS[tens] + _UNITS[unit]
+
+
+@functools.cache
+def _bundled_tasks() -> dict[str, list[dict]]:
+    return json.loads(lzma.decompress(TASKS_BUNDLE.read_bytes()))
 
 
 def _load(rel: str) -> list[dict]:
-    path = TASKS / rel
-    if not path.is_file():
-        pytest.skip(f"reference task file {path} missing (shared/reference not available)")
-    return json.loads(path.read_text())
+    return _bundled_tasks()[rel]
+
+
+def _reference_age_words() -> set[str]:
+    return {m["age"] for rel in TASK_FILES for entry in _load(rel)
+            for value in entry["prompts"].values() if not isinstance(value, str)
+            for sentence in value for m in _AGE.finditer(sentence)}
+
+
+def test_bundled_task_files() -> None:
+    assert tuple(_bundled_tasks()) == TASK_FILES
+    # 3 entries (structures) per image: camus val and test 200 images each (50 patients x 2
+    # views x 2 phases), sdm val 1,000 (5 synthetic variants each), sdm test the 200 test images
+    assert [len(_load(rel)) for rel in TASK_FILES] == [600, 600, 3000, 600]
+    for rel in TASK_FILES:
+        keys = [f"p{i}" for i in range(7 if rel.startswith("sdm") else 8)]
+        for entry in _load(rel):
+            assert set(entry) == {"img_name", "mask_name", "prompts"} and list(entry["prompts"]) == keys, rel
+    assert _reference_age_words() >= {"eighteen", "forty-one", "fifty", "eighty-four", "eighty-eight"}
+
+
+def test_bundled_task_files_equal_the_authors() -> None:
+    if not SHARED_TASKS.is_dir():
+        pytest.skip(f"the authors' task files are not at {SHARED_TASKS}; the bundled copy is used")
+    for rel in TASK_FILES:
+        assert json.loads((SHARED_TASKS / rel).read_text(encoding="utf-8")) == _load(rel), rel
 
 
 def _image_and_shape(entry: dict, synthetic: bool) -> tuple[EchoImage, int, str]:
@@ -42,7 +99,7 @@ def _image_and_shape(entry: dict, synthetic: bool) -> tuple[EchoImage, int, str]
     assert m, last
     info = PatientInfo(
         sex={"male": "M", "female": "F"}[m["sex"]],
-        age=_WORD_AGES[m["age"]],
+        age=_age_of(m["age"]),
         image_quality=m["quality"].capitalize() if m["quality"] else None,
     )
     image = EchoImage(
@@ -176,16 +233,35 @@ def test_choose_phrasing() -> None:
 
 
 def test_age_in_words() -> None:
-    assert age_in_words(56) == "fifty-six"
-    assert age_in_words(101) == "one-hundred-and-one"
+    spelled = {18: "eighteen", 40: "forty", 41: "forty-one", 45: "forty-five", 50: "fifty",
+               56: "fifty-six", 70: "seventy", 84: "eighty-four", 88: "eighty-eight",
+               101: "one-hundred-and-one"}
+    assert {age: age_in_words(age) for age in spelled} == spelled
     with pytest.raises(ValueError, match="age"):
         age_in_words(-3)
 
 
+def test_every_age_of_the_reference_is_spelled_as_the_authors_spell_it() -> None:
+    words = _reference_age_words()
+    assert len(words) == 39  # 39 distinct ages, from eighteen to eighty-eight
+    wrong = {w: age_in_words(_age_of(w)) for w in sorted(words) if age_in_words(_age_of(w)) != w}
+    assert wrong == {}
+
+
+def test_the_article_is_always_a() -> None:
+    # the authors' quirk, kept so that sentences match: "of a eighty-four-year-old"
+    image = _image(sex="M", age=84, image_quality="Good")
+    assert build_prompts(image, 2, "oval")["p5"][0] == (
+        "Myocardium in four-chamber view of the heart at end of the systole cycle of a "
+        "eighty-four-year-old male."
+    )
+    sentences = [s for e in _load("camus/test.json") for s in e["prompts"]["p5"]]
+    assert any(" of a eighty-four-year-old " in s for s in sentences)
+    assert not any(" of an " in s for s in sentences)
+
+
 def test_synthetic_style_on_a_real_image_equals_the_synthetic_prompts() -> None:
     import dataclasses
-
-    from vlsm.data.records import EchoImage, PatientInfo
 
     real = EchoImage(
         source="camus2023", patient="patient0001", view="4CH", phase="ES", split="test",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -149,7 +151,8 @@ def test_each_sweep_gets_its_own_folder_under_shared_storage(tmp_path) -> None:
         (["--address", "ray://head:10001"], "must run on the cluster"),
         (["--address", "auto"], "--address needs --storage"),
         (["--resume"], "holds no sweep to resume"),
-        (["--camus-root", "data/CAMUS"], "models.CRIS: no weights"),
+        (["--camus-root", "."], "models.CRIS: no weights"),
+        (["--camus-root", "no/such/CAMUS"], "--camus-root (data.camus_root): no/such/CAMUS is not a folder"),
         (["--set", "grid.finetune_upstream.P7=P7"], "grid.finetune_upstream: P7 -> P7"),
     ],
 )
@@ -292,3 +295,109 @@ def test_the_sweeps_mlflow_run_is_closed_however_the_run_ends(tmp_path) -> None:
     with mlflow_sweep(plan) as tracker:
         tracker.finish_sweep("FINISHED")
     assert parent_status(tracker) == "FINISHED"
+
+
+def test_a_resumed_trial_logs_each_epoch_to_mlflow_once(tmp_path) -> None:
+    # Ray replays the results after a trial's last checkpoint when it resumes it: the
+    # epochs MLflow already holds are not logged again.
+    from types import SimpleNamespace
+
+    from sweeps.tracking import MLflowTrialCallback, SweepTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trial = SimpleNamespace(config={"tags": Cell("CRIS", "real", "frozen", "P1").tags()}, trial_id="t1")
+    first = MLflowTrialCallback(SweepTracker(uri, "s", tmp_path))
+    for epoch in (1, 2, 3):
+        first.on_trial_result(0, [], trial, {"epoch": epoch, "val_dice": 0.1 * epoch})
+    resumed_tracker = SweepTracker(uri, "s", tmp_path)  # the next launch
+    resumed = MLflowTrialCallback(resumed_tracker)
+    for epoch in (2, 3, 4):  # resumed from the epoch-1 checkpoint
+        resumed.on_trial_result(0, [], trial, {"epoch": epoch, "val_dice": 0.1 * epoch})
+    history = resumed_tracker.client.get_metric_history(resumed_tracker.trial_run("cris-real-frozen-p1"), "val_dice")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("grid.prompts=[]", "grid.prompts is empty"),
+        ("run.max_failures=-1", "run.max_failures: -1; expected 0 or more"),
+        ("run.max_concurrent=-2", "run.max_concurrent: -2; expected 0 or more"),
+        ("lr_search.trials=-3", "lr_search.trials: -3; expected 0 or more"),
+        ("models.CLIPSeg.resources.unfrozen.gpu=-0.5", "models.CLIPSeg.resources.unfrozen.gpu: -0.5"),
+        ("models.CRIS.resources.frozen.gpu=1.5", "a share in [0, 1] or a whole number of GPUs"),
+        ("models.CRIS.resources.frozen.cpu=0", "models.CRIS.resources.frozen.cpu: 0.0; expected > 0"),
+        ("models.CLIPSeg.train.lr=.inf", "lr: got inf, expected a finite value > 0"),
+        ("train.weight_decay=.nan", "weight_decay: got nan, expected a finite value >= 0"),
+    ],
+)
+def test_values_that_cannot_run_are_refused_with_their_key(override: str, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(demo=True, overrides=[override])
+    assert message in str(err.value)
+
+
+def test_option_values_keep_their_type_and_the_demo_checks_its_own_settings(tmp_path, monkeypatch) -> None:
+    from sweeps.paper_grid import build_parser, plan_sweep
+
+    def plan(*args: str):
+        return plan_sweep(build_parser().parse_args([*args, "--dry-run"]))
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("2023", "007", "1e5"):  # folder names YAML would read as numbers
+        (tmp_path / name).mkdir()
+        assert plan("--camus-root", name, "--strategies", "real").spec.data.camus_root == name
+    assert load_spec(overrides=["train.weight_decay=1e-4"]).train["weight_decay"] == 1e-4  # a float, not text
+    # the demo runs with its own min_epochs (1), so 3 epochs are fine; the paper's 10 would refuse
+    assert plan("--set", "train.max_epochs=3").spec.train["max_epochs"] == 3
+    with pytest.raises(SpecError, match="min_epochs"):
+        plan("--camus-root", "2023", "--strategies", "real", "--set", "train.max_epochs=3")
+
+
+def test_unusable_output_and_tracking_store_are_refused_before_anything_runs(tmp_path, capsys, monkeypatch) -> None:
+    from sweeps.paper_grid import main
+
+    (tmp_path / "a-file").write_text("x")
+    assert main(["--output", str(tmp_path / "a-file" / "sweep")]) == 2
+    assert "--output" in capsys.readouterr().err
+    assert main(["--output", str(tmp_path / "s"), "--mlflow-uri", "http://127.0.0.1:9"]) == 2
+    assert "no MLflow tracking server answers at http://127.0.0.1:9" in capsys.readouterr().err
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(read_only) else real_access(path, mode))
+    assert main(["--output", str(tmp_path / "s2"), "--cache-dir", str(read_only / "cache")]) == 2
+    assert f"--cache-dir {read_only / 'cache'}: {read_only} is not writable" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s2").exists()
+
+
+def test_fp16_without_a_gpu_is_refused_before_anything_runs(tmp_path, capsys) -> None:
+    from sweeps.paper_grid import main
+
+    assert main(["--output", str(tmp_path / "s"), "--cpu-only", "--set", "train.precision=fp16"]) == 2
+    assert "train.precision fp16" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_a_second_driver_on_one_sweep_folder_is_refused_with_the_holders_pid(tmp_path, capsys) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from sweeps.folder import SweepFolder
+    from sweeps.paper_grid import main
+
+    output = tmp_path / "sweep"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from sweeps.folder import SweepFolder\n"
+         f"with SweepFolder({str(output)!r}).lock():\n    print('held', flush=True); time.sleep(60)"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert f"held by a running driver (pid {holder.pid} on {socket.gethostname()})" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    with SweepFolder(output).lock():  # the lock died with its process
+        pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import lzma
 import os
 import re
 import subprocess
@@ -24,7 +25,8 @@ from vlsm.models.tokenizer import (
     tiny_tokenizer,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# The authors' task files (tests/fixtures/README.md: CC-BY 4.0, attribution).
+TASKS_BUNDLE = Path(__file__).resolve().parent / "fixtures" / "synthetic_boost_tasks.json.xz"
 LONGEST_REFERENCE_PROMPT = (
     "Left ventricular cavity of rectangle shape in four-chamber view in the cardiac ultrasound "
     "at end of the diastole cycle of a eighty-seven-year-old female with medium image quality."
@@ -107,12 +109,11 @@ def test_learn_merges_breaks_ties_by_pair_not_by_insertion_order():
 
 
 def test_every_reference_word_is_one_token_and_prompts_fit(tok):
-    tasks = REFERENCE / "synthetic-boost" / "tasks"
-    if not tasks.is_dir():
-        pytest.skip(f"reference prompts not found at {tasks}")
+    tasks = json.loads(lzma.decompress(TASKS_BUNDLE.read_bytes()))
+    assert sorted(tasks) == ["camus/test.json", "camus/val.json", "sdm/test.json", "sdm/val.json"]
     prompts = set()
-    for path in sorted(tasks.glob("*/*.json")):
-        for entry in json.loads(path.read_text()):
+    for entries in tasks.values():
+        for entry in entries:
             for value in entry["prompts"].values():
                 prompts.update([value] if isinstance(value, str) else value)
     words = sorted({w for p in prompts for w in re.findall(r"[a-z]+|[^\sa-z]+", p.lower())})

@@ -174,6 +174,96 @@ def test_exact_resume(caches, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(a / ckpt.PER_IMAGE_FILE), pd.read_parquet(b / ckpt.PER_IMAGE_FILE))
 
 
+def _train_state(directory: Path) -> dict:
+    """train_state.json without the timing keys of its last report."""
+    state = json.loads((directory / ckpt.TRAIN_STATE_JSON).read_text())
+    state["last_metrics"] = _strip(state["last_metrics"])
+    return state
+
+
+def test_exact_resume_while_the_scheduler_and_early_stopping_act(caches, tmp_path):
+    # lr 1e-2 makes the validation loss rise at epochs 2 and 3: with lr_patience 1 the
+    # scheduler halves the rate after epoch 3, counting a bad epoch from before the kill;
+    # min_delta 1 means no epoch after the first improves, so early stopping ends the run
+    # at epoch 4 with a count carried across the kill. Forgetting to restore either (or
+    # the RNG: CRIS has dropout) changes what comes after.
+    cfg = _cfg(caches, model="cris", max_epochs=6, batch_size=12, lr=1e-2, lr_patience=1,
+               lr_factor=0.5, patience=3, min_delta=1.0)
+    full = _Recorder(tmp_path / "full")
+    result = run_training(cfg, full)
+    first = _Recorder(tmp_path / "first", stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, first)
+    at_kill = _train_state(first.dirs[-1])
+    assert at_kill["epoch"] == 2 and at_kill["scheduler"]["num_bad_epochs"] == 1
+    assert at_kill["early_stopping"]["wait"] == 1  # both had changed state before the kill
+    resumed = _Recorder(tmp_path / "resumed")
+    run_training(cfg, resumed, resume_dir=first.dirs[-1])
+
+    assert result.stop_reason == "early_stopping" and [m[EPOCH] for m in full.metrics] == [1, 2, 3, 4]
+    assert full.metrics[-1]["lr"] == cfg.lr / 2 and full.metrics[2]["lr"] == cfg.lr  # halved after epoch 3
+    assert [_strip(m) for m in resumed.metrics] == [_strip(m) for m in full.metrics[2:]]
+    a, b = full.dirs[-1], resumed.dirs[-1]
+    assert _train_state(a) == _train_state(b)
+    for name in (ckpt.WEIGHTS_FILE, f"{ckpt.BEST_DIR}/{ckpt.WEIGHTS_FILE}", ckpt.TRAIN_STATE_TENSORS):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(a / ckpt.PER_IMAGE_FILE), pd.read_parquet(b / ckpt.PER_IMAGE_FILE))
+
+
+def test_best_holds_the_best_epochs_weights_and_a_finetune_starts_from_them(caches, tmp_path):
+    # lr 3e-2 overshoots: validation Dice peaks at epoch 1 and the run goes on to epoch 4,
+    # so the best weights and the last ones differ.
+    upstream = _Recorder(tmp_path / "up")
+    result = run_training(_cfg(caches, model="cris", max_epochs=4, batch_size=12, lr=3e-2, test_cache=None),
+                          upstream)
+    dice = [m[VAL_DICE] for m in upstream.metrics]
+    assert result.best_epoch == 1 < len(dice) == 4 and dice[-1] < dice[0] == result.best_val_dice
+    final = upstream.dirs[-1]
+    assert json.loads((final / ckpt.BEST_DIR / "metrics.json").read_text())[EPOCH] == 1
+    best, last = (ckpt.load_model(d).state_dict() for d in (final / ckpt.BEST_DIR, final))
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    # a finetune from best/ with a vanishing learning rate keeps the best epoch's parameters
+    # (BatchNorm statistics still move in train mode, so parameters only)
+    finetune = _Recorder(tmp_path / "ft")
+    run_training(_cfg(caches, model="cris", max_epochs=1, batch_size=12, lr=1e-12, test_cache=None,
+                      init_from=str(final / ckpt.BEST_DIR)), finetune)
+    tuned = ckpt.load_model(finetune.dirs[-1])
+    names = [name for name, _ in tuned.named_parameters()]
+    tuned = tuned.state_dict()
+
+    def distance(reference: dict) -> float:
+        return max((tuned[k] - reference[k]).abs().max().item() for k in names)
+
+    assert distance(best) < 1e-6 < 1e-2 < distance(last)
+
+
+def test_unfrozen_clipseg_trains_its_towers_through_the_grid_and_the_loop(caches, tmp_path):
+    # From the sweep's own mapping (a cell's encoder mode -> its trial config) through
+    # run_training: unfrozen, both CLIP towers change; frozen, they stay bit-identical
+    # (and are not even stored).
+    from sweeps.grid import expand_grid
+    from sweeps.spec import load_spec
+    from sweeps.trials import trial_config
+
+    spec = load_spec(demo=True, overrides=["grid.models=[CLIPSeg]", "grid.prompts=[P2]", "grid.strategies=[real]",
+                                           "train.max_epochs=1"])
+    splits = {split: str(path) for split, path in caches.items()}
+    for cell in expand_grid(spec):
+        config = trial_config(spec, cell, {"camus": {"CLIPSeg": splits}})
+        rec = _Recorder(tmp_path / cell.encoder)
+        run_training(TrainConfig.from_dict({**config, "test_cache": None}), rec)
+        trained = ckpt.load_model(rec.dirs[-1]).state_dict()
+        initial = ckpt.rebuild(json.loads((rec.dirs[-1] / ckpt.MODEL_SPEC_FILE).read_text())["spec"]).state_dict()
+        for tower in ("clip.vision_model.", "clip.text_model."):
+            changed = [k for k in initial if k.startswith(tower) and not torch.equal(initial[k], trained[k])]
+            if cell.encoder == "unfrozen":
+                assert len(changed) > 10, (tower, changed)
+            else:
+                assert changed == [], (tower, changed)
+        decoder = [k for k in initial if k.startswith("decoder.") and not torch.equal(initial[k], trained[k])]
+        assert decoder  # the decoder trains in both modes
+
+
 def test_resuming_a_finished_trial_reports_its_result_without_a_new_checkpoint(caches, tmp_path):
     # Ray may restore a trial that finished just before the driver died: it must not
     # train or test again, nor replace the checkpoint finetunes start from.

@@ -23,7 +23,8 @@ def caches(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def ray_local():
-    ray = pytest.importorskip("ray")
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray

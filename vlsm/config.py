@@ -12,6 +12,7 @@ at once, and the resolved config (`to_dict`) is saved with every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,8 +125,8 @@ def _validate(cfg: TrainConfig) -> list[str]:
         "grad_clip": cfg.grad_clip,
     }
     for name, value in positive.items():
-        if value is not None and not value > 0:
-            errors.append(f"{name}: got {value!r}, expected > 0")
+        if value is not None and not 0 < value < math.inf:
+            errors.append(f"{name}: got {value!r}, expected a finite value > 0")
     non_negative = {
         "weight_decay": cfg.weight_decay,
         "lr_patience": cfg.lr_patience,
@@ -137,8 +138,8 @@ def _validate(cfg: TrainConfig) -> list[str]:
         "num_workers": cfg.num_workers,
     }
     for name, value in non_negative.items():
-        if not value >= 0:
-            errors.append(f"{name}: got {value!r}, expected >= 0")
+        if not 0 <= value < math.inf:
+            errors.append(f"{name}: got {value!r}, expected a finite value >= 0")
     if cfg.dice_weight == 0 and cfg.bce_weight == 0:
         errors.append("dice_weight and bce_weight: both 0, expected at least one > 0")
     if not 0 < cfg.threshold < 1:

@@ -79,6 +79,7 @@ DATASET_KINDS: tuple[str, ...] = ("camus", "sdm", "synthetic-boost")
 # Modules whose code decides the cached values; their source is part of the key.
 _CODE_MODULES: tuple[str, ...] = (
     "vlsm.axes",  # structure names, hence prompts
+    "vlsm.data.records",
     "vlsm.data.io",
     "vlsm.data.label_codings",
     "vlsm.data.sdm",
@@ -186,15 +187,8 @@ def _code_digest() -> str:
 
     digest = hashlib.sha256()
     for module_name in _CODE_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:  # a module being written by someone else; key still valid
-            digest.update(f"{module_name}:missing".encode())
-            continue
-        source = getattr(module, "__file__", None)
         digest.update(module_name.encode())
-        if source and Path(source).is_file():
-            digest.update(Path(source).read_bytes())
+        digest.update(Path(importlib.import_module(module_name).__file__).read_bytes())
     return digest.hexdigest()
 
 
