@@ -5,7 +5,7 @@ dice, iou, hausdorff; dice and iou as fractions) from our sweep's Parquet export
 (`load_sweep`) or from the authors' published CSV files (`load_published`), so that
 our numbers and theirs go through exactly the same code.
 
-    python -m analysis report <output_dir> [--published PATH]
+    python -m analysis report <output_dir> [--published [PATH]]   (no PATH: the bundled copy)
 
 Names are imported lazily (PEP 562) so that `python -m analysis --help` does not pay
 for pandas, scipy and matplotlib.

@@ -2,7 +2,8 @@
 
 A faithful re-implementation of the official CRIS.pytorch model for the Synthetic
 Boost grid: the same architecture and the same state-dict names and shapes, so an
-official checkpoint (``reference/cris/cris_rn50_state_dict.json``) loads strictly.
+official checkpoint (its names and shapes: ``tests/fixtures/cris_rn50_state_dict.json``)
+loads strictly, and the logits equal the official code's (``tests/test_cris.py``, golden fixture).
 Differences from the official code, both deliberate:
 
 - the padding mask and the end-of-text position come from the tokenizer's attention
