@@ -11,6 +11,7 @@ the progress lines and, through the chain state, the exports all take their stat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vlsm.axes import BEST_EPOCH, STOP_REASON
@@ -60,12 +61,13 @@ def trial_outcome(trial: Any, *, error: bool = False) -> Outcome:
 def _error_line(trial: Any) -> str:
     """Why a trial failed for good: the last line of its error (the exception), and where
     the whole traceback is."""
-    try:
-        text = trial.get_error() or ""
+    where = getattr(trial, "error_file", None) or getattr(trial, "path", None)
+    try:  # the driver's own copy first (Ray uploads it to storage later), else storage's
+        local = Path(where) if where else None
+        text = local.read_text() if local is not None and local.is_file() else (trial.get_error() or "")
     except (AttributeError, OSError):  # no error file (yet), or its storage unreachable
         text = ""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    where = getattr(trial, "error_file", None) or getattr(trial, "path", None)
     if not lines:
         return f"{RETRIES_EXHAUSTED}" if where is None else f"trial failed after all retries (see {where})"
     return f"{lines[-1][:2000]} (after all retries; traceback in {where})"

@@ -168,6 +168,14 @@ def _check_run_options(spec: SweepSpec, folder: SweepFolder, args: argparse.Name
                          "(s3://bucket/prefix, or a folder all nodes share)")
     if args.resume and not folder.holds_sweep():
         raise UsageError(f"--resume: {folder.root} holds no sweep to resume (no {folder.chain_state.name})")
+    if not args.address:  # a local Ray has the CPUs of this machine (or --num-cpus), no more
+        cpus = args.num_cpus or os.cpu_count() or 1
+        for model in spec.grid.models:
+            for encoder in spec.grid.encoders:
+                need = trial_resources(spec, model, encoder, use_gpu=False)["cpu"]
+                if need > cpus:
+                    raise UsageError(f"models.{model}.resources.{encoder}.cpu: {need:g} CPUs per trial, but the "
+                                     f"local Ray has {cpus} (--num-cpus or this machine): no trial could start")
     fp16 = [f"models.{m}.train" if spec.models[m].train.get("precision") == "fp16" else "train"
             for m in spec.grid.models if {**spec.train, **spec.models[m].train}.get("precision") == "fp16"]
     if fp16 and not args.address and (args.cpu_only or not _local_gpu()):

@@ -193,6 +193,10 @@ def test_permanently_failing_upstream_under_ray(tmp_path: Path) -> None:
     assert run.info.status == "KILLED" and run.data.tags["vlsm.status"] == NOT_RUN
     failed = tracker.client.get_run(tracker.trial_run("cris-synthetic-frozen-p1"))
     assert failed.info.status == "FAILED"
+    # the reason is the trial's error itself (its last line), in the exports and in MLflow
+    reason = trials.loc["cris-synthetic-frozen-p1", "reason"]
+    assert str(tmp_path / "missing") in reason and "after all retries" in reason, reason
+    assert failed.data.tags["vlsm.reason"] == reason
 
 
 def test_checkpoint_locations_keep_their_storage_scheme() -> None:

@@ -401,3 +401,23 @@ def test_a_second_driver_on_one_sweep_folder_is_refused_with_the_holders_pid(tmp
         holder.wait()
     with SweepFolder(output).lock():  # the lock died with its process
         pass
+
+
+def test_more_cpus_per_trial_than_the_local_ray_has_are_refused(tmp_path, capsys) -> None:
+    from sweeps.paper_grid import main
+
+    args = ["--output", str(tmp_path / "s"), "--num-cpus", "2", "--set", "models.CRIS.resources.frozen.cpu=3"]
+    assert main(args) == 2
+    assert "models.CRIS.resources.frozen.cpu: 3 CPUs per trial, but the local Ray has 2" in capsys.readouterr().err
+
+
+def test_a_failed_trials_reason_is_its_errors_last_line() -> None:
+    from types import SimpleNamespace
+
+    from sweeps.outcome import trial_outcome
+
+    error = "Traceback (most recent call last):\n  File ...\nValueError: train_cache: /x holds 64 px images\n"
+    trial = SimpleNamespace(checkpoint=None, error_file="/ray/t/error.txt", get_error=lambda: error)
+    outcome = trial_outcome(trial, error=True)
+    assert outcome.reason.startswith("ValueError: train_cache: /x holds 64 px images")
+    assert "/ray/t/error.txt" in outcome.reason
