@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
+    except OSError as err:  # e.g. a folder that became read-only half way
+        log.error("cannot write %s: %s", err.filename, err.strerror)
+        return 2
     return 0
 
 

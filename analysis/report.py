@@ -29,7 +29,7 @@ from analysis.published import BUNDLE, load_published
 from analysis.stats import compare_sources, paper_comparisons
 from analysis.sweep import load_sweep, read_epochs, read_trials
 from analysis.tables import dice_table, render_table, sort_cells
-from vlsm.atomic import write_text_atomic
+from vlsm.atomic import not_writable, write_text_atomic
 from vlsm.axes import ENCODERS, PROMPTS
 
 __all__ = ["REPORT_FORMATS", "build_report"]
@@ -238,6 +238,9 @@ def build_report(
         raise ValueError(f"format {fmt!r}; expected one of {REPORT_FORMATS}")
     output_dir = Path(output_dir)
     out = Path(out) if out is not None else output_dir / f"report.{fmt}"
+    problem = not_writable(out.parent)
+    if problem:  # say so before the tables and figures are computed
+        raise ValueError(f"cannot write the report {out}: {problem} (give --out another folder)")
     per_image = load_sweep(output_dir)
     table = dice_table(per_image)
     doc = _Document(title=f"Sweep report: {output_dir}", figures_dir=out.parent / "figures")

@@ -119,11 +119,22 @@ def _trial_row(cell_id: str, entry: CellState, config: dict[str, Any], frame: pd
 
 
 def export_sweep(output: Path, storage: str | None = None) -> Path:
-    """Write <output>/exports/{trials,epochs,per_image}.parquet; returns the folder."""
+    """Write <output>/exports/{trials,epochs,per_image}.parquet; returns the folder.
+
+    Ray's experiment state holds pickles, so it is read only from a place the user named:
+    `storage`, or the folder's own `ray/`. A record naming other storage (a cluster sweep)
+    is refused with the option to give.
+    """
     folder = SweepFolder(Path(output))
     record = folder.read_record()
+    if storage is None:
+        storage = folder.storage(None)
+        if record.get("storage") != storage:
+            raise ValueError(f"{folder.record}: the sweep's Ray state is at {record.get('storage')}; give "
+                             f"--storage {record.get('storage')} to read it from there (it holds pickles: "
+                             f"only name storage you trust)")
     state = ChainState.load(folder.chain_state)
-    frames, trials = _trial_frames(experiment_path(storage or record["storage"], GRID_EXPERIMENT))
+    frames, trials = _trial_frames(experiment_path(storage, GRID_EXPERIMENT))
     run_ids = _mlflow_runs(record.get("mlflow_uri"), folder)
     configs: dict[str, dict] = record.get("configs", {})
     gpu_share: dict[str, float] = record.get("gpu_share", {})

@@ -29,7 +29,7 @@ from typing import Any
 from analysis.schema import EXPORTS_DIR
 from vlsm.atomic import write_json_atomic
 
-__all__ = ["FolderBusy", "SweepFolder", "not_writable", "resume_mismatch"]
+__all__ = ["FolderBusy", "SweepFolder", "resume_mismatch"]
 
 
 class FolderBusy(RuntimeError):
@@ -157,13 +157,3 @@ def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], sto
                 return f"{cell_id}: {key} was {before[cell_id].get(key)!r}, now {config.get(key)!r}"
     return None
 
-
-def not_writable(path: Path) -> str | None:
-    """Why a folder cannot be created or written here, or None (checked before a run)."""
-    path = Path(path).expanduser().resolve()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable by this user"
-    return None

@@ -43,7 +43,7 @@ os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "16")
 
 from sweeps.cell import Cell  # noqa: E402  (after the path and environment set-up above)
 from sweeps.data_setup import DataError, check_data, prepare_caches, publish_caches, resolve_data  # noqa: E402
-from sweeps.folder import FolderBusy, SweepFolder, not_writable, resume_mismatch  # noqa: E402
+from sweeps.folder import FolderBusy, SweepFolder, resume_mismatch  # noqa: E402
 from sweeps.grid import expand_grid  # noqa: E402
 from sweeps.outcome import DONE, FINISHED_STATUSES  # noqa: E402
 from sweeps.plan import dataset_sizes, format_plan, measured_throughput  # noqa: E402
@@ -56,6 +56,7 @@ from sweeps.spec import (  # noqa: E402
     models_without_weights,
 )
 from sweeps.trials import trial_config, trial_resources  # noqa: E402
+from vlsm.atomic import not_writable  # noqa: E402
 
 if TYPE_CHECKING:  # both import Ray, which planning and the dry run do without
     from sweeps.chain import ChainState

@@ -51,7 +51,7 @@ def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
     import urllib.error
     import urllib.request
 
-    from sweeps.folder import not_writable
+    from vlsm.atomic import not_writable
 
     if uri.startswith(("http://", "https://")):
         try:

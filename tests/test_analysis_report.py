@@ -85,3 +85,11 @@ def test_help_imports_nothing_heavy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_report_that_cannot_be_written_is_refused_before_any_work(tmp_path: Path, caplog) -> None:
+    export = tmp_path / "sweep"
+    write_example_exports(export, n_patients=1)
+    (tmp_path / "a-file").write_text("x")
+    assert main(["report", str(export), "--out", str(tmp_path / "a-file" / "report.html")]) == 2
+    assert f"cannot write the report {tmp_path / 'a-file' / 'report.html'}" in caplog.text

@@ -421,3 +421,17 @@ def test_a_failed_trials_reason_is_its_errors_last_line() -> None:
     outcome = trial_outcome(trial, error=True)
     assert outcome.reason.startswith("ValueError: train_cache: /x holds 64 px images")
     assert "/ray/t/error.txt" in outcome.reason
+
+
+def test_the_export_reads_ray_state_only_from_storage_the_user_names(tmp_path) -> None:
+    # Ray's experiment state holds pickles: a sweep.json naming other storage is not followed.
+    from sweeps.chain import ChainState
+    from sweeps.export import export_sweep
+    from sweeps.folder import SweepFolder
+
+    folder = SweepFolder(tmp_path)
+    folder.write_record(storage="/somewhere/else", mlflow_uri=None, configs={}, gpu_share={})
+    ChainState(path=str(folder.chain_state)).save()
+    with pytest.raises(ValueError, match="give --storage /somewhere/else"):
+        export_sweep(tmp_path)
+    assert (export_sweep(tmp_path, storage=str(tmp_path / "nothing-here")) / "trials.parquet").is_file()

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "not_writable", "write_json_atomic", "write_text_atomic"]
 
 
 @contextmanager
@@ -60,3 +60,15 @@ def write_json_atomic(
 ) -> None:
     """Write `value` as JSON atomically (sorted keys, one-space indent by default)."""
     write_text_atomic(path, json.dumps(value, indent=indent, sort_keys=sort_keys, default=default))
+
+
+def not_writable(path: str | os.PathLike) -> str | None:
+    """Why a folder cannot be created or written at `path`, or None: for commands to refuse
+    before any work, with one line, instead of failing at their first write."""
+    path = Path(path).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
