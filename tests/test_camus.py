@@ -352,3 +352,58 @@ def test_three_binary_masks_combine(tmp_path, make_image, make_label_map):
     )
     with pytest.raises(ValueError, match="2 mask paths"):
         read_label_map(rec2)
+
+
+# --- partial ground truth and truncated files ------------------------------------------
+
+
+def test_partial_test_ground_truth_is_an_error(tmp_path, make_image, make_label_map):
+    """A 2019 test patient missing one _gt file must not silently leave the test set."""
+    root = tmp_path / "c"
+    for i in range(1, 4):
+        _write_patient(root, "2019", i, make_image, make_label_map)
+        _write_patient(root, "2019", i, make_image, make_label_map, testing=True)
+    assert sum(r.split == "test" and bool(r.mask_paths) for r in load_camus(root, n_val=1)) == 12
+    gt = root / "testing" / "patient0002" / "patient0002_4CH_ES_gt.mhd"
+    gt.unlink()
+    gt.with_suffix(".raw").unlink()
+    with pytest.raises(ValueError, match=r"testing/patient0002/patient0002_4CH_ES_gt\.mhd.*test"):
+        load_camus(root, n_val=1)
+
+
+def test_partial_train_ground_truth_is_an_error(camus2023):
+    gt = camus2023 / "database_nifti" / "patient0003" / "patient0003_2CH_ED_gt.nii.gz"
+    gt.unlink()
+    with pytest.raises(ValueError, match=r"patient0003_2CH_ED_gt\.nii\.gz.*train"):
+        load_camus(camus2023, "official")
+
+
+def _cut(path: Path, keep: int) -> None:
+    """Keep only the first `keep` bytes of path (a negative keep drops that many)."""
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+
+
+@pytest.mark.parametrize(
+    ("name", "data_file"),
+    [("a.mhd", "a.raw"), ("a.nii", "a.nii"), ("a.nii.gz", "a.nii.gz")],
+)
+def test_read_itk_refuses_truncated_files(tmp_path, name, data_file):
+    """SimpleITK zero-fills what is missing; read_itk must refuse instead."""
+    array = np.arange(40 * 56, dtype=np.uint32).reshape(40, 56).astype(np.uint8)  # (H, W)
+    write_itk(tmp_path / name, array, SPACING, singleton_z=name.endswith(".mhd"))
+    read_itk(tmp_path / name)  # complete: fine
+    _cut(tmp_path / data_file, -300)
+    with pytest.raises(ValueError, match=rf"{data_file}: truncated: expected (at least )?\d+ bytes.*found \d+"):
+        read_itk(tmp_path / name)
+
+
+def test_read_itk_refuses_a_short_payload_in_a_whole_gzip_stream(tmp_path):
+    import gzip
+
+    array = np.full((40, 56), 7, np.uint8)
+    write_itk(tmp_path / "a.nii.gz", array)
+    data = gzip.decompress((tmp_path / "a.nii.gz").read_bytes())
+    (tmp_path / "a.nii.gz").write_bytes(gzip.compress(data[:-100]))  # a valid stream, too short
+    with pytest.raises(ValueError, match=r"a\.nii\.gz: truncated: expected at least 2592 bytes.*found 2492"):
+        read_itk(tmp_path / "a.nii.gz")

@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import lzma
+import os
 import re
 from pathlib import Path
 
@@ -302,3 +303,109 @@ def test_export_official_split_cli_and_atomicity(tmp_path: Path) -> None:
     write_camus_split_files(raw, {"train": ["patient0003"], "val": ["patient0004"], "test": ["patient0005"]})
     assert synthetic_boost_cli.run(args) == 0  # --overwrite replaces the whole folder
     assert len(load_synthetic_boost(out)) == 12
+
+
+# --- what an export may replace ----------------------------------------------------------
+
+
+def _tree(folder: Path) -> list[Path]:
+    """Every path under folder, relative to it (symlinks listed, not followed)."""
+    found = []
+    for where, dirs, files in os.walk(folder):
+        found += [(Path(where) / name).relative_to(folder) for name in (*dirs, *files)]
+    return sorted(found)
+
+
+def _raw_2023(raw: Path, drop_la_patient: bool = False) -> None:
+    """Three 2023 patients with the official split (a fourth without an LA if asked)."""
+    from vlsm.data.camus import write_camus_split_files
+
+    info = {v: PatientInfo(sex="F", age=61, image_quality="Medium", ef=50.0) for v in ("2CH", "4CH")}
+    for i, patient in enumerate(("patient0003", "patient0004", "patient0005")):
+        _write_patient(raw, "2023", patient, info, seed=i)
+    train = ["patient0003"]
+    if drop_la_patient:
+        _write_patient(raw, "2023", "patient0006", info, seed=5, drop=3)
+        train.append("patient0006")
+    write_camus_split_files(raw, {"train": train, "val": ["patient0004"], "test": ["patient0005"]})
+
+
+def _cli(raw: Path, out: Path, *extra: str) -> int:
+    from vlsm.data import synthetic_boost_cli
+
+    parser = argparse.ArgumentParser()
+    synthetic_boost_cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--camus-root", str(raw), "--out", str(out), "--split-scheme", "official", *extra]
+    )
+    return synthetic_boost_cli.run(args)
+
+
+def test_overwrite_never_touches_the_source(tmp_path: Path, caplog) -> None:
+    raw = tmp_path / "data" / "raw"
+    _raw_2023(raw)
+    before = _tree(tmp_path)
+    (tmp_path / "link").symlink_to(raw)
+    targets = {
+        "the source itself": raw,
+        "a symlink to the source": tmp_path / "link",
+        "a folder inside the source": raw / "database_nifti" / "export",
+        "a folder holding the source": tmp_path / "data",
+    }
+    for why, out in targets.items():
+        caplog.clear()
+        assert _cli(raw, out, "--overwrite") == 2, why
+        assert _tree(tmp_path) == sorted([*before, Path("link")]), why  # nothing added or removed
+        assert str(out) in caplog.text and "--camus-root" in caplog.text, why
+    with pytest.raises(ValueError, match=r"raw: --out is the --camus-root folder"):
+        export_synthetic_boost(raw, raw, "official", overwrite=True)
+
+
+def test_overwrite_replaces_only_an_earlier_export(tmp_path: Path, caplog) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _raw_2023(raw)
+    unrelated = tmp_path / "thesis"
+    unrelated.mkdir()
+    (unrelated / "chapter1.tex").write_text("precious")
+    assert _cli(raw, unrelated, "--overwrite") == 2
+    assert (unrelated / "chapter1.tex").read_text() == "precious"
+    assert "thesis" in caplog.text and ".vlsm-export.json" in caplog.text
+
+    assert _cli(raw, out) == 0
+    marker = json.loads((out / ".vlsm-export.json").read_text())
+    assert marker["tool"] == "vlsm export-synthetic-boost"
+    assert marker["source"] == str(raw.resolve())
+    first = _tree(out)
+    assert _cli(raw, out) == 2  # an earlier export, but no --overwrite
+    assert _cli(raw, out, "--overwrite") == 0
+    assert _tree(out) == first and len(load_synthetic_boost(out)) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw", "thesis"]  # no trash left
+
+    # a file the export did not write: the folder is no longer provably ours
+    (out / "notes.txt").write_text("mine")
+    assert _cli(raw, out, "--overwrite") == 2
+    assert (out / "notes.txt").read_text() == "mine" and "notes.txt" in caplog.text
+    (out / "notes.txt").unlink()
+
+    # an export that fails half way leaves the earlier one as it was
+    stamp = (out / ".vlsm-export.json").read_text()
+    _raw_2023(raw, drop_la_patient=True)
+    assert _cli(raw, out, "--overwrite") == 2
+    assert _tree(out) == first and (out / ".vlsm-export.json").read_text() == stamp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw", "thesis"]
+
+
+# --- reading: paths stay inside the dataset ------------------------------------------------
+
+
+@pytest.mark.parametrize("escape", ["mask_1/../../x.png", "mask_1/../../../../x.png"])
+def test_mask_name_may_not_leave_the_dataset(tmp_path: Path, escape: str) -> None:
+    base = tmp_path / "camus"
+    entries = _tiny_entries()
+    _write_layout(base, entries, "train", "images/train", "masks/train")
+    _png(base / "masks" / "x.png", np.full((16, 16), 255, np.uint8))
+    _png(tmp_path / "x.png", np.full((16, 16), 255, np.uint8))
+    assert len(load_synthetic_boost(base)) == 1
+    (base / "anns" / "train.json").write_text(json.dumps([{**entries[0], "mask_name": escape}, *entries[1:]]))
+    with pytest.raises(ValueError, match=r"train\.json entry 0: mask_name .*outside"):
+        load_synthetic_boost(base)

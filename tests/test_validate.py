@@ -287,3 +287,53 @@ def test_cli_exit_codes_and_output(pristine, camus, capsys):
     )
     assert lines[-1].startswith("FAILED: 1 error(s)")
     assert main(["validate-data"]) == 2
+
+
+def _two_test_patients_2019(tmp_path_factory) -> Path:
+    demo = write_demo_data(
+        tmp_path_factory.mktemp("c2019") / "demo", seed=1, n_patients=4, n_test=2, n_val=1,
+        size=SIZE, release="2019", sdm_per_image=1,
+    )
+    return Path(demo.camus_root)
+
+
+def test_camus_2019_partial_test_ground_truth_is_an_error(tmp_path_factory, tmp_path):
+    """One missing _gt of a test patient would shrink the test set without a word."""
+    from vlsm.data.cache import prepare_dataset
+
+    root = _two_test_patients_2019(tmp_path_factory)
+    assert validate_camus(root, progress=False) == []
+    gt = root / "testing" / "patient0002" / "patient0002_2CH_ED_gt.mhd"
+    gt.unlink()
+    gt.with_suffix(".raw").unlink()
+    problem = _only_error(validate_camus(root, progress=False))
+    assert problem.path == gt.with_name("patient0002_2CH_ED.mhd")
+    assert "image without mask" in problem.message and gt.name in problem.message
+    # the sweep's data phase refuses too: the reader no longer drops the image
+    with pytest.raises(ValueError, match=r"patient0002_2CH_ED_gt\.mhd"):
+        prepare_dataset("camus", root, 32, tmp_path / "cache", n_val=1, progress=False, workers=1)
+
+
+def test_truncated_files_are_errors_with_sizes(camus, pristine, tmp_path):
+    image = _pdir(camus) / f"{P1}_2CH_ED.nii.gz"
+    image.write_bytes(image.read_bytes()[:-40])  # the gzip stream ends early
+    mask = _pdir(camus, "patient0002") / "patient0002_4CH_ES_gt.nii.gz"
+    import gzip
+
+    mask.write_bytes(gzip.compress(gzip.decompress(mask.read_bytes())[:-10]))
+    by_path = {p.path: p.message for p in _errors(validate_camus(camus, progress=False))}
+    assert set(by_path) == {image, mask}, by_path
+    assert "truncated" in by_path[image] and "expected" in by_path[image]
+    assert "expected at least 3936 bytes" in by_path[mask] and "found 3926" in by_path[mask]
+    # nothing zero-filled reaches a cache
+    from vlsm.data.cache import prepare_dataset
+
+    with pytest.raises(ValueError, match=r"patient000[12]_.*\.nii\.gz: truncated"):
+        prepare_dataset("camus", camus, 32, tmp_path / "cache", n_val=1, progress=False, workers=1)
+
+    root = Path(shutil.copytree(pristine["2019"], tmp_path / "c2019"))
+    raw = root / "training" / P1 / f"{P1}_4CH_ES_gt.raw"
+    raw.write_bytes(raw.read_bytes()[:100])
+    problem = _only_error(validate_camus(root, progress=False))
+    assert problem.path == raw
+    assert f"expected {SIZE[0] * SIZE[1]} bytes" in problem.message and "found 100" in problem.message

@@ -81,6 +81,7 @@ _CODE_MODULES: tuple[str, ...] = (
     "vlsm.axes",  # structure names, hence prompts
     "vlsm.data.records",
     "vlsm.data.io",
+    "vlsm.data.itk_size",  # what counts as a whole file
     "vlsm.data.label_codings",
     "vlsm.data.sdm",
     "vlsm.data.prompts",

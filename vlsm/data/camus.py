@@ -40,7 +40,7 @@ import numpy as np
 
 from vlsm.atomic import write_text_atomic
 from vlsm.data.io import write_itk
-from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage, PatientInfo
+from vlsm.data.records import PHASES, QUALITIES, SEXES, SPLITS, VIEWS, EchoImage, PatientInfo
 
 __all__ = [
     "RELEASES",
@@ -253,6 +253,38 @@ def _assign_paper(candidates: list[str], test: set[str], n_val: int) -> dict[str
     return {p: ("test" if p in test else "val" if p in val else "train") for p in candidates}
 
 
+def _gt_path(image: Path, release: str) -> Path:
+    """patient0001_2CH_ED.mhd -> patient0001_2CH_ED_gt.mhd (beside it)."""
+    suffix = _SUFFIX[release]
+    return image.with_name(f"{image.name[: -len(suffix)]}_gt{suffix}")
+
+
+def _check_ground_truth(records: list[EchoImage], release: str) -> None:
+    """Each split has ground truth for every image or for none.
+
+    Why: caches and exports keep labelled images only, so a split with some _gt files
+    missing would lose those images without a word and every Dice would be computed
+    on fewer images. A split with none (an old 2019 download's test set) stays
+    unlabelled; callers report that case by name.
+    """
+    for split in SPLITS:
+        in_split = [r for r in records if r.split == split]
+        missing = [_gt_path(r.image_path, release) for r in in_split if not r.mask_paths]
+        if missing and len(missing) < len(in_split):
+            listing = ", ".join(p.name for p in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise ValueError(
+                f"{missing[0]}: ground-truth file not found, though other {split} images have "
+                f"theirs; {len(missing)} of {len(in_split)} {split} images lack ground truth "
+                f"({listing}) and would silently leave the {split} set; restore the missing "
+                "file(s) from the release"
+            )
+        if missing and split != "test":
+            log.warning(
+                "%s: none of the %d %s images has ground truth",
+                missing[0].parent.parent, len(in_split), split,
+            )
+
+
 def _records_for_patient(patient_dir: Path, release: str, split: str) -> list[EchoImage]:
     patient = patient_dir.name
     suffix = _SUFFIX[release]
@@ -266,12 +298,8 @@ def _records_for_patient(patient_dir: Path, release: str, split: str) -> list[Ec
                     f"{image}: CAMUS image not found (expected {patient}_{view}_{phase}{suffix} "
                     f"in {patient_dir})"
                 )
-            gt = patient_dir / f"{patient}_{view}_{phase}_gt{suffix}"
+            gt = _gt_path(image, release)
             masks: tuple[Path, ...] = (gt,) if gt.is_file() else ()
-            if not masks and split != "test":
-                log.warning(
-                    "%s: no ground truth for a %s image (%s missing)", image, split, gt.name
-                )
             records.append(
                 EchoImage(
                     source=SOURCES[release],
@@ -300,8 +328,10 @@ def load_camus(
     - "official" (2023 only): the three subgroup_*.txt files; patients in none are
       left out with a warning.
 
-    2019 test patients without _gt files get empty `mask_paths`. Records are sorted by
-    split (train, val, test), patient, view, phase. In the 2019 release test patients
+    A split whose images have no _gt files at all (2019 test patients of an old
+    download) gets empty `mask_paths`; one where only some are missing is a ValueError
+    naming a missing file. Records are sorted by split (train, val, test), patient,
+    view, phase. In the 2019 release test patients
     reuse the ids patient0001-0050, so there a record is identified by (split, name).
     Raises ValueError naming the file or folder for anything missing or malformed.
     """
@@ -357,6 +387,7 @@ def load_camus(
     if not jobs:
         raise ValueError(f"CAMUS root {root}: no patientXXXX folders found")
     records = [r for d, s in jobs for r in _records_for_patient(d, release, s)]
+    _check_ground_truth(records, release)
     order = {"train": 0, "val": 1, "test": 2}
     records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase))
     log.info(

@@ -9,6 +9,8 @@ coding are decided once:
 - images are uint8 grayscale 0-255; label maps are uint8 in {0, 1, 2, 3}
   (0 background, 1 LV cavity, 2 myocardium, 3 LA; `vlsm.axes.STRUCTURES`);
 - spacing is (row, col) in mm;
+- an ITK file shorter than its header says is refused (`vlsm.data.itk_size`, a
+  `TruncatedFileError` naming it), never read zero-filled;
 - writers never leave a partial file where a complete one belongs
   (`vlsm.atomic.atomic_path`).
 """
@@ -24,6 +26,7 @@ import numpy as np
 
 from vlsm.atomic import atomic_path
 from vlsm.axes import STRUCTURES
+from vlsm.data.itk_size import check_complete
 from vlsm.data.label_codings import detect_sdm_coding, sdm_to_camus_labels
 from vlsm.data.records import EchoImage
 
@@ -72,12 +75,15 @@ def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
 
     Returns the array (H, W) in the file's dtype and the spacing (row, col) in mm.
     A singleton third dimension (CAMUS 2019 stores 2-D images as W x H x 1) is dropped.
+    A file shorter than its header says is a `TruncatedFileError` (a ValueError) naming
+    it: SimpleITK would zero-fill the missing pixels.
     """
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
+    check_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:

@@ -34,10 +34,12 @@ import re
 import shutil
 import tempfile
 from collections import defaultdict
-from pathlib import Path
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from vlsm.atomic import write_json_atomic
 from vlsm.axes import EVAL_SIZE, STRUCTURES
 from vlsm.data.records import SPLITS, EchoImage, PatientInfo
 
@@ -46,6 +48,8 @@ __all__ = ["DATASETS", "export_synthetic_boost", "load_synthetic_boost"]
 log = logging.getLogger(__name__)
 
 SOURCE = "synthetic-boost"
+EXPORT_TOOL = "vlsm export-synthetic-boost"  # named in the marker of every export folder
+MARKER_NAME = ".vlsm-export.json"  # what makes a folder an export that --overwrite may replace
 # dataset -> its folder name under the authors' data_root
 DATASETS: dict[str, str] = {"camus": "camus", "sdm": "sdm_camus"}
 # (dataset, split) -> image folders to look in, mask folder (relative to DIR)
@@ -150,6 +154,11 @@ def _load_split(base: Path, dataset: str, split: str, ann: Path) -> list[EchoIma
             raise ValueError(
                 f"{where}: mask_name {mask_name!r}; expected it to start with mask_1/, mask_2/ "
                 "or mask_3/"
+            )
+        if ".." in re.split(r"[/\\]", str(mask_name)):  # img_name cannot: _NAME has no "/"
+            raise ValueError(
+                f"{where}: mask_name {mask_name!r} points outside its mask folder {mask_dir} "
+                "(a '..' part); expected a path below it, like mask_1/<name>_gt.png"
             )
         if not isinstance(prompts, dict) or "p0" not in prompts:
             raise ValueError(f"{where}: prompts must be an object with keys p0, p1, ...")
@@ -277,18 +286,20 @@ def export_synthetic_boost(
     `classify_shape` on the 512 x 512 mask. Splits follow `load_camus(camus_root,
     split_scheme)`; records without ground truth (2019 test patients) are skipped with a
     warning. Atomic: everything is written into a temporary sibling folder that is
-    renamed to `out` at the end, so `out` is either complete or untouched.
+    renamed to `out` at the end, so `out` is either complete or untouched. The folder
+    carries `.vlsm-export.json`; `overwrite` replaces only such an earlier export, never
+    other files and never the source (`_check_out`).
 
-    Raises ValueError when `out` exists and is not empty (unless overwrite) and, naming
-    the image, when metadata a prompt needs is missing.
+    Raises ValueError naming `out` when it may not be written (it is, lies inside or
+    holds camus_root; it holds files that are not an export of ours; it is an export and
+    overwrite is False) and, naming the image, when metadata a prompt needs is missing.
     """
     from tqdm import tqdm
 
     from vlsm.data.camus import load_camus
 
     out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: already exists and is not empty; choose a new --out or pass --overwrite")
+    old = _check_out(out, Path(camus_root), overwrite=overwrite)
     records = load_camus(Path(camus_root), split_scheme)
     usable = [r for r in records if r.mask_paths]
     if len(usable) < len(records):
@@ -309,21 +320,178 @@ def export_synthetic_boost(
         for split, entries in anns.items():
             if entries:
                 (tmp / "anns" / f"{split}.json").write_text(json.dumps(entries, indent=2) + "\n")
-        _replace_dir(tmp, out)
+        _install(tmp, out, old, Path(camus_root), split_scheme)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: created above, never swapped in
         raise
     log.info(
         "%s: wrote %s", out, ", ".join(f"{len(v) // 3} {k}" for k, v in anns.items() if v)
     )
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder src to dst, replacing what is there."""
-    if dst.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        os.replace(dst, trash / dst.name)
-        os.replace(src, dst)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+# --- where an export may go ------------------------------------------------------------
+#
+# Why: `--overwrite` once replaced whatever `--out` named, the raw dataset included. Every
+# export folder now carries MARKER_NAME (tool, version, source, time, the files written);
+# an existing folder is replaced only when it is not, is not inside and does not hold the
+# source (symlinks resolved), carries our marker and holds nothing the marker does not
+# list. The new export is swapped in by rename; only then are the old export's listed
+# files deleted.
+
+
+def _read_marker(folder: Path) -> dict | None:
+    """The folder's export marker, or None when it has none we wrote (or it is unusable)."""
+    try:
+        marker = json.loads((Path(folder) / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("tool") != EXPORT_TOOL:
+        return None
+    files = marker.get("files")
+    if not isinstance(files, list) or not all(_inside(f) for f in files):
+        return None  # a list that could name files outside the folder is not ours
+    return marker
+
+
+def _inside(rel: object) -> bool:
+    """A relative path that stays below its folder ('a/b.png', not '../x' or '/x')."""
+    if not isinstance(rel, str) or not rel:
+        return False
+    path = PurePosixPath(rel)
+    return not path.is_absolute() and ".." not in path.parts and "\\" not in rel
+
+
+def _entries(folder: Path) -> tuple[set[str], set[str]]:
+    """(files and symlinks, real sub-folders) below folder as relative POSIX paths."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for where, subdirs, names in os.walk(folder):
+        rel = Path(where).relative_to(folder)
+        for name in subdirs:
+            (files if os.path.islink(Path(where) / name) else dirs).add((rel / name).as_posix())
+        files.update((rel / name).as_posix() for name in names)
+    return files, dirs
+
+
+def _parents(files: list[str]) -> set[str]:
+    return {p.as_posix() for f in files for p in PurePosixPath(f).parents if p.parts}
+
+
+def _foreign(folder: Path, marker: dict) -> list[str]:
+    """What lies in folder that the marker does not list (sorted)."""
+    files, dirs = _entries(folder)
+    listed = set(marker["files"]) | {MARKER_NAME}
+    return sorted((files - listed) | (dirs - _parents(marker["files"])))
+
+
+def _check_out(out: Path, source: Path, *, overwrite: bool) -> dict | None:
+    """Refuse an `out` the export may not write to; return the marker of an earlier export
+    there that `_install` is to replace (None when out is absent or an empty folder).
+
+    Raises ValueError naming out and the reason: out is, lies inside or holds the source;
+    out is a file or a symlink; out holds files and no marker of ours; out is an earlier
+    export but overwrite is False; or it holds files its marker does not list.
+    """
+    out, src = Path(out), Path(source).resolve()
+    target = out.resolve()
+    if target == src:
+        raise ValueError(
+            f"{out}: --out is the --camus-root folder {src}; an export never replaces its "
+            "source; choose another --out"
+        )
+    if src in target.parents:
+        raise ValueError(
+            f"{out}: --out lies inside the --camus-root folder {src}; write the export "
+            "outside the raw dataset"
+        )
+    if target in src.parents:
+        raise ValueError(
+            f"{out}: --out holds the --camus-root folder {src}; replacing it would delete "
+            "the source; choose another --out"
+        )
+    if out.is_symlink():
+        raise ValueError(f"{out}: --out is a symbolic link; give the folder's own path")
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ValueError(f"{out}: --out is a file; expected a new folder, an empty one or an earlier export")
+    if not any(out.iterdir()):
+        return None
+    marker = _read_marker(out)
+    if marker is None:
+        raise ValueError(
+            f"{out}: holds files and is not an export of ours (no {MARKER_NAME}); "
+            "--overwrite only replaces an earlier export: choose a new --out"
+        )
+    if not overwrite:
+        raise ValueError(
+            f"{out}: already holds an export (of {marker.get('source')}, "
+            f"{marker.get('created')}); pass --overwrite to replace it, or choose a new --out"
+        )
+    foreign = _foreign(out, marker)
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise ValueError(
+            f"{out}: holds files the export did not write ({', '.join(foreign[:5])}{more}); "
+            "--overwrite would delete them: move them out or choose a new --out"
+        )
+    return marker
+
+
+def _install(tmp: Path, out: Path, old: dict | None, source: Path, split_scheme: str) -> None:
+    """Mark the finished folder tmp as ours and move it to out, replacing the earlier
+    export `old` (from `_check_out`): it is set aside until tmp is in place, then only
+    the files its marker lists are deleted."""
+    from vlsm import __version__
+
+    tmp, out = Path(tmp), Path(out)
+    files, _ = _entries(tmp)
+    marker = {
+        "tool": EXPORT_TOOL,
+        "version": __version__,
+        "source": str(Path(source).resolve()),
+        "split_scheme": split_scheme,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": sorted(files),
+    }
+    write_json_atomic(tmp / MARKER_NAME, marker, indent=None)
+    if old is None:
+        os.replace(tmp, out)  # out absent or an empty folder: one atomic rename
+        return
+    again = _read_marker(out)  # the export took a while: is out still the same?
+    if again is None or again != old or _foreign(out, again):
+        raise ValueError(
+            f"{out}: changed while the export ran (its {MARKER_NAME} or files differ); "
+            "nothing was replaced; run the export again"
+        )
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old_dir = aside / out.name
+    os.replace(out, old_dir)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old_dir, out)
+        aside.rmdir()
+        raise
+    _remove_export(old_dir, old)
+    try:
+        aside.rmdir()
+    except OSError:
+        log.warning("%s: kept; it holds files the earlier export did not write", old_dir)
+
+
+def _remove_export(folder: Path, marker: dict) -> None:
+    """Delete the files the marker lists, then folders left empty; nothing else."""
+    for rel in (*marker["files"], MARKER_NAME):
+        path = folder / rel
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    for rel in sorted(_parents(marker["files"]), key=lambda p: -len(PurePosixPath(p).parts)):
+        try:
+            (folder / rel).rmdir()
+        except OSError:  # not empty (or gone): leave it
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -8,9 +8,11 @@ This module walks the whole folder instead and returns one `Problem` per defect,
 naming its file: missing files (an image without its mask, a mask without its image, a
 missing Info_<view>.cfg), unreadable or corrupt images, image/mask size mismatches,
 unknown label values, structures absent from a mask, malformed or missing cfg fields,
-and a patient listed in two split files. Pixels are read through `vlsm.data.io`, so
-what passes here is what the cache and the trainable will read. When no error was
-found, the reader itself is run as a last check.
+a patient listed in two split files, ground truth missing for part of a split (the
+image would silently leave it) and files shorter than their header says (SimpleITK
+would zero-fill them). Pixels are read through `vlsm.data.io`, so what passes here is
+what the cache and the trainable will read. When no error was found, the reader itself
+is run as a last check.
 """
 
 from __future__ import annotations
@@ -93,12 +95,15 @@ def _progress(items: list, desc: str, progress: bool):
 def _check_pair(rec: EchoImage) -> list[Problem]:
     """Read the record's image and (if any) label map; report what is wrong with them."""
     from vlsm.data.io import read_image, read_label_map
+    from vlsm.data.itk_size import TruncatedFileError
 
     problems: list[Problem] = []
     image_path = Path(rec.image_path)
     image = labels = None
     try:
         image = read_image(rec)  # (H, W) uint8
+    except TruncatedFileError as err:  # named by the file cut short (a .mhd's .raw)
+        problems.append(Problem(err.path, _message(err, err.path)))
     except Exception as err:  # any decoder failure is a finding, not a crash
         problems.append(Problem(image_path, f"unreadable image: {_message(err, image_path)}"))
     if not rec.mask_paths:
@@ -106,6 +111,8 @@ def _check_pair(rec: EchoImage) -> list[Problem]:
     mask_path = Path(rec.mask_paths[0])
     try:
         labels = read_label_map(rec)  # (H, W) uint8 in 0..3
+    except TruncatedFileError as err:
+        problems.append(Problem(err.path, _message(err, err.path)))
     except Exception as err:
         text = _message(err, mask_path, image_path)
         if "label" not in text:
@@ -309,11 +316,18 @@ def validate_camus(root: Path, *, progress: bool = True) -> list[Problem]:
     problems: list[Problem] = []
     jobs: list[tuple[Path, bool]] = []  # (patient folder, ground truth required)
     if release == "2019":
-        for name, gt_required in ((DIR_TRAINING, True), (DIR_TESTING, False)):
+        for name in (DIR_TRAINING, DIR_TESTING):
             if not (root / name).is_dir():
                 problems.append(Problem(root / name, "folder missing", WARNING))
             # 2019 test ids restart at patient0001, so the same id in both is expected.
-            jobs += [(d, gt_required) for d in _patient_folders(root / name, problems)]
+            dirs = _patient_folders(root / name, problems)
+            # An old download has no test ground truth at all (then there is no test
+            # split with masks, a case the sweep names); once some test image has its
+            # _gt file, every one must, or the test set shrinks without a word.
+            gt_required = name == DIR_TRAINING or any(
+                any(d.glob(f"*_gt{_CAMUS_SUFFIX[release]}")) for d in dirs
+            )
+            jobs += [(d, gt_required) for d in dirs]
     else:
         dirs = _patient_folders(root / DIR_NIFTI, problems)
         jobs += [(d, True) for d in dirs]
