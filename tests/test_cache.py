@@ -400,12 +400,12 @@ def test_authors_layout_cache_matches_raw_camus_cache(demo, tmp_path):
     """Exported to the authors' layout and read back, CAMUS gives the same cache content."""
     from vlsm.data.synthetic_boost import export_synthetic_boost
 
-    export_synthetic_boost(demo.camus_root, tmp_path / "sb")
-    raw = prepare_dataset("camus", demo.camus_root, SIZE, tmp_path / "cache", progress=False)
+    export_synthetic_boost(demo.camus_root, tmp_path / "sb", "official")
+    raw = prepare_dataset("camus", demo.camus_root, SIZE, tmp_path / "cache", "official", progress=False)
     sb = prepare_dataset(
         "synthetic-boost", tmp_path / "sb", SIZE, tmp_path / "cache", progress=False
     )
-    assert set(sb) == set(raw) == {"val", "test"}  # default n_val=50: all non-test validate
+    assert set(sb) == set(raw) == {"train", "val", "test"}
     assert all(p.name.startswith("synthetic-boost-camus-") for p in sb.values())
     a, b = open_split(raw["test"]), open_split(sb["test"])
     assert a.names == b.names and [it.name for it in a.items] == [it.name for it in b.items]

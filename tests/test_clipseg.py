@@ -236,7 +236,7 @@ def test_checkpoint_file_loads_strictly(cfg, tmp_path):
         ),
         ({"config": {"stock_forward_no_grad_encoders": "yes"}}, "expected true or false"),
         ({"pretrained": "/no/such/folder"}, "no such folder"),
-        ({"pretrained": "vlsm-test/no-such-model"}, "could not load CLIPSeg weights"),
+        ({"pretrained": "vlsm-test/no-such-model"}, "not in the local Hugging Face cache"),
         ({"pretrained": "CIDAS/x", "config": {"reduce_dim": 8}}, "architecture comes from"),
     ],
 )

@@ -152,8 +152,20 @@ def test_missing_tokenizer_folder_and_uncached_hub_id_fail_clearly(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="no tokenizer.json"):
         build_tokenizer("clipseg", pretrained=tmp_path)
-    with pytest.raises(ValueError, match="no CLIP tokenizer files found"):
+    # the hub is off in the tests: an uncached id fails at once, naming the option
+    with pytest.raises(ValueError, match=r"tokenizer='vlsm-test/no-such-model': not in the local Hugging Face cache"):
         build_tokenizer("clipseg", pretrained="vlsm-test/no-such-model")
+    with pytest.raises(ValueError, match="the hub is off"):
+        build_tokenizer("clipseg")  # no source but CLIP's hub id: no 40 s of retries first
+
+
+def test_an_unreachable_hub_fails_at_once(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ValueError, match=r"not in the local Hugging Face cache, and 127.0.0.1 cannot be reached"):
+        build_tokenizer("clipseg")
 
 
 def test_real_clip_tokenizer_when_cached():

@@ -77,14 +77,14 @@ def _label(path: Path) -> np.ndarray:
 
 
 def test_clean_data_has_no_problems(pristine):
-    assert validate_data(pristine["2023"], pristine["sdm"], progress=False) == []
-    assert validate_camus(pristine["2019"], progress=False) == []
+    assert validate_data(pristine["2023"], pristine["sdm"], n_val=1, progress=False) == []
+    assert validate_camus(pristine["2019"], n_val=1, progress=False) == []
 
 
 def test_image_without_mask(camus):
     image = _pdir(camus) / f"{P1}_2CH_ES.nii.gz"
     (_pdir(camus) / f"{P1}_2CH_ES_gt.nii.gz").unlink()
-    problem = _only_error(validate_camus(camus, progress=False))
+    problem = _only_error(validate_camus(camus, n_val=1, progress=False))
     assert problem.path == image and "image without mask" in problem.message
     assert f"{P1}_2CH_ES_gt.nii.gz" in problem.message
 
@@ -92,21 +92,21 @@ def test_image_without_mask(camus):
 def test_mask_without_image(camus):
     mask = _pdir(camus) / f"{P1}_4CH_ED_gt.nii.gz"
     (_pdir(camus) / f"{P1}_4CH_ED.nii.gz").unlink()
-    problem = _only_error(validate_camus(camus, progress=False))
+    problem = _only_error(validate_camus(camus, n_val=1, progress=False))
     assert problem.path == mask and "mask without image" in problem.message
 
 
 def test_missing_info_cfg(camus):
     cfg = _pdir(camus) / "Info_4CH.cfg"
     cfg.unlink()
-    problem = _only_error(validate_camus(camus, progress=False))
+    problem = _only_error(validate_camus(camus, n_val=1, progress=False))
     assert problem.path == cfg and "missing Info cfg" in problem.message
 
 
 def test_corrupt_image(camus):
     image = _pdir(camus) / f"{P1}_2CH_ED.nii.gz"
     image.write_bytes(b"this is not a NIfTI file")
-    problem = _only_error(validate_camus(camus, progress=False))
+    problem = _only_error(validate_camus(camus, n_val=1, progress=False))
     assert problem.path == image and "unreadable image" in problem.message
 
 
@@ -114,7 +114,7 @@ def test_image_mask_size_mismatch(camus):
     mask = _pdir(camus) / f"{P1}_2CH_ED_gt.nii.gz"
     bigger = np.pad(_label(mask), ((0, 4), (0, 0)))  # (68, 56)
     write_itk(mask, bigger)
-    problem = _only_error(validate_camus(camus, progress=False))
+    problem = _only_error(validate_camus(camus, n_val=1, progress=False))
     assert problem.path == mask and "differs from its image" in problem.message
     assert "68 x 56" in problem.message and "64 x 56" in problem.message
 
@@ -124,7 +124,7 @@ def test_unknown_label_values(camus):
     labels = _label(mask)
     labels[0, 0] = 7
     write_itk(mask, labels)
-    problem = _only_error(validate_camus(camus, progress=False))
+    problem = _only_error(validate_camus(camus, n_val=1, progress=False))
     assert problem.path == mask and "unknown label value(s) [7]" in problem.message
 
 
@@ -133,14 +133,14 @@ def test_structure_absent_from_mask(camus):
     labels = _label(mask)
     labels[labels == 3] = 0
     write_itk(mask, labels)
-    problem = _only_error(validate_camus(camus, progress=False))
+    problem = _only_error(validate_camus(camus, n_val=1, progress=False))
     assert problem.path == mask and "LA (3) absent" in problem.message
 
 
 def test_malformed_cfg_reports_every_field(camus):
     cfg = _pdir(camus) / "Info_2CH.cfg"
     cfg.write_text("ED: 1\nES: 99\nNbFrame: 20\nSex: X\nAge: old\nthis line is broken\n")
-    problems = validate_camus(camus, progress=False)
+    problems = validate_camus(camus, n_val=1, progress=False)
     messages = [p.message for p in _errors(problems)]
     assert all(p.path == cfg for p in _errors(problems))
     assert any("Sex must be one of" in m and "'X'" in m for m in messages)
@@ -154,7 +154,7 @@ def test_malformed_cfg_reports_every_field(camus):
 def test_patient_in_two_splits(camus):
     training = camus / "database_split" / "subgroup_training.txt"
     training.write_text(training.read_text() + "patient0003\n")  # also a test patient
-    problems = _errors(validate_camus(camus, progress=False))
+    problems = _errors(validate_camus(camus, n_val=1, progress=False))
     assert len(problems) == 1
     assert "patient0003 is in two splits" in problems[0].message
     assert problems[0].path.name in ("subgroup_training.txt", "subgroup_testing.txt")
@@ -164,7 +164,7 @@ def test_split_file_problems(camus):
     (camus / "database_split" / "subgroup_testing.txt").unlink()
     validation = camus / "database_split" / "subgroup_validation.txt"
     validation.write_text("patient0001\npatient9999\nnot-a-patient\n")
-    messages = {(p.path.name, p.message) for p in _errors(validate_camus(camus, progress=False))}
+    messages = {(p.path.name, p.message) for p in _errors(validate_camus(camus, n_val=1, progress=False))}
     assert (
         "subgroup_testing.txt",
         "split file missing (the test patients of every split scheme)",
@@ -180,7 +180,7 @@ def test_every_problem_is_reported_not_just_the_first(camus):
     (_pdir(camus) / f"{P1}_2CH_ES_gt.nii.gz").unlink()
     (_pdir(camus, "patient0002") / "Info_2CH.cfg").unlink()
     (_pdir(camus, "patient0003") / "patient0003_4CH_ED.nii.gz").write_bytes(b"junk")
-    paths = {p.path.name for p in _errors(validate_camus(camus, progress=False))}
+    paths = {p.path.name for p in _errors(validate_camus(camus, n_val=1, progress=False))}
     assert paths == {f"{P1}_2CH_ES.nii.gz", "Info_2CH.cfg", "patient0003_4CH_ED.nii.gz"}
 
 
@@ -189,15 +189,15 @@ def test_camus_2019_missing_raw_and_unlabelled_test_patients(pristine, tmp_path)
     test_patient = next((root / "testing").iterdir())
     for gt in test_patient.glob("*_gt.*"):
         gt.unlink()  # the 2019 test set came without ground truth: fine
-    assert validate_camus(root, progress=False) == []
+    assert validate_camus(root, n_val=1, progress=False) == []
     header = root / "training" / P1 / f"{P1}_4CH_ES.mhd"
     header.with_suffix(".raw").unlink()
-    problem = _only_error(validate_camus(root, progress=False))
+    problem = _only_error(validate_camus(root, n_val=1, progress=False))
     assert problem.path == header and "unreadable image" in problem.message
 
 
 def test_not_a_camus_folder(tmp_path):
-    problem = _only_error(validate_camus(tmp_path, progress=False))
+    problem = _only_error(validate_camus(tmp_path, n_val=1, progress=False))
     assert problem.path == tmp_path and "database_nifti" in problem.message
 
 
@@ -244,7 +244,7 @@ def test_sdm_of_a_test_patient_is_a_warning(pristine, sdm):
     image, label = _sdm_pair(sdm)
     for path in (image, label):
         shutil.copy(path, path.with_name(path.name.replace("patient0002", "patient0003")))
-    problems = validate_data(pristine["2023"], sdm, progress=False)
+    problems = validate_data(pristine["2023"], sdm, n_val=1, progress=False)
     assert not has_errors(problems)
     assert [p.severity for p in problems] == [WARNING]
     assert "patient0003, a CAMUS test patient" in problems[0].message
@@ -271,6 +271,8 @@ def test_cli_exit_codes_and_output(pristine, camus, capsys):
                 str(pristine["2023"]),
                 "--sdm-root",
                 str(pristine["sdm"]),
+                "--n-val",
+                "1",
                 "--no-progress",
             ]
         )
@@ -279,7 +281,7 @@ def test_cli_exit_codes_and_output(pristine, camus, capsys):
     assert capsys.readouterr().out.splitlines()[-1].startswith("OK: 0 error(s), 0 warning(s)")
     mask = _pdir(camus) / f"{P1}_2CH_ES_gt.nii.gz"
     mask.unlink()
-    assert main(["validate-data", "--camus-root", str(camus), "--no-progress"]) == 1
+    assert main(["validate-data", "--camus-root", str(camus), "--n-val", "1", "--no-progress"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert (
         lines[0]
@@ -302,11 +304,11 @@ def test_camus_2019_partial_test_ground_truth_is_an_error(tmp_path_factory, tmp_
     from vlsm.data.cache import prepare_dataset
 
     root = _two_test_patients_2019(tmp_path_factory)
-    assert validate_camus(root, progress=False) == []
+    assert validate_camus(root, n_val=1, progress=False) == []
     gt = root / "testing" / "patient0002" / "patient0002_2CH_ED_gt.mhd"
     gt.unlink()
     gt.with_suffix(".raw").unlink()
-    problem = _only_error(validate_camus(root, progress=False))
+    problem = _only_error(validate_camus(root, n_val=1, progress=False))
     assert problem.path == gt.with_name("patient0002_2CH_ED.mhd")
     assert "image without mask" in problem.message and gt.name in problem.message
     # the sweep's data phase refuses too: the reader no longer drops the image
@@ -321,7 +323,7 @@ def test_truncated_files_are_errors_with_sizes(camus, pristine, tmp_path):
     import gzip
 
     mask.write_bytes(gzip.compress(gzip.decompress(mask.read_bytes())[:-10]))
-    by_path = {p.path: p.message for p in _errors(validate_camus(camus, progress=False))}
+    by_path = {p.path: p.message for p in _errors(validate_camus(camus, n_val=1, progress=False))}
     assert set(by_path) == {image, mask}, by_path
     assert "truncated" in by_path[image] and "expected" in by_path[image]
     assert "expected at least 3936 bytes" in by_path[mask] and "found 3926" in by_path[mask]
@@ -334,6 +336,23 @@ def test_truncated_files_are_errors_with_sizes(camus, pristine, tmp_path):
     root = Path(shutil.copytree(pristine["2019"], tmp_path / "c2019"))
     raw = root / "training" / P1 / f"{P1}_4CH_ES_gt.raw"
     raw.write_bytes(raw.read_bytes()[:100])
-    problem = _only_error(validate_camus(root, progress=False))
+    problem = _only_error(validate_camus(root, n_val=1, progress=False))
     assert problem.path == raw
     assert f"expected {SIZE[0] * SIZE[1]} bytes" in problem.message and "found 100" in problem.message
+
+
+
+def test_an_empty_split_is_an_error_worded_for_what_happened(pristine, capsys) -> None:
+    from vlsm.cli import main
+
+    # 3 patients, 1 for test: with the paper's 50 validation patients nothing trains
+    problem = _only_error(validate_camus(pristine["2023"], progress=False))
+    assert "the paper split leaves no train images: of the 2 patients outside the test set the first 50" \
+        in problem.message and "data.val_patients" in problem.message
+    assert main(["validate-data", "--camus-root", str(pristine["2023"]), "--no-progress"]) == 1
+    assert main(["validate-data", "--camus-root", str(pristine["2023"]), "--n-val", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    from vlsm.data.cache import prepare_dataset
+
+    with pytest.raises(ValueError, match="the paper split leaves no train images"):
+        prepare_dataset("camus", pristine["2023"], 32, pristine["2023"].parent / "cache", progress=False)

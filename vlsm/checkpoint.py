@@ -245,11 +245,12 @@ def load_stored_into(model: nn.Module, directory: Path) -> dict:
 
 
 def load_model(directory: Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by `save_model`; frozen tensors are re-derived and verified."""
+    """Rebuild a model saved by `save_model`, in eval mode (ready to predict); frozen
+    tensors are re-derived and verified."""
     meta = read_json(Path(directory) / MODEL_SPEC_FILE)
     model = rebuild(meta["spec"])
     load_stored_into(model, directory)
-    return model.to(device)
+    return model.to(device).eval()
 
 
 def load_weights_into(model: nn.Module, directory: Path) -> None:

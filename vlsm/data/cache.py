@@ -695,7 +695,13 @@ def _load_records(
     dataset: str,
 ) -> list[EchoImage]:
     if kind == "camus":
-        return _load_camus(root, split_scheme, n_val)
+        from vlsm.data.camus import PAPER_VAL_PATIENTS, empty_split
+
+        records = _load_camus(root, split_scheme, n_val)
+        why = empty_split(records, root, split_scheme, PAPER_VAL_PATIENTS if n_val is None else n_val)
+        if why:
+            raise ValueError(why)
+        return records
     if kind == "sdm":
         from vlsm.data.sdm import load_sdm, with_camus_info
 

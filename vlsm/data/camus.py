@@ -46,6 +46,7 @@ __all__ = [
     "RELEASES",
     "SPLIT_SCHEMES",
     "PAPER_VAL_PATIENTS",
+    "empty_split",
     "SPLIT_FILES",
     "detect_camus_release",
     "parse_info_cfg",
@@ -397,6 +398,26 @@ def load_camus(
         ", ".join(f"{s} {sum(r.split == s for r in records)}" for s in order),
     )
     return records
+
+
+def empty_split(records: list[EchoImage], root: Path, split_scheme: str = "paper",
+                n_val: int = PAPER_VAL_PATIENTS) -> str | None:
+    """Why a split a sweep needs (train, val, test) holds no image, worded for what
+    happened; None when every one has images."""
+    counts = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
+    empty = [s for s, n in counts.items() if n == 0]
+    if not empty:
+        return None
+    patients = {s: len({r.patient for r in records if r.split == s}) for s in counts}
+    if split_scheme == "paper" and set(empty) & {"train", "val"}:
+        others = patients["train"] + patients["val"]
+        return (f"CAMUS at {root}: the paper split leaves no {' and no '.join(s for s in empty if s != 'test')} "
+                f"images: of the {others} patients outside the test set the first {n_val} validate and the rest "
+                f"train; give fewer validation patients than {others} (data.val_patients in a sweep, --n-val "
+                f"for vlsm prepare and validate-data) or a dataset with more patients")
+    where = (f"{DIR_SPLIT}/{SPLIT_FILES[empty[0]]} lists no patient found here" if split_scheme == "official"
+             else "no test patients were found")
+    return f"CAMUS at {root}: the {split_scheme} split has no {empty[0]} images ({where})"
 
 
 # --- writing a release ----------------------------------------------------------------

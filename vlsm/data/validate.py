@@ -304,9 +304,19 @@ def _check_camus_splits(root: Path, patients: set[str]) -> list[Problem]:
     return problems
 
 
-def validate_camus(root: Path, *, progress: bool = True) -> list[Problem]:
-    """Every problem of a CAMUS folder (2019 or 2023 release), each naming its file."""
-    from vlsm.data.camus import DIR_NIFTI, DIR_TESTING, DIR_TRAINING, detect_camus_release
+def validate_camus(root: Path, *, split_scheme: str = "paper", n_val: int | None = None,
+                   progress: bool = True) -> list[Problem]:
+    """Every problem of a CAMUS folder (2019 or 2023 release), each naming its file; with
+    the split a sweep would use (`split_scheme`, `n_val` validation patients for the paper
+    split), an empty one is an error too."""
+    from vlsm.data.camus import (
+        DIR_NIFTI,
+        DIR_TESTING,
+        DIR_TRAINING,
+        PAPER_VAL_PATIENTS,
+        detect_camus_release,
+        empty_split,
+    )
 
     root = Path(root)
     try:
@@ -339,10 +349,15 @@ def validate_camus(root: Path, *, progress: bool = True) -> list[Problem]:
     if not has_errors(problems):  # a last check: the reader loads what we passed
         from vlsm.data.camus import load_camus
 
+        n_val = PAPER_VAL_PATIENTS if n_val is None else n_val
         try:
-            load_camus(root)
+            records = load_camus(root, split_scheme, n_val=n_val)
         except ValueError as err:
             problems.append(Problem(root, f"the CAMUS reader fails: {_message(err, root)}"))
+        else:
+            why = empty_split(records, root, split_scheme, n_val)
+            if why:
+                problems.append(Problem(root, _message(ValueError(why), root)))
     return problems
 
 
@@ -436,9 +451,15 @@ def _camus_test_patients(camus_root: Path) -> set[str]:
 
 
 def validate_data(
-    camus_root: Path | None, sdm_root: Path | None, *, progress: bool = True
+    camus_root: Path | None,
+    sdm_root: Path | None,
+    *,
+    split_scheme: str = "paper",
+    n_val: int | None = None,
+    progress: bool = True,
 ) -> list[Problem]:
-    """Problems of the CAMUS and/or SDM folders given (at least one), CAMUS first.
+    """Problems of the CAMUS and/or SDM folders given (at least one), CAMUS first; CAMUS is
+    read with the split a sweep would use (`split_scheme`, `n_val`: see validate_camus).
 
     With both, SDM images of CAMUS test patients (2023 split files) are reported as a
     warning: synthetic training data made from test patients leaks the test set.
@@ -447,7 +468,7 @@ def validate_data(
         raise ValueError("validate_data: give camus_root, sdm_root or both; got neither")
     problems: list[Problem] = []
     if camus_root is not None:
-        problems += validate_camus(Path(camus_root), progress=progress)
+        problems += validate_camus(Path(camus_root), split_scheme=split_scheme, n_val=n_val, progress=progress)
     if sdm_root is not None:
         problems += validate_sdm(Path(sdm_root), progress=progress)
     if camus_root is not None and sdm_root is not None and Path(sdm_root).is_dir():

@@ -16,6 +16,10 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camus-root", type=Path, help="CAMUS folder (2019 or 2023 release)")
     parser.add_argument("--sdm-root", type=Path, help="SDM CAMUS folder of synthetic PNGs")
+    parser.add_argument("--split-scheme", default="paper", choices=("paper", "official"),
+                        help="the CAMUS split to check (default paper, the Synthetic Boost split)")
+    parser.add_argument("--n-val", type=int, default=None, metavar="N",
+                        help="paper split: validation patients (default the paper's 50)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -27,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     if args.camus_root is None and args.sdm_root is None:
         print("validate-data: give --camus-root, --sdm-root or both", file=sys.stderr)
         return 2
-    problems = validate_data(args.camus_root, args.sdm_root, progress=not args.no_progress)
+    problems = validate_data(args.camus_root, args.sdm_root, split_scheme=args.split_scheme,
+                             n_val=args.n_val, progress=not args.no_progress)
     for problem in problems:
         print(problem)
     n_errors = sum(p.severity == ERROR for p in problems)

@@ -55,6 +55,7 @@ from transformers import (
 
 from vlsm.models.common import (
     check_forward_inputs,
+    hub_files_only,
     is_hub_id,
     load_state_dict_file,
     load_strict,
@@ -266,8 +267,10 @@ def _resolve_pretrained(pretrained: str | Path) -> str:
 
 
 def _from_pretrained(source: str) -> CLIPSeg:
+    local_only = not Path(source).is_dir() and hub_files_only(source, "config.json", "pretrained")
     try:
-        model, info = CLIPSeg.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+        model, info = CLIPSeg.from_pretrained(source, dtype=torch.float32, output_loading_info=True,
+                                              local_files_only=local_only)
     except OSError as err:
         raise ValueError(
             f"pretrained={source!r}: could not load CLIPSeg weights ({err}). A hub id needs "

@@ -19,6 +19,7 @@ from vlsm.model_registry import INIT_SEED
 __all__ = [
     "INIT_SEED",
     "check_forward_inputs",
+    "hub_files_only",
     "is_hub_id",
     "load_state_dict_file",
     "load_strict",
@@ -41,6 +42,35 @@ def is_hub_id(value: str) -> bool:
         return False
     parts = value.split("/")
     return len(parts) <= 2 and all(parts) and not value.endswith((".pt", ".pth", ".bin"))
+
+
+def hub_files_only(repo_id: str, filename: str, option: str) -> bool:
+    """Whether `from_pretrained(repo_id)` must read the local Hugging Face cache only.
+
+    True when `filename` of the repo is cached (no network needed). Otherwise a download
+    is needed: ValueError at once, naming `option`, when the hub is off (HF_HUB_OFFLINE)
+    or cannot be reached (a quick connection test; the hub client would retry for
+    minutes before failing).
+    """
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, filename), str):
+        return True
+    advice = f"give a local folder as {option}, or run once where the hub is reachable to cache it"
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"{option}={repo_id!r}: not in the local Hugging Face cache and the hub is off "
+                         f"(HF_HUB_OFFLINE); {advice}")
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+    except OSError as err:
+        raise ValueError(f"{option}={repo_id!r}: not in the local Hugging Face cache, and "
+                         f"{endpoint.hostname} cannot be reached ({err}); {advice}") from None
+    return False
 
 
 def load_state_dict_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:

@@ -176,8 +176,13 @@ def load_clip_tokenizer(source: str | Path, max_length: int | None = None) -> Pr
     """
     from transformers import CLIPTokenizer
 
+    local_only = False
+    if not Path(source).expanduser().exists():  # a hub id: fail at once when it cannot download
+        from vlsm.models.common import hub_files_only
+
+        local_only = hub_files_only(str(source), "vocab.json", "tokenizer")
     try:
-        hf = CLIPTokenizer.from_pretrained(str(source))
+        hf = CLIPTokenizer.from_pretrained(str(source), local_files_only=local_only)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"pretrained={str(source)!r}: could not load a CLIP tokenizer from it (expected a hub id "
