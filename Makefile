@@ -1,9 +1,12 @@
 # make setup : create .venv with the project and its dev tools (CPU torch without an NVIDIA GPU)
 # make demo  : the main job; with no dataset configured it runs the built-in phantom demo
 # make test  : the test suite (offline, CPU)
+# make lock  : rewrite requirements-lock.txt, the exact versions in .venv (torch aside), which
+#              every node of ray_cluster.yaml installs
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
+LOCK := requirements-lock.txt
 HAS_NVIDIA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 ifeq ($(HAS_NVIDIA),1)
 TORCH_SOURCE :=
@@ -12,7 +15,7 @@ else
 TORCH_SOURCE := --extra-index-url https://download.pytorch.org/whl/cpu --retries 0
 endif
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo test lint lock clean-venv
 
 setup: $(VENV)/.installed
 
@@ -32,6 +35,16 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
+
+# torch stays out: ray_cluster.yaml installs TORCH_VERSION's CPU build on the head and its
+# CUDA build on the GPU workers. Nothing is installed here: it reads .venv as it is.
+lock:
+	@test -x $(PY) || { echo "no $(VENV): run make setup first"; exit 1; }
+	{ echo "# Exact versions of vlsm-echo's dependencies and dev tools, from \`make lock\`: pip freeze"; \
+	  echo "# --exclude-editable of $(VENV), without torch (each node installs the build for its hardware)."; \
+	  echo "# The interpreter they were resolved for, which every node runs:"; \
+	  echo "# python==$$($(PY) -c 'import platform; print(platform.python_version())')"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -iv '^torch=='; } > $(LOCK)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -35,7 +35,7 @@ def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
             seed=data.demo_seed,
             n_patients=data.demo_patients,
             n_test=data.demo_test_patients,
-            n_val=data.demo_val_patients,
+            n_val=data.val_patients,
             sdm_per_image=data.demo_sdm_per_image,
             size=tuple(data.demo_image_size),
         )
@@ -45,16 +45,18 @@ def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
     return DataRoots(camus, sdm, demo=False)
 
 
-def check_data(roots: DataRoots, strategies: tuple[str, ...]) -> None:
-    """Run `vlsm validate-data`'s checks; raise DataError listing every error."""
+def check_data(roots: DataRoots, spec: SweepSpec) -> None:
+    """Run `vlsm validate-data`'s checks with the sweep's split; raise DataError listing
+    every error."""
     from vlsm.data.validate import validate_data
 
     if roots.camus_root is None:
         raise DataError("no CAMUS folder: give --camus-root (every strategy is tested on real CAMUS)")
-    needs_sdm = any(s != "real" for s in strategies)
+    needs_sdm = any(s != "real" for s in spec.grid.strategies)
     if needs_sdm and roots.sdm_root is None:
         raise DataError("the grid has synthetic strategies but no SDM folder: give --sdm-root")
-    problems = validate_data(roots.camus_root, roots.sdm_root if needs_sdm else None)
+    problems = validate_data(roots.camus_root, roots.sdm_root if needs_sdm else None,
+                             split_scheme=spec.data.split_scheme, n_val=spec.data.val_patients)
     errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
         if problem.severity != "error":
@@ -95,8 +97,7 @@ def prepare_caches(
                     size,
                     cache_dir,
                     split_scheme=spec.data.split_scheme,
-                    # the demo has fewer patients than the paper's 50 validation ones
-                    n_val=spec.data.demo_val_patients if roots.demo else None,
+                    n_val=spec.data.val_patients,
                     # SDM images carry no sex or age: P4-P6 take them from CAMUS
                     camus_root=roots.camus_root if kind == "sdm" else None,
                 )

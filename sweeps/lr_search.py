@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps.cell import Cell
 from sweeps.spec import LRSearchSpace, SweepSpec
 from sweeps.trials import trial_config, trial_resources
-from sweeps.tuner import build_tuner, experiment_path
+from sweeps.tuner import build_tuner, experiment_path, trial_dirname
 from vlsm.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def _search(
             mode=space.mode,
             num_samples=spec.lr_search.trials,
             reuse_actors=spec.run.reuse_actors,
+            trial_dirname_creator=trial_dirname,
         ),
         max_failures=spec.run.max_failures,
     )

@@ -247,7 +247,10 @@ def describe_plan(plan: SweepPlan) -> str:
         Path(data.camus_root) if data.camus_root else None,
         Path(data.sdm_root) if data.sdm_root else None,
     )
-    sizes = dataset_sizes(plan.spec, *roots)
+    try:
+        sizes = dataset_sizes(plan.spec, *roots)
+    except ValueError as err:  # a dataset the grid cannot use (e.g. an empty split)
+        raise DataError(str(err)) from None
     return format_plan(plan.spec, plan.cells, sizes, use_gpu=True, measured=measured_throughput(plan.folder.root))
 
 
@@ -260,7 +263,7 @@ def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
     try:
         roots = resolve_data(plan.spec, plan.cache_dir)
         if plan.validate:
-            check_data(roots, plan.spec.grid.strategies)
+            check_data(roots, plan.spec)
         caches = prepare_caches(plan.spec, roots, plan.cache_dir, tuple({c.strategy for c in plan.cells}))
         if "://" in plan.storage:  # trials on other nodes read the caches from shared storage
             caches = publish_caches(caches, plan.storage)
@@ -274,6 +277,27 @@ def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
 # --- phase 3: the run ----------------------------------------------------------------------
 
 
+def _use_the_nodes_token() -> None:
+    """Token authentication on for this process when RAY_AUTH_MODE is unset and this node
+    holds a Ray token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH).
+
+    Ray 2.60's `ray start --head` turns authentication on whenever such a token exists, but
+    `ray.init` follows it only for address "auto" with RAY_ADDRESS unset: any other address
+    connects with authentication off and is refused ("Authentication token is missing or
+    incorrect"). This is Ray's own rule for "auto" (ray/_private/worker.py), applied to every
+    address; it also refreshes Ray's cached config, which setting the variable would not.
+    A token sent to a head without authentication is ignored, and an explicit
+    RAY_AUTH_MODE is left as it is.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 @contextlib.contextmanager
 def ray_session(settings: RaySettings) -> Iterator[bool]:
     """Ray for the sweep, shut down however the block ends; yields whether trials get GPUs."""
@@ -282,6 +306,7 @@ def ray_session(settings: RaySettings) -> Iterator[bool]:
     # Trial output (checkpoint notices, ...) stays in each trial's folder unless --verbose;
     # the driver logs one line per finished trial.
     if settings.address:
+        _use_the_nodes_token()
         ray.init(address=settings.address, log_to_driver=settings.log_to_driver)
     else:
         ray.init(num_cpus=settings.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",

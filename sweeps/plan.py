@@ -15,14 +15,17 @@ def dataset_sizes(spec: SweepSpec, camus_root: Path | None, sdm_root: Path | Non
     """Training image-structure pairs per dataset ("camus", "sdm"), from file listings only."""
     data = spec.data
     if data.demo:
-        train_patients = data.demo_patients - data.demo_test_patients - data.demo_val_patients
+        train_patients = data.demo_patients - data.demo_test_patients - data.val_patients
         train_images = train_patients * 4
         return {"camus": train_images * 3, "sdm": train_images * data.demo_sdm_per_image * 3}
     sizes = {"camus": 4800, "sdm": 8000 * 3}  # the paper's: 1600 real, 8000 synthetic training images
     if camus_root is not None and camus_root.exists():
-        from vlsm.data.camus import load_camus
+        from vlsm.data.camus import empty_split, load_camus
 
-        records = load_camus(camus_root, split_scheme=data.split_scheme)
+        records = load_camus(camus_root, split_scheme=data.split_scheme, n_val=data.val_patients)
+        why = empty_split(records, camus_root, data.split_scheme, data.val_patients)
+        if why:  # the dry run says so too, rather than plan a grid with nothing to train
+            raise ValueError(why)
         sizes["camus"] = 3 * sum(r.split == "train" for r in records)
     if sdm_root is not None and sdm_root.exists():
         from vlsm.data.sdm import load_sdm

@@ -22,7 +22,7 @@ from sweeps.progress import ProgressCallback
 from sweeps.spec import SweepSpec
 from sweeps.tracking import MLflowTrialCallback, SweepTracker
 from sweeps.trials import trial_resources
-from sweeps.tuner import GRID_EXPERIMENT, build_tuner
+from sweeps.tuner import GRID_EXPERIMENT, build_tuner, trial_dirname
 from vlsm import axes
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def run_grid(
             num_samples=len(cells),
             max_concurrent_trials=spec.run.max_concurrent or None,
             reuse_actors=spec.run.reuse_actors,
+            trial_dirname_creator=trial_dirname,
         ),
         max_failures=spec.run.max_failures,
         callbacks=[ChainCallback(state), MLflowTrialCallback(tracker), ProgressCallback(len(cells))],

@@ -46,11 +46,11 @@ class DataSpec:
     camus_root: str | None = None  # raw CAMUS folder, 2019 or 2023 release
     sdm_root: str | None = None  # SDM CAMUS folder
     split_scheme: str = "paper"  # "paper" or "official" (2023 split files)
+    val_patients: int = 50  # paper split: the first this many non-test patients validate
     cache_dir: str | None = None  # default: <output>/cache
     demo: bool = False  # generate phantom data instead of reading a dataset
-    demo_patients: int = 24
+    demo_patients: int = 24  # the demo's patients: its test ones, val_patients, the rest train
     demo_test_patients: int = 4
-    demo_val_patients: int = 4
     demo_image_size: tuple[int, int] = (128, 112)
     demo_sdm_per_image: int = 1
     demo_seed: int = 0
@@ -248,12 +248,19 @@ def load_spec(
     if demo is None and not _raw_has_dataset(raw):
         raw, sources = merged(True)
     where = " + ".join(sources)
+    for section, old, new in _RENAMED:
+        if isinstance(raw.get(section), dict) and old in raw[section]:
+            raise SpecError(f"{where}: {section}.{old} is now {new}")
     try:
         spec = from_mapping(SweepSpec, raw)
     except ConfigError as err:
         raise SpecError(f"{where}: {err}") from None
     _check_values(spec, where)
     return spec
+
+
+# Keys that were renamed: (section, old key, what to write instead).
+_RENAMED = (("data", "demo_val_patients", "data.val_patients (the paper split's validation patients, the demo's too)"),)
 
 
 def has_dataset(spec: SweepSpec) -> bool:

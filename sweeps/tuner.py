@@ -19,13 +19,22 @@ from sweeps.retention import CheckpointRetention, checkpoint_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GRID_EXPERIMENT", "build_tuner", "experiment_path"]
+__all__ = ["GRID_EXPERIMENT", "build_tuner", "experiment_path", "trial_dirname"]
 
 GRID_EXPERIMENT = "grid"  # the grid's experiment folder under the storage path
 
 
 def experiment_path(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """A trial's folder in its experiment: its cell's id and Ray's trial id
+    (`cris-real-frozen-p3_1a2b3c4d`), instead of Ray's `train_vlsm_<id>_<n>_<config>`."""
+    from sweeps.cell import Cell
+
+    cell = Cell.of_config(trial.config)
+    return f"{cell.cell_id if cell else 'trial'}_{trial.trial_id}"
 
 
 def build_tuner(

@@ -18,7 +18,7 @@ from sweeps.spec import load_spec
 
 SMALL = [
     "grid.models=[CRIS]", "grid.prompts=[P1, P7]", "grid.encoders=[frozen]",
-    "data.demo_patients=8", "data.demo_test_patients=2", "data.demo_val_patients=2",
+    "data.demo_patients=8", "data.demo_test_patients=2", "data.val_patients=2",
     "data.demo_image_size=[64, 56]", "train.max_epochs=1", "train.min_epochs=1",
 ]
 

@@ -24,7 +24,7 @@ SCRIPT = REPO / "sweeps" / "paper_grid.py"
 SMALL = [
     "--models", "CRIS", "--prompts", "P1", "--encoders", "frozen", "--num-cpus", "2",
     "--set", "data.demo_patients=8", "--set", "data.demo_test_patients=2",
-    "--set", "data.demo_val_patients=2", "--set", "data.demo_image_size=[64, 56]",
+    "--set", "data.val_patients=2", "--set", "data.demo_image_size=[64, 56]",
     "--set", "train.max_epochs=2", "--set", "train.min_epochs=1",
 ]
 
@@ -110,8 +110,9 @@ def test_each_trial_keeps_only_its_latest_checkpoint(small_sweep: Path) -> None:
     # Ray keeps every checkpoint (num_to_keep=None); CheckpointRetention deletes the
     # superseded ones after Ray's final snapshot, so each trial folder ends with one.
     state = json.loads((small_sweep / "chain_state.json").read_text())
-    trial_dirs = sorted((small_sweep / "ray").rglob("train_vlsm_*"))
-    assert len(trial_dirs) == 3
+    trial_dirs = sorted(d for d in (small_sweep / "ray" / "grid").iterdir() if d.is_dir())
+    assert len(trial_dirs) == 3  # each named after its cell: cris-real-frozen-p1_<ray trial id>
+    assert {d.name.rsplit("_", 1)[0] for d in trial_dirs} == set(state)
     for trial_dir in trial_dirs:
         checkpoints = sorted(trial_dir.glob("checkpoint_*"))
         assert len(checkpoints) == 1, checkpoints
@@ -207,6 +208,6 @@ def test_lr_search_picks_a_rate_for_the_grid(tmp_path: Path) -> None:
     assert len(best["tried"]) == 2 and 1e-4 <= best["lr"] <= 1e-2 and best["lr"] in best["tried"]
     trials = pd.read_parquet(output / schema.EXPORTS_DIR / schema.TRIALS_FILE)
     assert trials["lr"].tolist() == pytest.approx([best["lr"]])
-    search_trials = [d for d in output.rglob("lr-search-*/train_vlsm_*") if d.is_dir()]
+    search_trials = [d for d in output.rglob("lr-search-*/cris-real-frozen-p1_*") if d.is_dir()]
     assert len(search_trials) == 2
     assert all(len(list(d.glob("checkpoint_*"))) == 1 for d in search_trials)  # only the latest kept

@@ -435,3 +435,18 @@ def test_the_export_reads_ray_state_only_from_storage_the_user_names(tmp_path) -
     with pytest.raises(ValueError, match="give --storage /somewhere/else"):
         export_sweep(tmp_path)
     assert (export_sweep(tmp_path, storage=str(tmp_path / "nothing-here")) / "trials.parquet").is_file()
+
+
+def test_the_splits_size_is_a_setting_and_an_empty_split_is_refused_by_the_dry_run(tmp_path, capsys) -> None:
+    from sweeps.paper_grid import main
+    from vlsm.data.phantom import write_demo_data
+
+    demo = write_demo_data(tmp_path / "demo", seed=0, n_patients=6, n_test=2, n_val=1, size=(64, 56))
+    args = ["--camus-root", str(demo.camus_root), "--strategies", "real", "--dry-run"]
+    assert main(args) == 2  # the paper's 50 validation patients leave nothing to train
+    assert "the paper split leaves no train images: of the 4 patients outside the test set" in capsys.readouterr().err
+    assert main([*args, "--set", "data.val_patients=1"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cris-real-unfrozen-p1 "))
+    assert row.split()[-2] == "36"  # counted: 3 train patients x 4 images x 3 structures
+    with pytest.raises(SpecError, match="data.demo_val_patients is now data.val_patients"):
+        load_spec(demo=True, overrides=["data.demo_val_patients=2"])
