@@ -44,7 +44,7 @@ lock:
 	  echo "# --exclude-editable of $(VENV), without torch (each node installs the build for its hardware)."; \
 	  echo "# The interpreter they were resolved for, which every node runs:"; \
 	  echo "# python==$$($(PY) -c 'import platform; print(platform.python_version())')"; \
-	  $(PY) -m pip freeze --exclude-editable | grep -iv '^torch=='; } > $(LOCK)
+	  $(PY) -m pip freeze --exclude-editable | grep -iv '^torch=='; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 
 clean-venv:
 	rm -rf $(VENV)
