@@ -276,7 +276,9 @@ def test_the_lr_search_space_is_typed_and_checked_before_anything_runs(tmp_path,
 def test_the_sweeps_mlflow_run_is_closed_however_the_run_ends(tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from sweeps.paper_grid import build_parser, mlflow_sweep, plan_sweep
+    from sweeps.options import plan_sweep
+    from sweeps.paper_grid import build_parser
+    from sweeps.session import mlflow_sweep
 
     plan = plan_sweep(build_parser().parse_args(["--output", str(tmp_path / "sweep")]))
     client = MlflowClient(tracking_uri=plan.folder.default_tracking_uri())
@@ -338,7 +340,8 @@ def test_values_that_cannot_run_are_refused_with_their_key(override: str, messag
 
 
 def test_option_values_keep_their_type_and_the_demo_checks_its_own_settings(tmp_path, monkeypatch) -> None:
-    from sweeps.paper_grid import build_parser, plan_sweep
+    from sweeps.options import plan_sweep
+    from sweeps.paper_grid import build_parser
 
     def plan(*args: str):
         return plan_sweep(build_parser().parse_args([*args, "--dry-run"]))

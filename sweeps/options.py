@@ -1,0 +1,192 @@
+"""Phase 1 of the main job: the options of `sweeps/paper_grid.py` made into a SweepPlan.
+
+Every option and every combination of them is checked here, before anything is written
+or started: the spec (YAML, `--set`, the typed option values), the dataset folders, the
+folders a run writes, the MLflow store, Ray's address and storage, the CPUs and the
+precision trials ask for. A problem is a SpecError or UsageError naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeps.cell import Cell
+from sweeps.data_setup import DataError
+from sweeps.folder import SweepFolder
+from sweeps.grid import expand_grid
+from sweeps.plan import dataset_sizes, format_plan, measured_throughput
+from sweeps.spec import (
+    LRSearchSpace,
+    SpecError,
+    SweepSpec,
+    load_spec,
+    lr_search_space,
+    models_without_weights,
+)
+from sweeps.trials import trial_resources
+from vlsm.atomic import not_writable
+
+__all__ = ["RaySettings", "SweepPlan", "UsageError", "describe_plan", "fp16_on_cpu", "plan_sweep"]
+
+
+class UsageError(ValueError):
+    """Options that cannot work (together, or with the sweep folder they name)."""
+
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """How the driver joins Ray: a cluster's address, or a local Ray of num_cpus."""
+
+    address: str | None
+    num_cpus: int | None
+    cpu_only: bool  # request no GPUs, even on a cluster that can start them
+    log_to_driver: bool  # trial output on the driver's console (-v)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What the command line asks for, checked: everything the later phases read."""
+
+    spec: SweepSpec
+    cells: list[Cell]
+    folder: SweepFolder
+    cache_dir: Path
+    storage: str  # where Ray keeps this sweep's experiments
+    lr_space: LRSearchSpace | None  # the LR search's space, when it runs
+    mlflow_uri: str
+    validate: bool  # run the data checks first (not --skip-validation)
+    ray: RaySettings
+
+
+def _option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that stand for YAML values, as dotted keys with their values as typed
+    (a path such as `--camus-root 2023` stays text; YAML would read a number)."""
+    values: dict[str, Any] = {}
+    for axis in ("models", "prompts", "strategies", "encoders"):
+        if getattr(args, axis):
+            values[f"grid.{axis}"] = list(getattr(args, axis))
+    if args.camus_root:
+        values["data.camus_root"] = args.camus_root
+    if args.sdm_root:
+        values["data.sdm_root"] = args.sdm_root
+    if args.lr_search is not None:
+        values["lr_search.trials"] = args.lr_search
+    return values
+
+
+def _load(args: argparse.Namespace) -> SweepSpec:
+    """paper.yaml with the options; with demo.yaml when asked or when no dataset is set
+    (decided first, so that `--set` values are checked against what will run)."""
+    spec = load_spec(config=args.config, demo=True if args.demo else None, overrides=args.overrides,
+                     values=_option_values(args))
+    if spec.data.demo and not args.demo:
+        print("No dataset configured (--camus-root/--sdm-root or data: in the YAML): running the built-in phantom demo (search_spaces/demo.yaml).")
+    return spec
+
+
+def _check_run_options(spec: SweepSpec, folder: SweepFolder, args: argparse.Namespace) -> None:
+    """Refuse what cannot run, before anything does (a dry run only plans, so skips this)."""
+    untrained = models_without_weights(spec)
+    if untrained and not spec.data.demo:
+        name = untrained[0]
+        example = ("models.CRIS.checkpoint=/models/cris_r50.pth (official CRIS) or models.CRIS.pretrained=/models/RN50.pt"
+                   if name == "CRIS" else f"models.{name}.pretrained=<hub id or folder>")
+        raise UsageError(f"models.{name}: no weights (pretrained, checkpoint and config are null), so the full-size "
+                         f"model would train from random initialisation; give --set {example}, leave it out with "
+                         f"--models, or set models.{name}.config (e.g. to {{}}) to train it from scratch on purpose")
+    if args.address and args.address.startswith("ray://"):
+        raise UsageError("--address ray://...: the driver keeps the sweep state on its own disk, so it must run on "
+                         "the cluster; use `ray submit ray_cluster.yaml sweeps/paper_grid.py -- --address auto ...`")
+    if args.address and not args.storage:
+        raise UsageError("--address needs --storage: checkpoints must live where every node can read them "
+                         "(s3://bucket/prefix, or a folder all nodes share)")
+    if args.resume and not folder.holds_sweep():
+        raise UsageError(f"--resume: {folder.root} holds no sweep to resume (no {folder.chain_state.name})")
+    if not args.address:  # a local Ray has the CPUs of this machine (or --num-cpus), no more
+        cpus = args.num_cpus or os.cpu_count() or 1
+        for model in spec.grid.models:
+            for encoder in spec.grid.encoders:
+                need = trial_resources(spec, model, encoder, use_gpu=False)["cpu"]
+                if need > cpus:
+                    raise UsageError(f"models.{model}.resources.{encoder}.cpu: {need:g} CPUs per trial, but the "
+                                     f"local Ray has {cpus} (--num-cpus or this machine): no trial could start")
+    fp16 = [f"models.{m}.train" if spec.models[m].train.get("precision") == "fp16" else "train"
+            for m in spec.grid.models if {**spec.train, **spec.models[m].train}.get("precision") == "fp16"]
+    if fp16 and not args.address and (args.cpu_only or not _local_gpu()):
+        raise UsageError(fp16_on_cpu(fp16[0]))
+
+
+def _local_gpu() -> bool:
+    import torch  # only asked when fp16 is configured
+
+    return torch.cuda.is_available()
+
+
+def fp16_on_cpu(where: str) -> str:
+    return (f"{where}.precision fp16: the trials would run on CPU (no GPU here, or --cpu-only), where fp16 "
+            f"cannot train; use auto, bf16 or fp32")
+
+
+def _check_places(plan: SweepPlan) -> None:
+    """The folders a run writes and the MLflow store it logs to, usable (before anything runs)."""
+    from sweeps.tracking import tracking_uri_problem
+
+    for option, path in (("--output", plan.folder.root), ("--cache-dir", plan.cache_dir)):
+        problem = not_writable(path)
+        if problem:
+            raise UsageError(f"{option} {path}: {problem}")
+    if "://" not in plan.storage and not_writable(Path(plan.storage)):
+        raise UsageError(f"--storage {plan.storage}: {not_writable(Path(plan.storage))}")
+    problem = tracking_uri_problem(plan.mlflow_uri)
+    if problem:
+        raise UsageError(f"--mlflow-uri: {problem}")
+
+
+def plan_sweep(args: argparse.Namespace) -> SweepPlan:
+    """Phase 1: the spec, the grid and the folders, every option checked (SpecError,
+    UsageError); nothing is written and nothing runs."""
+    spec = _load(args)
+    folder = SweepFolder(args.output or Path("runs") / (f"{spec.name}-demo" if spec.data.demo else spec.name))
+    for key, option, root in (("camus_root", "--camus-root", spec.data.camus_root),
+                              ("sdm_root", "--sdm-root", spec.data.sdm_root)):
+        if root and not spec.data.demo and not Path(root).expanduser().is_dir():
+            raise UsageError(f"{option} (data.{key}): {root} is not a folder; expected the dataset's root folder")
+    try:
+        cells = expand_grid(spec)
+    except ValueError as err:  # a finetune mapped to a prompt synthetic data lacks
+        raise SpecError(str(err)) from None
+    if not args.dry_run:
+        _check_run_options(spec, folder, args)
+    plan = SweepPlan(
+        spec=spec,
+        cells=cells,
+        folder=folder,
+        cache_dir=Path(args.cache_dir or spec.data.cache_dir or folder.cache).resolve(),
+        storage=folder.storage(args.storage),
+        lr_space=lr_search_space(spec) if spec.lr_search.trials > 0 else None,
+        mlflow_uri=args.mlflow_uri or folder.default_tracking_uri(),
+        validate=not args.skip_validation,
+        ray=RaySettings(args.address, args.num_cpus, args.cpu_only, args.verbose),
+    )
+    if not args.dry_run:
+        _check_places(plan)
+    return plan
+
+
+def describe_plan(plan: SweepPlan) -> str:
+    """The dry run: trials, dependencies, resources, a GPU-hour estimate."""
+    data = plan.spec.data
+    roots = (None, None) if data.demo else (
+        Path(data.camus_root) if data.camus_root else None,
+        Path(data.sdm_root) if data.sdm_root else None,
+    )
+    try:
+        sizes = dataset_sizes(plan.spec, *roots)
+    except ValueError as err:  # a dataset the grid cannot use (e.g. an empty split)
+        raise DataError(str(err)) from None
+    return format_plan(plan.spec, plan.cells, sizes, use_gpu=True, measured=measured_throughput(plan.folder.root))

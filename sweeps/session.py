@@ -1,0 +1,72 @@
+"""The run's contexts: Ray, and the sweep's MLflow parent run, each closed however the run
+ends (a finished grid, an error, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from sweeps.options import RaySettings, SweepPlan
+
+if TYPE_CHECKING:  # imports MLflow and Ray, which planning does without
+    from sweeps.tracking import SweepTracker
+
+__all__ = ["mlflow_sweep", "ray_session"]
+
+
+def _use_the_nodes_token() -> None:
+    """Token authentication on for this process when RAY_AUTH_MODE is unset and this node
+    holds a Ray token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH).
+
+    Ray 2.60's `ray start --head` turns authentication on whenever such a token exists, but
+    `ray.init` follows it only for address "auto" with RAY_ADDRESS unset: any other address
+    connects with authentication off and is refused ("Authentication token is missing or
+    incorrect"). This is Ray's own rule for "auto" (ray/_private/worker.py), applied to every
+    address; it also refreshes Ray's cached config, which setting the variable would not.
+    A token sent to a head without authentication is ignored, and an explicit
+    RAY_AUTH_MODE is left as it is.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+@contextlib.contextmanager
+def ray_session(settings: RaySettings) -> Iterator[bool]:
+    """Ray for the sweep, shut down however the block ends; yields whether trials get GPUs."""
+    import ray  # here, not at the top: planning and the dry run need no Ray
+
+    # Trial output (checkpoint notices, ...) stays in each trial's folder unless --verbose;
+    # the driver logs one line per finished trial.
+    if settings.address:
+        _use_the_nodes_token()
+        ray.init(address=settings.address, log_to_driver=settings.log_to_driver)
+    else:
+        ray.init(num_cpus=settings.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=settings.log_to_driver)
+    try:
+        # A cluster may start GPU nodes on demand (none yet at start); --cpu-only opts out.
+        yield not settings.cpu_only and (bool(settings.address) or ray.cluster_resources().get("GPU", 0) > 0)
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def mlflow_sweep(plan: SweepPlan) -> Iterator[SweepTracker]:
+    """The sweep's MLflow parent run, closed however the block ends: with the status the
+    block gave `finish_sweep`, else KILLED (Ctrl-C) or FAILED (an error)."""
+    from sweeps.tracking import SweepTracker
+
+    tracker = SweepTracker(plan.mlflow_uri, plan.spec.name, plan.folder.root)
+    try:
+        yield tracker
+    except BaseException as err:
+        tracker.finish_sweep("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.finish_sweep("FAILED")  # a no-op when the block finished the run itself
