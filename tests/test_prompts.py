@@ -7,20 +7,18 @@ the bundle against the authors' files themselves when ../shared/reference is pre
 
 from __future__ import annotations
 
-import functools
 import json
-import lzma
 import random
 import re
 from pathlib import Path
 
 import pytest
+from reference_tasks import age_of, bundled_tasks
 
 from vlsm.axes import STRUCTURE_NAMES
 from vlsm.data.prompts import age_in_words, build_prompts, choose_phrasing, prompt_keys
 from vlsm.data.records import EchoImage, PatientInfo
 
-TASKS_BUNDLE = Path(__file__).resolve().parent / "fixtures" / "synthetic_boost_tasks.json.xz"
 SHARED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "synthetic-boost" / "tasks"
 TASK_FILES = ("camus/val.json", "camus/test.json", "sdm/val.json", "sdm/test.json")
 
@@ -32,37 +30,10 @@ _LAST = re.compile(
     r"(?P<sex>male|female)(?: with (?P<quality>good|medium|poor) image quality)?\.$"
 )
 _AGE = re.compile(r" of a (?P<age>[a-z-]+)-year-old ")
-# Number words spelled out by hand, not by age_in_words (the function under test) or
-# num2words, so that a consistent mis-spelling ("fourty-five") cannot pass.
-_UNITS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen".split())}
-_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
-         "eighty": 80, "ninety": 90}
-
-
-def _age_of(words: str) -> int:
-    """Age words read by hand: "eighteen" -> 18, "seventy" -> 70, "fifty-six" -> 56.
-
-    KeyError for any other spelling.
-    """
-    if words in _UNITS:
-        return _UNITS[words]
-    tens, hyphen, unit = words.partition("-")
-    if not hyphen:
-        return _TENS[tens]
-    if not 1 <= _UNITS[unit] <= 9:
-        raise KeyError(words)
-    return _TENS[tens] + _UNITS[unit]
-
-
-@functools.cache
-def _bundled_tasks() -> dict[str, list[dict]]:
-    return json.loads(lzma.decompress(TASKS_BUNDLE.read_bytes()))
 
 
 def _load(rel: str) -> list[dict]:
-    return _bundled_tasks()[rel]
+    return bundled_tasks()[rel]
 
 
 def _reference_age_words() -> set[str]:
@@ -72,7 +43,7 @@ def _reference_age_words() -> set[str]:
 
 
 def test_bundled_task_files() -> None:
-    assert tuple(_bundled_tasks()) == TASK_FILES
+    assert tuple(bundled_tasks()) == TASK_FILES
     # 3 entries (structures) per image: camus val and test 200 images each (50 patients x 2
     # views x 2 phases), sdm val 1,000 (5 synthetic variants each), sdm test the 200 test images
     assert [len(_load(rel)) for rel in TASK_FILES] == [600, 600, 3000, 600]
@@ -99,7 +70,7 @@ def _image_and_shape(entry: dict, synthetic: bool) -> tuple[EchoImage, int, str]
     assert m, last
     info = PatientInfo(
         sex={"male": "M", "female": "F"}[m["sex"]],
-        age=_age_of(m["age"]),
+        age=age_of(m["age"]),
         image_quality=m["quality"].capitalize() if m["quality"] else None,
     )
     image = EchoImage(
@@ -244,7 +215,7 @@ def test_age_in_words() -> None:
 def test_every_age_of_the_reference_is_spelled_as_the_authors_spell_it() -> None:
     words = _reference_age_words()
     assert len(words) == 39  # 39 distinct ages, from eighteen to eighty-eight
-    wrong = {w: age_in_words(_age_of(w)) for w in sorted(words) if age_in_words(_age_of(w)) != w}
+    wrong = {w: age_in_words(age_of(w)) for w in sorted(words) if age_in_words(age_of(w)) != w}
     assert wrong == {}
 
 

@@ -8,57 +8,28 @@ tests run in any clone.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import lzma
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_tasks import age_of, bundled_tasks
 
 from vlsm.axes import EVAL_SIZE
 from vlsm.data.prompts import build_prompts
 from vlsm.data.records import PatientInfo
 from vlsm.data.synthetic_boost import export_synthetic_boost, load_synthetic_boost
 
-TASKS_BUNDLE = Path(__file__).resolve().parent / "fixtures" / "synthetic_boost_tasks.json.xz"
 _META = re.compile(
     r"(?P<view>two|four)-chamber view of the heart at end of the \w+ cycle of a (?P<age>[a-z-]+)"
     r"-year-old (?P<sex>male|female)(?: with (?P<quality>\w+) image quality)?\.$"
 )
-# Number words spelled out by hand, not by vlsm.data.prompts.age_in_words (under test here
-# through the exported prompts): the ages of the reference sentences, read independently.
-_UNITS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen".split())}
-_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
-         "eighty": 80, "ninety": 90}
-
-
-def _age_of(words: str) -> int:
-    """Age words read by hand: "eighteen" -> 18, "seventy" -> 70, "fifty-six" -> 56.
-
-    KeyError for any other spelling.
-    """
-    if words in _UNITS:
-        return _UNITS[words]
-    tens, hyphen, unit = words.partition("-")
-    if not hyphen:
-        return _TENS[tens]
-    if not 1 <= _UNITS[unit] <= 9:
-        raise KeyError(words)
-    return _TENS[tens] + _UNITS[unit]
-
-
-@functools.cache
-def _bundled_tasks() -> dict[str, list[dict]]:
-    return json.loads(lzma.decompress(TASKS_BUNDLE.read_bytes()))
 
 
 def _reference(rel: str) -> list[dict]:
-    return _bundled_tasks()[rel]
+    return bundled_tasks()[rel]
 
 
 def _entries_of(entries: list[dict], img_name: str) -> list[dict]:
@@ -179,7 +150,7 @@ def _infos_from_reference(entries: list[dict], patient: str) -> dict[str, Patien
             view = "2CH" if m["view"] == "two" else "4CH"
             infos[view] = PatientInfo(
                 sex="M" if m["sex"] == "male" else "F",
-                age=_age_of(m["age"]),
+                age=age_of(m["age"]),
                 image_quality=m["quality"].capitalize(),
                 ef=55.0,
                 ed_frame=1,
