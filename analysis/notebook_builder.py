@@ -4,8 +4,12 @@
 
 The notebooks live in git as generated here (the test checks they match), so they
 never carry stale outputs or hidden state. Both read a sweep's Parquet exports from
-the folder in the environment variable VLSM_OUTPUT_DIR (default `runs/paper_grid`);
-the first also reads the authors' files when VLSM_PUBLISHED is set.
+the folder in the environment variable VLSM_OUTPUT_DIR (default `runs/paper-grid-demo`,
+where `make demo` writes); a relative path is read from the repository's root, not
+from the folder Jupyter starts the kernel in (the notebook's own, analysis/notebooks).
+The first also reads the authors' files when VLSM_PUBLISHED is set. Run one headless:
+
+    VLSM_OUTPUT_DIR=runs/paper-grid-demo jupyter execute analysis/notebooks/tables_and_tests.ipynb
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ __all__ = ["NOTEBOOKS", "build_notebooks", "notebook_cells"]
 
 OUTPUT_ENV = "VLSM_OUTPUT_DIR"
 PUBLISHED_ENV = "VLSM_PUBLISHED"
-DEFAULT_OUTPUT = "runs/paper_grid"
+DEFAULT_OUTPUT = "runs/paper-grid-demo"  # the demo's sweep folder
 NOTEBOOKS = ("tables_and_tests.ipynb", "figures_and_convergence.ipynb")
 
 _SETUP = f"""import os
@@ -32,12 +36,18 @@ from IPython.display import Image, Markdown, display
 
 import analysis
 
-OUTPUT_DIR = Path(os.environ.get("{OUTPUT_ENV}", "{DEFAULT_OUTPUT}"))
-print("sweep output:", OUTPUT_DIR.resolve())"""
+# A relative {OUTPUT_ENV} is read from the repository's root: the first folder up from
+# here (Jupyter starts in analysis/notebooks) that holds analysis/notebooks, else the
+# checkout the analysis package comes from.
+REPO = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "analysis" / "notebooks").is_dir()),
+            Path(analysis.__file__).resolve().parents[1])
+OUTPUT_DIR = REPO / Path(os.environ.get("{OUTPUT_ENV}", "{DEFAULT_OUTPUT}")).expanduser()
+print("sweep output:", OUTPUT_DIR)"""
 
 _TABLES: list[tuple[str, str]] = [
     ("md", "# Tables and paired tests\n\nThe paper's Tables 2 and 3 and its Wilcoxon tests, from a sweep's "
-           f"Parquet exports. Set `{OUTPUT_ENV}` to the sweep's output folder before starting Jupyter."),
+           f"Parquet exports. Set `{OUTPUT_ENV}` to the sweep's output folder before starting Jupyter "
+           f"(default `{DEFAULT_OUTPUT}`, the demo's; a relative path is read from the repository's root)."),
     ("code", _SETUP),
     ("code", "per_image = analysis.load_sweep(OUTPUT_DIR)\n"
              "table = analysis.dice_table(per_image)\n"

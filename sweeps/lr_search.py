@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps.cell import Cell
 from sweeps.spec import LRSearchSpace, SweepSpec
 from sweeps.trials import trial_config, trial_resources
-from sweeps.tuner import build_tuner, experiment_path, trial_dirname
+from sweeps.tuner import build_tuner, experiment_path, fit, trial_dirname
 from vlsm.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _search(
         ),
         max_failures=spec.run.max_failures,
     )
-    grid = tuner.fit()
+    grid = fit(tuner)
     try:
         best = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
     except RuntimeError as err:  # every search trial failed

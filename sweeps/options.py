@@ -102,9 +102,14 @@ def _check_run_options(spec: SweepSpec, folder: SweepFolder, args: argparse.Name
     if args.address and args.address.startswith("ray://"):
         raise UsageError("--address ray://...: the driver keeps the sweep state on its own disk, so it must run on "
                          "the cluster; use `ray submit ray_cluster.yaml sweeps/paper_grid.py -- --address auto ...`")
+    if args.address:
+        problem = _cluster_problem(args.address)
+        if problem:
+            raise UsageError(problem)
     if args.address and not args.storage:
         raise UsageError("--address needs --storage: checkpoints must live where every node can read them "
-                         "(s3://bucket/prefix, or a folder all nodes share)")
+                         "(s3://bucket/prefix, or a folder all nodes share); without --address the sweep "
+                         "runs on a local Ray and needs neither")
     if args.resume and not folder.holds_sweep():
         raise UsageError(f"--resume: {folder.root} holds no sweep to resume (no {folder.chain_state.name})")
     if not args.address:  # a local Ray has the CPUs of this machine (or --num-cpus), no more
@@ -119,6 +124,35 @@ def _check_run_options(spec: SweepSpec, folder: SweepFolder, args: argparse.Name
             for m in spec.grid.models if {**spec.train, **spec.models[m].train}.get("precision") == "fp16"]
     if fp16 and not args.address and (args.cpu_only or not _local_gpu()):
         raise UsageError(fp16_on_cpu(fp16[0]))
+
+
+_NO_CLUSTER_ADVICE = ("start one with `ray start --head` on this machine or `ray up ray_cluster.yaml` on AWS "
+                      "(then run the driver on its head: `ray submit ray_cluster.yaml sweeps/paper_grid.py -- "
+                      "--address auto ...`), or leave out --address to run on a local Ray")
+
+
+def _cluster_problem(address: str) -> str | None:
+    """Why no Ray cluster can be joined at `address` ("auto": RAY_ADDRESS, else the one
+    this node belongs to), in one line; None when its head answers. Checked before any
+    data is prepared: ray.init would fail only after the caches, with a traceback."""
+    import socket
+
+    from ray._private.services import get_ray_address_from_environment
+
+    found = address
+    if address == "auto":
+        try:
+            found = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            return f"--address auto: no Ray cluster found on this node; {_NO_CLUSTER_ADVICE}"
+    host, _, port = found.rpartition(":")
+    if "://" in found or not port.isdigit():
+        return None  # an address form for Ray itself to judge
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        return f"--address {address}: no Ray cluster answers at {found} ({err.strerror or err}); {_NO_CLUSTER_ADVICE}"
+    return None
 
 
 def _local_gpu() -> bool:

@@ -175,8 +175,10 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
 def summarise(end: SweepEnd, seconds: float) -> int:
     """Print how the sweep ended; the exit status (0 all done, 1 some failed, 130 interrupted)."""
     unfinished = end.unfinished()
-    if unfinished:  # Ctrl-C: Ray saved the experiment; the same command resumes it
-        print(f"interrupted with {len(unfinished)} trial(s) unfinished; run the same command again to resume")
+    if unfinished:  # Ctrl-C: Ray saved the experiment; the same command resumes it (said last)
+        sys.stderr.flush()
+        print(f"interrupted with {len(unfinished)} trial(s) unfinished; run the same command again to resume",
+              flush=True)
         return EXIT_INTERRUPTED
     cells = end.state.cells
     done = sum(e.status == DONE for e in cells.values())

@@ -22,7 +22,7 @@ from sweeps.progress import ProgressCallback
 from sweeps.spec import SweepSpec
 from sweeps.tracking import MLflowTrialCallback, SweepTracker
 from sweeps.trials import trial_resources
-from sweeps.tuner import GRID_EXPERIMENT, build_tuner, trial_dirname
+from sweeps.tuner import GRID_EXPERIMENT, build_tuner, fit, trial_dirname
 from vlsm import axes
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def run_grid(
         max_failures=spec.run.max_failures,
         callbacks=[ChainCallback(state), MLflowTrialCallback(tracker), ProgressCallback(len(cells))],
     )
-    tuner.fit()
+    fit(tuner)
     return ChainState.load(state_path)
 
 

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from sweeps.options import RaySettings, SweepPlan
+from sweeps.options import RaySettings, SweepPlan, UsageError
 
 if TYPE_CHECKING:  # imports MLflow and Ray, which planning does without
     from sweeps.tracking import SweepTracker
@@ -46,7 +46,10 @@ def ray_session(settings: RaySettings) -> Iterator[bool]:
     # the driver logs one line per finished trial.
     if settings.address:
         _use_the_nodes_token()
-        ray.init(address=settings.address, log_to_driver=settings.log_to_driver)
+        try:
+            ray.init(address=settings.address, log_to_driver=settings.log_to_driver)
+        except ConnectionError as err:  # the head went away after planning found it
+            raise UsageError(f"--address {settings.address}: cannot join the Ray cluster ({err})") from None
     else:
         ray.init(num_cpus=settings.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=settings.log_to_driver)

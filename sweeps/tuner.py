@@ -4,7 +4,7 @@ An experiment lives at `<storage>/<name>`. When that folder holds one, it is res
 (finished trials are not rerun, interrupted ones continue from their last checkpoint,
 errored ones stay errored); otherwise a new Tuner is made with the sweep's run settings:
 its callbacks plus checkpoint retention (`sweeps.retention`), the retry count, and no
-table on the console.
+table on the console. `fit` runs it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sweeps.retention import CheckpointRetention, checkpoint_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GRID_EXPERIMENT", "build_tuner", "experiment_path", "trial_dirname"]
+__all__ = ["GRID_EXPERIMENT", "build_tuner", "experiment_path", "fit", "trial_dirname"]
 
 GRID_EXPERIMENT = "grid"  # the grid's experiment folder under the storage path
 
@@ -72,3 +72,26 @@ def build_tuner(
             verbose=0,  # the grid logs one line per trial instead (sweeps.progress)
         ),
     )
+
+
+class _NoRestoreHint(logging.Filter):
+    """Ray ends an interrupted experiment with "Resume experiment with: Tuner.restore(...)";
+    a sweep resumes by running the same command again, which the driver prints last
+    (`paper_grid.summarise`), so that line is dropped and the rest of the warning kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Tuner.restore(" in message:
+            record.msg, record.args = "\n".join(line for line in message.splitlines() if "Tuner.restore(" not in line), ()
+        return True
+
+
+def fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    """`tuner.fit()`, without Ray's advice to resume through Tuner.restore."""
+    ray_tune_logger = logging.getLogger("ray.tune.tune")  # the logger of ray/tune/tune.py
+    hint = _NoRestoreHint()
+    ray_tune_logger.addFilter(hint)
+    try:
+        return tuner.fit()
+    finally:
+        ray_tune_logger.removeFilter(hint)

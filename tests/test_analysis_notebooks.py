@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 from scipy import stats
 
 from analysis import build_notebooks, write_example_exports
-from analysis.notebook_builder import NOTEBOOKS, OUTPUT_ENV, PUBLISHED_ENV
+from analysis.notebook_builder import DEFAULT_OUTPUT, NOTEBOOKS, OUTPUT_ENV, PUBLISHED_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "analysis" / "notebooks"
@@ -144,3 +144,32 @@ def test_figures_notebook_draws_the_figures_and_the_convergence(export: Path, tm
         assert (row["real_epochs"], row["finetune_epochs"]) == (real, finetune)
         assert row["speedup"] == pytest.approx(real / finetune)
     assert len(found["speedup"]) == 4
+
+
+@pytest.mark.parametrize("setting", [None, "runs/elsewhere"])
+def test_a_relative_output_dir_is_read_from_the_repository_root(setting: str | None, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # Jupyter starts the kernel in the notebook's folder, analysis/notebooks of a checkout;
+    # the default (the demo's folder) and a relative setting mean folders of that checkout
+    clone = tmp_path / "clone"
+    (clone / "analysis" / "notebooks").mkdir(parents=True)
+    sweep = clone / (setting or DEFAULT_OUTPUT)
+    write_example_exports(sweep, prompts=("P1", "P2"), n_patients=1)
+    if setting:
+        monkeypatch.setenv(OUTPUT_ENV, setting)
+    else:
+        monkeypatch.delenv(OUTPUT_ENV, raising=False)
+    monkeypatch.setenv("PYTHONPATH", _pythonpath())
+    monkeypatch.delenv(PUBLISHED_ENV, raising=False)
+    notebook, found = _run(NOTEBOOKS[0], clone / "analysis" / "notebooks")
+    assert f"sweep output: {sweep}" in "".join(str(o.get("text", "")) for o in _outputs(notebook))
+    assert len(found["table"]) == 2 * 3 * 2 * 2
+
+
+def test_the_default_output_dir_is_where_the_demo_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweeps.options import plan_sweep
+    from sweeps.paper_grid import build_parser
+
+    monkeypatch.chdir(tmp_path)  # the sweep's default folder is relative to where it runs
+    plan = plan_sweep(build_parser().parse_args(["--dry-run"]))  # no dataset configured: the demo
+    assert plan.spec.data.demo and plan.folder.root == tmp_path / DEFAULT_OUTPUT

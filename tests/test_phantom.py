@@ -409,3 +409,27 @@ def test_vlsm_demo_data_subcommand(tmp_path: Path) -> None:
                  "--val-patients", "1", "--sdm-per-image", "1", "--size", "40", "40"]) == 0
     assert (out / MANIFEST_NAME).is_file()
     assert os.listdir(out / "camus" / "database_split")
+
+
+def test_demo_data_says_what_each_split_scheme_makes_of_its_patients(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # the sweep reads data with the paper split and 50 validation patients by default: a
+    # small phantom then has no training images, which the announcement must say
+    out = tmp_path / "demo"
+    with caplog.at_level("INFO", logger="vlsm.data.phantom_cli"):
+        assert _cli(["--out", str(out), "--patients", "8", "--test-patients", "2", "--val-patients", "2",
+                     "--sdm-per-image", "1", "--size", "40", "40"]) == 0
+    said = {line.strip().rsplit(": ", 1)[0].split(" (")[0]: line.rsplit(": ", 1)[1]
+            for line in caplog.text.splitlines() if line.startswith("  ")}
+
+    def counts(scheme: str, n_val: int) -> str:
+        records = load_camus(out / "camus", scheme, n_val=n_val)
+        return " / ".join(f"{len({r.patient for r in records if r.split == s})} {s}" for s in ("train", "val", "test"))
+
+    assert said == {
+        "official, the release's split files": counts("official", 2),
+        "paper with 2 validation patients": counts("paper", 2),
+        "paper with the default 50 validation patients": counts("paper", 50) + " (nothing to train on)",
+    }
+    assert said["official, the release's split files"] == "4 train / 2 val / 2 test"
+    assert "data.val_patients=2; --n-val 2" in caplog.text

@@ -193,6 +193,32 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert (runs["tags.vlsm.role"] == "trial").sum() == 3  # no duplicate trial runs
 
 
+def test_ctrl_c_ends_with_the_right_instruction_last(tmp_path: Path) -> None:
+    # Ray's own last words on an interrupted experiment are "Resume experiment with:
+    # Tuner.restore(...)"; a sweep resumes by running the same command again
+    output = tmp_path / "sweep"
+    args = [sys.executable, str(SCRIPT), "--output", str(output), *SMALL, "--set", "train.max_epochs=6"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    state_file = output / "chain_state.json"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state_file.exists() and any(s["status"] == "done" for s in json.loads(state_file.read_text()).values()):
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C in the driver's terminal
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, text[-3000:]
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("interrupted with ") and last.endswith("run the same command again to resume"), text[-3000:]
+    assert "Tuner.restore" not in text
+
+
 def test_lr_search_picks_a_rate_for_the_grid(tmp_path: Path) -> None:
     output = tmp_path / "sweep"
     space = tmp_path / "lr.yaml"

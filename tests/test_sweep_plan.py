@@ -149,7 +149,6 @@ def test_each_sweep_gets_its_own_folder_under_shared_storage(tmp_path) -> None:
     ("args", "message"),
     [
         (["--address", "ray://head:10001"], "must run on the cluster"),
-        (["--address", "auto"], "--address needs --storage"),
         (["--resume"], "holds no sweep to resume"),
         (["--camus-root", "."], "models.CRIS: no weights"),
         (["--camus-root", "no/such/CAMUS"], "--camus-root (data.camus_root): no/such/CAMUS is not a folder"),
@@ -162,6 +161,80 @@ def test_cluster_and_resume_misuse_is_refused_before_anything_runs(tmp_path, cap
     assert main(["--output", str(tmp_path / "out"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("how", ["host:port", "auto", "auto, none here"])
+def test_no_reachable_cluster_is_one_line_before_any_data_is_prepared(how, tmp_path, capsys, monkeypatch) -> None:
+    # the headline command on a machine without a cluster: Ray would fail only after the
+    # caches were built, with a ConnectionError traceback
+    import ray._private.services
+
+    from sweeps.paper_grid import main
+
+    dead = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    address, said = dead, f"no Ray cluster answers at {dead}"
+    if how == "auto":
+        monkeypatch.setenv("RAY_ADDRESS", dead)  # what "auto" reads first
+        address = "auto"
+    elif how == "auto, none here":  # no `ray start` on this node, nor a Ray process
+        monkeypatch.setattr(ray._private.services, "find_gcs_addresses", lambda: set())
+        monkeypatch.setattr(ray._private.services, "find_bootstrap_address", lambda temp_dir: None)
+        address, said = "auto", "no Ray cluster found on this node"
+    out = tmp_path / "out"
+    assert main(["--output", str(out), "--address", address, "--storage", str(tmp_path / "shared")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --address {address}: {said}")
+    assert "`ray start --head`" in err and "`ray up ray_cluster.yaml`" in err and "leave out --address" in err
+    assert not out.exists() and not (tmp_path / "shared").exists()
+
+
+def test_a_cluster_needs_shared_storage(tmp_path, capsys, monkeypatch) -> None:
+    import socket
+
+    from sweeps.paper_grid import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as head:  # something answers where the head would
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        assert main(["--output", str(tmp_path / "out"), "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert "--address needs --storage" in err and "without --address the sweep runs on a local Ray" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_rays_advice_to_resume_with_tuner_restore_is_left_out(capsys) -> None:
+    # the sweep resumes by running the same command again (the driver says so last)
+    import logging
+
+    from sweeps.tuner import fit
+
+    class Interrupted:  # what tune.run logs when Ctrl-C ends an experiment
+        def fit(self):
+            logging.getLogger("ray.tune.tune").warning(
+                "Experiment has been interrupted, but the most recent state was saved.\n"
+                'Resume experiment with: Tuner.restore(path="/x/ray/grid", trainable=...)')
+            return "results"
+
+    handler = logging.StreamHandler()
+    logging.getLogger("ray.tune.tune").addHandler(handler)
+    try:
+        assert fit(Interrupted()) == "results"
+    finally:
+        logging.getLogger("ray.tune.tune").removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Experiment has been interrupted, but the most recent state was saved." in err
+    assert "Tuner.restore" not in err and not logging.getLogger("ray.tune.tune").filters
 
 
 def test_a_failing_mlflow_store_never_raises_into_tune(tmp_path, caplog) -> None:

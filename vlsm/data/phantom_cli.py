@@ -5,7 +5,9 @@
         --val-patients 1 --size 64 56 --release 2019 --sdm-coding sector
 
 Why a command: the demo needs data nobody has to download, and a user can look at the
-files in the real CAMUS / SDM formats before pointing the sweep at real data. Running
+files in the real CAMUS / SDM formats before pointing the sweep at real data. It says
+what each split scheme makes of its patients: the sweep's paper split validates on 50
+patients unless told otherwise (`--set data.val_patients=4` for the default 20 here). Running
 it twice with the same arguments rewrites nothing. numpy/scipy only (no torch).
 """
 
@@ -15,6 +17,10 @@ import argparse
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vlsm.data.phantom import DemoData
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +74,30 @@ def run(args: argparse.Namespace) -> int:
             message = re.sub(rf"\b{name}=", f"{option} ", message)
         log.error("%s", message)
         return 2
-    log.info(
-        "phantom dataset in %s: CAMUS %s at %s (%d train / %d val / %d test patients), "
-        "SDM at %s (%d per train/val image, %s coding), seed %d",
-        data.root, data.release, data.camus_root, len(data.train_patients),
-        len(data.val_patients), len(data.test_patients), data.sdm_root, data.sdm_per_image,
-        data.sdm_coding, data.seed,
-    )
+    log.info("phantom dataset in %s: CAMUS %s at %s, SDM at %s (%d per train/val image, %s coding), seed %d",
+             data.root, data.release, data.camus_root, data.sdm_root, data.sdm_per_image, data.sdm_coding, data.seed)
+    log.info("%s", split_summary(data))
     return 0
+
+
+def split_summary(data: DemoData) -> str:
+    """What each split scheme makes of the dataset's patients, in the settings that choose
+    it: the sweep reads it with the paper split and data.val_patients (50 by default, too
+    many for a small phantom), validate-data and prepare with --split-scheme and --n-val."""
+    from vlsm.data.camus import PAPER_VAL_PATIENTS
+
+    n_test, n_val = len(data.test_patients), len(data.val_patients)
+    others = len(data.train_patients) + n_val
+
+    def counts(val: int) -> str:
+        val = min(val, others)
+        return f"{others - val} train / {val} val / {n_test} test"
+
+    ours = counts(n_val)
+    lines = [f"splits of its {data.n_patients} patients (the sweep's setting; validate-data's and prepare's option):"]
+    if data.release == "2023":
+        lines.append(f"  official, the release's split files (data.split_scheme=official; --split-scheme official): {ours}")
+    lines.append(f"  paper with {n_val} validation patients (data.val_patients={n_val}; --n-val {n_val}): {ours}")
+    empty = " (nothing to train on)" if others <= PAPER_VAL_PATIENTS else ""
+    lines.append(f"  paper with the default {PAPER_VAL_PATIENTS} validation patients: {counts(PAPER_VAL_PATIENTS)}{empty}")
+    return "\n".join(lines)
