@@ -61,6 +61,7 @@ class SweepPlan:
     mlflow_uri: str
     validate: bool  # run the data checks first (not --skip-validation)
     ray: RaySettings
+    command: str = ""  # the command line that made the sweep (MLflow's description)
 
 
 def _option_values(args: argparse.Namespace) -> dict[str, Any]:

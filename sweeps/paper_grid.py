@@ -23,9 +23,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,6 +112,16 @@ class SweepEnd:
     state: ChainState
     exports: Path
     mlflow_uri: str
+    experiment_id: str
+
+    def mlflow_lines(self) -> list[str]:
+        """How to open the sweep's runs in the MLflow UI."""
+        from sweeps.mlflow_ui import runs_url
+
+        if self.mlflow_uri.startswith(("http://", "https://")):
+            return [f"MLflow: {runs_url(self.mlflow_uri, self.experiment_id)}"]
+        return [f"MLflow: mlflow ui --backend-store-uri {self.mlflow_uri} --port 5000",
+                f"  then open {runs_url('http://127.0.0.1:5000', self.experiment_id)}"]
 
     def unfinished(self) -> list[str]:
         return [c for c, e in self.state.cells.items() if e.status not in FINISHED_STATUSES]
@@ -167,7 +178,8 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
         state = run_grid(spec, plan.cells, configs, storage=plan.storage, state_path=folder.chain_state,
                          tracker=tracker, use_gpu=use_gpu)
         record_not_run(state, tracker, configs)
-        end = SweepEnd(state, export_sweep(folder.root, storage=plan.storage), tracker.tracking_uri)
+        end = SweepEnd(state, export_sweep(folder.root, storage=plan.storage), tracker.tracking_uri,
+                       tracker.experiment_id)
         tracker.finish_sweep(end.mlflow_status())
     return end
 
@@ -185,16 +197,17 @@ def summarise(end: SweepEnd, seconds: float) -> int:
     print(f"{done}/{len(cells)} trials done in {seconds:.0f} s; exports: {end.exports}")
     for cell_id in end.failed():
         print(f"  {cell_id}: {cells[cell_id].status}: {cells[cell_id].reason}")
-    print(f"MLflow: mlflow ui --backend-store-uri {end.mlflow_uri}")
+    print("\n".join(end.mlflow_lines()))
     return 0 if not end.failed() else 1
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.time()
     try:
-        plan = plan_sweep(args)
+        plan = replace(plan_sweep(args), command=shlex.join(["python", "sweeps/paper_grid.py", *argv]))
         if args.dry_run:
             print(describe_plan(plan))
             return 0

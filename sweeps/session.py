@@ -66,7 +66,7 @@ def mlflow_sweep(plan: SweepPlan) -> Iterator[SweepTracker]:
     block gave `finish_sweep`, else KILLED (Ctrl-C) or FAILED (an error)."""
     from sweeps.tracking import SweepTracker
 
-    tracker = SweepTracker(plan.mlflow_uri, plan.spec.name, plan.folder.root)
+    tracker = SweepTracker(plan.mlflow_uri, plan.spec.name, plan.folder.root, command=plan.command)
     try:
         yield tracker
     except BaseException as err:

@@ -4,6 +4,13 @@ A Ray Tune callback in the driver does all the logging (trials never talk to MLf
 so the same code works with a local SQLite store and with a tracking server on a
 cluster head. Runs are found again by tags (`vlsm.sweep_dir`, `vlsm.cell_id`), so a
 resumed sweep continues the same runs instead of making duplicates.
+
+What each run holds: the cell's axes as parameters and tags, the trial config as
+parameters, per-epoch metrics (step = epoch) with the node's system metrics, the headline
+numbers (`sweeps.mlflow_ui.HEADLINE_METRICS`), its data as dataset inputs
+(`sweeps.mlflow_datasets`), its best weights as a pyfunc model (`sweeps.mlflow_model`)
+and its per-image test results. The experiment opens in the model-training view with
+saved views of the runs table (`sweeps.mlflow_ui`).
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ from typing import Any
 
 from ray.tune import Callback
 
+from sweeps import mlflow_ui
 from sweeps.cell import CELL_ID, Cell
 from sweeps.folder import SweepFolder
 from sweeps.outcome import DONE, MLFLOW_STATUS, trial_outcome
 from vlsm import axes
 from vlsm.checkpoint import BEST_DIR, PER_IMAGE_FILE
+from vlsm.system_metrics import PREFIX as SYSTEM_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +44,12 @@ TAG_UPSTREAM_RUN = "vlsm.upstream_run_id"
 TAG_STATUS = "vlsm.status"
 TAG_REASON = "vlsm.reason"
 TAG_CHECKPOINT = "vlsm.checkpoint"  # where the trial's final checkpoint (with best/) lives
+TAG_MODEL = "vlsm.model"  # on shared storage: the URI of the pyfunc model (the checkpoint's best/)
 PARENT_TAG = "mlflow.parentRunId"
 
 # Per-epoch metrics logged with step=epoch; final metrics logged once.
 EPOCH_METRICS = (
-    axes.TRAIN_LOSS, axes.VAL_LOSS, axes.VAL_DICE, axes.BEST_VAL_DICE,
+    axes.TRAIN_LOSS, axes.VAL_LOSS, axes.VAL_DICE, axes.BEST_VAL_DICE, axes.BEST_EPOCH,
     axes.LR, axes.IMAGES_PER_S, axes.SECONDS,
 )
 FINAL_METRICS = (axes.TEST_DICE_MEAN, axes.TEST_DICE_STD)
@@ -71,6 +81,33 @@ def sweep_key(sweep_dir: str | Path) -> str:
     return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def _trial_params(config: dict[str, Any], cell: Cell | None) -> dict[str, str]:
+    """A trial run's parameters: the cell's axes under their own names (the UI's group-by
+    and filters), then the trial config (its `tags` are the axes again; its `model` is
+    the registry key of the axis value)."""
+    params = dict(cell.axes()) if cell is not None else {}
+    rest = {k: v for k, v in config.items() if k != "tags" and k not in params}
+    return {**params, **_flatten(rest)}
+
+
+def _open_sqlite_store(tracking_uri: str, artifact_root: Path) -> None:
+    """Create a new SQLite store with its artifact root in the sweep folder.
+
+    MLflow creates a `Default` experiment in every new store, with its artifacts under the
+    current directory unless told otherwise; here it is created inside the sweep folder
+    and, being ours and empty, deleted (the UI lists the sweep's experiment alone).
+    """
+    if not tracking_uri.startswith("sqlite:///") or Path(tracking_uri[len("sqlite:///"):]).exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(tracking_uri, default_artifact_root=artifact_root.as_uri())
+    try:
+        store.delete_experiment(SqlAlchemyStore.DEFAULT_EXPERIMENT_ID)
+    finally:
+        store.engine.dispose()
+
+
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in config.items():
@@ -89,28 +126,39 @@ _TRACKERS: dict[str, SweepTracker] = {}
 class SweepTracker:
     """The MLflow side of one sweep: its experiment, its parent run, its trial runs."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, sweep_dir: Path):
+    def __init__(self, tracking_uri: str, experiment_name: str, sweep_dir: Path, command: str = ""):
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.sweep_dir = str(Path(sweep_dir).resolve())
         self.sweep_key = sweep_key(self.sweep_dir)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            artifact_location = None
-            if tracking_uri.startswith("sqlite:///"):
-                artifact_location = SweepFolder(Path(self.sweep_dir)).mlartifacts.as_uri()
-            self.experiment_id = self.client.create_experiment(
-                experiment_name, artifact_location=artifact_location
-            )
-        else:
-            self.experiment_id = experiment.experiment_id
+        self.name, self.command = experiment_name, command
+        artifacts = SweepFolder(Path(self.sweep_dir)).mlartifacts
+        _open_sqlite_store(tracking_uri, artifacts)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._find_or_create_experiment(artifacts)
         self.parent_run_id = self._find_or_create_parent()
         self._runs: dict[str, str] = {}  # cell_id -> run_id
         self._steps: dict[str, dict[str, set[int]]] = {}  # run_id -> metric -> steps logged
         self._sweep_finished = False
         _TRACKERS[self.sweep_dir] = self  # only once it is fully set up
+
+    def _find_or_create_experiment(self, artifacts: Path) -> str:
+        """The experiment named after the sweep, in the model-training view, with our views."""
+        experiment = self.client.get_experiment_by_name(self.name)
+        if experiment is None:
+            local = self.tracking_uri.startswith("sqlite:///")
+            experiment_id = self.client.create_experiment(
+                self.name, artifact_location=artifacts.as_uri() if local else None,
+                tags=mlflow_ui.experiment_tags(self.name, self.sweep_dir, self.command),
+            )
+        else:
+            experiment_id = experiment.experiment_id
+            if mlflow_ui.EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an older version
+                self.client.set_experiment_tag(experiment_id, mlflow_ui.EXPERIMENT_KIND_TAG, mlflow_ui.EXPERIMENT_KIND)
+        for key, value in mlflow_ui.view_tags().items():  # this version's views
+            self.client.set_experiment_tag(experiment_id, key, value)
+        return experiment_id
 
     def _search(self, filter_string: str) -> list:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10)
@@ -123,8 +171,9 @@ class SweepTracker:
             return run_id
         run = self.client.create_run(
             self.experiment_id,
-            run_name=Path(self.sweep_dir).name,
-            tags={TAG_ROLE: "sweep", TAG_SWEEP_DIR: self.sweep_dir, TAG_SWEEP_KEY: self.sweep_key},
+            run_name=f"{self.name} ({Path(self.sweep_dir).name})",
+            tags={TAG_ROLE: "sweep", TAG_SWEEP_DIR: self.sweep_dir, TAG_SWEEP_KEY: self.sweep_key,
+                  mlflow_ui.NOTE_TAG: mlflow_ui.sweep_note(self.name, self.sweep_dir, self.command)},
         )
         return run.info.run_id
 
@@ -159,10 +208,29 @@ class SweepTracker:
             run = self.client.create_run(self.experiment_id, run_name=cell_id, tags=tags)
             run_id = run.info.run_id
             if config:
-                for key, value in _flatten(config).items():
-                    self.client.log_param(run_id, key, value)
+                self._log_trial_inputs(run_id, config, cell)
         self._runs[cell_id] = run_id
         return run_id
+
+    def _log_trial_inputs(self, run_id: str, config: dict[str, Any], cell: Cell | None) -> None:
+        """A new trial run's parameters and datasets (a dataset that cannot be read is a
+        warning: the run's parameters still name its cache folders)."""
+        from mlflow.entities import Param
+
+        from sweeps.mlflow_datasets import dataset_inputs
+
+        params = [Param(key, value) for key, value in _trial_params(config, cell).items()]
+        for start in range(0, len(params), 100):  # MLflow's batch limit
+            self.client.log_batch(run_id, params=params[start:start + 100])
+        try:
+            self.client.log_inputs(run_id, datasets=dataset_inputs(config))
+        except (OSError, KeyError, ValueError) as err:
+            logger.warning("MLflow: the datasets of %s are not logged: %s", run_id, err)
+
+    def system_metrics(self, run_id: str, result: dict[str, Any], step: int) -> None:
+        """The system metrics a trial's report carries (`vlsm.system_metrics`), at `step`."""
+        names = tuple(name for name in result if name.startswith(SYSTEM_PREFIX))
+        self.log_metrics(run_id, result, names, step)
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], names: tuple[str, ...], step: int) -> None:
         """Log the finite ones of `names` at `step`, each (run, metric, step) once."""
@@ -172,6 +240,18 @@ class SweepTracker:
             if isinstance(value, int | float) and math.isfinite(float(value)) and step not in logged.get(name, ()):
                 self.client.log_metric(run_id, name, float(value), step=step)
                 logged.setdefault(name, set()).add(step)
+
+    def log_best_model(self, cell_id: str, best: Path, step: int) -> str:
+        """Log a local best/ folder as the run's pyfunc model (see `sweeps.mlflow_model`)."""
+        from sweeps.mlflow_model import MODEL_NAME, add_pyfunc_files, log_model
+
+        run_id = self.trial_run(cell_id)
+        logged = self.client.search_logged_models([self.experiment_id], filter_string=f"name = '{MODEL_NAME}'")
+        for model in logged:  # a trial Ray restored after it had finished reports its end again
+            if model.source_run_id == run_id:
+                return model.model_id
+        add_pyfunc_files(str(best))
+        return log_model(self.client, self.experiment_id, run_id, best, step=step, tags={TAG_CELL: cell_id})
 
     def finish_trial(self, cell_id: str, status: str, *, reason: str | None = None,
                      artifacts: list[Path] | None = None) -> None:
@@ -245,6 +325,7 @@ class MLflowTrialCallback(Callback):
             step = int(result.get(axes.EPOCH, result.get("training_iteration", 0)))
             self.tracker.log_metrics(run_id, result, EPOCH_METRICS, step)
             self.tracker.log_metrics(run_id, result, FINAL_METRICS, step)
+            self.tracker.system_metrics(run_id, result, step)
 
     @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
@@ -255,8 +336,8 @@ class MLflowTrialCallback(Callback):
         self._finish(trial, error=True)
 
     def _finish(self, trial, *, error: bool) -> None:
-        """Close the trial's run with its outcome; a local checkpoint's best/ weights and
-        per-image results become artifacts (on shared storage the tag names them)."""
+        """Close the trial's run with its outcome; a done trial's best weights become its
+        model and its per-image results an artifact (on shared storage tags name them)."""
         cell = Cell.of_config(trial.config)
         if cell is None:
             return
@@ -264,9 +345,22 @@ class MLflowTrialCallback(Callback):
         artifacts: list[Path] = []
         if outcome.checkpoint is not None:
             self.tracker.client.set_tag(self.tracker.trial_run(cell.cell_id), TAG_CHECKPOINT, outcome.checkpoint)
-            checkpoint = trial.checkpoint
-            local = checkpoint.filesystem is None or checkpoint.filesystem.type_name == "local"
-            if self.log_checkpoints and local and outcome.status == DONE:
-                folder = Path(checkpoint.path)
-                artifacts = [p for p in (folder / BEST_DIR, folder / PER_IMAGE_FILE) if p.exists()]
+            if self.log_checkpoints and outcome.status == DONE:
+                artifacts = self._log_model(cell, trial, outcome.checkpoint)
         self.tracker.finish_trial(cell.cell_id, outcome.status, reason=outcome.reason, artifacts=artifacts)
+
+    def _log_model(self, cell: Cell, trial, checkpoint_uri: str) -> list[Path]:
+        """The best weights as the run's model; the local files still to log as artifacts."""
+        checkpoint = trial.checkpoint
+        step = int((trial.last_result or {}).get(axes.BEST_EPOCH, 0))
+        if checkpoint.filesystem is None or checkpoint.filesystem.type_name == "local":
+            folder = Path(checkpoint.path)
+            if (folder / BEST_DIR).is_dir():
+                self.tracker.log_best_model(cell.cell_id, folder / BEST_DIR, step)
+            return [p for p in (folder / PER_IMAGE_FILE,) if p.exists()]
+        from sweeps.mlflow_model import add_pyfunc_files
+
+        add_pyfunc_files(f"{checkpoint.path}/{BEST_DIR}", checkpoint.filesystem)
+        run_id = self.tracker.trial_run(cell.cell_id)
+        self.tracker.client.set_tag(run_id, TAG_MODEL, f"{checkpoint_uri.rstrip('/')}/{BEST_DIR}")
+        return []

@@ -26,6 +26,7 @@ SMALL = [
     "--set", "data.demo_patients=8", "--set", "data.demo_test_patients=2",
     "--set", "data.val_patients=2", "--set", "data.demo_image_size=[64, 56]",
     "--set", "train.max_epochs=2", "--set", "train.min_epochs=1",
+    "--set", "train.system_metrics_interval_s=0.2",
 ]
 
 pytestmark = pytest.mark.slow
@@ -133,6 +134,168 @@ def test_mlflow_has_one_parent_and_nested_linked_runs(small_sweep: Path) -> None
     assert any(artifacts.rglob("per_image.parquet")) and any(artifacts.rglob("weights.safetensors"))
 
 
+def _client(output: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{output / 'mlflow.db'}")
+
+
+def _trial_runs(output: Path) -> dict[str, object]:
+    client = _client(output)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return {run.info.run_name: run for run in client.search_runs(experiments, "tags.`vlsm.role` = 'trial'")}
+
+
+def test_the_experiment_opens_on_its_runs_with_saved_views(small_sweep: Path) -> None:
+    from mlflow.entities import ViewType
+
+    client = _client(small_sweep)
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    active = [e for e in experiments if e.lifecycle_stage == "active"]
+    assert [e.name for e in active] == ["paper-grid"]  # MLflow's Default is not left for the UI
+    default = next(e for e in experiments if e.name == "Default")
+    assert default.artifact_location.startswith((small_sweep / "mlartifacts").as_uri())  # not the cwd
+    tags = active[0].tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "python sweeps/paper_grid.py --output" in tags["mlflow.note.content"]
+    view = json.loads(tags["mlflow.sharedViewState.trials"])
+    assert {"params.`strategy`", "metrics.`test_dice_mean`", "metrics.`best_epoch`"} <= set(view["selectedColumns"])
+    assert json.loads(tags["mlflow.sharedViewState.by-strategy"])["groupBy"]["groupByKeys"][0]["groupByData"] == "strategy"
+    parent = client.search_runs([active[0].experiment_id], "tags.`vlsm.role` = 'sweep'")[0]
+    assert parent.info.run_name == f"paper-grid ({small_sweep.name})"
+
+
+def test_each_trial_run_has_its_axes_headline_numbers_data_and_system_metrics(small_sweep: Path) -> None:
+    from vlsm.axes import CELL_AXES
+
+    trials = pd.read_parquet(small_sweep / schema.EXPORTS_DIR / schema.TRIALS_FILE).set_index("trial_id")
+    runs = _trial_runs(small_sweep)
+    assert set(runs) == set(trials.index)  # each run is named after its cell
+    digests = {}
+    for cell_id, run in runs.items():
+        params, metrics, row = run.data.params, run.data.metrics, trials.loc[cell_id]
+        assert {axis: params[axis] for axis in CELL_AXES} == {axis: row[axis] for axis in CELL_AXES}
+        assert {axis: run.data.tags[axis] for axis in CELL_AXES} == {axis: row[axis] for axis in CELL_AXES}
+        for name in ("test_dice_mean", "test_dice_std", "best_val_dice", "best_epoch"):
+            assert metrics[name] == pytest.approx(row[name]), name
+        assert metrics["system/cpu_utilization_percentage"] >= 0
+        assert metrics["system/system_memory_usage_megabytes"] > 0
+        inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation", "testing"}
+        config = json.loads((Path(row["checkpoint"]) / "config.json").read_text())
+        for context, field in (("training", "train_cache"), ("validation", "val_cache"), ("testing", "test_cache")):
+            meta = json.loads((Path(config[field]) / "meta.json").read_text())
+            assert inputs[context].digest == meta["key"][:16]
+            assert json.loads(inputs[context].profile)["num_pairs"] == meta["n_items"]
+            assert json.loads(inputs[context].source)["uri"] == config[field]
+        digests[cell_id] = inputs["training"].digest
+    # a synthetic trial saw other data than a real one, and the UI can tell
+    assert digests["cris-synthetic-frozen-p1"] != digests["cris-real-frozen-p1"]
+
+
+def test_a_trial_model_loads_through_mlflow_and_scores_as_its_test(small_sweep: Path) -> None:
+    import mlflow
+    import numpy as np
+    import torch
+
+    from vlsm.axes import STRUCTURES
+    from vlsm.data.cache import open_split
+    from vlsm.metrics import dice_iou, predict_masks
+
+    trials = pd.read_parquet(small_sweep / schema.EXPORTS_DIR / schema.TRIALS_FILE).set_index("trial_id")
+    run = _trial_runs(small_sweep)["cris-real-frozen-p1"]
+    client = _client(small_sweep)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"per_image.parquet"}  # the weights are logged once: as the model
+    mlflow.set_tracking_uri(f"sqlite:///{small_sweep / 'mlflow.db'}")
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert [i.name for i in model.metadata.signature.inputs.inputs] == ["image", "prompt"]
+
+    checkpoint = Path(trials.loc["cris-real-frozen-p1", "checkpoint"])
+    config = json.loads((checkpoint / "config.json").read_text())
+    split = open_split(Path(config["test_cache"]))
+    rows = pd.read_parquet(checkpoint / "per_image.parquet")  # what the trial's test scored
+    index = {name: i for i, name in enumerate(split.names)}
+    label = {name: value for value, name in STRUCTURES.items()}
+    images = np.stack([split.images[index[name]] for name in rows["image"]])
+    logits = model.predict({"image": images, "prompt": rows["prompt"].to_numpy(dtype=str)})
+    assert logits.shape == images.shape and logits.dtype == np.float32
+    masks = predict_masks(torch.from_numpy(logits)[:, None], config["threshold"])  # as the test did
+    truth = np.stack([split.eval_labels[index[n]] == label[s] for n, s in zip(rows["image"], rows["structure"], strict=True)])
+    dice, _ = dice_iou(masks, torch.from_numpy(truth))
+    np.testing.assert_allclose(dice.numpy(), rows["dice"].to_numpy(), atol=1e-6)
+    # the same folder is what vlsm.checkpoint.load_model reads
+    from vlsm.checkpoint import load_model
+
+    assert type(load_model(checkpoint / "best")).__name__ == "CRIS"
+    assert (checkpoint / "best" / "MLmodel").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rendered_text(url: str, chromium: str) -> str:
+    """The text of a page after its scripts ran, from headless Chromium."""
+    import html
+    import re
+
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1200",
+         "--virtual-time-budget=20000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    text = re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", text))
+
+
+def test_the_runs_page_shows_trials_and_test_dice_in_a_browser(small_sweep: Path) -> None:
+    import shutil
+    import urllib.request
+
+    from sweeps.mlflow_ui import runs_url
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",
+         f"sqlite:///{small_sweep / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        ui = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{ui}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow ui did not start"
+                time.sleep(0.5)
+        experiment = _client(small_sweep).get_experiment_by_name("paper-grid").experiment_id
+        trials = pd.read_parquet(small_sweep / schema.EXPORTS_DIR / schema.TRIALS_FILE)
+        text = _rendered_text(runs_url(ui, experiment), chromium)
+        assert "Training runs" in text or "Runs" in text
+        for cell_id in trials["trial_id"]:
+            assert cell_id in text, text[:2000]
+        best = trials.sort_values("test_dice_mean").iloc[-1]["test_dice_mean"]
+        assert str(best)[:6] in text, text[:2000]  # the test Dice column is shown
+        grouped = _rendered_text(runs_url(ui, experiment, "by-strategy"), chromium)
+        assert "Group: synth-PT:real-FT" in grouped and "(average)" in grouped, grouped[:2000]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def test_the_export_command_writes_the_same_exports(small_sweep: Path) -> None:
     from sweeps.__main__ import main
 
@@ -191,6 +354,9 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     runs = _mlflow_runs(output)
     assert (runs["tags.vlsm.role"] == "sweep").sum() == 1  # the same parent run continues
     assert (runs["tags.vlsm.role"] == "trial").sum() == 3  # no duplicate trial runs
+    client = _client(output)
+    models = client.search_logged_models([e.experiment_id for e in client.search_experiments()])
+    assert sorted(m.source_run_id for m in models) == sorted(runs.loc[runs["tags.vlsm.role"] == "trial", "run_id"])
 
 
 def test_ctrl_c_ends_with_the_right_instruction_last(tmp_path: Path) -> None:

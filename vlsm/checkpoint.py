@@ -12,7 +12,9 @@ Layout of one checkpoint folder (what `vlsm.train` reports each epoch):
     train_state.json         epoch, scheduler, grad scaler, early stopping, RNG scalars, ...
     config.json              the resolved TrainConfig
     best/                    weights.safetensors + model_spec.json + metrics.json of the
-                             best validation Dice so far
+                             best validation Dice so far, and tokenizer/ (the prompts' CLIP
+                             BPE files): a folder `vlsm.predictor` predicts from alone; the
+                             driver adds MLflow's pyfunc files (MLmodel, ...) to the last one
     per_image.parquet        test metrics of best/ (last checkpoint of a trial only)
 
 Frozen encoders are not stored: with the encoder frozen, ``weights.safetensors`` holds
@@ -48,6 +50,7 @@ __all__ = [
     "BEST_DIR",
     "CONFIG_FILE",
     "MODEL_SPEC_FILE",
+    "TOKENIZER_DIR",
     "PER_IMAGE_FILE",
     "TRAIN_STATE_JSON",
     "TRAIN_STATE_TENSORS",
@@ -60,6 +63,7 @@ __all__ = [
     "frozen_names",
     "load_model",
     "load_stored_into",
+    "load_tokenizer",
     "load_train_state",
     "load_weights_into",
     "optimizer_from_flat",
@@ -78,6 +82,7 @@ TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
 CONFIG_FILE = "config.json"
 BEST_DIR = "best"
+TOKENIZER_DIR = "tokenizer"
 PER_IMAGE_FILE = "per_image.parquet"
 _FORMAT = 1
 
@@ -174,12 +179,14 @@ def save_model(
     include_frozen: bool = False,
     frozen_sha256: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> None:
     """Write weights.safetensors + model_spec.json of model into directory.
 
     Stores every tensor except the frozen parameters, unless include_frozen.
     frozen_sha256: the model's `frozen_fingerprint`, when the caller has it (it is
-    computed otherwise; it costs one pass over the frozen weights).
+    computed otherwise; it costs one pass over the frozen weights). tokenizer: a
+    `PromptTokenizer` whose files go to tokenizer/ (what `load_tokenizer` reads).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -202,6 +209,8 @@ def save_model(
         "frozen_sha256": frozen_sha256 if frozen else None,
         **(dict(extra) if extra else {}),
     }
+    if tokenizer is not None:  # callers write directory as a whole, beside its place
+        tokenizer.save_pretrained(directory / TOKENIZER_DIR)
     write_json_atomic(directory / MODEL_SPEC_FILE, meta)
 
 
@@ -251,6 +260,16 @@ def load_model(directory: Path, *, device: str | torch.device = "cpu") -> nn.Mod
     model = rebuild(meta["spec"])
     load_stored_into(model, directory)
     return model.to(device).eval()
+
+
+def load_tokenizer(directory: Path):
+    """The `PromptTokenizer` saved beside a model by `save_model(..., tokenizer=...)`."""
+    from vlsm.models.tokenizer import load_clip_tokenizer
+
+    folder = Path(directory) / TOKENIZER_DIR
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: missing; this model folder was saved without its tokenizer")
+    return load_clip_tokenizer(folder)
 
 
 def load_weights_into(model: nn.Module, directory: Path) -> None:

@@ -71,6 +71,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers (only when data_on_device is False)
     data_on_device: bool = True  # copy the uint8 cache to the device once when it fits the trial's GPU share
     deterministic: bool = False  # deterministic CUDA kernels (slower); CPU runs are exact anyway
+    system_metrics_interval_s: float = 10.0  # CPU/memory/GPU sampling for MLflow under Ray; 0 = off
     checkpoint_every: int = 1  # write a full checkpoint every this many epochs (and at the end)
     tags: dict = field(default_factory=dict)  # free labels of the grid cell (strategy, ...), unused here
 
@@ -136,6 +137,7 @@ def _validate(cfg: TrainConfig) -> list[str]:
         "bce_weight": cfg.bce_weight,
         "dice_smooth": cfg.dice_smooth,
         "num_workers": cfg.num_workers,
+        "system_metrics_interval_s": cfg.system_metrics_interval_s,
     }
     for name, value in non_negative.items():
         if not 0 <= value < math.inf:

@@ -59,6 +59,7 @@ from vlsm.trial_data import ModelInputs, PromptTable, SplitTensors, epoch_order,
 
 if TYPE_CHECKING:
     from vlsm.data.cache import PreparedSplit
+    from vlsm.models.tokenizer import PromptTokenizer
 
 __all__ = ["Report", "TrainResult", "resolve_precision", "run_training", "seed_everything"]
 
@@ -181,6 +182,7 @@ class _Trial:
     include_frozen: bool  # the frozen weights are not re-derivable from spec + seed
     frozen_sha: str
     params: list[nn.Parameter]  # the trained ones
+    tokenizer: PromptTokenizer  # saved in best/ beside the weights
     setup: EvalSetup
     inputs: ModelInputs
     train_data: SplitTensors
@@ -217,7 +219,7 @@ def _set_up(cfg: TrainConfig, device: str | torch.device | None, resume_dir: Pat
     val_data = SplitTensors(val_split, cfg, device, with_eval=True)
     params = [p for p in model.parameters() if p.requires_grad]
     state = TrainState.fresh(params, cfg, device, precision)
-    return _Trial(cfg, device, model, include_frozen, frozen_sha, params, setup,
+    return _Trial(cfg, device, model, include_frozen, frozen_sha, params, tokenizer, setup,
                   setup.inputs_for(model), train_data, val_data, test_split, state)
 
 
@@ -328,7 +330,7 @@ class _TrialFiles:
         staging = self.best_dir.with_name(self.best_dir.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)
         ckpt.save_model(self.trial.model, staging, include_frozen=self.trial.include_frozen,
-                        frozen_sha256=self.trial.frozen_sha)
+                        frozen_sha256=self.trial.frozen_sha, tokenizer=self.trial.tokenizer)
         write_json_atomic(staging / "metrics.json", metrics)
         shutil.rmtree(self.best_dir, ignore_errors=True)
         staging.rename(self.best_dir)

@@ -9,7 +9,8 @@ data travel as cache folder paths, never as arrays). Each epoch is reported with
 ``tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(...))``; a restored
 trial continues exactly from ``tune.get_checkpoint()``. The last report carries
 ``test_dice_mean`` / ``test_dice_std`` of the best-validation-Dice weights, and its
-checkpoint holds ``best/`` and ``per_image.parquet``.
+checkpoint holds ``best/`` and ``per_image.parquet``. Reports also carry the node's
+system metrics since the previous one (`vlsm.system_metrics`; the driver logs them to MLflow).
 
 Workers may be reused between trials (``TuneConfig(reuse_actors=True)``, about 15x less
 per-trial overhead, docs/design.md, "Performance facts"), so a trial resets seeds and global torch settings first
@@ -73,19 +74,23 @@ def train_vlsm(config: dict[str, Any]) -> None:
     from ray import tune
 
     from vlsm.config import TrainConfig
+    from vlsm.system_metrics import SystemSampler
     from vlsm.train import run_training, seed_everything
 
     cfg = TrainConfig.from_dict(config)
     seed_everything(cfg.seed)  # a reused worker starts from the same global state
     device = _limit_to_share(_assigned_resources())
 
+    sampler = SystemSampler(cfg.system_metrics_interval_s, gpu=device == "cuda")
+
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(directory)) if directory else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, **sampler.take()}, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(sampler)
             if cfg.init_from and "://" in cfg.init_from:
                 # An upstream checkpoint on shared storage (s3://...): fetch it first.
                 local = stack.enter_context(tune.Checkpoint(cfg.init_from).as_directory())

@@ -68,6 +68,7 @@ __all__ = [
     "prepare_dataset",
     "prepare_records",
     "prepare_split",
+    "resize_image",
 ]
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,11 @@ def cache_folder_name(name: str, split: str, size: int, key: str) -> str:
 
 
 # --- building -------------------------------------------------------------------------
+
+
+def resize_image(array: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) uint8 grey -> (size, size) as the cache resizes images (what a model saw)."""
+    return _resize(array, size, nearest=False)
 
 
 def _resize(array: np.ndarray, size: int, *, nearest: bool) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""A trial's best weights as an MLflow model: the pyfunc files go beside the weights in the
+final checkpoint's ``best/``, which is then logged as the run's model.
+
+One copy: ``best/`` (weights.safetensors, model_spec.json, tokenizer/) is what
+`vlsm.checkpoint.load_model` and `vlsm.predictor.Predictor` read, and with ``MLmodel``
+beside them it is also a pyfunc model whose loader is `vlsm.predictor`:
+
+    mlflow.pyfunc.load_model("runs:/<run_id>/model").predict({"image": grey, "prompt": "left ventricle"})
+
+On local storage the folder is logged as the run's logged model ``model``; on shared
+storage (s3://...) it stays there, gains the same files, and the run's ``vlsm.model`` tag
+names its URI (``mlflow.pyfunc.load_model(<that URI>)`` loads it).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LOADER_MODULE", "MODEL_NAME", "add_pyfunc_files", "log_model", "pyfunc_files"]
+
+LOADER_MODULE = "vlsm.predictor"
+MODEL_NAME = "model"  # runs:/<run_id>/model
+MODEL_TYPE = "vlsm-segmentation"
+# What the model needs to load (the loader module is this project's, installed where it runs).
+_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy", "pillow")
+_EXAMPLE_SIDE = 64
+
+
+def _signature_and_example() -> tuple[Any, dict[str, np.ndarray]]:
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([
+            TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "image"),  # (N, H, W) grey pixels
+            TensorSpec(np.dtype(str), (-1,), "prompt"),  # one prompt per image
+        ]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),  # (N, H, W) mask logits
+    )
+    yy, xx = np.mgrid[:_EXAMPLE_SIDE, :_EXAMPLE_SIDE]
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 18 ** 2).astype(np.uint8) * 160  # a bright disc
+    example = {"image": disc[None], "prompt": np.array(["left ventricle"])}
+    return signature, example
+
+
+def _pins() -> list[str]:
+    pins = []
+    for name in _REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def pyfunc_files() -> dict[str, bytes]:
+    """The files that make a best/ folder a pyfunc model (MLmodel, environment, example)."""
+    import mlflow.pyfunc
+
+    signature, example = _signature_and_example()
+    with tempfile.TemporaryDirectory(prefix="vlsm-pyfunc-") as tmp:
+        out = Path(tmp) / MODEL_NAME
+        mlflow.pyfunc.save_model(str(out), loader_module=LOADER_MODULE, signature=signature,
+                                 input_example=example, pip_requirements=_pins())
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def add_pyfunc_files(best: str, filesystem: Any = None) -> None:
+    """Write the pyfunc files into a best/ folder: a local path, or a path inside a pyarrow
+    filesystem (shared storage). Each file is complete or absent (written aside, renamed)."""
+    from vlsm.atomic import atomic_path
+
+    for name, data in pyfunc_files().items():
+        if filesystem is None:
+            with atomic_path(Path(best) / name) as tmp:
+                tmp.write_bytes(data)
+        else:
+            staging = f"{best}/.{name}.tmp"
+            with filesystem.open_output_stream(staging) as stream:
+                stream.write(data)
+            filesystem.move(staging, f"{best}/{name}")
+
+
+def log_model(client: Any, experiment_id: str, run_id: str, best: Path, *, step: int,
+              tags: dict[str, str]) -> str:
+    """Log a local best/ folder (with its pyfunc files) as the run's model; its model id."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    model = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                                       tags=tags, model_type=MODEL_TYPE)
+    try:
+        client.log_model_artifacts(model.model_id, str(best))
+    except BaseException:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+    return model.model_id

@@ -1,0 +1,94 @@
+"""A saved model folder (a trial's ``best/``) as a predictor: grey images and prompts in,
+mask logits out, with no knowledge of the sweep's folders or caches.
+
+    predictor = Predictor("runs/paper-grid-demo/.../checkpoint_000004/best")
+    logits = predictor.predict({"image": grey_uint8_hw, "prompt": "left ventricle"})
+    mask = logits[0] > 0  # threshold 0.5, as the trials were scored
+
+The same folder is an MLflow pyfunc model (its ``MLmodel`` names this module as the
+loader, see `sweeps.mlflow_model`), so ``mlflow.pyfunc.load_model("runs:/<id>/model")``
+reads it through `_load_pyfunc`. Preprocessing is the cache's (PIL bilinear to the model's
+input size, ``vlsm.data.cache.resize_image``) and the model's own normalisation; the logits
+come back at the image's size by nearest-exact resizing, so thresholding them gives the
+mask the trial's evaluation scored (threshold, then nearest, as `vlsm.metrics.predict_masks`).
+Nothing here imports MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlsm.checkpoint import load_model, load_tokenizer
+
+__all__ = ["Predictor"]
+
+
+class Predictor:
+    """The model and tokenizer of one saved folder, in eval mode on one device."""
+
+    def __init__(self, directory: str | Path, *, device: str | torch.device | None = None,
+                 batch_size: int = 16):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = load_model(Path(directory), device=self.device)
+        self.tokenizer = load_tokenizer(Path(directory))
+        self.batch_size = batch_size
+        self.mean = torch.tensor(self.model.image_mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.model.image_std, device=self.device).view(1, 3, 1, 1)
+
+    def predict(self, data: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> np.ndarray:
+        """{"image": (N, H, W) or (H, W) uint8 grey, "prompt": (N,) or one str} -> float32
+        logits (N, H, W); one prompt applies to every image."""
+        images, prompts = _as_batch(data)
+        out = np.empty(images.shape, dtype=np.float32)
+        for start in range(0, len(images), self.batch_size):
+            stop = start + self.batch_size
+            out[start:stop] = self._logits(images[start:stop], prompts[start:stop])
+        return out
+
+    @torch.no_grad()
+    def _logits(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        from vlsm.data.cache import resize_image
+
+        size = self.model.input_size
+        pixels = np.stack([resize_image(image, size) for image in images])  # (B, S, S) uint8
+        x = torch.from_numpy(pixels).to(self.device).unsqueeze(1).float().div_(255.0)
+        x = (x - self.mean) / self.std  # grey repeated to 3 channels, as in training
+        tokens = self.tokenizer(prompts)
+        logits = self.model(x, tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
+        logits = F.interpolate(logits.float(), size=images.shape[1:], mode="nearest-exact")
+        return logits[:, 0].cpu().numpy()
+
+
+def _as_batch(data: Mapping[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """(N, H, W) uint8 images and N prompt strings, or a ValueError naming the input."""
+    if not isinstance(data, Mapping) or "image" not in data or "prompt" not in data:
+        raise ValueError('predict: expected {"image": (N, H, W) uint8, "prompt": (N,) str}, got '
+                         f"{type(data).__name__} with keys {sorted(data) if isinstance(data, Mapping) else '-'}")
+    images = np.asarray(data["image"])
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f'predict: "image" must be uint8 (N, H, W) or (H, W) grey pixels, got '
+                         f"{images.dtype} {images.shape}")
+    prompts = np.asarray(data["prompt"], dtype=str).reshape(-1).tolist()
+    if len(prompts) == 1:
+        prompts = prompts * len(images)
+    if len(prompts) != len(images):
+        raise ValueError(f'predict: {len(images)} images but {len(prompts)} prompts; give one '
+                         "prompt per image or one for all")
+    return images, prompts
+
+
+def _load_pyfunc(path: str, model_config: Mapping[str, Any] | None = None) -> Predictor:
+    """MLflow's entry point for a pyfunc model whose loader module is this one.
+
+    model_config may name a "device" (default: CUDA when there is one) and a "batch_size".
+    """
+    config = dict(model_config or {})
+    return Predictor(path, device=config.get("device"), batch_size=int(config.get("batch_size", 16)))
