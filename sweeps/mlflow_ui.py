@@ -17,7 +17,17 @@ from typing import Any
 
 from vlsm import axes
 
-__all__ = ["EXPERIMENT_KIND", "VIEWS", "experiment_tags", "runs_url", "view_tags"]
+__all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
+    "HEADLINE_METRICS",
+    "NOTE_TAG",
+    "VIEWS",
+    "experiment_tags",
+    "runs_url",
+    "sweep_note",
+    "view_tags",
+]
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -42,7 +52,6 @@ def _view(group_by: str | None = None) -> dict[str, Any]:
         "orderByKey": f"metrics.`{axes.TEST_DICE_MEAN}`",
         "orderByAsc": False,
         "selectedColumns": _columns(),
-        "columnOrder": _columns(),
         "groupBy": None if group_by is None else {
             "aggregateFunction": "average",
             "groupByKeys": [{"mode": "param", "groupByData": group_by}],
@@ -55,7 +64,7 @@ def _view(group_by: str | None = None) -> dict[str, Any]:
 VIEWS: dict[str, tuple[str, dict[str, Any]]] = {
     "trials": ("every trial, best test Dice first", _view()),
     "by-strategy": ("trials grouped by training strategy (group means)", _view("strategy")),
-    "by-prompt": ("trials grouped by prompt; the chart view then draws one line per prompt", _view("prompt")),
+    "by-prompt": ("trials grouped by prompt; as charts, one line per prompt", _view("prompt")),
     "by-model": ("trials grouped by model", _view("model")),
 }
 
@@ -79,8 +88,10 @@ def view_tags() -> dict[str, str]:
     return {f"{_SHARED_VIEW_TAG}{key}": json.dumps(state) for key, (_, state) in VIEWS.items()}
 
 
-def runs_url(ui: str, experiment_id: str, view: str = "trials") -> str:
-    """The link that opens an experiment's runs in the model-training view, in a saved view."""
+def runs_url(ui: str, experiment_id: str, view: str = "trials", *, charts: bool = False) -> str:
+    """The link that opens an experiment's runs in the model-training view, in a saved view;
+    charts: as charts (one line per group of a grouped view) instead of the table."""
     if view not in VIEWS:
         raise ValueError(f"runs_url: unknown view {view!r}; expected one of {sorted(VIEWS)}")
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view}"
+    url = f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view}"
+    return f"{url}&compareRunsMode=CHART" if charts else url

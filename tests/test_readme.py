@@ -118,6 +118,7 @@ RUNS = (
     Run("jupyter execute analysis/notebooks/tables_and_tests.ipynb --output", slow=True,
         creates=("runs/paper-grid-demo/tables_and_tests.ipynb",)),
     Run("load_model(Path(trials.loc", slow=True, expect=("eval mode",)),
+    Run("mlflow.pyfunc.load_model(f\"runs:/", slow=True, expect=("(1, 512, 512) bool",)),
 )
 FAST = [r for r in RUNS if not r.slow]
 SLOW = [r for r in RUNS if r.slow]
