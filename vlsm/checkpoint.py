@@ -4,7 +4,7 @@ Why not ``torch.save``: loading a pickle runs arbitrary code, and checkpoints tr
 between machines and people (synth-PT:real-FT starts from another trial's). Here
 loading reads only safetensors and JSON.
 
-Layout of one checkpoint folder (what `vlsm.train` reports each epoch):
+Layout of one checkpoint folder (what `vlsm.train` reports every `checkpoint_interval_s` and at the end):
 
     weights.safetensors      model tensors (see below), the latest epoch
     model_spec.json          {"spec": model.spec, "init_seed", "stored", "frozen", "frozen_sha256"}
