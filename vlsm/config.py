@@ -72,6 +72,7 @@ class TrainConfig:
     bce_weight: float = 0.2  # BCE term; 0 reproduces the authors' effective Dice-only loss
     dice_smooth: float = 1.0  # added to numerator and denominator of the soft Dice
     threshold: float = 0.5  # sigmoid threshold of a prediction (authors' CRIS config: 0.35)
+    shared_image_eval: bool = True  # encode each image once for its 3 structures (same results); False: per pair
     # --- runtime -------------------------------------------------------------------------
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 + grad scaler; fp32 on CPU
     seed: int = 42  # the paper's seed: random init of the model, data order, prompt phrasing, dropout
