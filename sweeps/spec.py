@@ -27,7 +27,7 @@ from vlsm.axes import (
     VAL_DICE,
     VAL_LOSS,
 )
-from vlsm.config import TrainConfig  # light: no torch
+from vlsm.config import RENAMED_KEYS, TrainConfig  # light: no torch
 from vlsm.model_registry import model_key
 from vlsm.typed_config import ConfigError, from_mapping
 
@@ -259,8 +259,12 @@ def load_spec(
     return spec
 
 
-# Keys that were renamed: (section, old key, what to write instead).
-_RENAMED = (("data", "demo_val_patients", "data.val_patients (the paper split's validation patients, the demo's too)"),)
+# Keys that were renamed: (section, old key, what to write instead). A model's own
+# `train` section meets TrainConfig's RENAMED_KEYS when its settings are checked.
+_RENAMED = (
+    ("data", "demo_val_patients", "data.val_patients (the paper split's validation patients, the demo's too)"),
+    *(("train", old, f"train.{new}") for old, new in RENAMED_KEYS.items()),
+)
 
 
 def has_dataset(spec: SweepSpec) -> bool:

@@ -21,11 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "sweeps" / "paper_grid.py"
 
 # A tiny demo: 8 phantom patients at 64 x 56 px, 2 epochs; one chain (synthetic -> finetune) plus real.
+# A checkpoint every epoch (the default interval would write one, at the end), so that
+# retention has superseded checkpoints to delete and a killed driver resumes mid-trial.
 SMALL = [
     "--models", "CRIS", "--prompts", "P1", "--encoders", "frozen", "--num-cpus", "2",
     "--set", "data.demo_patients=8", "--set", "data.demo_test_patients=2",
     "--set", "data.val_patients=2", "--set", "data.demo_image_size=[64, 56]",
-    "--set", "train.max_epochs=2", "--set", "train.min_epochs=1",
+    "--set", "train.max_epochs=2", "--set", "train.min_epochs=1", "--set", "train.checkpoint_interval_s=0",
     "--set", "train.system_metrics_interval_s=0.2",
 ]
 

@@ -526,3 +526,27 @@ def test_the_splits_size_is_a_setting_and_an_empty_split_is_refused_by_the_dry_r
     assert row.split()[-2] == "36"  # counted: 3 train patients x 4 images x 3 structures
     with pytest.raises(SpecError, match="data.demo_val_patients is now data.val_patients"):
         load_spec(demo=True, overrides=["data.demo_val_patients=2"])
+
+
+def test_checkpoint_every_is_refused_naming_checkpoint_interval_s() -> None:
+    with pytest.raises(SpecError, match=r"train\.checkpoint_every is now train\.checkpoint_interval_s"):
+        load_spec(demo=True, overrides=["train.checkpoint_every=1"])
+    with pytest.raises(SpecError, match=r"models\.CRIS\.train: .*checkpoint_every is now checkpoint_interval_s"):
+        load_spec(demo=True, overrides=["models.CRIS.train.checkpoint_every=1"])
+    assert load_spec(demo=True, overrides=["train.checkpoint_interval_s=0"]).train["checkpoint_interval_s"] == 0
+
+
+def test_a_trial_retried_by_the_same_driver_logs_each_epoch_to_mlflow_once(tmp_path) -> None:
+    # A trial killed between checkpoints and retried by Ray (max_failures) in the same
+    # driver replays the epochs after its last checkpoint through the same tracker.
+    from types import SimpleNamespace
+
+    from sweeps.tracking import MLflowTrialCallback, SweepTracker
+
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s", tmp_path)
+    callback = MLflowTrialCallback(tracker)
+    trial = SimpleNamespace(config={"tags": Cell("CRIS", "real", "frozen", "P1").tags()}, trial_id="t1")
+    for epoch in (1, 2, 3, 2, 3, 4):  # killed after epoch 3, resumed from the epoch-1 checkpoint
+        callback.on_trial_result(0, [], trial, {"epoch": epoch, "val_dice": 0.1 * epoch})
+    history = tracker.client.get_metric_history(tracker.trial_run("cris-real-frozen-p1"), "val_dice")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]

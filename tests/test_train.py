@@ -86,6 +86,10 @@ def test_config_unknown_keys_and_bad_values_are_all_named():
         TrainConfig(threshold=1.5)
     with pytest.raises(ValueError, match="model: unknown value 'unet'"):
         TrainConfig(model="unet")
+    with pytest.raises(ValueError, match="checkpoint_every is now checkpoint_interval_s"):
+        TrainConfig.from_dict({"checkpoint_every": 1})  # a replaced key is refused, never translated
+    with pytest.raises(ValueError, match="checkpoint_interval_s: got -1.0"):
+        TrainConfig(checkpoint_interval_s=-1)
 
 
 def test_config_paper_defaults_and_round_trip():
@@ -155,7 +159,7 @@ def test_tiny_model_learns_phantom(caches, tmp_path):
 
 def test_exact_resume(caches, tmp_path):
     # CRIS has dropout: resuming must restore the RNG too, not only weights and optimizer.
-    cfg = _cfg(caches, model="cris", max_epochs=3, batch_size=12, lr=1e-3)
+    cfg = _cfg(caches, model="cris", max_epochs=3, batch_size=12, lr=1e-3, checkpoint_interval_s=0)
     full = _Recorder(tmp_path / "full")
     run_training(cfg, full)
 
@@ -188,7 +192,7 @@ def test_exact_resume_while_the_scheduler_and_early_stopping_act(caches, tmp_pat
     # at epoch 4 with a count carried across the kill. Forgetting to restore either (or
     # the RNG: CRIS has dropout) changes what comes after.
     cfg = _cfg(caches, model="cris", max_epochs=6, batch_size=12, lr=1e-2, lr_patience=1,
-               lr_factor=0.5, patience=3, min_delta=1.0)
+               lr_factor=0.5, patience=3, min_delta=1.0, checkpoint_interval_s=0)
     full = _Recorder(tmp_path / "full")
     result = run_training(cfg, full)
     first = _Recorder(tmp_path / "first", stop_after=2)
@@ -235,6 +239,79 @@ def test_best_holds_the_best_epochs_weights_and_a_finetune_starts_from_them(cach
         return max((tuned[k] - reference[k]).abs().max().item() for k in names)
 
     assert distance(best) < 1e-6 < 1e-2 < distance(last)
+
+
+# --- checkpoints on a clock ------------------------------------------------------------
+
+
+class _Ticking:
+    """A clock that moves `step` seconds at every reading. The loop reads it once before
+    the first epoch and once per epoch, so every epoch seems to take `step` seconds."""
+
+    def __init__(self, step: float):
+        self.step, self.now = step, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _epoch_of(directory: Path) -> int:
+    return json.loads((directory / ckpt.TRAIN_STATE_JSON).read_text())["epoch"]
+
+
+def _same_files(a: Path, b: Path) -> None:
+    assert _train_state(a) == _train_state(b)
+    for name in (ckpt.WEIGHTS_FILE, f"{ckpt.BEST_DIR}/{ckpt.WEIGHTS_FILE}", ckpt.TRAIN_STATE_TENSORS,
+                 f"{ckpt.BEST_DIR}/metrics.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(a / ckpt.PER_IMAGE_FILE), pd.read_parquet(b / ckpt.PER_IMAGE_FILE))
+
+
+def test_short_epochs_write_one_checkpoint_at_the_end_with_the_results_of_one_per_epoch(caches, tmp_path):
+    # lr 3e-2 overshoots: the best epoch is the first, which under the default policy
+    # (600 s, epochs of 1 s) has no checkpoint of its own; best/ must still hold its weights.
+    cfg = _cfg(caches, model="cris", max_epochs=4, batch_size=12, lr=3e-2)
+    assert cfg.checkpoint_interval_s == TrainConfig().checkpoint_interval_s == 600
+    every = _Recorder(tmp_path / "every")
+    run_training(TrainConfig.from_dict({**cfg.to_dict(), "checkpoint_interval_s": 0}), every)
+    default = _Recorder(tmp_path / "default")
+    result = run_training(cfg, default, clock=_Ticking(1.0))
+
+    assert [_epoch_of(d) for d in every.dirs] == [1, 2, 3, 4]  # interval 0: every epoch
+    assert [_epoch_of(d) for d in default.dirs] == [4]  # one checkpoint, at the end
+    assert [_strip(m) for m in default.metrics] == [_strip(m) for m in every.metrics]
+    _same_files(every.dirs[-1], default.dirs[-1])
+    assert result.best_epoch == 1
+    best = default.dirs[-1] / ckpt.BEST_DIR
+    assert json.loads((best / "metrics.json").read_text())[EPOCH] == 1
+    for name in (ckpt.WEIGHTS_FILE, ckpt.MODEL_SPEC_FILE):  # the weights epoch 1 ended with
+        assert (best / name).read_bytes() == (every.dirs[0] / name).read_bytes(), name
+
+
+def test_a_trial_killed_between_checkpoints_ends_with_the_metrics_of_one_never_killed(caches, tmp_path):
+    # The scheduler and early stopping act (see the test above with a kill after epoch
+    # 2): a run of 4 epochs that early stopping ends. Epochs of 400 s with the interval at
+    # 600 s: checkpoints after epochs 2 and 4 (the end). Killed after epoch 3, the trial
+    # resumes from epoch 2 and runs epoch 3 again: reported twice, alike both times.
+    cfg = _cfg(caches, model="cris", max_epochs=6, batch_size=12, lr=1e-2, lr_patience=1,
+               lr_factor=0.5, patience=3, min_delta=1.0, checkpoint_interval_s=600)
+    full = _Recorder(tmp_path / "full")
+    result = run_training(cfg, full, clock=_Ticking(400.0))
+    first = _Recorder(tmp_path / "first", stop_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, first, clock=_Ticking(400.0))
+    resumed = _Recorder(tmp_path / "resumed")
+    run_training(cfg, resumed, resume_dir=first.dirs[-1], clock=_Ticking(400.0))
+
+    assert result.stop_reason == "early_stopping" and [m[EPOCH] for m in full.metrics] == [1, 2, 3, 4]
+    assert [_epoch_of(d) for d in full.dirs] == [2, 4] and [_epoch_of(d) for d in first.dirs] == [2]
+    assert [m[EPOCH] for m in resumed.metrics] == [3, 4]
+    assert [_strip(m) for m in resumed.metrics] == [_strip(m) for m in full.metrics[2:]]
+    seen = {m[EPOCH]: _strip(m) for m in first.metrics + resumed.metrics}  # one per epoch, the last
+    assert list(seen.values()) == [_strip(m) for m in full.metrics]
+    assert _strip(first.metrics[2]) == _strip(resumed.metrics[0])  # the replayed epoch, alike
+    _same_files(full.dirs[-1], resumed.dirs[-1])  # best epoch, test Dice, per-image rows
 
 
 def test_unfrozen_clipseg_trains_its_towers_through_the_grid_and_the_loop(caches, tmp_path):

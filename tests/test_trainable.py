@@ -71,6 +71,8 @@ def test_trainable_under_ray_tune(caches, ray_local, tmp_path):
         assert result.metrics[EPOCH] == 2
         assert 0.0 <= result.metrics[TEST_DICE_MEAN] <= 1.0 and result.metrics[TEST_DICE_STD] >= 0
         assert list(result.metrics_dataframe[VAL_DICE].notna()) == [True, True]  # one report per epoch
+        # short epochs under the default checkpoint_interval_s: one checkpoint, the last report's
+        assert [p.name for p in Path(result.path).glob("checkpoint_*")] == [Path(result.checkpoint.path).name]
         with result.checkpoint.as_directory() as directory:
             directory = Path(directory)
             per_image = pd.read_parquet(directory / ckpt.PER_IMAGE_FILE)

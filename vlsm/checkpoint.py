@@ -4,7 +4,7 @@ Why not ``torch.save``: loading a pickle runs arbitrary code, and checkpoints tr
 between machines and people (synth-PT:real-FT starts from another trial's). Here
 loading reads only safetensors and JSON.
 
-Layout of one checkpoint folder (what `vlsm.train` reports each epoch):
+Layout of one checkpoint folder (what `vlsm.train` reports every `checkpoint_interval_s` and at the end):
 
     weights.safetensors      model tensors (see below), the latest epoch
     model_spec.json          {"spec": model.spec, "init_seed", "stored", "frozen", "frozen_sha256"}
@@ -61,6 +61,7 @@ __all__ = [
     "copy_tree",
     "frozen_fingerprint",
     "frozen_names",
+    "host_copy",
     "load_model",
     "load_stored_into",
     "load_tokenizer",
@@ -172,6 +173,22 @@ def rebuild(spec: Mapping[str, Any]) -> nn.Module:
     return build_model(**{"init_seed": INIT_SEED, **spec})
 
 
+def _stored(model: nn.Module, include_frozen: bool) -> dict[str, torch.Tensor]:
+    """The state-dict tensors a checkpoint stores: all but the frozen parameters, unless
+    include_frozen (views of the model's own tensors)."""
+    skip = set() if include_frozen else set(frozen_names(model))
+    return {name: t for name, t in model.state_dict().items() if name not in skip}
+
+
+def host_copy(model: nn.Module, *, include_frozen: bool = False) -> dict[str, torch.Tensor]:
+    """A copy in host memory of what `save_model` would store now.
+
+    Why: the best epoch's weights are kept this way and written with the next checkpoint
+    (`save_model(..., tensors=copy)`), instead of a file write at every improvement.
+    """
+    return {name: t.detach().to("cpu", copy=True) for name, t in _stored(model, include_frozen).items()}
+
+
 def save_model(
     model: nn.Module,
     directory: Path,
@@ -180,13 +197,16 @@ def save_model(
     frozen_sha256: str | None = None,
     extra: Mapping[str, Any] | None = None,
     tokenizer: Any = None,
+    tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Write weights.safetensors + model_spec.json of model into directory.
 
     Stores every tensor except the frozen parameters, unless include_frozen.
     frozen_sha256: the model's `frozen_fingerprint`, when the caller has it (it is
     computed otherwise; it costs one pass over the frozen weights). tokenizer: a
-    `PromptTokenizer` whose files go to tokenizer/ (what `load_tokenizer` reads).
+    `PromptTokenizer` whose files go to tokenizer/ (what `load_tokenizer` reads). tensors:
+    a `host_copy` of this model (taken with the same include_frozen) to store instead of
+    its current tensors.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -194,9 +214,7 @@ def save_model(
     if not isinstance(spec, Mapping):
         raise CheckpointError(f"save_model: {type(model).__name__} has no `spec` dict to rebuild it")
     frozen = frozen_names(model)
-    skip = set() if include_frozen else set(frozen)
-    state = model.state_dict()
-    stored = {name: t for name, t in state.items() if name not in skip}
+    stored = dict(tensors) if tensors is not None else _stored(model, include_frozen)
     if frozen and frozen_sha256 is None:
         frozen_sha256 = frozen_fingerprint(model)
     _save_tensors(directory / WEIGHTS_FILE, stored)

@@ -21,9 +21,16 @@ from vlsm.axes import PROMPTS
 from vlsm.model_registry import MODEL_REGISTRY, model_entry
 from vlsm.typed_config import ConfigError, from_mapping, normalise_fields
 
-__all__ = ["PRECISIONS", "TrainConfig"]
+__all__ = ["PRECISIONS", "RENAMED_KEYS", "TrainConfig"]
 
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+
+# Keys that were replaced: old key -> what to write instead (refused, never translated:
+# the old and the new key do not mean the same thing).
+RENAMED_KEYS: dict[str, str] = {
+    "checkpoint_every": "checkpoint_interval_s (seconds between full checkpoints, always one at "
+                        "the end; 0 = every epoch)",
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ class TrainConfig:
     bce_weight: float = 0.2  # BCE term; 0 reproduces the authors' effective Dice-only loss
     dice_smooth: float = 1.0  # added to numerator and denominator of the soft Dice
     threshold: float = 0.5  # sigmoid threshold of a prediction (authors' CRIS config: 0.35)
+    shared_image_eval: bool = True  # encode each image once for its 3 structures (same results); False: per pair
     # --- runtime -------------------------------------------------------------------------
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 + grad scaler; fp32 on CPU
     seed: int = 42  # the paper's seed: random init of the model, data order, prompt phrasing, dropout
@@ -72,7 +80,9 @@ class TrainConfig:
     data_on_device: bool = True  # copy the uint8 cache to the device once when it fits the trial's GPU share
     deterministic: bool = False  # deterministic CUDA kernels (slower); CPU runs are exact anyway
     system_metrics_interval_s: float = 10.0  # CPU/memory/GPU sampling for MLflow under Ray; 0 = off
-    checkpoint_every: int = 1  # write a full checkpoint every this many epochs (and at the end)
+    # a full resumable checkpoint once this many seconds passed since the last one, and
+    # always at the end; 0 = every epoch. 600 s: a full unfrozen checkpoint costs ~16 s
+    checkpoint_interval_s: float = 600.0
     tags: dict = field(default_factory=dict)  # free labels of the grid cell (strategy, ...), unused here
 
     def __post_init__(self) -> None:
@@ -93,6 +103,9 @@ class TrainConfig:
         """Build from a (Ray Tune) dict; ValueError naming every unknown key and bad value."""
         if not isinstance(d, Mapping):
             raise ValueError(f"TrainConfig.from_dict: expected a mapping, got {type(d).__name__}")
+        renamed = [f"{old} is now {new}" for old, new in RENAMED_KEYS.items() if old in d]
+        if renamed:
+            raise ValueError("TrainConfig: " + "; ".join(renamed))
         try:
             return from_mapping(cls, d)
         except ConfigError as err:
@@ -121,7 +134,6 @@ def _validate(cfg: TrainConfig) -> list[str]:
         "eval_batch_size": cfg.eval_batch_size,
         "max_epochs": cfg.max_epochs,
         "patience": cfg.patience,
-        "checkpoint_every": cfg.checkpoint_every,
         "lr_factor": cfg.lr_factor,
         "grad_clip": cfg.grad_clip,
     }
@@ -138,6 +150,7 @@ def _validate(cfg: TrainConfig) -> list[str]:
         "dice_smooth": cfg.dice_smooth,
         "num_workers": cfg.num_workers,
         "system_metrics_interval_s": cfg.system_metrics_interval_s,
+        "checkpoint_interval_s": cfg.checkpoint_interval_s,
     }
     for name, value in non_negative.items():
         if not 0 <= value < math.inf:

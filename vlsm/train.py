@@ -10,13 +10,16 @@ Why it is separate from the Ray trainable (`vlsm.trainable`): the loop only need
 What a trial does (docs/design.md, "Training"): soft Dice + 0.2 BCE, AdamW,
 ReduceLROnPlateau on the validation loss, early stopping on validation Dice, gradient
 clipping, mixed precision on GPUs, the best-validation-Dice weights kept in ``best/``,
-and at the end the best weights tested per image and structure at 512 x 512.
+a full checkpoint every `checkpoint_interval_s` seconds and at the end, and at the end
+the best weights tested per image and structure at 512 x 512.
 
 Exact resume: the epoch order and the training phrasings are pure functions of
 (seed, epoch); everything else that changes is in the checkpoint (the weights, and the
 `vlsm.train_state.TrainState`: optimizer, scheduler, grad scaler, early stopping,
 global RNGs), so a trial stopped after epoch k and resumed ends with the same weights
-and metrics as one that never stopped (on CPU).
+and metrics as one that never stopped (on CPU). A trial killed between checkpoints
+resumes from the last one and runs the epochs after it again, reporting the same
+metrics for them (a report's consumers keep one per epoch).
 """
 
 from __future__ import annotations
@@ -110,13 +113,16 @@ def run_training(
     *,
     device: str | torch.device | None = None,
     work_dir: Path | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Train one trial; call report(metrics, checkpoint_dir) after every epoch.
 
-    checkpoint_dir (or None on epochs without one, see cfg.checkpoint_every) exists only
-    during the call: copy it to keep it (Ray's tune.report does). The last report also
-    carries the test metrics of the best weights and per_image.parquet. resume_dir: a
-    checkpoint folder of this trial to continue from exactly.
+    checkpoint_dir is a full checkpoint when cfg.checkpoint_interval_s have passed on
+    clock since the last one (None on other epochs), and always at the end; it exists
+    only during the call: copy it to keep it (Ray's tune.report does). The last report
+    also carries the test metrics of the best weights and per_image.parquet. resume_dir:
+    a checkpoint folder of this trial to continue from exactly (the epochs after it run
+    again and report the same metrics).
     """
     trial = _set_up(cfg, device, resume_dir)
     state, history = trial.state, []
@@ -129,6 +135,7 @@ def run_training(
                 log.info("the trial had finished; reporting its result again")
                 report(finished, None)
                 return _result(state, history)
+        checkpoint_due = _CheckpointClock(cfg.checkpoint_interval_s, clock)
         for epoch in range(0) if state.stop_reason else range(state.epoch + 1, cfg.max_epochs + 1):
             started = time.perf_counter()
             train_loss, train_seconds = _train_epoch(trial, epoch)
@@ -137,7 +144,7 @@ def run_training(
             finite = math.isfinite(train_loss) and math.isfinite(val_loss)
             if finite and val_dice > state.best_val_dice:  # keep the best
                 state.best_val_dice, state.best_epoch = val_dice, epoch
-                files.save_best({EPOCH: epoch, VAL_DICE: val_dice, VAL_LOSS: val_loss})
+                files.keep_best({EPOCH: epoch, VAL_DICE: val_dice, VAL_LOSS: val_loss})
             lr = state.optimizer.param_groups[0]["lr"]  # the epoch's, before the scheduler steps
             if finite:
                 state.scheduler.step(val_loss)
@@ -151,7 +158,7 @@ def run_training(
             log.info("epoch %d: %s", epoch, state.last_metrics)
             if state.stop_reason:
                 break  # the final report below carries this epoch
-            directory = files.save(state) if epoch % cfg.checkpoint_every == 0 else None  # report
+            directory = files.save(state) if checkpoint_due() else None  # report
             history.append(dict(state.last_metrics))
             report(dict(state.last_metrics), directory)
             if directory is not None:
@@ -301,14 +308,39 @@ def _stop_reason(state: TrainState, cfg: TrainConfig, epoch: int, train_loss: fl
 # --- files and results ------------------------------------------------------------------
 
 
+class _CheckpointClock:
+    """Whether a full checkpoint is due: interval_s passed since the last one (or the start).
+
+    Why a clock and not an epoch count: a checkpoint's cost is seconds of writing and
+    copying (docs/design.md, "Performance facts"), and what a crash may lose is time.
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]):
+        self.interval_s, self.clock, self.last = interval_s, clock, clock()
+
+    def __call__(self) -> bool:
+        """True when due; the interval then counts from now (the checkpoint is written now)."""
+        now = self.clock()
+        if now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True
+
+
 class _TrialFiles:
-    """The trial's checkpoint folders and its best weights, in the trial's temporary folder."""
+    """The trial's checkpoint folders and its best weights, in the trial's temporary folder.
+
+    The best weights are a host-memory copy when they improve (`keep_best`), written to
+    best/ with the next checkpoint (`save`): an epoch without a checkpoint writes nothing.
+    """
 
     def __init__(self, tmp: Path, trial: _Trial):
         self.tmp, self.trial, self.best_dir = tmp, trial, tmp / ckpt.BEST_DIR
+        self.pending_best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
 
     def save(self, state: TrainState) -> Path:
         """A new checkpoint folder: weights, state, config and best/ (see `vlsm.checkpoint`)."""
+        self._write_best()
         out = Path(tempfile.mkdtemp(prefix=f"epoch{state.epoch:04d}-", dir=self.tmp))
         ckpt.save_model(self.trial.model, out, include_frozen=self.trial.include_frozen,
                         frozen_sha256=self.trial.frozen_sha)
@@ -325,15 +357,25 @@ class _TrialFiles:
             ckpt.copy_tree(Path(directory) / ckpt.BEST_DIR, self.best_dir)
         log.info("resuming after epoch %d from %s", state.epoch, directory)
 
-    def save_best(self, metrics: dict[str, Any]) -> None:
-        """Replace best/ by the current weights (written beside it, then renamed)."""
+    def keep_best(self, metrics: dict[str, Any]) -> None:
+        """Keep the current weights in host memory as the best so far (written by `save`)."""
+        tensors = ckpt.host_copy(self.trial.model, include_frozen=self.trial.include_frozen)
+        self.pending_best = tensors, metrics
+
+    def _write_best(self) -> None:
+        """Replace best/ by the kept best weights, if newer (written beside it, then renamed)."""
+        if self.pending_best is None:
+            return
+        tensors, metrics = self.pending_best
         staging = self.best_dir.with_name(self.best_dir.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)
         ckpt.save_model(self.trial.model, staging, include_frozen=self.trial.include_frozen,
-                        frozen_sha256=self.trial.frozen_sha, tokenizer=self.trial.tokenizer)
+                        frozen_sha256=self.trial.frozen_sha, tokenizer=self.trial.tokenizer,
+                        tensors=tensors)
         write_json_atomic(staging / "metrics.json", metrics)
         shutil.rmtree(self.best_dir, ignore_errors=True)
         staging.rename(self.best_dir)
+        self.pending_best = None
 
 
 def _result(state: TrainState, history: list[dict[str, Any]],

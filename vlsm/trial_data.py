@@ -214,7 +214,29 @@ class ModelInputs:
     def __call__(self, model: nn.Module, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """images (B, S, S) uint8, rows (B,) -> logits (B, 1, S, S)."""
         with _autocast(self.device, self.precision):
-            x = images.unsqueeze(1).float().div_(255.0)  # (B, 1, S, S) in [0, 1]
-            x = (x - self.mean) / self.std  # grey repeated to 3 channels: (B, 3, S, S)
             rows = rows.to(self.mean.device)
-            return model(x, self.prompts.input_ids[rows], self.prompts.attention_mask[rows])
+            return model(self._pixels(images), self.prompts.input_ids[rows], self.prompts.attention_mask[rows])
+
+    def encoding_each_image_once(self, model: nn.Module, images: torch.Tensor, rows: torch.Tensor,
+                                 image_index: torch.Tensor) -> torch.Tensor:
+        """Like the call, but each distinct image (image_index (B,)) of the batch goes through
+        `model.encode_image` once and its features serve all its rows in `model.decode`.
+
+        Why: an image is evaluated with three prompts (one per structure), and the image
+        part of a model (CLIPSeg's vision tower, CRIS's visual backbone) ignores the prompt.
+        """
+        distinct, inverse = torch.unique(image_index, return_inverse=True)  # (U,), (B,)
+        first = torch.full((len(distinct),), len(inverse)).scatter_reduce_(
+            0, inverse, torch.arange(len(inverse)), reduce="amin")  # (U,) a row of each image
+        inverse = inverse.to(images.device)
+        with _autocast(self.device, self.precision):
+            features = model.encode_image(self._pixels(images[first.to(images.device)]))  # U rows each
+            features = tuple(f[inverse] for f in features)  # B rows each
+            rows = rows.to(self.mean.device)
+            return model.decode(features, self.prompts.input_ids[rows], self.prompts.attention_mask[rows],
+                                tuple(images.shape[-2:]))
+
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, S, S) uint8 -> (B, 3, S, S) normalised by the model's mean and std."""
+        x = images.unsqueeze(1).float().div_(255.0)  # (B, 1, S, S) in [0, 1]
+        return (x - self.mean) / self.std  # grey repeated to 3 channels: (B, 3, S, S)

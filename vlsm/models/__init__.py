@@ -14,7 +14,11 @@ Every model follows one contract (the training loop, the sweep and the tests rel
 (B, 1, H, W)` at input resolution, with pixel values normalised by `model.image_mean` /
 `model.image_std`, and the attributes `input_size`, `image_mean`, `image_std`, `spec`
 (JSON-serialisable; `build_model(**model.spec)` rebuilds the same model), `encoder_prefixes`
-(state-dict prefixes of the CLIP towers) and `freeze_encoder`.
+(state-dict prefixes of the CLIP towers) and `freeze_encoder`. Optionally, the forward
+splits at the image: `encode_image(pixel_values) -> features` (tuple of tensors, batch
+first) and `decode(features, input_ids, attention_mask, size) -> logits`, with
+`shares_image_encoding` True when forward is exactly their composition (evaluation then
+encodes an image once for its three structures).
 
 Which models exist, and what each needs, is data: `vlsm.model_registry`. Adding a model
 is one entry there. Builders are imported lazily: importing `vlsm.models` stays cheap

@@ -19,6 +19,9 @@ composes the same computation from `self.clip` and `self.decoder` with gradients
    the stock code finds from the token ids);
 3. the decoder (FiLM-conditioned transformer + transposed convolutions) -> logits.
 
+Step 1 is `encode_image` and steps 2-3 are `decode`, and forward is their composition, so
+evaluation encodes an image once for its three structure prompts (`vlsm.evaluate`).
+
 With the same weights in eval mode it matches the stock forward to float32 rounding
 (tests/test_clipseg.py). The authors' behaviour stays available, for reproducing their
 numbers only, as `config={"stock_forward_no_grad_encoders": True}`.
@@ -182,40 +185,64 @@ class CLIPSeg(CLIPSegForImageSegmentation):
     ) -> torch.Tensor:
         """pixel_values (B, 3, S, S) ImageNet-normalised, input_ids/attention_mask (B, L) -> logits (B, 1, S, S)."""
         check_forward_inputs("CLIPSeg", pixel_values, input_ids, attention_mask)
-        b, _, h, w = pixel_values.shape
-        if h != w:
-            raise ValueError(f"CLIPSeg pixel_values: expected a square image, got {h}x{w}")
-        if self.stock_forward:
-            stock = super().forward(
-                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask
-            )
-            logits = stock.logits  # (B, h', w')
-        else:
-            logits = self._segment(pixel_values, input_ids, attention_mask)  # (B, h', w')
-        logits = logits.reshape(b, 1, *logits.shape[-2:])  # (B, 1, h', w')
-        if logits.shape[-2:] != (h, w):  # decoder grid x upsampling != input size
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        return logits
+        size = tuple(pixel_values.shape[-2:])
+        if not self.stock_forward:
+            return self.decode(self.encode_image(pixel_values), input_ids, attention_mask, size)
+        _check_square(*size)
+        stock = super().forward(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        return _to_input_size(stock.logits, pixel_values.shape[0], size)  # stock.logits (B, h', w')
 
-    def _segment(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """The stock computation without `no_grad`: (B, 3, S, S) -> logits (B, S', S')."""
+    @property
+    def shares_image_encoding(self) -> bool:
+        """True when forward is `decode(encode_image(...))`: evaluation may then encode an
+        image once for all its prompts. Not with the stock forward (one Hugging Face call)."""
+        return not self.stock_forward
+
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The image part (no prompt involved): (B, 3, S, S) -> the vision tower's hidden
+        states after layers `extract_layers`, each (B, 1 + N, D_vision), N = (S / patch)**2."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"CLIPSeg pixel_values: expected (B, 3, S, S), got {tuple(pixel_values.shape)}")
+        _check_square(*pixel_values.shape[-2:])
         # hidden_states[0] is the embedding output, hence the +1 (as stock).
         taps = [i + 1 for i in self.extract_layers]
         vision = self.clip.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=True, output_hidden_states=taps
         )
-        activations = [vision.hidden_states[i] for i in taps]  # each (B, 1 + N, D_vision)
+        return tuple(vision.hidden_states[i] for i in taps)
 
+    def decode(
+        self,
+        image_features: tuple[torch.Tensor, ...],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """The prompt-conditioned part: `encode_image`'s output (B rows each), the prompts
+        (B, L) and the input size (S, S) -> logits (B, 1, S, S). The stock computation
+        without `no_grad`."""
         text = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask)
         words = text.last_hidden_state  # (B, L, D_text), after the final layer norm
         positions = torch.arange(words.shape[1], device=words.device)  # (L,)
         eot = ((attention_mask != 0) * positions).argmax(dim=1)  # (B,) last attended token
         pooled = words[torch.arange(words.shape[0], device=words.device), eot]  # (B, D_text)
         conditional = self.clip.text_projection(pooled)  # (B, projection_dim)
+        logits = self.decoder(list(image_features), conditional).logits  # (B, S', S')
+        return _to_input_size(logits, input_ids.shape[0], size)
 
-        return self.decoder(activations, conditional).logits
+
+def _check_square(h: int, w: int) -> None:
+    if h != w:
+        raise ValueError(f"CLIPSeg pixel_values: expected a square image, got {h}x{w}")
+
+
+def _to_input_size(logits: torch.Tensor, b: int, size: tuple[int, int]) -> torch.Tensor:
+    """Decoder logits (B, h', w') -> (B, 1, H, W): resized when the decoder's grid times
+    its upsampling is not the input size."""
+    logits = logits.reshape(b, 1, *logits.shape[-2:])  # (B, 1, h', w')
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return logits
 
 
 def _check_keys(values: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -508,15 +508,47 @@ class CRIS(nn.Module):
                 self._connect().train(mode)
         return self
 
-    def _check_inputs(
+    shares_image_encoding = True
+    """forward is `decode(encode_image(...))`: evaluation may encode an image once for all
+    its prompts."""
+
+    def forward(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> None:
+    ) -> torch.Tensor:
+        """pixel_values (B, 3, H, W) CLIP-normalised, input_ids/attention_mask (B, L) -> logits (B, 1, H, W)."""
         check_forward_inputs("CRIS", pixel_values, input_ids, attention_mask)
+        features = self.encode_image(pixel_values)
+        return self.decode(features, input_ids, attention_mask, tuple(pixel_values.shape[-2:]))
+
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The image part (no prompt involved): (B, 3, H, W) -> the visual backbone's C3
+        (B, 8w, H/8, W/8), C4 (B, 16w, H/16, W/16), C5 (B, E, H/32, W/32)."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"CRIS pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
         h, w = pixel_values.shape[-2:]
         if h % 32 or w % 32:
             raise ValueError(
                 f"CRIS pixel_values: height and width must be multiples of 32, got {h}x{w}"
             )
+        return self.backbone.encode_image(pixel_values)
+
+    def decode(
+        self,
+        image_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """The prompt-conditioned part: `encode_image`'s output (B rows each), the prompts
+        (B, L) and the input size (H, W) -> logits (B, 1, H, W)."""
+        self._check_text(input_ids, attention_mask)
+        words, state = self.backbone.encode_text(input_ids, attention_mask)  # (B, L, d), (B, E)
+        fq = self.neck(image_features, state)  # (B, d, H/16, W/16)
+        fq = self.decoder(fq, words, attention_mask == 0)  # (B, d, H/16, W/16)
+        logits = self.proj(fq, state)  # (B, 1, H/4, W/4)
+        return F.interpolate(logits, size=tuple(size), mode="bicubic", align_corners=True)  # (B, 1, H, W)
+
+    def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         if input_ids.shape[1] > self.config.word_len:
             raise ValueError(
                 f"CRIS input_ids: {input_ids.shape[1]} tokens, more than word_len = {self.config.word_len}"
@@ -529,20 +561,6 @@ class CRIS(nn.Module):
                 "CRIS attention_mask: every row must start with attended tokens (1) followed "
                 "only by padding (0), i.e. right padding with a non-empty prompt"
             )
-
-    def forward(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """pixel_values (B, 3, H, W) CLIP-normalised, input_ids/attention_mask (B, L) -> logits (B, 1, H, W)."""
-        self._check_inputs(pixel_values, input_ids, attention_mask)
-        feats = self.backbone.encode_image(pixel_values)  # C3, C4, C5
-        words, state = self.backbone.encode_text(input_ids, attention_mask)  # (B, L, d), (B, E)
-        fq = self.neck(feats, state)  # (B, d, H/16, W/16)
-        fq = self.decoder(fq, words, attention_mask == 0)  # (B, d, H/16, W/16)
-        logits = self.proj(fq, state)  # (B, 1, H/4, W/4)
-        return F.interpolate(
-            logits, size=pixel_values.shape[-2:], mode="bicubic", align_corners=True
-        )  # (B, 1, H, W)
 
 
 # --- weights -------------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""What checkpoints cost a trial: how many are written, and their bytes, per policy.
+
+    .venv/bin/python bench/checkpoint_cost.py [--epochs 60] [--epoch-s 4 20] [--models clipseg cris] [--quick]
+
+Two parts, one table each, then JSON:
+
+1. One full checkpoint at full size (random weights, `bench/full_size.py`), written as the
+   loop writes it: weights (frozen towers left out), the AdamW moments and the rest of
+   the `TrainState`, config.json and best/ (from a host copy, as the loop keeps it). Its
+   bytes and the seconds it takes to write, per model and encoder mode. Nothing trains:
+   one optimizer step on zero gradients creates the moments.
+2. The checkpoints a trial writes under `checkpoint_interval_s=0` (every epoch, the old
+   behaviour) and the default 600 s, counted in the real loop (`vlsm.train.run_training`,
+   tiny CLIPSeg on phantom data) with a clock on which every epoch takes --epoch-s
+   seconds (3-5 s is a real-data epoch on an H100, docs/design.md; SDM epochs are 5x
+   longer). Bytes and write seconds per trial = count x part 1's figures.
+
+A benchmark, not a test: it checks nothing. Ray's copy into storage (about as long again
+as the write, docs/design.md) comes on top of every checkpoint and is not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.full_size, run as a script
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "checkpoint_cost.json"
+POLICIES = (0.0, 600.0)  # checkpoint_interval_s: every epoch, the default
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under folder (hard links counted each time: Ray copies them)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def full_checkpoint(model_name: str, frozen: bool, out: Path) -> dict:
+    """Write one full-size checkpoint as the loop does; its bytes and write seconds."""
+    import torch
+
+    from bench.full_size import build_full_size
+    from vlsm import checkpoint as ckpt
+    from vlsm.atomic import write_json_atomic
+    from vlsm.config import TrainConfig
+    from vlsm.train_state import TrainState
+
+    model = build_full_size(model_name, frozen=frozen)
+    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = TrainConfig(model=model_name, freeze_encoder=frozen)
+    state = TrainState.fresh(params, cfg, torch.device("cpu"), "fp32")
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    state.optimizer.step()  # creates the AdamW moments
+    best = ckpt.host_copy(model)
+    sha = ckpt.frozen_fingerprint(model)  # the loop computes it once per trial
+    started = time.perf_counter()
+    ckpt.save_model(model, out / ckpt.BEST_DIR, tensors=best, frozen_sha256=sha)
+    ckpt.save_model(model, out, frozen_sha256=sha)
+    state.save(out)
+    write_json_atomic(out / ckpt.CONFIG_FILE, cfg.to_dict())
+    seconds = time.perf_counter() - started
+    parts = {
+        "weights": (out / ckpt.WEIGHTS_FILE).stat().st_size,
+        "train_state": (out / ckpt.TRAIN_STATE_TENSORS).stat().st_size,
+        "best": folder_bytes(out / ckpt.BEST_DIR),
+    }
+    return {"model": model_name, "encoder": "frozen" if frozen else "unfrozen",
+            "trained_parameters": sum(p.numel() for p in params), "bytes": folder_bytes(out),
+            "parts": parts, "write_s": seconds}
+
+
+class EpochClock:
+    """A clock on which every epoch takes epoch_s: the loop reads it once before the first
+    epoch and once per epoch."""
+
+    def __init__(self, epoch_s: float):
+        self.epoch_s, self.now = epoch_s, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.epoch_s
+        return self.now
+
+
+def count_checkpoints(caches: dict[str, Path], epochs: int, epoch_s: float, interval_s: float,
+                      work_dir: Path) -> int:
+    """Reports with a checkpoint in one run of the loop (tiny frozen CLIPSeg)."""
+    from vlsm.config import TrainConfig
+    from vlsm.models import tiny_config
+    from vlsm.train import run_training
+
+    cfg = TrainConfig.from_dict({
+        "model": "clipseg", "model_config": tiny_config("clipseg"), "freeze_encoder": True,
+        "train_cache": str(caches["train"]), "val_cache": str(caches["val"]), "test_cache": None,
+        "max_epochs": epochs, "min_epochs": epochs, "patience": epochs, "precision": "fp32",
+        "batch_size": 32, "checkpoint_interval_s": interval_s,
+    })
+    written = []
+    run_training(cfg, lambda metrics, directory: written.append(directory is not None), None,
+                 device="cpu", work_dir=work_dir, clock=EpochClock(epoch_s))
+    return sum(written)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=60, help="epochs per trial (default 60, "
+                        "the sweep's run.expected_epochs)")
+    parser.add_argument("--epoch-s", type=float, nargs="+", default=[4.0, 20.0],
+                        help="seconds an epoch takes (default 4 20: real CAMUS, SDM on an H100)")
+    parser.add_argument("--models", nargs="+", choices=("clipseg", "cris"), default=["clipseg", "cris"])
+    parser.add_argument("--quick", action="store_true", help="unfrozen CLIPSeg only, 20 epochs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.epochs = ["clipseg"], 20
+    modes = (False,) if args.quick else (False, True)
+
+    import torch
+
+    from vlsm.data.cache import prepare_dataset
+    from vlsm.data.phantom import write_demo_data
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="bench-checkpoint-cost-") as tmp:
+        full = []
+        for model in args.models:
+            for frozen in modes:
+                out = Path(tmp) / f"{model}-{frozen}"
+                full.append(full_checkpoint(model, frozen, out))
+                shutil.rmtree(out)  # free the disk at once
+        demo = write_demo_data(Path(tmp) / "demo", seed=0, n_patients=4, n_test=1, n_val=1, size=(64, 56))
+        caches = prepare_dataset("camus", demo.camus_root, 64, Path(tmp) / "cache", n_val=1, progress=False)
+        counts = {(e, i): count_checkpoints(caches, args.epochs, e, i, Path(tmp))
+                  for e in args.epoch_s for i in POLICIES}
+
+    gb = 1e9
+    print(f"\none full checkpoint at full size (random weights), written to {tempfile.gettempdir()}")
+    print(f"{'model':<8} {'encoder':<9} {'trained M':>9} {'GB':>6} {'weights':>8} {'state':>7} "
+          f"{'best':>6} {'write s':>8}")
+    for row in full:
+        parts = row["parts"]
+        print(f"{row['model']:<8} {row['encoder']:<9} {row['trained_parameters'] / 1e6:>9.1f} "
+              f"{row['bytes'] / gb:>6.2f} {parts['weights'] / gb:>8.2f} {parts['train_state'] / gb:>7.2f} "
+              f"{parts['best'] / gb:>6.2f} {row['write_s']:>8.1f}")
+    trials = []
+    print(f"\na trial of {args.epochs} epochs: checkpoints written (counted in the loop) and their cost")
+    print(f"{'epoch s':>7} {'interval s':>10} {'checkpoints':>11} " +
+          " ".join(f"{r['model'][:4]}-{r['encoder'][:2]} GB / s".rjust(17) for r in full))
+    for (epoch_s, interval_s), n in counts.items():
+        cost = [{"model": r["model"], "encoder": r["encoder"], "bytes": n * r["bytes"],
+                 "write_s": n * r["write_s"]} for r in full]
+        trials.append({"epoch_s": epoch_s, "checkpoint_interval_s": interval_s, "epochs": args.epochs,
+                       "checkpoints": n, "cost": cost})
+        print(f"{epoch_s:>7.0f} {interval_s:>10.0f} {n:>11d} " +
+              " ".join(f"{c['bytes'] / gb:>8.1f} / {c['write_s']:>6.0f}" for c in cost))
+
+    from vlsm.atomic import write_text_atomic
+
+    write_text_atomic(args.out, json.dumps({
+        "benchmark": "checkpoint_cost",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "full_size": full,
+        "trials": trials,
+    }, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Evaluation that encodes each image once for its structures equals the plain path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlsm.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """Phantom CAMUS (2 train, 1 val, 1 test patients) at each tiny model's input size."""
+    from vlsm.data.cache import prepare_dataset
+    from vlsm.data.phantom import write_demo_data
+    from vlsm.models import input_size, tiny_config
+
+    root = tmp_path_factory.mktemp("phantom")
+    demo = write_demo_data(root / "demo", seed=0, n_patients=4, n_test=1, n_val=1, size=(64, 56))
+    sizes = {m: input_size(m, tiny_config(m)) for m in ("clipseg", "cris")}
+    return {m: prepare_dataset("camus", demo.camus_root, s, root / "cache", n_val=1, progress=False)
+            for m, s in sizes.items()}
+
+
+def _setup(model_name: str, frozen: bool, caches: dict[str, Path], shared: bool):
+    """(model, validation data, EvalSetup) of a tiny model, as `run_training` builds them."""
+    from vlsm.evaluate import EvalSetup
+    from vlsm.losses import DiceBCELoss
+    from vlsm.models import build_model, build_tokenizer, tiny_config
+    from vlsm.trial_data import PromptTable, SplitTensors, open_cache
+
+    # eval batch 5: the three structures of some images fall into two batches
+    cfg = TrainConfig(model=model_name, model_config=tiny_config(model_name), freeze_encoder=frozen,
+                      prompt="P3", eval_batch_size=5, shared_image_eval=shared, precision="fp32")
+    device = torch.device("cpu")
+    split = open_cache(str(caches["val"]), "val_cache")
+    tokenizer = build_tokenizer(model_name, config=cfg.model_config)
+    prompts = PromptTable([split], "p3", tokenizer, device)
+    model = build_model(model_name, config=cfg.model_config, freeze_encoder=frozen, init_seed=3)
+    setup = EvalSetup(prompts, DiceBCELoss(), cfg, "fp32", device)
+    return model, SplitTensors(split, cfg, device, with_eval=True), setup
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["unfrozen", "frozen"])
+@pytest.mark.parametrize("model_name", ["clipseg", "cris"])
+def test_each_image_encoded_once_gives_the_results_of_one_forward_per_structure(caches, model_name, frozen):
+    from vlsm.evaluate import evaluate
+
+    model, data, plain_setup = _setup(model_name, frozen, caches[model_name], shared=False)
+    _, _, shared_setup = _setup(model_name, frozen, caches[model_name], shared=True)
+    assert model.shares_image_encoding
+    plain_loss, plain_rows = evaluate(model, data, plain_setup, with_hausdorff=True)
+    shared_loss, shared_rows = evaluate(model, data, shared_setup, with_hausdorff=True)
+    assert len(plain_rows) == len(data) == 12  # 4 images x 3 structures
+    assert shared_rows == plain_rows  # the same Dice, IoU and Hausdorff, row by row
+    assert shared_loss == plain_loss
+
+    inputs = shared_setup.inputs_for(model)
+    rows = shared_setup.prompts.choose(data.split.items, None)
+    with torch.no_grad():
+        for idx, images, _, _ in data.batches(torch.arange(len(data)), 7):
+            assert data.image_index[idx].unique().numel() < len(idx)  # some image has several structures
+            plain = inputs(model, images, rows[idx])
+            once = inputs.encoding_each_image_once(model, images, rows[idx], data.image_index[idx])
+            assert plain.shape == once.shape == (len(idx), 1, model.input_size, model.input_size)
+            assert torch.equal(once, plain)
+
+
+def test_the_stock_clipseg_forward_is_never_split():
+    # The stock forward is one Hugging Face call, not encode_image + decode: evaluation
+    # runs it per (image, structure) whatever shared_image_eval says.
+    from vlsm.models import build_model, tiny_config
+
+    stock = build_model("clipseg", config={**tiny_config("clipseg"), "stock_forward_no_grad_encoders": True})
+    assert not stock.shares_image_encoding
