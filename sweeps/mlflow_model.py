@@ -15,6 +15,7 @@ names its URI (``mlflow.pyfunc.load_model(<that URI>)`` loads it).
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,17 @@ def pyfunc_files() -> dict[str, bytes]:
     import mlflow.pyfunc
 
     signature, example = _signature_and_example()
-    with tempfile.TemporaryDirectory(prefix="vlsm-pyfunc-") as tmp:
-        out = Path(tmp) / MODEL_NAME
-        mlflow.pyfunc.save_model(str(out), loader_module=LOADER_MODULE, signature=signature,
-                                 input_example=example, pip_requirements=_pins())
-        return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    quiet = logging.getLogger("mlflow.pyfunc")  # its "Validating input example" line, once a trial
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory(prefix="vlsm-pyfunc-") as tmp:
+            out = Path(tmp) / MODEL_NAME
+            mlflow.pyfunc.save_model(str(out), loader_module=LOADER_MODULE, signature=signature,
+                                     input_example=example, pip_requirements=_pins())
+            return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    finally:
+        quiet.setLevel(level)
 
 
 def add_pyfunc_files(best: str, filesystem: Any = None) -> None:
