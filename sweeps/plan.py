@@ -36,6 +36,23 @@ def dataset_sizes(spec: SweepSpec, camus_root: Path | None, sdm_root: Path | Non
     return sizes
 
 
+def cell_gpu_hours(image_steps: float, rate: Rate | None, gpu_share: float) -> float | None:
+    """GPU-hours of a trial of image_steps training images at rate (None: no rate).
+
+    A rate measured by a trial holding its GPU share (a sweep's epochs) means GPU time =
+    wall time x share; the suite's rates are of one trial alone on a whole GPU.
+    """
+    if rate is None:
+        return None
+    share = gpu_share if rate.per_share and gpu_share > 0 else 1.0
+    return image_steps / rate.images_per_s / 3600 * share
+
+
+def expected_epochs(spec: SweepSpec) -> int:
+    """Epochs a trial is assumed to run: run.expected_epochs (early stopping), at most max_epochs."""
+    return min(spec.run.expected_epochs, int(spec.train.get("max_epochs", spec.run.expected_epochs)))
+
+
 def format_plan(
     spec: SweepSpec,
     cells: list[Cell],
@@ -48,7 +65,7 @@ def format_plan(
     (`sweeps.rates`); trials without one are counted and named, never guessed."""
     rates = rates or {}
     waiting = dependents(cells)
-    epochs = min(spec.run.expected_epochs, int(spec.train.get("max_epochs", spec.run.expected_epochs)))
+    epochs = expected_epochs(spec)
     lines = [
         f"{'trial':34} {'upstream':30} {'cpu':>4} {'gpu':>5} {'items':>6} {'est. GPU-h':>10}",
     ]
@@ -57,15 +74,12 @@ def format_plan(
         resources = trial_resources(spec, cell.model, cell.encoder, use_gpu=use_gpu)
         items = sizes[cell.train_data]
         key = (model_key(cell.model), cell.encoder)
-        rate = rates.get(key)
-        if rate is None:
+        gpu_h = cell_gpu_hours(items * epochs, rates.get(key), resources["gpu"])
+        if gpu_h is None:
             unrated += 1
             estimate = f"{'?':>10}"
         else:
-            used[key] = rate
-            # a rate measured by a trial holding its GPU share: GPU time = wall time x share
-            share = resources["gpu"] if rate.per_share and resources["gpu"] > 0 else 1.0
-            gpu_h = items * epochs / rate.images_per_s / 3600 * share
+            used[key] = rates[key]
             total_gpu_h += gpu_h
             estimate = f"{gpu_h:>10.2f}"
         note = f"  -> {len(waiting[cell.cell_id])} finetune(s) wait on it" if waiting[cell.cell_id] else ""
