@@ -18,7 +18,8 @@ from sweeps.cell import Cell
 from sweeps.data_setup import DataError
 from sweeps.folder import SweepFolder
 from sweeps.grid import expand_grid
-from sweeps.plan import dataset_sizes, format_plan, measured_throughput
+from sweeps.plan import dataset_sizes, format_plan
+from sweeps.rates import load_rates
 from sweeps.spec import (
     LRSearchSpace,
     SpecError,
@@ -61,6 +62,7 @@ class SweepPlan:
     mlflow_uri: str
     validate: bool  # run the data checks first (not --skip-validation)
     ray: RaySettings
+    rates: Path | None = None  # --rates: measured training rates for the dry run's estimate
     command: str = ""  # the command line that made the sweep (MLflow's description)
 
 
@@ -197,6 +199,11 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         raise SpecError(str(err)) from None
     if not args.dry_run:
         _check_run_options(spec, folder, args)
+    if args.rates is not None and not args.dry_run:
+        raise UsageError("--rates: only with --dry-run (it feeds the dry run's GPU-hour estimate)")
+    if args.rates is not None and not args.rates.expanduser().exists():
+        raise UsageError(f"--rates {args.rates}: no such file or folder; expected bench/gpu_suite.py's "
+                         f"JSON or a sweep folder with exports/")
     plan = SweepPlan(
         spec=spec,
         cells=cells,
@@ -207,6 +214,7 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         mlflow_uri=args.mlflow_uri or folder.default_tracking_uri(),
         validate=not args.skip_validation,
         ray=RaySettings(args.address, args.num_cpus, args.cpu_only, args.verbose),
+        rates=args.rates,
     )
     if not args.dry_run:
         _check_places(plan)
@@ -224,4 +232,8 @@ def describe_plan(plan: SweepPlan) -> str:
         sizes = dataset_sizes(plan.spec, *roots)
     except ValueError as err:  # a dataset the grid cannot use (e.g. an empty split)
         raise DataError(str(err)) from None
-    return format_plan(plan.spec, plan.cells, sizes, use_gpu=True, measured=measured_throughput(plan.folder.root))
+    try:
+        rates = load_rates(plan.rates, plan.folder.root)
+    except ValueError as err:  # --rates names a file or folder it cannot use
+        raise UsageError(str(err)) from None
+    return format_plan(plan.spec, plan.cells, sizes, use_gpu=True, rates=rates)

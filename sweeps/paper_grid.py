@@ -4,6 +4,7 @@
     python sweeps/paper_grid.py --camus-root CAMUS --sdm-root SDM --output runs/paper
     python sweeps/paper_grid.py --address auto --storage s3://bucket/sweeps --mlflow-uri http://head:5000   # on the head node
     python sweeps/paper_grid.py --dry-run                        # print the plan and a GPU-hour estimate
+    python sweeps/paper_grid.py --dry-run --rates bench/results/gpu_suite.json   # ... from measured rates
 
 Reads search_spaces/paper.yaml (plus demo.yaml when no dataset is configured), expands
 the grid (92 trials: synthetic data has no P7), chains each synth-PT:real-FT trial to its
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--cpu-only", action="store_true", help="request no GPUs even on a cluster that has (or can start) them")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--rates", type=Path, metavar="FILE|FOLDER",
+                        help="measured training rates for the dry run's GPU-hours: bench/gpu_suite.py's JSON "
+                             "or an earlier sweep folder (default: this sweep folder's exports, if any)")
     parser.add_argument("--resume", action="store_true", help="continue the sweep in --output (also the default when it exists)")
     parser.add_argument("--skip-validation", action="store_true", help="do not run the data checks first")
     parser.add_argument("-v", "--verbose", action="store_true")

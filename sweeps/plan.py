@@ -1,5 +1,5 @@
 """The plan of a sweep as text: trials, dependencies, resources and a GPU-hour estimate
-(`python sweeps/paper_grid.py --dry-run`)."""
+from measured rates (`python sweeps/paper_grid.py --dry-run [--rates FILE|FOLDER]`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 
 from sweeps.cell import Cell
 from sweeps.grid import dependents
+from sweeps.rates import Rate
 from sweeps.spec import SweepSpec
 from sweeps.trials import trial_resources
+from vlsm.model_registry import model_key
 
 
 def dataset_sizes(spec: SweepSpec, camus_root: Path | None, sdm_root: Path | None) -> dict[str, int]:
@@ -34,19 +36,21 @@ def dataset_sizes(spec: SweepSpec, camus_root: Path | None, sdm_root: Path | Non
     return sizes
 
 
-def measured_throughput(output: Path) -> dict[tuple[str, str], float]:
-    """Median training images/s per (model, encoder) from an earlier export, if any."""
-    epochs_file = output / "exports" / "epochs.parquet"
-    trials_file = output / "exports" / "trials.parquet"
-    if not (epochs_file.exists() and trials_file.exists()):
-        return {}
-    import pandas as pd
+def cell_gpu_hours(image_steps: float, rate: Rate | None, gpu_share: float) -> float | None:
+    """GPU-hours of a trial of image_steps training images at rate (None: no rate).
 
-    epochs = pd.read_parquet(epochs_file).merge(
-        pd.read_parquet(trials_file)[["trial_id", "model", "encoder"]], on="trial_id"
-    )
-    medians = epochs.groupby(["model", "encoder"])["images_per_s"].median()
-    return {key: float(value) for key, value in medians.items() if value > 0}
+    A rate measured by a trial holding its GPU share (a sweep's epochs) means GPU time =
+    wall time x share; the suite's rates are of one trial alone on a whole GPU.
+    """
+    if rate is None:
+        return None
+    share = gpu_share if rate.per_share and gpu_share > 0 else 1.0
+    return image_steps / rate.images_per_s / 3600 * share
+
+
+def expected_epochs(spec: SweepSpec) -> int:
+    """Epochs a trial is assumed to run: run.expected_epochs (early stopping), at most max_epochs."""
+    return min(spec.run.expected_epochs, int(spec.train.get("max_epochs", spec.run.expected_epochs)))
 
 
 def format_plan(
@@ -55,34 +59,40 @@ def format_plan(
     sizes: dict[str, int],
     *,
     use_gpu: bool,
-    measured: dict[tuple[str, str], float] | None = None,
+    rates: dict[tuple[str, str], Rate] | None = None,
 ) -> str:
-    """A table of the planned trials and a total GPU-hour estimate."""
-    measured = measured or {}
+    """A table of the planned trials and a GPU-hour estimate from measured rates
+    (`sweeps.rates`); trials without one are counted and named, never guessed."""
+    rates = rates or {}
     waiting = dependents(cells)
-    epochs = min(spec.run.expected_epochs, int(spec.train.get("max_epochs", spec.run.expected_epochs)))
+    epochs = expected_epochs(spec)
     lines = [
         f"{'trial':34} {'upstream':30} {'cpu':>4} {'gpu':>5} {'items':>6} {'est. GPU-h':>10}",
     ]
-    total_gpu_h = 0.0
+    total_gpu_h, unrated, used = 0.0, 0, {}
     for cell in cells:
         resources = trial_resources(spec, cell.model, cell.encoder, use_gpu=use_gpu)
         items = sizes[cell.train_data]
-        # Configured rates are per full GPU; a measured rate is that of a trial holding
-        # its GPU share, so its GPU time is wall time x share.
-        measured_rate = measured.get((cell.model, cell.encoder))
-        rate = measured_rate or spec.models[cell.model].images_per_s.get(cell.encoder)
-        share = resources["gpu"] if measured_rate and resources["gpu"] > 0 else 1.0
-        gpu_h = items * epochs / rate / 3600 * share if rate else float("nan")
-        total_gpu_h += 0 if gpu_h != gpu_h else gpu_h
+        key = (model_key(cell.model), cell.encoder)
+        gpu_h = cell_gpu_hours(items * epochs, rates.get(key), resources["gpu"])
+        if gpu_h is None:
+            unrated += 1
+            estimate = f"{'?':>10}"
+        else:
+            used[key] = rates[key]
+            total_gpu_h += gpu_h
+            estimate = f"{gpu_h:>10.2f}"
         note = f"  -> {len(waiting[cell.cell_id])} finetune(s) wait on it" if waiting[cell.cell_id] else ""
         lines.append(
             f"{cell.cell_id:34} {cell.upstream or '-':30} {resources['cpu']:>4g} {resources['gpu']:>5g} "
-            f"{items:>6} {gpu_h:>10.2f}{note}"
+            f"{items:>6} {estimate}{note}"
         )
-    source = "measured (earlier export)" if measured else "configured (models.*.images_per_s)"
-    lines.append(
-        f"{len(cells)} trials, {sum(c.upstream is not None for c in cells)} chained; about {total_gpu_h:.1f} "
-        f"GPU-hours at {epochs} epochs each, throughput {source}"
-    )
+    for (model, encoder), rate in sorted(used.items()):
+        lines.append(f"rate {model} {encoder}: {rate.images_per_s:.1f} images/s from {rate.source}")
+    summary = (f"{len(cells)} trials, {sum(c.upstream is not None for c in cells)} chained; about "
+               f"{total_gpu_h:.1f} GPU-hours at {epochs} epochs each")
+    if unrated:
+        summary += (f", {unrated} trial(s) without a measured rate left out (measure them with "
+                    f"bench/gpu_suite.py and pass --rates FILE, or --rates an earlier sweep folder)")
+    lines.append(summary)
     return "\n".join(lines)

@@ -73,7 +73,6 @@ class ModelSpec:
     config: Any = None  # None, "tiny", or a dict of model config fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for this model
     resources: dict[str, dict[str, float]] = field(default_factory=dict)  # encoder -> {cpu, gpu}
-    images_per_s: dict[str, float] = field(default_factory=dict)  # encoder -> training throughput per GPU
 
 
 @dataclass(frozen=True)
@@ -251,6 +250,11 @@ def load_spec(
     for section, old, new in _RENAMED:
         if isinstance(raw.get(section), dict) and old in raw[section]:
             raise SpecError(f"{where}: {section}.{old} is now {new}")
+    for name, model in (raw.get("models") or {}).items():
+        if isinstance(model, dict) and "images_per_s" in model:
+            raise SpecError(f"{where}: models.{name}.images_per_s is gone: the dry run's GPU-hours come from "
+                            f"measured rates, --rates FILE (bench/gpu_suite.py's JSON) or --rates FOLDER "
+                            f"(an earlier sweep's exports)")
     try:
         spec = from_mapping(SweepSpec, raw)
     except ConfigError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -87,19 +88,6 @@ def test_bad_yaml_file_names_the_file(tmp_path) -> None:
     bad.write_text("train:\n  max_epochs: [unclosed\n")
     with pytest.raises(SpecError, match="mine.yaml"):
         load_spec(config=bad)
-
-
-def test_dry_run_plan_lists_every_trial_and_an_estimate() -> None:
-    spec = load_spec()
-    cells = expand_grid(spec)
-    text = format_plan(spec, cells, dataset_sizes(spec, None, None), use_gpu=True)
-    lines = text.splitlines()
-    assert len(lines) == 92 + 2
-    assert "92 trials, 32 chained" in lines[-1]
-    assert "GPU-hours" in lines[-1]
-    # CLIPSeg real unfrozen: 4800 pairs x 60 epochs / 2000 images/s = 0.04 GPU-hours
-    row = next(line for line in lines if line.startswith("clipseg-real-unfrozen-p1 "))
-    assert row.split()[-1] == "0.04"
 
 
 def test_cell_ids_are_stable() -> None:
@@ -550,3 +538,110 @@ def test_a_trial_retried_by_the_same_driver_logs_each_epoch_to_mlflow_once(tmp_p
         callback.on_trial_result(0, [], trial, {"epoch": epoch, "val_dice": 0.1 * epoch})
     history = tracker.client.get_metric_history(tracker.trial_run("cris-real-frozen-p1"), "val_dice")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
+
+
+# --- the dry run's GPU-hours come from measured rates (sweeps/rates.py) -------------------
+
+
+def _dry_run(tmp_path: Path, *extra: str) -> str:
+    """The demo's dry run (no dataset configured), as the command line runs it."""
+    from sweeps.options import describe_plan, plan_sweep
+    from sweeps.paper_grid import build_parser
+
+    args = ["--output", str(tmp_path / "sweep"), "--dry-run", *extra]
+    return describe_plan(plan_sweep(build_parser().parse_args(args)))
+
+
+def _paper_plan(rates: Path | None, output: Path) -> list[str]:
+    """The paper grid's plan at the paper's data sizes, with the rates the dry run loads."""
+    from sweeps.rates import load_rates
+
+    spec = load_spec()
+    return format_plan(spec, expand_grid(spec), dataset_sizes(spec, None, None), use_gpu=True,
+                       rates=load_rates(rates, output)).splitlines()
+
+
+def _suite_json(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    from sweeps.rates import SUITE_KIND
+
+    path.write_text(json.dumps({"kind": SUITE_KIND, "device": "NVIDIA H100 80GB HBM3", "quick": False,
+                                "throughput": rows}))
+    return path
+
+
+def _estimate(lines: list[str], cell_id: str) -> str:
+    """The est. GPU-h column of a trial's row (trial, upstream, cpu, gpu, items, estimate)."""
+    return next(line for line in lines if line.startswith(cell_id + " ")).split()[5]
+
+
+def test_without_measured_rates_the_dry_run_estimates_nothing_and_says_how_to_measure(tmp_path) -> None:
+    spec = load_spec()
+    text = format_plan(spec, expand_grid(spec), dataset_sizes(spec, None, None), use_gpu=True)
+    lines = text.splitlines()
+    assert len(lines) == 92 + 2
+    assert "92 trials, 32 chained; about 0.0 GPU-hours" in lines[-1]
+    assert "92 trial(s) without a measured rate" in lines[-1] and "bench/gpu_suite.py" in lines[-1]
+    assert _estimate(lines, "clipseg-real-unfrozen-p1") == "?"
+
+
+def test_the_dry_run_reads_rates_from_the_gpu_suites_json_and_names_it(tmp_path) -> None:
+    rates = _suite_json(tmp_path / "gpu_suite.json", [
+        {"model": "clipseg", "encoder": "unfrozen", "variant": "default", "images_per_s": 2000.0},
+        {"model": "clipseg", "encoder": "unfrozen", "variant": "no_vision_stop_early", "images_per_s": 1.0},
+        {"model": "cris", "encoder": "frozen", "variant": "default", "images_per_s": 800.0},
+    ])
+    lines = _paper_plan(rates, tmp_path / "sweep")
+    # a whole GPU: 4,800 pairs x 60 epochs / 2,000 images/s = 0.04 GPU-hours (not the ablation's rate)
+    assert _estimate(lines, "clipseg-real-unfrozen-p1") == "0.04"
+    assert _estimate(lines, "cris-synthetic-frozen-p1") == "0.50"  # 24,000 x 60 / 800
+    assert _estimate(lines, "clipseg-real-frozen-p1") == "?"
+    assert f"rate clipseg unfrozen: 2000.0 images/s from {rates} (NVIDIA H100 80GB HBM3)" in lines
+    assert "46 trial(s) without a measured rate" in lines[-1]
+    demo = _dry_run(tmp_path, "--rates", str(rates)).splitlines()  # the option reaches the estimate
+    assert f"rate clipseg unfrozen: 2000.0 images/s from {rates} (NVIDIA H100 80GB HBM3)" in demo
+
+
+def test_the_dry_run_reads_rates_from_an_earlier_sweeps_exports(tmp_path) -> None:
+    import pandas as pd
+
+    exports = tmp_path / "earlier" / "exports"
+    exports.mkdir(parents=True)
+    pd.DataFrame({"trial_id": ["a", "b"], "model": ["CLIPSeg", "CRIS"], "encoder": ["unfrozen", "unfrozen"]}
+                 ).to_parquet(exports / "trials.parquet")
+    pd.DataFrame({"trial_id": ["a", "a", "a", "b"], "epoch": [1, 2, 3, 1],
+                  "images_per_s": [400.0, 500.0, 600.0, 100.0]}).to_parquet(exports / "epochs.parquet")
+    lines = _paper_plan(tmp_path / "earlier", tmp_path / "sweep")
+    # measured by a trial holding 0.25 GPU: 4,800 x 60 / 500 (the median) s x 0.25 = 0.04 GPU-hours
+    assert _estimate(lines, "clipseg-real-unfrozen-p1") == "0.04"
+    assert _estimate(lines, "cris-real-unfrozen-p1") == "0.40"  # 4,800 x 60 / 100 x 0.5
+    assert any(line.startswith("rate clipseg unfrozen: 500.0 images/s from ") and "median of 4 epochs" in line
+               for line in lines)
+    # the sweep folder's own exports count too, without --rates
+    shutil.copytree(exports, tmp_path / "sweep" / "exports")
+    assert _estimate(_paper_plan(None, tmp_path / "sweep"), "clipseg-real-unfrozen-p1") == "0.04"
+    assert any("median of 4 epochs" in line for line in _dry_run(tmp_path).splitlines())
+
+
+def test_rates_a_user_gets_wrong_are_refused_naming_the_option(tmp_path) -> None:
+    from sweeps.options import UsageError
+
+    with pytest.raises(UsageError, match="--rates .*missing.json: no such file or folder"):
+        _dry_run(tmp_path, "--rates", str(tmp_path / "missing.json"))
+    (tmp_path / "other.json").write_text('{"kind": "something else"}')
+    with pytest.raises(UsageError, match="other.json: expected the JSON of bench/gpu_suite.py"):
+        _dry_run(tmp_path, "--rates", str(tmp_path / "other.json"))
+    from sweeps.options import plan_sweep
+    from sweeps.paper_grid import build_parser
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="--rates: only with --dry-run"):
+        plan_sweep(build_parser().parse_args(["--output", str(tmp_path / "s"), "--rates", str(tmp_path / "empty")]))
+    with pytest.raises(UsageError, match="empty: a folder without exports/epochs.parquet"):
+        _dry_run(tmp_path, "--rates", str(tmp_path / "empty"))
+
+
+def test_hand_typed_images_per_s_is_refused_naming_the_measured_rates() -> None:
+    with pytest.raises(SpecError, match=r"models\.CLIPSeg\.images_per_s is gone: .*--rates FILE"):
+        load_spec(demo=True, overrides=["models.CLIPSeg.images_per_s.unfrozen=2000"])

@@ -21,9 +21,10 @@ from vlsm.axes import PROMPTS
 from vlsm.model_registry import MODEL_REGISTRY, model_entry
 from vlsm.typed_config import ConfigError, from_mapping, normalise_fields
 
-__all__ = ["PRECISIONS", "RENAMED_KEYS", "TrainConfig"]
+__all__ = ["ATTENTIONS", "PRECISIONS", "RENAMED_KEYS", "TrainConfig"]
 
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+ATTENTIONS: tuple[str, ...] = ("sdpa", "eager")  # Hugging Face attn_implementation values we allow
 
 # Keys that were replaced: old key -> what to write instead (refused, never translated:
 # the old and the new key do not mean the same thing).
@@ -83,6 +84,12 @@ class TrainConfig:
     # a full resumable checkpoint once this many seconds passed since the last one, and
     # always at the end; 0 = every epoch. 600 s: a full unfrozen checkpoint costs ~16 s
     checkpoint_interval_s: float = 600.0
+    # --- speed switches (vlsm.speed; each gives the plain path's results, tests/test_speed.py) --
+    vision_stop_early: bool = True  # CLIPSeg: stop the vision tower after its last tapped layer (10 of 12)
+    attention: str = "sdpa"  # CLIPSeg's towers and decoder: PyTorch's fused kernels, or "eager" (HF's matmuls)
+    fused_adamw: bool | None = None  # AdamW(fused=True); None = on CUDA only
+    channels_last: bool = False  # CRIS: convolutions in channels_last (GPU tensor cores); off until measured
+    compile: bool = False  # torch.compile the model's forward; off until measured on a GPU
     tags: dict = field(default_factory=dict)  # free labels of the grid cell (strategy, ...), unused here
 
     def __post_init__(self) -> None:
@@ -128,6 +135,8 @@ def _validate(cfg: TrainConfig) -> list[str]:
         errors.append(f"prompt: got {cfg.prompt!r}, expected one of {list(PROMPTS)}")
     if cfg.precision not in PRECISIONS:
         errors.append(f"precision: got {cfg.precision!r}, expected one of {list(PRECISIONS)}")
+    if cfg.attention not in ATTENTIONS:
+        errors.append(f"attention: got {cfg.attention!r}, expected one of {list(ATTENTIONS)}")
     positive = {
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,

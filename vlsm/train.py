@@ -57,6 +57,7 @@ from vlsm.axes import (
 from vlsm.config import TrainConfig
 from vlsm.evaluate import EvalSetup, evaluate, evaluate_best, read_test_summary
 from vlsm.losses import DiceBCELoss
+from vlsm.speed import prepare_model
 from vlsm.train_state import TrainState
 from vlsm.trial_data import ModelInputs, PromptTable, SplitTensors, epoch_order, open_cache
 
@@ -214,7 +215,7 @@ def _set_up(cfg: TrainConfig, device: str | torch.device | None, resume_dir: Pat
     test_split = open_cache(cfg.test_cache, "test_cache") if cfg.test_cache else None
     splits = (train_split, val_split, test_split)
     model, include_frozen, frozen_sha = _build_model(cfg, splits, resume_dir)
-    model.to(device)
+    model = prepare_model(model.to(device), cfg, device)  # the speed switches (vlsm.speed)
 
     tokenizer = build_tokenizer(cfg.model, pretrained=cfg.pretrained, config=cfg.model_config,
                                 tokenizer=cfg.tokenizer)

@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from vlsm import checkpoint as ckpt
 from vlsm.config import TrainConfig
+from vlsm.speed import build_adamw
 
 __all__ = ["EarlyStopping", "TrainState"]
 
@@ -76,7 +77,7 @@ class TrainState:
     def fresh(cls, params: Iterable[nn.Parameter], cfg: TrainConfig, device: torch.device,
               precision: str) -> TrainState:
         """The state before the first epoch: AdamW, ReduceLROnPlateau on the validation loss."""
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = build_adamw(params, cfg, device)  # fused on CUDA (cfg.fused_adamw)
         scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
                                       patience=cfg.lr_patience)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

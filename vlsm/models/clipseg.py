@@ -161,6 +161,9 @@ class CLIPSeg(CLIPSegForImageSegmentation):
         self.input_size: int = config.vision_config.image_size
         self.freeze_encoder = False
         self.stock_forward = False
+        # Run the vision tower only up to its last tapped layer: the decoder never reads
+        # the later layers nor the pooled output (same features; vlsm.speed switches it).
+        self.vision_stop_early = True
         self.spec: dict[str, Any] = {}
 
     def set_encoder_frozen(self, frozen: bool) -> None:
@@ -206,10 +209,23 @@ class CLIPSeg(CLIPSegForImageSegmentation):
         _check_square(*pixel_values.shape[-2:])
         # hidden_states[0] is the embedding output, hence the +1 (as stock).
         taps = [i + 1 for i in self.extract_layers]
+        if self.vision_stop_early:
+            return self._vision_taps(pixel_values, taps)
         vision = self.clip.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=True, output_hidden_states=taps
         )
         return tuple(vision.hidden_states[i] for i in taps)
+
+    def _vision_taps(self, pixel_values: torch.Tensor, taps: list[int]) -> tuple[torch.Tensor, ...]:
+        """The vision tower's forward (embeddings, pre-norm, encoder layers) stopped after
+        layer max(taps): the same hidden states, without the layers nobody reads."""
+        vision = self.clip.vision_model
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
+        states = [hidden]  # states[k]: after k layers, (B, 1 + N, D_vision)
+        for layer in vision.encoder.layers[: max(taps)]:
+            hidden = layer(hidden, None)
+            states.append(hidden)
+        return tuple(states[i] for i in taps)
 
     def decode(
         self,

@@ -1,0 +1,246 @@
+"""What `bench/gpu_suite.py` measures, one training setup at a time.
+
+    from bench.gpu_measure import Setup, measure_training
+    row = measure_training(Setup("clipseg", frozen=False, batch_size=128, variant="default"),
+                           device, steps=10, warmup=3, full_size=True)
+
+Why not `vlsm.train.run_training`: an epoch at the paper's sizes would need a prepared
+cache of 1,600 images at 352 px and most of the suite's 8 minutes. A step here is the
+loop's step (`_train_epoch`) built from the same parts: the model through
+`vlsm.speed.prepare_model`, its `TrainState` (AdamW via `vlsm.speed.build_adamw`, grad
+scaler), the trial's loss, autocast at the trial's precision, gradient clipping; the
+inputs are random uint8 images and token ids of the model's context length, made on the
+device (the loop's `data_on_device` path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vlsm.axes import IMAGES_PER_S
+
+__all__ = ["APPLIES", "VARIANTS", "Setup", "batch_on", "measure_training", "packed_worker", "train_step"]
+
+# The plain path of each part of the GPU path (docs/design.md, "The GPU path"): the
+# default configuration, then each part switched away from its default.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no_vision_stop_early": {"vision_stop_early": False},
+    "eager_attention": {"attention": "eager"},
+    "no_fused_adamw": {"fused_adamw": False},
+    "channels_last": {"channels_last": True},
+    "fp32": {"precision": "fp32"},
+    "compile": {"compile": True},
+}
+APPLIES: dict[str, tuple[str, ...]] = {  # variants that change only one model
+    "no_vision_stop_early": ("clipseg",),
+    "eager_attention": ("clipseg",),
+    "channels_last": ("cris",),
+}
+PROMPT_TOKENS = 16  # real tokens of a typical P3 prompt; the rest of the context is padding
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One training measurement: a model, its encoder mode, a batch size, a variant."""
+
+    model: str  # registry key
+    frozen: bool
+    batch_size: int
+    variant: str = "default"
+
+    def label(self) -> dict[str, Any]:
+        return {"model": self.model, "encoder": "frozen" if self.frozen else "unfrozen",
+                "batch_size": self.batch_size, "variant": self.variant}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build(setup: Setup, device: torch.device, full_size: bool):
+    """(model, TrainConfig, TrainState, precision) of a setup, the model on device."""
+    from bench.full_size import full_size_config
+    from vlsm.config import TrainConfig
+    from vlsm.models import build_model, tiny_config
+    from vlsm.speed import prepare_model
+    from vlsm.train import resolve_precision
+    from vlsm.train_state import TrainState
+
+    config = full_size_config(setup.model) if full_size else tiny_config(setup.model)
+    cfg = TrainConfig(model=setup.model, model_config=config, freeze_encoder=setup.frozen,
+                      batch_size=setup.batch_size, **VARIANTS[setup.variant])
+    precision = resolve_precision(cfg.precision, device)
+    model = build_model(setup.model, config=config, freeze_encoder=setup.frozen)
+    model = prepare_model(model.to(device), cfg, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, cfg, TrainState.fresh(params, cfg, device, precision), precision
+
+
+def _text_shape(model) -> tuple[int, int]:
+    """(vocabulary size, context length) of a model's text tower."""
+    if hasattr(model.config, "text_config"):  # CLIPSeg
+        text = model.config.text_config
+        return text.vocab_size, text.max_position_embeddings
+    return model.config.vocab_size, model.config.word_len  # CRIS
+
+
+def batch_on(model, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random model inputs on device: normalised pixels (B, 3, S, S), right-padded tokens
+    (B, L) and their mask, a target (B, 1, S, S)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    s = model.input_size
+    vocab, length = _text_shape(model)
+    images = torch.randint(0, 256, (batch_size, s, s), generator=gen, device=device, dtype=torch.uint8)
+    mean = torch.tensor(model.image_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.image_std, device=device).view(1, 3, 1, 1)
+    pixels = (images.unsqueeze(1).float() / 255.0 - mean) / std  # (B, 3, S, S), as ModelInputs
+    real = min(PROMPT_TOKENS, length)
+    mask = (torch.arange(length, device=device) < real).long().expand(batch_size, length)  # (B, L)
+    ids = torch.randint(1, vocab - 2, (batch_size, length), generator=gen, device=device) * mask
+    target = torch.rand(batch_size, 1, s, s, generator=gen, device=device) > 0.5
+    return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask, "target": target}
+
+
+def train_step(model, cfg, state, precision: str, batch: dict[str, Any], loss_fn) -> torch.Tensor:
+    """One step of the loop (`vlsm.train._train_epoch`): forward under autocast, loss in
+    float32, scaled backward, clipping, optimizer and scaler step. With batch["features"]
+    (a frozen encoder's `encode_image` output) only `decode` runs: what a feature store
+    leaves a frozen trial to compute."""
+    from vlsm.trial_data import _autocast
+
+    device = batch["pixel_values"].device
+    with _autocast(device, precision):
+        if "features" in batch:  # the frozen image encoder's output, computed once (a store)
+            size = tuple(batch["pixel_values"].shape[-2:])
+            logits = model.decode(batch["features"], batch["input_ids"], batch["attention_mask"], size)
+        else:
+            logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    loss = loss_fn(logits, batch["target"])
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.unscale_(state.optimizer)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    return loss.detach()
+
+
+def _eval_pairs_per_s(model, precision: str, batch: dict[str, torch.Tensor], steps: int) -> float:
+    """Validation pairs/s: each image encoded once, decoded for its 3 structures (as
+    `vlsm.evaluate` does with shared_image_eval), no gradients."""
+    from vlsm.trial_data import _autocast
+
+    device = batch["pixel_values"].device
+    n = batch["pixel_values"].shape[0]
+    images = max(1, n // 3)
+    rows = torch.arange(n, device=device) % images  # (B,) the image of each pair
+    model.eval()
+    with torch.no_grad(), _autocast(device, precision):
+        for step in range(steps + 1):  # the first is a warm-up
+            if step == 1:
+                _sync(device)
+                started = time.perf_counter()
+            features = tuple(f[rows] for f in model.encode_image(batch["pixel_values"][:images]))
+            model.decode(features, batch["input_ids"], batch["attention_mask"], (model.input_size,) * 2)
+        _sync(device)
+    model.train()
+    return steps * n / (time.perf_counter() - started)
+
+
+def _checkpoint_seconds(model, state) -> dict[str, float]:
+    """Seconds of one full checkpoint as the loop writes it (weights without frozen
+    towers, train state) and of the host copy of the best weights kept each better epoch."""
+    from vlsm import checkpoint as ckpt
+
+    started = time.perf_counter()
+    ckpt.host_copy(model)
+    best_s = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="gpu-suite-ckpt-") as tmp:
+        started = time.perf_counter()
+        ckpt.save_model(model, Path(tmp), frozen_sha256=ckpt.frozen_fingerprint(model))
+        state.save(Path(tmp))
+        write_s = time.perf_counter() - started
+    return {"checkpoint_write_s": write_s, "best_copy_s": best_s}
+
+
+def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: int, full_size: bool,
+                     costs: bool = False, ready: Callable[[], None] | None = None,
+                     precomputed: bool = False) -> dict[str, Any]:
+    """Training images/s, FLOPs per image (FlopCounterMode, one step), peak memory; with
+    costs also validation pairs/s and checkpoint seconds. An OOM is a row with an error.
+    ready: called after the warm-up, right before the timed steps (packed trials wait
+    there for each other). precomputed: a frozen setup trains on its image features
+    computed once (`train_step` with features)."""
+    from vlsm.losses import DiceBCELoss
+    from vlsm.speed import uses_fused_adamw
+    from vlsm.trial_data import _autocast
+
+    row: dict[str, Any] = setup.label()
+    try:
+        model, cfg, state, precision = _build(setup, device, full_size)
+        batch = batch_on(model, setup.batch_size, device)
+        if precomputed:
+            with torch.no_grad(), _autocast(device, precision):
+                batch["features"] = model.encode_image(batch["pixel_values"])
+        loss_fn = DiceBCELoss(cfg.dice_weight, cfg.bce_weight, cfg.dice_smooth)
+        row.update(precision=precision, fused_adamw=uses_fused_adamw(cfg, device))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(warmup):
+            train_step(model, cfg, state, precision, batch, loss_fn)
+        counter = FlopCounterMode(display=False)
+        with counter if not cfg.compile else contextlib.nullcontext():  # compiled graphs hide their ops
+            train_step(model, cfg, state, precision, batch, loss_fn)
+        _sync(device)
+        if ready is not None:
+            ready()
+        started, row["timed_from"] = time.perf_counter(), time.time()  # wall clock: packed trials
+        for _ in range(steps):
+            train_step(model, cfg, state, precision, batch, loss_fn)
+        _sync(device)
+        seconds, row["timed_to"] = time.perf_counter() - started, time.time()
+        row["images"] = steps * setup.batch_size
+        row[IMAGES_PER_S] = row["images"] / seconds
+        row["flop_per_image"] = None if cfg.compile else counter.get_total_flops() / setup.batch_size
+        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+        if costs:
+            row["eval_pairs_per_s"] = _eval_pairs_per_s(model, precision, batch, max(1, steps // 2))
+            row.update(_checkpoint_seconds(model, state))
+    except torch.cuda.OutOfMemoryError as err:
+        row["error"] = f"out of memory: {str(err).splitlines()[0][:160]}"
+    finally:
+        model = state = batch = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def packed_worker(setup: Setup, device_name: str, share: float, threads: int, steps: int, warmup: int,
+                  full_size: bool, barrier, results) -> None:
+    """One of N trials sharing a device, as Ray places fractional-GPU trials: memory capped
+    at its share (`vlsm.trainable._limit_to_share`), started together, images/s returned."""
+    from vlsm.trainable import _limit_to_share
+
+    torch.set_num_threads(threads)
+    device = torch.device(_limit_to_share({"GPU": share}) if device_name == "cuda" else "cpu")
+    try:  # every trial built and warm before any is timed
+        row = measure_training(setup, device, steps=steps, warmup=warmup, full_size=full_size,
+                               ready=barrier.wait)
+        if "error" in row:
+            barrier.abort()  # the others stop waiting for this one
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which prints it
+        row = {**setup.label(), "error": f"{type(err).__name__}: {err}"}
+        with contextlib.suppress(Exception):
+            barrier.abort()
+    results.put(row)

@@ -1,0 +1,111 @@
+"""Measured training rates for the dry run's GPU-hour estimate, and where each came from.
+
+    rates = load_rates(Path("bench/results/gpu_suite.json"), Path("runs/paper-grid"))
+    rates[("clipseg", "unfrozen")]  # Rate(images_per_s=..., per_share=False, source="...")
+
+Why measured only: a hand-typed images/s in the sweep file (the old
+`models.<name>.images_per_s`) is a guess that nobody updates; the estimate now comes from
+`bench/gpu_suite.py`'s JSON (`--rates FILE`), an earlier sweep's exports (`--rates
+FOLDER`), or this sweep folder's own exports, and the dry run names the source per row.
+The suite's JSON keys are defined here, once: the suite writes them, the dry run reads them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlsm.axes import ENCODERS, IMAGES_PER_S
+from vlsm.model_registry import model_key
+
+__all__ = [
+    "DEFAULT_VARIANT",
+    "SUITE_KIND",
+    "THROUGHPUT",
+    "Rate",
+    "export_rates",
+    "load_rates",
+    "suite_rates",
+]
+
+SUITE_KIND = "vlsm-gpu-suite"  # the "kind" of bench/gpu_suite.py's JSON
+THROUGHPUT = "throughput"  # its section of training rows: model, encoder, variant, images_per_s
+DEFAULT_VARIANT = "default"  # the row measured with every TrainConfig switch at its default
+
+Key = tuple[str, str]  # (registry model key, encoder mode)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Training images/s of one (model, encoder) and where it was measured.
+
+    per_share: measured by a trial holding its fractional GPU (a sweep's epochs), so its
+    GPU time is wall time x share; False: one trial alone on a whole GPU (the suite).
+    """
+
+    images_per_s: float
+    per_share: bool
+    source: str
+
+
+def suite_rates(path: Path) -> dict[Key, Rate]:
+    """The default-variant rates of a `bench/gpu_suite.py` JSON; ValueError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--rates {path}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict) or data.get("kind") != SUITE_KIND or not isinstance(data.get(THROUGHPUT), list):
+        raise ValueError(f"--rates {path}: expected the JSON of bench/gpu_suite.py (kind {SUITE_KIND!r} "
+                         f"with a {THROUGHPUT!r} list), or a sweep folder with exports/")
+    where = f"{path} ({data.get('device', '?')}{', --quick' if data.get('quick') else ''})"
+    rates = {}
+    for row in data[THROUGHPUT]:
+        if not isinstance(row, dict) or row.get("variant") != DEFAULT_VARIANT:
+            continue
+        try:
+            key = (model_key(str(row["model"])), str(row["encoder"]))
+            rate = float(row[IMAGES_PER_S])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"--rates {path}: a {THROUGHPUT} row without model, encoder and a numeric "
+                             f"{IMAGES_PER_S}: {row!r:.120}") from None
+        if key[1] in ENCODERS and rate > 0:
+            rates[key] = Rate(rate, False, where)
+    return rates
+
+
+def export_rates(folder: Path) -> dict[Key, Rate]:
+    """Median training images/s per (model, encoder) of a sweep folder's exports, if any."""
+    import pandas as pd
+
+    from analysis.schema import EPOCHS_FILE, TRIALS_FILE, exports_dir
+
+    epochs_file, trials_file = exports_dir(folder) / EPOCHS_FILE, exports_dir(folder) / TRIALS_FILE
+    if not (epochs_file.exists() and trials_file.exists()):
+        return {}
+
+    epochs = pd.read_parquet(epochs_file).merge(
+        pd.read_parquet(trials_file)[["trial_id", "model", "encoder"]], on="trial_id"
+    )
+    medians = epochs.groupby(["model", "encoder"])[IMAGES_PER_S].median()
+    where = f"{epochs_file} (median of {len(epochs)} epochs)"
+    return {(model_key(str(model)), str(encoder)): Rate(float(value), True, where)
+            for (model, encoder), value in medians.items() if value > 0}
+
+
+def load_rates(rates: Path | None, output: Path) -> dict[Key, Rate]:
+    """The rates the dry run uses: `--rates` (a suite JSON or a sweep folder) first, then
+    this sweep folder's own exports for the pairs it leaves out."""
+    found = export_rates(output)
+    if rates is None:
+        return found
+    rates = Path(rates).expanduser()
+    if rates.is_dir():
+        given = export_rates(rates)
+        if not given:
+            raise ValueError(f"--rates {rates}: a folder without exports/epochs.parquet and "
+                             f"exports/trials.parquet; expected a sweep folder (or its exports/) or "
+                             f"bench/gpu_suite.py's JSON")
+    else:
+        given = suite_rates(rates)
+    return {**found, **given}

@@ -1,0 +1,59 @@
+"""bench/gpu_suite.py runs its whole code on CPU (--device cpu --quick) and writes every
+section, in the form the dry run reads (`sweeps.rates`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.gpu_suite import STORE_UNAVAILABLE, main, peak_tflops, with_mfu
+from sweeps.rates import SUITE_KIND, THROUGHPUT, load_rates
+from vlsm.config import TrainConfig
+
+SECTIONS = ("throughput", "store", "overhead", "packed", "projection", "skipped")
+
+
+@pytest.mark.slow  # about a minute on 2 cores: 4 processes start torch for the packed trials
+def test_quick_cpu_run_writes_every_section_and_the_dry_run_reads_it(tmp_path) -> None:
+    out = tmp_path / "gpu_suite.json"
+    result = main(["--device", "cpu", "--quick", "--models", "clipseg", "--steps", "1", "--warmup", "1",
+                   "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(result))  # what it returned is what it wrote
+    assert data["kind"] == SUITE_KIND and data["quick"] is True and data["device"].startswith("cpu")
+    assert all(section in data for section in SECTIONS)
+    rows = {(r["model"], r["encoder"], r["variant"]): r for r in data[THROUGHPUT]}
+    for variant in ("default", "no_vision_stop_early", "eager_attention", "no_fused_adamw", "fp32"):
+        for encoder in ("frozen", "unfrozen"):
+            row = rows[("clipseg", encoder, variant)]
+            assert row["images_per_s"] > 0 and row["flop_per_image"] > 0 and row["mfu"] is None  # no CPU peak
+    assert ("clipseg", "unfrozen", "channels_last") not in rows  # a CRIS-only switch
+    # the vision tower stopped early does less work (the tiny tower has no layer after its last tap,
+    # so the counts are equal here; at full size it skips 2 of 12 layers)
+    assert rows[("clipseg", "unfrozen", "default")]["flop_per_image"] <= \
+        rows[("clipseg", "unfrozen", "no_vision_stop_early")]["flop_per_image"]
+    if "feature_store" not in TrainConfig.__dataclass_fields__:
+        assert data["store"] == {"available": False, "reason": STORE_UNAVAILABLE, "rows": []}
+    assert {(r["encoder"], r["data"]) for r in data["overhead"]} == {
+        (e, d) for e in ("frozen", "unfrozen") for d in ("camus", "sdm")}
+    assert all(0 < r["overhead_share"] < 1 for r in data["overhead"])
+    assert [r["trials"] for r in data["packed"]] == [1, 2, 4]
+    assert all(r["aggregate_images_per_s"] > 0 and not r["errors"] for r in data["packed"])
+    assert data["projection"]["trials"] == 92
+    assert data["projection"]["without_store"]["trials_without_rate"] == 46  # CRIS was left out
+    assert any("compile" in line for line in data["skipped"])
+    rates = load_rates(out, tmp_path / "no-sweep")
+    assert set(rates) == {("clipseg", "frozen"), ("clipseg", "unfrozen")}
+    assert "--quick" in rates[("clipseg", "unfrozen")].source
+
+
+def test_mfu_uses_the_gpus_dense_bf16_peak_or_is_left_blank() -> None:
+    assert peak_tflops("NVIDIA H100 80GB HBM3", None) == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe", None) == 756.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312.0
+    assert peak_tflops("NVIDIA A10G", None) is None
+    assert peak_tflops("NVIDIA A10G", 70.0) == 70.0
+    row = with_mfu({"images_per_s": 1000.0, "flop_per_image": 228e9}, 989.0)
+    assert row["tflops_per_s"] == pytest.approx(228.0) and row["mfu"] == pytest.approx(228 / 989)
+    assert with_mfu({"images_per_s": 1000.0, "flop_per_image": 228e9}, None)["mfu"] is None

@@ -1,0 +1,69 @@
+"""The GPU path: switches that change how fast a trial trains, never what it computes.
+
+    from vlsm.speed import build_adamw, prepare_model
+    model = prepare_model(model, cfg, device)     # attention, stop-early, channels_last, compile
+    optimizer = build_adamw(params, cfg, device)  # AdamW, fused on CUDA unless switched off
+
+Why one module: each optimisation is a `TrainConfig` field, so an ablation switches one
+part off, and each has a CPU test proving it gives the plain path's results
+(tests/test_speed.py): docs/design.md, "The GPU path".
+
+- `vision_stop_early`: CLIPSeg's vision tower stops after its last tapped layer
+  (`CLIPSeg.vision_stop_early`; the decoder reads hidden states 4, 7, 10 of 13).
+- `attention`: CLIPSeg's Hugging Face attention, "sdpa" (PyTorch's fused
+  `scaled_dot_product_attention`, what transformers 5 picks by default) or "eager".
+  CRIS needs no switch: its attention pool calls `F.scaled_dot_product_attention` and
+  its `nn.MultiheadAttention` layers (need_weights=False) reach the same kernels.
+- `fused_adamw`: `AdamW(fused=True)`, one kernel for all parameters (None: on CUDA).
+- `channels_last`: CRIS's weights and its backbone's input in NHWC memory order, which
+  cuDNN's tensor-core convolutions prefer.
+- `compile`: `nn.Module.compile()` (in place: the state-dict names stay the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from vlsm.config import TrainConfig
+
+__all__ = ["build_adamw", "prepare_model", "uses_fused_adamw"]
+
+
+def uses_fused_adamw(cfg: TrainConfig, device: torch.device) -> bool:
+    """cfg.fused_adamw, with None meaning: on CUDA only (the CPU kernel is not faster there)."""
+    return device.type == "cuda" if cfg.fused_adamw is None else cfg.fused_adamw
+
+
+def build_adamw(params: Iterable[nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """The trial's AdamW (paper: weight decay 1e-3), fused when `uses_fused_adamw`."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             fused=uses_fused_adamw(cfg, device))
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Apply the model switches of cfg to model (already on device); returns the same object."""
+    if hasattr(model, "vision_stop_early"):  # CLIPSeg
+        model.vision_stop_early = cfg.vision_stop_early
+    if hasattr(model, "set_attn_implementation"):  # a Hugging Face model: CLIPSeg
+        model.set_attn_implementation(cfg.attention)
+    if cfg.channels_last:
+        _to_channels_last(model)
+    if cfg.compile:
+        model.compile()
+    return model
+
+
+def _to_channels_last(model: nn.Module) -> None:
+    """4-D weights and the visual backbone's input in channels_last (NHWC in memory)."""
+    model.to(memory_format=torch.channels_last)
+    backbone = getattr(getattr(model, "backbone", None), "visual", None)  # CRIS's ResNet
+    if backbone is not None:
+        backbone.register_forward_pre_hook(_input_channels_last)
+
+
+def _input_channels_last(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the (B, 3, H, W) image in channels_last; values unchanged."""
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
