@@ -151,9 +151,22 @@ def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], sto
     if set(before) != set(now):
         added, removed = sorted(set(now) - set(before)), sorted(set(before) - set(now))
         return f"grid cells added {added[:3]}, removed {removed[:3]}"
+    defaults = _train_defaults()
     for cell_id, config in now.items():
         for key in sorted(set(config) | set(before[cell_id])):
-            if key != "init_from" and config.get(key) != before[cell_id].get(key):
-                return f"{cell_id}: {key} was {before[cell_id].get(key)!r}, now {config.get(key)!r}"
+            # a setting a newer version adds, at its default, is the same as not set
+            was, is_now = before[cell_id].get(key, defaults.get(key)), config.get(key, defaults.get(key))
+            if key != "init_from" and is_now != was:
+                return f"{cell_id}: {key} was {was!r}, now {is_now!r}"
     return None
+
+
+def _train_defaults() -> dict[str, Any]:
+    """TrainConfig's default values, as JSON would hold them."""
+    import dataclasses
+
+    from vlsm.config import TrainConfig
+
+    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                  if f.default is not dataclasses.MISSING}))
 

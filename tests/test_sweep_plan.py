@@ -114,6 +114,11 @@ def test_resuming_with_other_settings_is_refused(tmp_path) -> None:
     assert "max_epochs was 2, now 5" in resume_mismatch(folder, changed, "s")
     more = {**configs, "cris-real-frozen-p2": {"lr": 1e-3}}
     assert "added ['cris-real-frozen-p2']" in resume_mismatch(folder, more, "s")
+    # a sweep recorded before a setting existed resumes while the setting keeps its default
+    newer = {"cris-real-frozen-p1": {**configs["cris-real-frozen-p1"], "checkpoint_interval_s": 600.0}}
+    assert resume_mismatch(folder, newer, "s") is None
+    newer["cris-real-frozen-p1"]["checkpoint_interval_s"] = 0
+    assert "checkpoint_interval_s was 600.0, now 0" in resume_mismatch(folder, newer, "s")
 
 
 def test_resuming_with_another_storage_is_refused(tmp_path) -> None:
