@@ -22,9 +22,6 @@ as the write, docs/design.md) comes on top of every checkpoint and is not measur
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -161,19 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{epoch_s:>7.0f} {interval_s:>10.0f} {n:>11d} " +
               " ".join(f"{c['bytes'] / gb:>8.1f} / {c['write_s']:>6.0f}" for c in cost))
 
-    from vlsm.atomic import write_text_atomic
+    from bench.result_file import write_result
 
-    write_text_atomic(args.out, json.dumps({
-        "benchmark": "checkpoint_cost",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "full_size": full,
-        "trials": trials,
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, {"benchmark": "checkpoint_cost", "full_size": full, "trials": trials})
     return 0
 
 

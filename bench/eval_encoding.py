@@ -14,8 +14,6 @@ writes JSON. A benchmark, not a test: it checks nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -65,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     args = parser.parse_args(argv)
 
-    import torch
 
     rows = [measure(m) for m in args.models]
     print("\none image, three structure prompts, full size, random weights (CPU, fp32)")
@@ -76,17 +73,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['image_once_gflop']:>17.1f} {r['saved']:>6.0%} {r['max_abs_diff']:>10.2e} "
               f"{str(r['bit_identical']):>9}")
 
-    from vlsm.atomic import write_text_atomic
+    from bench.result_file import write_result
 
-    write_text_atomic(args.out, json.dumps({
-        "benchmark": "eval_encoding",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "rows": rows,
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, {"benchmark": "eval_encoding", "rows": rows})
     return 0
 
 

@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.*, run as a script
 
 from bench.gpu_measure import APPLIES, VARIANTS, Setup, measure_training, packed_worker  # noqa: E402
+from bench.result_file import machine  # noqa: E402
 from sweeps.rates import DEFAULT_VARIANT, SUITE_KIND, THROUGHPUT, Rate  # noqa: E402
 from vlsm.axes import IMAGES_PER_S  # noqa: E402
 
@@ -324,9 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         rows += throughput_rows(args, device, budget, peak, ["compile"])
     result = {
-        "kind": SUITE_KIND, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": name,
-        "quick": args.quick, "peak_tflops": peak, "torch": torch.__version__,
-        "python": sys.version.split()[0], "platform": platform.platform(),
+        **machine(), "kind": SUITE_KIND, "device": name, "quick": args.quick, "peak_tflops": peak,
         THROUGHPUT: rows, "store": store,
         "overhead": overhead_rows(rows, _epochs(), TrainConfig().checkpoint_interval_s),
         "packed": packed,

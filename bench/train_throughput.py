@@ -16,14 +16,14 @@ ratio per row and writes JSON. A benchmark, not a test: it checks nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.*, run as a script
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 MODELS = ("clipseg", "cris")
@@ -144,17 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['model']:<8} {row['encoder']:<9} {row['path']:<10} "
               f"{row['images_per_s']:>9.1f} {ratio:>17}")
 
-    from vlsm.atomic import write_text_atomic
+    from bench.result_file import write_result
 
-    write_text_atomic(args.out, json.dumps({
+    write_result(args.out, {
         "benchmark": "train_throughput",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
         "threads": args.threads,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
@@ -164,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_prep_s": prep_s,
         "rows": rows,
         "ratios": ratios,
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    })
     return 0
 
 

@@ -13,13 +13,13 @@ writes JSON. A benchmark, not a test: it checks nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.*, run as a script
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "trial_overhead.json"
 NUM_CPUS = 2
@@ -90,22 +90,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['s_per_slot']:>8.2f}")
     print(f"reuse_actors=False / True: {ratio:.1f}x the wall time")
 
-    from vlsm.atomic import write_text_atomic
+    from bench.result_file import write_result
 
-    write_text_atomic(args.out, json.dumps({
+    write_result(args.out, {
         "benchmark": "trial_overhead",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "ray": ray.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
         "ray_cpus": NUM_CPUS,
         "ray_init_s": init_s,
         "warmup_trials": args.warmup,
         "rows": rows,
         "ratio_no_reuse_over_reuse": ratio,
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    })
     return 0
 
 
