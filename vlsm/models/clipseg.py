@@ -237,13 +237,15 @@ class CLIPSeg(CLIPSegForImageSegmentation):
         return self.encode_image(pixel_values)
 
     def frozen_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor]:
-        """The text tower's conditional embedding: (B, L) prompts -> ((B, projection_dim),)."""
+        """The text tower before its projection: (B, L) prompts -> (the end-of-text token's
+        features (B, D_text),); decode_features projects it per batch, as the forward does
+        (a product's rounding on CPU depends on its batch size)."""
         text = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask)
         words = text.last_hidden_state  # (B, L, D_text), after the final layer norm
         positions = torch.arange(words.shape[1], device=words.device)  # (L,)
         eot = ((attention_mask != 0) * positions).argmax(dim=1)  # (B,) last attended token
         pooled = words[torch.arange(words.shape[0], device=words.device), eot]  # (B, D_text)
-        return (self.clip.text_projection(pooled),)  # (B, projection_dim)
+        return (pooled,)
 
     def decode_features(
         self,
@@ -253,8 +255,9 @@ class CLIPSeg(CLIPSegForImageSegmentation):
         size: tuple[int, int],
     ) -> torch.Tensor:
         """The trained part: frozen image and text features (B rows each) -> logits
-        (B, 1, S, S). attention_mask is unused (the conditional embedding holds the prompt)."""
-        (conditional,) = text_features  # (B, projection_dim)
+        (B, 1, S, S). attention_mask is unused (the end-of-text token holds the prompt)."""
+        (pooled,) = text_features  # (B, D_text)
+        conditional = self.clip.text_projection(pooled)  # (B, projection_dim)
         logits = self.decoder(list(image_features), conditional).logits  # (B, S', S')
         return _to_input_size(logits, conditional.shape[0], size)
 

@@ -535,7 +535,8 @@ class CRIS(nn.Module):
     ) -> torch.Tensor:
         """The prompt-conditioned part: `encode_image`'s output (B rows each), the prompts
         (B, L) and the input size (H, W) -> logits (B, 1, H, W)."""
-        words, state = self.frozen_text_features(input_ids, attention_mask)  # (B, L, d), (B, E)
+        self._check_text(input_ids, attention_mask)
+        words, state = self.backbone.encode_text(input_ids, attention_mask)  # (B, L, d), (B, E)
         return self._head(image_features, words, state, attention_mask, size)
 
     def _head(self, image_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], words: torch.Tensor,
@@ -569,9 +570,10 @@ class CRIS(nn.Module):
 
     def frozen_text_features(self, input_ids: torch.Tensor,
                              attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The text tower: (B, L) prompts -> words (B, L, d), sentence (B, E)."""
+        """The text tower before its projection: (B, L) prompts -> words (B, L, d), the
+        end-of-text token (B, d) (`CLIPBackbone.encode_words`; decode_features projects it)."""
         self._check_text(input_ids, attention_mask)
-        return self.backbone.encode_text(input_ids, attention_mask)
+        return self.backbone.encode_words(input_ids, attention_mask)
 
     def decode_features(self, image_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                         text_features: tuple[torch.Tensor, torch.Tensor], attention_mask: torch.Tensor,
@@ -581,7 +583,9 @@ class CRIS(nn.Module):
         c3, c4, c5 = image_features
         if self._pool_trains:
             c5 = self.backbone.visual.attnpool(c5)  # layer4's output -> C5
-        return self._head((c3, c4, c5), *text_features, attention_mask, size)
+        words, eot = text_features  # (B, L, d), (B, d)
+        state = eot @ self.backbone.text_projection  # (B, E), as encode_text
+        return self._head((c3, c4, c5), words, state, attention_mask, size)
 
     def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         if input_ids.shape[1] > self.config.word_len:

@@ -282,10 +282,19 @@ class CLIPBackbone(nn.Module):
         The sentence feature is taken at the last attended position (the end-of-text
         token of a right-padded CLIP tokenisation).
         """
+        x, pooled = self.encode_words(input_ids, attention_mask)
+        return x, pooled @ self.text_projection  # (B, L, width), (B, E)
+
+    def encode_words(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_text` before the projection: words (B, L, width), the end-of-text token's
+        features (B, width). Why separate: a (B, width) x (width, E) product rounds
+        differently for different B on CPU, so the feature store keeps this and projects
+        per batch, as the forward does."""
         n = input_ids.shape[1]
         x = self.token_embedding(input_ids) + self.positional_embedding[:n]  # (B, L, width)
         x = self.ln_final(self.transformer(x))  # (B, L, width)
         positions = torch.arange(n, device=input_ids.device)
         eot = (attention_mask.to(torch.long) * positions).argmax(dim=1)  # (B,) last attended
-        state = x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
-        return x, state  # (B, L, width), (B, E)
+        return x, x[torch.arange(x.shape[0], device=x.device), eot]
