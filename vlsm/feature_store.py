@@ -34,6 +34,7 @@ import importlib
 import json
 import logging
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,17 +222,24 @@ class FeatureStore:
     """A trial's access to the stores of its splits, and its prompts' text features.
 
     Memoised per frozen fingerprint: the best weights loaded for the test share the
-    trial's frozen towers (verified by hash), hence its text table and stores.
+    trial's frozen towers (verified by hash), hence its text table and stores. A model's
+    fingerprint is computed once (its frozen weights never change), not every epoch.
     """
 
     def __init__(self, inputs: ModelInputs, cfg: TrainConfig, device: torch.device):
         self.inputs, self.cfg, self.device = inputs, cfg, device
         self._text: dict[str, tuple[torch.Tensor, ...]] = {}
         self._splits: dict[tuple[str, Path], SplitFeatures] = {}
+        self._fingerprints: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+    def _fingerprint(self, model: nn.Module) -> str:
+        if model not in self._fingerprints:
+            self._fingerprints[model] = frozen_fingerprint(model)
+        return self._fingerprints[model]
 
     def check_writable(self, model: nn.Module, splits: list[PreparedSplit]) -> None:
         """ValueError naming feature_store when a missing store could not be written."""
-        fingerprint = frozen_fingerprint(model)
+        fingerprint = self._fingerprint(model)
         for split in splits:
             path = store_path(split, store_key(model, split, self.inputs.precision, self.device, fingerprint))
             problem = None if path.is_dir() else not_writable(path.parent)
@@ -251,7 +259,7 @@ class FeatureStore:
 
     def split(self, model: nn.Module, split: PreparedSplit) -> SplitFeatures:
         """The stored features of split for model's frozen towers: built once per node."""
-        fingerprint = frozen_fingerprint(model)
+        fingerprint = self._fingerprint(model)
         memo = (fingerprint, split.root)
         if memo not in self._splits:
             key = store_key(model, split, self.inputs.precision, self.device, fingerprint)
