@@ -79,6 +79,10 @@ class TrainConfig:
     seed: int = 42  # the paper's seed: random init of the model, data order, prompt phrasing, dropout
     num_workers: int = 0  # DataLoader workers (only when data_on_device is False)
     data_on_device: bool = True  # copy the uint8 cache to the device once when it fits the trial's GPU share
+    # the frozen towers' outputs computed once per (frozen weights, cache split, size,
+    # precision) into a folder beside the cache and read back (same results, no frozen
+    # forward per step; vlsm.feature_store). None = on when the encoder is frozen
+    feature_store: bool | None = None
     deterministic: bool = False  # deterministic CUDA kernels (slower); CPU runs are exact anyway
     system_metrics_interval_s: float = 10.0  # CPU/memory/GPU sampling for MLflow under Ray; 0 = off
     # a full resumable checkpoint once this many seconds passed since the last one, and
@@ -170,6 +174,9 @@ def _validate(cfg: TrainConfig) -> list[str]:
         errors.append(f"threshold: got {cfg.threshold!r}, expected 0 < threshold < 1")
     if not cfg.lr_factor < 1:
         errors.append(f"lr_factor: got {cfg.lr_factor!r}, expected < 1")
+    if cfg.feature_store and not cfg.freeze_encoder:
+        errors.append("feature_store: True needs freeze_encoder True (trained towers change their "
+                      "features every step); leave it None (auto) or set it False")
     if cfg.min_epochs > cfg.max_epochs:
         errors.append(
             f"min_epochs: got {cfg.min_epochs}, expected <= max_epochs ({cfg.max_epochs})"

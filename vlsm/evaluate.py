@@ -30,6 +30,7 @@ from vlsm.trial_data import ModelInputs, PromptTable, SplitTensors
 
 if TYPE_CHECKING:
     from vlsm.data.cache import PreparedSplit
+    from vlsm.feature_store import FeatureStore
 
 __all__ = ["EvalSetup", "evaluate", "evaluate_best", "read_test_summary", "summarize_test"]
 
@@ -48,6 +49,7 @@ class EvalSetup:
     cfg: TrainConfig
     precision: str
     device: torch.device
+    features: FeatureStore | None = None  # the frozen towers' outputs read from a store
 
     def inputs_for(self, model: nn.Module) -> ModelInputs:
         """The model's inputs (its pixel normalisation, the trial's prompts and precision)."""
@@ -66,17 +68,21 @@ def evaluate(
 
     Deterministic: items in cache order, first phrasing of each prompt. With
     cfg.shared_image_eval (and a model whose forward splits into `encode_image` and
-    `decode`), each image of a batch is encoded once for all its structures.
+    `decode`), each image of a batch is encoded once for all its structures; with a
+    feature store (setup.features) the frozen towers do not run at all.
     """
     model.eval()
     inputs = setup.inputs_for(model)
+    stored = None if setup.features is None else setup.features.split(model, data.split)
     shared = setup.cfg.shared_image_eval and getattr(model, "shares_image_encoding", False)
     rows_all = setup.prompts.choose(data.split.items, None)  # (N,)
     loss_sum, out = 0.0, []
     batches = data.batches(torch.arange(len(data)), setup.cfg.eval_batch_size)
     for idx, images, labels, eval_labels in batches:
         structure = data.structure[idx].to(labels.device).view(-1, 1, 1)  # (B, 1, 1)
-        if shared:  # each image encoded once for its structures
+        if stored is not None:  # the frozen towers' outputs read back
+            logits = stored.logits(model, data.image_index[idx], rows_all[idx])
+        elif shared:  # each image encoded once for its structures
             logits = inputs.encoding_each_image_once(model, images, rows_all[idx], data.image_index[idx])
         else:
             logits = inputs(model, images, rows_all[idx])  # (B, 1, S, S)

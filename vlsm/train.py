@@ -56,6 +56,7 @@ from vlsm.axes import (
 )
 from vlsm.config import TrainConfig
 from vlsm.evaluate import EvalSetup, evaluate, evaluate_best, read_test_summary
+from vlsm.feature_store import FeatureStore, SplitFeatures, uses_feature_store
 from vlsm.losses import DiceBCELoss
 from vlsm.speed import prepare_model
 from vlsm.train_state import TrainState
@@ -195,6 +196,7 @@ class _Trial:
     inputs: ModelInputs
     train_data: SplitTensors
     val_data: SplitTensors
+    train_features: SplitFeatures | None  # the frozen towers' stored outputs (feature_store)
     test_split: PreparedSplit | None
     state: TrainState
 
@@ -221,14 +223,20 @@ def _set_up(cfg: TrainConfig, device: str | torch.device | None, resume_dir: Pat
                                 tokenizer=cfg.tokenizer)
     prompts = PromptTable([s for s in splits if s is not None], key, tokenizer, device,
                           synthetic_style=train_split.synthetic)
+    inputs = ModelInputs(model, prompts, device, precision)
+    features = None
+    if uses_feature_store(cfg, model):  # the frozen towers' outputs computed once, read back
+        features = FeatureStore(inputs, cfg, device)
+        features.check_writable(model, [s for s in splits if s is not None])
     setup = EvalSetup(prompts, DiceBCELoss(cfg.dice_weight, cfg.bce_weight, cfg.dice_smooth), cfg,
-                      precision, device)
+                      precision, device, features)
     train_data = SplitTensors(train_split, cfg, device, with_eval=False)
     val_data = SplitTensors(val_split, cfg, device, with_eval=True)
+    train_features = None if features is None else features.split(model, train_split)
     params = [p for p in model.parameters() if p.requires_grad]
     state = TrainState.fresh(params, cfg, device, precision)
     return _Trial(cfg, device, model, include_frozen, frozen_sha, params, tokenizer, setup,
-                  setup.inputs_for(model), train_data, val_data, test_split, state)
+                  inputs, train_data, val_data, train_features, test_split, state)
 
 
 def _model_spec(cfg: TrainConfig) -> dict[str, Any]:
@@ -280,7 +288,10 @@ def _train_epoch(trial: _Trial, epoch: int) -> tuple[float, float]:
     for idx, images, labels in data.batches(order, cfg.batch_size):
         structure = data.structure[idx].to(device).view(-1, 1, 1)  # (B, 1, 1)
         target = (labels == structure).unsqueeze(1)  # (B, 1, S, S)
-        logits = trial.inputs(trial.model, images, phrasing[idx])  # (B, 1, S, S)
+        if trial.train_features is not None:  # frozen towers read from the store
+            logits = trial.train_features.logits(trial.model, data.image_index[idx], phrasing[idx])
+        else:
+            logits = trial.inputs(trial.model, images, phrasing[idx])  # (B, 1, S, S)
         loss = trial.setup.loss_fn(logits, target)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()

@@ -34,6 +34,7 @@ __all__ = [
     "ModelInputs",
     "PromptTable",
     "SplitTensors",
+    "allowed_device_bytes",
     "epoch_order",
     "keep_on_device",
     "open_cache",
@@ -123,7 +124,7 @@ def keep_on_device(nbytes: int, allowed_bytes: float | None, wanted: bool) -> bo
     return wanted and (allowed_bytes is None or nbytes <= DEVICE_DATA_FRACTION * allowed_bytes)
 
 
-def _allowed_device_bytes(device: torch.device) -> float | None:
+def allowed_device_bytes(device: torch.device) -> float | None:
     """GPU memory this process may use: the card's total times its per-process fraction."""
     if device.type != "cuda":
         return None
@@ -152,7 +153,7 @@ class SplitTensors:
         self.arrays: tuple[torch.Tensor, ...] = ()
         names = ("images", "labels", "eval_labels") if with_eval else ("images", "labels")
         nbytes = sum(int(getattr(split, n).nbytes) for n in names)
-        allowed = _allowed_device_bytes(device)
+        allowed = allowed_device_bytes(device)
         self.on_device = keep_on_device(nbytes, allowed, cfg.data_on_device)
         if cfg.data_on_device and not self.on_device:
             log.info("%s: %.2f GB of uint8 data stream from host memory (more than %.0f%% of the "
@@ -235,6 +236,32 @@ class ModelInputs:
             rows = rows.to(self.mean.device)
             return model.decode(features, self.prompts.input_ids[rows], self.prompts.attention_mask[rows],
                                 tuple(images.shape[-2:]))
+
+    # --- with a frozen encoder's features stored (vlsm.feature_store) --------------------
+
+    def image_features(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """images (B, S, S) uint8 -> the frozen towers' image features (B rows each), as the
+        call computes them (same normalisation and precision)."""
+        with _autocast(self.device, self.precision):
+            return model.frozen_image_features(self._pixels(images))
+
+    def text_features(self, model: nn.Module, chunk: int) -> tuple[torch.Tensor, ...]:
+        """The frozen text features of every prompt row (P rows each), chunk rows at a time."""
+        ids, mask = self.prompts.input_ids, self.prompts.attention_mask  # (P, L)
+        parts = []
+        with _autocast(self.device, self.precision):
+            for start in range(0, len(ids), chunk):
+                parts.append(model.frozen_text_features(ids[start:start + chunk], mask[start:start + chunk]))
+        return tuple(torch.cat(columns) for columns in zip(*parts, strict=True))
+
+    def from_features(self, model: nn.Module, image_features: tuple[torch.Tensor, ...],
+                      text_table: tuple[torch.Tensor, ...], rows: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Stored image features (B rows each), the text table (P rows each) and prompt rows
+        (B,) -> logits (B, 1, S, S): the call without the frozen towers."""
+        with _autocast(self.device, self.precision):
+            rows = rows.to(self.mean.device)
+            text = tuple(t[rows] for t in text_table)
+            return model.decode_features(image_features, text, self.prompts.attention_mask[rows], size)
 
     def _pixels(self, images: torch.Tensor) -> torch.Tensor:
         """(B, S, S) uint8 -> (B, 3, S, S) normalised by the model's mean and std."""

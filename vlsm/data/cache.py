@@ -47,7 +47,7 @@ import stat
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +62,7 @@ __all__ = [
     "DATASET_KINDS",
     "CacheItem",
     "PreparedSplit",
+    "build_folder_once",
     "cache_key",
     "cache_folder_name",
     "open_split",
@@ -523,6 +524,42 @@ def _remove_stale_tmp(cache_dir: Path, final_name: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def build_folder_once(final: Path, build: Callable[[Path], None]) -> bool:
+    """Build the read-only folder final whole, unless it exists; True when built here.
+
+    build(tmp) fills a temporary folder beside final, which is then renamed into place:
+    a killed or failed build leaves nothing at final. A lock beside final makes a second
+    process wait and reuse the first one's folder; folders left by killed builds on this
+    host are removed first. The feature store builds its folders the same way.
+    """
+    if final.is_dir():
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(final.parent / f".{final.name}.lock"):
+        if final.is_dir():  # another process built it while we waited
+            return False
+        _remove_stale_tmp(final.parent, final.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=final.parent))
+        try:
+            owner = {"host": socket.gethostname(), "pid": os.getpid()}
+            (tmp / _OWNER_FILE).write_text(json.dumps(owner))
+            build(tmp)
+            (tmp / _OWNER_FILE).unlink()
+            _make_read_only(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                log.info("%s appeared during the build; keeping that one", final)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return True
+
+
 def _check_records(records: Sequence[EchoImage], split: str, size: int, name: str) -> None:
     if not records:
         raise ValueError(f"prepare_split: no records for split {split!r} of {name!r}")
@@ -575,48 +612,22 @@ def prepare_split(
     if final.is_dir():
         log.info("reusing cache %s", final)
         return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache_dir / f".{final.name}.lock"):
-        if final.is_dir():  # another process built it while we waited
-            log.info("reusing cache %s (built by another process)", final)
-            return final
-        _remove_stale_tmp(cache_dir, final.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=cache_dir))
-        try:
-            owner = {"host": socket.gethostname(), "pid": os.getpid()}
-            (tmp / _OWNER_FILE).write_text(json.dumps(owner))
-            sources = sorted({rec.source for rec in records})
-            meta = {
-                "cache_version": CACHE_VERSION,
-                "key": key,
-                "name": name,
-                "split": split,
-                "size": size,
-                "eval_size": EVAL_SIZE,
-                "source": "+".join(sources),
-            }
-            started = time.perf_counter()
-            n_workers = _default_workers(len(records)) if workers is None else workers
-            _build(tmp, records, size, meta, progress, n_workers)
-            (tmp / _OWNER_FILE).unlink()
-            _make_read_only(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-                log.info("cache %s appeared during the build; keeping that one", final)
-                shutil.rmtree(tmp, ignore_errors=True)
-                return final
-            log.info(
-                "built cache %s (%d images) in %.1f s",
-                final,
-                len(records),
-                time.perf_counter() - started,
-            )
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    sources = sorted({rec.source for rec in records})
+    meta = {
+        "cache_version": CACHE_VERSION,
+        "key": key,
+        "name": name,
+        "split": split,
+        "size": size,
+        "eval_size": EVAL_SIZE,
+        "source": "+".join(sources),
+    }
+    started = time.perf_counter()
+    n_workers = _default_workers(len(records)) if workers is None else workers
+    if build_folder_once(final, lambda tmp: _build(tmp, records, size, meta, progress, n_workers)):
+        log.info("built cache %s (%d images) in %.1f s", final, len(records), time.perf_counter() - started)
+    else:
+        log.info("reusing cache %s (built by another process)", final)
     return final
 
 

@@ -237,14 +237,45 @@ class CLIPSeg(CLIPSegForImageSegmentation):
         """The prompt-conditioned part: `encode_image`'s output (B rows each), the prompts
         (B, L) and the input size (S, S) -> logits (B, 1, S, S). The stock computation
         without `no_grad`."""
+        text = self.frozen_text_features(input_ids, attention_mask)
+        return self.decode_features(image_features, text, attention_mask, size)
+
+    # --- the split at the frozen towers (vlsm.feature_store) ----------------------------
+    # forward == decode_features(frozen_image_features(x), frozen_text_features(ids, mask),
+    # mask, size): with a frozen encoder the first two are what the feature store keeps.
+
+    def frozen_feature_spec(self) -> dict[str, Any]:
+        """What `frozen_image_features` returns, for the feature store's key."""
+        return {"model": "clipseg", "image": "vision hidden states", "taps": list(self.extract_layers)}
+
+    def frozen_image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The frozen vision tower's part: the same as `encode_image`."""
+        return self.encode_image(pixel_values)
+
+    def frozen_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor]:
+        """The text tower before its projection: (B, L) prompts -> (the end-of-text token's
+        features (B, D_text),); decode_features projects it per batch, as the forward does
+        (a product's rounding on CPU depends on its batch size)."""
         text = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask)
         words = text.last_hidden_state  # (B, L, D_text), after the final layer norm
         positions = torch.arange(words.shape[1], device=words.device)  # (L,)
         eot = ((attention_mask != 0) * positions).argmax(dim=1)  # (B,) last attended token
         pooled = words[torch.arange(words.shape[0], device=words.device), eot]  # (B, D_text)
+        return (pooled,)
+
+    def decode_features(
+        self,
+        image_features: tuple[torch.Tensor, ...],
+        text_features: tuple[torch.Tensor, ...],
+        attention_mask: torch.Tensor,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """The trained part: frozen image and text features (B rows each) -> logits
+        (B, 1, S, S). attention_mask is unused (the end-of-text token holds the prompt)."""
+        (pooled,) = text_features  # (B, D_text)
         conditional = self.clip.text_projection(pooled)  # (B, projection_dim)
         logits = self.decoder(list(image_features), conditional).logits  # (B, S', S')
-        return _to_input_size(logits, input_ids.shape[0], size)
+        return _to_input_size(logits, conditional.shape[0], size)
 
 
 def _check_square(h: int, w: int) -> None:

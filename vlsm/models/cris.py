@@ -523,13 +523,7 @@ class CRIS(nn.Module):
     def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The image part (no prompt involved): (B, 3, H, W) -> the visual backbone's C3
         (B, 8w, H/8, W/8), C4 (B, 16w, H/16, W/16), C5 (B, E, H/32, W/32)."""
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(f"CRIS pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
-        h, w = pixel_values.shape[-2:]
-        if h % 32 or w % 32:
-            raise ValueError(
-                f"CRIS pixel_values: height and width must be multiples of 32, got {h}x{w}"
-            )
+        _check_pixels(pixel_values)
         return self.backbone.encode_image(pixel_values)
 
     def decode(
@@ -543,10 +537,55 @@ class CRIS(nn.Module):
         (B, L) and the input size (H, W) -> logits (B, 1, H, W)."""
         self._check_text(input_ids, attention_mask)
         words, state = self.backbone.encode_text(input_ids, attention_mask)  # (B, L, d), (B, E)
+        return self._head(image_features, words, state, attention_mask, size)
+
+    def _head(self, image_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], words: torch.Tensor,
+              state: torch.Tensor, attention_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Neck, decoder and projector: C3-C5, word (B, L, d) and sentence (B, E) features -> logits."""
         fq = self.neck(image_features, state)  # (B, d, H/16, W/16)
         fq = self.decoder(fq, words, attention_mask == 0)  # (B, d, H/16, W/16)
         logits = self.proj(fq, state)  # (B, 1, H/4, W/4)
         return F.interpolate(logits, size=tuple(size), mode="bicubic", align_corners=True)  # (B, 1, H, W)
+
+    # --- the split at the frozen towers (vlsm.feature_store) ----------------------------
+    # forward == decode_features(frozen_image_features(x), frozen_text_features(ids, mask),
+    # mask, size): with a frozen encoder the first two are what the feature store keeps.
+
+    @property
+    def _pool_trains(self) -> bool:
+        """Whether the attention pool's `connect` branch trains while the towers are frozen."""
+        return self.freeze_encoder and self.connect_trains_when_frozen
+
+    def frozen_feature_spec(self) -> dict[str, Any]:
+        """What `frozen_image_features` returns, for the feature store's key."""
+        return {"model": "cris", "image": "c3 c4 layer4" if self._pool_trains else "c3 c4 c5"}
+
+    def frozen_image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The frozen backbone's outputs up to the first trained module: C3, C4 and C5, or
+        layer4's output (B, 32w, H/32, W/32) in C5's place when `connect` trains."""
+        if not self._pool_trains:
+            return self.encode_image(pixel_values)
+        _check_pixels(pixel_values)
+        return self.backbone.visual.trunk(pixel_values)
+
+    def frozen_text_features(self, input_ids: torch.Tensor,
+                             attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text tower before its projection: (B, L) prompts -> words (B, L, d), the
+        end-of-text token (B, d) (`CLIPBackbone.encode_words`; decode_features projects it)."""
+        self._check_text(input_ids, attention_mask)
+        return self.backbone.encode_words(input_ids, attention_mask)
+
+    def decode_features(self, image_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                        text_features: tuple[torch.Tensor, torch.Tensor], attention_mask: torch.Tensor,
+                        size: tuple[int, int]) -> torch.Tensor:
+        """The trained part: `frozen_image_features` and `frozen_text_features` (B rows each)
+        and the prompts' mask (B, L) -> logits (B, 1, H, W)."""
+        c3, c4, c5 = image_features
+        if self._pool_trains:
+            c5 = self.backbone.visual.attnpool(c5)  # layer4's output -> C5
+        words, eot = text_features  # (B, L, d), (B, d)
+        state = eot @ self.backbone.text_projection  # (B, E), as encode_text
+        return self._head((c3, c4, c5), words, state, attention_mask, size)
 
     def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         if input_ids.shape[1] > self.config.word_len:
@@ -561,6 +600,14 @@ class CRIS(nn.Module):
                 "CRIS attention_mask: every row must start with attended tokens (1) followed "
                 "only by padding (0), i.e. right padding with a non-empty prompt"
             )
+
+
+def _check_pixels(pixel_values: torch.Tensor) -> None:
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(f"CRIS pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
+    h, w = pixel_values.shape[-2:]
+    if h % 32 or w % 32:
+        raise ValueError(f"CRIS pixel_values: height and width must be multiples of 32, got {h}x{w}")
 
 
 # --- weights -------------------------------------------------------------------------------

@@ -160,14 +160,22 @@ class ModifiedResNet(nn.Module):
                 nn.init.zeros_(block.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c3, c4, x4 = self.trunk(x)
+        return c3, c4, self.attnpool(x4)  # C5: (B, output_dim, H/32, W/32)
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything before the attention pool: C3, C4 and layer4's output (B, 32w, H/32, W/32).
+
+        Why separate: CRIS's `connect` branch inside the pool may train while the rest is
+        frozen; the feature store then keeps the pool's input (vlsm.feature_store).
+        """
         x = x.to(self.conv1.weight.dtype)
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
             x = self.relu(bn(conv(x)))
         x = self.layer1(self.avgpool(x))  # (B, 4w, H/4, W/4)
         c3 = self.layer2(x)  # (B, 8w, H/8, W/8)
         c4 = self.layer3(c3)  # (B, 16w, H/16, W/16)
-        c5 = self.attnpool(self.layer4(c4))  # (B, output_dim, H/32, W/32)
-        return c3, c4, c5
+        return c3, c4, self.layer4(c4)
 
 
 class QuickGELU(nn.Module):
@@ -274,10 +282,19 @@ class CLIPBackbone(nn.Module):
         The sentence feature is taken at the last attended position (the end-of-text
         token of a right-padded CLIP tokenisation).
         """
+        x, pooled = self.encode_words(input_ids, attention_mask)
+        return x, pooled @ self.text_projection  # (B, L, width), (B, E)
+
+    def encode_words(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_text` before the projection: words (B, L, width), the end-of-text token's
+        features (B, width). Why separate: a (B, width) x (width, E) product rounds
+        differently for different B on CPU, so the feature store keeps this and projects
+        per batch, as the forward does."""
         n = input_ids.shape[1]
         x = self.token_embedding(input_ids) + self.positional_embedding[:n]  # (B, L, width)
         x = self.ln_final(self.transformer(x))  # (B, L, width)
         positions = torch.arange(n, device=input_ids.device)
         eot = (attention_mask.to(torch.long) * positions).argmax(dim=1)  # (B,) last attended
-        state = x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
-        return x, state  # (B, L, width), (B, E)
+        return x, x[torch.arange(x.shape[0], device=x.device), eot]

@@ -1,0 +1,180 @@
+"""The feature store: same results as recomputing the frozen towers, built once, keyed, whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlsm import feature_store as fs
+from vlsm.axes import IMAGES_PER_S, SECONDS
+from vlsm.config import TrainConfig
+from vlsm.data.cache import open_split
+from vlsm.models import build_model, build_tokenizer, tiny_config
+from vlsm.train import run_training
+from vlsm.trial_data import ModelInputs, PromptTable
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> dict[str, Path]:
+    """Phantom CAMUS (5 train, 2 val, 1 test patients) prepared at the tiny models' 64 px."""
+    from vlsm.data.cache import prepare_dataset
+    from vlsm.data.phantom import write_demo_data
+
+    root = tmp_path_factory.mktemp("phantom")
+    demo = write_demo_data(root / "demo", seed=0, n_patients=8, n_test=1, n_val=2)
+    return prepare_dataset("camus", demo.camus_root, 64, root / "cache", split_scheme="official", progress=False)
+
+
+@pytest.fixture(scope="module")
+def clip_rn50(tmp_path_factory) -> Path:
+    """A tiny "OpenAI CLIP RN50" file (no CRIS connect branch): frozen CRIS then trains connect."""
+    torch.manual_seed(5)
+    state = build_model("cris", config=tiny_config("cris")).backbone.state_dict()
+    path = tmp_path_factory.mktemp("clip") / "RN50.pt"
+    torch.save({k: v for k, v in state.items() if not k.startswith("visual.attnpool.connect.")}, path)
+    return path
+
+
+def _cfg(caches, model: str, **overrides) -> TrainConfig:
+    values = dict(model=model, model_config=tiny_config(model), train_cache=str(caches["train"]),
+                  val_cache=str(caches["val"]), test_cache=str(caches["test"]), lr=3e-3, batch_size=8,
+                  max_epochs=2, min_epochs=1, prompt="P2", freeze_encoder=True)
+    return TrainConfig.from_dict({**values, **overrides})
+
+
+def _strip(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in (SECONDS, IMAGES_PER_S)} for h in history]
+
+
+def _inputs(model, splits, cfg: TrainConfig) -> ModelInputs:
+    tokenizer = build_tokenizer(cfg.model, config=cfg.model_config)
+    return ModelInputs(model, PromptTable(splits, "p2", tokenizer, CPU), CPU, "fp32")
+
+
+# --- the same results -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model, connect_trains", [("clipseg", False), ("cris", False), ("cris", True)])
+def test_forward_is_decode_features_of_the_frozen_features(model, connect_trains, clip_rn50):
+    pretrained = str(clip_rn50) if connect_trains else None
+    net = build_model(model, config=tiny_config(model), pretrained=pretrained, freeze_encoder=True).eval()
+    assert getattr(net, "_pool_trains", False) == connect_trains
+    tokens = build_tokenizer(model, config=tiny_config(model))(["Left ventricular cavity", "Myocardium of the heart"])
+    ids, mask = torch.as_tensor(tokens["input_ids"]), torch.as_tensor(tokens["attention_mask"])
+    pixels = torch.randn(2, 3, net.input_size, net.input_size)
+    with torch.no_grad():
+        image, text = net.frozen_image_features(pixels), net.frozen_text_features(ids, mask)
+        assert torch.equal(net(pixels, ids, mask), net.decode_features(image, text, mask, (net.input_size,) * 2))
+
+
+@pytest.mark.parametrize("model, connect_trains", [("clipseg", False), ("cris", False), ("cris", True)])
+def test_a_frozen_trial_reports_the_same_with_and_without_the_store(caches, clip_rn50, model, connect_trains):
+    """Losses, validation Dice, test Dice and every per-image row: exactly equal on CPU fp32."""
+    extra = {"pretrained": str(clip_rn50)} if connect_trains else {}
+    without = run_training(_cfg(caches, model, feature_store=False, **extra), lambda m, d: None)
+    with_store = run_training(_cfg(caches, model, **extra), lambda m, d: None)  # None: on, frozen
+    assert _strip(with_store.history) == _strip(without.history)
+    assert with_store.test_rows == without.test_rows
+    assert (with_store.best_epoch, with_store.best_val_dice) == (without.best_epoch, without.best_val_dice)
+    assert any(p.name.startswith(Path(caches["train"]).name + ".features-") for p in Path(caches["train"]).parent.iterdir())
+
+
+# --- when it applies --------------------------------------------------------------------
+
+
+def test_only_frozen_trials_use_the_store(caches):
+    unfrozen = build_model("clipseg", config=tiny_config("clipseg"))
+    frozen = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True)
+    assert not fs.uses_feature_store(_cfg(caches, "clipseg", freeze_encoder=False), unfrozen)
+    assert fs.uses_feature_store(_cfg(caches, "clipseg"), frozen)  # None: on when frozen
+    assert not fs.uses_feature_store(_cfg(caches, "clipseg", feature_store=False), frozen)
+    with pytest.raises(ValueError, match="feature_store: True needs freeze_encoder"):
+        _cfg(caches, "clipseg", freeze_encoder=False, feature_store=True)
+    stock = build_model("clipseg", config={**tiny_config("clipseg"), "stock_forward_no_grad_encoders": True},
+                        freeze_encoder=True)
+    assert not fs.uses_feature_store(_cfg(caches, "clipseg"), stock)  # the stock forward is one HF call
+    with pytest.raises(ValueError, match="feature_store: True, but model clipseg cannot"):
+        fs.uses_feature_store(_cfg(caches, "clipseg", feature_store=True), stock)
+
+
+# --- built once, keyed, whole -----------------------------------------------------------
+
+
+def test_the_store_is_built_once_and_reused_by_the_next_trial(caches, monkeypatch):
+    cfg, split = _cfg(caches, "clipseg"), open_split(Path(caches["val"]))
+    model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True, init_seed=3)
+    builds = []
+    real_build = fs._build
+    monkeypatch.setattr(fs, "_build", lambda *a, **k: (builds.append(a[0]), real_build(*a, **k))[1])
+    path = fs.store_path(split, fs.store_key(model, split, "fp32", CPU))
+    assert not path.exists()
+    first = fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split)
+    stamp = (path / "image_0.npy").stat().st_mtime_ns
+    second = fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split)  # another trial
+    assert first.folder == second.folder == path and (path / "meta.json").is_file()
+    assert len(builds) == 1 and (path / "image_0.npy").stat().st_mtime_ns == stamp
+    assert not (path / "image_0.npy").stat().st_mode & 0o222  # read-only
+    index = torch.tensor([2, 0])
+    pixels = torch.from_numpy(split.images[[2, 0]].copy())
+    with torch.no_grad():
+        live = _inputs(model, [split], cfg).image_features(model, pixels)
+    assert all(torch.equal(a, b) for a, b in zip(second.gather(index), live, strict=True))
+
+
+def test_the_key_follows_the_frozen_weights_the_cache_and_the_precision(caches):
+    train, val = open_split(Path(caches["train"])), open_split(Path(caches["val"]))
+    model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True)
+    key = fs.store_key(model, train, "fp32", CPU)
+    other_seed = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True, init_seed=7)
+    assert fs.store_key(other_seed, train, "fp32", CPU) != key  # other frozen weights
+    assert fs.store_key(model, val, "fp32", CPU) != key  # another cache
+    assert fs.store_key(model, train, "bf16", CPU) != key  # another precision
+    with torch.no_grad():  # the trained part changes (a finetune, another lr): the same store
+        model.decoder.film_mul.weight.add_(1.0)
+    assert fs.store_key(model, train, "fp32", CPU) == key
+    with torch.no_grad():  # a frozen weight changes (a chained finetune from other towers)
+        model.clip.vision_model.post_layernorm.weight.add_(1.0)
+    assert fs.store_key(model, train, "fp32", CPU) != key
+
+
+def test_a_failed_build_leaves_nothing(caches, monkeypatch, tmp_path):
+    cfg, split = _cfg(caches, "clipseg", eval_batch_size=2), open_split(Path(caches["test"]))
+    model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True, init_seed=11)
+    real, calls = model.frozen_image_features, []
+
+    def dies_on_the_second_batch(pixels):
+        calls.append(len(pixels))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed during the build")
+        return real(pixels)
+
+    monkeypatch.setattr(model, "frozen_image_features", dies_on_the_second_batch)
+    path = fs.store_path(split, fs.store_key(model, split, "fp32", CPU))
+    with pytest.raises(KeyboardInterrupt):
+        fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split)
+    assert not path.exists()
+    assert not [p for p in path.parent.iterdir() if path.name in p.name and not p.name.endswith(".lock")]
+    monkeypatch.setattr(model, "frozen_image_features", real)
+    built = fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split)
+    assert json.loads((built.folder / "meta.json").read_text())["n_images"] == split.n_images
+
+
+@pytest.mark.parametrize("model, dtype", [("clipseg", torch.float32), ("cris", torch.bfloat16)])
+def test_under_bf16_the_store_keeps_the_towers_outputs_bit_for_bit(caches, model, dtype):
+    """In the dtype the towers compute: CRIS's convolutions give bf16 (kept as its 16 bits);
+    CLIPSeg's residual stream stays float32 under autocast, so its store does too."""
+    cfg, split = _cfg(caches, model, precision="bf16"), open_split(Path(caches["test"]))
+    net = build_model(model, config=tiny_config(model), freeze_encoder=True)
+    inputs = ModelInputs(net, PromptTable([split], "p2", build_tokenizer(model, config=cfg.model_config), CPU),
+                         CPU, "bf16")
+    stored = fs.FeatureStore(inputs, cfg, CPU).split(net, split)
+    with torch.no_grad():
+        live = inputs.image_features(net, torch.from_numpy(split.images[[1]].copy()))
+    gathered = stored.gather(torch.tensor([1]))
+    assert [g.dtype for g in gathered] == [f.dtype for f in live] == [dtype] * len(live)
+    assert all(torch.equal(a, b) and a.stride() == b.stride() for a, b in zip(gathered, live, strict=True))

@@ -1,0 +1,274 @@
+"""The feature store: a frozen encoder's image features, computed once per cache split.
+
+Why: a frozen trial spends most of a step in towers that never change (CLIPSeg's vision
+tower: 464 ms an image on 2 CPU cores, against 65 ms for a decoder step on a pair at
+batch 8). Their outputs depend only on the frozen weights, the image and the precision,
+and training has no augmentation (docs/design.md, "Training"), so they are computed once
+into a read-only folder beside the data cache and every frozen trial on the node reads
+them back memory-mapped (docs/design.md, "The feature store").
+
+    store = FeatureStore(inputs, cfg, device)            # inputs: the trial's ModelInputs
+    train = store.split(model, train_split)              # built on first use, then reused
+    logits = train.logits(model, image_index, rows)      # (B, 1, S, S), no frozen forward
+
+A store folder is ``<cache folder>.features-<key[:16]>`` next to its cache folder. The key
+is a hash of the frozen weights (`vlsm.checkpoint.frozen_fingerprint`), the cache's own
+content key, the input size, the precision and device type the features were computed
+with, what the model stores (`frozen_feature_spec`), `STORE_VERSION`, the torch and
+transformers versions and the source of the modules that compute the features. It is
+built like a cache folder (`vlsm.data.cache.build_folder_once`: in a temporary folder,
+under a lock, renamed into place), so a killed build leaves nothing, and concurrent
+trials on a node wait for the first one's build and reuse it.
+
+Layout: ``image_<i>.npy`` (N, ...) per image feature of the model (N = images of the
+split, cache order), in the dtype the towers computed (bf16 kept as its uint16 bits),
+and ``meta.json`` (key, shapes, dtype). The text tower's features are a small table, one
+row per distinct prompt string of the trial (`vlsm.trial_data.PromptTable`), computed
+once per trial and kept on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlsm.atomic import not_writable
+from vlsm.checkpoint import frozen_fingerprint
+from vlsm.config import TrainConfig
+from vlsm.data.cache import build_folder_once
+from vlsm.trial_data import ModelInputs, allowed_device_bytes
+
+if TYPE_CHECKING:
+    from vlsm.data.cache import PreparedSplit
+
+__all__ = ["STORE_DEVICE_FRACTION", "STORE_VERSION", "FeatureStore", "SplitFeatures", "store_key",
+           "store_path", "uses_feature_store"]
+
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 1  # bump when the layout or meaning of the stored files changes
+# At most this share of the GPU memory a trial may use holds one split's features; larger
+# stores stream from the memory-mapped files instead. On CPU they are always read from
+# the memory maps (the page cache is the CPU's "device").
+STORE_DEVICE_FRACTION = 0.2
+_CODE_MODULES: tuple[str, ...] = (  # their source decides the stored values
+    "vlsm.models.clipseg",
+    "vlsm.models.cris",
+    "vlsm.models.cris_clip",
+    "vlsm.trial_data",  # pixel normalisation and precision
+    "vlsm.feature_store",
+)
+_META = "meta.json"
+
+
+def uses_feature_store(cfg: TrainConfig, model: nn.Module) -> bool:
+    """Whether this trial reads its frozen features from a store.
+
+    cfg.feature_store None (auto): when the encoder is frozen and the model's forward is
+    split at its frozen towers (not CLIPSeg's stock forward). True where the model cannot
+    use one raises ValueError, before anything runs.
+    """
+    able = bool(getattr(model, "freeze_encoder", False) and getattr(model, "shares_image_encoding", False)
+                and hasattr(model, "frozen_image_features"))
+    if cfg.feature_store is None:
+        return able
+    if cfg.feature_store and not able:
+        raise ValueError(
+            f"feature_store: True, but model {cfg.model} cannot use one (it needs freeze_encoder True "
+            f"and a forward split at the frozen towers; CLIPSeg's stock forward is not); set it None or False"
+        )
+    return cfg.feature_store
+
+
+def _code_digest() -> str:
+    digest = hashlib.sha256()
+    for name in _CODE_MODULES:
+        digest.update(name.encode())
+        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def _cache_key(split: PreparedSplit) -> str:
+    """The cache folder's own content key (its meta.json)."""
+    return str(json.loads((split.root / "meta.json").read_text())["key"])
+
+
+def store_key(model: nn.Module, split: PreparedSplit, precision: str, device: torch.device,
+              fingerprint: str | None = None) -> str:
+    """The content key of the store of (frozen weights, cache split, size, precision, code)."""
+    import transformers
+
+    parts = {
+        "store_version": STORE_VERSION,
+        "frozen_sha256": fingerprint or frozen_fingerprint(model),
+        "features": model.frozen_feature_spec(),
+        "cache_key": _cache_key(split),
+        "size": split.size,
+        "precision": precision,
+        "device_type": torch.device(device).type,  # GPU and CPU kernels round differently
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "code": _code_digest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def store_path(split: PreparedSplit, key: str) -> Path:
+    """The store folder of a key: beside the cache folder."""
+    return split.root.parent / f"{split.root.name}.features-{key[:16]}"
+
+
+def _build(folder: Path, model: nn.Module, split: PreparedSplit, inputs: ModelInputs,
+           batch_size: int, key: str) -> None:
+    """Write image_<i>.npy for every image of split (cache order) and meta.json (last)."""
+    from numpy.lib.format import open_memmap
+
+    n, arrays, dtype = split.n_images, [], None
+    was_training = model.training
+    model.eval()  # frozen towers are in eval mode anyway; no dropout, fixed BatchNorm
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                images = torch.from_numpy(np.array(split.images[start:start + batch_size])).to(inputs.device)
+                features = inputs.image_features(model, images)  # B rows each
+                if not arrays:
+                    dtype, orders = features[0].dtype, [_memory_order(f) for f in features]
+                    arrays = [open_memmap(folder / f"image_{i}.npy", "w+", _numpy_dtype(dtype),
+                                          (n, *f.permute(order).shape[1:]))
+                              for i, (f, order) in enumerate(zip(features, orders, strict=True))]
+                for array, f, order in zip(arrays, features, orders, strict=True):
+                    array[start:start + len(images)] = _to_numpy(f.permute(order))
+    finally:
+        model.train(was_training)
+    for array in arrays:
+        array.flush()
+    meta = {"store_version": STORE_VERSION, "key": key, "cache": split.root.name, "n_images": n,
+            "dtype": str(dtype).removeprefix("torch."), "shapes": [list(a.shape) for a in arrays],
+            "orders": orders, "nbytes": int(sum(a.nbytes for a in arrays))}
+    del arrays
+    (folder / _META).write_text(json.dumps(meta))  # written last
+
+
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """The dimensions of t from outermost to innermost in memory, the batch first.
+
+    Why: the towers may return a strided layout (CRIS's C5 is channels-last) and the next
+    ops round differently on another layout; the store keeps the bytes in this order and
+    gathers them back into the same strides, so the decoder sees what the forward gives it.
+    """
+    return [0, *sorted(range(1, t.ndim), key=lambda d: -t.stride(d))]
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """numpy has no bfloat16: its 16 bits are kept as uint16."""
+    return np.dtype(np.uint16) if dtype == torch.bfloat16 else torch.empty((), dtype=dtype).numpy().dtype
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().to("cpu")
+    return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+class SplitFeatures:
+    """One split's stored image features for the loop: on the device when they fit, else
+    gathered per batch from the memory-mapped files."""
+
+    def __init__(self, folder: Path, inputs: ModelInputs, text: tuple[torch.Tensor, ...], size: int,
+                 on_device_wanted: bool):
+        meta = json.loads((folder / _META).read_text())
+        self.folder, self.inputs, self.text, self.size = folder, inputs, text, (size, size)
+        self.dtype = getattr(torch, meta["dtype"])
+        self.arrays = [np.load(folder / f"image_{i}.npy", mmap_mode="r") for i in range(len(meta["shapes"]))]
+        # stored dimension order -> the model's: argsort of each stored order
+        self.unpermute = [sorted(range(len(order)), key=order.__getitem__) for order in meta["orders"]]
+        allowed = allowed_device_bytes(inputs.device)
+        self.on_device = on_device_wanted and allowed is not None and meta["nbytes"] <= STORE_DEVICE_FRACTION * allowed
+        self.tensors: list[torch.Tensor] = []
+        if self.on_device:
+            self.tensors = [self._tensor(np.asarray(a)).to(inputs.device) for a in self.arrays]
+        log.info("feature store %s: %.2f GB of %s features, %s", folder, meta["nbytes"] / 1e9, meta["dtype"],
+                 "on the device" if self.on_device else "read from the memory maps")
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        return t.view(torch.bfloat16) if self.dtype == torch.bfloat16 else t
+
+    def gather(self, image_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The features of images image_index (B,): B rows each, on the device."""
+        if self.on_device:
+            index = image_index.to(self.inputs.device)
+            rows = [t[index] for t in self.tensors]
+        else:
+            index = image_index.cpu().numpy()
+            rows = [self._tensor(a[index]).to(self.inputs.device) for a in self.arrays]
+        return tuple(r.permute(back) for r, back in zip(rows, self.unpermute, strict=True))
+
+    def logits(self, model: nn.Module, image_index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Images image_index (B,) with prompt rows (B,) -> logits (B, 1, S, S)."""
+        return self.inputs.from_features(model, self.gather(image_index), self.text, rows, self.size)
+
+
+class FeatureStore:
+    """A trial's access to the stores of its splits, and its prompts' text features.
+
+    Memoised per frozen fingerprint: the best weights loaded for the test share the
+    trial's frozen towers (verified by hash), hence its text table and stores. A model's
+    fingerprint is computed once (its frozen weights never change), not every epoch.
+    """
+
+    def __init__(self, inputs: ModelInputs, cfg: TrainConfig, device: torch.device):
+        self.inputs, self.cfg, self.device = inputs, cfg, device
+        self._text: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._splits: dict[tuple[str, Path], SplitFeatures] = {}
+        self._fingerprints: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+    def _fingerprint(self, model: nn.Module) -> str:
+        if model not in self._fingerprints:
+            self._fingerprints[model] = frozen_fingerprint(model)
+        return self._fingerprints[model]
+
+    def check_writable(self, model: nn.Module, splits: list[PreparedSplit]) -> None:
+        """ValueError naming feature_store when a missing store could not be written."""
+        fingerprint = self._fingerprint(model)
+        for split in splits:
+            path = store_path(split, store_key(model, split, self.inputs.precision, self.device, fingerprint))
+            problem = None if path.is_dir() else not_writable(path.parent)
+            if problem:
+                raise ValueError(f"feature_store: the store of {split.root} belongs beside it, but {problem}; "
+                                 f"set feature_store False or prepare the cache in a writable folder")
+
+    def text(self, model: nn.Module, fingerprint: str) -> tuple[torch.Tensor, ...]:
+        """Every prompt row's frozen text features (P rows each), computed once."""
+        if fingerprint not in self._text:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                self._text[fingerprint] = self.inputs.text_features(model, self.cfg.eval_batch_size)
+            model.train(was_training)
+        return self._text[fingerprint]
+
+    def split(self, model: nn.Module, split: PreparedSplit) -> SplitFeatures:
+        """The stored features of split for model's frozen towers: built once per node."""
+        fingerprint = self._fingerprint(model)
+        memo = (fingerprint, split.root)
+        if memo not in self._splits:
+            key = store_key(model, split, self.inputs.precision, self.device, fingerprint)
+            path = store_path(split, key)
+            started = time.perf_counter()
+            if build_folder_once(path, lambda tmp: _build(tmp, model, split, self.inputs,
+                                                          self.cfg.eval_batch_size, key)):
+                log.info("built feature store %s (%d images) in %.1f s", path, split.n_images,
+                         time.perf_counter() - started)
+            self._splits[memo] = SplitFeatures(path, self.inputs, self.text(model, fingerprint), split.size,
+                                               self.cfg.data_on_device)
+        return self._splits[memo]
