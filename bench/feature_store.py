@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.*, run as a script
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "feature_store.json"
 # Images per split (docs/design.md, "Data"): the paper's CAMUS split and SDM CAMUS.
 DATASETS: dict[str, dict[str, int]] = {
