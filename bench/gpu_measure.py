@@ -115,15 +115,15 @@ def batch_on(model, batch_size: int, device: torch.device, seed: int = 0) -> dic
 def train_step(model, cfg, state, precision: str, batch: dict[str, Any], loss_fn) -> torch.Tensor:
     """One step of the loop (`vlsm.train._train_epoch`): forward under autocast, loss in
     float32, scaled backward, clipping, optimizer and scaler step. With batch["features"]
-    (a frozen encoder's `encode_image` output) only `decode` runs: what a feature store
-    leaves a frozen trial to compute."""
+    and batch["text_features"] (the frozen towers' outputs, as `vlsm.feature_store` keeps
+    them) only `decode_features` runs: what the store leaves a frozen trial to compute."""
     from vlsm.trial_data import _autocast
 
     device = batch["pixel_values"].device
     with _autocast(device, precision):
         if "features" in batch:  # the frozen image encoder's output, computed once (a store)
             size = tuple(batch["pixel_values"].shape[-2:])
-            logits = model.decode(batch["features"], batch["input_ids"], batch["attention_mask"], size)
+            logits = model.decode_features(batch["features"], batch["text_features"], batch["attention_mask"], size)
         else:
             logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
     loss = loss_fn(logits, batch["target"])
@@ -180,8 +180,8 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
     """Training images/s, FLOPs per image (FlopCounterMode, one step), peak memory; with
     costs also validation pairs/s and checkpoint seconds. An OOM is a row with an error.
     ready: called after the warm-up, right before the timed steps (packed trials wait
-    there for each other). precomputed: a frozen setup trains on its image features
-    computed once (`train_step` with features)."""
+    there for each other). precomputed: a frozen setup trains on its frozen towers' outputs
+    computed once, as with the feature store (`train_step` with features)."""
     from vlsm.losses import DiceBCELoss
     from vlsm.speed import uses_fused_adamw
     from vlsm.trial_data import _autocast
@@ -191,8 +191,9 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
         model, cfg, state, precision = _build(setup, device, full_size)
         batch = batch_on(model, setup.batch_size, device)
         if precomputed:
-            with torch.no_grad(), _autocast(device, precision):
-                batch["features"] = model.encode_image(batch["pixel_values"])
+            with torch.no_grad(), _autocast(device, precision):  # what vlsm.feature_store holds
+                batch["features"] = model.frozen_image_features(batch["pixel_values"])
+                batch["text_features"] = model.frozen_text_features(batch["input_ids"], batch["attention_mask"])
         loss_fn = DiceBCELoss(cfg.dice_weight, cfg.bce_weight, cfg.dice_smooth)
         row.update(precision=precision, fused_adamw=uses_fused_adamw(cfg, device))
         if device.type == "cuda":

@@ -56,9 +56,6 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 # Validation pairs of an epoch (docs/design.md, "Data"): 50 CAMUS patients x 4 images x
 # 3 structures; SDM's 1,000 validation images x 3. Training pairs: `sweeps.plan.dataset_sizes`.
 VAL_PAIRS = {"camus": 600, "sdm": 3000}
-STORE_UNAVAILABLE = "store: not available in this build"
-
-
 @dataclasses.dataclass
 class Budget:
     """Seconds left for new measurements; what did not start is recorded as skipped."""
@@ -108,18 +105,14 @@ def throughput_rows(args, device, budget: Budget, peak: float | None, variants: 
 
 
 def store_rows(args, device, budget: Budget, peak: float | None) -> dict[str, Any]:
-    """Section 3: frozen trials without and with the feature store, once the build has one."""
-    from vlsm.config import TrainConfig
-
-    if "feature_store" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        return {"available": False, "reason": STORE_UNAVAILABLE, "rows": []}
+    """Section 3: frozen trials with the feature store (their rows without it are section 1's)."""
     rows = []
     for setup in _setups(args, [DEFAULT_VARIANT]):
         if setup.frozen and budget.allows(f"store {setup.model}"):
             row = measure_training(setup, device, steps=args.steps, warmup=args.warmup,
                                    full_size=not args.quick, precomputed=True)
             rows.append(with_mfu({**row, "variant": "store"}, peak))
-    return {"available": True, "reason": "", "rows": rows}
+    return {"rows": rows}
 
 
 def overhead_rows(rows: list[dict[str, Any]], epochs: int, interval_s: float) -> list[dict[str, Any]]:
@@ -212,8 +205,7 @@ def projection(rows: list[dict[str, Any]], store: dict[str, Any]) -> dict[str, A
            "assumption": f"every trial runs run.expected_epochs = {epochs} epochs (early stopping; "
                          f"max_epochs {spec.train.get('max_epochs')}) on the data sizes {sizes}"}
     plans = {"without_store": rates_of(rows, DEFAULT_VARIANT)}
-    if store["available"]:
-        plans["with_store"] = {**plans["without_store"], **rates_of(store["rows"], "store")}
+    plans["with_store"] = {**plans["without_store"], **rates_of(store["rows"], "store")}
     for name, rates in plans.items():
         hours = [cell_gpu_hours(sizes[c.train_data] * epochs, rates.get((model_key(c.model), c.encoder)),
                                 trial_resources(spec, c.model, c.encoder, use_gpu=True)["gpu"]) for c in cells]
@@ -244,8 +236,6 @@ def print_tables(result: dict[str, Any]) -> None:
         print(f"{row['model']:<8} {row['encoder']:<9} {row['variant']:<21} {row['batch_size']:>5} "
               f"{row[IMAGES_PER_S]:>9.1f} {_fmt(gflop and gflop / 1e9, '.2f'):>9} {_fmt(tflops, '.3f'):>8} "
               f"{_fmt(mfu and mfu * 100, '.1f%'):>6} {_fmt(mem, '.2f'):>7}")
-    if not result["store"]["available"]:
-        print(result["store"]["reason"])
     print(f"\n{'model':<8} {'encoder':<9} {'data':<6} {'train s':>8} {'val s':>7} {'ckpt s':>7} "
           f"{'report s':>8} {'overhead':>8}")
     for row in result["overhead"]:
