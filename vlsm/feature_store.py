@@ -30,7 +30,6 @@ once per trial and kept on the device.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import time
@@ -45,7 +44,7 @@ from torch import nn
 from vlsm.atomic import not_writable
 from vlsm.checkpoint import frozen_fingerprint
 from vlsm.config import TrainConfig
-from vlsm.data.cache import build_folder_once
+from vlsm.data.cache import build_folder_once, code_digest
 from vlsm.trial_data import ModelInputs, allowed_device_bytes
 
 if TYPE_CHECKING:
@@ -90,14 +89,6 @@ def uses_feature_store(cfg: TrainConfig, model: nn.Module) -> bool:
     return cfg.feature_store
 
 
-def _code_digest() -> str:
-    digest = hashlib.sha256()
-    for name in _CODE_MODULES:
-        digest.update(name.encode())
-        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
-    return digest.hexdigest()
-
-
 def _cache_key(split: PreparedSplit) -> str:
     """The cache folder's own content key (its meta.json)."""
     return str(json.loads((split.root / "meta.json").read_text())["key"])
@@ -118,7 +109,7 @@ def store_key(model: nn.Module, split: PreparedSplit, precision: str, device: to
         "device_type": torch.device(device).type,  # GPU and CPU kernels round differently
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "code": _code_digest(),
+        "code": code_digest(_CODE_MODULES),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -65,6 +65,7 @@ __all__ = [
     "build_folder_once",
     "cache_key",
     "cache_folder_name",
+    "code_digest",
     "open_split",
     "prepare_dataset",
     "prepare_records",
@@ -184,12 +185,12 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _code_digest() -> str:
-    """sha256 of the source of the modules that decide what is cached."""
+def code_digest(modules: Sequence[str]) -> str:
+    """sha256 of the source of `modules` (those that decide what a folder holds)."""
     import importlib
 
     digest = hashlib.sha256()
-    for module_name in _CODE_MODULES:
+    for module_name in modules:
         digest.update(module_name.encode())
         digest.update(Path(importlib.import_module(module_name).__file__).read_bytes())
     return digest.hexdigest()
@@ -232,7 +233,7 @@ def cache_key(records: Sequence[EchoImage], size: int, *, eval_size: int = EVAL_
     digest = hashlib.sha256()
     header = {"cache_version": CACHE_VERSION, "size": size, "eval_size": eval_size}
     digest.update(json.dumps(header, sort_keys=True).encode())
-    digest.update(_code_digest().encode())
+    digest.update(code_digest(_CODE_MODULES).encode())
     for rec in records:
         digest.update(json.dumps(_record_fields(rec), sort_keys=True, default=str).encode())
         for path in (rec.image_path, *rec.mask_paths):
