@@ -126,6 +126,33 @@ def test_the_store_is_built_once_and_reused_by_the_next_trial(caches, monkeypatc
     assert all(torch.equal(a, b) for a, b in zip(second.gather(index), live, strict=True))
 
 
+def test_a_store_built_on_one_node_is_published_and_fetched_on_the_next(caches, monkeypatch, tmp_path):
+    # Caches on shared storage (a file:// URI stands in for s3://): the first node's trial
+    # builds each split's store and publishes it beside the cache; a trial on another node
+    # fetches it instead of running the frozen towers again, with the same results.
+    from vlsm.data import remote_cache
+
+    storage = (tmp_path / "bucket").as_uri()
+    uris = {name: remote_cache.publish(Path(caches[name]), storage) for name in ("train", "val", "test")}
+    builds = []
+    real_build = fs._build
+    monkeypatch.setattr(fs, "_build", lambda *a, **k: (builds.append(a[0]), real_build(*a, **k))[1])
+    results = []
+    for node in ("node-a", "node-b"):
+        monkeypatch.setattr(remote_cache, "LOCAL_ROOT", tmp_path / node)
+        cfg = _cfg(caches, "clipseg", train_cache=uris["train"], val_cache=uris["val"], test_cache=uris["test"])
+        results.append(run_training(cfg, lambda m, d: None))
+        if node == "node-a":
+            assert len(builds) == 3  # train, validation and test, once each
+    assert len(builds) == 3  # node b built none
+    published = [p for p in (tmp_path / "bucket" / "cache").iterdir() if ".features-" in p.name]
+    assert len(published) == 3 and all((p / "meta.json").is_file() for p in published)
+    fetched = sorted(p.name for p in (tmp_path / "node-b").iterdir() if ".features-" in p.name)
+    assert fetched == sorted(p.name for p in published)
+    assert _strip(results[0].history) == _strip(results[1].history)
+    assert results[0].test_rows == results[1].test_rows
+
+
 def test_the_key_follows_the_frozen_weights_the_cache_and_the_precision(caches):
     train, val = open_split(Path(caches["train"])), open_split(Path(caches["val"]))
     model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True)

@@ -18,7 +18,9 @@ with, what the model stores (`frozen_feature_spec`), `STORE_VERSION`, the torch 
 transformers versions and the source of the modules that compute the features. It is
 built like a cache folder (`vlsm.data.cache.build_folder_once`: in a temporary folder,
 under a lock, renamed into place), so a killed build leaves nothing, and concurrent
-trials on a node wait for the first one's build and reuse it.
+trials on a node wait for the first one's build and reuse it. When the trial's cache came
+from shared storage, a store built here is published beside the cache's URI and a store
+found there is fetched, not rebuilt (other nodes).
 
 Layout: ``image_<i>.npy`` (N, ...) per image feature of the model (N = images of the
 split, cache order), in the dtype the towers computed (bf16 kept as its uint16 bits),
@@ -44,6 +46,7 @@ from torch import nn
 from vlsm.atomic import not_writable
 from vlsm.checkpoint import frozen_fingerprint
 from vlsm.config import TrainConfig
+from vlsm.data import remote_cache
 from vlsm.data.cache import build_folder_once, code_digest
 from vlsm.trial_data import ModelInputs, allowed_device_bytes
 
@@ -228,6 +231,14 @@ class FeatureStore:
             self._fingerprints[model] = frozen_fingerprint(model)
         return self._fingerprints[model]
 
+    def _remote_store(self, split: PreparedSplit, path: Path) -> str | None:
+        """Where a store goes on shared storage: beside the cache's URI, when the trial's
+        cache came from there (`vlsm.data.remote_cache`); None for a local cache."""
+        for cache in (self.cfg.train_cache, self.cfg.val_cache, self.cfg.test_cache):
+            if cache and remote_cache.is_remote(cache) and remote_cache.local_folder(cache).resolve() == split.root.resolve():
+                return f"{cache.rstrip('/').rsplit('/', 1)[0]}/{path.name}"
+        return None
+
     def check_writable(self, model: nn.Module, splits: list[PreparedSplit]) -> None:
         """ValueError naming feature_store when a missing store could not be written."""
         fingerprint = self._fingerprint(model)
@@ -255,11 +266,16 @@ class FeatureStore:
         if memo not in self._splits:
             key = store_key(model, split, self.inputs.precision, self.device, fingerprint)
             path = store_path(split, key)
+            remote = self._remote_store(split, path)
+            if remote is not None and not path.is_dir() and remote_cache.is_published(remote):
+                remote_cache.localize(remote)  # another node built it: fetched, not rebuilt
             started = time.perf_counter()
             if build_folder_once(path, lambda tmp: _build(tmp, model, split, self.inputs,
                                                           self.cfg.eval_batch_size, key)):
                 log.info("built feature store %s (%d images) in %.1f s", path, split.n_images,
                          time.perf_counter() - started)
+                if remote is not None:
+                    remote_cache.publish_folder(path, remote)
             self._splits[memo] = SplitFeatures(path, self.inputs, self.text(model, fingerprint), split.size,
                                                self.cfg.data_on_device)
         return self._splits[memo]

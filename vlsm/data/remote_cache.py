@@ -25,18 +25,38 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 def publish(folder: Path, storage: str) -> str:
     """Copy a local cache folder to <storage>/cache/<name> unless it is there; its URI."""
+    uri = f"{storage.rstrip('/')}/cache/{Path(folder).name}"
+    publish_folder(folder, uri)
+    return uri
+
+
+def is_published(uri: str) -> bool:
+    """Whether a folder is complete at uri (its meta.json, written last, is there)."""
     import pyarrow.fs
 
-    uri = f"{storage.rstrip('/')}/cache/{Path(folder).name}"
     fs, inner = pyarrow.fs.FileSystem.from_uri(uri)
-    if fs.get_file_info(f"{inner}/meta.json").type == pyarrow.fs.FileType.File:
-        return uri
+    return fs.get_file_info(f"{inner}/meta.json").type == pyarrow.fs.FileType.File
+
+
+def publish_folder(folder: Path, uri: str) -> None:
+    """Copy a finished local folder (flat: files only) to uri unless it is there. meta.json
+    goes last, so `localize` on another node never takes a folder that is half there."""
+    import pyarrow.fs
+
+    if is_published(uri):
+        return
     logger.info("copying %s to %s", folder, uri)
+    fs, inner = pyarrow.fs.FileSystem.from_uri(uri)
     fs.create_dir(inner, recursive=True)
-    pyarrow.fs.copy_files(str(folder), inner, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
-    with fs.open_output_stream(f"{inner}/meta.json") as out:  # written last: marks it complete
-        out.write((Path(folder) / "meta.json").read_bytes())
-    return uri
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    for path in [p for p in files if p.name != "meta.json"] + [Path(folder) / "meta.json"]:
+        with open(path, "rb") as src, fs.open_output_stream(f"{inner}/{path.name}") as out:
+            shutil.copyfileobj(src, out, 1 << 24)
+
+
+def local_folder(uri: str | os.PathLike) -> Path:
+    """Where `localize` keeps the folder of a URI on this node."""
+    return LOCAL_ROOT / str(uri).rstrip("/").rsplit("/", 1)[-1]
 
 
 def localize(path: str | os.PathLike) -> Path:
@@ -46,7 +66,7 @@ def localize(path: str | os.PathLike) -> Path:
     import pyarrow.fs
 
     uri = str(path).rstrip("/")
-    target = LOCAL_ROOT / uri.rsplit("/", 1)[-1]
+    target = local_folder(uri)
     if (target / "meta.json").is_file():
         return target
     LOCAL_ROOT.mkdir(parents=True, exist_ok=True)
