@@ -98,13 +98,15 @@ def _text_shape(model) -> tuple[int, int]:
 def batch_on(model, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random model inputs on device: normalised pixels (B, 3, S, S), right-padded tokens
     (B, L) and their mask, a target (B, 1, S, S)."""
+    from vlsm.trial_data import pixel_values
+
     gen = torch.Generator(device=device).manual_seed(seed)
     s = model.input_size
     vocab, length = _text_shape(model)
     images = torch.randint(0, 256, (batch_size, s, s), generator=gen, device=device, dtype=torch.uint8)
     mean = torch.tensor(model.image_mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.image_std, device=device).view(1, 3, 1, 1)
-    pixels = (images.unsqueeze(1).float() / 255.0 - mean) / std  # (B, 3, S, S), as ModelInputs
+    pixels = pixel_values(images, mean, std)  # (B, 3, S, S), as ModelInputs
     real = min(PROMPT_TOKENS, length)
     mask = (torch.arange(length, device=device) < real).long().expand(batch_size, length)  # (B, L)
     ids = torch.randint(1, vocab - 2, (batch_size, length), generator=gen, device=device) * mask
@@ -117,10 +119,10 @@ def train_step(model, cfg, state, precision: str, batch: dict[str, Any], loss_fn
     float32, scaled backward, clipping, optimizer and scaler step. With batch["features"]
     and batch["text_features"] (the frozen towers' outputs, as `vlsm.feature_store` keeps
     them) only `decode_features` runs: what the store leaves a frozen trial to compute."""
-    from vlsm.trial_data import _autocast
+    from vlsm.trial_data import autocast_for
 
     device = batch["pixel_values"].device
-    with _autocast(device, precision):
+    with autocast_for(device, precision):
         if "features" in batch:  # the frozen image encoder's output, computed once (a store)
             size = tuple(batch["pixel_values"].shape[-2:])
             logits = model.decode_features(batch["features"], batch["text_features"], batch["attention_mask"], size)
@@ -139,14 +141,14 @@ def train_step(model, cfg, state, precision: str, batch: dict[str, Any], loss_fn
 def _eval_pairs_per_s(model, precision: str, batch: dict[str, torch.Tensor], steps: int) -> float:
     """Validation pairs/s: each image encoded once, decoded for its 3 structures (as
     `vlsm.evaluate` does with shared_image_eval), no gradients."""
-    from vlsm.trial_data import _autocast
+    from vlsm.trial_data import autocast_for
 
     device = batch["pixel_values"].device
     n = batch["pixel_values"].shape[0]
     images = max(1, n // 3)
     rows = torch.arange(n, device=device) % images  # (B,) the image of each pair
     model.eval()
-    with torch.no_grad(), _autocast(device, precision):
+    with torch.no_grad(), autocast_for(device, precision):
         for step in range(steps + 1):  # the first is a warm-up
             if step == 1:
                 _sync(device)
@@ -184,14 +186,14 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
     computed once, as with the feature store (`train_step` with features)."""
     from vlsm.losses import DiceBCELoss
     from vlsm.speed import uses_fused_adamw
-    from vlsm.trial_data import _autocast
+    from vlsm.trial_data import autocast_for
 
     row: dict[str, Any] = setup.label()
     try:
         model, cfg, state, precision = _build(setup, device, full_size)
         batch = batch_on(model, setup.batch_size, device)
         if precomputed:
-            with torch.no_grad(), _autocast(device, precision):  # what vlsm.feature_store holds
+            with torch.no_grad(), autocast_for(device, precision):  # what vlsm.feature_store holds
                 batch["features"] = model.frozen_image_features(batch["pixel_values"])
                 batch["text_features"] = model.frozen_text_features(batch["input_ids"], batch["attention_mask"])
         loss_fn = DiceBCELoss(cfg.dice_weight, cfg.bce_weight, cfg.dice_smooth)
@@ -230,11 +232,11 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
 def packed_worker(setup: Setup, device_name: str, share: float, threads: int, steps: int, warmup: int,
                   full_size: bool, barrier, results) -> None:
     """One of N trials sharing a device, as Ray places fractional-GPU trials: memory capped
-    at its share (`vlsm.trainable._limit_to_share`), started together, images/s returned."""
-    from vlsm.trainable import _limit_to_share
+    at its share (`vlsm.trainable.limit_to_share`), started together, images/s returned."""
+    from vlsm.trainable import limit_to_share
 
     torch.set_num_threads(threads)
-    device = torch.device(_limit_to_share({"GPU": share}) if device_name == "cuda" else "cpu")
+    device = torch.device(limit_to_share({"GPU": share}) if device_name == "cuda" else "cpu")
     try:  # every trial built and warm before any is timed
         row = measure_training(setup, device, steps=steps, warmup=warmup, full_size=full_size,
                                ready=barrier.wait)

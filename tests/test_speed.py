@@ -17,7 +17,7 @@ from vlsm.config import TrainConfig
 from vlsm.models import build_model, build_tokenizer, tiny_config
 from vlsm.speed import build_adamw, prepare_model, uses_fused_adamw
 from vlsm.train_state import TrainState
-from vlsm.trial_data import _autocast
+from vlsm.trial_data import autocast_for
 
 CPU = torch.device("cpu")
 PROMPTS = ["Left ventricular cavity of the heart.", "", "Myocardium in two-chamber view."]
@@ -160,7 +160,7 @@ def test_bf16_autocast_runs_on_cpu_close_to_fp32(name) -> None:
     model = _model(name).eval()
     with torch.no_grad():
         fp32 = model(**batch)
-        with _autocast(CPU, "bf16"):
+        with autocast_for(CPU, "bf16"):
             bf16 = model(**batch)
     assert fp32.dtype == torch.float32 and torch.isfinite(bf16).all()
     scale = fp32.abs().max()

@@ -48,7 +48,7 @@ from vlsm.checkpoint import frozen_fingerprint
 from vlsm.config import TrainConfig
 from vlsm.data import remote_cache
 from vlsm.data.cache import build_folder_once, code_digest
-from vlsm.trial_data import ModelInputs, allowed_device_bytes
+from vlsm.trial_data import ModelInputs, allowed_device_bytes, keep_on_device
 
 if TYPE_CHECKING:
     from vlsm.data.cache import PreparedSplit
@@ -186,7 +186,9 @@ class SplitFeatures:
         # stored dimension order -> the model's: argsort of each stored order
         self.unpermute = [sorted(range(len(order)), key=order.__getitem__) for order in meta["orders"]]
         allowed = allowed_device_bytes(inputs.device)
-        self.on_device = on_device_wanted and allowed is not None and meta["nbytes"] <= STORE_DEVICE_FRACTION * allowed
+        # on CPU (allowed None) the memory maps are the page cache already: never copied
+        self.on_device = allowed is not None and keep_on_device(meta["nbytes"], allowed, on_device_wanted,
+                                                                STORE_DEVICE_FRACTION)
         self.tensors: list[torch.Tensor] = []
         if self.on_device:
             self.tensors = [self._tensor(np.asarray(a)).to(inputs.device) for a in self.arrays]

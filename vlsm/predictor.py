@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from vlsm.checkpoint import load_model, load_tokenizer
+from vlsm.trial_data import pixel_values
 
 __all__ = ["Predictor"]
 
@@ -57,8 +58,7 @@ class Predictor:
 
         size = self.model.input_size
         pixels = np.stack([resize_image(image, size) for image in images])  # (B, S, S) uint8
-        x = torch.from_numpy(pixels).to(self.device).unsqueeze(1).float().div_(255.0)
-        x = (x - self.mean) / self.std  # grey repeated to 3 channels, as in training
+        x = pixel_values(torch.from_numpy(pixels).to(self.device), self.mean, self.std)  # as in training
         tokens = self.tokenizer(prompts)
         logits = self.model(x, tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
         logits = F.interpolate(logits.float(), size=images.shape[1:], mode="nearest-exact")

@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["train_vlsm"]
+__all__ = ["limit_to_share", "train_vlsm"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _assigned_resources() -> dict[str, float]:
         return {}
 
 
-def _limit_to_share(resources: dict[str, float]) -> str:
+def limit_to_share(resources: dict[str, float]) -> str:
     """Threads = assigned CPUs; GPU memory capped at the GPU share; returns the device."""
     import torch
 
@@ -79,7 +79,7 @@ def train_vlsm(config: dict[str, Any]) -> None:
 
     cfg = TrainConfig.from_dict(config)
     seed_everything(cfg.seed)  # a reused worker starts from the same global state
-    device = _limit_to_share(_assigned_resources())
+    device = limit_to_share(_assigned_resources())
 
     sampler = SystemSampler(cfg.system_metrics_interval_s, gpu=device == "cuda")
 

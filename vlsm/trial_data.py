@@ -35,8 +35,10 @@ __all__ = [
     "PromptTable",
     "SplitTensors",
     "allowed_device_bytes",
+    "autocast_for",
     "epoch_order",
     "keep_on_device",
+    "pixel_values",
     "open_cache",
 ]
 
@@ -116,12 +118,14 @@ class _PairDataset(torch.utils.data.Dataset):
         return out
 
 
-def keep_on_device(nbytes: int, allowed_bytes: float | None, wanted: bool) -> bool:
+def keep_on_device(nbytes: int, allowed_bytes: float | None, wanted: bool,
+                   fraction: float = DEVICE_DATA_FRACTION) -> bool:
     """Whether a split of nbytes is copied to the device once (True) or streamed.
 
-    allowed_bytes: the device memory this process may use (None on CPU: no limit checked).
+    allowed_bytes: the device memory this process may use (None on CPU: no limit checked);
+    fraction: the share of it the split may take.
     """
-    return wanted and (allowed_bytes is None or nbytes <= DEVICE_DATA_FRACTION * allowed_bytes)
+    return wanted and (allowed_bytes is None or nbytes <= fraction * allowed_bytes)
 
 
 def allowed_device_bytes(device: torch.device) -> float | None:
@@ -192,7 +196,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision for "bf16" / "fp16", nothing for "fp32"."""
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -214,7 +218,7 @@ class ModelInputs:
 
     def __call__(self, model: nn.Module, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """images (B, S, S) uint8, rows (B,) -> logits (B, 1, S, S)."""
-        with _autocast(self.device, self.precision):
+        with autocast_for(self.device, self.precision):
             rows = rows.to(self.mean.device)
             return model(self._pixels(images), self.prompts.input_ids[rows], self.prompts.attention_mask[rows])
 
@@ -230,7 +234,7 @@ class ModelInputs:
         first = torch.full((len(distinct),), len(inverse)).scatter_reduce_(
             0, inverse, torch.arange(len(inverse)), reduce="amin")  # (U,) a row of each image
         inverse = inverse.to(images.device)
-        with _autocast(self.device, self.precision):
+        with autocast_for(self.device, self.precision):
             features = model.encode_image(self._pixels(images[first.to(images.device)]))  # U rows each
             features = tuple(f[inverse] for f in features)  # B rows each
             rows = rows.to(self.mean.device)
@@ -242,14 +246,14 @@ class ModelInputs:
     def image_features(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """images (B, S, S) uint8 -> the frozen towers' image features (B rows each), as the
         call computes them (same normalisation and precision)."""
-        with _autocast(self.device, self.precision):
+        with autocast_for(self.device, self.precision):
             return model.frozen_image_features(self._pixels(images))
 
     def text_features(self, model: nn.Module, chunk: int) -> tuple[torch.Tensor, ...]:
         """The frozen text features of every prompt row (P rows each), chunk rows at a time."""
         ids, mask = self.prompts.input_ids, self.prompts.attention_mask  # (P, L)
         parts = []
-        with _autocast(self.device, self.precision):
+        with autocast_for(self.device, self.precision):
             for start in range(0, len(ids), chunk):
                 parts.append(model.frozen_text_features(ids[start:start + chunk], mask[start:start + chunk]))
         return tuple(torch.cat(columns) for columns in zip(*parts, strict=True))
@@ -258,12 +262,17 @@ class ModelInputs:
                       text_table: tuple[torch.Tensor, ...], rows: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Stored image features (B rows each), the text table (P rows each) and prompt rows
         (B,) -> logits (B, 1, S, S): the call without the frozen towers."""
-        with _autocast(self.device, self.precision):
+        with autocast_for(self.device, self.precision):
             rows = rows.to(self.mean.device)
             text = tuple(t[rows] for t in text_table)
             return model.decode_features(image_features, text, self.prompts.attention_mask[rows], size)
 
     def _pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, S, S) uint8 -> (B, 3, S, S) normalised by the model's mean and std."""
-        x = images.unsqueeze(1).float().div_(255.0)  # (B, 1, S, S) in [0, 1]
-        return (x - self.mean) / self.std  # grey repeated to 3 channels: (B, 3, S, S)
+        return pixel_values(images, self.mean, self.std)
+
+
+def pixel_values(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) uint8 grey -> (B, 3, S, S) normalised by a model's mean and std (1, 3, 1, 1):
+    what every model of this project is given (training, evaluation, prediction)."""
+    x = images.unsqueeze(1).float().div_(255.0)  # (B, 1, S, S) in [0, 1]
+    return (x - mean) / std  # grey repeated to 3 channels: (B, 3, S, S)
