@@ -29,7 +29,7 @@ from vlsm.atomic import atomic_path
 from vlsm.axes import (
     ENCODERS,
     MODELS,
-    STRATEGIES,
+    PAPER_STRATEGIES,
     STRATEGY_FINETUNE,
     STRATEGY_REAL,
     STRATEGY_SYNTHETIC,
@@ -70,7 +70,7 @@ def write_example_exports(
     trials, epochs, per_image = [], [], []
     ids: dict[tuple[str, str, str, str], str] = {}
     for model in models:
-        for strategy in STRATEGIES:
+        for strategy in PAPER_STRATEGIES:
             for encoder in encoders:
                 for prompt in prompts:
                     if strategy == STRATEGY_SYNTHETIC and prompt not in SYNTHETIC_PROMPTS:

@@ -20,6 +20,7 @@ from vlsm.axes import (
     BEST_VAL_DICE,
     ENCODERS,
     MODELS,
+    PAPER_STRATEGIES,
     PROMPTS,
     STRATEGIES,
     STRATEGY_REAL,
@@ -60,7 +61,7 @@ class DataSpec:
 class GridSpec:
     models: tuple[str, ...] = MODELS
     prompts: tuple[str, ...] = PROMPTS
-    strategies: tuple[str, ...] = STRATEGIES
+    strategies: tuple[str, ...] = PAPER_STRATEGIES
     encoders: tuple[str, ...] = ENCODERS
     finetune_upstream: dict[str, str] = field(default_factory=dict)  # finetune prompt -> synthetic prompt
 

@@ -1,8 +1,11 @@
 """Grid axes, structures and metric names: defined once, imported everywhere.
 
 The values here are the ones users see in exports, tables and MLflow: model in
-{CLIPSeg, CRIS}, strategy in {real, synthetic, synth-PT:real-FT}, encoder in {frozen,
-unfrozen}, prompt in {P0..P7} (docs/design.md, "Vocabulary").
+{CLIPSeg, CRIS}, strategy in {real, synthetic, synth-PT:real-FT, real+synthetic},
+encoder in {frozen, unfrozen}, prompt in {P0..P7}; beside them the synthetic source a
+cell trains on (sdm, diffecho, imagefolder; "" for real cells), the provenance phrase of
+a real+synthetic cell (prompt | none; "" otherwise) and the seed (docs/design.md,
+"Vocabulary").
 """
 
 from __future__ import annotations
@@ -17,11 +20,32 @@ MODELS: tuple[str, ...] = tuple(entry.name for entry in MODEL_REGISTRY.values())
 STRATEGY_REAL = "real"
 STRATEGY_SYNTHETIC = "synthetic"
 STRATEGY_FINETUNE = "synth-PT:real-FT"
-STRATEGIES: tuple[str, ...] = (STRATEGY_REAL, STRATEGY_SYNTHETIC, STRATEGY_FINETUNE)
+# The paper's future work: real and synthetic pairs in one training set, the prompt
+# saying which is which (issue 11).
+STRATEGY_MIXED = "real+synthetic"
+PAPER_STRATEGIES: tuple[str, ...] = (STRATEGY_REAL, STRATEGY_SYNTHETIC, STRATEGY_FINETUNE)
+STRATEGIES: tuple[str, ...] = (*PAPER_STRATEGIES, STRATEGY_MIXED)
+# Strategies that train on synthetic data (so have a synthetic source).
+SYNTHETIC_STRATEGIES: tuple[str, ...] = (STRATEGY_SYNTHETIC, STRATEGY_FINETUNE, STRATEGY_MIXED)
 ENCODERS: tuple[str, ...] = ("frozen", "unfrozen")
 PROMPTS: tuple[str, ...] = tuple(f"P{i}" for i in range(8))
 # Synthetic (SDM) data has no image-quality attribute, hence no P7 (docs/design.md).
 SYNTHETIC_PROMPTS: tuple[str, ...] = PROMPTS[:7]
+
+# Where a cell's synthetic data comes from: the format of its folder. "sdm" is the paper's.
+SYNTHETIC_SOURCE = "synthetic_source"
+SOURCE_SDM = "sdm"
+SYNTHETIC_SOURCES: tuple[str, ...] = (SOURCE_SDM, "diffecho", "imagefolder")
+# Whether a real+synthetic cell's prompts say "real" / "synthetic" ("" for other strategies).
+PROVENANCE = "provenance"
+PROVENANCE_PROMPT = "prompt"
+PROVENANCE_NONE = "none"
+PROVENANCES: tuple[str, ...] = (PROVENANCE_PROMPT, PROVENANCE_NONE)
+# Axes that tell apart cells of the same (model, strategy, encoder, prompt): "" where
+# they do not apply (a real cell has no source), so every row has a value to group by.
+VARIANT_AXES: tuple[str, ...] = (SYNTHETIC_SOURCE, PROVENANCE)
+# The replicate axis: trials of one cell that differ only in their seed.
+SEED = "seed"
 
 # --- structures (CAMUS label values) ---------------------------------------------------
 STRUCTURES: dict[int, str] = {1: "LV", 2: "MYO", 3: "LA"}
