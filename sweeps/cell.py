@@ -3,12 +3,19 @@
 Ray ships a trial's config (a dict), not our objects, so a trial carries its cell as
 `config["tags"]`. `Cell.tags` writes that mapping and `Cell.of_config` reads it back:
 they are the only code that knows its keys. The cell's axes are `vlsm.axes.CELL_AXES`
-(model, strategy, encoder, prompt), which also name the export columns and MLflow
-parameters.
+(model, strategy, encoder, prompt) and `vlsm.axes.VARIANT_AXES` (synthetic source,
+provenance), which also name the export columns and MLflow parameters; the seed tells
+replicates of one cell apart.
 
     cell = Cell("CRIS", "synth-PT:real-FT", "frozen", "P3", upstream="cris-synthetic-frozen-p3")
     cell.cell_id                          # "cris-synth-pt-real-ft-frozen-p3"
+    Cell("CRIS", "real", "unfrozen", "P2", seed=43).cell_id   # "cris-real-unfrozen-p2-s43"
     Cell.of_config({"tags": cell.tags()}) == cell
+
+Ids name only what differs from the paper's grid: the source when it is not SDM, "no
+provenance" when a real+synthetic cell's prompts leave it out, the seed when it is not
+the paper's 42. So a sweep's ids never change when seeds or sources are added to it,
+and its resume finds every finished trial.
 """
 
 from __future__ import annotations
@@ -18,51 +25,105 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vlsm.axes import CELL_AXES, STRATEGY_FINETUNE, STRATEGY_SYNTHETIC
+from vlsm.axes import (
+    CELL_AXES,
+    PAPER_SEED,
+    PROVENANCE_NONE,
+    PROVENANCE_PROMPT,
+    SOURCE_SDM,
+    STRATEGY_FINETUNE,
+    STRATEGY_MIXED,
+    STRATEGY_REAL,
+    STRATEGY_SYNTHETIC,
+    SYNTHETIC_STRATEGIES,
+    VARIANT_AXES,
+)
 
-__all__ = ["CELL_ID", "Cell"]
+__all__ = ["CELL_ID", "REAL_DATA", "Cell", "mixed_data"]
 
 CELL_ID = "cell_id"  # the key of a cell's id in a trial's tags, and the MLflow tag's suffix
+REAL_DATA = "camus"  # the dataset name of real CAMUS in a sweep's caches
 _UPSTREAM = "upstream_cell_id"
-_ID_STRATEGY = {"real": "real", STRATEGY_SYNTHETIC: "synthetic", STRATEGY_FINETUNE: "synth-pt-real-ft"}
+_SEED = "seed"
+_ID_STRATEGY = {STRATEGY_REAL: "real", STRATEGY_SYNTHETIC: "synthetic", STRATEGY_FINETUNE: "synth-pt-real-ft",
+                STRATEGY_MIXED: "real-plus-synthetic"}
+
+
+def mixed_data(source: str) -> str:
+    """The dataset name of real CAMUS and one synthetic source in one training set."""
+    return f"{REAL_DATA}+{source}"
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One trial of the grid: a (model, strategy, encoder, prompt) combination."""
+    """One trial of the grid: a (model, strategy, encoder, prompt) combination, its
+    synthetic source and provenance where they apply, and its seed."""
 
     model: str  # "CLIPSeg" | "CRIS"
-    strategy: str  # "real" | "synthetic" | "synth-PT:real-FT"
+    strategy: str  # "real" | "synthetic" | "synth-PT:real-FT" | "real+synthetic"
     encoder: str  # "frozen" | "unfrozen"
     prompt: str  # "P0".."P7"
     upstream: str | None = None  # cell_id of the synthetic cell a finetune starts from
+    synthetic_source: str = ""  # "sdm" | "diffecho" | "imagefolder"; "" for real cells (default: sdm)
+    provenance: str = ""  # real+synthetic: "prompt" | "none" (default: prompt); "" otherwise
+    seed: int = PAPER_SEED  # the replicate; the paper's 42 is left out of the id
+
+    def __post_init__(self) -> None:
+        synthetic = self.strategy in SYNTHETIC_STRATEGIES
+        source = (self.synthetic_source or SOURCE_SDM) if synthetic else ""
+        if self.synthetic_source and not synthetic:
+            raise ValueError(f"a {self.strategy} cell has no synthetic source, got {self.synthetic_source!r}")
+        mixed = self.strategy == STRATEGY_MIXED
+        if self.provenance and not mixed:
+            raise ValueError(f"only {STRATEGY_MIXED} cells have a provenance, got {self.provenance!r}")
+        object.__setattr__(self, "synthetic_source", source)
+        object.__setattr__(self, "provenance", (self.provenance or PROVENANCE_PROMPT) if mixed else "")
 
     @property
     def cell_id(self) -> str:
-        """Stable, path-safe id: clipseg-synth-pt-real-ft-frozen-p3."""
-        return f"{self.model.lower()}-{_ID_STRATEGY[self.strategy]}-{self.encoder}-{self.prompt.lower()}"
+        """Stable, path-safe id: clipseg-synth-pt-real-ft-frozen-p3 (see the module docstring)."""
+        variant = "" if self.synthetic_source in ("", SOURCE_SDM) else f"-{self.synthetic_source}"
+        if self.provenance == PROVENANCE_NONE:
+            variant += "-no-provenance"
+        seed = "" if self.seed == PAPER_SEED else f"-s{self.seed}"
+        return (f"{self.model.lower()}-{_ID_STRATEGY[self.strategy]}{variant}-{self.encoder}-"
+                f"{self.prompt.lower()}{seed}")
 
     @property
     def train_data(self) -> str:
-        """Which dataset trains this cell: 'sdm' for synthetic, 'camus' otherwise."""
-        return "sdm" if self.strategy == STRATEGY_SYNTHETIC else "camus"
+        """The dataset that trains this cell: its synthetic source (synthetic), real CAMUS
+        and the source together (real+synthetic), or real CAMUS ('camus')."""
+        if self.strategy == STRATEGY_SYNTHETIC:
+            return self.synthetic_source
+        if self.strategy == STRATEGY_MIXED:
+            return mixed_data(self.synthetic_source)
+        return REAL_DATA
+
+    @property
+    def val_data(self) -> str:
+        """The dataset that validates it: synthetic cells their source, the others real CAMUS."""
+        return self.synthetic_source if self.strategy == STRATEGY_SYNTHETIC else REAL_DATA
 
     def axes(self) -> dict[str, str]:
-        """{axis: value} for every axis of `vlsm.axes.CELL_AXES`."""
-        return {axis: getattr(self, axis) for axis in CELL_AXES}
+        """{axis: value} for every axis of `vlsm.axes.CELL_AXES` and `VARIANT_AXES`."""
+        return {axis: getattr(self, axis) for axis in (*CELL_AXES, *VARIANT_AXES)}
 
     def tags(self) -> dict[str, Any]:
         """What a trial config carries as `tags` (JSON-able; `of_config` reads it back)."""
-        return {CELL_ID: self.cell_id, **self.axes(), _UPSTREAM: self.upstream}
+        return {CELL_ID: self.cell_id, **self.axes(), _UPSTREAM: self.upstream, _SEED: self.seed}
 
     @classmethod
     def of_config(cls, config: Mapping[str, Any]) -> Cell | None:
-        """The cell a trial config was made for; None for a config of no cell."""
+        """The cell a trial config was made for; None for a config of no cell. Tags of a
+        sweep made before the variant axes and seeds read as the paper's cells."""
         tags = config.get("tags") or {}
         if CELL_ID not in tags:
             return None
-        return cls(**{axis: tags[axis] for axis in CELL_AXES}, upstream=tags.get(_UPSTREAM))
+        return cls(**{axis: tags[axis] for axis in CELL_AXES}, upstream=tags.get(_UPSTREAM),
+                   **{axis: tags.get(axis) or "" for axis in VARIANT_AXES},
+                   seed=int(tags.get(_SEED, PAPER_SEED)))
 
 
 # The axes are spelled once, in vlsm.axes; the dataclass must hold exactly those.
-assert tuple(f.name for f in dataclasses.fields(Cell))[: len(CELL_AXES)] == CELL_AXES
+_FIELDS = tuple(f.name for f in dataclasses.fields(Cell))
+assert _FIELDS[: len(CELL_AXES)] == CELL_AXES and set(VARIANT_AXES) <= set(_FIELDS)

@@ -1,16 +1,26 @@
 """Data for a sweep: the dataset folders (or the phantom demo), their checks, and the
-preprocessing caches every trial reads by path."""
+preprocessing caches every trial reads by path.
+
+Datasets are named as cells name them (`sweeps.cell`): "camus" (real), each synthetic
+source ("sdm", "diffecho", "imagefolder") and "camus+<source>", the training set of a
+real+synthetic cell (real and synthetic training pairs in one cache).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweeps.spec import SweepSpec
+from sweeps.cell import REAL_DATA, Cell
+from sweeps.spec import SweepSpec, grid_sources, synthetic_roots
+from vlsm.axes import SOURCE_SDM, STRATEGY_MIXED, SYNTHETIC_STRATEGIES
 from vlsm.model_registry import model_key
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["DataError", "DataRoots", "check_data", "load_source_records", "model_input_size",
+           "prepare_caches", "publish_caches", "resolve_data", "source_prompts"]
 
 
 class DataError(ValueError):
@@ -20,16 +30,22 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class DataRoots:
     camus_root: Path | None
-    sdm_root: Path | None
-    demo: bool
+    synthetic: dict[str, Path] = field(default_factory=dict)  # source -> its folder
+    demo: bool = False
+
+    @property
+    def sdm_root(self) -> Path | None:
+        return self.synthetic.get(SOURCE_SDM)
 
 
 def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
-    """The dataset folders; for the demo, phantom data generated once into cache_dir."""
+    """The dataset folders; for the demo, phantom data generated once into cache_dir (in
+    every synthetic format the grid trains on)."""
     data = spec.data
     if data.demo:
         from vlsm.data.phantom import write_demo_data
 
+        sources = grid_sources(spec)
         demo = write_demo_data(
             cache_dir / f"demo-data-seed{data.demo_seed}",
             seed=data.demo_seed,
@@ -38,11 +54,15 @@ def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
             n_val=data.val_patients,
             sdm_per_image=data.demo_sdm_per_image,
             size=tuple(data.demo_image_size),
+            synthetic_formats=sources,
         )
-        return DataRoots(Path(demo.camus_root), Path(demo.sdm_root), demo=True)
+        return DataRoots(Path(demo.camus_root), {s: Path(demo.synthetic_roots[s]) for s in sources}, demo=True)
     camus = Path(data.camus_root).expanduser() if data.camus_root else None
-    sdm = Path(data.sdm_root).expanduser() if data.sdm_root else None
-    return DataRoots(camus, sdm, demo=False)
+    return DataRoots(camus, {s: Path(root).expanduser() for s, root in synthetic_roots(spec).items()})
+
+
+def _needs_synthetic(spec: SweepSpec) -> bool:
+    return any(s in SYNTHETIC_STRATEGIES for s in spec.grid.strategies)
 
 
 def check_data(roots: DataRoots, spec: SweepSpec) -> None:
@@ -52,11 +72,14 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
 
     if roots.camus_root is None:
         raise DataError("no CAMUS folder: give --camus-root (every strategy is tested on real CAMUS)")
-    needs_sdm = any(s != "real" for s in spec.grid.strategies)
-    if needs_sdm and roots.sdm_root is None:
-        raise DataError("the grid has synthetic strategies but no SDM folder: give --sdm-root")
-    problems = validate_data(roots.camus_root, roots.sdm_root if needs_sdm else None,
-                             split_scheme=spec.data.split_scheme, n_val=spec.data.val_patients)
+    sources = grid_sources(spec) if _needs_synthetic(spec) else ()
+    missing = [s for s in sources if s not in roots.synthetic]
+    if missing:
+        option = "--sdm-root" if missing[0] == SOURCE_SDM else f"--synthetic-root --synthetic-format {missing[0]}"
+        raise DataError(f"the grid has synthetic strategies on {missing[0]} but no folder for it: give {option}")
+    problems = validate_data(roots.camus_root, None, split_scheme=spec.data.split_scheme,
+                             n_val=spec.data.val_patients,
+                             synthetic={s: roots.synthetic[s] for s in sources})
     errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
         if problem.severity != "error":
@@ -67,6 +90,29 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
         raise DataError(f"{len(errors)} data problem(s); fix them or run `python -m vlsm validate-data`:\n{listing}{more}")
 
 
+def source_prompts(spec: SweepSpec) -> dict[str, tuple[str, ...]]:
+    """source -> the prompts its records can build (from metadata headers, no images):
+    the grid skips the cells of the others (`sweeps.grid.skipped_cells`)."""
+    from vlsm.data.synthetic_sources import buildable_prompts
+
+    camus = spec.data.camus_root or (None if not spec.data.demo else "demo")
+    roots = synthetic_roots(spec)
+    out = {}
+    for source in grid_sources(spec):
+        root = None if spec.data.demo else roots.get(source)
+        out[source] = buildable_prompts(source, Path(root) if root else None,
+                                        camus_root=Path(camus) if camus else None)
+    return out
+
+
+def load_source_records(source: str, root: Path, camus_root: Path | None = None,
+                        split_scheme: str = "paper", n_val: int | None = None) -> list:
+    """The records (EchoImage) of a synthetic source's folder."""
+    from vlsm.data.synthetic_sources import load_synthetic
+
+    return load_synthetic(source, root, camus_root=camus_root, split_scheme=split_scheme, n_val=n_val)
+
+
 def model_input_size(spec: SweepSpec, model: str) -> int:
     """Input size of a model as configured (352 CLIPSeg, 416 CRIS, smaller when tiny)."""
     from sweeps.trials import model_config
@@ -75,43 +121,69 @@ def model_input_size(spec: SweepSpec, model: str) -> int:
     return int(input_size(model_key(model), model_config(spec, model), pretrained=spec.models[model].pretrained))
 
 
-def prepare_caches(
-    spec: SweepSpec, roots: DataRoots, cache_dir: Path, strategies: tuple[str, ...]
-) -> dict[str, dict[str, dict[str, str]]]:
-    """dataset ("camus" | "sdm") -> model -> split -> cache folder, one per input size."""
-    from vlsm.data.cache import prepare_dataset
+def _datasets(cells: list[Cell]) -> list[str]:
+    """The datasets the cells train, validate and test on, real CAMUS first."""
+    names = {REAL_DATA: None}
+    for cell in cells:
+        names.setdefault(cell.val_data, None)
+        if cell.strategy == STRATEGY_MIXED:
+            names.setdefault(cell.synthetic_source, None)
+            names.setdefault(cell.train_data, None)
+    return list(names)
 
-    datasets = {"camus": roots.camus_root}
-    if any(s != "real" for s in strategies):
-        datasets["sdm"] = roots.sdm_root
+
+def prepare_caches(
+    spec: SweepSpec, roots: DataRoots, cache_dir: Path, cells: list[Cell]
+) -> dict[str, dict[str, dict[str, str]]]:
+    """dataset -> model -> split -> cache folder, one per input size (see the module
+    docstring for the dataset names)."""
+    from vlsm.data.cache import prepare_dataset, prepare_records
+
     caches: dict[str, dict[str, dict[str, str]]] = {}
     by_size: dict[tuple[str, int], dict[str, str]] = {}
-    for kind, root in datasets.items():
-        caches[kind] = {}
+    for name in _datasets(cells):
+        caches[name] = {}
         for model in spec.grid.models:
             size = model_input_size(spec, model)
-            if (kind, size) not in by_size:
-                paths = prepare_dataset(
-                    kind,
-                    root,
-                    size,
-                    cache_dir,
-                    split_scheme=spec.data.split_scheme,
-                    n_val=spec.data.val_patients,
-                    # SDM images carry no sex or age: P4-P6 take them from CAMUS
-                    camus_root=roots.camus_root if kind == "sdm" else None,
-                )
-                by_size[(kind, size)] = {split: str(path) for split, path in paths.items()}
-                needed = ("train", "val", "test") if kind == "camus" else ("train", "val")
+            if (name, size) not in by_size:
+                if name == REAL_DATA or name in roots.synthetic:
+                    root = roots.camus_root if name == REAL_DATA else roots.synthetic[name]
+                    paths = prepare_dataset(
+                        name,
+                        root,
+                        size,
+                        cache_dir,
+                        split_scheme=spec.data.split_scheme,
+                        n_val=spec.data.val_patients,
+                        # synthetic images carry no sex or age: P4-P6 take them from CAMUS where they can
+                        camus_root=roots.camus_root if name != REAL_DATA else None,
+                    )
+                    needed = ("train", "val", "test") if name == REAL_DATA else ("train", "val")
+                else:  # camus+<source>: the two training sets in one cache
+                    source = name.split("+", 1)[1]
+                    records = _train_records(spec, roots, REAL_DATA) + _train_records(spec, roots, source)
+                    paths = prepare_records(records, size, cache_dir, name=name)
+                    root, needed = roots.synthetic[source], ("train",)
+                by_size[(name, size)] = {split: str(path) for split, path in paths.items()}
                 missing = [split for split in needed if split not in paths]
-                if missing:  # every trial is tested on real CAMUS; synthetic ones train on SDM
+                if missing:  # every trial is tested on real CAMUS; synthetic ones train on their source
                     raise DataError(
-                        f"{root}: the {kind.upper()} data has no {', '.join(missing)} split with ground truth "
+                        f"{root}: the {name} data has no {', '.join(missing)} split with ground truth "
                         f"(an old CAMUS 2019 download ships its test patients without _gt masks: use the "
                         f"2023 release or a 2019 copy with the test annotations)"
                     )
-            caches[kind][model] = by_size[(kind, size)]
+            caches[name][model] = by_size[(name, size)]
     return caches
+
+
+def _train_records(spec: SweepSpec, roots: DataRoots, name: str) -> list:
+    """The training records of real CAMUS or of a synthetic source."""
+    from vlsm.data.cache import load_records
+
+    root = roots.camus_root if name == REAL_DATA else roots.synthetic[name]
+    records = load_records(name, root, spec.data.split_scheme, spec.data.val_patients,
+                           roots.camus_root if name != REAL_DATA else None)
+    return [rec for rec in records if rec.split == "train"]
 
 
 def publish_caches(caches: dict[str, dict[str, dict[str, str]]], storage: str) -> dict[str, dict[str, dict[str, str]]]:
@@ -129,3 +201,5 @@ def publish_caches(caches: dict[str, dict[str, dict[str, str]]], storage: str) -
                     published[folder] = publish(Path(folder), storage)
                 out[kind][model][split] = published[folder]
     return out
+
+

@@ -101,7 +101,8 @@ def _trial_row(cell_id: str, entry: CellState, config: dict[str, Any], frame: pd
     lr = last.get(f"config/{axes.LR}", config.get("lr"))
     return {
         schema.TRIAL_ID: cell_id,
-        **(cell.axes() if cell else dict.fromkeys(schema.CELL_COLUMNS)),
+        **(cell.axes() if cell else dict.fromkeys((*axes.CELL_AXES, *axes.VARIANT_AXES))),
+        axes.SEED: cell.seed if cell else None,
         axes.LR: float(lr) if lr is not None else None,
         "status": entry.status,
         "upstream_trial_id": cell.upstream if cell else None,
@@ -134,7 +135,11 @@ def export_sweep(output: Path, storage: str | None = None) -> Path:
                              f"--storage {record.get('storage')} to read it from there (it holds pickles: "
                              f"only name storage you trust)")
     state = ChainState.load(folder.chain_state)
-    frames, trials = _trial_frames(experiment_path(storage, GRID_EXPERIMENT))
+    frames, trials = {}, {}
+    for name in record.get("experiments") or [GRID_EXPERIMENT]:  # a sweep's cells added later ran in their own
+        more_frames, more_trials = _trial_frames(experiment_path(storage, name))
+        frames.update(more_frames)
+        trials.update(more_trials)
     run_ids = _mlflow_runs(record.get("mlflow_uri"), folder)
     configs: dict[str, dict] = record.get("configs", {})
     gpu_share: dict[str, float] = record.get("gpu_share", {})

@@ -139,7 +139,9 @@ def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], sto
     """Why the sweep already in `folder` cannot be resumed with `configs`, or None.
 
     Ray restores an experiment with the trial configs it started with, so a changed grid
-    or setting would be silently ignored; we refuse instead and say what differs.
+    or setting would be silently ignored; we refuse instead and say what differs. Cells
+    added to the grid (more seeds, a source, a strategy) are not a mismatch: they run as
+    an experiment of their own (`sweeps.runner`); cells left out are.
     """
     if not folder.record.exists():
         return None
@@ -148,17 +150,29 @@ def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], sto
         return f"storage was {recorded.get('storage')!r}, now {storage!r} (give the same --storage)"
     before: dict[str, dict] = json.loads(json.dumps(recorded.get("configs", {})))
     now = json.loads(json.dumps(configs))
-    if set(before) != set(now):
-        added, removed = sorted(set(now) - set(before)), sorted(set(before) - set(now))
-        return f"grid cells added {added[:3]}, removed {removed[:3]}"
+    removed = sorted(set(before) - set(now))
+    if removed:
+        return (f"grid cells left out {removed[:3]}{' ...' if len(removed) > 3 else ''} (a sweep can gain "
+                f"cells, not lose them)")
     defaults = _train_defaults()
     for cell_id, config in now.items():
+        if cell_id not in before:
+            continue  # added: it runs in an experiment of its own
         for key in sorted(set(config) | set(before[cell_id])):
             # a setting a newer version adds, at its default, is the same as not set
             was, is_now = before[cell_id].get(key, defaults.get(key)), config.get(key, defaults.get(key))
             if key != "init_from" and is_now != was:
                 return f"{cell_id}: {key} was {was!r}, now {is_now!r}"
     return None
+
+
+def recorded_experiments(folder: SweepFolder) -> dict[str, list[str]]:
+    """The sweep's Ray experiments, in the order they were added: name -> its cell ids.
+    A sweep recorded before experiments were listed has one, "grid", of every cell."""
+    if not folder.record.exists():
+        return {}
+    record = folder.read_record()
+    return record.get("experiments") or {"grid": sorted(record.get("configs", {}))}
 
 
 def _train_defaults() -> dict[str, Any]:

@@ -1,52 +1,107 @@
 """Expand a sweep definition into trials (grid cells) with their dependencies.
 
-Each synth-PT:real-FT cell starts from the best checkpoint of the synthetic cell with
-the same model, encoder mode and the prompt `grid.finetune_upstream` names (P6 for P7:
-synthetic data has no P7). Cells are ordered so that the longest chains start first:
-synthetic cells with the most finetunes waiting on them, then the rest.
+A cell is (model, strategy, encoder, prompt), its synthetic source where it trains on
+synthetic data, its provenance where it is real+synthetic, and its seed. Each
+synth-PT:real-FT cell starts from the best checkpoint of the synthetic cell with the
+same model, encoder mode, source and seed, and the prompt `grid.finetune_upstream` names
+(P6 for P7: synthetic data has no P7). A source builds only the prompts its metadata
+allows (`source_prompts`: DiffEcho has no sex or age, so P0-P3): its other cells are
+skipped, each with the reason (`skipped_cells`, printed by the plan). Cells are ordered
+so that the longest chains start first: synthetic cells with the most finetunes waiting
+on them, then the rest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from sweeps.cell import Cell
-from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec, grid_sources
 from vlsm.axes import (
     STRATEGY_FINETUNE,
+    STRATEGY_MIXED,
     STRATEGY_REAL,
     STRATEGY_SYNTHETIC,
     SYNTHETIC_PROMPTS,
 )
 
+__all__ = ["dependents", "expand_grid", "order_cells", "skipped_cells"]
 
-def expand_grid(spec: SweepSpec) -> list[Cell]:
-    """All cells of the grid, in planning order (see `order_cells`).
+# source -> the prompts its records can build; a source missing here builds P0-P6.
+SourcePrompts = Mapping[str, tuple[str, ...]]
 
-    Synthetic cells exist for P0-P6 only. A finetune whose upstream synthetic cell is
-    not in the grid (e.g. `--strategies synth-PT:real-FT` alone) is still planned: its
-    upstream is added, since it cannot start without it.
-    """
+
+def _buildable(source_prompts: SourcePrompts | None, source: str) -> tuple[str, ...]:
+    prompts = (source_prompts or {}).get(source, SYNTHETIC_PROMPTS)
+    return tuple(p for p in prompts if p in SYNTHETIC_PROMPTS)  # synthetic style: never P7
+
+
+def _candidates(spec: SweepSpec, source_prompts: SourcePrompts | None) -> Iterator[tuple[Cell, str]]:
+    """Every cell the grid names with "" (planned) or why it cannot run; a finetune's
+    upstream comes right before it."""
     grid = spec.grid
+    sources = grid_sources(spec)
+    for seed in grid.seeds:
+        for model in grid.models:
+            for encoder in grid.encoders:
+                for prompt in grid.prompts:
+                    for strategy in grid.strategies:
+                        if strategy == STRATEGY_REAL:
+                            yield Cell(model, strategy, encoder, prompt, seed=seed), ""
+                            continue
+                        for source in sources:
+                            yield from _synthetic_cells(spec, model, strategy, encoder, prompt, source, seed,
+                                                        _buildable(source_prompts, source))
+
+
+def _synthetic_cells(spec: SweepSpec, model: str, strategy: str, encoder: str, prompt: str, source: str,
+                     seed: int, buildable: tuple[str, ...]) -> Iterator[tuple[Cell, str]]:
+    """The cells of one strategy that trains on synthetic source `source`."""
+    skip = f"{source} builds prompts {', '.join(buildable) or 'none'} only"
+    if strategy == STRATEGY_SYNTHETIC:
+        yield Cell(model, strategy, encoder, prompt, synthetic_source=source, seed=seed), (
+            "" if prompt in buildable else skip)
+    elif strategy == STRATEGY_MIXED:
+        for provenance in spec.grid.provenance:
+            yield Cell(model, strategy, encoder, prompt, synthetic_source=source, provenance=provenance,
+                       seed=seed), "" if prompt in buildable else skip
+    elif strategy == STRATEGY_FINETUNE:
+        upstream_prompt = spec.grid.finetune_upstream.get(prompt, prompt)
+        if upstream_prompt not in SYNTHETIC_PROMPTS:
+            raise ValueError(
+                f"grid.finetune_upstream: {prompt} -> {upstream_prompt}, but synthetic data has "
+                f"only {list(SYNTHETIC_PROMPTS)}; map {prompt} to one of them"
+            )
+        up = Cell(model, STRATEGY_SYNTHETIC, encoder, upstream_prompt, synthetic_source=source, seed=seed)
+        reason = "" if upstream_prompt in buildable else f"its upstream {up.cell_id} cannot run: {skip}"
+        yield up, "" if upstream_prompt in buildable else skip
+        yield Cell(model, strategy, encoder, prompt, up.cell_id, synthetic_source=source, seed=seed), reason
+    else:  # spec checking refuses other strategies first
+        raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def expand_grid(spec: SweepSpec, source_prompts: SourcePrompts | None = None) -> list[Cell]:
+    """All cells of the grid that can run, in planning order (see `order_cells`).
+
+    A finetune whose upstream synthetic cell is not in the grid (e.g. `--strategies
+    synth-PT:real-FT` alone) is still planned: its upstream is added, since it cannot
+    start without it. source_prompts: the prompts each synthetic source builds
+    (default P0-P6 for every source).
+    """
     cells: dict[str, Cell] = {}
-    for model in grid.models:
-        for encoder in grid.encoders:
-            for prompt in grid.prompts:
-                for strategy in grid.strategies:
-                    if strategy == STRATEGY_SYNTHETIC and prompt not in SYNTHETIC_PROMPTS:
-                        continue
-                    upstream = None
-                    if strategy == STRATEGY_FINETUNE:
-                        source = grid.finetune_upstream.get(prompt, prompt)
-                        if source not in SYNTHETIC_PROMPTS:
-                            raise ValueError(
-                                f"grid.finetune_upstream: {prompt} -> {source}, but synthetic data has "
-                                f"only {list(SYNTHETIC_PROMPTS)}; map {prompt} to one of them"
-                            )
-                        up = Cell(model, STRATEGY_SYNTHETIC, encoder, source)
-                        cells.setdefault(up.cell_id, up)
-                        upstream = up.cell_id
-                    cell = Cell(model, strategy, encoder, prompt, upstream)
-                    cells.setdefault(cell.cell_id, cell)
+    for cell, reason in _candidates(spec, source_prompts):
+        if not reason:
+            cells.setdefault(cell.cell_id, cell)
     return order_cells(list(cells.values()))
+
+
+def skipped_cells(spec: SweepSpec, source_prompts: SourcePrompts | None = None) -> dict[str, str]:
+    """cell_id -> why it does not run, for the cells the grid names that cannot."""
+    skipped: dict[str, str] = {}
+    for cell, reason in _candidates(spec, source_prompts):
+        if reason:
+            skipped.setdefault(cell.cell_id, reason)
+    return skipped
 
 
 def dependents(cells: list[Cell]) -> dict[str, list[str]]:
@@ -59,19 +114,25 @@ def dependents(cells: list[Cell]) -> dict[str, list[str]]:
 
 
 def order_cells(cells: list[Cell]) -> list[Cell]:
-    """Longest chains first: synthetic cells by number of dependents, then real cells
-    (CRIS before CLIPSeg, unfrozen before frozen: the slow ones first), then finetunes,
-    which start as soon as their own upstream has finished."""
+    """Longest chains first: synthetic cells by number of dependents, then real and
+    real+synthetic cells (CRIS before CLIPSeg, unfrozen before frozen: the slow ones
+    first), then finetunes, which start as soon as their own upstream has finished.
+    Within a stage the first seed's cells come first."""
     waiting = dependents(cells)
-    strategy_rank = {STRATEGY_SYNTHETIC: 0, STRATEGY_REAL: 1, STRATEGY_FINETUNE: 2}
+    strategy_rank = {STRATEGY_SYNTHETIC: 0, STRATEGY_REAL: 1, STRATEGY_MIXED: 1, STRATEGY_FINETUNE: 2}
+    seed_rank = {seed: i for i, seed in enumerate(dict.fromkeys(c.seed for c in cells))}
 
     def key(cell: Cell) -> tuple:
         return (
             strategy_rank[cell.strategy],
             -len(waiting[cell.cell_id]),
+            seed_rank[cell.seed],
             cell.model != "CRIS",
             cell.encoder != "unfrozen",
             cell.prompt,
+            cell.strategy,
+            cell.synthetic_source,
+            cell.provenance,
         )
 
     return sorted(cells, key=key)

@@ -42,19 +42,20 @@ _TRIALS_ONLY = "tags.`vlsm.role` = 'trial'"
 
 def _columns() -> list[str]:
     """The headline metrics, then the axes (each run's datasets and model are on its page)."""
-    return [*(f"metrics.`{name}`" for name in HEADLINE_METRICS), *(f"params.`{axis}`" for axis in axes.CELL_AXES)]
+    return [*(f"metrics.`{name}`" for name in HEADLINE_METRICS),
+            *(f"params.`{axis}`" for axis in (*axes.CELL_AXES, *axes.VARIANT_AXES, axes.SEED))]
 
 
-def _view(group_by: str | None = None) -> dict[str, Any]:
+def _view(*group_by: str) -> dict[str, Any]:
     """One runs-table state in the UI's format (its search facets and its UI state)."""
     return {
         "searchFilter": _TRIALS_ONLY,
         "orderByKey": f"metrics.`{axes.TEST_DICE_MEAN}`",
         "orderByAsc": False,
         "selectedColumns": _columns(),
-        "groupBy": None if group_by is None else {
+        "groupBy": None if not group_by else {
             "aggregateFunction": "average",
-            "groupByKeys": [{"mode": "param", "groupByData": group_by}],
+            "groupByKeys": [{"mode": "param", "groupByData": key} for key in group_by],
         },
         "useGroupedValuesInCharts": True,
     }
@@ -66,6 +67,7 @@ VIEWS: dict[str, tuple[str, dict[str, Any]]] = {
     "by-strategy": ("trials grouped by training strategy (group means)", _view("strategy")),
     "by-prompt": ("trials grouped by prompt; as charts, one line per prompt", _view("prompt")),
     "by-model": ("trials grouped by model", _view("model")),
+    "by-cell": ("the seeds of each cell together (means over seeds)", _view(*axes.CELL_AXES, *axes.VARIANT_AXES)),
 }
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sweeps.cell import Cell
-from sweeps.data_setup import DataError
+from sweeps.data_setup import DataError, source_prompts
 from sweeps.folder import SweepFolder
-from sweeps.grid import expand_grid
+from sweeps.grid import expand_grid, skipped_cells
 from sweeps.plan import dataset_sizes, format_plan
 from sweeps.rates import load_rates
 from sweeps.spec import (
@@ -27,6 +27,7 @@ from sweeps.spec import (
     load_spec,
     lr_search_space,
     models_without_weights,
+    synthetic_roots,
 )
 from sweeps.trials import trial_resources
 from vlsm.atomic import not_writable
@@ -64,6 +65,7 @@ class SweepPlan:
     ray: RaySettings
     rates: Path | None = None  # --rates: measured training rates for the dry run's estimate
     command: str = ""  # the command line that made the sweep (MLflow's description)
+    skipped: dict[str, str] = field(default_factory=dict)  # cell_id -> why the grid cannot run it
 
 
 def _option_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,10 +75,14 @@ def _option_values(args: argparse.Namespace) -> dict[str, Any]:
     for axis in ("models", "prompts", "strategies", "encoders"):
         if getattr(args, axis):
             values[f"grid.{axis}"] = list(getattr(args, axis))
-    if args.camus_root:
-        values["data.camus_root"] = args.camus_root
-    if args.sdm_root:
-        values["data.sdm_root"] = args.sdm_root
+    for option, key in (("camus_root", "data.camus_root"), ("sdm_root", "data.sdm_root"),
+                        ("synthetic_root", "data.synthetic_root"), ("synthetic_format", "data.synthetic_format"),
+                        ("prompt_source", "train.prompt_source")):
+        if getattr(args, option, None):
+            values[key] = getattr(args, option)
+    for option, key in (("synthetic_sources", "grid.synthetic_sources"), ("seeds", "grid.seeds")):
+        if getattr(args, option, None):
+            values[key] = list(getattr(args, option))
     if args.lr_search is not None:
         values["lr_search.trials"] = args.lr_search
     return values
@@ -190,13 +196,17 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
     spec = _load(args)
     folder = SweepFolder(args.output or Path("runs") / (f"{spec.name}-demo" if spec.data.demo else spec.name))
     for key, option, root in (("camus_root", "--camus-root", spec.data.camus_root),
-                              ("sdm_root", "--sdm-root", spec.data.sdm_root)):
+                              ("sdm_root", "--sdm-root", spec.data.sdm_root),
+                              ("synthetic_root", "--synthetic-root", spec.data.synthetic_root)):
         if root and not spec.data.demo and not Path(root).expanduser().is_dir():
             raise UsageError(f"{option} (data.{key}): {root} is not a folder; expected the dataset's root folder")
     try:
-        cells = expand_grid(spec)
-    except ValueError as err:  # a finetune mapped to a prompt synthetic data lacks
+        prompts = source_prompts(spec)  # what each synthetic source's metadata can build
+        cells, skipped = expand_grid(spec, prompts), skipped_cells(spec, prompts)
+    except ValueError as err:  # a finetune mapped to a prompt synthetic data lacks, unreadable metadata
         raise SpecError(str(err)) from None
+    if not cells:
+        raise SpecError(f"the grid has no trial that can run: {next(iter(skipped.values()), 'no cells')}")
     if not args.dry_run:
         _check_run_options(spec, folder, args)
     if args.rates is not None and not args.dry_run:
@@ -215,6 +225,7 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         validate=not args.skip_validation,
         ray=RaySettings(args.address, args.num_cpus, args.cpu_only, args.verbose),
         rates=args.rates,
+        skipped=skipped,
     )
     if not args.dry_run:
         _check_places(plan)
@@ -224,16 +235,14 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
 def describe_plan(plan: SweepPlan) -> str:
     """The dry run: trials, dependencies, resources, a GPU-hour estimate."""
     data = plan.spec.data
-    roots = (None, None) if data.demo else (
-        Path(data.camus_root) if data.camus_root else None,
-        Path(data.sdm_root) if data.sdm_root else None,
-    )
+    camus = Path(data.camus_root).expanduser() if data.camus_root and not data.demo else None
+    synthetic = {} if data.demo else {s: Path(r).expanduser() for s, r in synthetic_roots(plan.spec).items()}
     try:
-        sizes = dataset_sizes(plan.spec, *roots)
+        sizes = dataset_sizes(plan.spec, camus, synthetic)
     except ValueError as err:  # a dataset the grid cannot use (e.g. an empty split)
         raise DataError(str(err)) from None
     try:
         rates = load_rates(plan.rates, plan.folder.root)
     except ValueError as err:  # --rates names a file or folder it cannot use
         raise UsageError(str(err)) from None
-    return format_plan(plan.spec, plan.cells, sizes, use_gpu=True, rates=rates)
+    return format_plan(plan.spec, plan.cells, sizes, use_gpu=True, rates=rates, skipped=plan.skipped)

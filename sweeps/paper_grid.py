@@ -42,7 +42,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "16")
 
 from sweeps.data_setup import DataError, check_data, prepare_caches, publish_caches, resolve_data  # noqa: E402
-from sweeps.folder import FolderBusy, resume_mismatch  # noqa: E402
+from sweeps.folder import FolderBusy, recorded_experiments, resume_mismatch  # noqa: E402
 from sweeps.options import SweepPlan, UsageError, describe_plan, fp16_on_cpu, plan_sweep  # noqa: E402
 from sweeps.outcome import DONE, FINISHED_STATUSES  # noqa: E402
 from sweeps.session import mlflow_sweep, ray_session  # noqa: E402
@@ -65,10 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a YAML value (dotted key), repeatable")
     parser.add_argument("--models", nargs="+", help="subset of the grid's models (CLIPSeg CRIS)")
     parser.add_argument("--prompts", nargs="+", help="subset of prompts (P0 ... P7)")
-    parser.add_argument("--strategies", nargs="+", help="subset of strategies (real synthetic synth-PT:real-FT)")
+    parser.add_argument("--strategies", nargs="+", help="strategies (real synthetic synth-PT:real-FT; and real+synthetic)")
     parser.add_argument("--encoders", nargs="+", help="subset of encoder modes (frozen unfrozen)")
     parser.add_argument("--camus-root", help="raw CAMUS folder (2019 or 2023 release)")
-    parser.add_argument("--sdm-root", help="SDM CAMUS folder")
+    parser.add_argument("--sdm-root", help="SDM CAMUS folder (synthetic source sdm)")
+    parser.add_argument("--synthetic-root", help="another synthetic dataset, in --synthetic-format")
+    parser.add_argument("--synthetic-format", choices=("sdm", "diffecho", "imagefolder"),
+                        help="the format (and source name) of --synthetic-root (default sdm)")
+    parser.add_argument("--synthetic-sources", nargs="+", metavar="SOURCE",
+                        help="the sources synthetic strategies train on, one set of cells each (default: every configured one)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="replicates: every cell once per seed (default 42)")
+    parser.add_argument("--prompt-source", choices=("template", "generator"),
+                        help="generator: synthetic images with their generator's text are prompted with it (default template)")
     parser.add_argument("--demo", action="store_true", help="run the phantom demo even if a dataset is configured")
     parser.add_argument("--cache-dir", type=Path, help="preprocessing caches and demo data (default <output>/cache)")
     parser.add_argument("--storage", help="Ray storage path for checkpoints: a shared folder or s3://... (default <output>/ray)")
@@ -96,7 +104,7 @@ def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
         roots = resolve_data(plan.spec, plan.cache_dir)
         if plan.validate:
             check_data(roots, plan.spec)
-        caches = prepare_caches(plan.spec, roots, plan.cache_dir, tuple({c.strategy for c in plan.cells}))
+        caches = prepare_caches(plan.spec, roots, plan.cache_dir, plan.cells)
         if "://" in plan.storage:  # trials on other nodes read the caches from shared storage
             caches = publish_caches(caches, plan.storage)
     except DataError:
@@ -157,7 +165,7 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
     """Phase 3 inside Ray: LR search, trial configs, resume check, the grid, exports."""
     from sweeps.export import export_sweep
     from sweeps.lr_search import run_lr_search
-    from sweeps.runner import record_not_run, run_grid
+    from sweeps.runner import plan_experiments, record_not_run, run_grid
 
     spec, folder = plan.spec, plan.folder
     if plan.ray.address:
@@ -178,8 +186,10 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
     gpu_share = {c.cell_id: trial_resources(spec, c.model, c.encoder, use_gpu=use_gpu)["gpu"] for c in plan.cells}
     with mlflow_sweep(plan) as tracker:
         tracker.log_sweep_params({"spec": spec.to_dict()})
-        folder.write_record(storage=plan.storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share=gpu_share)
-        state = run_grid(spec, plan.cells, configs, storage=plan.storage, state_path=folder.chain_state,
+        experiments = plan_experiments(recorded_experiments(folder), plan.cells)
+        folder.write_record(storage=plan.storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share=gpu_share,
+                            experiments={name: [c.cell_id for c in cells] for name, cells in experiments.items()})
+        state = run_grid(spec, experiments, configs, storage=plan.storage, state_path=folder.chain_state,
                          tracker=tracker, use_gpu=use_gpu)
         record_not_run(state, tracker, configs)
         end = SweepEnd(state, export_sweep(folder.root, storage=plan.storage), tracker.tracking_uri,

@@ -3,36 +3,46 @@ from measured rates (`python sweeps/paper_grid.py --dry-run [--rates FILE|FOLDER
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-from sweeps.cell import Cell
+from sweeps.cell import REAL_DATA, Cell, mixed_data
 from sweeps.grid import dependents
 from sweeps.rates import Rate
-from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec, grid_sources
 from sweeps.trials import trial_resources
 from vlsm.model_registry import model_key
 
 
-def dataset_sizes(spec: SweepSpec, camus_root: Path | None, sdm_root: Path | None) -> dict[str, int]:
-    """Training image-structure pairs per dataset ("camus", "sdm"), from file listings only."""
+def dataset_sizes(spec: SweepSpec, camus_root: Path | None,
+                  synthetic: Mapping[str, Path | None] | None = None) -> dict[str, int]:
+    """Training image-structure pairs per dataset of the grid ("camus", each synthetic
+    source, "camus+<source>" for real+synthetic), from file listings only."""
     data = spec.data
+    sources = grid_sources(spec)
     if data.demo:
-        train_patients = data.demo_patients - data.demo_test_patients - data.val_patients
-        train_images = train_patients * 4
-        return {"camus": train_images * 3, "sdm": train_images * data.demo_sdm_per_image * 3}
-    sizes = {"camus": 4800, "sdm": 8000 * 3}  # the paper's: 1600 real, 8000 synthetic training images
-    if camus_root is not None and camus_root.exists():
-        from vlsm.data.camus import empty_split, load_camus
+        train_images = (data.demo_patients - data.demo_test_patients - data.val_patients) * 4
+        sizes = {REAL_DATA: train_images * 3, **{s: train_images * data.demo_sdm_per_image * 3 for s in sources}}
+    else:
+        sizes = {REAL_DATA: 4800, **dict.fromkeys(sources, 8000 * 3)}  # the paper's: 1600 real, 8000 SDM images
+        if camus_root is not None and camus_root.exists():
+            from vlsm.data.camus import empty_split, load_camus
 
-        records = load_camus(camus_root, split_scheme=data.split_scheme, n_val=data.val_patients)
-        why = empty_split(records, camus_root, data.split_scheme, data.val_patients)
-        if why:  # the dry run says so too, rather than plan a grid with nothing to train
-            raise ValueError(why)
-        sizes["camus"] = 3 * sum(r.split == "train" for r in records)
-    if sdm_root is not None and sdm_root.exists():
-        from vlsm.data.sdm import load_sdm
+            records = load_camus(camus_root, split_scheme=data.split_scheme, n_val=data.val_patients)
+            why = empty_split(records, camus_root, data.split_scheme, data.val_patients)
+            if why:  # the dry run says so too, rather than plan a grid with nothing to train
+                raise ValueError(why)
+            sizes[REAL_DATA] = 3 * sum(r.split == "train" for r in records)
+        for source in sources:
+            root = (synthetic or {}).get(source)
+            if root is not None and root.exists():
+                from sweeps.data_setup import load_source_records
 
-        sizes["sdm"] = 3 * sum(r.split == "train" for r in load_sdm(sdm_root))
+                sizes[source] = 3 * sum(r.split == "train" for r in load_source_records(source, root))
+    share = spec.train.get("synthetic_share")
+    for source in sources:  # every real pair, and synthetic ones to make up the share
+        extra = sizes[source] if share is None else round(share / (1 - share) * sizes[REAL_DATA])
+        sizes[mixed_data(source)] = sizes[REAL_DATA] + extra
     return sizes
 
 
@@ -60,6 +70,7 @@ def format_plan(
     *,
     use_gpu: bool,
     rates: dict[tuple[str, str], Rate] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> str:
     """A table of the planned trials and a GPU-hour estimate from measured rates
     (`sweeps.rates`); trials without one are counted and named, never guessed."""
@@ -67,7 +78,7 @@ def format_plan(
     waiting = dependents(cells)
     epochs = expected_epochs(spec)
     lines = [
-        f"{'trial':34} {'upstream':30} {'cpu':>4} {'gpu':>5} {'items':>6} {'est. GPU-h':>10}",
+        f"{'trial':44} {'upstream':40} {'cpu':>4} {'gpu':>5} {'items':>6} {'est. GPU-h':>10}",
     ]
     total_gpu_h, unrated, used = 0.0, 0, {}
     for cell in cells:
@@ -84,12 +95,17 @@ def format_plan(
             estimate = f"{gpu_h:>10.2f}"
         note = f"  -> {len(waiting[cell.cell_id])} finetune(s) wait on it" if waiting[cell.cell_id] else ""
         lines.append(
-            f"{cell.cell_id:34} {cell.upstream or '-':30} {resources['cpu']:>4g} {resources['gpu']:>5g} "
+            f"{cell.cell_id:44} {cell.upstream or '-':40} {resources['cpu']:>4g} {resources['gpu']:>5g} "
             f"{items:>6} {estimate}{note}"
         )
+    for cell_id, reason in (skipped or {}).items():
+        lines.append(f"skipped {cell_id}: {reason}")
     for (model, encoder), rate in sorted(used.items()):
         lines.append(f"rate {model} {encoder}: {rate.images_per_s:.1f} images/s from {rate.source}")
-    summary = (f"{len(cells)} trials, {sum(c.upstream is not None for c in cells)} chained; about "
+    seeds = len({c.seed for c in cells})
+    summary = (f"{len(cells)} trials{f' ({seeds} seeds)' if seeds > 1 else ''}, "
+               f"{sum(c.upstream is not None for c in cells)} chained"
+               f"{f', {len(skipped)} skipped' if skipped else ''}; about "
                f"{total_gpu_h:.1f} GPU-hours at {epochs} epochs each")
     if unrated:
         summary += (f", {unrated} trial(s) without a measured rate left out (measure them with "

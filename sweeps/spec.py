@@ -20,15 +20,22 @@ from vlsm.axes import (
     BEST_VAL_DICE,
     ENCODERS,
     MODELS,
+    PAPER_SEED,
     PAPER_STRATEGIES,
     PROMPTS,
+    PROVENANCE_PROMPT,
+    PROVENANCES,
+    SOURCE_SDM,
     STRATEGIES,
     STRATEGY_REAL,
+    SYNTHETIC_SOURCES,
+    SYNTHETIC_STRATEGIES,
     TRAIN_LOSS,
     VAL_DICE,
     VAL_LOSS,
 )
 from vlsm.config import RENAMED_KEYS, TrainConfig  # light: no torch
+from vlsm.data.prompts import DEFAULT_PROVENANCE_PHRASES  # light: no numpy
 from vlsm.model_registry import model_key
 from vlsm.typed_config import ConfigError, from_mapping
 
@@ -45,7 +52,9 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class DataSpec:
     camus_root: str | None = None  # raw CAMUS folder, 2019 or 2023 release
-    sdm_root: str | None = None  # SDM CAMUS folder
+    sdm_root: str | None = None  # SDM CAMUS folder (synthetic source "sdm")
+    synthetic_root: str | None = None  # a synthetic dataset in synthetic_format (another source)
+    synthetic_format: str = "sdm"  # "sdm" | "diffecho" | "imagefolder": the source's name too
     split_scheme: str = "paper"  # "paper" or "official" (2023 split files)
     val_patients: int = 50  # paper split: the first this many non-test patients validate
     cache_dir: str | None = None  # default: <output>/cache
@@ -64,6 +73,10 @@ class GridSpec:
     strategies: tuple[str, ...] = PAPER_STRATEGIES
     encoders: tuple[str, ...] = ENCODERS
     finetune_upstream: dict[str, str] = field(default_factory=dict)  # finetune prompt -> synthetic prompt
+    seeds: tuple[int, ...] = (PAPER_SEED,)  # replicates: each cell once per seed
+    synthetic_sources: tuple[str, ...] = ()  # () = every configured source (the demo: sdm)
+    provenance: tuple[str, ...] = (PROVENANCE_PROMPT,)  # real+synthetic: with ("prompt") / without ("none") the phrase
+    provenance_phrases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PROVENANCE_PHRASES))
 
 
 @dataclass(frozen=True)
@@ -191,6 +204,7 @@ def _check_values(spec: SweepSpec, where: str) -> None:
     for source, target in spec.grid.finetune_upstream.items():
         if source not in PROMPTS or target not in PROMPTS:
             raise SpecError(f"{where}: grid.finetune_upstream.{source}={target}: expected prompts P0-P7")
+    _check_study_axes(spec, where)
     if spec.data.split_scheme not in ("paper", "official"):
         raise SpecError(f"{where}: data.split_scheme={spec.data.split_scheme!r}; expected 'paper' or 'official'")
     for name, model in spec.models.items():
@@ -218,6 +232,65 @@ def _check_values(spec: SweepSpec, where: str) -> None:
             raise SpecError(f"{where}: {key}: {value}; expected 0 or more")
     if spec.run.expected_epochs < 1:
         raise SpecError(f"{where}: run.expected_epochs: {spec.run.expected_epochs}; expected 1 or more")
+
+
+def _check_study_axes(spec: SweepSpec, where: str) -> None:
+    """Seeds, synthetic sources and provenance: the axes beyond the paper's four."""
+    grid, data = spec.grid, spec.data
+    if not grid.seeds:
+        raise SpecError(f"{where}: grid.seeds is empty; expected one seed or more, e.g. [{PAPER_SEED}]")
+    if len(set(grid.seeds)) < len(grid.seeds):
+        raise SpecError(f"{where}: grid.seeds {list(grid.seeds)} repeats a seed; expected each once")
+    if any(seed < 0 for seed in grid.seeds):
+        raise SpecError(f"{where}: grid.seeds {list(grid.seeds)}: expected seeds >= 0")
+    for name, section in (("train", spec.train), *((f"models.{m}.train", s.train) for m, s in spec.models.items())):
+        if "seed" in section:
+            raise SpecError(f"{where}: {name}.seed: a trial's seed is the grid axis grid.seeds (--seeds); "
+                            f"remove {name}.seed")
+    if data.synthetic_format not in SYNTHETIC_SOURCES:
+        raise SpecError(f"{where}: data.synthetic_format={data.synthetic_format!r}; expected one of "
+                        f"{list(SYNTHETIC_SOURCES)}")
+    if data.synthetic_root and data.sdm_root and data.synthetic_format == SOURCE_SDM:
+        raise SpecError(f"{where}: data.sdm_root and data.synthetic_root (format sdm) both name an SDM source; "
+                        f"give one, or set data.synthetic_format to diffecho or imagefolder")
+    for axis, allowed in (("synthetic_sources", SYNTHETIC_SOURCES), ("provenance", PROVENANCES)):
+        values = getattr(grid, axis)
+        for value in values:
+            if value not in allowed:
+                raise SpecError(f"{where}: grid.{axis} has {value!r}; expected some of {list(allowed)}")
+        if len(set(values)) < len(values):
+            raise SpecError(f"{where}: grid.{axis} {list(values)} repeats a value; expected each once")
+    if not grid.provenance:
+        raise SpecError(f"{where}: grid.provenance is empty; expected some of {list(PROVENANCES)}")
+    if set(grid.provenance_phrases) != {"real", "synthetic"} or not all(
+            isinstance(v, str) and v.strip() for v in grid.provenance_phrases.values()):
+        raise SpecError(f"{where}: grid.provenance_phrases {grid.provenance_phrases!r}; expected "
+                        f"{{real: <phrase>, synthetic: <phrase>}}, two non-empty phrases")
+    if not data.demo and any(s in SYNTHETIC_STRATEGIES for s in grid.strategies):
+        roots = synthetic_roots(spec)
+        for source in grid_sources(spec):
+            if source not in roots and roots:
+                option = "--sdm-root" if source == SOURCE_SDM else f"--synthetic-root PATH --synthetic-format {source}"
+                raise SpecError(f"{where}: grid.synthetic_sources has {source!r} but no folder is configured for "
+                                f"it; give {option} (configured: {sorted(roots)})")
+
+
+def synthetic_roots(spec: SweepSpec) -> dict[str, str]:
+    """Synthetic source name -> its folder, as configured (data.sdm_root, data.synthetic_root)."""
+    roots = {}
+    if spec.data.sdm_root:
+        roots[SOURCE_SDM] = spec.data.sdm_root
+    if spec.data.synthetic_root:
+        roots[spec.data.synthetic_format] = spec.data.synthetic_root
+    return roots
+
+
+def grid_sources(spec: SweepSpec) -> tuple[str, ...]:
+    """The synthetic sources the grid's synthetic strategies train on: grid.synthetic_sources,
+    else every configured one (the demo and a grid without any: sdm)."""
+    if spec.grid.synthetic_sources:
+        return spec.grid.synthetic_sources
+    return tuple(synthetic_roots(spec)) or (SOURCE_SDM,)
 
 
 def load_spec(
@@ -273,12 +346,12 @@ _RENAMED = (
 
 
 def has_dataset(spec: SweepSpec) -> bool:
-    return bool(spec.data.camus_root or spec.data.sdm_root)
+    return bool(spec.data.camus_root or spec.data.sdm_root or spec.data.synthetic_root)
 
 
 def _raw_has_dataset(raw: dict[str, Any]) -> bool:
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
-    return bool(data.get("camus_root") or data.get("sdm_root"))
+    return bool(data.get("camus_root") or data.get("sdm_root") or data.get("synthetic_root"))
 
 
 def models_without_weights(spec: SweepSpec) -> list[str]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sweeps.cell import Cell
+from sweeps.cell import REAL_DATA, Cell
 from sweeps.spec import SweepSpec
+from vlsm.axes import PROVENANCE_PROMPT, STRATEGY_MIXED
 from vlsm.model_registry import model_key
 
 
@@ -36,12 +37,14 @@ def trial_config(
 ) -> dict[str, Any]:
     """The TrainConfig dict of one cell.
 
-    caches: dataset ("camus" | "sdm") -> model -> split -> cache folder. Synthetic cells
-    train and validate on SDM and are tested on real CAMUS, as in the paper.
+    caches: dataset -> model -> split -> cache folder (`sweeps.data_setup`). Synthetic
+    cells train and validate on their source and are tested on real CAMUS, as in the
+    paper; real+synthetic cells train on both (the provenance phrases in their prompts
+    when their provenance is "prompt", the share of synthetic pairs `train.synthetic_share`)
+    and validate and test on real CAMUS. The cell's seed is the trial's seed.
     """
     model_spec = spec.models[cell.model]
-    train_data = caches[cell.train_data][cell.model]
-    test_data = caches["camus"][cell.model]
+    mixed = cell.strategy == STRATEGY_MIXED
     config: dict[str, Any] = {
         **copy.deepcopy(spec.train),
         **copy.deepcopy(model_spec.train),
@@ -52,15 +55,23 @@ def trial_config(
         "tokenizer": model_spec.tokenizer,
         "freeze_encoder": cell.encoder == "frozen",
         "prompt": cell.prompt,
-        "train_cache": train_data["train"],
-        "val_cache": train_data["val"],
-        "test_cache": test_data["test"],
+        "train_cache": caches[cell.train_data][cell.model]["train"],
+        "val_cache": caches[cell.val_data][cell.model]["val"],
+        "test_cache": caches[REAL_DATA][cell.model]["test"],
         "init_from": None,
+        "seed": cell.seed,
+        "synthetic_share": config_share(spec, cell.model) if mixed else None,
+        "provenance_phrases": dict(spec.grid.provenance_phrases) if cell.provenance == PROVENANCE_PROMPT else None,
         "tags": cell.tags(),
     }
     if lr and (cell.model, cell.encoder) in lr:
         config["lr"] = lr[(cell.model, cell.encoder)]
     return config
+
+
+def config_share(spec: SweepSpec, model: str) -> float | None:
+    """train.synthetic_share as configured for a model (its own train section first)."""
+    return {**spec.train, **spec.models[model].train}.get("synthetic_share")
 
 
 def trial_resources(spec: SweepSpec, model: str, encoder: str, *, use_gpu: bool) -> dict[str, float]:

@@ -140,6 +140,6 @@ def test_the_views_links_open_the_training_view() -> None:
     assert url == ("http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
                    "&viewStateShareKey=by-strategy")
     assert runs_url("http://h", "7", "by-prompt", charts=True).endswith("viewStateShareKey=by-prompt&compareRunsMode=CHART")
-    assert set(VIEWS) == {"trials", "by-strategy", "by-prompt", "by-model"}
+    assert set(VIEWS) == {"trials", "by-strategy", "by-prompt", "by-model", "by-cell"}
     with pytest.raises(ValueError, match="unknown view 'nope'"):
         runs_url("http://x", "1", "nope")

@@ -135,12 +135,29 @@ def test_the_progress_line_says_failed_for_a_trial_without_a_finite_epoch(caplog
 
 
 def test_cell_tags_round_trip_and_name_the_axes() -> None:
-    from vlsm.axes import CELL_AXES
+    from vlsm.axes import CELL_AXES, VARIANT_AXES
 
     cell = Cell("CLIPSeg", "synth-PT:real-FT", "unfrozen", "P7", upstream="clipseg-synthetic-unfrozen-p6")
     assert Cell.of_config({"tags": cell.tags()}) == cell
-    assert tuple(cell.axes()) == CELL_AXES
+    assert tuple(cell.axes()) == (*CELL_AXES, *VARIANT_AXES)
+    assert cell.synthetic_source == "sdm" and cell.provenance == "" and cell.seed == 42
     assert Cell.of_config({"tags": {}}) is None and Cell.of_config({}) is None
+    # tags of a sweep made before sources and seeds read as the paper's cells
+    old = {k: v for k, v in cell.tags().items() if k not in (*VARIANT_AXES, "seed")}
+    assert Cell.of_config({"tags": old}) == cell
+
+
+def test_cell_ids_name_what_differs_from_the_paper() -> None:
+    assert Cell("CRIS", "real", "unfrozen", "P2", seed=43).cell_id == "cris-real-unfrozen-p2-s43"
+    assert Cell("CRIS", "real", "unfrozen", "P2", seed=42).cell_id == "cris-real-unfrozen-p2"
+    assert (Cell("CRIS", "synthetic", "frozen", "P3", synthetic_source="diffecho").cell_id
+            == "cris-synthetic-diffecho-frozen-p3")
+    mixed = Cell("CLIPSeg", "real+synthetic", "frozen", "P1", provenance="none", seed=44)
+    assert mixed.cell_id == "clipseg-real-plus-synthetic-no-provenance-frozen-p1-s44"
+    assert (mixed.train_data, mixed.val_data, mixed.synthetic_source) == ("camus+sdm", "camus", "sdm")
+    assert Cell("CLIPSeg", "real+synthetic", "frozen", "P1").provenance == "prompt"
+    with pytest.raises(ValueError, match="has no synthetic source"):
+        Cell("CRIS", "real", "frozen", "P1", synthetic_source="sdm")
 
 
 def test_searcher_state_round_trips(tmp_path: Path) -> None:
@@ -160,14 +177,14 @@ def test_permanently_failing_upstream_under_ray(tmp_path: Path) -> None:
     from sweeps.data_setup import prepare_caches, resolve_data
     from sweeps.export import export_sweep
     from sweeps.folder import SweepFolder
-    from sweeps.runner import record_not_run, run_grid
+    from sweeps.runner import plan_experiments, record_not_run, run_grid
     from sweeps.tracking import SweepTracker
     from sweeps.trials import trial_config
 
     spec = load_spec(demo=True, overrides=[*SMALL, "grid.prompts=[P1]", "run.max_failures=1"])
     cells = expand_grid(spec)
     cache = tmp_path / "cache"
-    caches = prepare_caches(spec, resolve_data(spec, cache), cache, spec.grid.strategies)
+    caches = prepare_caches(spec, resolve_data(spec, cache), cache, cells)
     configs = {c.cell_id: trial_config(spec, c, caches) for c in cells}
     configs["cris-synthetic-frozen-p1"]["train_cache"] = str(tmp_path / "missing")  # fails on every try
     storage = str(tmp_path / "ray")
@@ -176,7 +193,7 @@ def test_permanently_failing_upstream_under_ray(tmp_path: Path) -> None:
     folder.write_record(storage=storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share={})
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
-        state = run_grid(spec, cells, configs, storage=storage, state_path=folder.chain_state,
+        state = run_grid(spec, plan_experiments({}, cells), configs, storage=storage, state_path=folder.chain_state,
                          tracker=tracker, use_gpu=False)
     finally:
         ray.shutdown()

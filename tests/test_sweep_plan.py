@@ -113,7 +113,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path) -> None:
     changed = {"cris-real-frozen-p1": {"lr": 1e-3, "max_epochs": 5, "init_from": None}}
     assert "max_epochs was 2, now 5" in resume_mismatch(folder, changed, "s")
     more = {**configs, "cris-real-frozen-p2": {"lr": 1e-3}}
-    assert "added ['cris-real-frozen-p2']" in resume_mismatch(folder, more, "s")
+    assert resume_mismatch(folder, more, "s") is None  # added cells run in an experiment of their own
+    assert "left out ['cris-real-frozen-p1']" in resume_mismatch(folder, {"cris-real-frozen-p2": {}}, "s")
     # a sweep recorded before a setting existed resumes while the setting keeps its default
     newer = {"cris-real-frozen-p1": {**configs["cris-real-frozen-p1"], "checkpoint_interval_s": 600.0}}
     assert resume_mismatch(folder, newer, "s") is None
@@ -307,9 +308,10 @@ def test_camus_without_test_ground_truth_is_named_before_anything_runs(tmp_path,
 
     monkeypatch.setattr(vlsm.data.cache, "prepare_dataset", prepare_dataset)
     spec = load_spec(demo=True, overrides=["grid.models=[CRIS]"])
-    roots = DataRoots(camus_root=tmp_path / "CAMUS", sdm_root=None, demo=False)
+    roots = DataRoots(camus_root=tmp_path / "CAMUS", demo=False)
+    cells = [c for c in expand_grid(spec) if c.strategy == "real"]
     with pytest.raises(DataError, match=r"CAMUS.*no test split with ground truth"):
-        prepare_caches(spec, roots, tmp_path / "cache", ("real",))
+        prepare_caches(spec, roots, tmp_path / "cache", cells)
 
 
 def test_the_lr_search_space_is_typed_and_checked_before_anything_runs(tmp_path, capsys) -> None:

@@ -44,8 +44,10 @@ PROVENANCES: tuple[str, ...] = (PROVENANCE_PROMPT, PROVENANCE_NONE)
 # Axes that tell apart cells of the same (model, strategy, encoder, prompt): "" where
 # they do not apply (a real cell has no source), so every row has a value to group by.
 VARIANT_AXES: tuple[str, ...] = (SYNTHETIC_SOURCE, PROVENANCE)
-# The replicate axis: trials of one cell that differ only in their seed.
+# The replicate axis: trials of one cell that differ only in their seed. The paper's seed
+# keeps a trial's plain id; any other is written into it (-s43).
 SEED = "seed"
+PAPER_SEED = 42
 
 # --- structures (CAMUS label values) ---------------------------------------------------
 STRUCTURES: dict[int, str] = {1: "LV", 2: "MYO", 3: "LA"}

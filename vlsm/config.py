@@ -21,10 +21,11 @@ from vlsm.axes import PROMPTS
 from vlsm.model_registry import MODEL_REGISTRY, model_entry
 from vlsm.typed_config import ConfigError, from_mapping, normalise_fields
 
-__all__ = ["ATTENTIONS", "PRECISIONS", "RENAMED_KEYS", "TrainConfig"]
+__all__ = ["ATTENTIONS", "PRECISIONS", "PROMPT_SOURCES", "RENAMED_KEYS", "TrainConfig"]
 
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
-ATTENTIONS: tuple[str, ...] = ("sdpa", "eager")  # Hugging Face attn_implementation values we allow
+ATTENTIONS: tuple[str, ...] = ("sdpa", "eager")
+PROMPT_SOURCES: tuple[str, ...] = ("template", "generator")  # Hugging Face attn_implementation values we allow
 
 # Keys that were replaced: old key -> what to write instead (refused, never translated:
 # the old and the new key do not mean the same thing).
@@ -50,11 +51,21 @@ class TrainConfig:
     tokenizer: str | None = None  # CLIP BPE tokenizer (hub id or folder); None = from pretrained, else the hub's
     freeze_encoder: bool = False  # grid axis "encoder": frozen trains only the decoder
     prompt: str = "P1"  # grid axis "prompt" (P0..P7); P1 = structure name only
+    # "generator": synthetic images that carry their generator's text (DiffEcho, an
+    # imagefolder's `text`) are prompted with it, "<structure> in <text>.", instead of P0-P7
+    prompt_source: str = "template"
+    # real+synthetic with provenance: {"real": phrase, "synthetic": phrase} worked into every
+    # prompt (vlsm.data.prompts.with_provenance); None = prompts as they are
+    provenance_phrases: dict | None = None
     # --- data (folders written by `vlsm prepare`; passed by path so Ray ships no arrays) --
     train_cache: str | None = None
     val_cache: str | None = None
     test_cache: str | None = None  # None: no test evaluation at the end
     init_from: str | None = None  # checkpoint folder: weights only (synth-PT:real-FT)
+    # a train_cache holding real and synthetic pairs (real+synthetic): the share of synthetic
+    # pairs in each epoch (all real pairs and as many synthetic ones as that share needs,
+    # drawn per (seed, epoch)); None = every pair of the cache, each epoch
+    synthetic_share: float | None = None
     # --- optimisation ------------------------------------------------------------------
     lr: float | None = None  # None -> paper value for the model (2e-3 CLIPSeg, 2e-5 CRIS)
     batch_size: int | None = None  # None -> paper value (128 CLIPSeg, 32 CRIS)
@@ -137,6 +148,15 @@ def _validate(cfg: TrainConfig) -> list[str]:
         errors.append(f"model: unknown value {cfg.model!r}; expected one of {allowed}")
     if cfg.prompt not in PROMPTS:
         errors.append(f"prompt: got {cfg.prompt!r}, expected one of {list(PROMPTS)}")
+    if cfg.prompt_source not in PROMPT_SOURCES:
+        errors.append(f"prompt_source: got {cfg.prompt_source!r}, expected one of {list(PROMPT_SOURCES)}")
+    if cfg.provenance_phrases is not None:
+        phrases = cfg.provenance_phrases
+        if set(phrases) != {"real", "synthetic"} or not all(isinstance(v, str) and v for v in phrases.values()):
+            errors.append(f"provenance_phrases: got {phrases!r}, expected {{real: <phrase>, synthetic: <phrase>}} "
+                          f"with two non-empty phrases")
+    if cfg.synthetic_share is not None and not 0 < cfg.synthetic_share < 1:
+        errors.append(f"synthetic_share: got {cfg.synthetic_share!r}, expected 0 < share < 1 (or null: every pair)")
     if cfg.precision not in PRECISIONS:
         errors.append(f"precision: got {cfg.precision!r}, expected one of {list(PRECISIONS)}")
     if cfg.attention not in ATTENTIONS:

@@ -60,7 +60,7 @@ from vlsm.feature_store import FeatureStore, SplitFeatures, uses_feature_store
 from vlsm.losses import DiceBCELoss
 from vlsm.speed import prepare_model
 from vlsm.train_state import TrainState
-from vlsm.trial_data import ModelInputs, PromptTable, SplitTensors, epoch_order, open_cache
+from vlsm.trial_data import ModelInputs, PromptTable, SplitTensors, mixed_epoch_order, open_cache
 
 if TYPE_CHECKING:
     from vlsm.data.cache import PreparedSplit
@@ -140,7 +140,7 @@ def run_training(
         checkpoint_due = _CheckpointClock(cfg.checkpoint_interval_s, clock)
         for epoch in range(0) if state.stop_reason else range(state.epoch + 1, cfg.max_epochs + 1):
             started = time.perf_counter()
-            train_loss, train_seconds = _train_epoch(trial, epoch)
+            train_loss, train_seconds, train_pairs = _train_epoch(trial, epoch)
             val_loss, val_rows = evaluate(trial.model, trial.val_data, trial.setup)  # validate
             val_dice = float(np.mean([r[DICE] for r in val_rows]))
             finite = math.isfinite(train_loss) and math.isfinite(val_loss)
@@ -154,7 +154,7 @@ def run_training(
             state.epoch, state.last_metrics = epoch, {
                 EPOCH: epoch, TRAIN_LOSS: train_loss, VAL_LOSS: val_loss, VAL_DICE: val_dice,
                 BEST_VAL_DICE: state.best_val_dice, BEST_EPOCH: state.best_epoch, LR: lr,
-                IMAGES_PER_S: len(trial.train_data) / max(train_seconds, 1e-9),
+                IMAGES_PER_S: train_pairs / max(train_seconds, 1e-9),
                 SECONDS: time.perf_counter() - started, STOP_REASON: state.stop_reason,
             }
             log.info("epoch %d: %s", epoch, state.last_metrics)
@@ -222,7 +222,8 @@ def _set_up(cfg: TrainConfig, device: str | torch.device | None, resume_dir: Pat
     tokenizer = build_tokenizer(cfg.model, pretrained=cfg.pretrained, config=cfg.model_config,
                                 tokenizer=cfg.tokenizer)
     prompts = PromptTable([s for s in splits if s is not None], key, tokenizer, device,
-                          synthetic_style=train_split.synthetic)
+                          synthetic_style=train_split.synthetic, generator=cfg.prompt_source == "generator",
+                          provenance=cfg.provenance_phrases)
     inputs = ModelInputs(model, prompts, device, precision)
     features = None
     if uses_feature_store(cfg, model):  # the frozen towers' outputs computed once, read back
@@ -276,11 +277,11 @@ def _build_model(cfg: TrainConfig, splits: Sequence[PreparedSplit | None],
 # --- one epoch --------------------------------------------------------------------------
 
 
-def _train_epoch(trial: _Trial, epoch: int) -> tuple[float, float]:
-    """One pass over the training split: (mean loss, seconds its batches took)."""
+def _train_epoch(trial: _Trial, epoch: int) -> tuple[float, float, int]:
+    """One pass over the training split: (mean loss, seconds its batches took, pairs trained)."""
     cfg, device, state, data = trial.cfg, trial.device, trial.state, trial.train_data
     trial.model.train()
-    order = epoch_order(len(data), cfg.seed, epoch)  # (N,)
+    order = mixed_epoch_order(data.synthetic, cfg.synthetic_share, cfg.seed, epoch)  # (n,) n = N without a share
     rng = random.Random(f"{cfg.seed}:{epoch}")
     phrasing = trial.setup.prompts.choose(data.split.items, rng)  # (N,)
     loss_sum = torch.zeros((), device=device)
@@ -301,7 +302,7 @@ def _train_epoch(trial: _Trial, epoch: int) -> tuple[float, float]:
         state.scaler.update()
         loss_sum += loss.detach() * len(idx)
     _sync(device)
-    return float(loss_sum) / len(data), time.perf_counter() - started
+    return float(loss_sum) / len(order), time.perf_counter() - started, len(order)
 
 
 def _stop_reason(state: TrainState, cfg: TrainConfig, epoch: int, train_loss: float,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,12 +25,14 @@ import torch
 from torch import nn
 
 from vlsm.config import TrainConfig
+from vlsm.data.prompts import with_provenance
 
 if TYPE_CHECKING:
     from vlsm.data.cache import CacheItem, PreparedSplit
 
 __all__ = [
     "DEVICE_DATA_FRACTION",
+    "GENERATOR_KEY",
     "ModelInputs",
     "PromptTable",
     "SplitTensors",
@@ -38,6 +40,7 @@ __all__ = [
     "autocast_for",
     "epoch_order",
     "keep_on_device",
+    "mixed_epoch_order",
     "pixel_values",
     "open_cache",
 ]
@@ -60,27 +63,29 @@ def open_cache(path: str | None, what: str) -> PreparedSplit:
     return open_split(localize(path))
 
 
+GENERATOR_KEY = "generator"  # a cache item's prompt from its generator's own text
+
+
 class PromptTable:
-    """Every prompt string of the trial, tokenised once; rows of the token table on the device."""
+    """Every prompt string of the trial, tokenised once; rows of the token table on the device.
+
+    Which sentence an item gets: prompt `key` (P0-P7) in the trial's style; with
+    generator, a synthetic item's generator text where it has one; with provenance
+    phrases, worked into the sentence by the item's provenance (real+synthetic).
+    """
 
     def __init__(self, splits: Sequence[PreparedSplit], key: str, tokenizer: Callable,
-                 device: torch.device, *, synthetic_style: bool = False):
+                 device: torch.device, *, synthetic_style: bool = False, generator: bool = False,
+                 provenance: Mapping[str, str] | None = None):
         # A model trained on synthetic data is tested on real images with the prompts it
         # learned: the synthetic style (P6 = shape, no image quality), as the authors did.
-        self.synthetic_style = synthetic_style
+        self.synthetic_style, self.generator, self.provenance = synthetic_style, generator, provenance
+        self.key = key
         strings: dict[str, int] = {}
         for split in splits:
             for item in split.items:
-                prompts = self.prompts_of(item)
-                value = prompts.get(key)
-                if value is None:
-                    raise ValueError(
-                        f"{split.root}: item {item.name} has no prompt {key!r}; it holds "
-                        f"{sorted(prompts)} (synthetic data has no P7)"
-                    )
-                for text in [value] if isinstance(value, str) else value:
+                for text in self._phrasings(item, split):
                     strings.setdefault(text, len(strings))
-        self.key = key
         self.rows = strings  # text -> row
         self.texts = list(strings)  # row -> text
         tokens = tokenizer(list(strings))
@@ -93,11 +98,29 @@ class PromptTable:
             return item.synthetic_prompts
         return item.prompts
 
+    def _phrasings(self, item: CacheItem, split: PreparedSplit | None = None) -> tuple[str, ...]:
+        """The sentences the item may be given (one or two phrasings)."""
+        prompts = self.prompts_of(item)
+        key = GENERATOR_KEY if self.generator and item.synthetic and GENERATOR_KEY in prompts else self.key
+        value = prompts.get(key)
+        if value is None:
+            where = f"{split.root}: " if split is not None else ""
+            raise ValueError(f"{where}item {item.name} has no prompt {key!r}; it holds {sorted(prompts)} "
+                             f"(synthetic data has no P7; a source without patient data has P0-P3)")
+        phrasings = (value,) if isinstance(value, str) else tuple(value)
+        if self.provenance is not None:
+            phrasings = tuple(with_provenance(text, item.synthetic, self.provenance) for text in phrasings)
+        return phrasings
+
     def choose(self, items: Sequence[CacheItem], rng: random.Random | None) -> torch.Tensor:
         """Row per item (N,): a random phrasing (training) or the first one (rng None: evaluation)."""
         from vlsm.data.prompts import choose_phrasing
 
-        return torch.tensor([self.rows[choose_phrasing(self.prompts_of(it), self.key, rng)] for it in items])
+        rows = []
+        for item in items:
+            phrasings = self._phrasings(item)
+            rows.append(self.rows[choose_phrasing({"k": phrasings if len(phrasings) > 1 else phrasings[0]}, "k", rng)])
+        return torch.tensor(rows)
 
 
 class _PairDataset(torch.utils.data.Dataset):
@@ -154,6 +177,7 @@ class SplitTensors:
         self.num_workers = cfg.num_workers
         self.image_index = torch.tensor([it.image_index for it in split.items])  # (N,)
         self.structure = torch.tensor([it.structure for it in split.items], dtype=torch.uint8)  # (N,)
+        self.synthetic = torch.tensor([it.synthetic for it in split.items], dtype=torch.bool)  # (N,)
         self.arrays: tuple[torch.Tensor, ...] = ()
         names = ("images", "labels", "eval_labels") if with_eval else ("images", "labels")
         nbytes = sum(int(getattr(split, n).nbytes) for n in names)
@@ -194,6 +218,27 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled item order (n,) of one epoch: a pure function of (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator)
+
+
+def mixed_epoch_order(synthetic: torch.Tensor, share: float | None, seed: int, epoch: int) -> torch.Tensor:
+    """The item order of one epoch of a split holding real and synthetic pairs
+    (synthetic (N,) bool): every real pair, and synthetic ones drawn so that they make
+    `share` of the epoch (without replacement while there are enough, else with); a pure
+    function of (seed, epoch). share None: every pair, as `epoch_order`."""
+    if share is None:
+        return epoch_order(len(synthetic), seed, epoch)
+    real, fake = torch.nonzero(~synthetic).flatten(), torch.nonzero(synthetic).flatten()
+    if len(real) == 0 or len(fake) == 0:
+        raise ValueError(f"synthetic_share {share}: the training cache holds {len(real)} real and "
+                         f"{len(fake)} synthetic pairs; a share needs both (a real+synthetic cache)")
+    wanted = max(1, round(share / (1 - share) * len(real)))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if wanted <= len(fake):
+        drawn = fake[torch.randperm(len(fake), generator=generator)[:wanted]]
+    else:
+        drawn = fake[torch.randint(len(fake), (wanted,), generator=generator)]
+    chosen = torch.cat([real, drawn])
+    return chosen[torch.randperm(len(chosen), generator=generator)]
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -114,6 +114,7 @@ class CacheItem:
     # Real images only: the same prompts in the synthetic style (p0-p6, p6 = shape, no
     # image quality), which models trained on synthetic data are tested with.
     synthetic_prompts: dict[str, str | tuple[str, str]] | None = None
+    synthetic: bool = False  # its image is synthetic (from the record's meta; a mixed split has both)
 
 
 @dataclass(frozen=True, eq=False)
@@ -676,6 +677,7 @@ def open_split(path: Path) -> PreparedSplit:
             name=it["name"],
             prompts=_as_prompt_set(it["prompts"]),
             synthetic_prompts=_as_prompt_set(it["synthetic_prompts"]) if it.get("synthetic_prompts") else None,
+            synthetic=bool(meta["records"][int(it["image_index"])].get("synthetic")),
         )
         for it in raw_items
     ]
@@ -807,3 +809,15 @@ def prepare_dataset(
     records = _load_records(kind, Path(root), split_scheme, n_val, camus_root, dataset)
     name = kind if kind != "synthetic-boost" else f"synthetic-boost-{dataset}"
     return prepare_records(records, size, cache_dir, name=name, progress=progress, workers=workers)
+
+
+def load_records(
+    kind: str,
+    root: Path,
+    split_scheme: str = "paper",
+    n_val: int | None = None,
+    camus_root: Path | None = None,
+) -> list[EchoImage]:
+    """A dataset's records as its reader gives them (kind as `prepare_dataset`'s), e.g.
+    to prepare real and synthetic training images as one split (real+synthetic)."""
+    return _load_records(kind, Path(root), split_scheme, n_val, camus_root, "camus")

@@ -36,12 +36,14 @@ from vlsm.axes import PROMPTS, STRUCTURE_NAMES, SYNTHETIC_PROMPTS
 from vlsm.data.records import EchoImage
 
 __all__ = [
+    "DEFAULT_PROVENANCE_PHRASES",
     "PHRASINGS",
     "age_in_words",
     "build_prompts",
     "choose_phrasing",
     "prompt_key",
     "prompt_keys",
+    "with_provenance",
 ]
 
 # The two phrasings, in the authors' order; evaluation uses the first.
@@ -213,3 +215,29 @@ def choose_phrasing(
     if len(value) == 0:
         raise ValueError(f"prompt {key!r} has no phrasing; expected one or two sentences")
     return value[0] if rng is None else value[rng.randrange(len(value))]
+
+
+# --- provenance: real and synthetic pairs in one training set (strategy real+synthetic) --
+
+# What a real+synthetic trial's prompts add, by the image's provenance; set in the sweep
+# as grid.provenance_phrases. "in the cardiac ultrasound" is the templates' own phrase.
+DEFAULT_PROVENANCE_PHRASES: dict[str, str] = {
+    "real": "in a real cardiac ultrasound",
+    "synthetic": "in a synthetic cardiac ultrasound",
+}
+_TEMPLATE_PLACE = "in the cardiac ultrasound"
+
+
+def with_provenance(text: str, synthetic: bool, phrases: Mapping[str, str]) -> str:
+    """One prompt sentence saying whether its image is real or synthetic, worded as the
+    templates are: the second phrasing's "in the cardiac ultrasound" becomes the phrase
+    ("... in a synthetic cardiac ultrasound."), any other sentence gets it before its
+    full stop ("... of the heart in a real cardiac ultrasound."), and P0's empty prompt
+    becomes the phrase alone."""
+    phrase = phrases["synthetic" if synthetic else "real"]
+    if not text:
+        return phrase
+    if _TEMPLATE_PLACE in text:
+        return text.replace(_TEMPLATE_PLACE, phrase, 1)
+    body = text[:-1] if text.endswith(".") else text
+    return f"{body} {phrase}."
