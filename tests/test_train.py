@@ -417,3 +417,32 @@ def test_init_from_loads_weights_only(caches, tmp_path):
     up = ckpt.load_model(best).state_dict()
     ft = ckpt.load_model(rec.dirs[-1]).state_dict()
     assert max((up[k].float() - ft[k].float()).abs().max().item() for k in up) < 1e-6
+
+
+def test_a_real_plus_synthetic_trial_trains_on_its_share_with_provenance_prompts(tmp_path):
+    # One cache of real and SDM training pairs (the strategy real+synthetic): an epoch
+    # trains every real pair and as many synthetic ones as the share asks, and every
+    # prompt says whether its image is real or synthetic.
+    from vlsm.data.cache import load_records, open_split, prepare_records
+    from vlsm.data.phantom import write_demo_data
+    from vlsm.data.prompts import DEFAULT_PROVENANCE_PHRASES
+    from vlsm.trial_data import PromptTable
+
+    demo = write_demo_data(tmp_path / "demo", seed=0, n_patients=6, n_test=1, n_val=1, sdm_per_image=2)
+    records = [r for kind, root in (("camus", demo.camus_root), ("sdm", demo.sdm_root))
+               for r in load_records(kind, root, "paper", 1, demo.camus_root if kind == "sdm" else None)
+               if r.split == "train"]
+    mixed = prepare_records(records, 64, tmp_path / "cache", name="camus+sdm", progress=False)["train"]
+    split = open_split(mixed)
+    real_pairs = sum(not it.synthetic for it in split.items)
+    assert 0 < real_pairs < len(split.items)
+    real = prepare_records([r for r in load_records("camus", demo.camus_root, "paper", 1) if r.split == "val"],
+                           64, tmp_path / "cache", name="camus", progress=False)["val"]
+    cfg = _cfg({"train": mixed, "val": real, "test": real}, max_epochs=1, synthetic_share=0.5,
+               provenance_phrases=DEFAULT_PROVENANCE_PHRASES, prompt="P2")
+    result = run_training(cfg, lambda m, d: None)
+    assert result.stop_reason == "max_epochs" and math.isfinite(result.history[-1]["train_loss"])
+    table = PromptTable([split], "p2", lambda t: {"input_ids": [[0]] * len(t), "attention_mask": [[1]] * len(t)},
+                        torch.device("cpu"), synthetic_style=True, provenance=DEFAULT_PROVENANCE_PHRASES)
+    assert all(t.endswith(("in a real cardiac ultrasound.", "in a synthetic cardiac ultrasound.")) for t in table.texts)
+    assert any("synthetic cardiac" in t for t in table.texts) and any("real cardiac" in t for t in table.texts)
