@@ -7,9 +7,9 @@
 
 With both --camus-root and --sdm-root (or --synthetic-format sdm), the SDM images get
 their CAMUS patients' metadata (sex, age), which prompts P4-P6 need; DiffEcho and
-imagefolder images build the prompts their metadata allows (`vlsm.data.synthetic_sources`). Prints one line per cache folder:
-``<kind> <split> <size> <folder>``. Running it again reuses the folders whose inputs
-did not change. Heavy imports happen in `run` only.
+imagefolder images build the prompts their metadata allows (`vlsm.data.synthetic_sources`).
+Prints one line per cache folder: ``<kind> <split> <size> <folder>``. Running it again
+reuses the folders whose inputs did not change. Heavy imports happen in `run` only.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ __all__ = [
     "load_imagefolder",
     "read_imagefolder_header",
     "read_imagefolder_rows",
+    "row_fields",
     "write_imagefolder_metadata",
     "write_imagefolder_pair",
 ]
@@ -125,7 +126,7 @@ def read_imagefolder_rows(root: Path) -> tuple[tuple[str, ...], list[Imagefolder
 
 def _row_error(root: Path, row: ImagefolderRow, column: str, value: str, expected: str) -> ValueError:
     return ValueError(
-        f"{Path(root) / METADATA_NAME} line {row.line}: {column} {value!r}; expected {expected}"
+        f"{Path(root) / METADATA_NAME}: line {row.line}: {column} {value!r}; expected {expected}"
     )
 
 
@@ -134,11 +135,12 @@ def row_fields(root: Path, row: ImagefolderRow) -> dict:
     file, line and column for an empty or unknown cell."""
     values = row.values
     for column in ("image", "mask"):
-        if not getattr(row, column) or getattr(row, column) == Path(root):
+        if getattr(row, column) == Path(root):  # an empty cell
             raise _row_error(root, row, column, "", "a path relative to the root")
     for column, value in values.items():
         if not value:
-            raise _row_error(root, row, column, value, "a value: a column present must be filled in every row")
+            raise _row_error(root, row, column, value,
+                             "a value: a column present must be filled in every row")
     split = values.get("split")
     if split is not None and split.lower() not in _SPLITS:
         raise _row_error(root, row, "split", split, "train or val")
@@ -186,7 +188,7 @@ def load_imagefolder(root: Path, *, n_val: int | None = None) -> list[EchoImage]
         for column in ("image", "mask"):
             if not getattr(row, column).is_file():
                 raise ValueError(
-                    f"{root / METADATA_NAME} line {row.line}: {column} {getattr(row, column)} not found"
+                    f"{root / METADATA_NAME}: line {row.line}: {column} {getattr(row, column)} not found"
                 )
         patient = fields["patient"]
         if patient not in patients:

@@ -533,7 +533,9 @@ class DemoData:
         from vlsm.data.synthetic_sources import load_synthetic
 
         if fmt not in self.synthetic_roots:
-            raise ValueError(f"{self.root}: no {fmt!r} data written; it holds {', '.join(self.synthetic_roots)}")
+            raise ValueError(
+                f"{self.root}: no {fmt!r} data written; it holds {', '.join(self.synthetic_roots)}"
+            )
         camus = self.camus_root if fmt == SOURCE_SDM else None
         return load_synthetic(fmt, self.synthetic_roots[fmt], camus, n_val=self.n_val)
 
@@ -654,7 +656,8 @@ def _write_dataset(tmp: Path, params: dict) -> None:
                 sdm_split = "training" if split == "train" else "validation"
                 other = _OtherImage(i, patient, split, view, phase, vi, pi, anatomy, sdm_info)
                 if "diffecho" in formats:
-                    _write_diffecho(tmp / "diffecho", other, images[view, phase], labels[view, phase], params)
+                    _write_diffecho(tmp / "diffecho", other, images[view, phase],
+                                    labels[view, phase], params)
                 if "imagefolder" in formats:
                     rows += _write_imagefolder(tmp / "imagefolder", other, params)
                 if SOURCE_SDM not in formats:

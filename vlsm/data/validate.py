@@ -345,7 +345,8 @@ def validate_data(
             sources.append((synthetic_format, Path(synthetic_root)))
     problems = Findings()
     if camus_root is not None:
-        problems += validate_camus(Path(camus_root), split_scheme=split_scheme, n_val=n_val, progress=progress)
+        problems += validate_camus(Path(camus_root), split_scheme=split_scheme, n_val=n_val,
+                                   progress=progress)
     for fmt, root in sources:
         problems.add(validate_synthetic(fmt, root, n_val=n_val, progress=progress))
     test = _camus_test_patients(Path(camus_root)) if camus_root is not None else set()

@@ -156,7 +156,9 @@ def _diffecho_generated(found, n_val: int, findings: Findings) -> list[EchoImage
         mask_name = f"{match['stem']}_mask_id{match['k']}.png"
         mask = found.generated_masks.get(mask_name)
         if mask is None:
-            findings.append(Problem(path, f"generated image without mask: {mask_name} not found under {found.root}"))
+            findings.append(
+                Problem(path, f"generated image without mask: {mask_name} not found under {found.root}")
+            )
             continue
         subject = int(match["subject"])
         records.append(EchoImage(
@@ -168,7 +170,9 @@ def _diffecho_generated(found, n_val: int, findings: Findings) -> list[EchoImage
     for name, path in found.generated_masks.items():
         image_name = name.replace("_mask_id", "_generated_id")
         if image_name not in found.generated:
-            findings.append(Problem(path, f"mask without generated image: {image_name} not found under {found.root}"))
+            findings.append(
+                Problem(path, f"mask without generated image: {image_name} not found under {found.root}")
+            )
     return records
 
 
@@ -265,7 +269,8 @@ def validate_imagefolder(root: Path, *, n_val: int | None = None, progress: bool
             findings.append(Problem(csv_path, error_text(err, csv_path)))
             continue
         if row.image in seen:
-            findings.append(Problem(csv_path, f"line {row.line}: image {row.image} also on line {seen[row.image]}", WARNING))
+            again = f"line {row.line}: image {row.image} also on line {seen[row.image]}"
+            findings.append(Problem(csv_path, again, WARNING))
         seen.setdefault(row.image, row.line)
         missing = [(c, p) for c, p in (("image", row.image), ("mask", row.mask)) if not p.is_file()]
         for column, path in missing:
