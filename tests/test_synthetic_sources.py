@@ -122,6 +122,7 @@ def test_validate_diffecho_reports_every_problem(demo, tmp_path):
     (root / "train_masks" / "ch2_ed_mask_2.png").unlink()  # a real-derived frame without mask
     shutil.move(root / "valid_frames" / "ch4_es_frame_0.png", root / "train_frames" / "ch4_es_frame_0.png")
     (root / "train_masks" / "ch4_es_mask_0.png").write_bytes((root / "valid_masks" / "ch4_es_mask_0.png").read_bytes())
+    shutil.copy(gen / "ch2_ed_mask_2_generated_id0.png", gen / "generated_0.png")  # infer_controlnet.py's name
     findings = validate_diffecho(root, n_val=1, progress=False)
     errors = _errors(findings)
     assert errors.pop(gen / "ch2_ed_mask_1_generated_id0.png").startswith("generated image without mask: ch2_ed_mask_1_mask_id0.png")
@@ -132,8 +133,10 @@ def test_validate_diffecho_reports_every_problem(demo, tmp_path):
     assert "line 3: conditioning_image" in errors.pop(root / "metadata.csv")  # its row names the lost mask
     assert errors == {}
     warnings = [(p.path.name, p.message) for p in findings if p.severity == WARNING]
-    assert warnings == [("ch4_es_frame_0.png", "in train_frames/, but subject 0 is a val subject with n_val 1 "
-                                               "(the first n_val subjects validate)")]
+    assert warnings[0] == ("ch4_es_frame_0.png", "in train_frames/, but subject 0 is a val subject with n_val 1 "
+                                                 "(the first n_val subjects validate)")
+    assert warnings[1][0] == "generated_0.png" and warnings[1][1].startswith("not a DiffEcho name")
+    assert len(warnings) == 2
     assert findings.codings[root]["grey"] > 0
 
 

@@ -52,6 +52,9 @@ __all__ = [
     "METADATA_COLUMNS",
     "DiffEchoFiles",
     "diffecho_patient",
+    "frame_record",
+    "generated_mask_name",
+    "generated_record",
     "load_diffecho",
     "read_diffecho_metadata",
     "scan_diffecho",
@@ -218,6 +221,54 @@ def _val_subjects(n_val: int | None) -> int:
     return int(n_val)
 
 
+def generated_mask_name(name: str) -> str:
+    """ch2_ed_mask_7_generated_id3.png -> ch2_ed_mask_7_mask_id3.png, the mask it was made from."""
+    match = GENERATED_RE.match(name)
+    if match is None:
+        raise ValueError(f"{name}: not a generated image name (<mask stem>_generated_id<k>.png)")
+    return f"{match['stem']}_mask_id{match['k']}.png"
+
+
+def generated_record(image: Path, mask: Path, n_val: int, texts: dict[str, str] | None = None) -> EchoImage:
+    """The record of one generated image: subjects < n_val validate; text from texts (mask
+    stem -> metadata.csv text), else data_generation.py's prompt for the view; None
+    without texts."""
+    match = GENERATED_RE.match(image.name)
+    if match is None:
+        raise ValueError(f"{image}: not a generated image name (<mask stem>_generated_id<k>.png)")
+    view, phase = _view_phase(match)
+    subject = int(match["subject"])
+    return EchoImage(
+        source=SOURCE,
+        patient=diffecho_patient(subject),
+        view=view,
+        phase=phase,
+        split="val" if subject < n_val else "train",
+        image_path=image,
+        mask_paths=(mask,),
+        variant=int(match["k"]),
+        text=None if texts is None else texts.get(match["stem"], GENERATION_PROMPTS[view]),
+    )
+
+
+def frame_record(frame: Path, mask: Path, n_val: int) -> EchoImage:
+    """The record of one real-derived frame (checked by validate-data, never trained on)."""
+    match = FRAME_RE.match(frame.name)
+    if match is None:
+        raise ValueError(f"{frame}: not a frame name (ch<2|4>_<ed|es>_frame_<i>.png)")
+    view, phase = _view_phase(match)
+    subject = int(match["subject"])
+    return EchoImage(
+        source=SOURCE,
+        patient=diffecho_patient(subject),
+        view=view,
+        phase=phase,
+        split="val" if subject < n_val else "train",
+        image_path=frame,
+        mask_paths=(mask,),
+    )
+
+
 def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
     """One record per generated image under root (see the module docstring).
 
@@ -244,30 +295,13 @@ def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
     texts = _texts(found.metadata)
     records = []
     for name, path in found.generated.items():
-        match = GENERATED_RE.match(name)
-        assert match is not None
-        mask_name = f"{match['stem']}_mask_id{match['k']}.png"
-        mask = found.generated_masks.get(mask_name)
+        mask = found.generated_masks.get(generated_mask_name(name))
         if mask is None:
             raise ValueError(
-                f"{path}: no mask found; expected {mask_name} (data_generation.py saves the "
-                f"conditioning mask beside every generated image) somewhere under {root}"
+                f"{path}: no mask found; expected {generated_mask_name(name)} (data_generation.py "
+                f"saves the conditioning mask beside every generated image) somewhere under {root}"
             )
-        view, phase = _view_phase(match)
-        subject = int(match["subject"])
-        records.append(
-            EchoImage(
-                source=SOURCE,
-                patient=diffecho_patient(subject),
-                view=view,
-                phase=phase,
-                split="val" if subject < n_val else "train",
-                image_path=path,
-                mask_paths=(mask,),
-                variant=int(match["k"]),
-                text=texts.get(match["stem"], GENERATION_PROMPTS[view]),
-            )
-        )
+        records.append(generated_record(path, mask, n_val, texts))
     order = {"train": 0, "val": 1}
     records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase, r.variant))
     log.info(

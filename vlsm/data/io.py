@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vlsm.atomic import atomic_path
-from vlsm.axes import STRUCTURES
+from vlsm.axes import SOURCE_SDM, STRUCTURES, SYNTHETIC_SOURCES
 from vlsm.data.itk_size import check_complete
 from vlsm.data.label_codings import (
     CODING_GREY,
@@ -58,7 +58,8 @@ ITK_SUFFIXES: tuple[str, ...] = (".mhd", ".nii.gz", ".nii")
 PNG_SUFFIX = ".png"
 PNG_MODES: tuple[str, ...] = ("L", "RGB", "RGBA")  # what write_png writes: grey in each channel
 _LABELS = frozenset([0, *STRUCTURES])  # {0, 1, 2, 3}
-_GREY_CODED_SOURCES = frozenset({"diffecho", "imagefolder"})  # labels 0-3 or grey-spread
+# Sources whose masks hold labels 0-3 or grey-spread levels (DiffEcho, imagefolder).
+_GREY_CODED_SOURCES = frozenset(SYNTHETIC_SOURCES) - {SOURCE_SDM}
 CODING_BINARY = "binary masks"  # three files, one per structure (the authors' layout)
 
 
@@ -215,7 +216,7 @@ def decode_label_map(rec: EchoImage) -> tuple[np.ndarray, str]:
         array = _read_mask(path)
         if not np.issubdtype(array.dtype, np.integer) and not np.all(array == np.rint(array)):
             raise ValueError(f"{path}: label map holds non-integer values; expected 0-3")
-        if rec.source == "sdm":
+        if rec.source == SOURCE_SDM:
             coding = detect_sdm_coding(array, path)
             return sdm_to_camus_labels(array, coding), coding
         if rec.source in _GREY_CODED_SOURCES:

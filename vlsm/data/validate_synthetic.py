@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlsm.data.problems import (
     WARNING,
@@ -28,6 +29,9 @@ from vlsm.data.problems import (
     progress_bar,
 )
 from vlsm.data.records import EchoImage
+
+if TYPE_CHECKING:
+    from vlsm.data.diffecho import DiffEchoFiles
 
 __all__ = ["validate_diffecho", "validate_imagefolder", "validate_sdm"]
 
@@ -128,7 +132,7 @@ def validate_sdm(root: Path, *, progress: bool = True) -> Findings:
 # --- DiffEcho --------------------------------------------------------------------------
 
 
-def _check_diffecho_metadata(found, findings: Findings) -> None:
+def _check_diffecho_metadata(found: DiffEchoFiles, findings: Findings) -> None:
     from vlsm.data.diffecho import read_diffecho_metadata
 
     for path in found.metadata:
@@ -145,28 +149,20 @@ def _check_diffecho_metadata(found, findings: Findings) -> None:
                 findings.append(Problem(path, f"line {row.line}: empty text; expected the prompt"))
 
 
-def _diffecho_generated(found, n_val: int, findings: Findings) -> list[EchoImage]:
+def _diffecho_generated(found: DiffEchoFiles, n_val: int, findings: Findings) -> list[EchoImage]:
     """Records of the generated images whose mask is there; the others as problems."""
     from vlsm.data import diffecho
 
     records = []
     for name, path in found.generated.items():
-        match = diffecho.GENERATED_RE.match(name)
-        assert match is not None
-        mask_name = f"{match['stem']}_mask_id{match['k']}.png"
+        mask_name = diffecho.generated_mask_name(name)
         mask = found.generated_masks.get(mask_name)
         if mask is None:
             findings.append(
                 Problem(path, f"generated image without mask: {mask_name} not found under {found.root}")
             )
             continue
-        subject = int(match["subject"])
-        records.append(EchoImage(
-            source=diffecho.SOURCE, patient=diffecho.diffecho_patient(subject),
-            view=f"{match['view']}CH", phase=match["phase"].upper(),
-            split="val" if subject < n_val else "train", image_path=path, mask_paths=(mask,),
-            variant=int(match["k"]),
-        ))
+        records.append(diffecho.generated_record(path, mask, n_val))
     for name, path in found.generated_masks.items():
         image_name = name.replace("_mask_id", "_generated_id")
         if image_name not in found.generated:
@@ -176,31 +172,32 @@ def _diffecho_generated(found, n_val: int, findings: Findings) -> list[EchoImage
     return records
 
 
-def _diffecho_frames(found, n_val: int, findings: Findings) -> list[EchoImage]:
+def _diffecho_frames(found: DiffEchoFiles, n_val: int, findings: Findings) -> list[EchoImage]:
     """Records of the real-derived frames whose mask is there; the others as problems."""
     from vlsm.data import diffecho
 
     records = []
+    folder_splits = {folder: split for split, folder in diffecho.FRAME_DIRS.items()}
     for frame, mask in found.frames.items():
-        match = diffecho.FRAME_RE.match(frame.name)
-        assert match is not None
-        subject = int(match["subject"])
-        split = "val" if subject < n_val else "train"
-        folder_split = {v: k for k, v in diffecho.FRAME_DIRS.items()}.get(frame.parent.name)
-        if folder_split not in (None, split):
+        rec = diffecho.frame_record(frame, mask, n_val)
+        subject = int(diffecho.FRAME_RE.match(frame.name)["subject"])
+        if folder_splits.get(frame.parent.name, rec.split) != rec.split:
             findings.append(Problem(
                 frame,
-                f"in {frame.parent.name}/, but subject {subject} is a {split} subject with "
+                f"in {frame.parent.name}/, but subject {subject} is a {rec.split} subject with "
                 f"n_val {n_val} (the first n_val subjects validate)",
                 WARNING,
             ))
         if not mask.is_file():
             findings.append(Problem(frame, f"frame without mask: {mask} is missing"))
             continue
-        records.append(EchoImage(
-            source=diffecho.SOURCE, patient=diffecho.diffecho_patient(subject),
-            view=f"{match['view']}CH", phase=match["phase"].upper(), split=split,
-            image_path=frame, mask_paths=(mask,),
+        records.append(rec)
+    for path in found.other_pngs:
+        findings.append(Problem(
+            path,
+            "not a DiffEcho name (<mask stem>_generated_id<k>.png, ..._mask_id<k>.png, "
+            "ch<2|4>_<ed|es>_frame_<i>.png, ch<2|4>_<ed|es>_mask_<i>.png); ignored",
+            WARNING,
         ))
     return records
 
