@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sweeps.cell import REAL_DATA, Cell
 from sweeps.spec import SweepSpec, grid_sources, synthetic_roots
-from vlsm.axes import SOURCE_SDM, STRATEGY_MIXED, SYNTHETIC_STRATEGIES
+from vlsm.axes import PROMPTS, SOURCE_SDM, STRATEGY_MIXED, SYNTHETIC_PROMPTS, SYNTHETIC_STRATEGIES
 from vlsm.model_registry import model_key
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def _needs_synthetic(spec: SweepSpec) -> bool:
 def check_data(roots: DataRoots, spec: SweepSpec) -> None:
     """Run `vlsm validate-data`'s checks with the sweep's split; raise DataError listing
     every error."""
+    from vlsm.data.synthetic_sources import validate_synthetic
     from vlsm.data.validate import validate_data
 
     if roots.camus_root is None:
@@ -77,9 +78,13 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
     if missing:
         option = "--sdm-root" if missing[0] == SOURCE_SDM else f"--synthetic-root --synthetic-format {missing[0]}"
         raise DataError(f"the grid has synthetic strategies on {missing[0]} but no folder for it: give {option}")
-    problems = validate_data(roots.camus_root, None, split_scheme=spec.data.split_scheme,
-                             n_val=spec.data.val_patients,
-                             synthetic={s: roots.synthetic[s] for s in sources})
+    others = [s for s in sources if s != SOURCE_SDM]  # beside SDM one more, or (the demo) several
+    problems = validate_data(roots.camus_root, roots.sdm_root if SOURCE_SDM in sources else None,
+                             synthetic_root=roots.synthetic[others[0]] if others else None,
+                             synthetic_format=others[0] if others else SOURCE_SDM,
+                             split_scheme=spec.data.split_scheme, n_val=spec.data.val_patients, progress=False)
+    for source in others[1:]:
+        problems += validate_synthetic(source, roots.synthetic[source], n_val=spec.data.val_patients, progress=False)
     errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
         if problem.severity != "error":
@@ -95,14 +100,12 @@ def source_prompts(spec: SweepSpec) -> dict[str, tuple[str, ...]]:
     the grid skips the cells of the others (`sweeps.grid.skipped_cells`)."""
     from vlsm.data.synthetic_sources import buildable_prompts
 
-    camus = spec.data.camus_root or (None if not spec.data.demo else "demo")
+    if spec.data.demo:  # not written yet: the phantom gives SDM its patients' data, the others view and phase
+        return {s: SYNTHETIC_PROMPTS if s == SOURCE_SDM else PROMPTS[:4] for s in grid_sources(spec)}
+    camus = Path(spec.data.camus_root).expanduser() if spec.data.camus_root else None
     roots = synthetic_roots(spec)
-    out = {}
-    for source in grid_sources(spec):
-        root = None if spec.data.demo else roots.get(source)
-        out[source] = buildable_prompts(source, Path(root) if root else None,
-                                        camus_root=Path(camus) if camus else None)
-    return out
+    return {source: buildable_prompts(source, Path(roots[source]).expanduser(), camus_root=camus)
+            for source in grid_sources(spec) if source in roots}
 
 
 def load_source_records(source: str, root: Path, camus_root: Path | None = None,

@@ -456,6 +456,11 @@ _NOT_SHAPING = {
     "vlsm.model_registry": "model names for vlsm.axes, no cached value",
     "vlsm.data.camus": "reads records; the key hashes the records' files and metadata",
     "vlsm.data.synthetic_boost": "reads records; the key hashes the records' files and metadata",
+    "vlsm.data.diffecho": "reads records; the key hashes the records' files and metadata",
+    "vlsm.data.imagefolder": "reads records; the key hashes the records' files and metadata",
+    "vlsm.data.synthetic_sources": "picks a format's reader; decides no value",
+    "vlsm.data.validate_synthetic": "checks files (a registry entry's validator), decides no value",
+    "vlsm.data.problems": "describes problems found by the checks, decides no value",
 }
 
 

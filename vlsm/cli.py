@@ -17,7 +17,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("vlsm.data.phantom_cli", "write a phantom CAMUS + SDM dataset for the demo and tests"),
     "prepare": ("vlsm.data.cache_cli", "preprocess a dataset split once into a read-only cache"),
-    "validate-data": ("vlsm.data.validate_cli", "check a CAMUS (and SDM) folder and report every problem"),
+    "validate-data": ("vlsm.data.validate_cli", "check a CAMUS (and a synthetic) folder and report every problem"),
     "export-synthetic-boost": (
         "vlsm.data.synthetic_boost_cli",
         "write raw CAMUS in the Synthetic Boost authors' PNG + JSON layout",

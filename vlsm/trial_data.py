@@ -25,14 +25,13 @@ import torch
 from torch import nn
 
 from vlsm.config import TrainConfig
-from vlsm.data.prompts import with_provenance
+from vlsm.data.prompts import GENERATOR_PROMPT, with_provenance
 
 if TYPE_CHECKING:
     from vlsm.data.cache import CacheItem, PreparedSplit
 
 __all__ = [
     "DEVICE_DATA_FRACTION",
-    "GENERATOR_KEY",
     "ModelInputs",
     "PromptTable",
     "SplitTensors",
@@ -61,9 +60,6 @@ def open_cache(path: str | None, what: str) -> PreparedSplit:
     if path is None:
         raise ValueError(f"{what}: no cache folder given; set it to a folder written by `vlsm prepare`")
     return open_split(localize(path))
-
-
-GENERATOR_KEY = "generator"  # a cache item's prompt from its generator's own text
 
 
 class PromptTable:
@@ -101,7 +97,7 @@ class PromptTable:
     def _phrasings(self, item: CacheItem, split: PreparedSplit | None = None) -> tuple[str, ...]:
         """The sentences the item may be given (one or two phrasings)."""
         prompts = self.prompts_of(item)
-        key = GENERATOR_KEY if self.generator and item.synthetic and GENERATOR_KEY in prompts else self.key
+        key = GENERATOR_PROMPT if self.generator and item.synthetic and GENERATOR_PROMPT in prompts else self.key
         value = prompts.get(key)
         if value is None:
             where = f"{split.root}: " if split is not None else ""

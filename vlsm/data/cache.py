@@ -26,6 +26,7 @@ Layout of one folder (all files read-only):
   record's own (authors' layout) or `build_prompts` with P7's shape from
   `classify_shape` on the 512 x 512 mask; a prompt whose metadata is missing (SDM
   without CAMUS metadata has no sex or age) is left out, and meta.json counts them;
+  images with the generator's text (DiffEcho, imagefolder) also get "generator";
 - ``meta.json``       version, key, parameters, image names, per-image metadata and
   ``prompt_counts`` (items holding each prompt key).
 
@@ -54,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlsm.axes import EVAL_SIZE, STRUCTURES
+from vlsm.axes import EVAL_SIZE, STRUCTURES, SYNTHETIC_SOURCES
 from vlsm.data.records import SPLITS, EchoImage
 
 __all__ = [
@@ -77,7 +78,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the layout or meaning of the cached files changes.
 CACHE_VERSION = 2
-DATASET_KINDS: tuple[str, ...] = ("camus", "sdm", "synthetic-boost")
+DATASET_KINDS: tuple[str, ...] = ("camus", "sdm", "synthetic-boost", "diffecho", "imagefolder")
 
 # Modules whose code decides the cached values; their source is part of the key.
 _CODE_MODULES: tuple[str, ...] = (
@@ -222,6 +223,8 @@ def _record_fields(rec: EchoImage) -> dict:
     }
     if rec.prompts is not None:
         fields["prompts"] = {str(k): _jsonable(v) for k, v in sorted(rec.prompts.items())}
+    if rec.text is not None:  # the generator's prompt (absent: the keys of old records stay)
+        fields["text"] = rec.text
     return fields
 
 
@@ -289,7 +292,17 @@ def _shape(rec: EchoImage, structure: int, mask512: np.ndarray) -> str | None:
 
 def _item_prompts(rec: EchoImage, structure: int, shape: str | None, *, synthetic: bool) -> dict:
     """The record's own prompts (authors' layout) or prompts built from its metadata in
-    the real or the synthetic style."""
+    the real or the synthetic style; with the generator's text (`rec.text`) also
+    "generator" (`vlsm.data.prompts.generator_prompt`)."""
+    prompts = _metadata_prompts(rec, structure, shape, synthetic=synthetic)
+    if rec.text is not None:
+        from vlsm.data.prompts import GENERATOR_PROMPT, generator_prompt
+
+        prompts[GENERATOR_PROMPT] = generator_prompt(structure, rec.text)
+    return prompts
+
+
+def _metadata_prompts(rec: EchoImage, structure: int, shape: str | None, *, synthetic: bool) -> dict:
     if rec.prompts is not None:
         if structure not in rec.prompts:
             raise ValueError(
@@ -327,6 +340,7 @@ def _record_meta(rec: EchoImage) -> dict:
         **dataclasses.asdict(rec.info),
         "image_path": str(rec.image_path),
         "mask_paths": [str(p) for p in rec.mask_paths],
+        "text": rec.text,
     }
     return meta
 
@@ -722,18 +736,10 @@ def _load_records(
         if why:
             raise ValueError(why)
         return records
-    if kind == "sdm":
-        from vlsm.data.sdm import load_sdm, with_camus_info
+    if kind in SYNTHETIC_SOURCES:
+        from vlsm.data.synthetic_sources import load_synthetic
 
-        records = load_sdm(root)
-        if camus_root is None:
-            log.warning(
-                "%s: SDM images carry no patient metadata; without a CAMUS root only "
-                "prompts P0-P3 can be built (give camus_root / --camus-root for P4-P6)",
-                root,
-            )
-            return records
-        return with_camus_info(records, _load_camus(Path(camus_root), split_scheme, n_val))
+        return load_synthetic(kind, root, camus_root, split_scheme, n_val)
     if kind == "synthetic-boost":
         from vlsm.data.synthetic_boost import load_synthetic_boost
 
@@ -799,10 +805,13 @@ def prepare_dataset(
 ) -> dict[str, Path]:
     """Read a dataset with its reader and prepare one cache per split; return {split: folder}.
 
-    kind: "camus" | "sdm" | "synthetic-boost". split_scheme and n_val (validation
-    patients, default the paper's 50) go to `load_camus`; for "sdm", camus_root gives
-    the SDM images their patients' metadata (`with_camus_info`), needed by P4-P6;
-    dataset ("camus" | "sdm") picks the data set of the authors' layout.
+    kind: "camus" | "sdm" | "diffecho" | "imagefolder" | "synthetic-boost". split_scheme
+    and n_val (validation patients, default the paper's 50) go to `load_camus`; for
+    "sdm", camus_root gives the SDM images their patients' metadata (`with_camus_info`),
+    needed by P4-P6; for "diffecho" / "imagefolder" n_val is the number of subjects /
+    patients that validate where the source has no split of its own
+    (`vlsm.data.synthetic_sources`); dataset ("camus" | "sdm") picks the data set of the
+    authors' layout.
     """
     if kind not in DATASET_KINDS:
         raise ValueError(f"prepare_dataset: unknown kind {kind!r}; expected one of {DATASET_KINDS}")

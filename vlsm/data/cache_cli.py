@@ -2,12 +2,14 @@
 
     python -m vlsm prepare --camus-root data/CAMUS --size 352 --size 416 --cache-dir cache/
     python -m vlsm prepare --camus-root data/CAMUS --sdm-root data/SDM --cache-dir cache/
+    python -m vlsm prepare --synthetic-root data/DiffEcho --synthetic-format diffecho --cache-dir cache/
     python -m vlsm prepare --synthetic-boost-root data/sb --cache-dir cache/
 
-With both --camus-root and --sdm-root, the SDM images get their CAMUS patients'
-metadata (sex, age), which prompts P4-P6 need. Prints one line per cache folder:
-``<kind> <split> <size> <folder>``. Running it again reuses the folders whose inputs
-did not change. Heavy imports happen in `run` only.
+With both --camus-root and --sdm-root (or --synthetic-format sdm), the SDM images get
+their CAMUS patients' metadata (sex, age), which prompts P4-P6 need; DiffEcho and
+imagefolder images build the prompts their metadata allows (`vlsm.data.synthetic_sources`).
+Prints one line per cache folder: ``<kind> <split> <size> <folder>``. Running it again
+reuses the folders whose inputs did not change. Heavy imports happen in `run` only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+
+from vlsm.axes import SOURCE_SDM, SYNTHETIC_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="SDM CAMUS folder of synthetic PNGs (with --camus-root, its images get the "
         "CAMUS patients' metadata, needed for prompts P4-P6)",
+    )
+    parser.add_argument(
+        "--synthetic-root",
+        type=Path,
+        help="folder of synthetic images in --synthetic-format",
+    )
+    parser.add_argument(
+        "--synthetic-format",
+        default=SOURCE_SDM,
+        choices=SYNTHETIC_SOURCES,
+        help="layout of --synthetic-root (default sdm; --sdm-root DIR is --synthetic-root DIR "
+        "--synthetic-format sdm)",
     )
     parser.add_argument(
         "--synthetic-boost-root",
@@ -54,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="paper scheme: number of validation patients (default: the paper's 50)",
+        help="paper scheme: number of validation patients (default: the paper's 50); also "
+        "the DiffEcho subjects and imagefolder patients (without a split column) that validate",
     )
     parser.add_argument(
         "--dataset",
@@ -80,12 +97,13 @@ def run(args: argparse.Namespace) -> int:
         for option, kind, root in (
             ("--camus-root", "camus", args.camus_root),
             ("--sdm-root", "sdm", args.sdm_root),
+            ("--synthetic-root", args.synthetic_format, args.synthetic_root),
             ("--synthetic-boost-root", "synthetic-boost", args.synthetic_boost_root),
         )
         if root is not None
     ]
     if not jobs:
-        log.error("give at least one of --camus-root, --sdm-root, --synthetic-boost-root")
+        log.error("give at least one of --camus-root, --sdm-root, --synthetic-root, --synthetic-boost-root")
         return 2
     for option, _, root in jobs:
         if not root.is_dir():

@@ -6,8 +6,10 @@ coding are decided once:
 
 - every 2-D array is (H, W) = (rows, columns), as SimpleITK's `GetArrayFromImage` and
   PIL give it (SimpleITK's *image* size is (W, H); we never use it for shapes);
-- images are uint8 grayscale 0-255; label maps are uint8 in {0, 1, 2, 3}
-  (0 background, 1 LV cavity, 2 myocardium, 3 LA; `vlsm.axes.STRUCTURES`);
+- images are uint8 grayscale 0-255, whatever the PNG's mode (L, RGB, RGBA: DiffEcho
+  writes RGBA and RGB); label maps are uint8 in {0, 1, 2, 3} (0 background, 1 LV
+  cavity, 2 myocardium, 3 LA; `vlsm.axes.STRUCTURES`), decoded from each source's
+  codings (`vlsm.data.label_codings`; a colour mask is refused, not converted);
 - spacing is (row, col) in mm;
 - an ITK file shorter than its header says is refused (`vlsm.data.itk_size`, a
   `TruncatedFileError` naming it), never read zero-filled;
@@ -25,13 +27,22 @@ from pathlib import Path
 import numpy as np
 
 from vlsm.atomic import atomic_path
-from vlsm.axes import STRUCTURES
+from vlsm.axes import SOURCE_SDM, STRUCTURES, SYNTHETIC_SOURCES
 from vlsm.data.itk_size import check_complete
-from vlsm.data.label_codings import detect_sdm_coding, sdm_to_camus_labels
+from vlsm.data.label_codings import (
+    CODING_GREY,
+    CODING_LABELS,
+    detect_grey_coding,
+    detect_sdm_coding,
+    grey_to_camus_labels,
+    sdm_to_camus_labels,
+)
 from vlsm.data.records import EchoImage
 
 __all__ = [
     "ITK_SUFFIXES",
+    "PNG_MODES",
+    "decode_label_map",
     "read_image",
     "read_label_map",
     "read_spacing",
@@ -45,7 +56,11 @@ log = logging.getLogger(__name__)
 
 ITK_SUFFIXES: tuple[str, ...] = (".mhd", ".nii.gz", ".nii")
 PNG_SUFFIX = ".png"
+PNG_MODES: tuple[str, ...] = ("L", "RGB", "RGBA")  # what write_png writes: grey in each channel
 _LABELS = frozenset([0, *STRUCTURES])  # {0, 1, 2, 3}
+# Sources whose masks hold labels 0-3 or grey-spread levels (DiffEcho, imagefolder).
+_GREY_CODED_SOURCES = frozenset(SYNTHETIC_SOURCES) - {SOURCE_SDM}
+CODING_BINARY = "binary masks"  # three files, one per structure (the authors' layout)
 
 
 def _kind(path: Path) -> str:
@@ -114,6 +129,26 @@ def _read_any(path: Path) -> np.ndarray:
     return read_png(path) if _kind(path) == "png" else read_itk(path)[0]
 
 
+def _read_mask(path: Path) -> np.ndarray:
+    """A label map's (H, W) values; an RGB(A) PNG must be grey (R = G = B), alpha ignored."""
+    if _kind(path) != "png":
+        return read_itk(path)[0]
+    from PIL import Image
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    with Image.open(path) as im:
+        if im.mode not in ("RGB", "RGBA"):
+            return read_png(path)
+        rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        raise ValueError(
+            f"{path}: colour label map (its R, G and B differ); expected a grey mask "
+            "(labels 0-3 or grey levels, equal in R, G and B)"
+        )
+    return rgb[..., 0]
+
+
 def _as_uint8_image(array: np.ndarray, path: Path) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
@@ -150,11 +185,20 @@ def _check_labels(array: np.ndarray, path: Path, allowed: frozenset[int]) -> np.
 
 
 def read_label_map(rec: EchoImage) -> np.ndarray:
-    """The record's ground truth as one (H, W) uint8 map in {0, 1, 2, 3}.
+    """The record's ground truth as one (H, W) uint8 map in {0, 1, 2, 3}
+    (`decode_label_map` without the coding)."""
+    return decode_label_map(rec)[0]
 
-    - one file, CAMUS (source "camus2019"/"camus2023" or any .mhd/.nii): values 0-3;
-    - one file, SDM (source "sdm"): coding ("labels" or "sector") detected from the
-      values (`vlsm.data.label_codings.detect_sdm_coding`) and mapped to 0-3;
+
+def decode_label_map(rec: EchoImage) -> tuple[np.ndarray, str]:
+    """The record's ground truth as one (H, W) uint8 map in {0, 1, 2, 3}, and the coding
+    found in its file ("labels" | "sector" | "grey" | "binary masks").
+
+    - one file, SDM (source "sdm"): "labels" or "sector", detected from the values
+      (`vlsm.data.label_codings.detect_sdm_coding`) and mapped to 0-3;
+    - one file, DiffEcho or imagefolder: "labels" (0-3) or "grey" (0/85/170/255, as
+      matplotlib's imsave(cmap="gray") spreads them; RGB/RGBA PNGs must be grey);
+    - one file, anything else (CAMUS .mhd/.nii): values 0-3, "labels";
     - three binary masks (structures 1, 2, 3; the authors' layout): label k where
       mask k > 0. Overlaps are an error (they cannot be expressed as one map).
 
@@ -169,35 +213,43 @@ def read_label_map(rec: EchoImage) -> np.ndarray:
         )
     if len(masks) == 1:
         path = masks[0]
-        array = _read_any(path)
+        array = _read_mask(path)
         if not np.issubdtype(array.dtype, np.integer) and not np.all(array == np.rint(array)):
             raise ValueError(f"{path}: label map holds non-integer values; expected 0-3")
-        if rec.source == "sdm":
+        if rec.source == SOURCE_SDM:
             coding = detect_sdm_coding(array, path)
-            return sdm_to_camus_labels(array, coding)
-        return _check_labels(array, path, _LABELS)
+            return sdm_to_camus_labels(array, coding), coding
+        if rec.source in _GREY_CODED_SOURCES:
+            coding = detect_grey_coding(array, path)
+            if coding == CODING_GREY:
+                return grey_to_camus_labels(array, path), coding
+        return _check_labels(array, path, _LABELS), CODING_LABELS
     if len(masks) == len(STRUCTURES):
-        out: np.ndarray | None = None
-        for label, path in zip(sorted(STRUCTURES), masks, strict=True):
-            mask = _read_any(path) > 0  # (H, W) bool
-            if out is None:
-                out = np.zeros(mask.shape, np.uint8)
-            elif mask.shape != out.shape:
-                raise ValueError(
-                    f"{path}: mask shape {mask.shape} differs from {masks[0]} {out.shape}"
-                )
-            if np.any(mask & (out > 0)):
-                raise ValueError(
-                    f"{path}: mask of structure {label} overlaps an earlier structure's mask; "
-                    "expected disjoint binary masks"
-                )
-            out[mask] = label
-        assert out is not None
-        return out
+        return _binary_masks(masks), CODING_BINARY
     raise ValueError(
         f"{rec.image_path}: record {rec.source}/{rec.name} has {len(masks)} mask paths; "
         f"expected 1 label map or {len(STRUCTURES)} binary masks"
     )
+
+
+def _binary_masks(masks: tuple[Path, ...]) -> np.ndarray:
+    out: np.ndarray | None = None
+    for label, path in zip(sorted(STRUCTURES), masks, strict=True):
+        mask = _read_any(path) > 0  # (H, W) bool
+        if out is None:
+            out = np.zeros(mask.shape, np.uint8)
+        elif mask.shape != out.shape:
+            raise ValueError(
+                f"{path}: mask shape {mask.shape} differs from {masks[0]} {out.shape}"
+            )
+        if np.any(mask & (out > 0)):
+            raise ValueError(
+                f"{path}: mask of structure {label} overlaps an earlier structure's mask; "
+                "expected disjoint binary masks"
+            )
+        out[mask] = label
+    assert out is not None
+    return out
 
 
 def read_spacing(rec: EchoImage) -> tuple[float, float]:
@@ -275,18 +327,28 @@ def write_itk(
         sitk.WriteImage(image, str(tmp))
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write a (H, W) uint8 array as an 8-bit grayscale (mode L) PNG, atomically."""
+def write_png(path: Path, array: np.ndarray, *, mode: str = "L") -> None:
+    """Write a (H, W) uint8 array as an 8-bit PNG, atomically.
+
+    mode "L" (default) writes grayscale; "RGB" and "RGBA" repeat the value in R, G and B
+    (alpha 255), as matplotlib's imsave (RGBA) and diffusers' pipelines (RGB) write
+    grey pictures.
+    """
     from PIL import Image
 
     path = Path(path)
     array = _check_2d(array, path)
+    if mode not in PNG_MODES:
+        raise ValueError(f"{path}: PNG mode must be one of {PNG_MODES}, got {mode!r}")
     if array.dtype != np.uint8:
         if array.size and (array.min() < 0 or array.max() > 255):
             raise ValueError(
                 f"{path}: PNG values must be 0-255, got range [{array.min()}, {array.max()}]"
             )
         array = array.astype(np.uint8)
+    if mode != "L":
+        channels = [array] * 3 + ([np.full_like(array, 255)] if mode == "RGBA" else [])
+        array = np.stack(channels, axis=-1)  # (H, W) -> (H, W, 3|4)
     with atomic_path(path, ".png") as tmp:
-        Image.fromarray(np.ascontiguousarray(array), mode="L").save(tmp, format="PNG")
-
+        # the mode follows from the shape: (H, W) L, (H, W, 3) RGB, (H, W, 4) RGBA
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")

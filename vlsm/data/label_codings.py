@@ -1,11 +1,15 @@
-"""SDM CAMUS label codings: detect which one a label map uses, and convert to and from CAMUS.
+"""Label codings of synthetic sources: detect which one a label map uses, convert to CAMUS.
 
-SDM CAMUS label maps come in two codings, detected from the pixel values, never assumed:
+Label maps come in three codings, detected from the pixel values, never assumed:
 
 - "labels": 0 background, 1 LV cavity, 2 myocardium, 3 LA (the CAMUS coding);
-- "sector": 0 outside the ultrasound cone, 1 LV cavity, 2 inside the cone, 3 myocardium,
-  4 LA (echo_from_noise's augment_camus_labels.py: labels > 1 shifted up by one and the
-  cone's background set to 2).
+- "sector" (SDM CAMUS only): 0 outside the ultrasound cone, 1 LV cavity, 2 inside the
+  cone, 3 myocardium, 4 LA (echo_from_noise's augment_camus_labels.py: labels > 1
+  shifted up by one and the cone's background set to 2);
+- "grey" (DiffEcho, imagefolder): the labels spread over 8-bit grey levels by the map's
+  own min and max, as matplotlib's ``imsave(path, labels, cmap="gray")`` writes them:
+  0, 85, 170, 255 for 0-3 (0, 128, 255 for a map without LA); `spread_to_grey` gives
+  the same pixels without matplotlib.
 
 Why a module of its own: `vlsm.data.io` reads the label maps of every source (and so
 decodes SDM maps), while `vlsm.data.sdm` writes SDM images through io's writers; with
@@ -20,16 +24,27 @@ import numpy as np
 
 __all__ = [
     "CODINGS",
+    "CODING_GREY",
     "CODING_LABELS",
     "CODING_SECTOR",
+    "CODING_DESCRIPTIONS",
     "SdmCodingError",
     "camus_to_sdm_labels",
+    "detect_grey_coding",
     "detect_sdm_coding",
+    "grey_levels",
+    "grey_to_camus_labels",
     "sdm_to_camus_labels",
+    "spread_to_grey",
 ]
 
-CODING_LABELS, CODING_SECTOR = "labels", "sector"
-CODINGS: tuple[str, ...] = (CODING_LABELS, CODING_SECTOR)
+CODING_LABELS, CODING_SECTOR, CODING_GREY = "labels", "sector", "grey"
+CODINGS: tuple[str, ...] = (CODING_LABELS, CODING_SECTOR)  # SDM CAMUS's two
+CODING_DESCRIPTIONS: dict[str, str] = {
+    CODING_LABELS: "values 0-3",
+    CODING_SECTOR: "SDM sector coding, values 0-4",
+    CODING_GREY: "grey levels 0/85/170/255, as matplotlib's imsave(cmap='gray') spreads 0-3",
+}
 # sector -> labels: 0 outside cone -> 0, 1 LV -> 1, 2 cone -> 0, 3 MYO -> 2, 4 LA -> 3
 _SECTOR_TO_LABELS = np.array([0, 1, 0, 2, 3], dtype=np.uint8)
 # labels -> sector inside the cone: 0 -> 2, 1 -> 1, 2 -> 3, 3 -> 4
@@ -135,3 +150,88 @@ def camus_to_sdm_labels(
         )
     inside = np.asarray(cone, dtype=bool) | (labels > 0)  # (H, W)
     return np.where(inside, _LABELS_TO_SECTOR[labels], 0).astype(np.uint8)
+
+
+# --- grey-spread masks (matplotlib imsave(..., cmap="gray")) ---------------------------
+
+# matplotlib's "gray" colormap as bytes: its 256-entry table times 255, truncated, so
+# that some levels are one below i (33 -> 32); imsave writes these values.
+_GREY_LUT = (np.linspace(0.0, 1.0, 256) * 255).astype(np.uint8)  # (256,)
+
+
+def spread_to_grey(array: np.ndarray) -> np.ndarray:
+    """(H, W) numbers -> (H, W) uint8 grey levels, the pixels of matplotlib's
+    ``imsave(path, array, cmap="gray")`` (R = G = B; alpha 255).
+
+    Values are scaled by the array's own min and max to the colormap's 256 entries
+    (a constant array is all 0); integer arrays are computed in float32 as matplotlib's
+    Normalize does, so uint8 images and label maps give identical bytes.
+    """
+    values = np.asarray(array)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"spread_to_grey: expected a non-empty (H, W) array, got shape {values.shape}")
+    work = values.astype(np.promote_types(values.dtype, np.float32))
+    lo, hi = work.min(), work.max()
+    if hi == lo:
+        return np.zeros(values.shape, np.uint8)
+    index = (work - lo) / (hi - lo) * 256  # (H, W) in [0, 256]
+    index = np.clip(index, 0, 255).astype(np.intp)  # 256 (the max) -> the last entry
+    return _GREY_LUT[index]
+
+
+def grey_levels(top: int) -> tuple[int, ...]:
+    """The grey level of each label 0..top in a map holding 0 and top: (0, 85, 170, 255) for 3."""
+    return tuple(int(v) for v in spread_to_grey(np.arange(top + 1)[None])[0])
+
+
+# A mask always holds background (0), so its grey levels say its top label: the levels
+# of labels 0..3, or 0..2 when LA is absent. Levels 0 and 255 alone (one structure) are
+# ambiguous: any of labels 1-3 would be 255.
+_GREY_DECODINGS: dict[tuple[int, ...], int] = {grey_levels(top): top for top in (3, 2)}
+
+
+def _grey_top(values: set[int]) -> int | None:
+    for levels, top in _GREY_DECODINGS.items():
+        if values <= set(levels) and {0, levels[-1]} <= values and values - {0, 255}:
+            return top
+    return None
+
+
+def detect_grey_coding(label_map: np.ndarray, path: Path | None = None) -> str:
+    """'labels' (values 0-3) or 'grey' (0/85/170/255 or 0/128/255), from a (H, W) map's values.
+
+    Raises ValueError naming the values otherwise, and for a grey map of levels 0 and
+    255 only, whose one structure cannot be told.
+    """
+    array = np.asarray(label_map)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"{_where(path)}expected a non-empty (H, W) label map, got shape {array.shape}")
+    values = {int(v) for v in np.unique(array)}
+    if values <= {0, 1, 2, 3}:
+        return CODING_LABELS
+    if _grey_top(values) is not None:
+        return CODING_GREY
+    if values == {0, 255}:
+        raise ValueError(
+            f"{_where(path)}ambiguous grey label map: levels 0 and 255 only (one structure), so "
+            "which of LV, MYO, LA it shows cannot be told; expected levels 0/85/170/255"
+        )
+    known = set(grey_levels(3)) | set(grey_levels(2)) | {1, 2, 3}
+    raise ValueError(
+        f"{_where(path)}unknown label level(s) {sorted(values - known) or sorted(values)}; expected "
+        "labels 0-3 or the grey levels of matplotlib imsave(cmap='gray'): 0/85/170/255 "
+        "(0/128/255 without LA)"
+    )
+
+
+def grey_to_camus_labels(label_map: np.ndarray, path: Path | None = None) -> np.ndarray:
+    """A (H, W) grey-spread map (`detect_grey_coding` == 'grey') as uint8 CAMUS labels 0-3."""
+    array = np.asarray(label_map)
+    top = _grey_top({int(v) for v in np.unique(array)})
+    if top is None:
+        detect_grey_coding(array, path)  # raises with the reason
+        raise ValueError(f"{_where(path)}not a grey-spread label map; expected levels 0/85/170/255")
+    lut = np.zeros(256, np.uint8)
+    for label, level in enumerate(grey_levels(top)):
+        lut[level] = label
+    return lut[array.astype(np.intp)]

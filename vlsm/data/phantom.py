@@ -4,10 +4,12 @@ Why: the demo and the whole test suite must run with no dataset downloaded, yet
 exercise the real readers, prompts, models and metrics. So this module draws
 images and label maps that look and behave like CAMUS apical views, and writes them
 in the real CAMUS (2019 or 2023) and SDM CAMUS file formats through the real
-writers (`vlsm.data.camus`, `vlsm.data.sdm`):
+writers (`vlsm.data.camus`, `vlsm.data.sdm`), and on request in the other synthetic
+formats the way their tools write them (`vlsm.data.diffecho`, `vlsm.data.imagefolder`):
 
     python -m vlsm demo-data --out demo_data          # the same call, from the shell
     write_demo_data(Path("demo_data"), seed=0)        # -> demo_data/camus, demo_data/sdm
+    write_demo_data(Path("demo_data"), synthetic_formats=("sdm", "diffecho", "imagefolder"))
 
 What an image shows (apex at the top next to the probe, atria at the bottom):
 
@@ -39,13 +41,15 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from vlsm.axes import SOURCE_SDM, SYNTHETIC_SOURCES
 from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage, PatientInfo
 
 __all__ = [
@@ -488,9 +492,11 @@ class DemoData:
 
     Splits follow the paper scheme: the last n_test patients are the official test
     patients; of the others the first n_val validate and the rest train. SDM holds
-    sdm_per_image synthetic images of every train and val image. In the 2019 layout
-    the test patients are numbered from patient0001 again under testing/ (as the real
-    release does), so ids are unique only together with the split.
+    sdm_per_image synthetic images of every train and val image; so does each other
+    synthetic format asked for, under synthetic_roots[format] (root/<format>; "sdm" is
+    sdm_root, present when asked for, as by default). In the 2019 layout the test
+    patients are numbered from patient0001 again under testing/ (as the real release
+    does), so ids are unique only together with the split.
     """
 
     root: Path
@@ -507,6 +513,7 @@ class DemoData:
     train_patients: tuple[str, ...]
     val_patients: tuple[str, ...]
     test_patients: tuple[str, ...]
+    synthetic_roots: dict[str, Path] = field(default_factory=dict, hash=False)
 
     def camus_records(self, split_scheme: str = "paper") -> list[EchoImage]:
         """`vlsm.data.camus.load_camus` on camus_root with this dataset's n_val."""
@@ -519,6 +526,18 @@ class DemoData:
         from vlsm.data.sdm import load_sdm
 
         return load_sdm(self.sdm_root)
+
+    def synthetic_records(self, fmt: str) -> list[EchoImage]:
+        """`vlsm.data.synthetic_sources.load_synthetic` on synthetic_roots[fmt] with this
+        dataset's n_val (SDM with the CAMUS patients' metadata)."""
+        from vlsm.data.synthetic_sources import load_synthetic
+
+        if fmt not in self.synthetic_roots:
+            raise ValueError(
+                f"{self.root}: no {fmt!r} data written; it holds {', '.join(self.synthetic_roots)}"
+            )
+        camus = self.camus_root if fmt == SOURCE_SDM else None
+        return load_synthetic(fmt, self.synthetic_roots[fmt], camus, n_val=self.n_val)
 
 
 def _patient_ids(n_patients: int, n_test: int, n_val: int, release: str) -> list[tuple[str, str]]:
@@ -533,7 +552,8 @@ def _patient_ids(n_patients: int, n_test: int, n_val: int, release: str) -> list
 
 
 def _params(seed: int, n_patients: int, n_test: int, n_val: int, release: str,
-            sdm_per_image: int, sdm_coding: str, size: tuple[int, int]) -> dict:
+            sdm_per_image: int, sdm_coding: str, size: tuple[int, int],
+            synthetic_formats: Sequence[str] = (SOURCE_SDM,)) -> dict:
     for name, value, low in (("seed", seed, 0), ("n_patients", n_patients, 3),
                              ("n_test", n_test, 1), ("n_val", n_val, 1),
                              ("sdm_per_image", sdm_per_image, 1)):
@@ -548,11 +568,24 @@ def _params(seed: int, n_patients: int, n_test: int, n_val: int, release: str,
     _check_choice("release", release, RELEASES)
     _check_choice("sdm_coding", sdm_coding, SDM_CODINGS)
     h, w = _check_size(size)
-    return {
+    if isinstance(synthetic_formats, str) or not synthetic_formats:
+        raise ValueError(f"synthetic_formats={synthetic_formats!r}: expected a non-empty sequence "
+                         f"of {list(SYNTHETIC_SOURCES)}")
+    for fmt in synthetic_formats:
+        _check_choice("synthetic_formats", fmt, SYNTHETIC_SOURCES)
+    params = {
         "seed": int(seed), "n_patients": int(n_patients), "n_test": int(n_test),
         "n_val": int(n_val), "release": release, "sdm_per_image": int(sdm_per_image),
         "sdm_coding": sdm_coding, "size": [h, w],
     }
+    formats = [f for f in SYNTHETIC_SOURCES if f in synthetic_formats]
+    if formats != [SOURCE_SDM]:  # the default leaves the manifest (and every byte) as it was
+        params["synthetic_formats"] = formats
+    return params
+
+
+def _formats(params: dict) -> list[str]:
+    return params.get("synthetic_formats", [SOURCE_SDM])
 
 
 def _demo_data(out: Path, params: dict) -> DemoData:
@@ -573,6 +606,7 @@ def _demo_data(out: Path, params: dict) -> DemoData:
         train_patients=tuple(p for p, s in ids if s == "train"),
         val_patients=tuple(p for p, s in ids if s == "val"),
         test_patients=tuple(p for p, s in ids if s == "test"),
+        synthetic_roots={fmt: out / fmt for fmt in _formats(params)},
     )
 
 
@@ -600,6 +634,8 @@ def _write_dataset(tmp: Path, params: dict) -> None:
     spacing = (_DEPTH_MM / size[0], _DEPTH_MM / size[0])  # (row, col) mm
     ids = _patient_ids(params["n_patients"], params["n_test"], params["n_val"], release)
     camus, sdm = tmp / "camus", tmp / "sdm"
+    formats = _formats(params)
+    rows: list[dict] = []  # imagefolder's metadata.csv
     for i, (patient, split) in enumerate(ids):
         meta_rng = np.random.default_rng([seed, i, 0])
         infos = {VIEWS[0]: make_patient_info(meta_rng, VIEWS[0])}
@@ -618,6 +654,14 @@ def _write_dataset(tmp: Path, params: dict) -> None:
                 # SDM: synthetic looks on the real patient's anatomy, no image quality.
                 sdm_info = PatientInfo(ef=infos[view].ef)
                 sdm_split = "training" if split == "train" else "validation"
+                other = _OtherImage(i, patient, split, view, phase, vi, pi, anatomy, sdm_info)
+                if "diffecho" in formats:
+                    _write_diffecho(tmp / "diffecho", other, images[view, phase],
+                                    labels[view, phase], params)
+                if "imagefolder" in formats:
+                    rows += _write_imagefolder(tmp / "imagefolder", other, params)
+                if SOURCE_SDM not in formats:
+                    continue
                 for k in range(params["sdm_per_image"]):
                     rng = np.random.default_rng([seed, i, 3, vi, pi, k])
                     image, label = render_phantom(rng, view, phase, sdm_info, sdm_size,
@@ -630,8 +674,65 @@ def _write_dataset(tmp: Path, params: dict) -> None:
         write_camus_split_files(
             camus, {s: [p for p, ps in ids if ps == s] for s in ("train", "val", "test")}
         )
+    if "diffecho" in formats:
+        from vlsm.data.diffecho import write_diffecho_metadata
+
+        write_diffecho_metadata(tmp / "diffecho")
+    if "imagefolder" in formats:
+        from vlsm.data.imagefolder import write_imagefolder_metadata
+
+        write_imagefolder_metadata(tmp / "imagefolder", rows)
     manifest = {"generator": __name__, "version": GENERATOR_VERSION, "params": params}
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class _OtherImage:
+    """One real train/val image that the other synthetic formats make images of."""
+
+    index: int  # patient index: DiffEcho's subject, its rng stream
+    patient: str
+    split: str  # "train" | "val"
+    view: str
+    phase: str
+    vi: int  # view and phase indices, for the rng streams
+    pi: int
+    anatomy: Anatomy
+    info: PatientInfo  # synthetic: the patient's EF, no image quality
+
+
+_VIEW_TEXT = {"2CH": "two-chamber", "4CH": "four-chamber"}
+_PHASE_TEXT = {"ED": "end-diastole", "ES": "end-systole"}
+
+
+def _write_diffecho(root: Path, img: _OtherImage, image: np.ndarray, label: np.ndarray,
+                    params: dict) -> None:
+    """The real image as a DiffEcho real-derived frame (subject = patient index) and
+    sdm_per_image generated images of its mask (rng stream 4)."""
+    from vlsm.data.diffecho import write_diffecho_frame, write_diffecho_generated
+
+    write_diffecho_frame(root, img.split, img.index, img.view, img.phase, image, label)
+    for k in range(params["sdm_per_image"]):
+        rng = np.random.default_rng([params["seed"], img.index, 4, img.vi, img.pi, k])
+        out, mask = render_phantom(rng, img.view, img.phase, img.info, image.shape, anatomy=img.anatomy)
+        write_diffecho_generated(root, img.index, img.view, img.phase, k, out, mask)
+
+
+def _write_imagefolder(root: Path, img: _OtherImage, params: dict) -> list[dict]:
+    """sdm_per_image images of the patient (rng stream 5) and their metadata.csv rows."""
+    from vlsm.data.imagefolder import write_imagefolder_pair
+
+    rows = []
+    for k in range(params["sdm_per_image"]):
+        rng = np.random.default_rng([params["seed"], img.index, 5, img.vi, img.pi, k])
+        out, mask = render_phantom(rng, img.view, img.phase, img.info, tuple(params["size"]),
+                                   anatomy=img.anatomy)
+        name = f"{img.patient}_{img.view}_{img.phase}_{k}"
+        image_rel, mask_rel = write_imagefolder_pair(root, name, out, mask)
+        text = f"a synthetic echocardiogram in {_VIEW_TEXT[img.view]} view at {_PHASE_TEXT[img.phase]}"
+        rows.append({"image": image_rel, "mask": mask_rel, "split": img.split, "view": img.view,
+                     "phase": img.phase, "patient": img.patient, "text": text})
+    return rows
 
 
 def _remove_stale_temps(out: Path) -> None:
@@ -676,8 +777,16 @@ def write_demo_data(
     sdm_per_image: int = 2,
     sdm_coding: str = "labels",
     size: tuple[int, int] = (256, 224),
+    synthetic_formats: Sequence[str] = (SOURCE_SDM,),
 ) -> DemoData:
     """Write a phantom CAMUS (out/camus) and SDM CAMUS (out/sdm) dataset.
+
+    synthetic_formats ("sdm", "diffecho", "imagefolder"; default SDM only) are written
+    under out/<format>, sdm_per_image images per train/val image each: DiffEcho as its
+    tools write it (real-derived frames and masks as imsave RGBA grey PNGs, generated
+    RGB images and masks, metadata.csv; subjects = patient indices, the first n_val
+    validate), imagefolder as images/, masks/ (labels 0-3) and a metadata.csv with
+    image, mask, split, view, phase, patient and text.
 
     The same arguments give the same bytes. The dataset is built in a temporary folder
     next to out and renamed into place, so out is either absent or complete. When out
@@ -688,7 +797,7 @@ def write_demo_data(
     """
     out = Path(out)
     params = _params(seed, n_patients, n_test, n_val, release, sdm_per_image, sdm_coding,
-                     size)
+                     size, synthetic_formats)
     data = _demo_data(out, params)
     manifest = _read_manifest(out)
     if _matches(manifest, params):

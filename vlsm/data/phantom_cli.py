@@ -3,6 +3,8 @@
     python -m vlsm demo-data --out demo_data
     python -m vlsm demo-data --out /tmp/tiny --patients 6 --test-patients 2 \
         --val-patients 1 --size 64 56 --release 2019 --sdm-coding sector
+    python -m vlsm demo-data --out demo_data --synthetic-format sdm \
+        --synthetic-format diffecho --synthetic-format imagefolder
 
 Why a command: the demo needs data nobody has to download, and a user can look at the
 files in the real CAMUS / SDM formats before pointing the sweep at real data. It says
@@ -19,6 +21,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vlsm.axes import SOURCE_SDM, SYNTHETIC_SOURCES
+
 if TYPE_CHECKING:
     from vlsm.data.phantom import DemoData
 
@@ -28,7 +32,7 @@ log = logging.getLogger(__name__)
 _OPTIONS: dict[str, str] = {
     "seed": "--seed", "n_patients": "--patients", "n_test": "--test-patients",
     "n_val": "--val-patients", "release": "--release", "sdm_per_image": "--sdm-per-image",
-    "sdm_coding": "--sdm-coding", "size": "--size",
+    "sdm_coding": "--sdm-coding", "size": "--size", "synthetic_formats": "--synthetic-format",
 }
 
 
@@ -50,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SDM label-map coding (default labels: 1/2/3 = LV/MYO/LA)")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 224), metavar=("H", "W"),
                         help="CAMUS image size (default 256 224); SDM images are H x H")
+    parser.add_argument("--synthetic-format", action="append", choices=SYNTHETIC_SOURCES, metavar="FORMAT",
+                        help="a synthetic format to write (DIR/FORMAT), as its tools write it; repeat "
+                        f"for several: {', '.join(SYNTHETIC_SOURCES)} (default sdm)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             sdm_per_image=args.sdm_per_image,
             sdm_coding=args.sdm_coding,
             size=tuple(args.size),
+            synthetic_formats=tuple(args.synthetic_format or (SOURCE_SDM,)),
         )
     except ValueError as err:
         message = str(err)
@@ -74,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
             message = re.sub(rf"\b{name}=", f"{option} ", message)
         log.error("%s", message)
         return 2
-    log.info("phantom dataset in %s: CAMUS %s at %s, SDM at %s (%d per train/val image, %s coding), seed %d",
-             data.root, data.release, data.camus_root, data.sdm_root, data.sdm_per_image, data.sdm_coding, data.seed)
+    log.info("phantom dataset in %s: CAMUS %s at %s, seed %d", data.root, data.release, data.camus_root, data.seed)
+    for fmt, root in data.synthetic_roots.items():
+        coding = f", {data.sdm_coding} coding" if fmt == SOURCE_SDM else ""
+        log.info("%s at %s (%d per train/val image%s)", fmt.upper() if fmt == SOURCE_SDM else fmt, root,
+                 data.sdm_per_image, coding)
     log.info("%s", split_summary(data))
     return 0
 

@@ -22,6 +22,11 @@ The second phrasing puts "in the cardiac ultrasound" where the first has "of the
 Synthetic (SDM) images have no image-quality attribute: their P6 is P5 with
 "of <shape> shape" after the structure name, and they have no P7.
 
+Images of a generative model may also carry the generator's own prompt (`EchoImage.text`,
+e.g. DiffEcho's "an ultrasound image of heart in two-chamber view"); `generator_prompt`
+names the structure in it: "Left ventricular cavity in an ultrasound image of heart in
+two-chamber view." (the cache's prompt key "generator", `GENERATOR_PROMPT`).
+
 Quirks kept on purpose so that sentences match the authors' files: the article is
 always "a" ("of a eighty-four-year-old male"), and the shape word is used as given
 (their VQA model also answered "triangular", "rectangular").
@@ -37,15 +42,19 @@ from vlsm.data.records import EchoImage
 
 __all__ = [
     "DEFAULT_PROVENANCE_PHRASES",
+    "GENERATOR_PROMPT",
     "PHRASINGS",
     "age_in_words",
     "build_prompts",
     "choose_phrasing",
+    "generator_prompt",
     "prompt_key",
     "prompt_keys",
     "with_provenance",
 ]
 
+# Prompt key of the generator's own text, beside "p0".."p7" (see generator_prompt).
+GENERATOR_PROMPT = "generator"
 # The two phrasings, in the authors' order; evaluation uses the first.
 PHRASINGS: tuple[str, str] = ("of the heart", "in the cardiac ultrasound")
 
@@ -65,6 +74,17 @@ def prompt_key(prompt: str) -> str:
     if prompt.upper() not in PROMPTS:
         raise ValueError(f"prompt: unknown value {prompt!r}; expected one of {', '.join(PROMPTS)}")
     return prompt.lower()
+
+
+def generator_prompt(structure: int, text: str) -> str:
+    """The generator's text with the structure named: (1, "an ultrasound image of heart.")
+    -> "Left ventricular cavity in an ultrasound image of heart." (one phrasing)."""
+    if structure not in STRUCTURE_NAMES:
+        raise ValueError(f"structure: got {structure!r}; expected one of {sorted(STRUCTURE_NAMES)}")
+    words = text.strip().removesuffix(".").strip()
+    if not words:
+        raise ValueError(f"generator text: got {text!r}; expected the prompt an image was generated from")
+    return f"{STRUCTURE_NAMES[structure]} in {words}."
 
 
 def age_in_words(age: int) -> str:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlsm.axes import SYNTHETIC_SOURCES
+
 VIEWS: tuple[str, ...] = ("2CH", "4CH")
 PHASES: tuple[str, ...] = ("ED", "ES")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -42,15 +44,17 @@ class PatientInfo:
 class EchoImage:
     """One 2-D echocardiogram (one view at one phase) and where its pixels live.
 
-    mask_paths holds one label-map file (CAMUS 0-3, or an SDM file in either label
-    coding) or three binary masks for structures 1, 2, 3 (the authors' layout); it is
-    empty when no ground truth is published (the 2019 release's test patients).
+    mask_paths holds one label-map file (CAMUS 0-3, an SDM file in either label coding,
+    or a grey PNG whose levels spread the labels: `vlsm.data.label_codings`) or three
+    binary masks for structures 1, 2, 3 (the authors' layout); it is empty when no
+    ground truth is published (the 2019 release's test patients). view and phase are ""
+    where a source does not say (an imagefolder without those columns).
     """
 
-    source: str  # reader: "camus2019" | "camus2023" | "sdm" | "synthetic-boost" | ...
-    patient: str  # "patient0001"
-    view: str  # "2CH" | "4CH"
-    phase: str  # "ED" | "ES"
+    source: str  # reader: "camus2019" | "camus2023" | "sdm" | "diffecho" | "imagefolder" | ...
+    patient: str  # "patient0001" (DiffEcho: "diffecho0007", not a CAMUS patient)
+    view: str  # "2CH" | "4CH" | "" (unknown)
+    phase: str  # "ED" | "ES" | "" (unknown)
     split: str  # "train" | "val" | "test"
     image_path: Path
     mask_paths: tuple[Path, ...] = ()
@@ -58,13 +62,17 @@ class EchoImage:
     variant: int | None = None  # SDM: which of the synthetic images of one real image
     # The authors' layout carries its own prompts per structure (1, 2, 3).
     prompts: Mapping[int, PromptSet] | None = None
+    # The prompt a generative model made this image from (DiffEcho's metadata.csv text,
+    # an imagefolder's text column), e.g. "an ultrasound image of heart in two-chamber view".
+    text: str | None = None
 
     @property
     def name(self) -> str:
-        """Unique, file-name-safe id within a source: patient0001_2CH_ED[_v3]."""
-        base = f"{self.patient}_{self.view}_{self.phase}"
+        """Unique, file-name-safe id within a source: patient0001_2CH_ED[_v3]
+        (an unknown view or phase is left out)."""
+        base = "_".join(part for part in (self.patient, self.view, self.phase) if part)
         return base if self.variant is None else f"{base}_v{self.variant}"
 
     @property
     def synthetic(self) -> bool:
-        return self.source == "sdm" or self.variant is not None
+        return self.source in SYNTHETIC_SOURCES or self.variant is not None

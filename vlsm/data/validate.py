@@ -1,6 +1,8 @@
-"""Dataset validation: find every problem in a CAMUS / SDM CAMUS folder before a sweep.
+"""Dataset validation: find every problem in a CAMUS and a synthetic folder before a sweep.
 
     python -m vlsm validate-data --camus-root data/CAMUS --sdm-root data/SDM
+    python -m vlsm validate-data --camus-root data/CAMUS --synthetic-root data/DiffEcho \
+        --synthetic-format diffecho
 
 The readers (`vlsm.data.camus`, `vlsm.data.sdm`) stop at the first bad file, which is
 right for loading but wastes a user's afternoon: fix one file, rerun, meet the next.
@@ -12,25 +14,33 @@ a patient listed in two split files, ground truth missing for part of a split (t
 image would silently leave it) and files shorter than their header says (SimpleITK
 would zero-fill them). Pixels are read through `vlsm.data.io`, so what passes here is
 what the cache and the trainable will read. When no error was found, the reader itself
-is run as a last check.
+is run as a last check. The synthetic sources have their checks in
+`vlsm.data.validate_synthetic`; `validate_data` runs the ones asked for.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from vlsm.axes import STRUCTURES
+from vlsm.data.problems import (
+    ERROR,
+    WARNING,
+    Findings,
+    Problem,
+    check_pair,
+    error_text,
+    has_errors,
+    progress_bar,
+)
 from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage
+from vlsm.data.validate_synthetic import validate_sdm
 
 __all__ = [
     "ERROR",
     "WARNING",
+    "Findings",
     "Problem",
     "has_errors",
     "validate_camus",
@@ -40,101 +50,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ERROR, WARNING = "error", "warning"
-_SEVERITIES = (ERROR, WARNING)
 _PATIENT_RE = re.compile(r"^patient\d{4}$")
 _CAMUS_SUFFIX = {"2019": ".mhd", "2023": ".nii.gz"}
 # cfg keys the readers need (prompts P4-P6) and keys CAMUS always has
 _CFG_REQUIRED = ("Sex", "Age", "ImageQuality")
 _CFG_EXPECTED = ("ED", "ES", "NbFrame")
 _CFG_NUMBERS = ("EF", "LVef", "LVedv", "LVesv", "FrameRate")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One defect of a dataset: the file it is in and what is wrong with it."""
-
-    path: Path
-    message: str
-    severity: str = ERROR  # "error" (the sweep refuses to start) or "warning"
-
-    def __post_init__(self) -> None:
-        if self.severity not in _SEVERITIES:
-            raise ValueError(
-                f"Problem.severity: got {self.severity!r}; expected one of {_SEVERITIES}"
-            )
-
-    def __str__(self) -> str:
-        prefix = "" if self.severity == ERROR else f"{self.severity}: "
-        return f"{self.path}: {prefix}{self.message}"
-
-
-def has_errors(problems: Iterable[Problem]) -> bool:
-    return any(p.severity == ERROR for p in problems)
-
-
-def _message(err: BaseException, *paths: Path) -> str:
-    """The exception's text without a leading '<path>:' that our Problem shows anyway."""
-    text = str(err).strip() or type(err).__name__
-    for path in paths:
-        for prefix in (f"{path}: ", f"{path}:"):
-            if text.startswith(prefix):
-                return text[len(prefix) :].strip()
-    return text
-
-
-def _progress(items: list, desc: str, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="file", disable=not progress, leave=False)
-
-
-# --- one image and its label map -------------------------------------------------------
-
-
-def _check_pair(rec: EchoImage) -> list[Problem]:
-    """Read the record's image and (if any) label map; report what is wrong with them."""
-    from vlsm.data.io import read_image, read_label_map
-    from vlsm.data.itk_size import TruncatedFileError
-
-    problems: list[Problem] = []
-    image_path = Path(rec.image_path)
-    image = labels = None
-    try:
-        image = read_image(rec)  # (H, W) uint8
-    except TruncatedFileError as err:  # named by the file cut short (a .mhd's .raw)
-        problems.append(Problem(err.path, _message(err, err.path)))
-    except Exception as err:  # any decoder failure is a finding, not a crash
-        problems.append(Problem(image_path, f"unreadable image: {_message(err, image_path)}"))
-    if not rec.mask_paths:
-        return problems
-    mask_path = Path(rec.mask_paths[0])
-    try:
-        labels = read_label_map(rec)  # (H, W) uint8 in 0..3
-    except TruncatedFileError as err:
-        problems.append(Problem(err.path, _message(err, err.path)))
-    except Exception as err:
-        text = _message(err, mask_path, image_path)
-        if "label" not in text:
-            text = f"unreadable mask: {text}"
-        problems.append(Problem(mask_path, text))
-    if labels is None:
-        return problems
-    if image is not None and image.shape != labels.shape:
-        problems.append(
-            Problem(
-                mask_path,
-                f"mask size {labels.shape[0]} x {labels.shape[1]} (H x W) differs from its "
-                f"image {image_path.name}, {image.shape[0]} x {image.shape[1]}",
-            )
-        )
-    present = {int(v) for v in np.unique(labels)}
-    absent = [f"{STRUCTURES[s]} ({s})" for s in sorted(STRUCTURES) if s not in present]
-    if absent:
-        problems.append(
-            Problem(mask_path, f"structure(s) {', '.join(absent)} absent from the mask")
-        )
-    return problems
 
 
 # --- CAMUS ---------------------------------------------------------------------------
@@ -205,7 +126,7 @@ def _check_cfg(path: Path) -> list[Problem]:
         try:
             parse_info_cfg(path)
         except ValueError as err:
-            problems.append(Problem(path, _message(err, path)))
+            problems.append(Problem(path, error_text(err, path)))
     return problems
 
 
@@ -237,7 +158,7 @@ def _check_camus_patient(folder: Path, release: str, gt_required: bool) -> list[
                 image_path=image,
                 mask_paths=(mask,) if mask.is_file() else (),
             )
-            problems += _check_pair(rec)
+            problems += check_pair(rec)
     return problems
 
 
@@ -322,7 +243,7 @@ def validate_camus(root: Path, *, split_scheme: str = "paper", n_val: int | None
     try:
         release = detect_camus_release(root)
     except ValueError as err:
-        return [Problem(root, _message(err, root))]
+        return [Problem(root, error_text(err, root))]
     problems: list[Problem] = []
     jobs: list[tuple[Path, bool]] = []  # (patient folder, ground truth required)
     if release == "2019":
@@ -344,7 +265,7 @@ def validate_camus(root: Path, *, split_scheme: str = "paper", n_val: int | None
         problems += _check_camus_splits(root, {d.name for d in dirs})
     if not jobs:
         problems.append(Problem(root, f"no patientXXXX folders found ({release} release layout)"))
-    for folder, gt_required in _progress(jobs, f"validate CAMUS {release}", progress):
+    for folder, gt_required in progress_bar(jobs, f"validate CAMUS {release}", progress):
         problems += _check_camus_patient(folder, release, gt_required)
     if not has_errors(problems):  # a last check: the reader loads what we passed
         from vlsm.data.camus import load_camus
@@ -353,85 +274,11 @@ def validate_camus(root: Path, *, split_scheme: str = "paper", n_val: int | None
         try:
             records = load_camus(root, split_scheme, n_val=n_val)
         except ValueError as err:
-            problems.append(Problem(root, f"the CAMUS reader fails: {_message(err, root)}"))
+            problems.append(Problem(root, f"the CAMUS reader fails: {error_text(err, root)}"))
         else:
             why = empty_split(records, root, split_scheme, n_val)
             if why:
-                problems.append(Problem(root, _message(ValueError(why), root)))
-    return problems
-
-
-# --- SDM CAMUS -------------------------------------------------------------------------
-
-
-def validate_sdm(root: Path, *, progress: bool = True) -> list[Problem]:
-    """Every problem of an SDM CAMUS folder, each naming its file (layout: `vlsm.data.sdm`)."""
-    from vlsm.data import sdm as sdm_reader
-
-    root = Path(root)
-    if not root.is_dir():
-        return [Problem(root, "SDM root folder not found")]
-    problems: list[Problem] = []
-    images: dict[str, Path] = {}
-    label_pngs: list[Path] = []
-    for path in sorted(root.rglob("*.png")):
-        if any(sdm_reader.is_label_dir(part) for part in path.relative_to(root).parts[:-1]):
-            label_pngs.append(path)
-            continue
-        if sdm_reader.NAME_RE.match(path.name) is None:
-            if not sdm_reader.TEST_NAME_RE.match(path.name):
-                problems.append(
-                    Problem(
-                        path,
-                        "not named patientXXXX_{2CH|4CH}_{ED|ES}_{training|validation}_<i>.png;"
-                        " ignored",
-                        WARNING,
-                    )
-                )
-            continue
-        if path.name in images:
-            problems.append(Problem(path, f"duplicate of {images[path.name]}; ignored", WARNING))
-            continue
-        images[path.name] = path
-    if not images:
-        problems.append(
-            Problem(
-                root,
-                "no SDM images found (expected folders of "
-                "patientXXXX_<view>_<phase>_<training|validation>_<i>.png)",
-            )
-        )
-    paired: set[Path] = set()
-    for name, path in _progress(sorted(images.items()), "validate SDM", progress):
-        label, _ = sdm_reader.find_label(path, root)
-        if label is None:
-            problems.append(
-                Problem(
-                    path,
-                    "image without label map (no file of this name in a sibling "
-                    "annotations/labels/masks folder)",
-                )
-            )
-            rec_masks: tuple[Path, ...] = ()
-        else:
-            paired.add(label)
-            rec_masks = (label,)
-        match = sdm_reader.NAME_RE.match(name)
-        assert match is not None
-        rec = EchoImage(
-            source="sdm",
-            patient=match["patient"],
-            view=match["view"],
-            phase=match["phase"],
-            split="train",
-            image_path=path,
-            mask_paths=rec_masks,
-            variant=int(match["index"]),
-        )
-        problems += _check_pair(rec)
-    for label in label_pngs:
-        if sdm_reader.NAME_RE.match(label.name) and label.name not in images:
-            problems.append(Problem(label, "label map without image"))
+                problems.append(Problem(root, error_text(ValueError(why), root)))
     return problems
 
 
@@ -450,42 +297,66 @@ def _camus_test_patients(camus_root: Path) -> set[str]:
     return set(_read_split_file(path, []))
 
 
+def _patients_of(fmt: str, root: Path) -> set[str]:
+    """The CAMUS-like patient ids a synthetic source names (DiffEcho's are no CAMUS ids)."""
+    if fmt == "sdm":
+        from vlsm.data import sdm as sdm_reader
+
+        return {m["patient"] for p in root.rglob("patient*.png") if (m := sdm_reader.NAME_RE.match(p.name))}
+    if fmt == "imagefolder":
+        from vlsm.data.imagefolder import read_imagefolder_rows
+
+        try:
+            return {row.values.get("patient", "") for row in read_imagefolder_rows(root)[1]} - {""}
+        except (ValueError, OSError, UnicodeDecodeError):
+            return set()  # reported by its check
+    return set()
+
+
 def validate_data(
     camus_root: Path | None,
-    sdm_root: Path | None,
+    sdm_root: Path | None = None,
     *,
+    synthetic_root: Path | None = None,
+    synthetic_format: str = "sdm",
     split_scheme: str = "paper",
     n_val: int | None = None,
     progress: bool = True,
-) -> list[Problem]:
-    """Problems of the CAMUS and/or SDM folders given (at least one), CAMUS first; CAMUS is
-    read with the split a sweep would use (`split_scheme`, `n_val`: see validate_camus).
+) -> Findings:
+    """Problems of the CAMUS and/or synthetic folders given (at least one), CAMUS first.
 
-    With both, SDM images of CAMUS test patients (2023 split files) are reported as a
-    warning: synthetic training data made from test patients leaks the test set.
+    CAMUS is read with the split a sweep would use (`split_scheme`, `n_val`: see
+    validate_camus); sdm_root is an SDM CAMUS folder, synthetic_root a folder in
+    synthetic_format ("sdm" | "diffecho" | "imagefolder"; `vlsm.data.synthetic_sources`),
+    whose n_val first subjects or patients validate where the format has no split of its
+    own. The result's `codings` counts the label codings found under each root.
+
+    With CAMUS, synthetic images of CAMUS test patients (2023 split files) are reported as
+    a warning: synthetic training data made from test patients leaks the test set.
     """
-    if camus_root is None and sdm_root is None:
-        raise ValueError("validate_data: give camus_root, sdm_root or both; got neither")
-    problems: list[Problem] = []
-    if camus_root is not None:
-        problems += validate_camus(Path(camus_root), split_scheme=split_scheme, n_val=n_val, progress=progress)
-    if sdm_root is not None:
-        problems += validate_sdm(Path(sdm_root), progress=progress)
-    if camus_root is not None and sdm_root is not None and Path(sdm_root).is_dir():
-        test = _camus_test_patients(Path(camus_root))
-        from vlsm.data import sdm as sdm_reader
+    from vlsm.data.synthetic_sources import synthetic_source, validate_synthetic
 
-        leaked = sorted(
-            {
-                m["patient"]
-                for p in Path(sdm_root).rglob("patient*.png")
-                if (m := sdm_reader.NAME_RE.match(p.name)) and m["patient"] in test
-            }
-        )
-        for patient in leaked:
+    if camus_root is None and sdm_root is None and synthetic_root is None:
+        raise ValueError("validate_data: give camus_root, sdm_root or both (or synthetic_root); got neither")
+    sources = [("sdm", Path(sdm_root))] if sdm_root is not None else []
+    if synthetic_root is not None:
+        synthetic_source(synthetic_format)  # an unknown format fails before any work
+        if (synthetic_format, Path(synthetic_root)) not in sources:
+            sources.append((synthetic_format, Path(synthetic_root)))
+    problems = Findings()
+    if camus_root is not None:
+        problems += validate_camus(Path(camus_root), split_scheme=split_scheme, n_val=n_val,
+                                   progress=progress)
+    for fmt, root in sources:
+        problems.add(validate_synthetic(fmt, root, n_val=n_val, progress=progress))
+    test = _camus_test_patients(Path(camus_root)) if camus_root is not None else set()
+    for fmt, root in sources:
+        if not test or not root.is_dir():
+            continue
+        for patient in sorted(_patients_of(fmt, root) & test):
             problems.append(
                 Problem(
-                    Path(sdm_root),
+                    root,
                     f"synthetic images of {patient}, a CAMUS test patient: the test set leaks "
                     "into synthetic training",
                     WARNING,

@@ -1,0 +1,384 @@
+"""DiffEcho (github.com/Pooria90/DiffEcho) synthetic echocardiograms: reader and writer.
+
+DiffEcho trains a ControlNet on CAMUS masks and prompts, then generates images from
+masks. Its files (data/README.md, data/image_saver.py, data/meta_data_generator.py,
+text_seg_conditioned/data_generation.py) lie like this under a root::
+
+    root/train_frames/ch2_ed_frame_100.png    real-derived frames, subject 100
+    root/train_masks/ch2_ed_mask_100.png      ... and their masks
+    root/valid_frames/ch4_es_frame_7.png      the first 50 subjects validate
+    root/valid_masks/ch4_es_mask_7.png
+    root/metadata.csv                         image,conditioning_image,text (train frames)
+    root/<any folder>/ch2_ed_mask_100_generated_id3.png   generated image k = 3
+    root/<any folder>/ch2_ed_mask_100_mask_id3.png        the mask it was generated from
+
+- ``<i>`` indexes a subject of a Kaggle repackaging of CAMUS (toygarr/camus-subject-based),
+  NOT a CAMUS patient id. Records therefore get patients "diffecho0100", and no sex,
+  age or image quality (no CAMUS metadata is joined): prompts P0-P3 only.
+- Frames and masks were written with matplotlib's ``imsave(..., cmap="gray")``: RGBA
+  PNGs whose grey levels spread each mask's labels 0-3 by its own min and max (0, 85,
+  170, 255); `vlsm.data.io` decodes them ("grey" coding, `vlsm.data.label_codings`).
+- data_generation.py turns every mask ``<stem>.png`` of one folder into five images
+  ``<stem>_generated_id<k>.png`` (k = 0..4; RGB, as diffusers' pipeline returns them) and
+  saves the mask again as ``<stem>_mask_id<k>.png`` (RGB) into a second folder; both
+  folders are the user's choice, so they are found anywhere under root.
+- metadata.csv paths are relative to the folder that holds it; its ``text`` is the
+  prompt the generator learned ("an ultrasound image of heart in two-chamber view").
+
+`load_diffecho` returns one record per generated image (the real-derived frames are
+CAMUS images: train on CAMUS for those; `vlsm validate-data` checks them). split: "val"
+for subjects below n_val (DiffEcho's 50), else "train"; variant: k; text: the
+metadata.csv text of its mask, else data_generation.py's prompt for the view.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlsm.atomic import write_text_atomic
+from vlsm.data.io import write_png
+from vlsm.data.label_codings import spread_to_grey
+from vlsm.data.records import PHASES, VIEWS, EchoImage
+
+__all__ = [
+    "DIFFECHO_VAL_SUBJECTS",
+    "GENERATION_PROMPTS",
+    "METADATA_COLUMNS",
+    "DiffEchoFiles",
+    "diffecho_patient",
+    "frame_record",
+    "generated_mask_name",
+    "generated_record",
+    "load_diffecho",
+    "read_diffecho_metadata",
+    "scan_diffecho",
+    "write_diffecho_frame",
+    "write_diffecho_generated",
+    "write_diffecho_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "diffecho"
+DIFFECHO_VAL_SUBJECTS = 50  # image_saver.py: the first 50 subjects validate
+METADATA_NAME = "metadata.csv"
+METADATA_COLUMNS: tuple[str, ...] = ("image", "conditioning_image", "text")
+# data_generation.py's prompt per view, the text of generated images whose mask has no
+# metadata.csv row (meta_data_generator.py lists the training frames only).
+GENERATION_PROMPTS: dict[str, str] = {
+    "2CH": "an ultrasound image of heart in two-chamber view",
+    "4CH": "an ultrasound image of heart in four-chamber view",
+}
+# Folder names of real-derived data (image_saver.py) and of our generated data (the
+# generator's are the user's choice); splits by folder prefix.
+FRAME_DIRS: dict[str, str] = {"train": "train_frames", "val": "valid_frames"}
+MASK_DIRS: dict[str, str] = {"train": "train_masks", "val": "valid_masks"}
+GENERATED_DIR, GENERATED_MASK_DIR = "generated_images", "generated_masks"
+
+_STEM = r"(?P<stem>ch(?P<view>[24])_(?P<phase>ed|es)_mask_(?P<subject>\d+))"
+GENERATED_RE = re.compile(rf"^{_STEM}_generated_id(?P<k>\d+)\.png$")
+GENERATED_MASK_RE = re.compile(rf"^{_STEM}_mask_id(?P<k>\d+)\.png$")
+FRAME_RE = re.compile(r"^ch(?P<view>[24])_(?P<phase>ed|es)_frame_(?P<subject>\d+)\.png$")
+MASK_RE = re.compile(rf"^{_STEM}\.png$")
+
+
+def diffecho_patient(subject: int) -> str:
+    """Subject index -> record patient id: 7 -> "diffecho0007" (not a CAMUS patient)."""
+    return f"{SOURCE}{int(subject):04d}"
+
+
+def _view_phase(match: re.Match) -> tuple[str, str]:
+    return f"{match['view']}CH", match["phase"].upper()
+
+
+def _token(view: str, phase: str) -> str:
+    if view not in VIEWS or phase not in PHASES:
+        raise ValueError(f"view/phase must be in {VIEWS}/{PHASES}, got {view!r}/{phase!r}")
+    return f"ch{view[0]}_{phase.lower()}"
+
+
+def _check_subject(subject: int) -> int:
+    if isinstance(subject, bool) or not isinstance(subject, (int, np.integer)) or subject < 0:
+        raise ValueError(f"subject must be an integer >= 0, got {subject!r}")
+    return int(subject)
+
+
+# --- finding files ---------------------------------------------------------------------
+
+
+@dataclass
+class DiffEchoFiles:
+    """The DiffEcho files under a root, by kind; file name -> path (first one found)."""
+
+    root: Path
+    generated: dict[str, Path] = field(default_factory=dict)  # *_generated_id<k>.png
+    generated_masks: dict[str, Path] = field(default_factory=dict)  # *_mask_id<k>.png
+    frames: dict[Path, Path] = field(default_factory=dict)  # real-derived frame -> its mask path
+    masks: list[Path] = field(default_factory=list)  # real-derived masks
+    metadata: list[Path] = field(default_factory=list)  # metadata.csv files
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (ignored, kept)
+    other_pngs: list[Path] = field(default_factory=list)
+
+
+def _frame_mask(frame: Path, match: re.Match) -> Path:
+    """train_frames/ch2_ed_frame_7.png -> train_masks/ch2_ed_mask_7.png (image_saver.py)."""
+    folder = frame.parent
+    masks = folder.with_name(folder.name.replace("frames", "masks"))
+    return masks / f"ch{match['view']}_{match['phase']}_mask_{match['subject']}.png"
+
+
+def scan_diffecho(root: Path) -> DiffEchoFiles:
+    """One walk of root: every DiffEcho file by kind (hidden folders skipped)."""
+    root = Path(root)
+    found = DiffEchoFiles(root)
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).parts
+        if any(part.startswith(".") for part in rel) or not path.is_file():
+            continue
+        name = path.name
+        if name == METADATA_NAME:
+            found.metadata.append(path)
+        elif not name.lower().endswith(".png"):
+            continue
+        elif GENERATED_RE.match(name) or GENERATED_MASK_RE.match(name):
+            kind = found.generated if GENERATED_RE.match(name) else found.generated_masks
+            if name in kind:
+                found.duplicates.append((path, kind[name]))
+            else:
+                kind[name] = path
+        elif match := FRAME_RE.match(name):
+            found.frames[path] = _frame_mask(path, match)
+        elif MASK_RE.match(name):
+            found.masks.append(path)
+        else:
+            found.other_pngs.append(path)
+    return found
+
+
+# --- metadata.csv ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetadataRow:
+    """One row of a DiffEcho metadata.csv, its paths resolved against the csv's folder."""
+
+    path: Path  # the metadata.csv
+    line: int  # 2 for the first row under the header
+    image: Path
+    conditioning_image: Path
+    text: str
+
+
+def read_diffecho_metadata(path: Path) -> list[MetadataRow]:
+    """The rows of one metadata.csv; ValueError naming the file for missing columns."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = tuple(reader.fieldnames or ())
+        missing = [c for c in METADATA_COLUMNS if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(missing)}; a DiffEcho metadata.csv has "
+                f"{', '.join(METADATA_COLUMNS)} (got {', '.join(columns) or 'no header'})"
+            )
+        return [
+            MetadataRow(
+                path=path,
+                line=reader.line_num,
+                image=path.parent / (row["image"] or "").strip(),
+                conditioning_image=path.parent / (row["conditioning_image"] or "").strip(),
+                text=(row["text"] or "").strip(),
+            )
+            for row in reader
+        ]
+
+
+def _texts(metadata: list[Path]) -> dict[str, str]:
+    """Mask stem ("ch2_ed_mask_7") -> the generator's text, from every metadata.csv."""
+    texts: dict[str, str] = {}
+    for path in metadata:
+        for row in read_diffecho_metadata(path):
+            stem = row.conditioning_image.stem
+            if row.text and texts.setdefault(stem, row.text) != row.text:
+                log.warning("%s line %d: a second text for %s; keeping the first", path, row.line, stem)
+    return texts
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def _val_subjects(n_val: int | None) -> int:
+    if n_val is None:
+        return DIFFECHO_VAL_SUBJECTS
+    if isinstance(n_val, bool) or not isinstance(n_val, (int, np.integer)) or n_val < 0:
+        raise ValueError(f"n_val must be an integer >= 0 (validation subjects), got {n_val!r}")
+    return int(n_val)
+
+
+def generated_mask_name(name: str) -> str:
+    """ch2_ed_mask_7_generated_id3.png -> ch2_ed_mask_7_mask_id3.png, the mask it was made from."""
+    match = GENERATED_RE.match(name)
+    if match is None:
+        raise ValueError(f"{name}: not a generated image name (<mask stem>_generated_id<k>.png)")
+    return f"{match['stem']}_mask_id{match['k']}.png"
+
+
+def generated_record(image: Path, mask: Path, n_val: int, texts: dict[str, str] | None = None) -> EchoImage:
+    """The record of one generated image: subjects < n_val validate; text from texts (mask
+    stem -> metadata.csv text), else data_generation.py's prompt for the view; None
+    without texts."""
+    match = GENERATED_RE.match(image.name)
+    if match is None:
+        raise ValueError(f"{image}: not a generated image name (<mask stem>_generated_id<k>.png)")
+    view, phase = _view_phase(match)
+    subject = int(match["subject"])
+    return EchoImage(
+        source=SOURCE,
+        patient=diffecho_patient(subject),
+        view=view,
+        phase=phase,
+        split="val" if subject < n_val else "train",
+        image_path=image,
+        mask_paths=(mask,),
+        variant=int(match["k"]),
+        text=None if texts is None else texts.get(match["stem"], GENERATION_PROMPTS[view]),
+    )
+
+
+def frame_record(frame: Path, mask: Path, n_val: int) -> EchoImage:
+    """The record of one real-derived frame (checked by validate-data, never trained on)."""
+    match = FRAME_RE.match(frame.name)
+    if match is None:
+        raise ValueError(f"{frame}: not a frame name (ch<2|4>_<ed|es>_frame_<i>.png)")
+    view, phase = _view_phase(match)
+    subject = int(match["subject"])
+    return EchoImage(
+        source=SOURCE,
+        patient=diffecho_patient(subject),
+        view=view,
+        phase=phase,
+        split="val" if subject < n_val else "train",
+        image_path=frame,
+        mask_paths=(mask,),
+    )
+
+
+def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
+    """One record per generated image under root (see the module docstring).
+
+    split "val" for subjects < n_val (default DiffEcho's 50), else "train"; patient
+    "diffecho<i>"; variant k; mask_paths = (its <stem>_mask_id<k>.png,); text from
+    metadata.csv or data_generation.py's prompt. Sorted by split, patient, view, phase,
+    variant. Raises ValueError when root is not a folder, holds no generated image, or
+    a generated image has no mask.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"DiffEcho root {root} is not a folder")
+    n_val = _val_subjects(n_val)
+    found = scan_diffecho(root)
+    for ignored, kept in found.duplicates:
+        log.warning("%s: duplicate of %s, skipped", ignored, kept)
+    if not found.generated:
+        raise ValueError(
+            f"DiffEcho root {root}: no generated images named "
+            "ch{2|4}_{ed|es}_mask_<i>_generated_id<k>.png found"
+            + (" (only real-derived frames, which are CAMUS images: give them as --camus-root data)"
+               if found.frames else "")
+        )
+    texts = _texts(found.metadata)
+    records = []
+    for name, path in found.generated.items():
+        mask = found.generated_masks.get(generated_mask_name(name))
+        if mask is None:
+            raise ValueError(
+                f"{path}: no mask found; expected {generated_mask_name(name)} (data_generation.py "
+                f"saves the conditioning mask beside every generated image) somewhere under {root}"
+            )
+        records.append(generated_record(path, mask, n_val, texts))
+    order = {"train": 0, "val": 1}
+    records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase, r.variant))
+    log.info(
+        "DiffEcho at %s: train %d, val %d generated images (subjects < %d validate)",
+        root, sum(r.split == "train" for r in records), sum(r.split == "val" for r in records), n_val,
+    )
+    return records
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def write_diffecho_frame(
+    root: Path, split: str, subject: int, view: str, phase: str,
+    image: np.ndarray, label_map: np.ndarray,
+) -> tuple[Path, Path]:
+    """Write one real-derived frame and its mask as image_saver.py does; return their paths.
+
+    split "train" | "val" picks train_frames/ + train_masks/ or valid_frames/ +
+    valid_masks/. Both are RGBA PNGs of `spread_to_grey` (matplotlib's imsave with
+    cmap="gray"): image (H, W) and label_map (H, W, CAMUS 0-3) scaled by their own
+    min and max. Written atomically.
+    """
+    if split not in FRAME_DIRS:
+        raise ValueError(f"split must be one of {tuple(FRAME_DIRS)}, got {split!r}")
+    token, subject = _token(view, phase), _check_subject(subject)
+    if np.shape(label_map) != np.shape(image):
+        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {np.shape(image)}")
+    frame = Path(root) / FRAME_DIRS[split] / f"{token}_frame_{subject}.png"
+    mask = Path(root) / MASK_DIRS[split] / f"{token}_mask_{subject}.png"
+    write_png(frame, spread_to_grey(image), mode="RGBA")
+    write_png(mask, spread_to_grey(label_map), mode="RGBA")
+    return frame, mask
+
+
+def write_diffecho_generated(
+    root: Path, subject: int, view: str, phase: str, k: int,
+    image: np.ndarray, label_map: np.ndarray,
+) -> tuple[Path, Path]:
+    """Write one generated image and its mask as data_generation.py does; return their paths.
+
+    root/generated_images/<stem>_generated_id<k>.png: the (H, W) uint8 image as RGB;
+    root/generated_masks/<stem>_mask_id<k>.png: the mask as diffusers' load_image reads
+    an imsave PNG, RGB grey levels. <stem> is the mask's, ch<2|4>_<ed|es>_mask_<subject>.
+    """
+    token, subject = _token(view, phase), _check_subject(subject)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"image must be a (H, W) uint8 array, got {image.dtype} {image.shape}")
+    if np.shape(label_map) != image.shape:
+        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {image.shape}")
+    stem = f"{token}_mask_{subject}"
+    out = Path(root) / GENERATED_DIR / f"{stem}_generated_id{int(k)}.png"
+    mask = Path(root) / GENERATED_MASK_DIR / f"{stem}_mask_id{int(k)}.png"
+    write_png(out, image, mode="RGB")
+    write_png(mask, spread_to_grey(label_map), mode="RGB")
+    return out, mask
+
+
+def write_diffecho_metadata(root: Path) -> Path:
+    """Write root/metadata.csv as meta_data_generator.py does: one row per training frame
+    (sorted by name) with its mask and the prompt of its view. Written atomically."""
+    root = Path(root)
+    frames = sorted((root / FRAME_DIRS["train"]).glob("*.png"))
+    lines = [",".join(METADATA_COLUMNS)]
+    for frame in frames:
+        match = FRAME_RE.match(frame.name)
+        if match is None:
+            continue
+        view, _ = _view_phase(match)
+        mask = _frame_mask(frame, match)
+        lines.append(
+            f"./{FRAME_DIRS['train']}/{frame.name},./{MASK_DIRS['train']}/{mask.name},"
+            f"{GENERATION_PROMPTS[view]}"
+        )
+    path = root / METADATA_NAME
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path

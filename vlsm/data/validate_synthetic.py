@@ -1,0 +1,289 @@
+"""Checks of the synthetic sources (SDM CAMUS, DiffEcho, imagefolder): every problem, each
+naming its file, and the label codings found.
+
+    python -m vlsm validate-data --synthetic-root data/DiffEcho --synthetic-format diffecho
+
+Like the CAMUS checks (`vlsm.data.validate`), these walk the whole folder instead of
+stopping at the first bad file: missing files (an image without its mask, a mask
+without its image, a metadata.csv row naming no file), unreadable images, image/mask
+size mismatches, unknown label levels, absent structures, bad metadata cells and a
+split left empty. Each check returns `Findings`: the problems, and per root a count of
+the label maps in each coding ("labels", "sector", "grey"). When no error was found the
+reader itself runs as a last check. Layouts: `vlsm.data.sdm`, `vlsm.data.diffecho`,
+`vlsm.data.imagefolder`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vlsm.data.problems import (
+    WARNING,
+    Findings,
+    Problem,
+    check_pair,
+    error_text,
+    has_errors,
+    progress_bar,
+)
+from vlsm.data.records import EchoImage
+
+if TYPE_CHECKING:
+    from vlsm.data.diffecho import DiffEchoFiles
+
+__all__ = ["validate_diffecho", "validate_imagefolder", "validate_sdm"]
+
+
+def _check_all(records: list[EchoImage], root: Path, desc: str, progress: bool, findings: Findings) -> None:
+    """check_pair on every record, counting the codings under root."""
+    counts = findings.codings.setdefault(root, Counter())
+    for rec in progress_bar(records, desc, progress):
+        findings.extend(check_pair(rec, counts))
+
+
+def _check_splits(findings: Findings, root: Path, what: str, load, how: str) -> None:
+    """The reader's last word once nothing else is wrong: it loads, and trains and validates."""
+    if has_errors(findings):
+        return
+    try:
+        records = load()
+    except ValueError as err:
+        findings.append(Problem(root, f"the {what} reader fails: {error_text(err, root)}"))
+        return
+    for split, name in (("train", "training"), ("val", "validation")):
+        if not any(r.split == split for r in records):
+            findings.append(Problem(root, f"no {name} images: {how}"))
+
+
+# --- SDM CAMUS -------------------------------------------------------------------------
+
+
+def validate_sdm(root: Path, *, progress: bool = True) -> Findings:
+    """Every problem of an SDM CAMUS folder, each naming its file (layout: `vlsm.data.sdm`)."""
+    from vlsm.data import sdm as sdm_reader
+
+    root = Path(root)
+    if not root.is_dir():
+        return Findings([Problem(root, "SDM root folder not found")])
+    problems = Findings(codings={root: Counter()})
+    images: dict[str, Path] = {}
+    label_pngs: list[Path] = []
+    for path in sorted(root.rglob("*.png")):
+        if any(sdm_reader.is_label_dir(part) for part in path.relative_to(root).parts[:-1]):
+            label_pngs.append(path)
+            continue
+        if sdm_reader.NAME_RE.match(path.name) is None:
+            if not sdm_reader.TEST_NAME_RE.match(path.name):
+                problems.append(
+                    Problem(
+                        path,
+                        "not named patientXXXX_{2CH|4CH}_{ED|ES}_{training|validation}_<i>.png;"
+                        " ignored",
+                        WARNING,
+                    )
+                )
+            continue
+        if path.name in images:
+            problems.append(Problem(path, f"duplicate of {images[path.name]}; ignored", WARNING))
+            continue
+        images[path.name] = path
+    if not images:
+        problems.append(
+            Problem(
+                root,
+                "no SDM images found (expected folders of "
+                "patientXXXX_<view>_<phase>_<training|validation>_<i>.png)",
+            )
+        )
+    records = []
+    for name, path in sorted(images.items()):
+        label, _ = sdm_reader.find_label(path, root)
+        if label is None:
+            problems.append(
+                Problem(
+                    path,
+                    "image without label map (no file of this name in a sibling "
+                    "annotations/labels/masks folder)",
+                )
+            )
+        match = sdm_reader.NAME_RE.match(name)
+        assert match is not None
+        records.append(
+            EchoImage(
+                source="sdm",
+                patient=match["patient"],
+                view=match["view"],
+                phase=match["phase"],
+                split="train",
+                image_path=path,
+                mask_paths=() if label is None else (label,),
+                variant=int(match["index"]),
+            )
+        )
+    _check_all(records, root, "validate SDM", progress, problems)
+    for label in label_pngs:
+        if sdm_reader.NAME_RE.match(label.name) and label.name not in images:
+            problems.append(Problem(label, "label map without image"))
+    return problems
+
+
+# --- DiffEcho --------------------------------------------------------------------------
+
+
+def _check_diffecho_metadata(found: DiffEchoFiles, findings: Findings) -> None:
+    from vlsm.data.diffecho import read_diffecho_metadata
+
+    for path in found.metadata:
+        try:
+            rows = read_diffecho_metadata(path)
+        except (ValueError, OSError, UnicodeDecodeError) as err:
+            findings.append(Problem(path, error_text(err, path)))
+            continue
+        for row in rows:
+            for column, file in (("image", row.image), ("conditioning_image", row.conditioning_image)):
+                if not file.is_file():
+                    findings.append(Problem(path, f"line {row.line}: {column} {file} not found"))
+            if not row.text:
+                findings.append(Problem(path, f"line {row.line}: empty text; expected the prompt"))
+
+
+def _diffecho_generated(found: DiffEchoFiles, n_val: int, findings: Findings) -> list[EchoImage]:
+    """Records of the generated images whose mask is there; the others as problems."""
+    from vlsm.data import diffecho
+
+    records = []
+    for name, path in found.generated.items():
+        mask_name = diffecho.generated_mask_name(name)
+        mask = found.generated_masks.get(mask_name)
+        if mask is None:
+            findings.append(
+                Problem(path, f"generated image without mask: {mask_name} not found under {found.root}")
+            )
+            continue
+        records.append(diffecho.generated_record(path, mask, n_val))
+    for name, path in found.generated_masks.items():
+        image_name = name.replace("_mask_id", "_generated_id")
+        if image_name not in found.generated:
+            findings.append(
+                Problem(path, f"mask without generated image: {image_name} not found under {found.root}")
+            )
+    return records
+
+
+def _diffecho_frames(found: DiffEchoFiles, n_val: int, findings: Findings) -> list[EchoImage]:
+    """Records of the real-derived frames whose mask is there; the others as problems."""
+    from vlsm.data import diffecho
+
+    records = []
+    folder_splits = {folder: split for split, folder in diffecho.FRAME_DIRS.items()}
+    for frame, mask in found.frames.items():
+        rec = diffecho.frame_record(frame, mask, n_val)
+        subject = int(diffecho.FRAME_RE.match(frame.name)["subject"])
+        if folder_splits.get(frame.parent.name, rec.split) != rec.split:
+            findings.append(Problem(
+                frame,
+                f"in {frame.parent.name}/, but subject {subject} is a {rec.split} subject with "
+                f"n_val {n_val} (the first n_val subjects validate)",
+                WARNING,
+            ))
+        if not mask.is_file():
+            findings.append(Problem(frame, f"frame without mask: {mask} is missing"))
+            continue
+        records.append(rec)
+    for path in found.other_pngs:
+        findings.append(Problem(
+            path,
+            "not a DiffEcho name (<mask stem>_generated_id<k>.png, ..._mask_id<k>.png, "
+            "ch<2|4>_<ed|es>_frame_<i>.png, ch<2|4>_<ed|es>_mask_<i>.png); ignored",
+            WARNING,
+        ))
+    return records
+
+
+def validate_diffecho(root: Path, *, n_val: int | None = None, progress: bool = True) -> Findings:
+    """Every problem of a DiffEcho folder (layout: `vlsm.data.diffecho`), each naming its
+    file: generated images and their masks, the real-derived frames and masks, and
+    metadata.csv; subjects below n_val (default DiffEcho's 50) validate."""
+    from vlsm.data import diffecho
+
+    root = Path(root)
+    if not root.is_dir():
+        return Findings([Problem(root, "DiffEcho root folder not found")])
+    n_val = diffecho.DIFFECHO_VAL_SUBJECTS if n_val is None else n_val
+    found = diffecho.scan_diffecho(root)
+    findings = Findings(codings={root: Counter()})
+    for ignored, kept in found.duplicates:
+        findings.append(Problem(ignored, f"duplicate of {kept}; ignored", WARNING))
+    if not found.generated:
+        findings.append(Problem(
+            root,
+            "no generated images found (expected data_generation.py's "
+            "ch{2|4}_{ed|es}_mask_<i>_generated_id<k>.png with ..._mask_id<k>.png masks)",
+        ))
+    _check_diffecho_metadata(found, findings)
+    records = _diffecho_generated(found, n_val, findings) + _diffecho_frames(found, n_val, findings)
+    _check_all(records, root, "validate DiffEcho", progress, findings)
+    _check_splits(
+        findings, root, "DiffEcho", lambda: diffecho.load_diffecho(root, n_val=n_val),
+        f"generated images of subjects < {n_val} validate, the others train (--n-val)",
+    )
+    return findings
+
+
+# --- imagefolder -----------------------------------------------------------------------
+
+
+def validate_imagefolder(root: Path, *, n_val: int | None = None, progress: bool = True) -> Findings:
+    """Every problem of an imagefolder (layout: `vlsm.data.imagefolder`), each naming its
+    file: metadata.csv's columns and cells, the files it lists, their pixels; without a
+    split column the first n_val patients (default 50) validate."""
+    from vlsm.data import imagefolder
+    from vlsm.data.camus import PAPER_VAL_PATIENTS
+
+    root = Path(root)
+    if not root.is_dir():
+        return Findings([Problem(root, "imagefolder root folder not found")])
+    csv_path = root / imagefolder.METADATA_NAME
+    try:
+        header = imagefolder.read_imagefolder_header(root)
+        _, rows = imagefolder.read_imagefolder_rows(root)
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        return Findings([Problem(csv_path, error_text(err, csv_path))])
+    findings = Findings(codings={root: Counter()})
+    ignored = [c for c in header if c not in imagefolder.COLUMNS]
+    if ignored:
+        findings.append(Problem(csv_path, f"column(s) {', '.join(ignored)} ignored; known: "
+                                          f"{', '.join(imagefolder.COLUMNS)}", WARNING))
+    if not rows:
+        findings.append(Problem(csv_path, "no rows; expected one per image"))
+    records, seen = [], {}
+    for row in rows:
+        try:
+            fields = imagefolder.row_fields(root, row)
+        except ValueError as err:
+            findings.append(Problem(csv_path, error_text(err, csv_path)))
+            continue
+        if row.image in seen:
+            again = f"line {row.line}: image {row.image} also on line {seen[row.image]}"
+            findings.append(Problem(csv_path, again, WARNING))
+        seen.setdefault(row.image, row.line)
+        missing = [(c, p) for c, p in (("image", row.image), ("mask", row.mask)) if not p.is_file()]
+        for column, path in missing:
+            findings.append(Problem(path, f"{column} listed on line {row.line} of {csv_path.name} not found"))
+        if not missing:
+            records.append(EchoImage(
+                source=imagefolder.SOURCE, patient=fields["patient"], view=fields["view"],
+                phase=fields["phase"], split=fields["split"] or "train", image_path=row.image,
+                mask_paths=(row.mask,), info=fields["info"], text=fields["text"],
+            ))
+    _check_all(records, root, "validate imagefolder", progress, findings)
+    how = (
+        "no row has this split in its split column" if "split" in header
+        else f"without a split column the first {PAPER_VAL_PATIENTS if n_val is None else n_val} patients "
+        "validate (--n-val)"
+    )
+    _check_splits(findings, root, "imagefolder", lambda: imagefolder.load_imagefolder(root, n_val=n_val), how)
+    return findings
+
