@@ -82,9 +82,9 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
     problems = validate_data(roots.camus_root, roots.sdm_root if SOURCE_SDM in sources else None,
                              synthetic_root=roots.synthetic[others[0]] if others else None,
                              synthetic_format=others[0] if others else SOURCE_SDM,
-                             split_scheme=spec.data.split_scheme, n_val=spec.data.val_patients, progress=False)
+                             split_scheme=spec.data.split_scheme, n_val=spec.data.val_patients)
     for source in others[1:]:
-        problems += validate_synthetic(source, roots.synthetic[source], n_val=spec.data.val_patients, progress=False)
+        problems += validate_synthetic(source, roots.synthetic[source], n_val=spec.data.val_patients)
     errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
         if problem.severity != "error":

@@ -58,6 +58,8 @@ def _synthetic_cells(spec: SweepSpec, model: str, strategy: str, encoder: str, p
                      seed: int, buildable: tuple[str, ...]) -> Iterator[tuple[Cell, str]]:
     """The cells of one strategy that trains on synthetic source `source`."""
     skip = f"{source} builds prompts {', '.join(buildable) or 'none'} only"
+    if strategy in (STRATEGY_SYNTHETIC, STRATEGY_MIXED) and prompt not in SYNTHETIC_PROMPTS:
+        return  # the synthetic style has no P7: not a cell of the grid (as in the paper)
     if strategy == STRATEGY_SYNTHETIC:
         yield Cell(model, strategy, encoder, prompt, synthetic_source=source, seed=seed), (
             "" if prompt in buildable else skip)
