@@ -104,6 +104,8 @@ RUNS = (
     Run("--synthetic-sources sdm diffecho --set grid.provenance",
         expect=("skipped cris-synthetic-diffecho-frozen-p4: diffecho builds prompts P0, P1, P2, P3 only",
                 "(3 seeds)")),
+    Run("--out demo_data/sources --synthetic-format sdm", expect=("0 error(s)", "grey"),
+        creates=("demo_data/sources/diffecho/metadata.csv", "demo_data/sources/imagefolder/metadata.csv")),
     Run("--n-val 4 --size 352 --size 416 --cache-dir cache/", creates=("cache", "data/sb/camus/.vlsm-export.json")),
     Run("--out data/sb/camus --overwrite", creates=("data/sb/camus/anns/test.json",)),
     Run("python -m analysis example-export runs/example",
