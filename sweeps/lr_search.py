@@ -20,10 +20,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.cell import Cell
-from sweeps.spec import LRSearchSpace, SweepSpec
+from sweeps.spec import LRSearchSpace, SweepSpec, grid_sources
 from sweeps.trials import trial_config, trial_resources
 from sweeps.tuner import build_tuner, experiment_path, fit, trial_dirname
 from vlsm.atomic import write_json_atomic
+from vlsm.axes import SYNTHETIC_STRATEGIES
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,10 @@ def _search(
     """One (model, encoder) search: its best rate and score, and every rate tried."""
     from vlsm.trainable import train_vlsm
 
-    base = trial_config(spec, Cell(model, space.cell.strategy, encoder, space.cell.prompt), caches)
+    synthetic = space.cell.strategy in SYNTHETIC_STRATEGIES  # on the grid's first source and seed
+    cell = Cell(model, space.cell.strategy, encoder, space.cell.prompt, seed=spec.grid.seeds[0],
+                synthetic_source=grid_sources(spec)[0] if synthetic else "")
+    base = trial_config(spec, cell, caches)
     base["tags"] = {**base["tags"], "lr_search": True}
     bounds = space.models[model]
     # N in the name: a search asked for with another N is a new search, not a resume
@@ -80,7 +84,7 @@ def _search(
         storage=storage,
         param_space={**base, "lr": tune.loguniform(bounds.lr_min, bounds.lr_max)},
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(seed=int(spec.train.get("seed", 42))),
+            search_alg=OptunaSearch(seed=spec.grid.seeds[0]),
             scheduler=ASHAScheduler(
                 time_attr="training_iteration",
                 grace_period=space.asha.grace_period,

@@ -190,6 +190,22 @@ def _check_places(plan: SweepPlan) -> None:
         raise UsageError(f"--mlflow-uri: {problem}")
 
 
+def _check_prompt_source(spec: SweepSpec) -> None:
+    """--prompt-source generator needs a source whose images carry their generator's text."""
+    if {**spec.train}.get("prompt_source") != "generator":
+        return
+    from sweeps.spec import grid_sources
+    from vlsm.data.synthetic_sources import has_generator_text
+
+    roots = synthetic_roots(spec)
+    with_text = [s for s in grid_sources(spec)
+                 if (s != "sdm" if spec.data.demo else s in roots and has_generator_text(s, Path(roots[s])))]
+    if not with_text:
+        raise UsageError(f"--prompt-source generator (train.prompt_source): none of the grid's synthetic sources "
+                         f"{list(grid_sources(spec))} carries its generator's text (SDM has none); use diffecho or "
+                         f"an imagefolder with a text column")
+
+
 def plan_sweep(args: argparse.Namespace) -> SweepPlan:
     """Phase 1: the spec, the grid and the folders, every option checked (SpecError,
     UsageError); nothing is written and nothing runs."""
@@ -207,6 +223,7 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         raise SpecError(str(err)) from None
     if not cells:
         raise SpecError(f"the grid has no trial that can run: {next(iter(skipped.values()), 'no cells')}")
+    _check_prompt_source(spec)
     if not args.dry_run:
         _check_run_options(spec, folder, args)
     if args.rates is not None and not args.dry_run:

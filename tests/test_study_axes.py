@@ -145,3 +145,12 @@ def test_prompt_table_words_provenance_and_uses_generator_text() -> None:
     assert rows == {"LV of the heart in a real cardiac ultrasound.", "LV in a real cardiac ultrasound."}
     plain = PromptTable([Split], "p1", tokenizer, torch.device("cpu"))
     assert [plain.texts[r] for r in plain.choose([real, fake], None)] == ["LV of the heart.", "LV of the heart."]
+
+
+def test_generator_prompts_need_a_source_with_generator_text() -> None:
+    from sweeps.options import UsageError, _check_prompt_source
+
+    with pytest.raises(UsageError, match="none of the grid's synthetic sources \\['sdm'\\] carries"):
+        _check_prompt_source(load_spec(demo=True, overrides=["train.prompt_source=generator"]))
+    _check_prompt_source(load_spec(demo=True, overrides=["train.prompt_source=generator",
+                                                         "grid.synthetic_sources=[sdm, diffecho]"]))
