@@ -192,7 +192,7 @@ def _check_places(plan: SweepPlan) -> None:
 
 def _check_prompt_source(spec: SweepSpec) -> None:
     """--prompt-source generator needs a source whose images carry their generator's text."""
-    if {**spec.train}.get("prompt_source") != "generator":
+    if spec.train.get("prompt_source") != "generator":
         return
     from sweeps.spec import grid_sources
     from vlsm.data.synthetic_sources import has_generator_text
