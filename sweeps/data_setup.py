@@ -84,7 +84,9 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
                              synthetic_format=others[0] if others else SOURCE_SDM,
                              split_scheme=spec.data.split_scheme, n_val=spec.data.val_patients)
     for source in others[1:]:
-        problems += validate_synthetic(source, roots.synthetic[source], n_val=spec.data.val_patients)
+        problems.add(validate_synthetic(source, roots.synthetic[source], n_val=spec.data.val_patients))
+    for root, counts in problems.codings.items():  # the label codings found, as validate-data prints them
+        logger.info("%s: label codings: %s", root, ", ".join(f"{c} in {n} mask(s)" for c, n in sorted(counts.items())))
     errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
         if problem.severity != "error":
