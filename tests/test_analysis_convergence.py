@@ -54,7 +54,7 @@ def test_epochs_to_best_counts_epochs_whatever_the_numbering() -> None:
     # only P1 has both strategies: real 3 epochs, finetune 1 -> 3x
     speed = speedup(per_trial.reset_index())
     assert speed.to_dict("records") == [{
-        "model": "CRIS", "encoder": "unfrozen", "n_prompts": 1,
+        "model": "CRIS", "encoder": "unfrozen", "synthetic_source": "sdm", "n_prompts": 1,
         "real_epochs": 3.0, "finetune_epochs": 1.0, "speedup": 3.0,
     }]
 

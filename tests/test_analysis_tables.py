@@ -30,7 +30,8 @@ CELLS = {
 
 def test_dice_table_numbers_and_order() -> None:
     table = dice_table(_frame(CELLS))
-    assert list(table.columns) == ["model", "strategy", "encoder", "prompt", "n", "mean", "std"]
+    assert list(table.columns) == ["model", "strategy", "encoder", "prompt", "synthetic_source", "provenance",
+                                   "n", "mean", "std", "n_seeds", "seed_mean", "seed_std", "ci_low", "ci_high"]
     # axes order: CLIPSeg before CRIS; real, synthetic; frozen before unfrozen; P1 before P7
     assert [tuple(r) for r in table[["model", "strategy", "encoder", "prompt"]].itertuples(index=False)] == [
         ("CLIPSeg", "real", "unfrozen", "P1"),
