@@ -133,8 +133,12 @@ def complete_variants(frame: pd.DataFrame) -> pd.DataFrame:
 
     Missing `seed` -> 42 (one seed, the paper's); missing `synthetic_source` -> "sdm" (the
     paper's SDM data) for strategies other than real, "" for real; missing `provenance`
-    -> "". Needs a `strategy` column; returns a copy (columns it lacked added at the end).
+    -> "". Needs a `strategy` column. Returns `frame` itself when nothing is missing, else
+    a copy with the columns it lacked added at the end: never modify the result in place.
     """
+    columns = (SYNTHETIC_SOURCE, PROVENANCE, SEED)
+    if all(c in frame for c in columns) and not frame[list(columns)].isna().to_numpy().any():
+        return frame
     out = frame.copy()
     for column in (SYNTHETIC_SOURCE, PROVENANCE, SEED):
         if column not in out:

@@ -27,7 +27,7 @@ from scipy import stats
 
 from analysis.intervals import N_BOOT, bootstrap_interval
 from analysis.schema import CELL_COLUMNS, CELL_KEYS, complete_variants, require_columns
-from analysis.sweep import check_cells
+from analysis.sweep import CELL_VALUES, check_cells
 from analysis.tables import (
     ARM,
     arm_label,
@@ -126,7 +126,9 @@ def select_cell(per_image: pd.DataFrame, cell: Mapping[str, object], name: str =
     unknown = sorted(set(cell) - set(_SELECT_KEYS))
     if unknown:
         raise ValueError(f"{name}={dict(cell)}: unknown key(s) {unknown}; expected keys from {list(_SELECT_KEYS)}")
-    check_cells(pd.DataFrame({c: [cell[c]] for c in cell if c != SEED}), f"{name}={dict(cell)}")
+    bad = {c: v for c, v in cell.items() if c != SEED and v not in CELL_VALUES[c]}
+    if bad:  # check_cells' message, without building a frame for every comparison
+        check_cells(pd.DataFrame({c: [v] for c, v in bad.items()}), f"{name}={dict(cell)}")
     mask = np.ones(len(per_image), dtype=bool)
     for key, value in cell.items():
         mask &= (per_image[key] == value).to_numpy()
@@ -267,7 +269,7 @@ def difference_to_real(
 ) -> pd.DataFrame:
     """Each arm's mean Dice minus real's (x 100) per model and prompt, with its interval.
 
-    One row per (model, arm, prompt) where both cells exist: model, arm, strategy,
+    One row per (model, arm, prompt) where both cells exist: encoder, model, arm, strategy,
     synthetic_source, provenance, prompt, n_seeds (of the arm's cell), diff, ci_low,
     ci_high (`compare`'s paired difference and hierarchical bootstrap interval) and
     p_value (two-sided Wilcoxon on seed-averaged pairs). The data of the Fig. 2 error bars.
@@ -286,12 +288,13 @@ def difference_to_real(
             rows = cells[cells[ARM] == label]
             result = compare_matrices(seed_matrix(rows, metric), base, f"{model} {label} {encoder} {prompt}",
                                       f"{model} real {encoder} {prompt}", n_boot=n_boot, seed=seed, level=level)
-            records.append({"model": model, ARM: label, "strategy": strategy, SYNTHETIC_SOURCE: source,
-                            PROVENANCE: provenance, "prompt": prompt, "n_seeds": result.n_seeds_a,
+            records.append({"encoder": encoder, "model": model, ARM: label, "strategy": strategy,
+                            SYNTHETIC_SOURCE: source, PROVENANCE: provenance, "prompt": prompt,
+                            "n_seeds": result.n_seeds_a,
                             "diff": result.mean_diff, "ci_low": result.ci_low, "ci_high": result.ci_high,
                             "p_value": result.p_value})
-    columns = ["model", ARM, "strategy", SYNTHETIC_SOURCE, PROVENANCE, "prompt", "n_seeds", "diff", "ci_low",
-               "ci_high", "p_value"]
+    columns = ["encoder", "model", ARM, "strategy", SYNTHETIC_SOURCE, PROVENANCE, "prompt", "n_seeds", "diff",
+               "ci_low", "ci_high", "p_value"]
     return pd.DataFrame.from_records(records, columns=columns)
 
 

@@ -44,12 +44,13 @@ from vlsm.axes import (
     SYNTHETIC_SOURCES,
 )
 
-__all__ = ["DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_trials"]
+__all__ = ["CELL_VALUES", "DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_trials"]
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("best-val", "error")
-_ALLOWED = {
+# The values each cell and variant column may hold.
+CELL_VALUES: dict[str, tuple[str, ...]] = {
     "model": MODELS,
     "strategy": STRATEGIES,
     "encoder": ENCODERS,
@@ -62,7 +63,7 @@ _REPLICATE = (*CELL_KEYS, SEED)  # one trial stands for each
 
 def check_cells(frame: pd.DataFrame, source: str) -> None:
     """Raise ValueError when a cell or variant value (of the columns present) is not one of vlsm.axes."""
-    for column, allowed in _ALLOWED.items():
+    for column, allowed in CELL_VALUES.items():
         if column not in frame:
             continue
         bad = sorted(set(frame[column].dropna().astype(str)) - set(allowed))

@@ -93,8 +93,8 @@ def arm_label(strategy: str, source: str = "", provenance: str = "") -> str:
 def with_arm(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` (with missing variant columns filled) plus an `arm` column of `arm_label`s."""
     out = complete_variants(frame)
-    out[ARM] = [arm_label(*v) for v in zip(out["strategy"], out[SYNTHETIC_SOURCE], out[PROVENANCE], strict=True)]
-    return out
+    labels = [arm_label(*v) for v in zip(out["strategy"], out[SYNTHETIC_SOURCE], out[PROVENANCE], strict=True)]
+    return out.assign(**{ARM: labels})
 
 
 def arms(frame: pd.DataFrame, order: Sequence[str] = _ARM_STRATEGY_ORDER) -> list[tuple[str, str, str, str]]:
