@@ -30,7 +30,7 @@ import pandas as pd
 from analysis.convergence import epochs_to_best
 from analysis.intervals import N_BOOT
 from analysis.schema import CELL_KEYS, complete_variants, require_columns
-from analysis.stats import TESTS, best_cell, cell_label, compare_matrices, holm, select_cell
+from analysis.stats import TESTS, CompareResult, cell_label, compare_matrices, holm
 from analysis.tables import arms, dice_table, seed_matrix
 from vlsm.axes import (
     BEST_VAL_DICE,
@@ -49,6 +49,7 @@ from vlsm.axes import (
 )
 
 __all__ = [
+    "BEST",
     "BEST_PROMPT_CHOICES",
     "CLAIMS",
     "CLAIMS_COLUMNS",
@@ -57,6 +58,9 @@ __all__ = [
     "CLAIM_PROVENANCE",
     "CLAIM_SYNTHETIC",
     "CLAIM_UNFROZEN",
+    "DICE_UNIT",
+    "EPOCH_UNIT",
+    "NO_VALIDATION",
     "claims",
 ]
 
@@ -81,12 +85,20 @@ CLAIMS_COLUMNS: tuple[str, ...] = (
 
 @dataclass
 class _Data:
-    """What every claim reads: the per-image frame, its cells' test and validation means."""
+    """What every claim reads, computed once: each cell's seeds x pairs Dice and its means."""
 
-    per_image: pd.DataFrame
+    matrices: dict[tuple, pd.DataFrame]  # CELL_KEYS values -> seed_matrix of the cell's Dice
     table: pd.DataFrame  # dice_table without intervals, plus "val" (NaN where none)
+    prompts: dict[tuple, pd.DataFrame]  # CELL_KEYS values but the prompt -> those rows of `table`
     best_prompt: str
     options: dict  # compare_matrices' test, n_boot, seed, level
+
+    def has(self, cell: dict) -> bool:
+        return _key(cell) in self.matrices
+
+
+def _key(cell: dict) -> tuple:
+    return tuple(cell[c] for c in CELL_KEYS)
 
 
 def _validation(per_image: pd.DataFrame, trials: pd.DataFrame | None) -> pd.DataFrame:
@@ -101,28 +113,30 @@ def _validation(per_image: pd.DataFrame, trials: pd.DataFrame | None) -> pd.Data
     return values.reset_index()
 
 
-def _pick(data: _Data, model: str, strategy: str, encoder: str, source: str | None = None,
-          provenance: str | None = None) -> tuple[dict | None, str]:
+def _pick(data: _Data, model: str, strategy: str, encoder: str, source: str, provenance: str
+          ) -> tuple[dict | None, str]:
     """The best prompt's cell and what it was chosen on ("validation", "test" or NO_VALIDATION)."""
-    variant = {"synthetic_source": source, "provenance": provenance}
-    if data.best_prompt == "validation":
-        cell = best_cell(data.table, model, strategy, encoder, **variant, value="val")
-        if cell is not None:
-            return cell, "validation"
-    cell = best_cell(data.table, model, strategy, encoder, **variant, value="mean")
-    return cell, ("test" if data.best_prompt == "test" else NO_VALIDATION)
+    rows = data.prompts.get((model, strategy, encoder, source, provenance))
+    if rows is None:
+        return None, ""
+    if data.best_prompt == "validation" and rows["val"].notna().any():
+        return _cell(rows.loc[rows["val"].idxmax()]), "validation"
+    return _cell(rows.loc[rows["mean"].idxmax()]), ("test" if data.best_prompt == "test" else NO_VALIDATION)
+
+
+def _cell(row: pd.Series) -> dict:
+    return {c: row[c] for c in CELL_KEYS}
 
 
 def _row(data: _Data, claim: str, where: dict, comparison: str, a: dict, b: dict, chosen_on: str) -> dict:
     """One claim row: a against b, one-sided (a greater), on the per-image Dice."""
-    frame = data.per_image
-    ma = seed_matrix(select_cell(frame, a, "a"), DICE)
-    mb = seed_matrix(select_cell(frame, b, "b"), DICE)
+    ma, mb = data.matrices[_key(a)], data.matrices[_key(b)]
     result = compare_matrices(ma, mb, cell_label(a), cell_label(b), alternative="greater", **data.options)
     return _record(claim, where, comparison, result, chosen_on, DICE_UNIT, "images")
 
 
-def _record(claim: str, where: dict, comparison: str, result, chosen_on: str, unit: str, units: str) -> dict:
+def _record(claim: str, where: dict, comparison: str, result: CompareResult, chosen_on: str, unit: str,
+            units: str) -> dict:
     one_seed = result.n_seeds_a == 1 and result.n_seeds_b == 1
     return {
         "claim": claim, **where, "comparison": comparison, "a": result.a, "b": result.b, "chosen_on": chosen_on,
@@ -151,16 +165,9 @@ def _per_prompt(data: _Data, claim: str, where: dict, a: dict, b: dict) -> list[
     rows = []
     for prompt in PROMPTS:
         cell_a, cell_b = {**a, "prompt": prompt}, {**b, "prompt": prompt}
-        if _has(data.table, cell_a) and _has(data.table, cell_b):
+        if data.has(cell_a) and data.has(cell_b):
             rows.append(_row(data, claim, where, prompt, cell_a, cell_b, ""))
     return rows
-
-
-def _has(table: pd.DataFrame, cell: dict) -> bool:
-    mask = np.ones(len(table), dtype=bool)
-    for key, value in cell.items():
-        mask &= (table[key] == value).to_numpy()
-    return bool(mask.any())
 
 
 def _dice_claims(data: _Data, model: str, encoder: str) -> list[dict]:
@@ -271,7 +278,10 @@ def claims(
     require_columns(per_image, (*CELL_KEYS[:4], "image", "structure", DICE), "per-image frame")
     frame = complete_variants(per_image)
     table = dice_table(frame, n_boot=0).merge(_validation(frame, trials), on=list(CELL_KEYS), how="left")
-    data = _Data(frame, table, best_prompt, {"test": test, "n_boot": n_boot, "seed": seed, "level": level})
+    matrices = {key: seed_matrix(rows, DICE) for key, rows in frame.groupby(list(CELL_KEYS), sort=False)}
+    prompts = dict(iter(table.groupby([c for c in CELL_KEYS if c != "prompt"], sort=False)))
+    data = _Data(matrices, table, prompts, best_prompt,
+                 {"test": test, "n_boot": n_boot, "seed": seed, "level": level})
     notes: list[str] = []
     rows: list[dict] = []
     for model in MODELS:

@@ -137,9 +137,9 @@ def cell_rng_seed(seed: int, label: str) -> list[int]:
 def _seed_columns(rows: pd.DataFrame, metric: str, label: str, *, n_boot: int, seed: int, level: float) -> dict:
     """dice_table's columns over seeds, for one cell's rows (with a value)."""
     per_seed = rows.groupby(SEED)[metric].mean() * 100.0
-    matrix = seed_matrix(rows, metric).dropna(axis=1)  # units every seed has
     low = high = float("nan")
-    if matrix.size:
+    matrix = seed_matrix(rows, metric).dropna(axis=1) if n_boot else None  # units every seed has
+    if matrix is not None and matrix.size:
         low, high = bootstrap_interval([matrix.to_numpy()], n_boot=n_boot, seed=cell_rng_seed(seed, label),
                                        level=level)
     return {
@@ -192,9 +192,9 @@ def dice_table(
 def layout(table: pd.DataFrame, encoder: str) -> pd.DataFrame:
     """The paper's grid for one encoder mode: index (arm, model), columns P0-P7, values mean.
 
-    Rows: the paper's three strategies (present or not), then every other arm of `table`
-    (a synthetic source other than sdm, real+synthetic with or without provenance), for
-    the models present in `table`. Cells that do not exist are NaN, as are cells not
+    Rows: the paper's three strategies (present or not), each followed by its other arms
+    in `table` (a synthetic source other than sdm), then real+synthetic's arms (with and
+    without provenance), for the models present in `table`. Cells that do not exist are NaN, as are cells not
     run; `cell_exists` tells them apart.
     """
     if encoder not in ENCODERS:
@@ -206,8 +206,11 @@ def layout(table: pd.DataFrame, encoder: str) -> pd.DataFrame:
             f"{sorted(set(table['encoder']))}"
         )
     models = [m for m in MODELS if m in set(table["model"])]
-    present = [a[0] for a in arms(rows)]
-    labels = [*PAPER_STRATEGY_ORDER, *(a for a in present if a not in PAPER_STRATEGY_ORDER)]
+    present = arms(rows)
+    labels = []
+    for strategy in _ARM_STRATEGY_ORDER:  # each strategy's arms together, the paper's three always
+        labels += [strategy] if strategy in PAPER_STRATEGY_ORDER else []
+        labels += [a[0] for a in present if a[1] == strategy and a[0] not in labels]
     index = pd.MultiIndex.from_product([labels, models], names=[ARM, "model"])
     return rows.pivot_table(index=[ARM, "model"], columns="prompt", values="mean").reindex(
         index=index, columns=list(PROMPTS)
