@@ -77,7 +77,7 @@ def speedup(per_trial: pd.DataFrame) -> pd.DataFrame:
     """
     require_columns(per_trial, (*CELL_COLUMNS, "epochs_to_best"), "per-trial frame")
     frame = complete_variants(per_trial)
-    means = frame.groupby(list(CELL_KEYS))["epochs_to_best"].mean().reset_index()
+    means = sort_cells(frame.groupby(list(CELL_KEYS))["epochs_to_best"].mean().reset_index())
     real = means[means["strategy"] == STRATEGY_REAL]
     records = []
     for model in MODELS:
