@@ -28,7 +28,7 @@ __all__ = ["N_BOOT", "bootstrap_interval", "hierarchical_bootstrap", "percentile
 
 N_BOOT = 2000  # resamples: the usual count for a 95% percentile interval
 
-Seed = int | Sequence[int]
+RandomSeed = int | Sequence[int]  # what numpy.random.default_rng takes
 
 
 def _seed_counts(rng: np.random.Generator, n_boot: int, n_seeds: int) -> np.ndarray:
@@ -61,7 +61,7 @@ def hierarchical_bootstrap(
     signs: Sequence[float] = (1.0,),
     *,
     n_boot: int = N_BOOT,
-    seed: Seed = 0,
+    seed: RandomSeed = 0,
 ) -> np.ndarray:
     """B resampled values of sum_c sign_c * mean over units of cell c's seed-averaged values.
 
@@ -98,7 +98,7 @@ def bootstrap_interval(
     signs: Sequence[float] = (1.0,),
     *,
     n_boot: int = N_BOOT,
-    seed: Seed = 0,
+    seed: RandomSeed = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
     """The percentile interval of `hierarchical_bootstrap(cells, signs, ...)`; (NaN, NaN) for n_boot 0."""
