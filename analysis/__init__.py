@@ -1,9 +1,11 @@
-"""Analysis of Synthetic Boost sweeps: the paper's tables, paired tests, figures, convergence.
+"""Analysis of Synthetic Boost sweeps: the paper's claims, tables, paired tests, figures, convergence.
 
-Works on one long per-image frame (model, strategy, encoder, prompt, image, structure,
-dice, iou, hausdorff; dice and iou as fractions) from our sweep's Parquet exports
-(`load_sweep`) or from the authors' published CSV files (`load_published`), so that
-our numbers and theirs go through exactly the same code.
+Works on one long per-image frame (model, strategy, encoder, prompt, synthetic_source,
+provenance, seed, image, structure, dice, iou, hausdorff; dice and iou as fractions)
+from our sweep's Parquet exports (`load_sweep`) or from the authors' published CSV files
+(`load_published`), so that our numbers and theirs go through exactly the same code.
+A cell's seeds are its replicates: intervals count them and the images
+(`hierarchical_bootstrap`), and `claims` tests each claim of the paper with them.
 
     python -m analysis report <output_dir> [--published [PATH]]   (no PATH: the bundled copy)
 
@@ -23,7 +25,13 @@ _EXPORTS: dict[str, str] = {
     "read_epochs": "analysis.sweep",
     "dice_table": "analysis.tables",
     "render_table": "analysis.tables",
+    "claims": "analysis.claims",
     "compare": "analysis.stats",
+    "difference_to_real": "analysis.stats",
+    "hierarchical_bootstrap": "analysis.intervals",
+    "bootstrap_interval": "analysis.intervals",
+    "render_intervals": "analysis.tables",
+    "arm_label": "analysis.tables",
     "compare_sources": "analysis.stats",
     "paired_test": "analysis.stats",
     "paper_comparisons": "analysis.stats",

@@ -1,7 +1,8 @@
 """The analysis command line.
 
     python -m analysis report <output_dir> [--published [PATH]] [--format html|md] [--out FILE]
-    python -m analysis example-export <dir>
+                              [--best-prompt validation|test] [--n-boot N]
+    python -m analysis example-export <dir> [--seeds N] [--sources sdm diffecho] [--mixed]
     python -m analysis notebooks [--out analysis/notebooks]
 
 Heavy libraries (pandas, scipy, matplotlib) are imported only by the subcommand that
@@ -34,10 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("html", "md"), default="html", help="report format (default html)")
     report.add_argument("--out", type=Path, default=None, help="report file (default <output_dir>/report.<format>)")
     report.add_argument("--test", choices=("wilcoxon", "ttest"), default="wilcoxon", help="paired test (default wilcoxon)")
+    report.add_argument("--best-prompt", choices=("validation", "test"), default="validation",
+                        help="what the claims choose a strategy's best prompt on (default validation; "
+                             "test is the paper's choice)")
+    report.add_argument("--n-boot", type=int, default=2000, metavar="N",
+                        help="bootstrap resamples of every interval (default 2000)")
 
     example = sub.add_parser("example-export", help="write a small made-up export to try the report on")
     example.add_argument("output_dir", type=Path)
-    example.add_argument("--seed", type=int, default=0)
+    example.add_argument("--seed", type=int, default=0, help="the generator's seed (default 0)")
+    example.add_argument("--seeds", type=int, default=1, metavar="N",
+                         help="training seeds per cell: 42, 43, ... (default 1)")
+    example.add_argument("--sources", nargs="+", default=["sdm"], metavar="SOURCE",
+                         help="synthetic sources of the synthetic cells (default sdm)")
+    example.add_argument("--mixed", action="store_true", help="add real+synthetic cells, with and without provenance")
 
     notebooks = sub.add_parser("notebooks", help="regenerate the analysis notebooks (outputs stripped)")
     notebooks.add_argument("--out", type=Path, default=_HERE / "notebooks")
@@ -53,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from analysis.report import build_report
 
-            path = build_report(args.output_dir, published=args.published, fmt=args.format, out=args.out, test=args.test)
+            path = build_report(args.output_dir, published=args.published, fmt=args.format, out=args.out,
+                                test=args.test, best_prompt=args.best_prompt, n_boot=args.n_boot)
             log.info("wrote %s", path)
         elif args.command == "example-export":
             from analysis.example import write_example_exports
+            from vlsm.axes import PAPER_STRATEGIES, STRATEGY_MIXED
 
-            log.info("wrote %s", write_example_exports(args.output_dir, seed=args.seed))
+            strategies = (*PAPER_STRATEGIES, STRATEGY_MIXED) if args.mixed else PAPER_STRATEGIES
+            log.info("wrote %s", write_example_exports(args.output_dir, seed=args.seed, strategies=strategies,
+                                                       sources=args.sources, seeds=range(42, 42 + args.seeds)))
         else:
             from analysis.notebook_builder import build_notebooks
 

@@ -4,7 +4,8 @@ The paper's claim is that finetuning after synthetic pretraining converges faste
 (4.55x for CRIS, 1.71x for CLIPSeg). Here the speed-up of a model is the mean number of
 epochs to the best validation Dice of its real trials divided by that of its
 synth-PT:real-FT trials, over the prompts both have (the finetune's epochs only, not
-those of the synthetic run it starts from). The authors did not publish per-epoch
+those of the synthetic run it starts from), per synthetic source the finetune was
+pretrained on; a cell's seeds are averaged first. The authors did not publish per-epoch
 logs, so those two numbers cannot be recomputed from their files.
 """
 
@@ -13,15 +14,30 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.schema import CELL_COLUMNS, EPOCHS_COLUMNS, require_columns
-from analysis.tables import sort_cells
-from vlsm.axes import EPOCH, MODELS, STRATEGIES, STRATEGY_FINETUNE, STRATEGY_REAL, VAL_DICE
+from analysis.schema import (
+    CELL_COLUMNS,
+    CELL_KEYS,
+    EPOCHS_COLUMNS,
+    complete_variants,
+    require_columns,
+)
+from analysis.tables import ARM, arms, sort_cells, with_arm
+from vlsm.axes import (
+    EPOCH,
+    MODELS,
+    SEED,
+    STRATEGY_FINETUNE,
+    STRATEGY_REAL,
+    SYNTHETIC_SOURCE,
+    VAL_DICE,
+)
 
 __all__ = ["epochs_to_best", "speedup", "val_dice_figure"]
 
 
 def epochs_to_best(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: its cell, best_epoch, epochs_to_best, epochs run and best val Dice.
+    """One row per trial: its cell, variant and seed, best_epoch, epochs_to_best, epochs run
+    and best val Dice.
 
     epochs_to_best counts the epochs run up to and including the best one (the first
     epoch with the highest val_dice), whatever the epoch numbering starts at; trials
@@ -47,65 +63,68 @@ def epochs_to_best(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     per_trial = pd.DataFrame.from_records(
         rows, columns=["trial_id", "best_epoch", "epochs_to_best", "epochs", "best_val_dice"]
     )
-    out = trials[["trial_id", *CELL_COLUMNS]].merge(per_trial, on="trial_id", how="inner")
-    return sort_cells(out)
+    cells = complete_variants(trials)[["trial_id", *CELL_KEYS, SEED]]
+    return sort_cells(cells.merge(per_trial, on="trial_id", how="inner"))
 
 
 def speedup(per_trial: pd.DataFrame) -> pd.DataFrame:
-    """Per model and encoder: mean epochs to best of real and of synth-PT:real-FT, and their ratio.
+    """Per model, encoder and synthetic source: mean epochs to best of real and of
+    synth-PT:real-FT, and their ratio.
 
-    per_trial: `epochs_to_best(...)`. Only prompts with both strategies count
-    (n_prompts). speedup = real / finetune (> 1: finetuning converged faster).
+    per_trial: `epochs_to_best(...)`. A cell's seeds are averaged first; only prompts with
+    both strategies count (n_prompts). speedup = real / finetune (> 1: finetuning
+    converged faster).
     """
     require_columns(per_trial, (*CELL_COLUMNS, "epochs_to_best"), "per-trial frame")
-    means = per_trial.groupby(list(CELL_COLUMNS))["epochs_to_best"].mean().unstack("strategy")
+    frame = complete_variants(per_trial)
+    means = sort_cells(frame.groupby(list(CELL_KEYS))["epochs_to_best"].mean().reset_index())
+    real = means[means["strategy"] == STRATEGY_REAL]
     records = []
     for model in MODELS:
-        for encoder in sorted(set(per_trial["encoder"])):
-            if (model, encoder) not in means.droplevel("prompt").index:
-                continue
-            cells = means.loc[(model, encoder)]
-            if STRATEGY_REAL not in cells or STRATEGY_FINETUNE not in cells:
-                continue
-            paired = cells[[STRATEGY_REAL, STRATEGY_FINETUNE]].dropna()
-            if paired.empty:
-                continue
-            real, finetune = paired[STRATEGY_REAL].mean(), paired[STRATEGY_FINETUNE].mean()
-            records.append(
-                {
-                    "model": model,
-                    "encoder": encoder,
-                    "n_prompts": len(paired),
-                    "real_epochs": real,
-                    "finetune_epochs": finetune,
-                    "speedup": real / finetune,
-                }
-            )
-    return pd.DataFrame.from_records(
-        records, columns=["model", "encoder", "n_prompts", "real_epochs", "finetune_epochs", "speedup"]
-    )
+        for encoder in sorted(set(frame["encoder"])):
+            for source in dict.fromkeys(means.loc[means["strategy"] == STRATEGY_FINETUNE, SYNTHETIC_SOURCE]):
+                finetune = means[(means["strategy"] == STRATEGY_FINETUNE) & (means[SYNTHETIC_SOURCE] == source)]
+                pick = {"model": model, "encoder": encoder}
+                paired = _of(real, pick).set_index("prompt")["epochs_to_best"].to_frame("real").join(
+                    _of(finetune, pick).set_index("prompt")["epochs_to_best"].rename("finetune"), how="inner")
+                if paired.empty:
+                    continue
+                real_epochs, finetune_epochs = paired["real"].mean(), paired["finetune"].mean()
+                records.append({"model": model, "encoder": encoder, SYNTHETIC_SOURCE: source,
+                                "n_prompts": len(paired), "real_epochs": real_epochs,
+                                "finetune_epochs": finetune_epochs, "speedup": real_epochs / finetune_epochs})
+    return pd.DataFrame.from_records(records, columns=["model", "encoder", SYNTHETIC_SOURCE, "n_prompts",
+                                                       "real_epochs", "finetune_epochs", "speedup"])
+
+
+def _of(frame: pd.DataFrame, values: dict[str, str]) -> pd.DataFrame:
+    mask = pd.Series(True, index=frame.index)
+    for column, value in values.items():
+        mask &= frame[column] == value
+    return frame[mask]
 
 
 def val_dice_figure(epochs: pd.DataFrame, trials: pd.DataFrame, encoder: str | None = None) -> Figure:
-    """Validation Dice per epoch: a panel per model, a line per trial, a colour per strategy."""
+    """Validation Dice per epoch: a panel per model, a line per trial, a colour per arm
+    (strategy, with its synthetic source and provenance where not the defaults)."""
     require_columns(epochs, EPOCHS_COLUMNS, "epochs frame")
-    chosen = trials if encoder is None else trials[trials["encoder"] == encoder]
-    data = epochs.merge(chosen[["trial_id", *CELL_COLUMNS]], on="trial_id", how="inner")
+    chosen = with_arm(trials if encoder is None else trials[trials["encoder"] == encoder])
+    data = epochs.merge(chosen[["trial_id", *CELL_COLUMNS, ARM]], on="trial_id", how="inner")
     models = [m for m in MODELS if m in set(data["model"])]
     if not models:
         raise ValueError(f"no epochs for trials with encoder {encoder!r}")
     fig = Figure(figsize=(4.2 * len(models), 3.4), layout="constrained")
     axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
     fig.suptitle("Validation Dice per epoch" + (f" ({encoder} encoders)" if encoder else ""))
-    colours = {s: f"C{i}" for i, s in enumerate(STRATEGIES)}
+    colours = {a[0]: f"C{i}" for i, a in enumerate(arms(chosen))}
     for ax, model in zip(axes, models, strict=True):
         labelled: set[str] = set()
         for trial_id, group in data[data["model"] == model].groupby("trial_id", sort=True):
             group = group.sort_values(EPOCH)
-            strategy = group["strategy"].iloc[0]
-            label = None if strategy in labelled else strategy
-            labelled.add(strategy)
-            ax.plot(group[EPOCH].to_numpy(), group[VAL_DICE].to_numpy(), color=colours[strategy], alpha=0.7,
+            arm = group[ARM].iloc[0]
+            label = None if arm in labelled else arm
+            labelled.add(arm)
+            ax.plot(group[EPOCH].to_numpy(), group[VAL_DICE].to_numpy(), color=colours[arm], alpha=0.7,
                     linewidth=1.0, label=label, gid=str(trial_id))
         ax.set_title(model)
         ax.set_xlabel("epoch")

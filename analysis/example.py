@@ -1,22 +1,27 @@
 """A small made-up sweep export, to try the analysis without running a sweep.
 
     python -m analysis example-export /tmp/example && python -m analysis report /tmp/example
+    python -m analysis example-export /tmp/seeds --seeds 3 --sources sdm diffecho --mixed
 
 Every number in it is drawn from a seeded generator with effects built in (real beats
-synthetic, synth-PT:real-FT beats real, CRIS beats CLIPSeg, P0 is poor, finetunes peak
-at epoch 3 and real runs at epoch 9): the tests and notebooks check that the analysis
-finds them. It is not a result of anything.
+synthetic, synth-PT:real-FT beats real, CRIS beats CLIPSeg, P0 is poor, P2 is a little
+better than P1, frozen encoders cost a point, diffecho pretraining is a little worse
+than SDM's, real+synthetic sits between real and synth-PT:real-FT and loses a little
+without the provenance phrase; finetunes peak at epoch 3 and real runs at epoch 9), and
+each training seed shifts a trial by a small random amount: the tests and notebooks
+check that the analysis finds them. It is not a result of anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis.schema import (
+    DEFAULT_SEED,
     EPOCHS_COLUMNS,
     EPOCHS_FILE,
     EXPORTS_DIR,
@@ -30,26 +35,58 @@ from vlsm.axes import (
     ENCODERS,
     MODELS,
     PAPER_STRATEGIES,
+    PROVENANCE,
+    PROVENANCES,
+    SEED,
+    SOURCE_SDM,
     STRATEGY_FINETUNE,
+    STRATEGY_MIXED,
     STRATEGY_REAL,
     STRATEGY_SYNTHETIC,
     STRUCTURES,
     SYNTHETIC_PROMPTS,
+    SYNTHETIC_SOURCE,
 )
 
-__all__ = ["BEST_EPOCH", "EXAMPLE_EPOCHS", "write_example_exports"]
+__all__ = ["BEST_EPOCH", "EXAMPLE_EPOCHS", "SEED_SD", "write_example_exports"]
 
 # Epoch (1-based count) at which each strategy's validation Dice peaks in the example.
-BEST_EPOCH = {STRATEGY_REAL: 9, STRATEGY_SYNTHETIC: 6, STRATEGY_FINETUNE: 3}
+BEST_EPOCH = {STRATEGY_REAL: 9, STRATEGY_SYNTHETIC: 6, STRATEGY_FINETUNE: 3, STRATEGY_MIXED: 7}
 EXAMPLE_EPOCHS = 12
-_BASE = {STRATEGY_REAL: 0.88, STRATEGY_SYNTHETIC: 0.83, STRATEGY_FINETUNE: 0.895}
+SEED_SD = 0.002  # between-seed standard deviation of a trial's Dice (a fraction)
+_BASE = {STRATEGY_REAL: 0.88, STRATEGY_SYNTHETIC: 0.83, STRATEGY_FINETUNE: 0.895, STRATEGY_MIXED: 0.89}
 _MODEL_OFFSET = {"CLIPSeg": 0.0, "CRIS": 0.02}
 _ENCODER_OFFSET = {"frozen": -0.01, "unfrozen": 0.0}
+_SOURCE_OFFSET = {"": 0.0, SOURCE_SDM: 0.0, "diffecho": -0.006, "imagefolder": -0.01}
+_PROVENANCE_OFFSET = {"": 0.0, "prompt": 0.0, "none": -0.004}
+_PROMPT_OFFSET = {"P2": 0.002}
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:  # never a partial file where a complete one belongs
         frame.to_parquet(tmp, index=False)
+
+
+def _cells(models: Sequence[str], strategies: Sequence[str], encoders: Sequence[str], prompts: Sequence[str],
+           sources: Sequence[str], provenances: Sequence[str]) -> Iterator[tuple[str, str, str, str, str, str]]:
+    """(model, strategy, encoder, prompt, source, provenance) of every cell, in the sweep's order."""
+    for model in models:
+        for strategy in strategies:
+            for encoder in encoders:
+                for prompt in prompts:
+                    if strategy in (STRATEGY_SYNTHETIC, STRATEGY_MIXED) and prompt not in SYNTHETIC_PROMPTS:
+                        continue
+                    for source in (sources if strategy != STRATEGY_REAL else ("",)):
+                        for provenance in (provenances if strategy == STRATEGY_MIXED else ("",)):
+                            yield model, strategy, encoder, prompt, source, provenance
+
+
+def _level(model: str, strategy: str, encoder: str, prompt: str, source: str, provenance: str) -> float:
+    """The cell's expected Dice (before its seed's shift)."""
+    if prompt == "P0":
+        return 0.45
+    return (_BASE[strategy] + _MODEL_OFFSET[model] + _ENCODER_OFFSET[encoder] + _SOURCE_OFFSET[source]
+            + _PROVENANCE_OFFSET[provenance] + _PROMPT_OFFSET.get(prompt, 0.0))
 
 
 def write_example_exports(
@@ -58,46 +95,56 @@ def write_example_exports(
     prompts: Sequence[str] = ("P0", "P1", "P2"),
     models: Sequence[str] = MODELS,
     encoders: Sequence[str] = ENCODERS,
+    strategies: Sequence[str] = PAPER_STRATEGIES,
+    sources: Sequence[str] = (SOURCE_SDM,),
+    provenances: Sequence[str] = PROVENANCES,
+    seeds: Sequence[int] = (DEFAULT_SEED,),
     n_patients: int = 4,
     seed: int = 0,
 ) -> Path:
-    """Write trials/epochs/per_image Parquet files under `<output_dir>/exports`; returns that folder."""
+    """Write trials/epochs/per_image Parquet files under `<output_dir>/exports`; returns that folder.
+
+    strategies: add "real+synthetic" for its cells (one per provenance in `provenances`);
+    sources: the synthetic sources of the synthetic, synth-PT:real-FT and real+synthetic
+    cells; seeds: the training seeds, one trial per cell and seed (replicates); seed:
+    the generator's seed, that makes the whole export.
+    """
     rng = np.random.default_rng(seed)
     out = Path(output_dir) / EXPORTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     images = [f"patient{p:04d}_{v}_{ph}" for p in range(1, n_patients + 1) for v in ("2CH", "4CH") for ph in ("ED", "ES")]
     difficulty = {(i, s): rng.normal(0.0, 0.04) for i in images for s in STRUCTURES.values()}
     trials, epochs, per_image = [], [], []
-    ids: dict[tuple[str, str, str, str], str] = {}
-    for model in models:
-        for strategy in PAPER_STRATEGIES:
-            for encoder in encoders:
-                for prompt in prompts:
-                    if strategy == STRATEGY_SYNTHETIC and prompt not in SYNTHETIC_PROMPTS:
-                        continue
-                    trial_id = f"t{len(trials):03d}"
-                    ids[(model, strategy, encoder, prompt)] = trial_id
-                    upstream = None
-                    if strategy == STRATEGY_FINETUNE:
-                        source = prompt if prompt in SYNTHETIC_PROMPTS else SYNTHETIC_PROMPTS[-1]
-                        upstream = ids.get((model, STRATEGY_SYNTHETIC, encoder, source))
-                    best = BEST_EPOCH[strategy]
-                    level = _BASE[strategy] + _MODEL_OFFSET[model] + _ENCODER_OFFSET[encoder]
-                    if prompt == "P0":
-                        level = 0.45
-                    curve = [level - 0.3 * (best - e) / best if e <= best else level - 0.002 * (e - best)
-                             for e in range(1, EXAMPLE_EPOCHS + 1)]
-                    for e, val_dice in enumerate(curve, start=1):
-                        epochs.append((trial_id, e, 1.0 - val_dice + 0.05, 1.0 - val_dice, val_dice,
-                                       2e-5 if model == "CRIS" else 2e-3, 100.0, 1.5))
-                    for image in images:
-                        for structure in STRUCTURES.values():
-                            dice = float(np.clip(level + difficulty[(image, structure)] + rng.normal(0.0, 0.01), 0.0, 1.0))
-                            per_image.append((trial_id, image, structure, dice, dice / (2.0 - dice),
-                                              float(5.0 + 40.0 * (1.0 - dice))))
-                    trials.append((trial_id, model, strategy, encoder, prompt, 2e-5 if model == "CRIS" else 2e-3,
-                                   "TERMINATED", upstream, f"run-{trial_id}", best, EXAMPLE_EPOCHS, curve[best - 1],
-                                   float("nan"), float("nan"), 30.0, 30.0, f"checkpoints/{trial_id}/best"))
+    ids: dict[tuple, str] = {}
+    for cell in _cells(models, strategies, encoders, prompts, sources, provenances):
+        model, strategy, encoder, prompt, source, provenance = cell
+        for training_seed in seeds:
+            trial_id = f"t{len(trials):03d}"
+            ids[(*cell, training_seed)] = trial_id
+            upstream = None
+            if strategy == STRATEGY_FINETUNE:
+                pretrain = prompt if prompt in SYNTHETIC_PROMPTS else SYNTHETIC_PROMPTS[-1]
+                upstream = ids.get((model, STRATEGY_SYNTHETIC, encoder, pretrain, source, "", training_seed))
+            best = BEST_EPOCH[strategy]
+            level = _level(*cell) + rng.normal(0.0, SEED_SD)
+            curve = [level - 0.3 * (best - e) / best if e <= best else level - 0.002 * (e - best)
+                     for e in range(1, EXAMPLE_EPOCHS + 1)]
+            lr = 2e-5 if model == "CRIS" else 2e-3
+            for e, val_dice in enumerate(curve, start=1):
+                epochs.append((trial_id, e, 1.0 - val_dice + 0.05, 1.0 - val_dice, val_dice, lr, 100.0, 1.5))
+            for image in images:
+                for structure in STRUCTURES.values():
+                    dice = float(np.clip(level + difficulty[(image, structure)] + rng.normal(0.0, 0.01), 0.0, 1.0))
+                    per_image.append((trial_id, image, structure, dice, dice / (2.0 - dice),
+                                      float(5.0 + 40.0 * (1.0 - dice))))
+            trials.append({
+                "trial_id": trial_id, "model": model, "strategy": strategy, "encoder": encoder, "prompt": prompt,
+                SYNTHETIC_SOURCE: source, PROVENANCE: provenance, SEED: training_seed, "lr": lr,
+                "status": "TERMINATED", "upstream_trial_id": upstream, "mlflow_run_id": f"run-{trial_id}",
+                "best_epoch": best, "epochs": EXAMPLE_EPOCHS, "best_val_dice": curve[best - 1],
+                "test_dice_mean": float("nan"), "test_dice_std": float("nan"), "wall_s": 30.0, "gpu_s": 30.0,
+                "checkpoint": f"checkpoints/{trial_id}/best",
+            })
     trials_frame = pd.DataFrame.from_records(trials, columns=list(TRIALS_COLUMNS))
     per_image_frame = pd.DataFrame.from_records(per_image, columns=list(PER_IMAGE_EXPORT_COLUMNS))
     stats = per_image_frame.groupby("trial_id")["dice"].agg(["mean", "std"])

@@ -1,7 +1,9 @@
 """The paper's figures: Dice differences per prompt, drawn with matplotlib.
 
-Fig. 2: each strategy's mean Dice minus real's, per prompt, one panel per model.
-Fig. 3: frozen minus unfrozen mean Dice, per prompt, one line per strategy.
+Fig. 2: each arm's mean Dice minus real's, per prompt, one panel per model; from
+`stats.difference_to_real` with each difference's interval as error bars.
+Fig. 3: frozen minus unfrozen mean Dice, per prompt, one line per arm.
+An arm is a strategy with its synthetic source and provenance (`tables.arm_label`).
 
 Figures are built as `matplotlib.figure.Figure` objects without pyplot, so they need no
 display and never touch the global backend (notebooks and servers alike); `save_figure`
@@ -18,9 +20,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.schema import require_columns
-from analysis.tables import cell_exists
+from analysis.tables import ARM, arms, cell_exists, with_arm
 from vlsm.atomic import atomic_path
-from vlsm.axes import MODELS, PROMPTS, STRATEGIES, STRATEGY_REAL
+from vlsm.axes import MODELS, PROMPTS, PROVENANCE, STRATEGY_REAL, SYNTHETIC_SOURCE
 
 __all__ = [
     "FIGURE_FORMATS",
@@ -36,30 +38,35 @@ FIGURE_FORMATS = ("png", "pdf")
 _TABLE_COLUMNS = ("model", "strategy", "encoder", "prompt", "mean")
 
 
-def strategy_difference(table: pd.DataFrame, encoder: str = "unfrozen") -> pd.DataFrame:
-    """Mean Dice (x 100) of each non-real strategy minus real, per model and prompt.
+_ARM_COLUMNS = ["model", ARM, "strategy", SYNTHETIC_SOURCE, PROVENANCE, "prompt"]
 
-    table: `dice_table(...)`. Columns: model, strategy, prompt, diff (NaN where either
-    cell is missing).
+
+def strategy_difference(table: pd.DataFrame, encoder: str = "unfrozen") -> pd.DataFrame:
+    """Mean Dice (x 100) of each arm other than real minus real, per model and prompt.
+
+    table: `dice_table(...)`. Columns: model, arm, strategy, synthetic_source,
+    provenance, prompt, diff (NaN where either cell is missing).
     """
     require_columns(table, _TABLE_COLUMNS, "dice table")
-    rows = table[table["encoder"] == encoder]
-    means = rows.pivot_table(index=["model", "prompt"], columns="strategy", values="mean")
+    rows = with_arm(table[table["encoder"] == encoder])
+    means = rows.pivot_table(index=["model", "prompt"], columns=ARM, values="mean")
     if STRATEGY_REAL not in means.columns:
         raise ValueError(f"dice table: no {STRATEGY_REAL!r} cells with encoder {encoder!r}; nothing to subtract from")
     records = []
     for (model, prompt), row in means.iterrows():
-        for strategy in STRATEGIES:
-            if strategy == STRATEGY_REAL or strategy not in means.columns:
+        for label, strategy, source, provenance in arms(rows):
+            if strategy == STRATEGY_REAL:
                 continue
-            records.append({"model": model, "strategy": strategy, "prompt": prompt, "diff": row[strategy] - row[STRATEGY_REAL]})
-    return pd.DataFrame.from_records(records, columns=["model", "strategy", "prompt", "diff"])
+            records.append({"model": model, ARM: label, "strategy": strategy, SYNTHETIC_SOURCE: source,
+                            PROVENANCE: provenance, "prompt": prompt, "diff": row[label] - row[STRATEGY_REAL]})
+    return pd.DataFrame.from_records(records, columns=[*_ARM_COLUMNS, "diff"])
 
 
 def encoder_difference(table: pd.DataFrame) -> pd.DataFrame:
-    """Frozen minus unfrozen mean Dice (x 100), per model, strategy and prompt."""
+    """Frozen minus unfrozen mean Dice (x 100), per model, arm and prompt."""
     require_columns(table, _TABLE_COLUMNS, "dice table")
-    means = table.pivot_table(index=["model", "strategy", "prompt"], columns="encoder", values="mean")
+    rows = with_arm(table)
+    means = rows.pivot_table(index=_ARM_COLUMNS, columns="encoder", values="mean")
     for encoder in ("frozen", "unfrozen"):
         if encoder not in means.columns:
             raise ValueError(f"dice table: no {encoder!r} cells; frozen minus unfrozen needs both encoder modes")
@@ -83,16 +90,23 @@ def _panels(models: Sequence[str], title: str) -> tuple[Figure, list]:
 
 
 def _draw(ax, frame: pd.DataFrame, model: str, ylabel: str) -> None:
-    """A line per strategy; x = the prompt's position in PROMPTS (so gaps stay gaps)."""
+    """A line per arm, with error bars where `frame` has ci_low and ci_high; x = the
+    prompt's position in PROMPTS (so gaps stay gaps)."""
     drawn = 0
-    for strategy in STRATEGIES:
-        line = frame[(frame["model"] == model) & (frame["strategy"] == strategy)]
+    of_model = frame[frame["model"] == model]
+    for label, strategy, _source, _provenance in arms(of_model):
+        line = of_model[of_model[ARM] == label]
         line = line.set_index("prompt").reindex([p for p in PROMPTS if cell_exists(strategy, p)])
         line = line.dropna(subset=["diff"])
         if line.empty:
             continue
         x = [PROMPTS.index(p) for p in line.index]
-        ax.plot(x, line["diff"].to_numpy(), marker="o", label=strategy)
+        y = line["diff"].to_numpy()
+        if "ci_low" in line:
+            errors = [y - line["ci_low"].to_numpy(), line["ci_high"].to_numpy() - y]
+            ax.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=label)
+        else:
+            ax.plot(x, y, marker="o", label=label)
         drawn += 1
     ax.axhline(0.0, color="0.5", linewidth=0.8)
     ax.set_xticks(range(len(PROMPTS)), list(PROMPTS))
@@ -105,10 +119,19 @@ def _draw(ax, frame: pd.DataFrame, model: str, ylabel: str) -> None:
 
 
 def strategy_difference_figure(table: pd.DataFrame, encoder: str = "unfrozen") -> Figure:
-    """Fig. 2: each strategy minus real, mean Dice x 100 per prompt, a panel per model."""
-    diff = strategy_difference(table, encoder)
+    """Fig. 2: each arm minus real, mean Dice x 100 per prompt, a panel per model.
+
+    table: `dice_table(...)`, or `difference_to_real(per_image, encoder)` (it has a
+    `diff` column) to draw each difference's interval as error bars.
+    """
+    if "diff" in table.columns:
+        require_columns(table, ("encoder", *_ARM_COLUMNS, "diff", "ci_low", "ci_high"), "differences")
+        diff = table[table["encoder"] == encoder]
+    else:
+        diff = strategy_difference(table, encoder)
     models = _models(diff)
-    fig, axes = _panels(models, f"Dice difference to real ({encoder} encoders)")
+    intervals = " (95% intervals)" if "ci_low" in diff.columns else ""
+    fig, axes = _panels(models, f"Dice difference to real ({encoder} encoders){intervals}")
     for ax, model in zip(axes, models, strict=True):
         _draw(ax, diff, model, "Δ mean Dice (x100) vs real")
     return fig

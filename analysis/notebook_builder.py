@@ -2,7 +2,9 @@
 
     python -m analysis notebooks [--out analysis/notebooks]
 
-The notebooks live in git as generated here (the test checks they match), so they
+The first shows the claims table first (`analysis.claims`), then the per-cell tables
+with their intervals, the paper's layout and tests; the second the figures (Fig. 2
+with intervals) and the convergence. The notebooks live in git as generated here (the test checks they match), so they
 never carry stale outputs or hidden state. Both read a sweep's Parquet exports from
 the folder in the environment variable VLSM_OUTPUT_DIR (default `runs/paper-grid-demo`,
 where `make demo` writes); a relative path is read from the repository's root, not
@@ -45,18 +47,34 @@ OUTPUT_DIR = REPO / Path(os.environ.get("{OUTPUT_ENV}", "{DEFAULT_OUTPUT}")).exp
 print("sweep output:", OUTPUT_DIR)"""
 
 _TABLES: list[tuple[str, str]] = [
-    ("md", "# Tables and paired tests\n\nThe paper's Tables 2 and 3 and its Wilcoxon tests, from a sweep's "
-           f"Parquet exports. Set `{OUTPUT_ENV}` to the sweep's output folder before starting Jupyter "
-           f"(default `{DEFAULT_OUTPUT}`, the demo's; a relative path is read from the repository's root)."),
+    ("md", "# Claims, tables and paired tests\n\nThe paper's claims tested with intervals, its Tables 2 and 3 "
+           "and its Wilcoxon tests, from a sweep's Parquet exports. Set "
+           f"`{OUTPUT_ENV}` to the sweep's output folder before starting Jupyter (default `{DEFAULT_OUTPUT}`, "
+           "the demo's; a relative path is read from the repository's root)."),
     ("code", _SETUP),
     ("code", "per_image = analysis.load_sweep(OUTPUT_DIR)\n"
-             "table = analysis.dice_table(per_image)\n"
+             "trials, epochs = analysis.read_trials(OUTPUT_DIR), analysis.read_epochs(OUTPUT_DIR)"),
+    ("md", "## Claims\n\nEach claim of the paper per model, encoder mode and synthetic source: a is claimed "
+           "better than b, the effect is mean a - b (Dice x 100, or epochs) with its 95% interval from the "
+           "hierarchical bootstrap over seeds and then images; `holds` when the interval excludes zero in the "
+           "claimed direction and the Holm-adjusted one-sided p-value is below 0.05. The best prompts are "
+           "chosen on validation Dice (`chosen_on`)."),
+    ("code", "claims = analysis.claims(per_image, trials, epochs)\n"
+             "for note in claims.attrs['notes']:\n"
+             "    print('note:', note)\n"
+             "claims[['claim', 'model', 'encoder', 'synthetic_source', 'comparison', 'verdict', 'mean_diff', "
+             "'ci_low', 'ci_high', 'unit', 'p_value', 'p_holm', 'a', 'b', 'chosen_on', 'interval']]"),
+    ("md", "## Per cell: the mean over seeds and its 95% interval (Dice x 100)"),
+    ("code", "table = analysis.dice_table(per_image)\n"
+             "for encoder in sorted(set(table['encoder']), reverse=True):\n"
+             "    display(Markdown(f'**encoders {encoder}**\\n\\n' + analysis.render_intervals(table, encoder=encoder)))\n"
              "table"),
     ("md", "## The paper's layout (mean ± std of Dice x 100, best per column in bold)"),
     ("code", "for encoder in sorted(set(table['encoder']), reverse=True):\n"
              "    display(Markdown(f'**encoders {encoder}**\\n\\n' + analysis.render_table(table, encoder=encoder)))"),
     ("md", "## Paired tests\n\nBest real vs best synthetic and best synth-PT:real-FT vs best real "
-           "(one-sided Wilcoxon), frozen vs unfrozen per cell (two-sided), Holm-adjusted within each family."),
+           "(one-sided Wilcoxon, best prompts chosen on the test set as the paper did), frozen vs unfrozen per "
+           "cell (two-sided), Holm-adjusted within each family."),
     ("code", "tests = analysis.paper_comparisons(per_image, test='wilcoxon')\n"
              "tests"),
     ("md", "## Beside the authors' published results (optional)"),
@@ -72,11 +90,12 @@ _FIGURES: list[tuple[str, str]] = [
            f"from a sweep's Parquet exports (`{OUTPUT_ENV}`)."),
     ("code", _SETUP),
     ("code", "per_image = analysis.load_sweep(OUTPUT_DIR)\n"
-             "table = analysis.dice_table(per_image)\n"
+             "table = analysis.dice_table(per_image, n_boot=0)\n"
              "encoders = sorted(set(table['encoder']), reverse=True)"),
-    ("md", "## Each strategy minus real, per prompt (Fig. 2)"),
+    ("md", "## Each strategy minus real, per prompt, with 95% intervals (Fig. 2)"),
     ("code", "for encoder in encoders:\n"
-             "    display(Image(analysis.figure_png(analysis.strategy_difference_figure(table, encoder))))"),
+             "    differences = analysis.difference_to_real(per_image, encoder)\n"
+             "    display(Image(analysis.figure_png(analysis.strategy_difference_figure(differences, encoder))))"),
     ("md", "## Frozen minus unfrozen, per prompt (Fig. 3)"),
     ("code", "if len(encoders) == 2:\n"
              "    display(Image(analysis.figure_png(analysis.encoder_difference_figure(table))))\n"

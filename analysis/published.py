@@ -22,8 +22,9 @@ exactly as published (float64, x100). `write_bundle` rebuilds it from the folder
 
 Facts checked against the files: `hausdorff_distance` is x100 as well (a value of
 670.8204 is 100 * sqrt(45) pixels); all published runs trained the encoders
-("unfrozen"); the `clip_seg` folders are an unpublished CLIPSeg variant and are skipped
-(and left out of the bundle), `clip_seg_bs_128` is the published CLIPSeg.
+("unfrozen"), one run per cell (read as seed 42, the paper's, on SDM's synthetic
+images); the `clip_seg` folders are an unpublished CLIPSeg variant and are skipped (and
+left out of the bundle), `clip_seg_bs_128` is the published CLIPSeg.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.schema import PER_IMAGE_COLUMNS, require_columns
+from analysis.schema import PER_IMAGE_COLUMNS, complete_variants, require_columns
 from vlsm.atomic import atomic_path
 from vlsm.axes import (
     STRATEGY_FINETUNE,
@@ -188,7 +189,8 @@ def load_published(path: Path | str | None = None) -> pd.DataFrame:
       (`analysis/published_data/`, naamiinepal/synthetic-boost at commit 532d3dc); a path
       reads the authors' `metrics/` folder (or the folder holding it). Both give the same
       frame. Dice and IoU come back as fractions, Hausdorff in pixels at 512 x 512,
-      encoder "unfrozen".
+      encoder "unfrozen"; each cell was run once: seed 42 (the paper's), synthetic
+      source "sdm" (SDM's images; "" for real), provenance "".
     """
     if path is None:
         source, tables = f"analysis/{BUNDLE}", _bundle_tables()
@@ -202,7 +204,7 @@ def load_published(path: Path | str | None = None) -> pd.DataFrame:
     ]
     if not frames:
         raise ValueError(f"{source}: no metrics.csv files found under <strategy>/<model>/p<N>/")
-    out = pd.concat(frames, ignore_index=True)
+    out = complete_variants(pd.concat(frames, ignore_index=True))  # one run per cell, seed 42, SDM data
     return out[list(PER_IMAGE_COLUMNS)]
 
 

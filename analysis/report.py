@@ -1,6 +1,11 @@
-"""One self-contained report of a sweep: tables, paired tests, figures, convergence.
+"""One self-contained report of a sweep: claims, tables, paired tests, figures, convergence.
 
     python -m analysis report runs/paper_grid [--published [PATH]] [--format html|md]
+                                              [--best-prompt validation|test] [--n-boot N]
+
+The claims table comes first (`analysis.claims`: each claim of the paper, its verdict
+and its effect with a 95% interval over seeds and images), then the per-cell tables
+with their intervals, the paper's layout and tests, the figures and the convergence.
 
 The report is a single HTML or Markdown file with its figures embedded as base64 PNG
 (so it can be mailed or attached as it is); the figures are also written as PNG and PDF
@@ -23,14 +28,16 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.claims import BEST_PROMPT_CHOICES, EPOCH_UNIT, claims
 from analysis.convergence import epochs_to_best, speedup, val_dice_figure
 from analysis.figures import encoder_difference_figure, save_figure, strategy_difference_figure
+from analysis.intervals import N_BOOT
 from analysis.published import BUNDLE, load_published
-from analysis.stats import compare_sources, paper_comparisons
+from analysis.stats import compare_sources, difference_to_real, paper_comparisons
 from analysis.sweep import load_sweep, read_epochs, read_trials
-from analysis.tables import dice_table, render_table, sort_cells
+from analysis.tables import ARM, dice_table, render_intervals, render_table, sort_cells, with_arm
 from vlsm.atomic import not_writable, write_text_atomic
-from vlsm.axes import ENCODERS, PROMPTS
+from vlsm.axes import ENCODERS, PROMPTS, PROVENANCE, SYNTHETIC_SOURCE
 
 __all__ = ["REPORT_FORMATS", "build_report"]
 
@@ -125,11 +132,53 @@ class _Document:
         )
 
 
-def _tables_and_tests(doc: _Document, per_image: pd.DataFrame, table: pd.DataFrame, test: str) -> None:
+def _effect(row: pd.Series) -> str:
+    unit = " epochs" if row["unit"] == EPOCH_UNIT else ""
+    return f"{row['mean_diff']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]{unit}"
+
+
+def _claims(doc: _Document, found: pd.DataFrame, best_prompt: str, n_boot: int) -> None:
+    doc.heading("Claims")
+    doc.text("Each claim of the paper (and, where real+synthetic cells exist, whether the provenance phrase "
+             "helps), per model, encoder mode and synthetic source: a is claimed better than b; effect = mean "
+             "a - b (Dice x 100, or epochs to the best validation Dice) with its 95% interval from a "
+             f"hierarchical bootstrap ({n_boot} resamples of the seeds, then of the image-structure pairs); "
+             "p: one-sided paired test on seed-averaged pairs, p_holm: Holm-adjusted within the claim. "
+             "Verdict 'holds': the interval excludes zero in the claimed direction and p_holm < 0.05; "
+             "'opposite': it excludes zero the other way; 'not shown': neither. "
+             f"Best prompts chosen on {best_prompt} Dice" + (" where validation results exist." if
+                                                             best_prompt == "validation" else ", as the paper did."))
+    for note in found.attrs.get("notes", []):
+        doc.text(f"Note: {note}.")
+    if found.empty:
+        doc.text("No claim could be tested: no pair of cells it needs.")
+        return
+    shown = pd.DataFrame({
+        "claim": found["claim"], "model": found["model"], "encoder": found["encoder"],
+        "source": found[SYNTHETIC_SOURCE], "comparison": found["comparison"], "verdict": found["verdict"],
+        "effect [95% interval]": found.apply(_effect, axis=1), "p": found["p_value"], "p_holm": found["p_holm"],
+        "a": found["a"], "b": found["b"], "best prompt on": found["chosen_on"],
+        "seeds": [f"{a}/{b}" for a, b in zip(found["n_seeds_a"], found["n_seeds_b"], strict=True)],
+        "interval over": found["interval"],
+    })
+    doc.frame(shown, {"p": _P, "p_holm": _P})
+
+
+def _tables_and_tests(doc: _Document, per_image: pd.DataFrame, table: pd.DataFrame, test: str, n_boot: int) -> None:
     encoders = [e for e in ENCODERS[::-1] if e in set(table["encoder"])]  # unfrozen (Table 2) first
     doc.heading("Dice tables")
-    doc.text("Mean ± sample standard deviation of test Dice x 100 over image-structure pairs; "
-             "best of each column in bold; N/A: the cell cannot exist (synthetic data has no P7); –: not run.")
+    seeds = sorted(set(table["n_seeds"]))
+    seed_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
+    doc.text(f"Mean test Dice x 100 over seeds (each seed's mean over image-structure pairs; {seed_text} seed(s) "
+             f"per cell) and its 95% interval from the hierarchical bootstrap ({n_boot} resamples of seeds, then "
+             "images; with one seed, over images only). A column per arm: the strategy, with its synthetic "
+             "source and provenance where not the defaults (sdm, provenance in the prompt).")
+    for encoder in encoders:
+        doc.heading(f"Encoders {encoder}: means and intervals", 3)
+        doc.table(render_intervals(table, "markdown", encoder=encoder), render_intervals(table, "html", encoder=encoder))
+    doc.text("The paper's layout: mean ± sample standard deviation of test Dice x 100 over image-structure pairs "
+             "(of every seed); best of each column in bold; N/A: the cell cannot exist (synthetic data has no P7); "
+             "–: not run.")
     for encoder in encoders:
         caption = f"{_TABLE_NUMBER[encoder]} layout: encoders {encoder}"
         doc.table(
@@ -140,29 +189,31 @@ def _tables_and_tests(doc: _Document, per_image: pd.DataFrame, table: pd.DataFra
     doc.text(f"Test: {test}, paired over the same test images and structures; mean_diff = a - b (Dice x 100); "
              "'best' = the prompt with the highest mean test Dice, as in the paper; p_holm: Holm-adjusted within each family.")
     for encoder in encoders:
-        tests = paper_comparisons(per_image, test=test, encoder=encoder)
+        tests = paper_comparisons(per_image, test=test, encoder=encoder, n_boot=n_boot)
         doc.heading(f"Encoders {encoder}", 3)
         if tests.empty:
             doc.text("No pair of cells to compare.")
             continue
         if encoder != encoders[0]:
             tests = tests[tests["family"] != "frozen vs unfrozen"]  # listed once, under the first encoder
-        doc.frame(tests.drop(columns=["statistic"]), {"p_value": _P, "p_holm": _P, "n": str})
+        doc.frame(tests.drop(columns=["statistic"]), {"p_value": _P, "p_holm": _P, "n": str, "n_seeds_a": str,
+                                                      "n_seeds_b": str})
 
 
-def _figures(doc: _Document, table: pd.DataFrame) -> None:
+def _figures(doc: _Document, per_image: pd.DataFrame, table: pd.DataFrame, n_boot: int) -> None:
     doc.heading("Figures")
     encoders = set(table["encoder"])
     for encoder in ENCODERS[::-1]:
         if encoder not in encoders:
             continue
         try:
-            fig = strategy_difference_figure(table, encoder)
+            fig = strategy_difference_figure(difference_to_real(per_image, encoder, n_boot=n_boot), encoder)
         except ValueError as err:
             doc.text(f"Difference to real ({encoder}): {err}")
             continue
         doc.figure(fig, f"strategy_difference_{encoder}",
-                   f"Mean Dice of each strategy minus real, per prompt ({encoder} encoders; the paper's Fig. 2)")
+                   f"Mean Dice of each strategy minus real, per prompt, with 95% intervals over seeds and images "
+                   f"({encoder} encoders; the paper's Fig. 2)")
     if len(encoders) == len(ENCODERS):
         doc.figure(encoder_difference_figure(table), "encoder_difference",
                    "Mean Dice with frozen minus with unfrozen encoders, per prompt (the paper's Fig. 3)")
@@ -171,24 +222,24 @@ def _figures(doc: _Document, table: pd.DataFrame) -> None:
                  f"{sorted(encoders)} present.")
 
 
-def _convergence(doc: _Document, output_dir: Path) -> None:
+def _convergence(doc: _Document, epochs: pd.DataFrame | None, trials: pd.DataFrame) -> None:
     doc.heading("Convergence")
-    try:
-        epochs, trials = read_epochs(output_dir), read_trials(output_dir)
-    except FileNotFoundError as err:
-        doc.text(f"No convergence data: {err}")
+    if epochs is None:
+        doc.text("No convergence data: no epochs.parquet in the exports.")
         return
     per_trial = epochs_to_best(epochs, trials)
     if per_trial.empty:
         doc.text("No trial has a validation Dice yet.")
         return
-    doc.text("Epochs to the best validation Dice (counted from the trial's first epoch; a finetune's "
-             "epochs exclude its synthetic pretraining). The paper reports synth-PT:real-FT converging "
+    doc.text("Epochs to the best validation Dice (counted from the trial's first epoch, averaged over seeds; a "
+             "finetune's epochs exclude its synthetic pretraining). The paper reports synth-PT:real-FT converging "
              "4.55x faster than real for CRIS and 1.71x for CLIPSeg.")
-    grid = per_trial.pivot_table(index=["model", "strategy", "encoder"], columns="prompt",
-                                 values="epochs_to_best", aggfunc="mean")
+    keys = ["model", "strategy", SYNTHETIC_SOURCE, PROVENANCE, "encoder"]
+    grid = per_trial.pivot_table(index=keys, columns="prompt", values="epochs_to_best", aggfunc="mean")
     grid = sort_cells(grid.reindex(columns=[p for p in PROMPTS if p in grid.columns]).reset_index())
-    doc.frame(grid, {p: (lambda v: _fmt_float(v, "{:.0f}")) for p in PROMPTS})
+    grid = with_arm(grid)
+    grid = grid[["model", ARM, "encoder", *(p for p in PROMPTS if p in grid.columns)]]
+    doc.frame(grid, {p: (lambda v: _fmt_float(v, "{:.1f}")) for p in PROMPTS})
     speed = speedup(per_trial)
     if speed.empty:
         doc.text("Speed-up: needs real and synth-PT:real-FT trials with the same prompts.")
@@ -225,6 +276,8 @@ def build_report(
     fmt: str = "html",
     out: Path | str | None = None,
     test: str = "wilcoxon",
+    best_prompt: str = "validation",
+    n_boot: int = N_BOOT,
 ) -> Path:
     """Write the report of the sweep in `output_dir`; returns its path.
 
@@ -233,26 +286,36 @@ def build_report(
     published: add our cells beside the authors': True for their per-image results as
       bundled with the package, a path for their metrics folder; None or False: no such
       section.
+    best_prompt: what the claims choose "the best prompt" on ("validation" or "test",
+      the paper's choice); n_boot: bootstrap resamples of every interval.
     """
     if fmt not in REPORT_FORMATS:
         raise ValueError(f"format {fmt!r}; expected one of {REPORT_FORMATS}")
+    if best_prompt not in BEST_PROMPT_CHOICES:
+        raise ValueError(f"best_prompt={best_prompt!r}; expected one of {BEST_PROMPT_CHOICES}")
     output_dir = Path(output_dir)
     out = Path(out) if out is not None else output_dir / f"report.{fmt}"
     problem = not_writable(out.parent)
     if problem:  # say so before the tables and figures are computed
         raise ValueError(f"cannot write the report {out}: {problem} (give --out another folder)")
     per_image = load_sweep(output_dir)
-    table = dice_table(per_image)
+    table = dice_table(per_image, n_boot=n_boot)
     doc = _Document(title=f"Sweep report: {output_dir}", figures_dir=out.parent / "figures")
     trials = read_trials(output_dir)
+    try:
+        epochs = read_epochs(output_dir)
+    except FileNotFoundError:
+        epochs = None
     doc.text(f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from {output_dir.resolve()}: "
              f"{len(trials)} trials, {trials['trial_id'].isin(per_image['trial_id']).sum()} with test results, "
              f"{len(per_image)} image-structure rows.")
-    status = trials.groupby(["strategy", "status"], dropna=False).size().rename("trials").reset_index()
+    status = with_arm(trials).groupby([ARM, "status"], dropna=False).size().rename("trials").reset_index()
     doc.frame(status, {"trials": str})
-    _tables_and_tests(doc, per_image, table, test)
-    _figures(doc, table)
-    _convergence(doc, output_dir)
+    found = claims(per_image, trials, epochs, best_prompt=best_prompt, test=test, n_boot=n_boot)
+    _claims(doc, found, best_prompt, n_boot)
+    _tables_and_tests(doc, per_image, table, test, n_boot)
+    _figures(doc, per_image, table, n_boot)
+    _convergence(doc, epochs, trials)
     if published is True:
         _published(doc, per_image, None, test)
     elif published is not None and published is not False:

@@ -10,6 +10,12 @@ here: a column renamed in one place cannot silently break the other.
 Dice and IoU are fractions in [0, 1]; Hausdorff distances are pixels at 512 x 512.
 `structure` holds the names of `vlsm.axes.STRUCTURES` ("LV", "MYO", "LA"); integer
 labels 1-3 are accepted on reading and mapped to those names.
+
+A trial is one (cell, variant, seed): the grid cell's axes, the variant axes that tell
+apart cells of one grid cell (`synthetic_source`, `provenance`) and the seed, its
+replicate. Exports and files written before those columns existed (and the authors'
+published files) are read as one seed, 42 (the paper's), of the paper's synthetic
+source: `complete_variants` fills what is missing.
 """
 
 from __future__ import annotations
@@ -28,25 +34,36 @@ from vlsm.axes import (
     IMAGES_PER_S,
     IOU,
     LR,
+    PROVENANCE,
     SECONDS,
+    SEED,
+    SOURCE_SDM,
+    STRATEGY_REAL,
     STRUCTURES,
+    SYNTHETIC_SOURCE,
     TEST_DICE_MEAN,
     TEST_DICE_STD,
     TRAIN_LOSS,
     VAL_DICE,
     VAL_LOSS,
+    VARIANT_AXES,
 )
 
 __all__ = [
     "CELL_COLUMNS",
+    "CELL_KEYS",
+    "DEFAULT_SEED",
     "EPOCHS_COLUMNS",
     "EPOCHS_FILE",
     "EXPORTS_DIR",
+    "OPTIONAL_COLUMNS",
     "PER_IMAGE_COLUMNS",
     "PER_IMAGE_EXPORT_COLUMNS",
     "PER_IMAGE_FILE",
     "TRIALS_COLUMNS",
     "TRIALS_FILE",
+    "VARIANT_COLUMNS",
+    "complete_variants",
     "exports_dir",
     "normalise_structure",
     "require_columns",
@@ -61,10 +78,17 @@ TRIAL_ID, IMAGE, STRUCTURE = "trial_id", "image", "structure"
 
 # One cell of the grid = one (model, strategy, encoder, prompt): the axes' own names.
 CELL_COLUMNS: tuple[str, ...] = CELL_AXES
+# What tells apart cells of one grid cell: "" where an axis does not apply.
+VARIANT_COLUMNS: tuple[str, ...] = VARIANT_AXES
+# The cell of the analysis (a row of its tables): grid cell and variant; seeds are its replicates.
+CELL_KEYS: tuple[str, ...] = (*CELL_COLUMNS, *VARIANT_COLUMNS)
+# The seed of rows written before the seed was a column: the paper's (train.seed's default).
+DEFAULT_SEED = 42
 
 TRIALS_COLUMNS: tuple[str, ...] = (
     TRIAL_ID,
-    *CELL_COLUMNS,
+    *CELL_KEYS,
+    SEED,
     LR,
     "status",
     "upstream_trial_id",  # synth-PT:real-FT: the synthetic trial it starts from
@@ -91,7 +115,9 @@ EPOCHS_COLUMNS: tuple[str, ...] = (
 PER_IMAGE_EXPORT_COLUMNS: tuple[str, ...] = (TRIAL_ID, IMAGE, STRUCTURE, DICE, IOU, HAUSDORFF)
 
 # The long per-image frame every analysis function takes (load_published, load_sweep).
-PER_IMAGE_COLUMNS: tuple[str, ...] = (*CELL_COLUMNS, IMAGE, STRUCTURE, DICE, IOU, HAUSDORFF)
+PER_IMAGE_COLUMNS: tuple[str, ...] = (*CELL_KEYS, SEED, IMAGE, STRUCTURE, DICE, IOU, HAUSDORFF)
+# Columns an export may lack (written before they existed): `complete_variants` fills them.
+OPTIONAL_COLUMNS: tuple[str, ...] = (*VARIANT_COLUMNS, SEED)
 
 
 def exports_dir(output_dir: Path | str) -> Path:
@@ -100,6 +126,30 @@ def exports_dir(output_dir: Path | str) -> Path:
     if (output_dir / TRIALS_FILE).is_file():
         return output_dir
     return output_dir / EXPORTS_DIR
+
+
+def complete_variants(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the variant and seed columns, missing values filled as before they existed.
+
+    Missing `seed` -> 42 (one seed, the paper's); missing `synthetic_source` -> "sdm" (the
+    paper's SDM data) for strategies other than real, "" for real; missing `provenance`
+    -> "". Needs a `strategy` column. Returns `frame` itself when nothing is missing, else
+    a copy with the columns it lacked added at the end: never modify the result in place.
+    """
+    columns = (SYNTHETIC_SOURCE, PROVENANCE, SEED)
+    if all(c in frame for c in columns) and not frame[list(columns)].isna().to_numpy().any():
+        return frame
+    out = frame.copy()
+    for column in (SYNTHETIC_SOURCE, PROVENANCE, SEED):
+        if column not in out:
+            out[column] = None
+    real = out["strategy"] == STRATEGY_REAL
+    source = out[SYNTHETIC_SOURCE].astype(object)
+    out[SYNTHETIC_SOURCE] = source.where(source.notna(), real.map({True: "", False: SOURCE_SDM}))
+    provenance = out[PROVENANCE].astype(object)
+    out[PROVENANCE] = provenance.where(provenance.notna(), "")
+    out[SEED] = pd.to_numeric(out[SEED]).fillna(DEFAULT_SEED).astype("int64")
+    return out
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str) -> None:

@@ -1,4 +1,4 @@
-"""Paired tests between grid cells, as in the paper, with Holm correction.
+"""Paired tests between cells, as in the paper, with Holm correction and bootstrap intervals.
 
 Two cells are compared over the same test images and structures (pairs joined on
 image + structure), with scipy's Wilcoxon signed-rank test (the paper's choice) or a
@@ -6,6 +6,11 @@ paired t-test. The paper's one-sided tests are `alternative="greater"` with a = 
 cell claimed better: best real CRIS (P2) against best synthetic CRIS (P5) gives
 p = 8.8e-73, and synth-PT:real-FT CRIS P2 against real CRIS P2 gives p = 8.3e-6, both
 with scipy's defaults (600 pairs, normal approximation, zero_method "wilcox").
+
+A cell with several seeds enters as its seed-averaged value per image and structure:
+the test runs on those pairs, and the difference's interval comes from the hierarchical
+bootstrap over each cell's seeds and then the shared images (`analysis.intervals`),
+which counts the training run as a source of noise where the test does not.
 """
 
 from __future__ import annotations
@@ -20,18 +25,30 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.schema import CELL_COLUMNS, require_columns
-from analysis.sweep import check_cells
-from analysis.tables import dice_table
+from analysis.intervals import N_BOOT, bootstrap_interval
+from analysis.schema import CELL_COLUMNS, CELL_KEYS, complete_variants, require_columns
+from analysis.sweep import CELL_VALUES, check_cells
+from analysis.tables import (
+    ARM,
+    arm_label,
+    arms,
+    cell_rng_seed,
+    dice_table,
+    seed_matrix,
+    sort_cells,
+    with_arm,
+)
 from vlsm.axes import (
     DICE,
     ENCODERS,
     MODELS,
     PROMPTS,
-    STRATEGIES,
+    PROVENANCE,
+    SEED,
     STRATEGY_FINETUNE,
     STRATEGY_REAL,
     STRATEGY_SYNTHETIC,
+    SYNTHETIC_SOURCE,
 )
 
 __all__ = [
@@ -41,10 +58,13 @@ __all__ = [
     "best_cell",
     "cell_label",
     "compare",
+    "compare_matrices",
     "compare_sources",
+    "difference_to_real",
     "holm",
     "paired_test",
     "paper_comparisons",
+    "select_cell",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,20 +72,30 @@ log = logging.getLogger(__name__)
 TESTS = ("wilcoxon", "ttest")
 ALTERNATIVES = ("two-sided", "greater", "less")
 PAIR_KEYS = ("image", "structure")
+_SELECT_KEYS = (*CELL_KEYS, SEED)  # what a cell given to compare may name
 
 
 @dataclass(frozen=True)
 class CompareResult:
-    """A paired test of cell a against cell b; differences are a - b, x 100."""
+    """A paired test of cell a against cell b; means and differences are a - b, x 100.
+
+    n: image-structure pairs both cells have (for every seed); n_seeds_a, n_seeds_b:
+    the seeds averaged per pair; ci_low, ci_high: the interval of mean_diff from the
+    hierarchical bootstrap (images only where both cells have one seed).
+    """
 
     a: str
     b: str
     test: str
     alternative: str
     n: int
+    n_seeds_a: int
+    n_seeds_b: int
     mean_a: float
     mean_b: float
     mean_diff: float
+    ci_low: float
+    ci_high: float
     statistic: float
     p_value: float
 
@@ -74,52 +104,139 @@ class CompareResult:
 
 
 def cell_label(cell: Mapping[str, str]) -> str:
-    """'CRIS real unfrozen P2' (the keys given, in grid order)."""
-    return " ".join(str(cell[c]) for c in CELL_COLUMNS if c in cell)
+    """'CRIS real unfrozen P2', 'CRIS synthetic (diffecho) unfrozen P2' (the keys given, in grid order)."""
+    parts = []
+    for column in CELL_COLUMNS:
+        if column not in cell:
+            continue
+        if column == "strategy":
+            parts.append(arm_label(cell["strategy"], cell.get(SYNTHETIC_SOURCE, ""), cell.get(PROVENANCE, "")))
+        else:
+            parts.append(str(cell[column]))
+    return " ".join(parts)
 
 
-def _select(per_image: pd.DataFrame, cell: Mapping[str, str], metric: str, name: str) -> pd.Series:
-    unknown = sorted(set(cell) - set(CELL_COLUMNS))
+def select_cell(per_image: pd.DataFrame, cell: Mapping[str, object], name: str = "cell") -> pd.DataFrame:
+    """The rows of the one cell (grid cell and variant) that `cell` names, every seed of it.
+
+    cell: some of model, strategy, encoder, prompt, synthetic_source, provenance (keys
+    the frame does not need to tell cells apart may be left out) and optionally seed,
+    to keep one seed. per_image must have its variant columns (`complete_variants`).
+    """
+    unknown = sorted(set(cell) - set(_SELECT_KEYS))
     if unknown:
-        raise ValueError(f"{name}={dict(cell)}: unknown key(s) {unknown}; expected keys from {list(CELL_COLUMNS)}")
-    check_cells(pd.DataFrame({c: [cell.get(c)] for c in CELL_COLUMNS}), f"{name}={dict(cell)}")
+        raise ValueError(f"{name}={dict(cell)}: unknown key(s) {unknown}; expected keys from {list(_SELECT_KEYS)}")
+    bad = {c: v for c, v in cell.items() if c != SEED and v not in CELL_VALUES[c]}
+    if bad:  # check_cells' message, without building a frame for every comparison
+        check_cells(pd.DataFrame({c: [v] for c, v in bad.items()}), f"{name}={dict(cell)}")
     mask = np.ones(len(per_image), dtype=bool)
     for key, value in cell.items():
         mask &= (per_image[key] == value).to_numpy()
     rows = per_image[mask]
     if rows.empty:
         raise ValueError(f"{name}={dict(cell)}: no rows in the per-image frame")
-    cells = rows[list(CELL_COLUMNS)].drop_duplicates()
+    cells = rows[list(CELL_KEYS)].drop_duplicates()
     if len(cells) > 1:
         raise ValueError(
             f"{name}={dict(cell)} matches {len(cells)} cells, e.g. "
             f"{cells.iloc[:3].to_dict('records')}; add keys so it names one cell"
         )
-    series = rows.set_index(list(PAIR_KEYS))[metric]
-    if series.index.duplicated().any():
-        raise ValueError(f"{name}={dict(cell)}: an image and structure appears twice")
-    return series.astype(float)
+    return rows
+
+
+def _test(xa: np.ndarray, xb: np.ndarray, test: str, alternative: str) -> tuple[float, float]:
+    """(statistic, p-value) of the paired test; NaN where the differences are all zero."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # near-constant differences: scipy warns
+        if test == "wilcoxon":
+            if np.all(xa == xb):  # no signed ranks at all: the test is undefined
+                return float("nan"), float("nan")
+            res = stats.wilcoxon(xa, xb, alternative=alternative)
+        else:
+            res = stats.ttest_rel(xa, xb, alternative=alternative)
+    return float(res.statistic), float(res.pvalue)
+
+
+def compare_matrices(
+    ma: pd.DataFrame,
+    mb: pd.DataFrame,
+    label_a: str = "a",
+    label_b: str = "b",
+    *,
+    test: str = "wilcoxon",
+    alternative: str = "two-sided",
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+    scale: float = 100.0,
+) -> CompareResult:
+    """Paired comparison of two cells given as (seeds x units) frames (`tables.seed_matrix`).
+
+    Units every seed of both cells has are paired; the test runs on the seed-averaged
+    values, the interval comes from the hierarchical bootstrap (seeded by `seed` and the
+    two labels). Means, differences and interval are multiplied by `scale` (100: Dice
+    fractions to points).
+    """
+    if test not in TESTS:
+        raise ValueError(f"test={test!r}; expected one of {TESTS}")
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative={alternative!r}; expected one of {ALTERNATIVES}")
+    units = ma.columns[ma.notna().all(axis=0)].intersection(mb.columns[mb.notna().all(axis=0)], sort=False)
+    if len(units) < 2:
+        raise ValueError(
+            f"compare {label_a} vs {label_b}: {len(units)} paired unit(s) with a value for every seed; need at least 2"
+        )
+    xa, xb = ma[units].to_numpy(), mb[units].to_numpy()  # (seeds, units)
+    mean_a, mean_b = xa.mean(axis=0), xb.mean(axis=0)  # seed-averaged, per unit
+    statistic, p_value = _test(mean_a, mean_b, test, alternative)
+    low, high = bootstrap_interval([xa, xb], (1.0, -1.0), n_boot=n_boot, level=level,
+                                   seed=cell_rng_seed(seed, f"{label_a} - {label_b}"))
+    return CompareResult(
+        a=label_a,
+        b=label_b,
+        test=test,
+        alternative=alternative,
+        n=len(units),
+        n_seeds_a=xa.shape[0],
+        n_seeds_b=xb.shape[0],
+        mean_a=float(mean_a.mean() * scale),
+        mean_b=float(mean_b.mean() * scale),
+        mean_diff=float((mean_a - mean_b).mean() * scale),
+        ci_low=low * scale,
+        ci_high=high * scale,
+        statistic=statistic,
+        p_value=p_value,
+    )
 
 
 def compare(
     per_image: pd.DataFrame,
-    a: Mapping[str, str],
-    b: Mapping[str, str],
+    a: Mapping[str, object],
+    b: Mapping[str, object],
     *,
     test: str = "wilcoxon",
     alternative: str = "two-sided",
     metric: str = DICE,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> CompareResult:
     """Paired test of cell `a` against cell `b` over the images and structures both have.
 
-    a, b: {"model": ..., "strategy": ..., "encoder": ..., "prompt": ...} (keys that the
-    frame does not need to tell cells apart may be left out). alternative "greater"
-    tests a > b. Pairs with a missing value on either side are dropped (logged).
+    a, b: {"model": ..., "strategy": ..., "encoder": ..., "prompt": ...}, plus
+    synthetic_source / provenance where the frame has several, and seed to keep one
+    (keys the frame does not need to tell cells apart may be left out). alternative
+    "greater" tests a > b. A cell's seeds are averaged per pair before the test; the
+    interval (ci_low, ci_high) counts the seeds and the images (`compare_matrices`).
+    Pairs with a missing value on either side, or for any seed, are dropped (logged).
     """
     require_columns(per_image, (*CELL_COLUMNS, *PAIR_KEYS, metric), "per-image frame")
-    xa, xb = _select(per_image, a, metric, "a"), _select(per_image, b, metric, "b")
-    result = paired_test(xa, xb, cell_label(a), cell_label(b), test=test, alternative=alternative)
-    dropped = max(len(xa), len(xb)) - result.n
+    frame = complete_variants(per_image)
+    ma = seed_matrix(select_cell(frame, a, "a"), metric)
+    mb = seed_matrix(select_cell(frame, b, "b"), metric)
+    result = compare_matrices(ma, mb, cell_label(a), cell_label(b), test=test, alternative=alternative,
+                              n_boot=n_boot, seed=seed, level=level)
+    dropped = max(ma.shape[1], mb.shape[1]) - result.n
     if dropped:
         log.warning("compare %s vs %s: %d unpaired or missing value(s) dropped", result.a, result.b, dropped)
     return result
@@ -133,41 +250,52 @@ def paired_test(
     *,
     test: str = "wilcoxon",
     alternative: str = "two-sided",
+    n_boot: int = N_BOOT,
+    seed: int = 0,
 ) -> CompareResult:
-    """Paired test of two series indexed by (image, structure); values are fractions."""
-    if test not in TESTS:
-        raise ValueError(f"test={test!r}; expected one of {TESTS}")
-    if alternative not in ALTERNATIVES:
-        raise ValueError(f"alternative={alternative!r}; expected one of {ALTERNATIVES}")
-    pairs = pd.concat({"a": xa, "b": xb}, axis=1, join="inner").dropna()
-    if len(pairs) < 2:
-        raise ValueError(
-            f"compare {label_a} vs {label_b}: {len(pairs)} paired image-structure value(s); need at least 2"
-        )
-    diff = pairs["a"] - pairs["b"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # near-constant differences: scipy warns
-        if test == "wilcoxon":
-            if (diff == 0).all():  # no signed ranks at all: the test is undefined
-                statistic, p_value = float("nan"), float("nan")
-            else:
-                res = stats.wilcoxon(pairs["a"], pairs["b"], alternative=alternative)
-                statistic, p_value = float(res.statistic), float(res.pvalue)
-        else:
-            res = stats.ttest_rel(pairs["a"], pairs["b"], alternative=alternative)
-            statistic, p_value = float(res.statistic), float(res.pvalue)
-    return CompareResult(
-        a=label_a,
-        b=label_b,
-        test=test,
-        alternative=alternative,
-        n=len(pairs),
-        mean_a=float(pairs["a"].mean() * 100.0),
-        mean_b=float(pairs["b"].mean() * 100.0),
-        mean_diff=float(diff.mean() * 100.0),
-        statistic=statistic,
-        p_value=p_value,
-    )
+    """Paired test of two series indexed by (image, structure) (one seed each); values are fractions."""
+    return compare_matrices(xa.to_frame().T, xb.to_frame().T, label_a, label_b, test=test,
+                            alternative=alternative, n_boot=n_boot, seed=seed)
+
+
+def difference_to_real(
+    per_image: pd.DataFrame,
+    encoder: str = "unfrozen",
+    *,
+    metric: str = DICE,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Each arm's mean Dice minus real's (x 100) per model and prompt, with its interval.
+
+    One row per (model, arm, prompt) where both cells exist: encoder, model, arm, strategy,
+    synthetic_source, provenance, prompt, n_seeds (of the arm's cell), diff, ci_low,
+    ci_high (`compare`'s paired difference and hierarchical bootstrap interval) and
+    p_value (two-sided Wilcoxon on seed-averaged pairs). The data of the Fig. 2 error bars.
+    """
+    frame = with_arm(per_image[per_image["encoder"] == encoder])
+    records = []
+    for model, prompt in itertools.product(MODELS, PROMPTS):
+        cells = frame[(frame["model"] == model) & (frame["prompt"] == prompt)]
+        real = cells[cells["strategy"] == STRATEGY_REAL]
+        if real.empty:
+            continue
+        base = seed_matrix(real, metric)
+        for label, strategy, source, provenance in arms(cells):
+            if strategy == STRATEGY_REAL:
+                continue
+            rows = cells[cells[ARM] == label]
+            result = compare_matrices(seed_matrix(rows, metric), base, f"{model} {label} {encoder} {prompt}",
+                                      f"{model} real {encoder} {prompt}", n_boot=n_boot, seed=seed, level=level)
+            records.append({"encoder": encoder, "model": model, ARM: label, "strategy": strategy,
+                            SYNTHETIC_SOURCE: source, PROVENANCE: provenance, "prompt": prompt,
+                            "n_seeds": result.n_seeds_a,
+                            "diff": result.mean_diff, "ci_low": result.ci_low, "ci_high": result.ci_high,
+                            "p_value": result.p_value})
+    columns = ["encoder", "model", ARM, "strategy", SYNTHETIC_SOURCE, PROVENANCE, "prompt", "n_seeds", "diff",
+               "ci_low", "ci_high", "p_value"]
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
 def compare_sources(
@@ -180,24 +308,27 @@ def compare_sources(
 ) -> pd.DataFrame:
     """Every cell present in both frames: ours against theirs, paired on image and structure.
 
-    One row per cell: the cell columns, n_ours, mean_ours, std_ours, n_theirs,
-    mean_theirs, std_theirs (each over all its rows), then over the n_pairs
-    image-structure pairs both have: mean_diff (ours - theirs, x 100), statistic and
-    p_value (two-sided), and with correction "holm", p_holm over all cells.
+    One row per cell: the cell and variant columns, n_ours, mean_ours, std_ours,
+    n_theirs, mean_theirs, std_theirs (each over all its rows, every seed), then over the
+    n_pairs image-structure pairs both have: mean_diff (ours - theirs, x 100, each side
+    averaged over its seeds), statistic and p_value (two-sided), and with correction
+    "holm", p_holm over all cells.
     """
     if correction not in (None, "holm"):
         raise ValueError(f"correction={correction!r}; expected 'holm' or None")
-    mine, other = dice_table(ours, metric), dice_table(theirs, metric)
-    common = mine.merge(other, on=list(CELL_COLUMNS), suffixes=("_ours", "_theirs"))
+    ours, theirs = complete_variants(ours), complete_variants(theirs)
+    mine, other = dice_table(ours, metric, n_boot=0), dice_table(theirs, metric, n_boot=0)
+    common = mine.merge(other, on=list(CELL_KEYS), suffixes=("_ours", "_theirs"))
     records = []
     for _, row in common.iterrows():
-        cell = {c: row[c] for c in CELL_COLUMNS}
-        result = paired_test(
-            _select(ours, cell, metric, "ours"),
-            _select(theirs, cell, metric, "theirs"),
+        cell = {c: row[c] for c in CELL_KEYS}
+        result = compare_matrices(
+            seed_matrix(select_cell(ours, cell, "ours"), metric),
+            seed_matrix(select_cell(theirs, cell, "theirs"), metric),
             "ours " + cell_label(cell),
             "theirs " + cell_label(cell),
             test=test,
+            n_boot=0,
         )
         records.append(
             {
@@ -214,7 +345,7 @@ def compare_sources(
                 "p_value": result.p_value,
             }
         )
-    columns = [*CELL_COLUMNS, "n_ours", "mean_ours", "std_ours", "n_theirs", "mean_theirs", "std_theirs",
+    columns = [*CELL_KEYS, "n_ours", "mean_ours", "std_ours", "n_theirs", "mean_theirs", "std_theirs",
                "n_pairs", "mean_diff", "statistic", "p_value"]
     out = pd.DataFrame.from_records(records, columns=columns)
     unpaired = out["n_pairs"] < out[["n_ours", "n_theirs"]].max(axis=1)
@@ -239,14 +370,38 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
-def best_cell(table: pd.DataFrame, model: str, strategy: str, encoder: str) -> dict[str, str] | None:
-    """The cell with the highest mean of `dice_table` rows for model, strategy and encoder."""
-    rows = table[(table["model"] == model) & (table["strategy"] == strategy) & (table["encoder"] == encoder)]
-    rows = rows.dropna(subset=["mean"])
+def best_cell(
+    table: pd.DataFrame,
+    model: str,
+    strategy: str,
+    encoder: str,
+    *,
+    synthetic_source: str | None = None,
+    provenance: str | None = None,
+    value: str = "mean",
+) -> dict[str, str] | None:
+    """The cell (CELL_KEYS) with the highest `value` among `table`'s rows for model, strategy,
+    encoder and, where given, synthetic source and provenance; None when there is none.
+
+    table: `dice_table(...)` (value "mean": chosen on the test set, as the paper did) or
+    any frame with the cell columns and a `value` column (e.g. validation Dice).
+    """
+    rows = complete_variants(table)
+    mask = (rows["model"] == model) & (rows["strategy"] == strategy) & (rows["encoder"] == encoder)
+    if synthetic_source is not None:
+        mask &= rows[SYNTHETIC_SOURCE] == synthetic_source
+    if provenance is not None:
+        mask &= rows[PROVENANCE] == provenance
+    rows = rows[mask].dropna(subset=[value])
     if rows.empty:
         return None
-    row = rows.loc[rows["mean"].idxmax()]
-    return {c: row[c] for c in CELL_COLUMNS}
+    row = rows.loc[rows[value].idxmax()]
+    return {c: row[c] for c in CELL_KEYS}
+
+
+def _sources(table: pd.DataFrame, strategy: str) -> list[str]:
+    """The synthetic sources of `strategy`'s cells in `table`, in the order of vlsm.axes."""
+    return list(dict.fromkeys(a[2] for a in arms(table) if a[1] == strategy))
 
 
 def paper_comparisons(
@@ -256,40 +411,45 @@ def paper_comparisons(
     encoder: str = "unfrozen",
     correction: str | None = "holm",
     metric: str = DICE,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """The paper's comparisons, per model, in one frame (one row per test).
+    """The paper's comparisons, per model (and synthetic source), in one frame (one row per test).
 
     family "real vs synthetic": best real against best synthetic prompt, one-sided (real greater);
     family "PT-FT vs real": best synth-PT:real-FT against best real prompt, one-sided (PT-FT greater);
     family "frozen vs unfrozen": every cell present in both modes, two-sided.
-    "Best" is the prompt with the highest mean Dice for that model, strategy and encoder
-    (chosen on the test set, as the paper did). correction "holm" adds p_holm, adjusted
-    within each family; None leaves it out.
+    "Best" is the prompt with the highest mean Dice for that model, strategy, encoder and
+    source (chosen on the test set, as the paper did; `analysis.claims` chooses on
+    validation). correction "holm" adds p_holm, adjusted within each family; None
+    leaves it out. Columns: family, model, then CompareResult's fields.
     """
     if correction not in (None, "holm"):
         raise ValueError(f"correction={correction!r}; expected 'holm' or None")
     if encoder not in ENCODERS:
         raise ValueError(f"encoder={encoder!r}; expected one of {list(ENCODERS)}")
-    table = dice_table(per_image, metric)
+    per_image = complete_variants(per_image)
+    table = dice_table(per_image, metric, n_boot=0)
     plans: list[tuple[str, str, dict, dict, str]] = []
     for model in MODELS:
         real = best_cell(table, model, STRATEGY_REAL, encoder)
-        synthetic = best_cell(table, model, STRATEGY_SYNTHETIC, encoder)
-        finetune = best_cell(table, model, STRATEGY_FINETUNE, encoder)
-        if real and synthetic:
-            plans.append(("real vs synthetic", model, real, synthetic, "greater"))
-        if finetune and real:
-            plans.append(("PT-FT vs real", model, finetune, real, "greater"))
-    both = table.groupby(["model", "strategy", "prompt"])["encoder"].nunique()
-    in_both = set(both[both == len(ENCODERS)].index)
-    for model, strategy, prompt in itertools.product(MODELS, STRATEGIES, PROMPTS):
-        if (model, strategy, prompt) not in in_both:
-            continue
-        cell = {"model": model, "strategy": strategy, "prompt": prompt}
-        plans.append(("frozen vs unfrozen", model, {**cell, "encoder": "frozen"}, {**cell, "encoder": "unfrozen"}, "two-sided"))
+        for source in _sources(table, STRATEGY_SYNTHETIC):
+            synthetic = best_cell(table, model, STRATEGY_SYNTHETIC, encoder, synthetic_source=source)
+            if real and synthetic:
+                plans.append(("real vs synthetic", model, real, synthetic, "greater"))
+        for source in _sources(table, STRATEGY_FINETUNE):
+            finetune = best_cell(table, model, STRATEGY_FINETUNE, encoder, synthetic_source=source)
+            if finetune and real:
+                plans.append(("PT-FT vs real", model, finetune, real, "greater"))
+    others = [c for c in CELL_KEYS if c != "encoder"]
+    both = table.groupby(others)["encoder"].nunique()
+    for key in sort_cells(both[both == len(ENCODERS)].reset_index()[others]).itertuples(index=False, name=None):
+        cell = dict(zip(others, key, strict=True))
+        plans.append(("frozen vs unfrozen", cell["model"], {**cell, "encoder": "frozen"},
+                      {**cell, "encoder": "unfrozen"}, "two-sided"))
     records = []
     for family, model, a, b, alternative in plans:
-        result = compare(per_image, a, b, test=test, alternative=alternative, metric=metric)
+        result = compare(per_image, a, b, test=test, alternative=alternative, metric=metric, n_boot=n_boot, seed=seed)
         records.append({"family": family, "model": model, **result.as_dict()})
     columns = ["family", "model", *CompareResult.__dataclass_fields__]
     out = pd.DataFrame.from_records(records, columns=columns)

@@ -1,9 +1,12 @@
 """Read our sweep's Parquet exports (see `analysis.schema`) into the per-image frame.
 
-`per_image.parquet` names trials only by id; the grid cell of each trial comes from
-`trials.parquet`. When one cell was run more than once (an LR search, a retry), one
-trial has to stand for it: by default the one with the best validation Dice, because
-test results must never choose the model.
+`per_image.parquet` names trials only by id; the grid cell, variant and seed of each
+trial come from `trials.parquet`. Trials of one cell and variant that differ in their
+seed are replicates and all kept. When one (cell, variant, seed) was run more than once
+(an LR search, a retry), one trial has to stand for it: by default the one with the
+best validation Dice, because test results must never choose the model. Exports
+written before the seed and variant columns existed read as one seed of the paper's
+synthetic source (`analysis.schema.complete_variants`).
 """
 
 from __future__ import annotations
@@ -14,31 +17,55 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.schema import (
-    CELL_COLUMNS,
+    CELL_KEYS,
     EPOCHS_COLUMNS,
     EPOCHS_FILE,
+    OPTIONAL_COLUMNS,
     PER_IMAGE_COLUMNS,
     PER_IMAGE_EXPORT_COLUMNS,
     PER_IMAGE_FILE,
     TRIALS_COLUMNS,
     TRIALS_FILE,
+    complete_variants,
     exports_dir,
     normalise_structure,
     require_columns,
 )
-from vlsm.axes import BEST_VAL_DICE, ENCODERS, MODELS, PROMPTS, STRATEGIES
+from vlsm.axes import (
+    BEST_VAL_DICE,
+    ENCODERS,
+    MODELS,
+    PROMPTS,
+    PROVENANCE,
+    PROVENANCES,
+    SEED,
+    STRATEGIES,
+    SYNTHETIC_SOURCE,
+    SYNTHETIC_SOURCES,
+)
 
-__all__ = ["DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_trials"]
+__all__ = ["CELL_VALUES", "DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_trials"]
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("best-val", "error")
-_ALLOWED = {"model": MODELS, "strategy": STRATEGIES, "encoder": ENCODERS, "prompt": PROMPTS}
+# The values each cell and variant column may hold.
+CELL_VALUES: dict[str, tuple[str, ...]] = {
+    "model": MODELS,
+    "strategy": STRATEGIES,
+    "encoder": ENCODERS,
+    "prompt": PROMPTS,
+    SYNTHETIC_SOURCE: ("", *SYNTHETIC_SOURCES),
+    PROVENANCE: ("", *PROVENANCES),
+}
+_REPLICATE = (*CELL_KEYS, SEED)  # one trial stands for each
 
 
 def check_cells(frame: pd.DataFrame, source: str) -> None:
-    """Raise ValueError when a model/strategy/encoder/prompt value is not one of vlsm.axes."""
-    for column, allowed in _ALLOWED.items():
+    """Raise ValueError when a cell or variant value (of the columns present) is not one of vlsm.axes."""
+    for column, allowed in CELL_VALUES.items():
+        if column not in frame:
+            continue
         bad = sorted(set(frame[column].dropna().astype(str)) - set(allowed))
         if bad:
             raise ValueError(f"{source}: column {column!r} has value(s) {bad}; expected one of {list(allowed)}")
@@ -53,9 +80,16 @@ def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 def read_trials(output_dir: Path | str) -> pd.DataFrame:
-    """`trials.parquet` of a sweep output folder (or of its `exports/` folder)."""
+    """`trials.parquet` of a sweep output folder (or of its `exports/` folder).
+
+    Columns: TRIALS_COLUMNS, then any others the file has. A file without the seed or
+    variant columns (or with empty values in them) reads as one seed, 42, of the
+    paper's synthetic source.
+    """
     path = exports_dir(output_dir) / TRIALS_FILE
-    trials = _read(path, TRIALS_COLUMNS)
+    trials = _read(path, tuple(c for c in TRIALS_COLUMNS if c not in OPTIONAL_COLUMNS))
+    trials = complete_variants(trials)
+    trials = trials[[*TRIALS_COLUMNS, *(c for c in trials.columns if c not in TRIALS_COLUMNS)]]
     check_cells(trials, str(path))
     if trials["trial_id"].duplicated().any():
         dup = trials["trial_id"][trials["trial_id"].duplicated()].iloc[0]
@@ -68,28 +102,31 @@ def read_epochs(output_dir: Path | str) -> pd.DataFrame:
     return _read(exports_dir(output_dir) / EPOCHS_FILE, EPOCHS_COLUMNS)
 
 
-def _one_trial_per_cell(trials: pd.DataFrame, duplicates: str, source: str) -> pd.DataFrame:
-    counts = trials.groupby(list(CELL_COLUMNS)).size()
+def _one_trial_per_seed(trials: pd.DataFrame, duplicates: str, source: str) -> pd.DataFrame:
+    """One trial per (cell, variant, seed): several seeds of a cell are replicates, kept."""
+    counts = trials.groupby(list(_REPLICATE)).size()
     repeated = counts[counts > 1]
     if repeated.empty:
         return trials
     if duplicates == "error":
         cell = repeated.index[0]
-        ids = trials.loc[(trials[list(CELL_COLUMNS)] == list(cell)).all(axis=1), "trial_id"].tolist()
+        ids = trials.loc[(trials[list(_REPLICATE)] == list(cell)).all(axis=1), "trial_id"].tolist()
         raise ValueError(
-            f"{source}: cell {dict(zip(CELL_COLUMNS, cell, strict=True))} has trials {ids}; "
-            "expected one per cell (use duplicates='best-val' to keep the best validation Dice)"
+            f"{source}: cell {dict(zip(_REPLICATE, cell, strict=True))} has trials {ids}; "
+            "expected one per cell and seed (use duplicates='best-val' to keep the best validation Dice)"
         )
-    log.info("%s: %d cell(s) with several trials; keeping the best validation Dice", source, len(repeated))
+    log.info("%s: %d cell(s) and seed(s) with several trials; keeping the best validation Dice",
+             source, len(repeated))
     ranked = trials.sort_values(BEST_VAL_DICE, ascending=False, na_position="last", kind="stable")
-    return ranked.drop_duplicates(list(CELL_COLUMNS), keep="first")
+    return ranked.drop_duplicates(list(_REPLICATE), keep="first")
 
 
 def load_sweep(output_dir: Path | str, *, duplicates: str = "best-val") -> pd.DataFrame:
     """Our exports as the long per-image frame (PER_IMAGE_COLUMNS plus trial_id).
 
-    duplicates: what to do when a grid cell has several trials with per-image results:
-    "best-val" keeps the one with the highest best_val_dice, "error" raises.
+    Every seed of a cell is kept (its replicates). duplicates: what to do when one
+    (cell, variant, seed) has several trials with per-image results: "best-val" keeps
+    the one with the highest best_val_dice, "error" raises.
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicates={duplicates!r}; expected one of {DUPLICATE_POLICIES}")
@@ -103,8 +140,8 @@ def load_sweep(output_dir: Path | str, *, duplicates: str = "best-val") -> pd.Da
             f"{per_image_path}: trial_id(s) {unknown[:5]} are not in {folder / TRIALS_FILE}"
         )
     tested = trials[trials["trial_id"].isin(per_image["trial_id"])]
-    kept = _one_trial_per_cell(tested, duplicates, str(folder / TRIALS_FILE))
-    merged = per_image.merge(kept[["trial_id", *CELL_COLUMNS]], on="trial_id", how="inner")
+    kept = _one_trial_per_seed(tested, duplicates, str(folder / TRIALS_FILE))
+    merged = per_image.merge(kept[["trial_id", *_REPLICATE]], on="trial_id", how="inner")
     merged["structure"] = normalise_structure(merged["structure"], str(per_image_path))
     for column in ("dice", "iou"):
         values = merged[column].astype(float)
@@ -120,6 +157,6 @@ def load_sweep(output_dir: Path | str, *, duplicates: str = "best-val") -> pd.Da
             f"{per_image_path}: trial {row['trial_id']} has image {row['image']} "
             f"structure {row['structure']} more than once"
         )
-    for column in (*CELL_COLUMNS, "image"):
+    for column in (*CELL_KEYS, "image"):
         merged[column] = merged[column].astype(object)
     return merged[[*PER_IMAGE_COLUMNS, "trial_id"]].reset_index(drop=True)

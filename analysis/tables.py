@@ -1,121 +1,247 @@
 """The paper's Dice tables (Tables 2 and 3): numbers and their renderings.
 
-`dice_table` computes one row per grid cell (n, mean and sample std of Dice x 100);
-`render_table` lays one encoder mode out as the paper does: strategy and model as rows,
-P0-P7 as columns, "mean ± std", the best of each column in bold, N/A where the cell
-cannot exist (synthetic data has no P7) and a dash where it could but was not run.
+`dice_table` computes one row per cell (grid cell and variant): n, mean and sample std
+of Dice x 100 over image-structure pairs, as the paper, and over seeds the number of
+seeds, the mean and standard deviation of the per-seed means and a 95% interval from
+the hierarchical bootstrap (`analysis.intervals`). `render_table` lays one encoder mode
+out as the paper does: an arm (strategy, with its synthetic source and provenance where
+they are not the defaults) and model as rows, P0-P7 as columns, "mean ± std", the best
+of each column in bold, N/A where the cell cannot exist (synthetic data has no P7) and a
+dash where it could but was not run. `render_intervals` shows the intervals: a row per
+model and prompt, a column per arm.
 """
 
 from __future__ import annotations
 
 import html
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from analysis.schema import CELL_COLUMNS, require_columns
+from analysis.intervals import N_BOOT, bootstrap_interval
+from analysis.schema import CELL_KEYS, complete_variants, require_columns
 from vlsm.axes import (
     DICE,
     ENCODERS,
     MODELS,
     PROMPTS,
+    PROVENANCE,
+    PROVENANCE_NONE,
+    PROVENANCES,
+    SEED,
+    SOURCE_SDM,
     STRATEGIES,
     STRATEGY_FINETUNE,
+    STRATEGY_MIXED,
     STRATEGY_REAL,
     STRATEGY_SYNTHETIC,
     SYNTHETIC_PROMPTS,
+    SYNTHETIC_SOURCE,
+    SYNTHETIC_SOURCES,
 )
 
 __all__ = [
+    "ARM",
     "FORMATS",
+    "INTERVAL_STRATEGY_ORDER",
     "PAPER_STRATEGY_ORDER",
+    "arm_label",
+    "arms",
     "cell_exists",
+    "cell_rng_seed",
     "dice_table",
     "layout",
+    "render_intervals",
     "render_table",
+    "seed_matrix",
     "sort_cells",
+    "with_arm",
 ]
 
-# Row order of the paper's Tables 2 and 3.
+# Row order of the paper's Tables 2 and 3; arms it did not have follow.
 PAPER_STRATEGY_ORDER: tuple[str, ...] = (STRATEGY_SYNTHETIC, STRATEGY_REAL, STRATEGY_FINETUNE)
 FORMATS = ("markdown", "latex", "csv", "html")
 NOT_APPLICABLE = "N/A"
 MISSING = "–"
-_ORDER = {"model": MODELS, "strategy": STRATEGIES, "encoder": ENCODERS, "prompt": PROMPTS}
+ARM = "arm"  # the column `with_arm` adds
+_ORDER = {
+    "model": MODELS,
+    "strategy": STRATEGIES,
+    "encoder": ENCODERS,
+    "prompt": PROMPTS,
+    SYNTHETIC_SOURCE: ("", *SYNTHETIC_SOURCES),
+    PROVENANCE: ("", *PROVENANCES),
+}
+_ARM_STRATEGY_ORDER = (*PAPER_STRATEGY_ORDER, STRATEGY_MIXED)
+_UNITS = ("image", "structure")
+
+
+def arm_label(strategy: str, source: str = "", provenance: str = "") -> str:
+    """'synthetic', 'synthetic (diffecho)', 'real+synthetic (no provenance)': defaults left out.
+
+    The defaults are the paper's synthetic source (sdm) and, for real+synthetic, prompts
+    that say which pair is which (provenance "prompt").
+    """
+    parts = [source] if source not in ("", SOURCE_SDM) else []
+    if provenance == PROVENANCE_NONE:
+        parts.append("no provenance")
+    return f"{strategy} ({', '.join(parts)})" if parts else strategy
+
+
+def with_arm(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (with missing variant columns filled) plus an `arm` column of `arm_label`s."""
+    out = complete_variants(frame)
+    labels = [arm_label(*v) for v in zip(out["strategy"], out[SYNTHETIC_SOURCE], out[PROVENANCE], strict=True)]
+    return out.assign(**{ARM: labels})
+
+
+def arms(frame: pd.DataFrame, order: Sequence[str] = _ARM_STRATEGY_ORDER) -> list[tuple[str, str, str, str]]:
+    """(arm label, strategy, source, provenance) of every arm in `frame`, strategies in `order`."""
+    found = complete_variants(frame)[["strategy", SYNTHETIC_SOURCE, PROVENANCE]].drop_duplicates()
+    found = sort_cells(found)
+    rank = {s: i for i, s in enumerate(order)}
+    keys = sorted(found.itertuples(index=False, name=None), key=lambda k: rank.get(k[0], len(rank)))
+    return [(arm_label(*k), *k) for k in keys]
 
 
 def cell_exists(strategy: str, prompt: str) -> bool:
-    """False for cells the grid cannot have: synthetic data has no P7."""
-    return strategy != STRATEGY_SYNTHETIC or prompt in SYNTHETIC_PROMPTS
+    """False for cells the grid cannot have: synthetic data has no P7 (nor real+synthetic)."""
+    return strategy not in (STRATEGY_SYNTHETIC, STRATEGY_MIXED) or prompt in SYNTHETIC_PROMPTS
 
 
 def sort_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sort by model, strategy, encoder, prompt in the order of vlsm.axes."""
-    keys = [c for c in CELL_COLUMNS if c in frame.columns]
-    ranks = {c: frame[c].map({v: i for i, v in enumerate(_ORDER[c])}) for c in keys}
+    """Sort by model, strategy, encoder, prompt, source, provenance in the order of vlsm.axes."""
+    keys = [c for c in (*CELL_KEYS, SEED) if c in frame.columns]
+    ranks = {c: frame[c].map({v: i for i, v in enumerate(_ORDER[c])}) if c in _ORDER else frame[c] for c in keys}
     order = pd.DataFrame(ranks).sort_values(keys, kind="stable").index
     return frame.loc[order].reset_index(drop=True)
 
 
-def dice_table(per_image: pd.DataFrame, metric: str = DICE) -> pd.DataFrame:
-    """One row per (model, strategy, encoder, prompt): n, mean and sample std of metric x 100.
+def seed_matrix(rows: pd.DataFrame, metric: str, units: Sequence[str] = _UNITS) -> pd.DataFrame:
+    """One cell's values as (seeds x units): a row per seed, a column per unit; NaN where missing."""
+    values = rows.set_index([SEED, *units])[metric].astype(float)
+    if values.index.duplicated().any():
+        seed, *unit = values.index[values.index.duplicated()][0]
+        raise ValueError(f"seed {seed} has {dict(zip(units, unit, strict=True))} more than once in one cell")
+    return values.unstack(list(units)).sort_index()
 
-    n counts image-structure pairs with a value. Columns: model, strategy, encoder,
-    prompt, n, mean, std.
+
+def cell_rng_seed(seed: int, label: str) -> list[int]:
+    """The bootstrap seed of one cell or comparison: `seed` and a stable hash of its label,
+    so its interval does not depend on which other cells are in the table."""
+    return [seed, zlib.crc32(label.encode("utf-8"))]
+
+
+def _seed_columns(rows: pd.DataFrame, metric: str, label: str, *, n_boot: int, seed: int, level: float) -> dict:
+    """dice_table's columns over seeds, for one cell's rows (with a value)."""
+    per_seed = rows.groupby(SEED)[metric].mean() * 100.0
+    low = high = float("nan")
+    matrix = seed_matrix(rows, metric).dropna(axis=1) if n_boot else None  # units every seed has
+    if matrix is not None and matrix.size:
+        low, high = bootstrap_interval([matrix.to_numpy()], n_boot=n_boot, seed=cell_rng_seed(seed, label),
+                                       level=level)
+    return {
+        "n_seeds": len(per_seed),
+        "seed_mean": float(per_seed.mean()),
+        "seed_std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"),
+        "ci_low": low * 100.0,
+        "ci_high": high * 100.0,
+    }
+
+
+def dice_table(
+    per_image: pd.DataFrame,
+    metric: str = DICE,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """One row per cell (grid cell and variant): the paper's numbers and those over seeds, x 100.
+
+    n, mean, std: count, mean and sample std over every image-structure pair of every
+    seed (with one seed, the paper's Table 2 numbers). n_seeds, seed_mean, seed_std:
+    the number of seeds, the mean and sample std of the per-seed means (std NaN for one
+    seed). ci_low, ci_high: the `level` percentile interval of the mean from the
+    hierarchical bootstrap over seeds and then images (`analysis.intervals`; images
+    only with one seed), n_boot resamples seeded by `seed` and the cell; n_boot=0 leaves
+    them NaN (for callers that need the means only).
     """
-    require_columns(per_image, (*CELL_COLUMNS, metric), "per-image frame")
-    grouped = per_image.groupby(list(CELL_COLUMNS), observed=True)[metric]
+    require_columns(per_image, (*CELL_KEYS[:4], *_UNITS, metric), "per-image frame")
+    frame = complete_variants(per_image)
+    grouped = frame.groupby(list(CELL_KEYS), observed=True, sort=False)
     table = pd.DataFrame(
         {
-            "n": grouped.count(),
-            "mean": grouped.mean() * 100.0,
-            "std": grouped.std(ddof=1) * 100.0,
+            "n": grouped[metric].count(),
+            "mean": grouped[metric].mean() * 100.0,
+            "std": grouped[metric].std(ddof=1) * 100.0,
         }
-    ).reset_index()
-    return sort_cells(table)
+    )
+    keys, records = [], []
+    for key, rows in grouped:
+        keys.append(key)
+        records.append(_seed_columns(rows.dropna(subset=[metric]), metric, " ".join(map(str, key)),
+                                     n_boot=n_boot, seed=seed, level=level))
+    over_seeds = pd.DataFrame.from_records(records, index=pd.MultiIndex.from_tuples(keys, names=list(CELL_KEYS)))
+    table = table.join(over_seeds)
+    return sort_cells(table.reset_index())
 
 
 def layout(table: pd.DataFrame, encoder: str) -> pd.DataFrame:
-    """The paper's grid for one encoder mode: index (strategy, model), columns P0-P7, values mean.
+    """The paper's grid for one encoder mode: index (arm, model), columns P0-P7, values mean.
 
-    Rows: the paper's strategy order, models present in `table`. Cells that do not
-    exist are NaN, as are cells not run; `cell_exists` tells them apart.
+    Rows: the paper's three strategies (present or not), each followed by its other arms
+    in `table` (a synthetic source other than sdm), then real+synthetic's arms (with and
+    without provenance), for the models present in `table`. Cells that do not exist are NaN, as are cells not
+    run; `cell_exists` tells them apart.
     """
     if encoder not in ENCODERS:
         raise ValueError(f"encoder={encoder!r}; expected one of {list(ENCODERS)}")
-    rows = table[table["encoder"] == encoder]
+    rows = with_arm(table[table["encoder"] == encoder])
     if rows.empty:
         raise ValueError(
             f"no cells with encoder {encoder!r} in the table; encoders present: "
             f"{sorted(set(table['encoder']))}"
         )
     models = [m for m in MODELS if m in set(table["model"])]
-    index = pd.MultiIndex.from_product([PAPER_STRATEGY_ORDER, models], names=["strategy", "model"])
-    return rows.pivot_table(index=["strategy", "model"], columns="prompt", values="mean").reindex(
+    present = arms(rows)
+    labels = []
+    for strategy in _ARM_STRATEGY_ORDER:  # each strategy's arms together, the paper's three always
+        labels += [strategy] if strategy in PAPER_STRATEGY_ORDER else []
+        labels += [a[0] for a in present if a[1] == strategy and a[0] not in labels]
+    index = pd.MultiIndex.from_product([labels, models], names=[ARM, "model"])
+    return rows.pivot_table(index=[ARM, "model"], columns="prompt", values="mean").reindex(
         index=index, columns=list(PROMPTS)
     )
+
+
+def _arm_strategies(table: pd.DataFrame) -> dict[str, str]:
+    """Arm label -> its strategy, for the paper's strategies and every arm in `table`."""
+    return {**{s: s for s in STRATEGIES}, **{a[0]: a[1] for a in arms(table)}}
 
 
 def _cells(table: pd.DataFrame, encoder: str, decimals: Sequence[int], pm: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Formatted "mean ± std" strings and a same-shaped frame of booleans (best in column)."""
     means = layout(table, encoder)
-    rows = table[table["encoder"] == encoder].set_index(["strategy", "model", "prompt"])
+    rows = with_arm(table[table["encoder"] == encoder]).set_index([ARM, "model", "prompt"])
+    strategy_of = _arm_strategies(table)
     text = pd.DataFrame(MISSING, index=means.index, columns=means.columns, dtype=object)
     col_max = means.max(axis=0)
     best = pd.DataFrame(False, index=means.index, columns=means.columns)
-    for strategy, model in means.index:
+    for arm, model in means.index:
         for prompt in means.columns:
-            if not cell_exists(strategy, prompt):
-                text.loc[(strategy, model), prompt] = NOT_APPLICABLE
+            if not cell_exists(strategy_of[arm], prompt):
+                text.loc[(arm, model), prompt] = NOT_APPLICABLE
                 continue
-            key = (strategy, model, prompt)
+            key = (arm, model, prompt)
             if key not in rows.index or np.isnan(rows.loc[key, "mean"]):
                 continue
             mean, std = rows.loc[key, "mean"], rows.loc[key, "std"]
             std_text = "–" if np.isnan(std) else f"{std:.{decimals[1]}f}"
-            text.loc[(strategy, model), prompt] = f"{mean:.{decimals[0]}f}{pm}{std_text}"
-            best.loc[(strategy, model), prompt] = bool(mean == col_max[prompt])
+            text.loc[(arm, model), prompt] = f"{mean:.{decimals[0]}f}{pm}{std_text}"
+            best.loc[(arm, model), prompt] = bool(mean == col_max[prompt])
     return text, best
 
 
@@ -127,7 +253,7 @@ def render_table(
     decimals: Sequence[int] = (2, 2),
     caption: str | None = None,
 ) -> str:
-    """Render `dice_table(...)` for one encoder mode in the paper's layout.
+    """Render `dice_table(...)` for one encoder mode in the paper's layout (`layout`).
 
     fmt: "markdown", "latex", "csv" or "html". decimals: (mean, std) decimal places.
     Bold is `**x**` in Markdown and CSV, `\\textbf{x}` in LaTeX, `<b>x</b>` in HTML.
@@ -188,3 +314,55 @@ def _latex(rows: list[tuple[str, str, list[str]]], prompts: list[str], caption: 
         previous = strategy
     lines += [r"\end{tabular}%", "}", r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+# Column order of `render_intervals`: real first, as the differences are taken to it.
+INTERVAL_STRATEGY_ORDER: tuple[str, ...] = STRATEGIES
+
+
+def render_intervals(
+    table: pd.DataFrame,
+    fmt: str = "markdown",
+    *,
+    encoder: str = "unfrozen",
+    decimals: int = 2,
+) -> str:
+    """`dice_table(...)` with its intervals: a row per model and prompt, a column per arm.
+
+    Each cell is "seed_mean [ci_low, ci_high]" (Dice x 100; with one seed, the mean and
+    an interval over images only); N/A where the cell cannot exist, a dash where it was
+    not run. fmt: "markdown", "csv" or "html".
+    """
+    if fmt not in ("markdown", "csv", "html"):
+        raise ValueError(f"fmt={fmt!r}; expected one of ('markdown', 'csv', 'html')")
+    require_columns(table, ("seed_mean", "ci_low", "ci_high"), "dice table")
+    rows = with_arm(table[table["encoder"] == encoder])
+    if rows.empty:
+        raise ValueError(f"no cells with encoder {encoder!r} in the table; encoders present: "
+                         f"{sorted(set(table['encoder']))}")
+    columns = arms(rows, INTERVAL_STRATEGY_ORDER)
+    cells = rows.set_index(["model", "prompt", ARM])
+    body = []
+    for model in (m for m in MODELS if m in set(rows["model"])):
+        for prompt in (p for p in PROMPTS if p in set(rows.loc[rows["model"] == model, "prompt"])):
+            line = [model, prompt]
+            for label, strategy, _source, _provenance in columns:
+                key = (model, prompt, label)
+                if not cell_exists(strategy, prompt):
+                    line.append(NOT_APPLICABLE)
+                elif key not in cells.index or np.isnan(cells.loc[key, "seed_mean"]):
+                    line.append(MISSING)
+                else:
+                    row = cells.loc[key]
+                    line.append(f"{row['seed_mean']:.{decimals}f} [{row['ci_low']:.{decimals}f}, "
+                                f"{row['ci_high']:.{decimals}f}]")
+            body.append(line)
+    header = ["model", "prompt", *(c[0] for c in columns)]
+    if fmt == "csv":
+        return pd.DataFrame(body, columns=header).to_csv(index=False)
+    if fmt == "html":
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        cells_html = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in line) + "</tr>" for line in body)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{cells_html}</tbody></table>\n"
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in body]) + "\n"

@@ -54,7 +54,7 @@ def test_epochs_to_best_counts_epochs_whatever_the_numbering() -> None:
     # only P1 has both strategies: real 3 epochs, finetune 1 -> 3x
     speed = speedup(per_trial.reset_index())
     assert speed.to_dict("records") == [{
-        "model": "CRIS", "encoder": "unfrozen", "n_prompts": 1,
+        "model": "CRIS", "encoder": "unfrozen", "synthetic_source": "sdm", "n_prompts": 1,
         "real_epochs": 3.0, "finetune_epochs": 1.0, "speedup": 3.0,
     }]
 
@@ -82,3 +82,23 @@ def test_speedup_and_plot_on_example(tmp_path: Path) -> None:
     assert line.get_ydata() == pytest.approx(expected)
     with pytest.raises(ValueError, match="no epochs"):
         val_dice_figure(epochs, trials[trials["encoder"] == "frozen"], encoder="unfrozen")
+
+
+def test_speedup_per_source_and_a_colour_per_arm(tmp_path: Path) -> None:
+    write_example_exports(tmp_path, prompts=("P1",), models=("CRIS",), encoders=("unfrozen",), n_patients=1,
+                          strategies=("real", "synthetic", "synth-PT:real-FT", "real+synthetic"),
+                          sources=("sdm", "diffecho"), seeds=(42, 43))
+    epochs, trials = read_epochs(tmp_path), read_trials(tmp_path)
+    per_trial = epochs_to_best(epochs, trials)
+    assert len(per_trial) == len(trials) and set(per_trial["seed"]) == {42, 43}
+    speed = speedup(per_trial)
+    assert list(speed["synthetic_source"]) == ["sdm", "diffecho"]
+    assert (speed["speedup"] == BEST_EPOCH["real"] / BEST_EPOCH["synth-PT:real-FT"]).all()
+    fig = val_dice_figure(epochs, trials)
+    (cris,) = fig.axes
+    assert len(cris.lines) == len(trials)
+    labels = [line.get_label() for line in cris.lines if not line.get_label().startswith("_")]
+    assert sorted(labels) == sorted(["real", "synthetic", "synthetic (diffecho)", "synth-PT:real-FT",
+                                     "synth-PT:real-FT (diffecho)", "real+synthetic", "real+synthetic (no provenance)",
+                                     "real+synthetic (diffecho)", "real+synthetic (diffecho, no provenance)"])
+    assert len({line.get_color() for line in cris.lines}) == len(labels)

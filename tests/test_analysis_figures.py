@@ -10,6 +10,7 @@ import pytest
 
 from analysis import (
     dice_table,
+    difference_to_real,
     encoder_difference,
     encoder_difference_figure,
     figure_png,
@@ -89,3 +90,32 @@ def test_save_png_and_pdf(tmp_path: Path) -> None:
     assert figure_png(fig)[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="svgz"):
         save_figure(fig, tmp_path / "x", formats=("svgz",))
+
+
+def test_fig2_draws_each_arms_interval_as_error_bars() -> None:
+    rows = []
+    for strategy, source, provenance, level in (("real", "", "", 0.80), ("synthetic", "sdm", "", 0.70),
+                                                ("synthetic", "diffecho", "", 0.65),
+                                                ("real+synthetic", "sdm", "none", 0.82)):
+        for seed in (42, 43):
+            for i in range(6):
+                dice = level + 0.01 * i + 0.002 * seed
+                rows.append(("CRIS", strategy, "unfrozen", "P1", source, provenance, seed, f"img{i}", "LV",
+                             dice, dice, 1.0))
+    per_image = pd.DataFrame(rows, columns=["model", "strategy", "encoder", "prompt", "synthetic_source",
+                                            "provenance", "seed", "image", "structure", "dice", "iou", "hausdorff"])
+    diff = difference_to_real(per_image, n_boot=200)
+    fig = strategy_difference_figure(diff)
+    (cris,) = fig.axes
+    bars = {c.get_label(): c for c in cris.containers}
+    assert set(bars) == {"synthetic", "synthetic (diffecho)", "real+synthetic (no provenance)"}
+    data_line, _caps, (segments,) = bars["synthetic (diffecho)"].lines
+    row = diff[diff["arm"] == "synthetic (diffecho)"].iloc[0]
+    assert list(data_line.get_xdata()) == [1] and list(data_line.get_ydata()) == pytest.approx([row["diff"]])
+    assert row["diff"] == pytest.approx(-15.0)
+    (low, high) = segments.get_segments()[0][:, 1]
+    assert (low, high) == pytest.approx((row["ci_low"], row["ci_high"]))
+    assert fig.get_suptitle() == "Dice difference to real (unfrozen encoders) (95% intervals)"
+    # from a dice table, the same figure has lines and no error bars
+    plain = strategy_difference_figure(dice_table(per_image, n_boot=0))
+    assert not plain.axes[0].containers and len(plain.axes[0].lines) == 3 + 1  # 3 arms + the zero line

@@ -43,8 +43,8 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # results, as JSON, for the test to check against values it computes itself.
 _PROBE = """import json
 found = {name: value.to_dict("records") for name, value in globals().items()
-         if name in ("table", "tests", "per_trial") and isinstance(value, pd.DataFrame)}
-if "epochs" in globals():
+         if name in ("table", "tests", "per_trial", "claims") and isinstance(value, pd.DataFrame)}
+if "per_trial" in globals():
     found["speedup"] = analysis.speedup(per_trial).to_dict("records")
 print("PROBE" + json.dumps(found, default=float))"""
 
@@ -121,6 +121,17 @@ def test_tables_notebook_computes_the_papers_tables_and_tests(export: Path, tmp_
         p_value = stats.wilcoxon(a.to_numpy(), b.loc[a.index].to_numpy(), alternative="greater").pvalue
         row = tests.loc[("real vs synthetic", model)]
         assert row["a"] == f"{model} real unfrozen {real}" and row["p_value"] == pytest.approx(p_value, rel=1e-12)
+    # the claims come first: best prompts chosen on validation, intervals over the images (one seed)
+    claims = pd.DataFrame(found["claims"])
+    assert list(dict.fromkeys(claims["claim"]))[:2] == ["synthetic alone is worse than real",
+                                                        "synth-PT:real-FT is better than real"]
+    worse = claims[claims["claim"] == "synthetic alone is worse than real"]
+    assert len(worse) == 2 * 2 and worse["holds"].all() and (worse["chosen_on"] == "validation").all()
+    assert (claims.loc[claims["unit"] == "Dice x100", "interval"] == "images only (one seed)").all()
+    headings = [c.source for c in notebook.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    assert headings[0].startswith("## Claims") and headings[1].startswith("## Per cell")
+    for row in table.reset_index().itertuples():  # each cell's mean over seeds and its interval
+        assert f"{row.seed_mean:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]" in markdown
     assert str(export.resolve()) in "".join(str(o.get("text", "")) for o in outputs)
     assert not list(tmp_path.iterdir())  # nothing written into the kernel's working folder
 

@@ -120,8 +120,14 @@ def test_report_published_without_a_path_uses_the_bundle(tmp_path: Path) -> None
 
 def test_schema_and_units(published: pd.DataFrame) -> None:
     assert list(published.columns) == [
-        "model", "strategy", "encoder", "prompt", "image", "structure", "dice", "iou", "hausdorff",
+        "model", "strategy", "encoder", "prompt", "synthetic_source", "provenance", "seed",
+        "image", "structure", "dice", "iou", "hausdorff",
     ]
+    # one run per cell: the paper's seed, SDM's synthetic images, no provenance phrase
+    assert set(published["seed"]) == {42} and set(published["provenance"]) == {""}
+    real = published["strategy"] == "real"
+    assert set(published.loc[real, "synthetic_source"]) == {""}
+    assert set(published.loc[~real, "synthetic_source"]) == {"sdm"}
     # 2 models x (8 + 7 + 8) prompts, 200 images x 3 structures each; clip_seg is skipped
     assert len(published) == 46 * 600
     assert set(published["encoder"]) == {"unfrozen"}

@@ -73,6 +73,13 @@ def test_markdown_report_and_errors(export: Path, tmp_path: Path, caplog: pytest
     assert text.startswith("# Sweep report")
     assert "| synthetic | CRIS |" in text and "](data:image/png;base64," in text
     assert "Ours beside" not in text
+    # the claims first, then the per-cell tables with their intervals
+    assert re.findall(r"^## (.+)$", text, re.MULTILINE)[:3] == ["Claims", "Dice tables", "Paired tests"]
+    claims = text.split("## Claims")[1].split("\n## ")[0]
+    assert "| synthetic alone is worse than real |" in claims and "| images only (one seed) |" in claims
+    assert "Best prompts chosen on validation Dice" in claims
+    assert "### Encoders unfrozen: means and intervals" in text
+    assert re.search(r"\| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] \|", text)  # a mean and its interval
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "trials.parquet" in caplog.text
     assert not list(tmp_path.glob("*.tmp"))
@@ -93,3 +100,35 @@ def test_a_report_that_cannot_be_written_is_refused_before_any_work(tmp_path: Pa
     (tmp_path / "a-file").write_text("x")
     assert main(["report", str(export), "--out", str(tmp_path / "a-file" / "report.html")]) == 2
     assert f"cannot write the report {tmp_path / 'a-file' / 'report.html'}" in caplog.text
+
+
+def test_report_on_seeds_sources_and_real_plus_synthetic(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    write_example_exports(sweep, prompts=("P1", "P2"), models=("CRIS",), encoders=("unfrozen",), n_patients=1,
+                          strategies=("real", "synthetic", "synth-PT:real-FT", "real+synthetic"),
+                          sources=("sdm", "diffecho"), seeds=(42, 43, 44))
+    out = tmp_path / "r.md"
+    assert main(["report", str(sweep), "--format", "md", "--out", str(out), "--n-boot", "200",
+                 "--best-prompt", "test"]) == 0
+    text = out.read_text(encoding="utf-8")
+    claims = text.split("## Claims")[1].split("\n## ")[0]
+    for claim in ("synthetic alone is worse than real", "synth-PT:real-FT is better than real",
+                  "synth-PT:real-FT converges faster", "the provenance phrase helps"):
+        assert f"| {claim} |" in claims
+    assert "| seeds and images |" in claims and "| 3/3 |" in claims and "| holds |" in claims
+    assert "Best prompts chosen on test Dice, as the paper did" in claims
+    assert re.search(r"\| \+\d+\.\d\d \[\+\d+\.\d\d, \+\d+\.\d\d\] epochs \|", claims)  # convergence, in epochs
+    tables = text.split("## Dice tables")[1]
+    for arm in ("synthetic (diffecho)", "synth-PT:real-FT (diffecho)", "real+synthetic (no provenance)",
+                "real+synthetic (diffecho, no provenance)"):
+        assert f"| {arm} |" in tables  # a column in the intervals table, a row in the paper's layout
+    assert "3 seed(s) per cell" in tables
+    assert len(re.findall(r"\]\(data:image/png;base64,", text)) == 2  # Fig. 2 (unfrozen), validation Dice
+
+
+def test_example_export_writes_seeds_sources_and_real_plus_synthetic(tmp_path: Path) -> None:
+    assert main(["example-export", str(tmp_path), "--seeds", "2", "--sources", "sdm", "diffecho", "--mixed"]) == 0
+    trials = pd.read_parquet(tmp_path / "exports" / "trials.parquet")
+    assert set(trials["seed"]) == {42, 43}
+    assert set(trials["synthetic_source"]) == {"", "sdm", "diffecho"}
+    assert set(trials.loc[trials["strategy"] == "real+synthetic", "provenance"]) == {"prompt", "none"}

@@ -12,6 +12,7 @@ from scipy import stats
 from analysis import (
     compare,
     compare_sources,
+    difference_to_real,
     holm,
     load_sweep,
     paper_comparisons,
@@ -120,3 +121,55 @@ def test_compare_sources_pairs_ours_and_theirs(tmp_path: Path) -> None:
     assert (side["n_ours"] == 48).all() and (side["n_pairs"] == 45).all()
     assert side["mean_diff"].to_numpy() == pytest.approx(np.full(6, 1.0), abs=1e-6)
     assert (side["p_value"] < 1e-6).all()
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("seeded")
+    write_example_exports(out, prompts=("P1", "P2"), models=("CRIS",), encoders=("unfrozen",),
+                          sources=("sdm", "diffecho"), seeds=(42, 43, 44), n_patients=2)
+    return load_sweep(out)
+
+
+def test_compare_on_seeded_cells_averages_the_seeds_per_pair(seeded: pd.DataFrame) -> None:
+    a = {"model": "CRIS", "strategy": "synth-PT:real-FT", "encoder": "unfrozen", "prompt": "P1",
+         "synthetic_source": "sdm"}
+    b = {"model": "CRIS", "strategy": "real", "encoder": "unfrozen", "prompt": "P1"}
+    result = compare(seeded, a, b, alternative="greater")
+    assert (result.n, result.n_seeds_a, result.n_seeds_b) == (24, 3, 3)
+
+    def averaged(cell: dict) -> pd.Series:  # by hand: each pair's mean over the seeds
+        rows = seeded[np.logical_and.reduce([seeded[k] == v for k, v in cell.items()])]
+        return rows.groupby(["image", "structure"])["dice"].mean()
+
+    xa, xb = averaged(a), averaged(b).loc[averaged(a).index]
+    assert result.p_value == pytest.approx(stats.wilcoxon(xa, xb, alternative="greater").pvalue)
+    assert result.mean_diff == pytest.approx((xa - xb).mean() * 100)
+    assert result.ci_low < result.mean_diff < result.ci_high
+    assert compare(seeded, a, b, alternative="greater") == result  # the bootstrap is seeded
+    assert compare(seeded, a, b, alternative="greater", seed=1).ci_low != result.ci_low
+    # the source names the cell where there are two; a seed keeps one replicate
+    with pytest.raises(ValueError, match="matches 2 cells"):
+        compare(seeded, {k: v for k, v in a.items() if k != "synthetic_source"}, b)
+    one = compare(seeded, {**a, "seed": 43}, {**b, "seed": 43})
+    assert (one.n_seeds_a, one.n_seeds_b) == (1, 1)
+    with pytest.raises(ValueError, match=r"'synthetic_source' has value\(s\) \['dalle'\]"):
+        compare(seeded, {**a, "synthetic_source": "dalle"}, b)
+
+
+def test_difference_to_real_and_paper_comparisons_per_source(seeded: pd.DataFrame) -> None:
+    diff = difference_to_real(seeded, "unfrozen", n_boot=300)
+    assert set(diff["arm"]) == {"synthetic", "synthetic (diffecho)", "synth-PT:real-FT",
+                                "synth-PT:real-FT (diffecho)"}
+    assert len(diff) == 4 * 2 and (diff["n_seeds"] == 3).all()
+    assert ((diff["ci_low"] < diff["diff"]) & (diff["diff"] < diff["ci_high"])).all()
+    row = diff[(diff["arm"] == "synthetic (diffecho)") & (diff["prompt"] == "P2")].iloc[0]
+    result = compare(seeded, {"strategy": "synthetic", "synthetic_source": "diffecho", "prompt": "P2"},
+                     {"strategy": "real", "prompt": "P2"}, n_boot=300)
+    assert row["diff"] == pytest.approx(result.mean_diff) and row["p_value"] == pytest.approx(result.p_value)
+    assert row["diff"] < -3  # synthetic alone is about 5 points worse in the example
+    tests = paper_comparisons(seeded, n_boot=100)
+    head = tests[tests["family"] != "frozen vs unfrozen"]
+    assert sorted(head["b"][head["family"] == "real vs synthetic"].str.replace(r" P\d", "", regex=True)) == [
+        "CRIS synthetic (diffecho) unfrozen", "CRIS synthetic unfrozen"]
+    assert (head["n_seeds_a"] == 3).all() and (head["p_value"] < 1e-3).all()

@@ -95,3 +95,52 @@ def test_bad_exports_name_file_and_value(export: Path) -> None:
     with pytest.raises(FileNotFoundError, match="trials.parquet"):
         load_sweep(export / "nowhere")
     assert tuple(original.columns) == PER_IMAGE_EXPORT_COLUMNS
+
+
+def test_exports_without_seeds_or_variants_read_as_one_seed_of_sdm(export: Path) -> None:
+    exports = export / "exports"
+    # written before the columns existed, and by a sweep that leaves them empty
+    _rewrite(exports / TRIALS_FILE, lambda f: f.drop(columns=["seed", "synthetic_source", "provenance"]))
+    trials = read_trials(export)
+    assert list(trials.columns) == list(TRIALS_COLUMNS)
+    assert set(trials["seed"]) == {42} and set(trials["provenance"]) == {""}
+    assert set(trials.loc[trials["strategy"] == "real", "synthetic_source"]) == {""}
+    assert set(trials.loc[trials["strategy"] != "real", "synthetic_source"]) == {"sdm"}
+    _rewrite(exports / TRIALS_FILE, lambda f: f.assign(seed=None, synthetic_source=None, provenance=None,
+                                                       reason="done"))
+    trials = read_trials(export)
+    assert list(trials.columns) == [*TRIALS_COLUMNS, "reason"]  # other columns kept, after the schema's
+    assert trials["seed"].dtype == "int64" and set(trials["seed"]) == {42}
+    per_image = load_sweep(export)
+    assert set(per_image["seed"]) == {42} and len(per_image) == 10 * 8 * 3
+
+
+def test_every_seed_is_kept_and_one_trial_per_seed(tmp_path: Path) -> None:
+    write_example_exports(tmp_path, prompts=("P1",), models=("CRIS",), encoders=("unfrozen",), n_patients=1,
+                          strategies=("real", "synthetic", "real+synthetic"), sources=("sdm", "diffecho"),
+                          seeds=(42, 43))
+    trials = read_trials(tmp_path)
+    # real, 2 sources x synthetic, 2 sources x 2 provenances x real+synthetic; 2 seeds each
+    assert len(trials) == (1 + 2 + 4) * 2
+    mixed = trials[trials["strategy"] == "real+synthetic"]
+    assert set(zip(mixed["synthetic_source"], mixed["provenance"], strict=True)) == {
+        ("sdm", "prompt"), ("sdm", "none"), ("diffecho", "prompt"), ("diffecho", "none")}
+    per_image = load_sweep(tmp_path)
+    assert per_image["trial_id"].nunique() == 14 and set(per_image["seed"]) == {42, 43}
+    # a retry of one (cell, seed) is a duplicate; the other seed is not
+    exports = tmp_path / "exports"
+    first = trials.iloc[0]
+    retry = trials.iloc[[0]].assign(trial_id="retry", best_val_dice=first["best_val_dice"] + 0.1)
+    pd.concat([pd.read_parquet(exports / TRIALS_FILE), retry], ignore_index=True).to_parquet(
+        exports / TRIALS_FILE, index=False)
+    rows = pd.read_parquet(exports / PER_IMAGE_FILE)
+    pd.concat([rows, rows[rows["trial_id"] == first["trial_id"]].assign(trial_id="retry")]).to_parquet(
+        exports / PER_IMAGE_FILE, index=False)
+    kept = load_sweep(tmp_path)
+    assert "retry" in set(kept["trial_id"]) and first["trial_id"] not in set(kept["trial_id"])
+    assert kept["trial_id"].nunique() == 14
+    with pytest.raises(ValueError, match="expected one per cell and seed"):
+        load_sweep(tmp_path, duplicates="error")
+    _rewrite(exports / TRIALS_FILE, lambda f: f.assign(provenance="maybe"))
+    with pytest.raises(ValueError, match=r"column 'provenance' has value\(s\) \['maybe'\]"):
+        read_trials(tmp_path)
