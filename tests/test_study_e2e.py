@@ -88,3 +88,19 @@ def test_mlflow_has_the_seed_and_source_of_every_trial(study: dict) -> None:
     assert params["cris-synthetic-diffecho-frozen-p1-s43"]["seed"] == "43"
     assert params["cris-synthetic-diffecho-frozen-p1-s43"]["synthetic_source"] == "diffecho"
     assert params["cris-real-plus-synthetic-no-provenance-frozen-p1"]["provenance"] == "none"
+
+
+def test_the_analysis_reads_the_seeds_sources_and_mixed_strategy(study: dict) -> None:
+    import analysis
+
+    output = study["output"]
+    per_image = analysis.load_sweep(output)
+    assert set(per_image["seed"]) == {42, 43} and set(per_image["synthetic_source"]) == {"", "sdm", "diffecho"}
+    table = analysis.dice_table(per_image, n_boot=200).set_index(["strategy", "synthetic_source", "provenance"])
+    assert (table["n_seeds"] == 2).all() and (table["ci_low"] <= table["ci_high"]).all()
+    assert ("real+synthetic", "diffecho", "none") in table.index
+    claims = analysis.claims(per_image, analysis.read_trials(output), analysis.read_epochs(output), n_boot=200)
+    assert {"sdm", "diffecho"} <= set(claims["synthetic_source"])
+    assert set(claims["verdict"]) <= {"holds", "opposite", "not shown"}
+    report = analysis.build_report(output, fmt="md", n_boot=200).read_text()
+    assert "real+synthetic (diffecho" in report and "synthetic (diffecho)" in report
