@@ -236,19 +236,8 @@ def generated_record(image: Path, mask: Path, n_val: int, texts: dict[str, str] 
     match = GENERATED_RE.match(image.name)
     if match is None:
         raise ValueError(f"{image}: not a generated image name (<mask stem>_generated_id<k>.png)")
-    view, phase = _view_phase(match)
-    subject = int(match["subject"])
-    return EchoImage(
-        source=SOURCE,
-        patient=diffecho_patient(subject),
-        view=view,
-        phase=phase,
-        split="val" if subject < n_val else "train",
-        image_path=image,
-        mask_paths=(mask,),
-        variant=int(match["k"]),
-        text=None if texts is None else texts.get(match["stem"], GENERATION_PROMPTS[view]),
-    )
+    text = None if texts is None else texts.get(match["stem"], GENERATION_PROMPTS[_view_phase(match)[0]])
+    return _record(match, image, mask, n_val, variant=int(match["k"]), text=text)
 
 
 def frame_record(frame: Path, mask: Path, n_val: int) -> EchoImage:
@@ -256,17 +245,15 @@ def frame_record(frame: Path, mask: Path, n_val: int) -> EchoImage:
     match = FRAME_RE.match(frame.name)
     if match is None:
         raise ValueError(f"{frame}: not a frame name (ch<2|4>_<ed|es>_frame_<i>.png)")
+    return _record(match, frame, mask, n_val)
+
+
+def _record(match: re.Match, image: Path, mask: Path, n_val: int, **extra) -> EchoImage:
+    """A record of subject match["subject"]: the first n_val subjects validate."""
     view, phase = _view_phase(match)
     subject = int(match["subject"])
-    return EchoImage(
-        source=SOURCE,
-        patient=diffecho_patient(subject),
-        view=view,
-        phase=phase,
-        split="val" if subject < n_val else "train",
-        image_path=frame,
-        mask_paths=(mask,),
-    )
+    return EchoImage(source=SOURCE, patient=diffecho_patient(subject), view=view, phase=phase,
+                     split="val" if subject < n_val else "train", image_path=image, mask_paths=(mask,), **extra)
 
 
 def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
