@@ -446,3 +446,31 @@ def test_a_real_plus_synthetic_trial_trains_on_its_share_with_provenance_prompts
                         torch.device("cpu"), synthetic_style=True, provenance=DEFAULT_PROVENANCE_PHRASES)
     assert all(t.endswith(("in a real cardiac ultrasound.", "in a synthetic cardiac ultrasound.")) for t in table.texts)
     assert any("synthetic cardiac" in t for t in table.texts) and any("real cardiac" in t for t in table.texts)
+
+
+def test_a_synthetic_trial_can_be_prompted_with_its_generators_text(tmp_path):
+    # --prompt-source generator: DiffEcho images are prompted "<structure> in <its text>."
+    # in training and validation; the real test images keep the cell's prompt.
+    from vlsm.data.cache import open_split, prepare_dataset
+    from vlsm.data.phantom import write_demo_data
+    from vlsm.trial_data import PromptTable
+
+    demo = write_demo_data(tmp_path / "demo", seed=0, n_patients=6, n_test=1, n_val=1,
+                           synthetic_formats=("diffecho",))
+    synthetic = prepare_dataset("diffecho", demo.synthetic_roots["diffecho"], 64, tmp_path / "cache", n_val=1,
+                                progress=False)
+    real = prepare_dataset("camus", demo.camus_root, 64, tmp_path / "cache", n_val=1, progress=False)
+    cfg = _cfg({"train": synthetic["train"], "val": synthetic["val"], "test": real["test"]}, max_epochs=1,
+               prompt_source="generator", prompt="P2")
+    assert run_training(cfg, lambda m, d: None).stop_reason == "max_epochs"
+
+    def tokenizer(t):
+        return {"input_ids": [[0]] * len(t), "attention_mask": [[1]] * len(t)}
+
+    splits = [open_split(synthetic["train"]), open_split(real["test"])]
+    table = PromptTable(splits, "p2", tokenizer, torch.device("cpu"), synthetic_style=True, generator=True)
+    rows = table.choose(splits[0].items, None).tolist() + table.choose(splits[1].items, None).tolist()
+    texts = [table.texts[r] for r in rows]
+    n_train = len(splits[0].items)
+    assert all(" in an ultrasound image of heart in " in t for t in texts[:n_train])
+    assert all(" view of the heart." in t for t in texts[n_train:])  # P2, as the cell says
