@@ -11,13 +11,14 @@ from sweeps.grid import dependents
 from sweeps.rates import Rate
 from sweeps.spec import SweepSpec, grid_sources
 from sweeps.trials import trial_resources
+from vlsm.axes import STRATEGY_MIXED
 from vlsm.model_registry import model_key
 
 
 def dataset_sizes(spec: SweepSpec, camus_root: Path | None,
                   synthetic: Mapping[str, Path | None] | None = None) -> dict[str, int]:
     """Training image-structure pairs per dataset of the grid ("camus", each synthetic
-    source, "camus+<source>" for real+synthetic), from file listings only."""
+    source, "camus+<source>" when it has real+synthetic cells), from file listings only."""
     data = spec.data
     sources = grid_sources(spec)
     if data.demo:
@@ -40,7 +41,7 @@ def dataset_sizes(spec: SweepSpec, camus_root: Path | None,
 
                 sizes[source] = 3 * sum(r.split == "train" for r in load_source_records(source, root))
     share = spec.train.get("synthetic_share")
-    for source in sources:  # every real pair, and synthetic ones to make up the share
+    for source in sources if STRATEGY_MIXED in spec.grid.strategies else ():  # all real pairs and the share
         extra = sizes[source] if share is None else round(share / (1 - share) * sizes[REAL_DATA])
         sizes[mixed_data(source)] = sizes[REAL_DATA] + extra
     return sizes
