@@ -14,12 +14,12 @@ from pathlib import Path
 
 from sweeps.cell import REAL_DATA, Cell
 from sweeps.spec import SweepSpec, grid_sources, synthetic_roots
-from vlsm.axes import PROMPTS, SOURCE_SDM, STRATEGY_MIXED, SYNTHETIC_PROMPTS, SYNTHETIC_STRATEGIES
+from vlsm.axes import PROMPTS, SOURCE_SDM, SYNTHETIC_PROMPTS, SYNTHETIC_STRATEGIES
 from vlsm.model_registry import model_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "DataRoots", "check_data", "load_source_records", "model_input_size",
+__all__ = ["DataError", "DataRoots", "check_data", "model_input_size",
            "prepare_caches", "publish_caches", "resolve_data", "source_prompts"]
 
 
@@ -99,7 +99,7 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
 
 def source_prompts(spec: SweepSpec) -> dict[str, tuple[str, ...]]:
     """source -> the prompts its records can build (from metadata headers, no images):
-    the grid skips the cells of the others (`sweeps.grid.skipped_cells`)."""
+    the grid skips the cells of the others (`sweeps.grid.plan_grid`)."""
     from vlsm.data.synthetic_sources import buildable_prompts
 
     if spec.data.demo:  # not written yet: the phantom gives SDM its patients' data, the others view and phase
@@ -108,14 +108,6 @@ def source_prompts(spec: SweepSpec) -> dict[str, tuple[str, ...]]:
     roots = synthetic_roots(spec)
     return {source: buildable_prompts(source, Path(roots[source]).expanduser(), camus_root=camus)
             for source in grid_sources(spec) if source in roots}
-
-
-def load_source_records(source: str, root: Path, camus_root: Path | None = None,
-                        split_scheme: str = "paper", n_val: int | None = None) -> list:
-    """The records (EchoImage) of a synthetic source's folder."""
-    from vlsm.data.synthetic_sources import load_synthetic
-
-    return load_synthetic(source, root, camus_root=camus_root, split_scheme=split_scheme, n_val=n_val)
 
 
 def model_input_size(spec: SweepSpec, model: str) -> int:
@@ -128,67 +120,57 @@ def model_input_size(spec: SweepSpec, model: str) -> int:
 
 def _datasets(cells: list[Cell]) -> list[str]:
     """The datasets the cells train, validate and test on, real CAMUS first."""
-    names = {REAL_DATA: None}
-    for cell in cells:
-        names.setdefault(cell.val_data, None)
-        if cell.strategy == STRATEGY_MIXED:
-            names.setdefault(cell.synthetic_source, None)
-            names.setdefault(cell.train_data, None)
-    return list(names)
+    return list(dict.fromkeys([REAL_DATA, *(name for c in cells for name in (c.train_data, c.val_data))]))
+
+
+def _needed_splits(name: str) -> tuple[str, ...]:
+    """The splits trials read of a dataset: real CAMUS tests every cell, a synthetic source
+    trains and validates its own, a real+synthetic set only trains."""
+    if name == REAL_DATA:
+        return ("train", "val", "test")
+    return ("train",) if "+" in name else ("train", "val")
 
 
 def prepare_caches(
     spec: SweepSpec, roots: DataRoots, cache_dir: Path, cells: list[Cell]
 ) -> dict[str, dict[str, dict[str, str]]]:
     """dataset -> model -> split -> cache folder, one per input size (see the module
-    docstring for the dataset names)."""
-    from vlsm.data.cache import prepare_dataset, prepare_records
+    docstring for the dataset names). Each dataset's records are read once; a
+    real+synthetic training set is the training records of both."""
+    from vlsm.data.cache import load_records, prepare_records
 
+    records: dict[str, list] = {}
+
+    def records_of(name: str) -> list:
+        if name not in records:
+            if name == REAL_DATA or name in roots.synthetic:
+                root = roots.camus_root if name == REAL_DATA else roots.synthetic[name]
+                # synthetic images carry no sex or age: P4-P6 take them from CAMUS where they can
+                records[name] = load_records(name, root, spec.data.split_scheme, spec.data.val_patients,
+                                             roots.camus_root if name != REAL_DATA else None)
+            else:  # camus+<source>
+                source = name.split("+", 1)[1]
+                records[name] = [r for r in records_of(REAL_DATA) + records_of(source) if r.split == "train"]
+        return records[name]
+
+    sizes = {model: model_input_size(spec, model) for model in spec.grid.models}
     caches: dict[str, dict[str, dict[str, str]]] = {}
-    by_size: dict[tuple[str, int], dict[str, str]] = {}
     for name in _datasets(cells):
-        caches[name] = {}
-        for model in spec.grid.models:
-            size = model_input_size(spec, model)
-            if (name, size) not in by_size:
-                if name == REAL_DATA or name in roots.synthetic:
-                    root = roots.camus_root if name == REAL_DATA else roots.synthetic[name]
-                    paths = prepare_dataset(
-                        name,
-                        root,
-                        size,
-                        cache_dir,
-                        split_scheme=spec.data.split_scheme,
-                        n_val=spec.data.val_patients,
-                        # synthetic images carry no sex or age: P4-P6 take them from CAMUS where they can
-                        camus_root=roots.camus_root if name != REAL_DATA else None,
-                    )
-                    needed = ("train", "val", "test") if name == REAL_DATA else ("train", "val")
-                else:  # camus+<source>: the two training sets in one cache
-                    source = name.split("+", 1)[1]
-                    records = _train_records(spec, roots, REAL_DATA) + _train_records(spec, roots, source)
-                    paths = prepare_records(records, size, cache_dir, name=name)
-                    root, needed = roots.synthetic[source], ("train",)
-                by_size[(name, size)] = {split: str(path) for split, path in paths.items()}
-                missing = [split for split in needed if split not in paths]
-                if missing:  # every trial is tested on real CAMUS; synthetic ones train on their source
-                    raise DataError(
-                        f"{root}: the {name} data has no {', '.join(missing)} split with ground truth "
-                        f"(an old CAMUS 2019 download ships its test patients without _gt masks: use the "
-                        f"2023 release or a 2019 copy with the test annotations)"
-                    )
-            caches[name][model] = by_size[(name, size)]
+        needed = _needed_splits(name)
+        by_size: dict[int, dict[str, str]] = {}
+        for size in dict.fromkeys(sizes.values()):
+            paths = prepare_records(records_of(name), size, cache_dir, name=name)
+            missing = [split for split in needed if split not in paths]
+            if missing:  # every trial is tested on real CAMUS; synthetic ones train on their source
+                root = roots.camus_root if name == REAL_DATA else roots.synthetic.get(name.split("+")[-1])
+                raise DataError(
+                    f"{root}: the {name} data has no {', '.join(missing)} split with ground truth "
+                    f"(an old CAMUS 2019 download ships its test patients without _gt masks: use the "
+                    f"2023 release or a 2019 copy with the test annotations)"
+                )
+            by_size[size] = {split: str(path) for split, path in paths.items()}
+        caches[name] = {model: by_size[size] for model, size in sizes.items()}
     return caches
-
-
-def _train_records(spec: SweepSpec, roots: DataRoots, name: str) -> list:
-    """The training records of real CAMUS or of a synthetic source."""
-    from vlsm.data.cache import load_records
-
-    root = roots.camus_root if name == REAL_DATA else roots.synthetic[name]
-    records = load_records(name, root, spec.data.split_scheme, spec.data.val_patients,
-                           roots.camus_root if name != REAL_DATA else None)
-    return [rec for rec in records if rec.split == "train"]
 
 
 def publish_caches(caches: dict[str, dict[str, dict[str, str]]], storage: str) -> dict[str, dict[str, dict[str, str]]]:

@@ -6,7 +6,7 @@ synth-PT:real-FT cell starts from the best checkpoint of the synthetic cell with
 same model, encoder mode, source and seed, and the prompt `grid.finetune_upstream` names
 (P6 for P7: synthetic data has no P7). A source builds only the prompts its metadata
 allows (`source_prompts`: DiffEcho has no sex or age, so P0-P3): its other cells are
-skipped, each with the reason (`skipped_cells`, printed by the plan). Cells are ordered
+skipped, each with the reason (`plan_grid`, printed by the plan). Cells are ordered
 so that the longest chains start first: synthetic cells with the most finetunes waiting
 on them, then the rest.
 """
@@ -25,7 +25,7 @@ from vlsm.axes import (
     SYNTHETIC_PROMPTS,
 )
 
-__all__ = ["dependents", "expand_grid", "order_cells", "skipped_cells"]
+__all__ = ["dependents", "expand_grid", "order_cells", "plan_grid"]
 
 # source -> the prompts its records can build; a source missing here builds P0-P6.
 SourcePrompts = Mapping[str, tuple[str, ...]]
@@ -75,15 +75,17 @@ def _synthetic_cells(spec: SweepSpec, model: str, strategy: str, encoder: str, p
                 f"only {list(SYNTHETIC_PROMPTS)}; map {prompt} to one of them"
             )
         up = Cell(model, STRATEGY_SYNTHETIC, encoder, upstream_prompt, synthetic_source=source, seed=seed)
-        reason = "" if upstream_prompt in buildable else f"its upstream {up.cell_id} cannot run: {skip}"
-        yield up, "" if upstream_prompt in buildable else skip
-        yield Cell(model, strategy, encoder, prompt, up.cell_id, synthetic_source=source, seed=seed), reason
+        runs = upstream_prompt in buildable
+        yield up, "" if runs else skip
+        yield (Cell(model, strategy, encoder, prompt, up.cell_id, synthetic_source=source, seed=seed),
+               "" if runs else f"its upstream {up.cell_id} cannot run: {skip}")
     else:  # spec checking refuses other strategies first
         raise ValueError(f"unknown strategy {strategy!r}")
 
 
-def expand_grid(spec: SweepSpec, source_prompts: SourcePrompts | None = None) -> list[Cell]:
-    """All cells of the grid that can run, in planning order (see `order_cells`).
+def plan_grid(spec: SweepSpec, source_prompts: SourcePrompts | None = None) -> tuple[list[Cell], dict[str, str]]:
+    """(the cells that can run, in planning order; cell_id -> why it does not run, for
+    the cells the grid names that cannot).
 
     A finetune whose upstream synthetic cell is not in the grid (e.g. `--strategies
     synth-PT:real-FT` alone) is still planned: its upstream is added, since it cannot
@@ -91,19 +93,18 @@ def expand_grid(spec: SweepSpec, source_prompts: SourcePrompts | None = None) ->
     (default P0-P6 for every source).
     """
     cells: dict[str, Cell] = {}
-    for cell, reason in _candidates(spec, source_prompts):
-        if not reason:
-            cells.setdefault(cell.cell_id, cell)
-    return order_cells(list(cells.values()))
-
-
-def skipped_cells(spec: SweepSpec, source_prompts: SourcePrompts | None = None) -> dict[str, str]:
-    """cell_id -> why it does not run, for the cells the grid names that cannot."""
     skipped: dict[str, str] = {}
     for cell, reason in _candidates(spec, source_prompts):
         if reason:
             skipped.setdefault(cell.cell_id, reason)
-    return skipped
+        else:
+            cells.setdefault(cell.cell_id, cell)
+    return order_cells(list(cells.values())), skipped
+
+
+def expand_grid(spec: SweepSpec, source_prompts: SourcePrompts | None = None) -> list[Cell]:
+    """The cells of `plan_grid`, in planning order."""
+    return plan_grid(spec, source_prompts)[0]
 
 
 def dependents(cells: list[Cell]) -> dict[str, list[str]]:

@@ -17,13 +17,14 @@ from typing import Any
 from sweeps.cell import Cell
 from sweeps.data_setup import DataError, source_prompts
 from sweeps.folder import SweepFolder
-from sweeps.grid import expand_grid, skipped_cells
+from sweeps.grid import plan_grid
 from sweeps.plan import dataset_sizes, format_plan
 from sweeps.rates import load_rates
 from sweeps.spec import (
     LRSearchSpace,
     SpecError,
     SweepSpec,
+    grid_sources,
     load_spec,
     lr_search_space,
     models_without_weights,
@@ -194,7 +195,6 @@ def _check_prompt_source(spec: SweepSpec) -> None:
     """--prompt-source generator needs a source whose images carry their generator's text."""
     if spec.train.get("prompt_source") != "generator":
         return
-    from sweeps.spec import grid_sources
     from vlsm.data.synthetic_sources import has_generator_text
 
     roots = synthetic_roots(spec)
@@ -218,7 +218,7 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
             raise UsageError(f"{option} (data.{key}): {root} is not a folder; expected the dataset's root folder")
     try:
         prompts = source_prompts(spec)  # what each synthetic source's metadata can build
-        cells, skipped = expand_grid(spec, prompts), skipped_cells(spec, prompts)
+        cells, skipped = plan_grid(spec, prompts)
     except ValueError as err:  # a finetune mapped to a prompt synthetic data lacks, unreadable metadata
         raise SpecError(str(err)) from None
     if not cells:

@@ -37,9 +37,10 @@ def dataset_sizes(spec: SweepSpec, camus_root: Path | None,
         for source in sources:
             root = (synthetic or {}).get(source)
             if root is not None and root.exists():
-                from sweeps.data_setup import load_source_records
+                from vlsm.data.cache import load_records
 
-                sizes[source] = 3 * sum(r.split == "train" for r in load_source_records(source, root))
+                records = load_records(source, root, data.split_scheme, data.val_patients, camus_root)
+                sizes[source] = 3 * sum(r.split == "train" for r in records)
     share = spec.train.get("synthetic_share")
     for source in sources if STRATEGY_MIXED in spec.grid.strategies else ():  # all real pairs and the share
         extra = sizes[source] if share is None else round(share / (1 - share) * sizes[REAL_DATA])

@@ -44,7 +44,6 @@ def trial_config(
     and validate and test on real CAMUS. The cell's seed is the trial's seed.
     """
     model_spec = spec.models[cell.model]
-    mixed = cell.strategy == STRATEGY_MIXED
     config: dict[str, Any] = {
         **copy.deepcopy(spec.train),
         **copy.deepcopy(model_spec.train),
@@ -60,18 +59,14 @@ def trial_config(
         "test_cache": caches[REAL_DATA][cell.model]["test"],
         "init_from": None,
         "seed": cell.seed,
-        "synthetic_share": config_share(spec, cell.model) if mixed else None,
         "provenance_phrases": dict(spec.grid.provenance_phrases) if cell.provenance == PROVENANCE_PROMPT else None,
         "tags": cell.tags(),
     }
+    if cell.strategy != STRATEGY_MIXED:  # a share needs real and synthetic pairs in one training set
+        config["synthetic_share"] = None
     if lr and (cell.model, cell.encoder) in lr:
         config["lr"] = lr[(cell.model, cell.encoder)]
     return config
-
-
-def config_share(spec: SweepSpec, model: str) -> float | None:
-    """train.synthetic_share as configured for a model (its own train section first)."""
-    return {**spec.train, **spec.models[model].train}.get("synthetic_share")
 
 
 def trial_resources(spec: SweepSpec, model: str, encoder: str, *, use_gpu: bool) -> dict[str, float]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sweeps.cell import Cell
-from sweeps.grid import expand_grid, skipped_cells
+from sweeps.grid import expand_grid, plan_grid
 from sweeps.plan import dataset_sizes, format_plan
 from sweeps.spec import SpecError, load_spec
 from vlsm.axes import PROMPTS, STRATEGY_FINETUNE, STRATEGY_MIXED, STRATEGY_SYNTHETIC
@@ -34,7 +34,7 @@ def test_seeds_make_one_trial_per_cell_and_seed_and_chain_within_a_seed() -> Non
 
 def test_two_sources_make_synthetic_and_finetune_cells_each_and_share_the_real_ones() -> None:
     spec = load_spec(overrides=["grid.synthetic_sources=[sdm, diffecho]", "data.demo=true"])
-    cells = expand_grid(spec, DIFFECHO_PROMPTS)
+    cells, skipped = plan_grid(spec, DIFFECHO_PROMPTS)
     counts = Counter((c.strategy, c.synthetic_source) for c in cells)
     assert counts[("real", "")] == 32
     assert counts[(STRATEGY_SYNTHETIC, "sdm")] == 28 and counts[(STRATEGY_FINETUNE, "sdm")] == 32
@@ -43,7 +43,6 @@ def test_two_sources_make_synthetic_and_finetune_cells_each_and_share_the_real_o
     by_id = {c.cell_id: c for c in cells}
     finetune = by_id["clipseg-synth-pt-real-ft-diffecho-frozen-p3"]
     assert finetune.upstream == "clipseg-synthetic-diffecho-frozen-p3"
-    skipped = skipped_cells(spec, DIFFECHO_PROMPTS)
     assert "diffecho builds prompts P0, P1, P2, P3 only" in skipped["cris-synthetic-diffecho-frozen-p5"]
     assert "its upstream cris-synthetic-diffecho-frozen-p6 cannot run" in skipped["cris-synth-pt-real-ft-diffecho-frozen-p7"]
     plan = format_plan(spec, cells, dataset_sizes(spec, None), use_gpu=True, skipped=skipped)

@@ -303,10 +303,11 @@ def test_camus_without_test_ground_truth_is_named_before_anything_runs(tmp_path,
     import vlsm.data.cache
     from sweeps.data_setup import DataError, DataRoots, prepare_caches
 
-    def prepare_dataset(kind, root, size, cache_dir, **kwargs):
+    def prepare_records(records, size, cache_dir, **kwargs):
         return {"train": cache_dir / "train", "val": cache_dir / "val"}
 
-    monkeypatch.setattr(vlsm.data.cache, "prepare_dataset", prepare_dataset)
+    monkeypatch.setattr(vlsm.data.cache, "load_records", lambda *args: [])
+    monkeypatch.setattr(vlsm.data.cache, "prepare_records", prepare_records)
     spec = load_spec(demo=True, overrides=["grid.models=[CRIS]"])
     roots = DataRoots(camus_root=tmp_path / "CAMUS", demo=False)
     cells = [c for c in expand_grid(spec) if c.strategy == "real"]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vlsm.config import TrainConfig
-from vlsm.data.prompts import GENERATOR_PROMPT, with_provenance
+from vlsm.data.prompts import GENERATOR_PROMPT, pick_phrasing, with_provenance
 
 if TYPE_CHECKING:
     from vlsm.data.cache import CacheItem, PreparedSplit
@@ -80,7 +80,8 @@ class PromptTable:
         strings: dict[str, int] = {}
         for split in splits:
             for item in split.items:
-                for text in self._phrasings(item, split):
+                value = self._phrasings(item, split)
+                for text in [value] if isinstance(value, str) else value:
                     strings.setdefault(text, len(strings))
         self.rows = strings  # text -> row
         self.texts = list(strings)  # row -> text
@@ -94,8 +95,8 @@ class PromptTable:
             return item.synthetic_prompts
         return item.prompts
 
-    def _phrasings(self, item: CacheItem, split: PreparedSplit | None = None) -> tuple[str, ...]:
-        """The sentences the item may be given (one or two phrasings)."""
+    def _phrasings(self, item: CacheItem, split: PreparedSplit | None = None) -> str | tuple[str, ...]:
+        """The item's prompt value: one sentence, or its phrasings."""
         prompts = self.prompts_of(item)
         key = GENERATOR_PROMPT if self.generator and item.synthetic and GENERATOR_PROMPT in prompts else self.key
         value = prompts.get(key)
@@ -103,20 +104,15 @@ class PromptTable:
             where = f"{split.root}: " if split is not None else ""
             raise ValueError(f"{where}item {item.name} has no prompt {key!r}; it holds {sorted(prompts)} "
                              f"(synthetic data has no P7; a source without patient data has P0-P3)")
-        phrasings = (value,) if isinstance(value, str) else tuple(value)
-        if self.provenance is not None:
-            phrasings = tuple(with_provenance(text, item.synthetic, self.provenance) for text in phrasings)
-        return phrasings
+        if self.provenance is None:
+            return value
+        if isinstance(value, str):
+            return with_provenance(value, item.synthetic, self.provenance)
+        return tuple(with_provenance(text, item.synthetic, self.provenance) for text in value)
 
     def choose(self, items: Sequence[CacheItem], rng: random.Random | None) -> torch.Tensor:
         """Row per item (N,): a random phrasing (training) or the first one (rng None: evaluation)."""
-        from vlsm.data.prompts import choose_phrasing
-
-        rows = []
-        for item in items:
-            phrasings = self._phrasings(item)
-            rows.append(self.rows[choose_phrasing({"k": phrasings if len(phrasings) > 1 else phrasings[0]}, "k", rng)])
-        return torch.tensor(rows)
+        return torch.tensor([self.rows[pick_phrasing(self._phrasings(item), rng)] for item in items])
 
 
 class _PairDataset(torch.utils.data.Dataset):

@@ -49,6 +49,7 @@ __all__ = [
     "choose_phrasing",
     "generator_prompt",
     "prompt_key",
+    "pick_phrasing",
     "prompt_keys",
     "with_provenance",
 ]
@@ -229,7 +230,12 @@ def choose_phrasing(
     deterministic), else a phrasing drawn with rng (training). P0 is "" either way."""
     if key not in prompts:
         raise ValueError(f"prompt {key!r} not available; the prompts hold {', '.join(prompts)}")
-    value = prompts[key]
+    return pick_phrasing(prompts[key], rng, key)
+
+
+def pick_phrasing(value: str | Sequence[str], rng: random.Random | None, key: str = "") -> str:
+    """One sentence of a prompt value: itself when it is one sentence, else the first
+    phrasing (rng None) or one drawn with rng."""
     if isinstance(value, str):
         return value
     if len(value) == 0:
