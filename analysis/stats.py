@@ -26,8 +26,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis.intervals import N_BOOT, bootstrap_interval
-from analysis.schema import CELL_COLUMNS, CELL_KEYS, complete_variants, require_columns
-from analysis.sweep import CELL_VALUES, check_cells
+from analysis.schema import CELL_COLUMNS, CELL_KEYS, CELL_VALUES, complete_variants, require_columns
+from analysis.sweep import check_cells
 from analysis.tables import (
     ARM,
     arm_label,

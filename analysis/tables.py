@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.intervals import N_BOOT, bootstrap_interval
-from analysis.schema import CELL_KEYS, complete_variants, require_columns
+from analysis.schema import CELL_KEYS, CELL_VALUES, complete_variants, require_columns
 from vlsm.axes import (
     DICE,
     ENCODERS,
@@ -29,7 +29,6 @@ from vlsm.axes import (
     PROMPTS,
     PROVENANCE,
     PROVENANCE_NONE,
-    PROVENANCES,
     SEED,
     SOURCE_SDM,
     STRATEGIES,
@@ -39,7 +38,6 @@ from vlsm.axes import (
     STRATEGY_SYNTHETIC,
     SYNTHETIC_PROMPTS,
     SYNTHETIC_SOURCE,
-    SYNTHETIC_SOURCES,
 )
 
 __all__ = [
@@ -66,14 +64,6 @@ FORMATS = ("markdown", "latex", "csv", "html")
 NOT_APPLICABLE = "N/A"
 MISSING = "–"
 ARM = "arm"  # the column `with_arm` adds
-_ORDER = {
-    "model": MODELS,
-    "strategy": STRATEGIES,
-    "encoder": ENCODERS,
-    "prompt": PROMPTS,
-    SYNTHETIC_SOURCE: ("", *SYNTHETIC_SOURCES),
-    PROVENANCE: ("", *PROVENANCES),
-}
 _ARM_STRATEGY_ORDER = (*PAPER_STRATEGY_ORDER, STRATEGY_MIXED)
 _UNITS = ("image", "structure")
 
@@ -114,7 +104,7 @@ def cell_exists(strategy: str, prompt: str) -> bool:
 def sort_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Sort by model, strategy, encoder, prompt, source, provenance in the order of vlsm.axes."""
     keys = [c for c in (*CELL_KEYS, SEED) if c in frame.columns]
-    ranks = {c: frame[c].map({v: i for i, v in enumerate(_ORDER[c])}) if c in _ORDER else frame[c] for c in keys}
+    ranks = {c: frame[c].map({v: i for i, v in enumerate(CELL_VALUES[c])}) if c in CELL_VALUES else frame[c] for c in keys}
     order = pd.DataFrame(ranks).sort_values(keys, kind="stable").index
     return frame.loc[order].reset_index(drop=True)
 
