@@ -48,6 +48,7 @@ __all__ = [
     "arm_label",
     "arms",
     "cell_exists",
+    "cell_matrices",
     "cell_rng_seed",
     "dice_table",
     "layout",
@@ -116,6 +117,11 @@ def seed_matrix(rows: pd.DataFrame, metric: str, units: Sequence[str] = _UNITS) 
         seed, *unit = values.index[values.index.duplicated()][0]
         raise ValueError(f"seed {seed} has {dict(zip(units, unit, strict=True))} more than once in one cell")
     return values.unstack(list(units)).sort_index()
+
+
+def cell_matrices(per_image: pd.DataFrame, metric: str = DICE) -> dict[tuple, pd.DataFrame]:
+    """Every cell's `seed_matrix`, keyed by its CELL_KEYS values (per_image: with its variant columns)."""
+    return {key: seed_matrix(rows, metric) for key, rows in per_image.groupby(list(CELL_KEYS), sort=False)}
 
 
 def cell_rng_seed(seed: int, label: str) -> list[int]:
