@@ -31,7 +31,7 @@ from analysis.convergence import epochs_to_best
 from analysis.intervals import N_BOOT
 from analysis.schema import CELL_KEYS, complete_variants, require_columns
 from analysis.stats import TESTS, CompareResult, cell_label, compare_matrices, holm
-from analysis.tables import arms, dice_table, seed_matrix
+from analysis.tables import arms, cell_matrices, dice_table, seed_matrix
 from vlsm.axes import (
     BEST_VAL_DICE,
     DICE,
@@ -278,7 +278,7 @@ def claims(
     require_columns(per_image, (*CELL_KEYS[:4], "image", "structure", DICE), "per-image frame")
     frame = complete_variants(per_image)
     table = dice_table(frame, n_boot=0).merge(_validation(frame, trials), on=list(CELL_KEYS), how="left")
-    matrices = {key: seed_matrix(rows, DICE) for key, rows in frame.groupby(list(CELL_KEYS), sort=False)}
+    matrices = cell_matrices(frame, DICE)
     prompts = dict(iter(table.groupby([c for c in CELL_KEYS if c != "prompt"], sort=False)))
     data = _Data(matrices, table, prompts, best_prompt,
                  {"test": test, "n_boot": n_boot, "seed": seed, "level": level})

@@ -29,18 +29,24 @@ from vlsm.axes import (
     BEST_VAL_DICE,
     CELL_AXES,
     DICE,
+    ENCODERS,
     EPOCH,
     HAUSDORFF,
     IMAGES_PER_S,
     IOU,
     LR,
+    MODELS,
+    PROMPTS,
     PROVENANCE,
+    PROVENANCES,
     SECONDS,
     SEED,
     SOURCE_SDM,
+    STRATEGIES,
     STRATEGY_REAL,
     STRUCTURES,
     SYNTHETIC_SOURCE,
+    SYNTHETIC_SOURCES,
     TEST_DICE_MEAN,
     TEST_DICE_STD,
     TRAIN_LOSS,
@@ -52,6 +58,7 @@ from vlsm.axes import (
 __all__ = [
     "CELL_COLUMNS",
     "CELL_KEYS",
+    "CELL_VALUES",
     "DEFAULT_SEED",
     "EPOCHS_COLUMNS",
     "EPOCHS_FILE",
@@ -82,6 +89,15 @@ CELL_COLUMNS: tuple[str, ...] = CELL_AXES
 VARIANT_COLUMNS: tuple[str, ...] = VARIANT_AXES
 # The cell of the analysis (a row of its tables): grid cell and variant; seeds are its replicates.
 CELL_KEYS: tuple[str, ...] = (*CELL_COLUMNS, *VARIANT_COLUMNS)
+# The values each cell and variant column may hold, in their order in tables (vlsm.axes').
+CELL_VALUES: dict[str, tuple[str, ...]] = {
+    "model": MODELS,
+    "strategy": STRATEGIES,
+    "encoder": ENCODERS,
+    "prompt": PROMPTS,
+    SYNTHETIC_SOURCE: ("", *SYNTHETIC_SOURCES),
+    PROVENANCE: ("", *PROVENANCES),
+}
 # The seed of rows written before the seed was a column: the paper's (train.seed's default).
 DEFAULT_SEED = 42
 

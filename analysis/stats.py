@@ -26,12 +26,13 @@ import pandas as pd
 from scipy import stats
 
 from analysis.intervals import N_BOOT, bootstrap_interval
-from analysis.schema import CELL_COLUMNS, CELL_KEYS, complete_variants, require_columns
-from analysis.sweep import CELL_VALUES, check_cells
+from analysis.schema import CELL_COLUMNS, CELL_KEYS, CELL_VALUES, complete_variants, require_columns
+from analysis.sweep import check_cells
 from analysis.tables import (
     ARM,
     arm_label,
     arms,
+    cell_matrices,
     cell_rng_seed,
     dice_table,
     seed_matrix,
@@ -53,6 +54,7 @@ from vlsm.axes import (
 
 __all__ = [
     "ALTERNATIVES",
+    "FAMILIES",
     "TESTS",
     "CompareResult",
     "best_cell",
@@ -72,6 +74,7 @@ log = logging.getLogger(__name__)
 TESTS = ("wilcoxon", "ttest")
 ALTERNATIVES = ("two-sided", "greater", "less")
 PAIR_KEYS = ("image", "structure")
+FAMILIES = ("real vs synthetic", "PT-FT vs real", "frozen vs unfrozen")  # of `paper_comparisons`
 _SELECT_KEYS = (*CELL_KEYS, SEED)  # what a cell given to compare may name
 
 
@@ -234,8 +237,14 @@ def compare(
     frame = complete_variants(per_image)
     ma = seed_matrix(select_cell(frame, a, "a"), metric)
     mb = seed_matrix(select_cell(frame, b, "b"), metric)
-    result = compare_matrices(ma, mb, cell_label(a), cell_label(b), test=test, alternative=alternative,
-                              n_boot=n_boot, seed=seed, level=level)
+    return _compare_logged(ma, mb, a, b, test=test, alternative=alternative, n_boot=n_boot, seed=seed,
+                           level=level)
+
+
+def _compare_logged(ma: pd.DataFrame, mb: pd.DataFrame, a: Mapping[str, object], b: Mapping[str, object],
+                    **options) -> CompareResult:
+    """`compare_matrices` of cells a and b (labelled by `cell_label`), logging the pairs it dropped."""
+    result = compare_matrices(ma, mb, cell_label(a), cell_label(b), **options)
     dropped = max(ma.shape[1], mb.shape[1]) - result.n
     if dropped:
         log.warning("compare %s vs %s: %d unpaired or missing value(s) dropped", result.a, result.b, dropped)
@@ -319,12 +328,13 @@ def compare_sources(
     ours, theirs = complete_variants(ours), complete_variants(theirs)
     mine, other = dice_table(ours, metric, n_boot=0), dice_table(theirs, metric, n_boot=0)
     common = mine.merge(other, on=list(CELL_KEYS), suffixes=("_ours", "_theirs"))
+    mine_matrices, other_matrices = cell_matrices(ours, metric), cell_matrices(theirs, metric)
     records = []
     for _, row in common.iterrows():
         cell = {c: row[c] for c in CELL_KEYS}
         result = compare_matrices(
-            seed_matrix(select_cell(ours, cell, "ours"), metric),
-            seed_matrix(select_cell(theirs, cell, "theirs"), metric),
+            mine_matrices[_key(cell)],
+            other_matrices[_key(cell)],
             "ours " + cell_label(cell),
             "theirs " + cell_label(cell),
             test=test,
@@ -399,6 +409,10 @@ def best_cell(
     return {c: row[c] for c in CELL_KEYS}
 
 
+def _key(cell: Mapping[str, object]) -> tuple:
+    return tuple(cell[c] for c in CELL_KEYS)
+
+
 def _sources(table: pd.DataFrame, strategy: str) -> list[str]:
     """The synthetic sources of `strategy`'s cells in `table`, in the order of vlsm.axes."""
     return list(dict.fromkeys(a[2] for a in arms(table) if a[1] == strategy))
@@ -413,6 +427,7 @@ def paper_comparisons(
     metric: str = DICE,
     n_boot: int = N_BOOT,
     seed: int = 0,
+    families: Sequence[str] = FAMILIES,
 ) -> pd.DataFrame:
     """The paper's comparisons, per model (and synthetic source), in one frame (one row per test).
 
@@ -422,12 +437,16 @@ def paper_comparisons(
     "Best" is the prompt with the highest mean Dice for that model, strategy, encoder and
     source (chosen on the test set, as the paper did; `analysis.claims` chooses on
     validation). correction "holm" adds p_holm, adjusted within each family; None
-    leaves it out. Columns: family, model, then CompareResult's fields.
+    leaves it out. families: those of FAMILIES to compute ("frozen vs unfrozen" does not
+    depend on `encoder`). Columns: family, model, then CompareResult's fields.
     """
     if correction not in (None, "holm"):
         raise ValueError(f"correction={correction!r}; expected 'holm' or None")
     if encoder not in ENCODERS:
         raise ValueError(f"encoder={encoder!r}; expected one of {list(ENCODERS)}")
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"families {unknown}; expected some of {list(FAMILIES)}")
     per_image = complete_variants(per_image)
     table = dice_table(per_image, metric, n_boot=0)
     plans: list[tuple[str, str, dict, dict, str]] = []
@@ -447,9 +466,13 @@ def paper_comparisons(
         cell = dict(zip(others, key, strict=True))
         plans.append(("frozen vs unfrozen", cell["model"], {**cell, "encoder": "frozen"},
                       {**cell, "encoder": "unfrozen"}, "two-sided"))
+    matrices = cell_matrices(per_image, metric)  # each cell's once, for all the comparisons it is in
     records = []
     for family, model, a, b, alternative in plans:
-        result = compare(per_image, a, b, test=test, alternative=alternative, metric=metric, n_boot=n_boot, seed=seed)
+        if family not in families:
+            continue
+        result = _compare_logged(matrices[_key(a)], matrices[_key(b)], a, b, test=test, alternative=alternative,
+                                 n_boot=n_boot, seed=seed)
         records.append({"family": family, "model": model, **result.as_dict()})
     columns = ["family", "model", *CompareResult.__dataclass_fields__]
     out = pd.DataFrame.from_records(records, columns=columns)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis.schema import (
     CELL_KEYS,
+    CELL_VALUES,
     EPOCHS_COLUMNS,
     EPOCHS_FILE,
     OPTIONAL_COLUMNS,
@@ -31,33 +32,13 @@ from analysis.schema import (
     normalise_structure,
     require_columns,
 )
-from vlsm.axes import (
-    BEST_VAL_DICE,
-    ENCODERS,
-    MODELS,
-    PROMPTS,
-    PROVENANCE,
-    PROVENANCES,
-    SEED,
-    STRATEGIES,
-    SYNTHETIC_SOURCE,
-    SYNTHETIC_SOURCES,
-)
+from vlsm.axes import BEST_VAL_DICE, SEED
 
 __all__ = ["CELL_VALUES", "DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_trials"]
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("best-val", "error")
-# The values each cell and variant column may hold.
-CELL_VALUES: dict[str, tuple[str, ...]] = {
-    "model": MODELS,
-    "strategy": STRATEGIES,
-    "encoder": ENCODERS,
-    "prompt": PROMPTS,
-    SYNTHETIC_SOURCE: ("", *SYNTHETIC_SOURCES),
-    PROVENANCE: ("", *PROVENANCES),
-}
 _REPLICATE = (*CELL_KEYS, SEED)  # one trial stands for each
 
 

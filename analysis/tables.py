@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.intervals import N_BOOT, bootstrap_interval
-from analysis.schema import CELL_KEYS, complete_variants, require_columns
+from analysis.schema import CELL_KEYS, CELL_VALUES, complete_variants, require_columns
 from vlsm.axes import (
     DICE,
     ENCODERS,
@@ -29,7 +29,6 @@ from vlsm.axes import (
     PROMPTS,
     PROVENANCE,
     PROVENANCE_NONE,
-    PROVENANCES,
     SEED,
     SOURCE_SDM,
     STRATEGIES,
@@ -39,7 +38,6 @@ from vlsm.axes import (
     STRATEGY_SYNTHETIC,
     SYNTHETIC_PROMPTS,
     SYNTHETIC_SOURCE,
-    SYNTHETIC_SOURCES,
 )
 
 __all__ = [
@@ -50,6 +48,7 @@ __all__ = [
     "arm_label",
     "arms",
     "cell_exists",
+    "cell_matrices",
     "cell_rng_seed",
     "dice_table",
     "layout",
@@ -66,14 +65,6 @@ FORMATS = ("markdown", "latex", "csv", "html")
 NOT_APPLICABLE = "N/A"
 MISSING = "–"
 ARM = "arm"  # the column `with_arm` adds
-_ORDER = {
-    "model": MODELS,
-    "strategy": STRATEGIES,
-    "encoder": ENCODERS,
-    "prompt": PROMPTS,
-    SYNTHETIC_SOURCE: ("", *SYNTHETIC_SOURCES),
-    PROVENANCE: ("", *PROVENANCES),
-}
 _ARM_STRATEGY_ORDER = (*PAPER_STRATEGY_ORDER, STRATEGY_MIXED)
 _UNITS = ("image", "structure")
 
@@ -114,7 +105,7 @@ def cell_exists(strategy: str, prompt: str) -> bool:
 def sort_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Sort by model, strategy, encoder, prompt, source, provenance in the order of vlsm.axes."""
     keys = [c for c in (*CELL_KEYS, SEED) if c in frame.columns]
-    ranks = {c: frame[c].map({v: i for i, v in enumerate(_ORDER[c])}) if c in _ORDER else frame[c] for c in keys}
+    ranks = {c: frame[c].map({v: i for i, v in enumerate(CELL_VALUES[c])}) if c in CELL_VALUES else frame[c] for c in keys}
     order = pd.DataFrame(ranks).sort_values(keys, kind="stable").index
     return frame.loc[order].reset_index(drop=True)
 
@@ -126,6 +117,11 @@ def seed_matrix(rows: pd.DataFrame, metric: str, units: Sequence[str] = _UNITS) 
         seed, *unit = values.index[values.index.duplicated()][0]
         raise ValueError(f"seed {seed} has {dict(zip(units, unit, strict=True))} more than once in one cell")
     return values.unstack(list(units)).sort_index()
+
+
+def cell_matrices(per_image: pd.DataFrame, metric: str = DICE) -> dict[tuple, pd.DataFrame]:
+    """Every cell's `seed_matrix`, keyed by its CELL_KEYS values (per_image: with its variant columns)."""
+    return {key: seed_matrix(rows, metric) for key, rows in per_image.groupby(list(CELL_KEYS), sort=False)}
 
 
 def cell_rng_seed(seed: int, label: str) -> list[int]:

@@ -183,3 +183,19 @@ def test_bad_arguments() -> None:
         claims(frame, test="sign")
     with pytest.raises(ValueError, match="missing column"):
         claims(frame.drop(columns=["dice"]))
+
+
+def test_analysis_claims_stays_the_function_once_its_module_is_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh import of the submodule (as `analysis.report` does) sets it on the package.
+    import importlib
+    import sys
+
+    import analysis
+
+    monkeypatch.delitem(sys.modules, "analysis.claims")
+    monkeypatch.delitem(vars(analysis), "claims", raising=False)
+    module = importlib.import_module("analysis.claims")
+    assert analysis.claims is module.claims
+    from analysis import claims as imported
+
+    assert callable(imported) and imported.__name__ == "claims"

@@ -173,3 +173,15 @@ def test_difference_to_real_and_paper_comparisons_per_source(seeded: pd.DataFram
     assert sorted(head["b"][head["family"] == "real vs synthetic"].str.replace(r" P\d", "", regex=True)) == [
         "CRIS synthetic (diffecho) unfrozen", "CRIS synthetic unfrozen"]
     assert (head["n_seeds_a"] == 3).all() and (head["p_value"] < 1e-3).all()
+
+
+def test_paper_comparisons_computes_only_the_families_asked_for(tmp_path: Path) -> None:
+    write_example_exports(tmp_path, prompts=("P1", "P2"), models=("CRIS",), n_patients=1)  # both encoder modes
+    per_image = load_sweep(tmp_path)
+    everything = paper_comparisons(per_image, n_boot=50)
+    assert set(everything["family"]) == {"real vs synthetic", "PT-FT vs real", "frozen vs unfrozen"}
+    some = paper_comparisons(per_image, n_boot=50, families=["real vs synthetic", "PT-FT vs real"])
+    expected = everything[everything["family"] != "frozen vs unfrozen"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(some, expected)  # the same rows, Holm within each family unchanged
+    with pytest.raises(ValueError, match=r"families \['frozen'\]"):
+        paper_comparisons(per_image, families=["frozen"])
