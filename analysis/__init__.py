@@ -16,8 +16,6 @@ for pandas, scipy and matplotlib.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -27,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     "read_epochs": "analysis.sweep",
     "dice_table": "analysis.tables",
     "render_table": "analysis.tables",
-    "claims": "analysis.claims",
+    "claims": "analysis.paper_claims",
     "compare": "analysis.stats",
     "difference_to_real": "analysis.stats",
     "hierarchical_bootstrap": "analysis.intervals",
@@ -55,24 +53,6 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-class _Package(types.ModuleType):
-    """The package's module type: `analysis.claims` stays the function `claims`.
-
-    Importing a submodule sets it as an attribute of its package, so the submodule
-    `analysis.claims` would replace the public function of the same name once anything
-    imports it (`from analysis.claims import CLAIMS`, `analysis.report`). A public name
-    keeps its object; `from analysis.claims import ...` still reads the submodule.
-    """
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

@@ -28,10 +28,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims import BEST_PROMPT_CHOICES, EPOCH_UNIT, claims
 from analysis.convergence import epochs_to_best, speedup, val_dice_figure
 from analysis.figures import encoder_difference_figure, save_figure, strategy_difference_figure
 from analysis.intervals import N_BOOT
+from analysis.paper_claims import BEST_PROMPT_CHOICES, EPOCH_UNIT, claims
 from analysis.published import BUNDLE, load_published
 from analysis.stats import FAMILIES, compare_sources, difference_to_real, paper_comparisons
 from analysis.sweep import load_sweep, read_epochs, read_trials
