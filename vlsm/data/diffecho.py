@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from vlsm.atomic import write_text_atomic
-from vlsm.data.io import write_png
+from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.label_codings import spread_to_grey
 from vlsm.data.records import PHASES, VIEWS, EchoImage
 
@@ -101,12 +101,6 @@ def _token(view: str, phase: str) -> str:
     if view not in VIEWS or phase not in PHASES:
         raise ValueError(f"view/phase must be in {VIEWS}/{PHASES}, got {view!r}/{phase!r}")
     return f"ch{view[0]}_{phase.lower()}"
-
-
-def _check_subject(subject: int) -> int:
-    if isinstance(subject, bool) or not isinstance(subject, (int, np.integer)) or subject < 0:
-        raise ValueError(f"subject must be an integer >= 0, got {subject!r}")
-    return int(subject)
 
 
 # --- finding files ---------------------------------------------------------------------
@@ -216,9 +210,7 @@ def _texts(metadata: list[Path]) -> dict[str, str]:
 def _val_subjects(n_val: int | None) -> int:
     if n_val is None:
         return DIFFECHO_VAL_SUBJECTS
-    if isinstance(n_val, bool) or not isinstance(n_val, (int, np.integer)) or n_val < 0:
-        raise ValueError(f"n_val must be an integer >= 0 (validation subjects), got {n_val!r}")
-    return int(n_val)
+    return check_count("n_val", n_val, " (validation subjects)")
 
 
 def generated_mask_name(name: str) -> str:
@@ -314,9 +306,8 @@ def write_diffecho_frame(
     """
     if split not in FRAME_DIRS:
         raise ValueError(f"split must be one of {tuple(FRAME_DIRS)}, got {split!r}")
-    token, subject = _token(view, phase), _check_subject(subject)
-    if np.shape(label_map) != np.shape(image):
-        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {np.shape(image)}")
+    token, subject = _token(view, phase), check_count("subject", subject)
+    image = check_image_and_label_map(image, label_map, uint8=False)  # any numbers: spread to grey
     frame = Path(root) / FRAME_DIRS[split] / f"{token}_frame_{subject}.png"
     mask = Path(root) / MASK_DIRS[split] / f"{token}_mask_{subject}.png"
     write_png(frame, spread_to_grey(image), mode="RGBA")
@@ -334,17 +325,11 @@ def write_diffecho_generated(
     root/generated_masks/<stem>_mask_id<k>.png: the mask as diffusers' load_image reads
     an imsave PNG, RGB grey levels. <stem> is the mask's, ch<2|4>_<ed|es>_mask_<subject>.
     """
-    token, subject = _token(view, phase), _check_subject(subject)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be an integer >= 0, got {k!r}")
-    image = np.asarray(image)
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"image must be a (H, W) uint8 array, got {image.dtype} {image.shape}")
-    if np.shape(label_map) != image.shape:
-        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {image.shape}")
+    token, subject, k = _token(view, phase), check_count("subject", subject), check_count("k", k)
+    image = check_image_and_label_map(image, label_map)
     stem = f"{token}_mask_{subject}"
-    out = Path(root) / GENERATED_DIR / f"{stem}_generated_id{int(k)}.png"
-    mask = Path(root) / GENERATED_MASK_DIR / f"{stem}_mask_id{int(k)}.png"
+    out = Path(root) / GENERATED_DIR / f"{stem}_generated_id{k}.png"
+    mask = Path(root) / GENERATED_MASK_DIR / f"{stem}_mask_id{k}.png"
     write_png(out, image, mode="RGB")
     write_png(mask, spread_to_grey(label_map), mode="RGB")
     return out, mask

@@ -36,7 +36,7 @@ import numpy as np
 
 from vlsm.atomic import write_text_atomic
 from vlsm.data.camus import PAPER_VAL_PATIENTS
-from vlsm.data.io import write_png
+from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.records import PHASES, SEXES, VIEWS, EchoImage, PatientInfo
 
 __all__ = [
@@ -174,9 +174,7 @@ def load_imagefolder(root: Path, *, n_val: int | None = None) -> list[EchoImage]
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"imagefolder root {root} is not a folder")
-    n_val = PAPER_VAL_PATIENTS if n_val is None else n_val
-    if isinstance(n_val, bool) or not isinstance(n_val, (int, np.integer)) or n_val < 0:
-        raise ValueError(f"n_val must be an integer >= 0 (validation patients), got {n_val!r}")
+    n_val = PAPER_VAL_PATIENTS if n_val is None else check_count("n_val", n_val, " (validation patients)")
     _, rows = read_imagefolder_rows(root)
     if not rows:
         raise ValueError(f"{root / METADATA_NAME}: no rows; expected one per image")
@@ -231,8 +229,7 @@ def write_imagefolder_pair(
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"name {name!r} must be a non-empty file-name-safe string")
-    if np.shape(label_map) != np.shape(image):
-        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {np.shape(image)}")
+    image = check_image_and_label_map(image, label_map, uint8=False)  # write_png checks the values
     image_rel, mask_rel = f"images/{name}.png", f"masks/{name}.png"
     write_png(Path(root) / image_rel, image, mode=image_mode)
     write_png(Path(root) / mask_rel, label_map if mask_levels is None else mask_levels, mode=mask_mode)

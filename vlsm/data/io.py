@@ -42,6 +42,8 @@ from vlsm.data.records import EchoImage
 __all__ = [
     "ITK_SUFFIXES",
     "PNG_MODES",
+    "check_count",
+    "check_image_and_label_map",
     "decode_label_map",
     "read_image",
     "read_label_map",
@@ -270,6 +272,24 @@ def read_spacing(rec: EchoImage) -> tuple[float, float]:
 
 
 # --- writers --------------------------------------------------------------------------
+
+
+def check_count(name: str, value: int, note: str = "") -> int:
+    """value as an int >= 0 (an index, a subject, n_val); ValueError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0{note}, got {value!r}")
+    return int(value)
+
+
+def check_image_and_label_map(image: np.ndarray, label_map: np.ndarray, *, uint8: bool = True) -> np.ndarray:
+    """A writer's image as an array, (H, W) uint8 when uint8, with label_map of its shape;
+    ValueError otherwise."""
+    image = np.asarray(image)
+    if uint8 and (image.ndim != 2 or image.dtype != np.uint8):
+        raise ValueError(f"image must be a (H, W) uint8 array, got {image.dtype} {image.shape}")
+    if np.shape(label_map) != image.shape:
+        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {image.shape}")
+    return image
 
 
 def _check_2d(array: np.ndarray, path: Path) -> np.ndarray:
