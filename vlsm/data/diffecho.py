@@ -54,6 +54,7 @@ __all__ = [
     "diffecho_patient",
     "frame_record",
     "generated_mask_name",
+    "generated_pairs",
     "generated_record",
     "load_diffecho",
     "read_diffecho_metadata",
@@ -114,7 +115,6 @@ class DiffEchoFiles:
     generated: dict[str, Path] = field(default_factory=dict)  # *_generated_id<k>.png
     generated_masks: dict[str, Path] = field(default_factory=dict)  # *_mask_id<k>.png
     frames: dict[Path, Path] = field(default_factory=dict)  # real-derived frame -> its mask path
-    masks: list[Path] = field(default_factory=list)  # real-derived masks
     metadata: list[Path] = field(default_factory=list)  # metadata.csv files
     duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (ignored, kept)
     other_pngs: list[Path] = field(default_factory=list)
@@ -149,7 +149,7 @@ def scan_diffecho(root: Path) -> DiffEchoFiles:
         elif match := FRAME_RE.match(name):
             found.frames[path] = _frame_mask(path, match)
         elif MASK_RE.match(name):
-            found.masks.append(path)
+            continue  # a real-derived mask, reached from its frame (frames[frame])
         else:
             found.other_pngs.append(path)
     return found
@@ -221,6 +221,20 @@ def generated_mask_name(name: str) -> str:
     return f"{match['stem']}_mask_id{match['k']}.png"
 
 
+def generated_pairs(found: DiffEchoFiles) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """(image, mask) of each generated image whose mask was found, the generated images
+    without one, and the masks (``*_mask_id<k>.png``) without a generated image."""
+    pairs, lonely = [], []
+    for name, path in found.generated.items():
+        mask = found.generated_masks.get(generated_mask_name(name))
+        if mask is None:
+            lonely.append(path)
+        else:
+            pairs.append((path, mask))
+    used = {mask for _, mask in pairs}
+    return pairs, lonely, [mask for mask in found.generated_masks.values() if mask not in used]
+
+
 def generated_record(image: Path, mask: Path, n_val: int, texts: dict[str, str] | None = None) -> EchoImage:
     """The record of one generated image: subjects < n_val validate; text from texts (mask
     stem -> metadata.csv text), else data_generation.py's prompt for the view; None
@@ -271,16 +285,14 @@ def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
             + (" (only real-derived frames, which are CAMUS images: give them as --camus-root data)"
                if found.frames else "")
         )
+    pairs, lonely, _ = generated_pairs(found)
+    if lonely:
+        raise ValueError(
+            f"{lonely[0]}: no mask found; expected {generated_mask_name(lonely[0].name)} (data_generation.py "
+            f"saves the conditioning mask beside every generated image) somewhere under {root}"
+        )
     texts = _texts(found.metadata)
-    records = []
-    for name, path in found.generated.items():
-        mask = found.generated_masks.get(generated_mask_name(name))
-        if mask is None:
-            raise ValueError(
-                f"{path}: no mask found; expected {generated_mask_name(name)} (data_generation.py "
-                f"saves the conditioning mask beside every generated image) somewhere under {root}"
-            )
-        records.append(generated_record(path, mask, n_val, texts))
+    records = [generated_record(path, mask, n_val, texts) for path, mask in pairs]
     order = {"train": 0, "val": 1}
     records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase, r.variant))
     log.info(

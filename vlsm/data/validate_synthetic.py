@@ -153,23 +153,14 @@ def _diffecho_generated(found: DiffEchoFiles, n_val: int, findings: Findings) ->
     """Records of the generated images whose mask is there; the others as problems."""
     from vlsm.data import diffecho
 
-    records = []
-    for name, path in found.generated.items():
-        mask_name = diffecho.generated_mask_name(name)
-        mask = found.generated_masks.get(mask_name)
-        if mask is None:
-            findings.append(
-                Problem(path, f"generated image without mask: {mask_name} not found under {found.root}")
-            )
-            continue
-        records.append(diffecho.generated_record(path, mask, n_val))
-    for name, path in found.generated_masks.items():
-        image_name = name.replace("_mask_id", "_generated_id")
-        if image_name not in found.generated:
-            findings.append(
-                Problem(path, f"mask without generated image: {image_name} not found under {found.root}")
-            )
-    return records
+    pairs, lonely, orphans = diffecho.generated_pairs(found)
+    for path in lonely:
+        mask_name = diffecho.generated_mask_name(path.name)
+        findings.append(Problem(path, f"generated image without mask: {mask_name} not found under {found.root}"))
+    for path in orphans:
+        image_name = path.name.replace("_mask_id", "_generated_id")
+        findings.append(Problem(path, f"mask without generated image: {image_name} not found under {found.root}"))
+    return [diffecho.generated_record(path, mask, n_val) for path, mask in pairs]
 
 
 def _diffecho_frames(found: DiffEchoFiles, n_val: int, findings: Findings) -> list[EchoImage]:
