@@ -238,8 +238,7 @@ def validate_imagefolder(root: Path, *, n_val: int | None = None, progress: bool
         return Findings([Problem(root, "imagefolder root folder not found")])
     csv_path = root / imagefolder.METADATA_NAME
     try:
-        header = imagefolder.read_imagefolder_header(root)
-        _, rows = imagefolder.read_imagefolder_rows(root)
+        header, rows = imagefolder.read_imagefolder_rows(root)
     except (ValueError, OSError, UnicodeDecodeError) as err:
         return Findings([Problem(csv_path, error_text(err, csv_path))])
     findings = Findings(codings={root: Counter()})
@@ -260,15 +259,11 @@ def validate_imagefolder(root: Path, *, n_val: int | None = None, progress: bool
             again = f"line {row.line}: image {row.image} also on line {seen[row.image]}"
             findings.append(Problem(csv_path, again, WARNING))
         seen.setdefault(row.image, row.line)
-        missing = [(c, p) for c, p in (("image", row.image), ("mask", row.mask)) if not p.is_file()]
+        missing = imagefolder.missing_files(row)
         for column, path in missing:
             findings.append(Problem(path, f"{column} listed on line {row.line} of {csv_path.name} not found"))
         if not missing:
-            records.append(EchoImage(
-                source=imagefolder.SOURCE, patient=fields["patient"], view=fields["view"],
-                phase=fields["phase"], split=fields["split"] or "train", image_path=row.image,
-                mask_paths=(row.mask,), info=fields["info"], text=fields["text"],
-            ))
+            records.append(imagefolder.row_record(row, fields, fields["split"] or "train"))
     _check_all(records, root, "validate imagefolder", progress, findings)
     how = (
         "no row has this split in its split column" if "split" in header
