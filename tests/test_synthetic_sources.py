@@ -211,3 +211,16 @@ def test_demo_data_command_writes_the_formats_asked_for(tmp_path):
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["camus", "diffecho", MANIFEST_NAME]
     assert len(load_synthetic("diffecho", out / "diffecho", n_val=1)) == 2 * 4
+
+
+def test_synthetic_images_of_a_camus_test_patient_are_a_warning(demo, tmp_path):
+    root = _copy(demo, "imagefolder", tmp_path)
+    csv = root / "metadata.csv"
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].replace(f",{demo.val_patients[0]},", f",{demo.test_patients[0]},")
+    csv.write_text("\n".join(lines) + "\n")
+    findings = validate_data(demo.camus_root, synthetic_root=root, synthetic_format="imagefolder", n_val=1,
+                             progress=False)
+    assert [(p.path, p.severity) for p in findings] == [(root, WARNING)]
+    assert f"{demo.test_patients[0]}, a CAMUS test patient" in findings[0].message
+    assert findings.patients[root] == {*demo.train_patients, *demo.val_patients, demo.test_patients[0]}

@@ -37,8 +37,9 @@ __all__ = ["validate_diffecho", "validate_imagefolder", "validate_sdm"]
 
 
 def _check_all(records: list[EchoImage], root: Path, desc: str, progress: bool, findings: Findings) -> None:
-    """check_pair on every record, counting the codings under root."""
+    """check_pair on every record, counting the codings and noting the patients under root."""
     counts = findings.codings.setdefault(root, Counter())
+    findings.patients.setdefault(root, set()).update(rec.patient for rec in records)
     for rec in progress_bar(records, desc, progress):
         findings.extend(check_pair(rec, counts))
 
