@@ -113,15 +113,28 @@ def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
 
 def read_png(path: Path) -> np.ndarray:
     """Read a PNG as a (H, W) array (8-bit grayscale; palette/RGB converted to L)."""
+    return _read_png(Path(path), mask=False)
+
+
+def _read_png(path: Path, *, mask: bool) -> np.ndarray:
+    """A PNG's (H, W) values; with mask, an RGB(A) PNG must be grey (R = G = B, alpha
+    ignored) and gives its R, else it is converted to L."""
     from PIL import Image
 
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
     with Image.open(path) as im:
         if im.mode in ("P", "L", "I;16", "I", "1"):
             # palette PNGs keep their indices (label maps are often written as P)
             array = np.asarray(im)
+        elif mask and im.mode in ("RGB", "RGBA"):
+            rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                raise ValueError(
+                    f"{path}: colour label map (its R, G and B differ); expected a grey mask "
+                    "(labels 0-3 or grey levels, equal in R, G and B)"
+                )
+            array = rgb[..., 0]
         else:
             array = np.asarray(im.convert("L"))
     return _to_2d(array, path)
@@ -133,22 +146,7 @@ def _read_any(path: Path) -> np.ndarray:
 
 def _read_mask(path: Path) -> np.ndarray:
     """A label map's (H, W) values; an RGB(A) PNG must be grey (R = G = B), alpha ignored."""
-    if _kind(path) != "png":
-        return read_itk(path)[0]
-    from PIL import Image
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image file not found")
-    with Image.open(path) as im:
-        if im.mode not in ("RGB", "RGBA"):
-            return read_png(path)
-        rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
-    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-        raise ValueError(
-            f"{path}: colour label map (its R, G and B differ); expected a grey mask "
-            "(labels 0-3 or grey levels, equal in R, G and B)"
-        )
-    return rgb[..., 0]
+    return _read_png(path, mask=True) if _kind(path) == "png" else read_itk(path)[0]
 
 
 def _as_uint8_image(array: np.ndarray, path: Path) -> np.ndarray:
