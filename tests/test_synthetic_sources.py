@@ -44,15 +44,22 @@ def _copy(demo: DemoData, fmt: str, tmp_path: Path) -> Path:
     return Path(shutil.copytree(demo.synthetic_roots[fmt], tmp_path / fmt))
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def _errors(problems) -> dict[Path, str]:
     return {p.path: p.message for p in problems if p.severity == ERROR}
 
 
 def test_the_default_phantom_is_unchanged_and_each_format_is_written(demo, tmp_path):
-    default = write_demo_data(tmp_path / "default", seed=0, n_patients=4, n_test=1, n_val=1, size=SIZE)
+    default = write_demo_data(tmp_path / "default", seed=0, n_patients=4, n_test=1, n_val=1, size=SIZE,
+                              sdm_per_image=1)
     assert default.synthetic_roots == {"sdm": default.sdm_root}
     assert "synthetic_formats" not in json.loads((default.root / MANIFEST_NAME).read_text())["params"]
     assert sorted(p.name for p in default.root.iterdir()) == ["camus", MANIFEST_NAME, "sdm"]
+    for folder in ("camus", "sdm"):  # the other formats draw from rng streams of their own
+        assert _tree(default.root / folder) == _tree(demo.root / folder), folder
     assert demo.synthetic_roots == {f: demo.root / f for f in FORMATS}
     root = demo.synthetic_roots["diffecho"]
     modes = {}
