@@ -44,15 +44,22 @@ def _copy(demo: DemoData, fmt: str, tmp_path: Path) -> Path:
     return Path(shutil.copytree(demo.synthetic_roots[fmt], tmp_path / fmt))
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def _errors(problems) -> dict[Path, str]:
     return {p.path: p.message for p in problems if p.severity == ERROR}
 
 
 def test_the_default_phantom_is_unchanged_and_each_format_is_written(demo, tmp_path):
-    default = write_demo_data(tmp_path / "default", seed=0, n_patients=4, n_test=1, n_val=1, size=SIZE)
+    default = write_demo_data(tmp_path / "default", seed=0, n_patients=4, n_test=1, n_val=1, size=SIZE,
+                              sdm_per_image=1)
     assert default.synthetic_roots == {"sdm": default.sdm_root}
     assert "synthetic_formats" not in json.loads((default.root / MANIFEST_NAME).read_text())["params"]
     assert sorted(p.name for p in default.root.iterdir()) == ["camus", MANIFEST_NAME, "sdm"]
+    for folder in ("camus", "sdm"):  # the other formats draw from rng streams of their own
+        assert _tree(default.root / folder) == _tree(demo.root / folder), folder
     assert demo.synthetic_roots == {f: demo.root / f for f in FORMATS}
     root = demo.synthetic_roots["diffecho"]
     modes = {}
@@ -211,3 +218,16 @@ def test_demo_data_command_writes_the_formats_asked_for(tmp_path):
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["camus", "diffecho", MANIFEST_NAME]
     assert len(load_synthetic("diffecho", out / "diffecho", n_val=1)) == 2 * 4
+
+
+def test_synthetic_images_of_a_camus_test_patient_are_a_warning(demo, tmp_path):
+    root = _copy(demo, "imagefolder", tmp_path)
+    csv = root / "metadata.csv"
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].replace(f",{demo.val_patients[0]},", f",{demo.test_patients[0]},")
+    csv.write_text("\n".join(lines) + "\n")
+    findings = validate_data(demo.camus_root, synthetic_root=root, synthetic_format="imagefolder", n_val=1,
+                             progress=False)
+    assert [(p.path, p.severity) for p in findings] == [(root, WARNING)]
+    assert f"{demo.test_patients[0]}, a CAMUS test patient" in findings[0].message
+    assert findings.patients[root] == {*demo.train_patients, *demo.val_patients, demo.test_patients[0]}

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from vlsm.atomic import write_text_atomic
-from vlsm.data.io import write_png
+from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.label_codings import spread_to_grey
 from vlsm.data.records import PHASES, VIEWS, EchoImage
 
@@ -54,6 +54,7 @@ __all__ = [
     "diffecho_patient",
     "frame_record",
     "generated_mask_name",
+    "generated_pairs",
     "generated_record",
     "load_diffecho",
     "read_diffecho_metadata",
@@ -103,12 +104,6 @@ def _token(view: str, phase: str) -> str:
     return f"ch{view[0]}_{phase.lower()}"
 
 
-def _check_subject(subject: int) -> int:
-    if isinstance(subject, bool) or not isinstance(subject, (int, np.integer)) or subject < 0:
-        raise ValueError(f"subject must be an integer >= 0, got {subject!r}")
-    return int(subject)
-
-
 # --- finding files ---------------------------------------------------------------------
 
 
@@ -120,7 +115,6 @@ class DiffEchoFiles:
     generated: dict[str, Path] = field(default_factory=dict)  # *_generated_id<k>.png
     generated_masks: dict[str, Path] = field(default_factory=dict)  # *_mask_id<k>.png
     frames: dict[Path, Path] = field(default_factory=dict)  # real-derived frame -> its mask path
-    masks: list[Path] = field(default_factory=list)  # real-derived masks
     metadata: list[Path] = field(default_factory=list)  # metadata.csv files
     duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (ignored, kept)
     other_pngs: list[Path] = field(default_factory=list)
@@ -155,7 +149,7 @@ def scan_diffecho(root: Path) -> DiffEchoFiles:
         elif match := FRAME_RE.match(name):
             found.frames[path] = _frame_mask(path, match)
         elif MASK_RE.match(name):
-            found.masks.append(path)
+            continue  # a real-derived mask, reached from its frame (frames[frame])
         else:
             found.other_pngs.append(path)
     return found
@@ -216,9 +210,7 @@ def _texts(metadata: list[Path]) -> dict[str, str]:
 def _val_subjects(n_val: int | None) -> int:
     if n_val is None:
         return DIFFECHO_VAL_SUBJECTS
-    if isinstance(n_val, bool) or not isinstance(n_val, (int, np.integer)) or n_val < 0:
-        raise ValueError(f"n_val must be an integer >= 0 (validation subjects), got {n_val!r}")
-    return int(n_val)
+    return check_count("n_val", n_val, " (validation subjects)")
 
 
 def generated_mask_name(name: str) -> str:
@@ -227,6 +219,20 @@ def generated_mask_name(name: str) -> str:
     if match is None:
         raise ValueError(f"{name}: not a generated image name (<mask stem>_generated_id<k>.png)")
     return f"{match['stem']}_mask_id{match['k']}.png"
+
+
+def generated_pairs(found: DiffEchoFiles) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """(image, mask) of each generated image whose mask was found, the generated images
+    without one, and the masks (``*_mask_id<k>.png``) without a generated image."""
+    pairs, lonely = [], []
+    for name, path in found.generated.items():
+        mask = found.generated_masks.get(generated_mask_name(name))
+        if mask is None:
+            lonely.append(path)
+        else:
+            pairs.append((path, mask))
+    used = {mask for _, mask in pairs}
+    return pairs, lonely, [mask for mask in found.generated_masks.values() if mask not in used]
 
 
 def generated_record(image: Path, mask: Path, n_val: int, texts: dict[str, str] | None = None) -> EchoImage:
@@ -279,16 +285,14 @@ def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
             + (" (only real-derived frames, which are CAMUS images: give them as --camus-root data)"
                if found.frames else "")
         )
+    pairs, lonely, _ = generated_pairs(found)
+    if lonely:
+        raise ValueError(
+            f"{lonely[0]}: no mask found; expected {generated_mask_name(lonely[0].name)} (data_generation.py "
+            f"saves the conditioning mask beside every generated image) somewhere under {root}"
+        )
     texts = _texts(found.metadata)
-    records = []
-    for name, path in found.generated.items():
-        mask = found.generated_masks.get(generated_mask_name(name))
-        if mask is None:
-            raise ValueError(
-                f"{path}: no mask found; expected {generated_mask_name(name)} (data_generation.py "
-                f"saves the conditioning mask beside every generated image) somewhere under {root}"
-            )
-        records.append(generated_record(path, mask, n_val, texts))
+    records = [generated_record(path, mask, n_val, texts) for path, mask in pairs]
     order = {"train": 0, "val": 1}
     records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase, r.variant))
     log.info(
@@ -314,9 +318,8 @@ def write_diffecho_frame(
     """
     if split not in FRAME_DIRS:
         raise ValueError(f"split must be one of {tuple(FRAME_DIRS)}, got {split!r}")
-    token, subject = _token(view, phase), _check_subject(subject)
-    if np.shape(label_map) != np.shape(image):
-        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {np.shape(image)}")
+    token, subject = _token(view, phase), check_count("subject", subject)
+    image = check_image_and_label_map(image, label_map, uint8=False)  # any numbers: spread to grey
     frame = Path(root) / FRAME_DIRS[split] / f"{token}_frame_{subject}.png"
     mask = Path(root) / MASK_DIRS[split] / f"{token}_mask_{subject}.png"
     write_png(frame, spread_to_grey(image), mode="RGBA")
@@ -334,17 +337,11 @@ def write_diffecho_generated(
     root/generated_masks/<stem>_mask_id<k>.png: the mask as diffusers' load_image reads
     an imsave PNG, RGB grey levels. <stem> is the mask's, ch<2|4>_<ed|es>_mask_<subject>.
     """
-    token, subject = _token(view, phase), _check_subject(subject)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be an integer >= 0, got {k!r}")
-    image = np.asarray(image)
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"image must be a (H, W) uint8 array, got {image.dtype} {image.shape}")
-    if np.shape(label_map) != image.shape:
-        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {image.shape}")
+    token, subject, k = _token(view, phase), check_count("subject", subject), check_count("k", k)
+    image = check_image_and_label_map(image, label_map)
     stem = f"{token}_mask_{subject}"
-    out = Path(root) / GENERATED_DIR / f"{stem}_generated_id{int(k)}.png"
-    mask = Path(root) / GENERATED_MASK_DIR / f"{stem}_mask_id{int(k)}.png"
+    out = Path(root) / GENERATED_DIR / f"{stem}_generated_id{k}.png"
+    mask = Path(root) / GENERATED_MASK_DIR / f"{stem}_mask_id{k}.png"
     write_png(out, image, mode="RGB")
     write_png(mask, spread_to_grey(label_map), mode="RGB")
     return out, mask

@@ -36,7 +36,7 @@ import numpy as np
 
 from vlsm.atomic import write_text_atomic
 from vlsm.data.camus import PAPER_VAL_PATIENTS
-from vlsm.data.io import write_png
+from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.records import PHASES, SEXES, VIEWS, EchoImage, PatientInfo
 
 __all__ = [
@@ -46,9 +46,11 @@ __all__ = [
     "ImagefolderRow",
     "buildable_prompts",
     "load_imagefolder",
+    "missing_files",
     "read_imagefolder_header",
     "read_imagefolder_rows",
     "row_fields",
+    "row_record",
     "write_imagefolder_metadata",
     "write_imagefolder_pair",
 ]
@@ -96,8 +98,8 @@ class ImagefolderRow:
 
 
 def read_imagefolder_rows(root: Path) -> tuple[tuple[str, ...], list[ImagefolderRow]]:
-    """(columns, rows) of root/metadata.csv; ValueError naming the file when image or
-    mask is not a column."""
+    """(header, rows) of root/metadata.csv, the header's columns as written (unknown ones
+    too); ValueError naming the file when image or mask is not a column."""
     root = Path(root)
     path = root / METADATA_NAME
     columns = read_imagefolder_header(root)
@@ -121,7 +123,7 @@ def read_imagefolder_rows(root: Path) -> tuple[tuple[str, ...], list[Imagefolder
                     values={c: cells[c] for c in COLUMNS[2:] if c in cells},
                 )
             )
-    return tuple(c for c in columns if c in COLUMNS), rows
+    return columns, rows
 
 
 def _row_error(root: Path, row: ImagefolderRow, column: str, value: str, expected: str) -> ValueError:
@@ -164,6 +166,27 @@ def row_fields(root: Path, row: ImagefolderRow) -> dict:
     }
 
 
+def missing_files(row: ImagefolderRow) -> list[tuple[str, Path]]:
+    """(column, path) of the row's image and mask files that are not there."""
+    return [(column, path) for column, path in (("image", row.image), ("mask", row.mask)) if not path.is_file()]
+
+
+def row_record(row: ImagefolderRow, fields: dict, split: str, variant: int | None = None) -> EchoImage:
+    """The record of a row, from its `row_fields`, in split."""
+    return EchoImage(
+        source=SOURCE,
+        patient=fields["patient"],
+        view=fields["view"],
+        phase=fields["phase"],
+        split=split,
+        image_path=row.image,
+        mask_paths=(row.mask,),
+        info=fields["info"],
+        variant=variant,
+        text=fields["text"],
+    )
+
+
 def load_imagefolder(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
     """One record per row of root/metadata.csv (see the module docstring), in file order.
 
@@ -174,9 +197,7 @@ def load_imagefolder(root: Path, *, n_val: int | None = None) -> list[EchoImage]
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"imagefolder root {root} is not a folder")
-    n_val = PAPER_VAL_PATIENTS if n_val is None else n_val
-    if isinstance(n_val, bool) or not isinstance(n_val, (int, np.integer)) or n_val < 0:
-        raise ValueError(f"n_val must be an integer >= 0 (validation patients), got {n_val!r}")
+    n_val = PAPER_VAL_PATIENTS if n_val is None else check_count("n_val", n_val, " (validation patients)")
     _, rows = read_imagefolder_rows(root)
     if not rows:
         raise ValueError(f"{root / METADATA_NAME}: no rows; expected one per image")
@@ -185,31 +206,16 @@ def load_imagefolder(root: Path, *, n_val: int | None = None) -> list[EchoImage]
     records = []
     for row in rows:
         fields = row_fields(root, row)
-        for column in ("image", "mask"):
-            if not getattr(row, column).is_file():
-                raise ValueError(
-                    f"{root / METADATA_NAME}: line {row.line}: {column} {getattr(row, column)} not found"
-                )
+        if missing := missing_files(row):
+            column, path = missing[0]
+            raise ValueError(f"{root / METADATA_NAME}: line {row.line}: {column} {path} not found")
         patient = fields["patient"]
         if patient not in patients:
             patients.append(patient)
         split = fields["split"] or ("val" if patients.index(patient) < n_val else "train")
         key = (patient, fields["view"], fields["phase"])
         variants[key] = variants.get(key, -1) + 1
-        records.append(
-            EchoImage(
-                source=SOURCE,
-                patient=patient,
-                view=fields["view"],
-                phase=fields["phase"],
-                split=split,
-                image_path=row.image,
-                mask_paths=(row.mask,),
-                info=fields["info"],
-                variant=variants[key],
-                text=fields["text"],
-            )
-        )
+        records.append(row_record(row, fields, split, variants[key]))
     log.info(
         "imagefolder at %s: train %d, val %d images",
         root, sum(r.split == "train" for r in records), sum(r.split == "val" for r in records),
@@ -231,8 +237,7 @@ def write_imagefolder_pair(
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"name {name!r} must be a non-empty file-name-safe string")
-    if np.shape(label_map) != np.shape(image):
-        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {np.shape(image)}")
+    image = check_image_and_label_map(image, label_map, uint8=False)  # write_png checks the values
     image_rel, mask_rel = f"images/{name}.png", f"masks/{name}.png"
     write_png(Path(root) / image_rel, image, mode=image_mode)
     write_png(Path(root) / mask_rel, label_map if mask_levels is None else mask_levels, mode=mask_mode)

@@ -42,6 +42,8 @@ from vlsm.data.records import EchoImage
 __all__ = [
     "ITK_SUFFIXES",
     "PNG_MODES",
+    "check_count",
+    "check_image_and_label_map",
     "decode_label_map",
     "read_image",
     "read_label_map",
@@ -111,15 +113,28 @@ def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
 
 def read_png(path: Path) -> np.ndarray:
     """Read a PNG as a (H, W) array (8-bit grayscale; palette/RGB converted to L)."""
+    return _read_png(Path(path), mask=False)
+
+
+def _read_png(path: Path, *, mask: bool) -> np.ndarray:
+    """A PNG's (H, W) values; with mask, an RGB(A) PNG must be grey (R = G = B, alpha
+    ignored) and gives its R, else it is converted to L."""
     from PIL import Image
 
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
     with Image.open(path) as im:
         if im.mode in ("P", "L", "I;16", "I", "1"):
             # palette PNGs keep their indices (label maps are often written as P)
             array = np.asarray(im)
+        elif mask and im.mode in ("RGB", "RGBA"):
+            rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                raise ValueError(
+                    f"{path}: colour label map (its R, G and B differ); expected a grey mask "
+                    "(labels 0-3 or grey levels, equal in R, G and B)"
+                )
+            array = rgb[..., 0]
         else:
             array = np.asarray(im.convert("L"))
     return _to_2d(array, path)
@@ -131,22 +146,7 @@ def _read_any(path: Path) -> np.ndarray:
 
 def _read_mask(path: Path) -> np.ndarray:
     """A label map's (H, W) values; an RGB(A) PNG must be grey (R = G = B), alpha ignored."""
-    if _kind(path) != "png":
-        return read_itk(path)[0]
-    from PIL import Image
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image file not found")
-    with Image.open(path) as im:
-        if im.mode not in ("RGB", "RGBA"):
-            return read_png(path)
-        rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
-    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-        raise ValueError(
-            f"{path}: colour label map (its R, G and B differ); expected a grey mask "
-            "(labels 0-3 or grey levels, equal in R, G and B)"
-        )
-    return rgb[..., 0]
+    return _read_png(path, mask=True) if _kind(path) == "png" else read_itk(path)[0]
 
 
 def _as_uint8_image(array: np.ndarray, path: Path) -> np.ndarray:
@@ -270,6 +270,24 @@ def read_spacing(rec: EchoImage) -> tuple[float, float]:
 
 
 # --- writers --------------------------------------------------------------------------
+
+
+def check_count(name: str, value: int, note: str = "") -> int:
+    """value as an int >= 0 (an index, a subject, n_val); ValueError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0{note}, got {value!r}")
+    return int(value)
+
+
+def check_image_and_label_map(image: np.ndarray, label_map: np.ndarray, *, uint8: bool = True) -> np.ndarray:
+    """A writer's image as an array, (H, W) uint8 when uint8, with label_map of its shape;
+    ValueError otherwise."""
+    image = np.asarray(image)
+    if uint8 and (image.ndim != 2 or image.dtype != np.uint8):
+        raise ValueError(f"image must be a (H, W) uint8 array, got {image.dtype} {image.shape}")
+    if np.shape(label_map) != image.shape:
+        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {image.shape}")
+    return image
 
 
 def _check_2d(array: np.ndarray, path: Path) -> np.ndarray:

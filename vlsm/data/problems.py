@@ -53,19 +53,23 @@ class Problem:
 
 
 class Findings(list):
-    """The problems of a check (a list of `Problem`), and the label codings it detected:
-    codings[root] counts the label maps of each coding ("labels", "sector", "grey", ...)
-    under that dataset root. A plain list to callers that only want the problems."""
+    """The problems of a check (a list of `Problem`), and what it read under each dataset
+    root: codings[root] counts the label maps of each coding ("labels", "sector", "grey",
+    ...), patients[root] holds the patients of the images it checked. A plain list to
+    callers that only want the problems."""
 
     def __init__(self, problems: Iterable[Problem] = (), codings: dict[Path, Counter] | None = None):
         super().__init__(problems)
         self.codings: dict[Path, Counter] = dict(codings or {})
+        self.patients: dict[Path, set[str]] = {}
 
     def add(self, other: Findings | Iterable[Problem]) -> None:
-        """Append other's problems and merge its codings."""
+        """Append other's problems and merge its codings and patients."""
         self.extend(other)
         for root, counts in getattr(other, "codings", {}).items():
             self.codings.setdefault(root, Counter()).update(counts)
+        for root, patients in getattr(other, "patients", {}).items():
+            self.patients.setdefault(root, set()).update(patients)
 
 
 def has_errors(problems: Iterable[Problem]) -> bool:

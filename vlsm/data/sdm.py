@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlsm.data.io import write_png
+from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.label_codings import CODING_LABELS, CODING_SECTOR, camus_to_sdm_labels
 from vlsm.data.records import PHASES, VIEWS, EchoImage
 
@@ -81,17 +81,12 @@ def write_sdm_image(
         raise ValueError(f"view/phase must be in {VIEWS}/{PHASES}, got {view!r}/{phase!r}")
     if split not in SDM_SPLITS:
         raise ValueError(f"split must be one of {tuple(SDM_SPLITS)}, got {split!r}")
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-        raise ValueError(f"index must be an integer >= 0, got {index!r}")
-    image = np.asarray(image)
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"image must be a (H, W) uint8 array, got {image.dtype} {image.shape}")
-    if np.shape(label_map) != image.shape:
-        raise ValueError(f"label map shape {np.shape(label_map)} differs from image {image.shape}")
+    index = check_count("index", index)
+    image = check_image_and_label_map(image, label_map)
     if coding == CODING_SECTOR and cone is None:
         cone = image > 0
     encoded = camus_to_sdm_labels(label_map, coding, cone)
-    name = f"{patient}_{view}_{phase}_{split}_{int(index)}.png"
+    name = f"{patient}_{view}_{phase}_{split}_{index}.png"
     folder = Path(root) / f"{view}_{phase}"
     label_dir = "annotations" if coding == CODING_LABELS else "sector_annotations"
     write_png(folder / "images" / split / name, image)

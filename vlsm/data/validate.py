@@ -297,22 +297,6 @@ def _camus_test_patients(camus_root: Path) -> set[str]:
     return set(_read_split_file(path, []))
 
 
-def _patients_of(fmt: str, root: Path) -> set[str]:
-    """The CAMUS-like patient ids a synthetic source names (DiffEcho's are no CAMUS ids)."""
-    if fmt == "sdm":
-        from vlsm.data import sdm as sdm_reader
-
-        return {m["patient"] for p in root.rglob("patient*.png") if (m := sdm_reader.NAME_RE.match(p.name))}
-    if fmt == "imagefolder":
-        from vlsm.data.imagefolder import read_imagefolder_rows
-
-        try:
-            return {row.values.get("patient", "") for row in read_imagefolder_rows(root)[1]} - {""}
-        except (ValueError, OSError, UnicodeDecodeError):
-            return set()  # reported by its check
-    return set()
-
-
 def validate_data(
     camus_root: Path | None,
     sdm_root: Path | None = None,
@@ -350,10 +334,8 @@ def validate_data(
     for fmt, root in sources:
         problems.add(validate_synthetic(fmt, root, n_val=n_val, progress=progress))
     test = _camus_test_patients(Path(camus_root)) if camus_root is not None else set()
-    for fmt, root in sources:
-        if not test or not root.is_dir():
-            continue
-        for patient in sorted(_patients_of(fmt, root) & test):
+    for _, root in sources:  # the patients of the images checked (DiffEcho's are no CAMUS ids)
+        for patient in sorted(problems.patients.get(root, set()) & test):
             problems.append(
                 Problem(
                     root,

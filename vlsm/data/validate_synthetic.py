@@ -37,8 +37,9 @@ __all__ = ["validate_diffecho", "validate_imagefolder", "validate_sdm"]
 
 
 def _check_all(records: list[EchoImage], root: Path, desc: str, progress: bool, findings: Findings) -> None:
-    """check_pair on every record, counting the codings under root."""
+    """check_pair on every record, counting the codings and noting the patients under root."""
     counts = findings.codings.setdefault(root, Counter())
+    findings.patients.setdefault(root, set()).update(rec.patient for rec in records)
     for rec in progress_bar(records, desc, progress):
         findings.extend(check_pair(rec, counts))
 
@@ -153,23 +154,14 @@ def _diffecho_generated(found: DiffEchoFiles, n_val: int, findings: Findings) ->
     """Records of the generated images whose mask is there; the others as problems."""
     from vlsm.data import diffecho
 
-    records = []
-    for name, path in found.generated.items():
-        mask_name = diffecho.generated_mask_name(name)
-        mask = found.generated_masks.get(mask_name)
-        if mask is None:
-            findings.append(
-                Problem(path, f"generated image without mask: {mask_name} not found under {found.root}")
-            )
-            continue
-        records.append(diffecho.generated_record(path, mask, n_val))
-    for name, path in found.generated_masks.items():
-        image_name = name.replace("_mask_id", "_generated_id")
-        if image_name not in found.generated:
-            findings.append(
-                Problem(path, f"mask without generated image: {image_name} not found under {found.root}")
-            )
-    return records
+    pairs, lonely, orphans = diffecho.generated_pairs(found)
+    for path in lonely:
+        mask_name = diffecho.generated_mask_name(path.name)
+        findings.append(Problem(path, f"generated image without mask: {mask_name} not found under {found.root}"))
+    for path in orphans:
+        image_name = path.name.replace("_mask_id", "_generated_id")
+        findings.append(Problem(path, f"mask without generated image: {image_name} not found under {found.root}"))
+    return [diffecho.generated_record(path, mask, n_val) for path, mask in pairs]
 
 
 def _diffecho_frames(found: DiffEchoFiles, n_val: int, findings: Findings) -> list[EchoImage]:
@@ -247,8 +239,7 @@ def validate_imagefolder(root: Path, *, n_val: int | None = None, progress: bool
         return Findings([Problem(root, "imagefolder root folder not found")])
     csv_path = root / imagefolder.METADATA_NAME
     try:
-        header = imagefolder.read_imagefolder_header(root)
-        _, rows = imagefolder.read_imagefolder_rows(root)
+        header, rows = imagefolder.read_imagefolder_rows(root)
     except (ValueError, OSError, UnicodeDecodeError) as err:
         return Findings([Problem(csv_path, error_text(err, csv_path))])
     findings = Findings(codings={root: Counter()})
@@ -269,15 +260,11 @@ def validate_imagefolder(root: Path, *, n_val: int | None = None, progress: bool
             again = f"line {row.line}: image {row.image} also on line {seen[row.image]}"
             findings.append(Problem(csv_path, again, WARNING))
         seen.setdefault(row.image, row.line)
-        missing = [(c, p) for c, p in (("image", row.image), ("mask", row.mask)) if not p.is_file()]
+        missing = imagefolder.missing_files(row)
         for column, path in missing:
             findings.append(Problem(path, f"{column} listed on line {row.line} of {csv_path.name} not found"))
         if not missing:
-            records.append(EchoImage(
-                source=imagefolder.SOURCE, patient=fields["patient"], view=fields["view"],
-                phase=fields["phase"], split=fields["split"] or "train", image_path=row.image,
-                mask_paths=(row.mask,), info=fields["info"], text=fields["text"],
-            ))
+            records.append(imagefolder.row_record(row, fields, fields["split"] or "train"))
     _check_all(records, root, "validate imagefolder", progress, findings)
     how = (
         "no row has this split in its split column" if "split" in header
