@@ -193,9 +193,10 @@ class SweepTracker:
         if found:
             run_id = found[0].info.run_id
             # a resumed trial replays the epochs after its last checkpoint: log each once
+            # (every metric the run holds, the system metrics a report carries included)
             self._steps[run_id] = {
                 name: {m.step for m in self.client.get_metric_history(run_id, name)}
-                for name in (*EPOCH_METRICS, *FINAL_METRICS)
+                for name in self.client.get_run(run_id).data.metrics
             }
         else:
             tags = {PARENT_TAG: self.parent_run_id, TAG_ROLE: "trial", TAG_CELL: cell_id}
@@ -246,10 +247,12 @@ class SweepTracker:
         from sweeps.mlflow_model import MODEL_NAME, add_pyfunc_files, log_model
 
         run_id = self.trial_run(cell_id)
-        logged = self.client.search_logged_models([self.experiment_id], filter_string=f"name = '{MODEL_NAME}'")
-        for model in logged:  # a trial Ray restored after it had finished reports its end again
-            if model.source_run_id == run_id:
-                return model.model_id
+        # a trial Ray restored after it had finished reports its end again: its model is there
+        logged = self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"name = '{MODEL_NAME}' AND source_run_id = '{run_id}'",
+            max_results=1)
+        if logged:
+            return logged[0].model_id
         add_pyfunc_files(str(best))
         return log_model(self.client, self.experiment_id, run_id, best, step=step, tags={TAG_CELL: cell_id})
 
