@@ -63,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     args = parser.parse_args(argv)
 
-
     rows = [measure(m) for m in args.models]
     print("\none image, three structure prompts, full size, random weights (CPU, fp32)")
     print(f"{'model':<8} {'px':>4} {'per structure GFLOP':>20} {'image once GFLOP':>17} {'saved':>6} "

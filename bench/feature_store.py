@@ -91,8 +91,7 @@ def feature_bytes() -> list[dict]:
         model = build_model(name, config=full_size_config(name), freeze_encoder=True).eval()
         if connect:  # as with CLIP RN50 weights and no CRIS checkpoint
             model.connect_trains_when_frozen = True
-            model.set_encoder_frozen(True)
-        model.eval()
+            model.set_encoder_frozen(True)  # keeps eval mode
         pixels = torch.zeros(1, 3, model.input_size, model.input_size)
         for precision in ("fp32", "bf16"):
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):

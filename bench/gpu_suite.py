@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.*, run as a script
 
 from bench.gpu_measure import APPLIES, VARIANTS, Setup, measure_training, packed_worker  # noqa: E402
-from bench.result_file import machine  # noqa: E402
+from bench.result_file import machine, write_result  # noqa: E402
 from sweeps.rates import DEFAULT_VARIANT, SUITE_KIND, THROUGHPUT, Rate  # noqa: E402
 from vlsm.axes import IMAGES_PER_S  # noqa: E402
 
@@ -289,7 +289,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the suite; print its tables, write its JSON (atomically) and return it."""
     import torch
 
-    from vlsm.atomic import write_json_atomic
     from vlsm.config import TrainConfig
 
     parser = build_parser()
@@ -322,8 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "skipped": budget.skipped, "wall_s": time.monotonic() - budget.started,
     }
     print_tables(result)
-    write_json_atomic(args.out, result)
-    print(f"wrote {args.out} in {result['wall_s']:.0f} s")
+    print(f"measured in {result['wall_s']:.0f} s")
+    write_result(args.out, result)
     return result
 
 

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +194,10 @@ class SweepTracker:
         if found:
             run_id = found[0].info.run_id
             # a resumed trial replays the epochs after its last checkpoint: log each once
+            # (every metric the run holds, the system metrics a report carries included)
             self._steps[run_id] = {
                 name: {m.step for m in self.client.get_metric_history(run_id, name)}
-                for name in (*EPOCH_METRICS, *FINAL_METRICS)
+                for name in self.client.get_run(run_id).data.metrics
             }
         else:
             tags = {PARENT_TAG: self.parent_run_id, TAG_ROLE: "trial", TAG_CELL: cell_id}
@@ -227,29 +229,40 @@ class SweepTracker:
         except (OSError, KeyError, ValueError) as err:
             logger.warning("MLflow: the datasets of %s are not logged: %s", run_id, err)
 
-    def system_metrics(self, run_id: str, result: dict[str, Any], step: int) -> None:
-        """The system metrics a trial's report carries (`vlsm.system_metrics`), at `step`."""
-        names = tuple(name for name in result if name.startswith(SYSTEM_PREFIX))
-        self.log_metrics(run_id, result, names, step)
+    def log_result(self, run_id: str, result: dict[str, Any], step: int) -> None:
+        """A trial report's metrics at `step`: the epoch's, the final ones, and the system
+        metrics it carries (`vlsm.system_metrics`)."""
+        system = tuple(name for name in result if name.startswith(SYSTEM_PREFIX))
+        self.log_metrics(run_id, result, (*EPOCH_METRICS, *FINAL_METRICS, *system), step)
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], names: tuple[str, ...], step: int) -> None:
-        """Log the finite ones of `names` at `step`, each (run, metric, step) once."""
+        """Log the finite ones of `names` at `step`, each (run, metric, step) once, in one
+        request (a report's dozen metrics one call at a time held up Tune's event loop)."""
+        from mlflow.entities import Metric
+
         logged = self._steps.setdefault(run_id, {})
-        for name in names:
+        now = int(time.time() * 1000)
+        batch = []
+        for name in dict.fromkeys(names):
             value = metrics.get(name)
             if isinstance(value, int | float) and math.isfinite(float(value)) and step not in logged.get(name, ()):
-                self.client.log_metric(run_id, name, float(value), step=step)
-                logged.setdefault(name, set()).add(step)
+                batch.append(Metric(name, float(value), now, step))
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+        for metric in batch:
+            logged.setdefault(metric.key, set()).add(step)
 
     def log_best_model(self, cell_id: str, best: Path, step: int) -> str:
         """Log a local best/ folder as the run's pyfunc model (see `sweeps.mlflow_model`)."""
         from sweeps.mlflow_model import MODEL_NAME, add_pyfunc_files, log_model
 
         run_id = self.trial_run(cell_id)
-        logged = self.client.search_logged_models([self.experiment_id], filter_string=f"name = '{MODEL_NAME}'")
-        for model in logged:  # a trial Ray restored after it had finished reports its end again
-            if model.source_run_id == run_id:
-                return model.model_id
+        # a trial Ray restored after it had finished reports its end again: its model is there
+        logged = self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"name = '{MODEL_NAME}' AND source_run_id = '{run_id}'",
+            max_results=1)
+        if logged:
+            return logged[0].model_id
         add_pyfunc_files(str(best))
         return log_model(self.client, self.experiment_id, run_id, best, step=step, tags={TAG_CELL: cell_id})
 
@@ -323,9 +336,7 @@ class MLflowTrialCallback(Callback):
         if cell is not None:
             run_id = self.tracker.trial_run(cell.cell_id, trial.config)
             step = int(result.get(axes.EPOCH, result.get("training_iteration", 0)))
-            self.tracker.log_metrics(run_id, result, EPOCH_METRICS, step)
-            self.tracker.log_metrics(run_id, result, FINAL_METRICS, step)
-            self.tracker.system_metrics(run_id, result, step)
+            self.tracker.log_result(run_id, result, step)
 
     @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:

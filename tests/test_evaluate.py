@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -45,14 +46,20 @@ def _setup(model_name: str, frozen: bool, caches: dict[str, Path], shared: bool)
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["unfrozen", "frozen"])
 @pytest.mark.parametrize("model_name", ["clipseg", "cris"])
-def test_each_image_encoded_once_gives_the_results_of_one_forward_per_structure(caches, model_name, frozen):
+def test_each_image_encoded_once_gives_the_results_of_one_forward_per_structure(caches, model_name, frozen,
+                                                                                monkeypatch):
     from vlsm.evaluate import evaluate
+    from vlsm.trial_data import ModelInputs
 
     model, data, plain_setup = _setup(model_name, frozen, caches[model_name], shared=False)
     _, _, shared_setup = _setup(model_name, frozen, caches[model_name], shared=True)
     assert model.shares_image_encoding
+    calls, real = [], ModelInputs.encoding_each_image_once
+    monkeypatch.setattr(ModelInputs, "encoding_each_image_once", lambda *a: (calls.append(1), real(*a))[1])
     plain_loss, plain_rows = evaluate(model, data, plain_setup, with_hausdorff=True)
+    assert not calls  # the switch off: one forward per pair
     shared_loss, shared_rows = evaluate(model, data, shared_setup, with_hausdorff=True)
+    assert len(calls) == 3  # the switch on: every batch (12 pairs, 5 a batch) took the shared path
     assert len(plain_rows) == len(data) == 12  # 4 images x 3 structures
     assert shared_rows == plain_rows  # the same Dice, IoU and Hausdorff, row by row
     assert shared_loss == plain_loss
@@ -75,3 +82,22 @@ def test_the_stock_clipseg_forward_is_never_split():
 
     stock = build_model("clipseg", config={**tiny_config("clipseg"), "stock_forward_no_grad_encoders": True})
     assert not stock.shares_image_encoding
+
+
+def test_the_best_weights_are_tested_with_the_trials_speed_switches(caches, tmp_path, monkeypatch):
+    # An ablation trial (eager attention, the whole vision tower) validates on that path;
+    # its best weights, loaded again for the test, run the same path.
+    from vlsm import checkpoint as ckpt
+    from vlsm import evaluate as ev
+    from vlsm.trial_data import open_cache
+
+    model, _, setup = _setup("clipseg", False, caches["clipseg"], shared=True)
+    setup = dataclasses.replace(setup, cfg=dataclasses.replace(setup.cfg, attention="eager", vision_stop_early=False))
+    ckpt.save_model(model, tmp_path / "best")
+    tested = []
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda m, *a, **k: (tested.append(m), real(m, *a, **k))[1])
+    summary, rows = ev.evaluate_best(tmp_path / "best", open_cache(str(caches["clipseg"]["test"]), "test_cache"),
+                                     setup, tmp_path)
+    assert len(tested) == 1 and len(rows) == 12
+    assert tested[0].config._attn_implementation == "eager" and not tested[0].vision_stop_early

@@ -73,11 +73,17 @@ def test_forward_is_decode_features_of_the_frozen_features(model, connect_trains
 
 
 @pytest.mark.parametrize("model, connect_trains", [("clipseg", False), ("cris", False), ("cris", True)])
-def test_a_frozen_trial_reports_the_same_with_and_without_the_store(caches, clip_rn50, model, connect_trains):
+def test_a_frozen_trial_reports_the_same_with_and_without_the_store(caches, clip_rn50, model, connect_trains,
+                                                                    monkeypatch):
     """Losses, validation Dice, test Dice and every per-image row: exactly equal on CPU fp32."""
     extra = {"pretrained": str(clip_rn50)} if connect_trains else {}
+    read, real = [], fs.SplitFeatures.logits
+    monkeypatch.setattr(fs.SplitFeatures, "logits", lambda self, *a: (read.append(self.folder), real(self, *a))[1])
     without = run_training(_cfg(caches, model, feature_store=False, **extra), lambda m, d: None)
+    assert not read
     with_store = run_training(_cfg(caches, model, **extra), lambda m, d: None)  # None: on, frozen
+    # training, validation and the test all read the store
+    assert {p.name.split(".features-")[0] for p in read} == {Path(caches[s]).name for s in ("train", "val", "test")}
     assert _strip(with_store.history) == _strip(without.history)
     assert with_store.test_rows == without.test_rows
     assert (with_store.best_epoch, with_store.best_val_dice) == (without.best_epoch, without.best_val_dice)

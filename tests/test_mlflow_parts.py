@@ -143,3 +143,59 @@ def test_the_views_links_open_the_training_view() -> None:
     assert set(VIEWS) == {"trials", "by-strategy", "by-prompt", "by-model", "by-cell"}
     with pytest.raises(ValueError, match="unknown view 'nope'"):
         runs_url("http://x", "1", "nope")
+
+
+def test_a_resumed_driver_logs_each_system_metric_of_a_replayed_epoch_once(tmp_path) -> None:
+    # A resumed trial replays the epochs after its last checkpoint; its reports carry the
+    # system metrics again, which the run holds already at those steps.
+    from sweeps.folder import SweepFolder
+    from sweeps.tracking import SweepTracker
+
+    uri, cell = SweepFolder(tmp_path / "sweep").default_tracking_uri(), Cell("CLIPSeg", "real", "unfrozen", "P1")
+    first = SweepTracker(uri, "s", tmp_path / "sweep")
+    run_id = first.trial_run(cell.cell_id)
+    first.log_result(run_id, {"system/cpu_utilization_percentage": 40.0}, 1)
+    again = SweepTracker(uri, "s", tmp_path / "sweep")  # the driver after a restart
+    assert again.trial_run(cell.cell_id) == run_id
+    again.log_result(run_id, {"system/cpu_utilization_percentage": 55.0}, 1)  # epoch 1 replayed
+    again.log_result(run_id, {"system/cpu_utilization_percentage": 60.0}, 2)
+    history = again.client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+    assert sorted((m.step, m.value) for m in history) == [(1, 40.0), (2, 60.0)]
+
+
+def test_a_finished_trial_reported_again_keeps_its_one_model_among_many(best_folder, tmp_path) -> None:
+    # More logged models than one search page (100), the trial's not the newest.
+    from sweeps.folder import SweepFolder
+    from sweeps.tracking import SweepTracker
+
+    tracker = SweepTracker(SweepFolder(tmp_path / "sweep").default_tracking_uri(), "s", tmp_path / "sweep")
+    cell = Cell("CLIPSeg", "real", "unfrozen", "P1")
+    model_id = tracker.log_best_model(cell.cell_id, best_folder, 2)
+    for _ in range(100):  # other trials' models, logged after it
+        tracker.client.create_logged_model(tracker.experiment_id, name="model", source_run_id=tracker.parent_run_id)
+    assert tracker.log_best_model(cell.cell_id, best_folder, 2) == model_id  # Ray restored it
+    run_id = tracker.trial_run(cell.cell_id)
+    mine = tracker.client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert [m.model_id for m in mine] == [model_id]
+
+
+def test_a_report_is_logged_in_one_request(tmp_path, monkeypatch) -> None:
+    from sweeps.folder import SweepFolder
+    from sweeps.tracking import MLflowTrialCallback, SweepTracker
+
+    tracker = SweepTracker(SweepFolder(tmp_path / "sweep").default_tracking_uri(), "s", tmp_path / "sweep")
+    cell = Cell("CLIPSeg", "real", "unfrozen", "P1")
+    trial = SimpleNamespace(config={"tags": cell.tags()}, trial_id="t1")
+    run_id = tracker.trial_run(cell.cell_id)
+    calls = []
+    for name in ("log_metric", "log_batch"):
+        real = getattr(tracker.client, name)
+        monkeypatch.setattr(tracker.client, name, lambda *a, _n=name, _r=real, **k: (calls.append(_n), _r(*a, **k))[1])
+    result = {"epoch": 3, "val_dice": 0.5, "train_loss": float("nan"), "system/cpu_utilization_percentage": 12.0,
+              "note": "not a metric"}
+    MLflowTrialCallback(tracker).on_trial_result(0, [], trial, result)
+    MLflowTrialCallback(tracker).on_trial_result(0, [], trial, result)  # the same report again: nothing new
+    assert calls == ["log_batch"]
+    metrics = tracker.client.get_run(run_id).data.metrics
+    assert metrics == {"val_dice": 0.5, "system/cpu_utilization_percentage": 12.0}
+    assert [m.step for m in tracker.client.get_metric_history(run_id, "val_dice")] == [3]

@@ -174,6 +174,7 @@ def test_compiled_model_gives_the_same_logits_and_keeps_its_state_dict_names() -
     plain = _model("clipseg").eval()
     compiled = copy.deepcopy(plain)
     compiled = prepare_model(compiled, TrainConfig(model_config=tiny_config("clipseg"), compile=True), CPU)
+    assert compiled._compiled_call_impl is not None and plain._compiled_call_impl is None  # the switch took
     assert compiled.state_dict().keys() == plain.state_dict().keys()
     with torch.no_grad():
         torch.testing.assert_close(compiled(**batch), plain(**batch), rtol=1e-5, atol=1e-5)

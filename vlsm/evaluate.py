@@ -26,6 +26,7 @@ from vlsm.atomic import atomic_path
 from vlsm.axes import DICE, HAUSDORFF, IOU, STRUCTURES, TEST_DICE_MEAN, TEST_DICE_STD
 from vlsm.config import TrainConfig
 from vlsm.metrics import dice_iou, hausdorff_distance, predict_masks
+from vlsm.speed import prepare_model
 from vlsm.trial_data import ModelInputs, PromptTable, SplitTensors
 
 if TYPE_CHECKING:
@@ -126,7 +127,8 @@ def evaluate_best(best_dir: Path, split: PreparedSplit, setup: EvalSetup,
     if not best_dir.is_dir():  # no finite epoch ever: nothing to test
         log.warning("no best checkpoint (no finite epoch); test metrics are NaN")
         return {TEST_DICE_MEAN: math.nan, TEST_DICE_STD: math.nan}, None
-    model = ckpt.load_model(best_dir, device=setup.device)
+    # the trial's speed switches, as on the model it trained and validated (vlsm.speed)
+    model = prepare_model(ckpt.load_model(best_dir, device=setup.device), setup.cfg, setup.device)
     data = SplitTensors(split, setup.cfg, setup.device, with_eval=True)
     _, rows = evaluate(model, data, setup, with_hausdorff=True)
     frame = pd.DataFrame(rows)

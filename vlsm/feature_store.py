@@ -226,12 +226,21 @@ class FeatureStore:
         self.inputs, self.cfg, self.device = inputs, cfg, device
         self._text: dict[str, tuple[torch.Tensor, ...]] = {}
         self._splits: dict[tuple[str, Path], SplitFeatures] = {}
+        self._keys: dict[tuple[str, Path], str] = {}
         self._fingerprints: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
     def _fingerprint(self, model: nn.Module) -> str:
         if model not in self._fingerprints:
             self._fingerprints[model] = frozen_fingerprint(model)
         return self._fingerprints[model]
+
+    def _key(self, model: nn.Module, split: PreparedSplit) -> str:
+        """`store_key` of split for model's frozen towers, computed once per pair (it hashes
+        the modules' source and reads the cache's meta.json)."""
+        memo = (self._fingerprint(model), split.root)
+        if memo not in self._keys:
+            self._keys[memo] = store_key(model, split, self.inputs.precision, self.device, memo[0])
+        return self._keys[memo]
 
     def _remote_store(self, split: PreparedSplit, path: Path) -> str | None:
         """Where a store goes on shared storage: beside the cache's URI, when the trial's
@@ -243,9 +252,8 @@ class FeatureStore:
 
     def check_writable(self, model: nn.Module, splits: list[PreparedSplit]) -> None:
         """ValueError naming feature_store when a missing store could not be written."""
-        fingerprint = self._fingerprint(model)
         for split in splits:
-            path = store_path(split, store_key(model, split, self.inputs.precision, self.device, fingerprint))
+            path = store_path(split, self._key(model, split))
             problem = None if path.is_dir() else not_writable(path.parent)
             if problem:
                 raise ValueError(f"feature_store: the store of {split.root} belongs beside it, but {problem}; "
@@ -266,7 +274,7 @@ class FeatureStore:
         fingerprint = self._fingerprint(model)
         memo = (fingerprint, split.root)
         if memo not in self._splits:
-            key = store_key(model, split, self.inputs.precision, self.device, fingerprint)
+            key = self._key(model, split)
             path = store_path(split, key)
             remote = self._remote_store(split, path)
             if remote is not None and not path.is_dir() and remote_cache.is_published(remote):
