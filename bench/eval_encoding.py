@@ -28,8 +28,8 @@ PROMPTS = ("Left ventricular cavity of the heart.", "Myocardium of the heart.", 
 def measure(model_name: str) -> dict:
     """GFLOPs of both paths on one image and three prompts, and how far their logits differ."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from bench.flops import flop_counter
     from bench.full_size import build_full_size
     from vlsm.models.tokenizer import CLIP_CONTEXT_LENGTH, tiny_tokenizer
     from vlsm.trial_data import ModelInputs
@@ -45,7 +45,7 @@ def measure(model_name: str) -> dict:
     with torch.no_grad():
         for name, run in (("per_structure", lambda: inputs(model, images, rows)),
                           ("image_once", lambda: inputs.encoding_each_image_once(model, images, rows, image_index))):
-            counter = FlopCounterMode(display=False)
+            counter = flop_counter()
             started = time.perf_counter()
             with counter:
                 logits[name] = run()

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from bench.flops import flop_counter
 from vlsm.axes import IMAGES_PER_S
 
 __all__ = ["APPLIES", "VARIANTS", "Setup", "batch_on", "measure_training", "packed_worker", "train_step"]
@@ -179,8 +179,9 @@ def _checkpoint_seconds(model, state) -> dict[str, float]:
 def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: int, full_size: bool,
                      costs: bool = False, ready: Callable[[], None] | None = None,
                      precomputed: bool = False) -> dict[str, Any]:
-    """Training images/s, FLOPs per image (FlopCounterMode, one step), peak memory; with
-    costs also validation pairs/s and checkpoint seconds. An OOM is a row with an error.
+    """Training images/s, FLOPs per image (`bench.flops`, one step), peak memory; with
+    costs also validation pairs/s and checkpoint seconds. An OOM or any other error is a
+    row with an error, so the suite goes on and still writes what it measured.
     ready: called after the warm-up, right before the timed steps (packed trials wait
     there for each other). precomputed: a frozen setup trains on its frozen towers' outputs
     computed once, as with the feature store (`train_step` with features)."""
@@ -202,7 +203,7 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(warmup):
             train_step(model, cfg, state, precision, batch, loss_fn)
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter()
         with counter if not cfg.compile else contextlib.nullcontext():  # compiled graphs hide their ops
             train_step(model, cfg, state, precision, batch, loss_fn)
         _sync(device)
@@ -222,6 +223,8 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
             row.update(_checkpoint_seconds(model, state))
     except torch.cuda.OutOfMemoryError as err:
         row["error"] = f"out of memory: {str(err).splitlines()[0][:160]}"
+    except Exception as err:  # noqa: BLE001 - one failed setup (a compile error, a kernel) is its row's
+        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
     finally:
         model = state = batch = None
         if device.type == "cuda":

@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
+import queue
 import sys
 import tempfile
 import time
@@ -172,9 +173,7 @@ def packed_rows(args, device, budget: Budget) -> list[dict[str, Any]]:
                    for _ in range(n)]
         for w in workers:
             w.start()
-        trials = [results.get(timeout=args.packed_timeout_s) for _ in workers]
-        for w in workers:
-            w.join()
+        trials = _collect(results, workers, args.packed_timeout_s)
         errors = [t["error"] for t in trials if "error" in t]
         # every image of every trial over the span from the first timed step to the last
         span = max(t.get("timed_to", 0) for t in trials) - min(t.get("timed_from", 0) for t in trials)
@@ -183,6 +182,24 @@ def packed_rows(args, device, budget: Budget) -> list[dict[str, Any]]:
                     "aggregate_images_per_s": None if errors else sum(t["images"] for t in trials) / span,
                     "peak_memory_gb": [t.get("peak_memory_gb") for t in trials]})
     return out
+
+
+def _collect(results, workers: list, timeout_s: float) -> list[dict[str, Any]]:
+    """Each packed worker's row; a worker that has not answered within timeout_s (a hung
+    or killed process) is stopped and becomes an error row, so the suite goes on."""
+    deadline = time.monotonic() + timeout_s
+    trials = []
+    for _ in workers:
+        try:
+            trials.append(results.get(timeout=max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+            trials.append({"error": f"no result within --packed-timeout-s {timeout_s:g}"})
+    for w in workers:
+        w.join(timeout=5)
+        if w.is_alive():
+            w.terminate()
+            w.join()
+    return trials
 
 
 def projection(rows: list[dict[str, Any]], store: dict[str, Any]) -> dict[str, Any]:

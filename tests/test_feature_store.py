@@ -175,6 +175,19 @@ def test_the_key_follows_the_frozen_weights_the_cache_and_the_precision(caches):
     assert fs.store_key(model, train, "fp32", CPU) != key
 
 
+def test_the_key_follows_the_kernels_that_round_the_features(caches):
+    # eager and fused attention (CLIPSeg), NCHW and channels_last convolutions (CRIS) round
+    # differently: a trial must not read features another kernel computed
+    from vlsm.speed import prepare_model
+
+    train = open_split(Path(caches["train"]))
+    for name, switch in (("clipseg", {"attention": "eager"}), ("cris", {"channels_last": True})):
+        model = build_model(name, config=tiny_config(name), freeze_encoder=True)
+        plain = fs.store_key(prepare_model(model, _cfg(caches, name), CPU), train, "fp32", CPU)
+        switched = fs.store_key(prepare_model(model, _cfg(caches, name, **switch), CPU), train, "fp32", CPU)
+        assert switched != plain, name
+
+
 def test_a_failed_build_leaves_nothing(caches, monkeypatch, tmp_path):
     cfg, split = _cfg(caches, "clipseg", eval_batch_size=2), open_split(Path(caches["test"]))
     model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True, init_seed=11)

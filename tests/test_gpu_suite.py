@@ -57,3 +57,37 @@ def test_mfu_uses_the_gpus_dense_bf16_peak_or_is_left_blank() -> None:
     row = with_mfu({"images_per_s": 1000.0, "flop_per_image": 228e9}, 989.0)
     assert row["tflops_per_s"] == pytest.approx(228.0) and row["mfu"] == pytest.approx(228 / 989)
     assert with_mfu({"images_per_s": 1000.0, "flop_per_image": 228e9}, None)["mfu"] is None
+
+
+def test_a_setup_that_fails_is_an_error_row_and_the_suite_goes_on(monkeypatch) -> None:
+    # a compile or kernel error in one setup must not lose the measurements before it
+    import torch
+
+    from bench import gpu_measure
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor: no C++ compiler\nlong trace")
+
+    monkeypatch.setattr(gpu_measure, "_build", broken)
+    row = gpu_measure.measure_training(gpu_measure.Setup("clipseg", False, 2, "compile"), torch.device("cpu"),
+                                       steps=1, warmup=0, full_size=False)
+    assert row["error"] == "RuntimeError: inductor: no C++ compiler"
+    assert row["variant"] == "compile" and "images_per_s" not in row
+
+
+def test_a_packed_trial_that_never_answers_is_stopped_and_reported() -> None:
+    import multiprocessing
+    import time
+
+    from bench.gpu_suite import _collect
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    hung = ctx.Process(target=time.sleep, args=(60,))
+    hung.start()
+    results.put({"images": 4, "images_per_s": 2.0})  # the other trial answered
+    started = time.monotonic()
+    trials = _collect(results, [hung, hung], timeout_s=1.0)
+    assert trials[0] == {"images": 4, "images_per_s": 2.0}
+    assert trials[1] == {"error": "no result within --packed-timeout-s 1"}
+    assert not hung.is_alive() and time.monotonic() - started < 30

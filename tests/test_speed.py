@@ -86,6 +86,29 @@ def test_vision_stop_early_gives_bit_identical_features_and_gradients_with_fewer
     assert flops["early"] < flops["full"]
 
 
+def test_the_benchmarks_flop_counter_counts_cpu_attention_as_eager_attention_counts_it() -> None:
+    """bench.flops: with PyTorch's fused attention on CPU, torch's FlopCounterMode sees no
+    attention FLOPs; ours counts the kernel as its eager matmuls (forward), so CPU FLOPs and
+    MFU do not depend on the attention switch."""
+    from bench.flops import flop_counter
+
+    batch = _batch("clipseg")
+    counts = {}
+    for attention in ("sdpa", "eager"):
+        model = _model("clipseg", attention=attention).eval()
+        for label, counter in (("torch", FlopCounterMode(display=False)), ("ours", flop_counter())):
+            with counter, torch.no_grad():
+                model(**batch)
+            counts[attention, label] = counter.get_total_flops()
+    assert counts["sdpa", "torch"] < counts["eager", "torch"]  # the CPU kernel is not counted
+    assert counts["sdpa", "ours"] == counts["eager", "ours"] == counts["eager", "torch"]  # all matmuls
+    sdpa = _model("clipseg").train()
+    with flop_counter() as counter:
+        sdpa(**batch).float().sum().backward()
+    backward = {str(op) for op in counter.get_flop_counts()["Global"]}
+    assert "aten._scaled_dot_product_flash_attention_for_cpu_backward" in backward
+
+
 def test_attention_default_is_what_hugging_face_picks_and_eager_matches_sdpa() -> None:
     batch = _batch("clipseg")
     stock = build_model("clipseg", config=tiny_config("clipseg"))
@@ -93,6 +116,14 @@ def test_attention_default_is_what_hugging_face_picks_and_eager_matches_sdpa() -
     sdpa, eager = _model("clipseg"), _model("clipseg", attention="eager")
     for part in (eager.clip.vision_model, eager.clip.text_model, eager.decoder):
         assert part.config._attn_implementation == "eager"
+    # every attention layer, the decoder's too (they hold a copy of the vision config that
+    # transformers' set_attn_implementation does not reach)
+    layers = [m for m in eager.modules() if type(m).__name__ == "CLIPSegAttention"]
+    assert len(layers) == 5 + 2 + 3  # vision (`_tiny`: 5), text, decoder (one per extract layer)
+    assert {m.config._attn_implementation for m in layers} == {"eager"}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        eager.eval()(**batch)
+    assert not any("attention" in str(op) for op in counter.get_flop_counts()["Global"])  # no fused kernel ran
     logits_sdpa, grads_sdpa = _logits_and_grads(sdpa, batch)
     logits_eager, grads_eager = _logits_and_grads(eager, batch)
     torch.testing.assert_close(logits_sdpa, logits_eager, rtol=1e-5, atol=1e-5)

@@ -14,7 +14,8 @@ them back memory-mapped (docs/design.md, "The feature store").
 A store folder is ``<cache folder>.features-<key[:16]>`` next to its cache folder. The key
 is a hash of the frozen weights (`vlsm.checkpoint.frozen_fingerprint`), the cache's own
 content key, the input size, the precision and device type the features were computed
-with, what the model stores (`frozen_feature_spec`), `STORE_VERSION`, the torch and
+with, the kernels that round them (`vlsm.speed.kernel_choices`: attention, channels_last),
+what the model stores (`frozen_feature_spec`), `STORE_VERSION`, the torch and
 transformers versions and the source of the modules that compute the features. It is
 built like a cache folder (`vlsm.data.cache.build_folder_once`: in a temporary folder,
 under a lock, renamed into place), so a killed build leaves nothing, and concurrent
@@ -48,6 +49,7 @@ from vlsm.checkpoint import frozen_fingerprint
 from vlsm.config import TrainConfig
 from vlsm.data import remote_cache
 from vlsm.data.cache import build_folder_once, code_digest
+from vlsm.speed import kernel_choices
 from vlsm.trial_data import ModelInputs, allowed_device_bytes, keep_on_device
 
 if TYPE_CHECKING:
@@ -106,6 +108,7 @@ def store_key(model: nn.Module, split: PreparedSplit, precision: str, device: to
         "store_version": STORE_VERSION,
         "frozen_sha256": fingerprint or frozen_fingerprint(model),
         "features": model.frozen_feature_spec(),
+        "kernels": kernel_choices(model),  # attention kernel, channels_last: their rounding
         "cache_key": _cache_key(split),
         "size": split.size,
         "precision": precision,

@@ -29,7 +29,7 @@ from torch import nn
 
 from vlsm.config import TrainConfig
 
-__all__ = ["build_adamw", "prepare_model", "uses_fused_adamw"]
+__all__ = ["build_adamw", "kernel_choices", "prepare_model", "uses_fused_adamw"]
 
 
 def uses_fused_adamw(cfg: TrainConfig, device: torch.device) -> bool:
@@ -49,11 +49,34 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> n
         model.vision_stop_early = cfg.vision_stop_early
     if hasattr(model, "set_attn_implementation"):  # a Hugging Face model: CLIPSeg
         model.set_attn_implementation(cfg.attention)
+        _set_layer_attention(model, cfg.attention)
     if cfg.channels_last:
         _to_channels_last(model)
     if cfg.compile:
         model.compile()
     return model
+
+
+def _set_layer_attention(model: nn.Module, attention: str) -> None:
+    """The attention kernel on every layer's own config. transformers'
+    `set_attn_implementation` reaches the model's registered sub-configs only; CLIPSeg's
+    decoder builds its layers from a deep copy of the vision config, which it never
+    reaches, so without this its three attention layers keep "sdpa" under "eager"."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if hasattr(config, "_attn_implementation_internal"):
+            config._attn_implementation = attention
+
+
+def kernel_choices(model: nn.Module) -> dict[str, object]:
+    """The switches that change how model's ops round (not what they compute): the
+    attention kernels its layers use and whether its convolutions run channels_last. The
+    feature store keys on them, so a trial never reads features another kernel rounded."""
+    attention = {module.config._attn_implementation for module in model.modules()
+                 if hasattr(getattr(module, "config", None), "_attn_implementation_internal")}
+    channels_last = any(p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+                        for p in model.parameters())
+    return {"attention": sorted(a for a in attention if a), "channels_last": channels_last}
 
 
 def _to_channels_last(model: nn.Module) -> None:
