@@ -16,7 +16,8 @@ size (random weights, `bench/full_size.py`), one table each, then JSON:
 5. the aggregate images/s of 1, 2 and 4 unfrozen CLIPSeg trials sharing the GPU as Ray
    places them (one process each, memory capped at its share);
 6. the projected GPU-hours of the paper grid from these rates
-   (`sweeps.plan.cell_gpu_hours`, `run.expected_epochs` epochs a trial).
+   (`sweeps.plan.cell_gpu_hours`, `run.expected_epochs` epochs a trial);
+7. the issue's goals beside the values measured for them (`GOALS`).
 
 The JSON is what `python sweeps/paper_grid.py --dry-run --rates FILE` reads. Measurements
 are ordered by importance and each starts only while the time budget (--budget-s) lasts;
@@ -50,8 +51,10 @@ PACKED = (1, 2, 4)  # unfrozen CLIPSeg trials sharing one GPU (Ray's 0.25 share 
 # Matched in this order against torch.cuda.get_device_name(); others: --peak-tflops.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H200 NVL", 835.0),
     ("H100", 989.0),
-    ("H200", 989.0),
+    ("H200", 989.0),  # also GH200
     ("A100", 312.0),
 )
 # Validation pairs of an epoch (docs/design.md, "Data"): 50 CAMUS patients x 4 images x
@@ -231,6 +234,54 @@ def projection(rows: list[dict[str, Any]], store: dict[str, Any]) -> dict[str, A
     return out
 
 
+# The issue's goals for one H100/H200 (issue 12), and the CPU goal of the store: (name,
+# bound, "min" or "max"). Shown beside the measured value, never asserted.
+GOALS: tuple[tuple[str, float, str], ...] = (
+    ("CLIPSeg unfrozen MFU", 0.40, "min"),
+    ("CRIS unfrozen MFU", 0.35, "min"),
+    ("CLIPSeg frozen with store / unfrozen images/s", 10.0, "min"),
+    ("CRIS frozen with store / unfrozen images/s", 1.5, "min"),
+    ("CLIPSeg frozen with store / without (CPU goal)", 5.0, "min"),
+    ("largest per-epoch overhead share", 0.10, "max"),
+    ("4 packed CLIPSeg trials / 1, aggregate images/s", 1.3, "min"),
+    ("paper grid GPU-hours with the store", 10.0, "max"),
+)
+
+
+def goal_values(result: dict[str, Any]) -> dict[str, float | None]:
+    """Each goal's measured value from the sections (None where it was not measured)."""
+    def rate(rows: list[dict[str, Any]], model: str, encoder: str, variant: str, key: str = IMAGES_PER_S):
+        return next((r.get(key) for r in rows if (r["model"], r["encoder"], r["variant"]) == (model, encoder, variant)
+                     and "error" not in r), None)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    rows, store = result[THROUGHPUT], result["store"]["rows"]
+    packed = {r["trials"]: r["aggregate_images_per_s"] for r in result["packed"]}
+    shares = [r["overhead_share"] for r in result["overhead"]]
+    with_store = result["projection"].get("with_store", {})
+    values = [
+        rate(rows, "clipseg", "unfrozen", DEFAULT_VARIANT, "mfu"),
+        rate(rows, "cris", "unfrozen", DEFAULT_VARIANT, "mfu"),
+        ratio(rate(store, "clipseg", "frozen", "store"), rate(rows, "clipseg", "unfrozen", DEFAULT_VARIANT)),
+        ratio(rate(store, "cris", "frozen", "store"), rate(rows, "cris", "unfrozen", DEFAULT_VARIANT)),
+        ratio(rate(store, "clipseg", "frozen", "store"), rate(rows, "clipseg", "frozen", DEFAULT_VARIANT)),
+        max(shares) if shares else None,
+        ratio(packed.get(4), packed.get(1)),
+        with_store.get("gpu_hours") if not with_store.get("trials_without_rate") else None,
+    ]
+    return {name: value for (name, _, _), value in zip(GOALS, values, strict=True)}
+
+
+def goal_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The goals with their measured values and whether each is met (None: not measured)."""
+    values = goal_values(result)
+    return [{"goal": name, "bound": bound, "kind": kind, "value": values[name],
+             "met": None if values[name] is None else (values[name] >= bound if kind == "min" else values[name] <= bound)}
+            for name, bound, kind in GOALS]
+
+
 def _fmt(value: float | None, spec: str) -> str:
     """A number for the tables, "-" when it is unknown (no GPU peak, no CUDA memory)."""
     if value is None:
@@ -269,6 +320,11 @@ def print_tables(result: dict[str, Any]) -> None:
             print(f"paper grid {name.replace('_', ' ')}: {proj[name]['gpu_hours']:.1f} GPU-hours "
                   f"({proj[name]['trials_without_rate']} of {proj['trials']} trials without a rate)")
     print(f"assumption: {proj['assumption']}")
+    print(f"\n{'goal (issue 12; GPU goals mean little on a CPU)':<50} {'measured':>9} {'bound':>8}  met")
+    for row in result["goals"]:
+        bound = f"{'>=' if row['kind'] == 'min' else '<='} {row['bound']:g}"
+        met = "-" if row["met"] is None else ("yes" if row["met"] else "no")
+        print(f"{row['goal']:<50} {_fmt(row['value'], '.3g'):>9} {bound:>8}  {met}")
     for line in result["skipped"]:
         print(f"skipped: {line}")
 
@@ -337,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "projection": projection(rows, store),
         "skipped": budget.skipped, "wall_s": time.monotonic() - budget.started,
     }
+    result["goals"] = goal_rows(result)
     print_tables(result)
     print(f"measured in {result['wall_s']:.0f} s")
     write_result(args.out, result)

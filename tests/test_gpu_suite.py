@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from bench.gpu_suite import main, peak_tflops, with_mfu
+from bench.gpu_suite import GOALS, main, peak_tflops, with_mfu
 from sweeps.rates import SUITE_KIND, THROUGHPUT, load_rates
 
-SECTIONS = ("throughput", "store", "overhead", "packed", "projection", "skipped")
+SECTIONS = ("throughput", "store", "overhead", "packed", "projection", "skipped", "goals")
 
 
 @pytest.mark.slow  # about a minute on 2 cores: 4 processes start torch for the packed trials
@@ -43,6 +43,14 @@ def test_quick_cpu_run_writes_every_section_and_the_dry_run_reads_it(tmp_path) -
     assert data["projection"]["trials"] == 92
     assert data["projection"]["without_store"]["trials_without_rate"] == 46  # CRIS was left out
     assert any("compile" in line for line in data["skipped"])
+    goals = {g["goal"]: g for g in data["goals"]}
+    assert list(goals) == [name for name, _, _ in GOALS]
+    assert goals["CLIPSeg unfrozen MFU"]["value"] is None and goals["CLIPSeg unfrozen MFU"]["met"] is None  # no peak
+    assert goals["CRIS frozen with store / unfrozen images/s"]["value"] is None  # CRIS was left out
+    store_ratio = goals["CLIPSeg frozen with store / without (CPU goal)"]
+    assert store_ratio["value"] == store["frozen"]["images_per_s"] / rows[("clipseg", "frozen", "default")]["images_per_s"]
+    assert store_ratio["met"] == (store_ratio["value"] >= 5.0)
+    assert goals["largest per-epoch overhead share"]["value"] == max(r["overhead_share"] for r in data["overhead"])
     rates = load_rates(out, tmp_path / "no-sweep")
     assert set(rates) == {("clipseg", "frozen"), ("clipseg", "unfrozen")}
     assert "--quick" in rates[("clipseg", "unfrozen")].source
@@ -51,6 +59,8 @@ def test_quick_cpu_run_writes_every_section_and_the_dry_run_reads_it(tmp_path) -
 def test_mfu_uses_the_gpus_dense_bf16_peak_or_is_left_blank() -> None:
     assert peak_tflops("NVIDIA H100 80GB HBM3", None) == 989.0
     assert peak_tflops("NVIDIA H100 PCIe", None) == 756.0
+    assert peak_tflops("NVIDIA H100 NVL", None) == peak_tflops("NVIDIA H200 NVL", None) == 835.0
+    assert peak_tflops("NVIDIA H200", None) == peak_tflops("NVIDIA GH200 480GB", None) == 989.0
     assert peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312.0
     assert peak_tflops("NVIDIA A10G", None) is None
     assert peak_tflops("NVIDIA A10G", 70.0) == 70.0

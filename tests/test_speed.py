@@ -218,3 +218,21 @@ def test_switches_are_validated_by_name() -> None:
         TrainConfig.from_dict({"fused_adamw": "yes please"})
     cfg = TrainConfig.from_dict({"compile": True, "channels_last": True, "fused_adamw": None})
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("name", ["clipseg", "cris"])
+def test_the_forward_is_one_graph_without_a_host_sync(name: str) -> None:
+    # A host sync mid-forward (a tensor read as a Python bool) stalls a GPU step and breaks
+    # a compiled model into pieces; CRIS's right-padding check asserts on the device instead
+    # when the mask is on a GPU or being compiled, and still raises ValueError in eager CPU.
+    model = _model(name).eval()
+    batch = _batch(name)
+    explained = torch._dynamo.explain(model)(**batch)
+    assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+    if name == "cris":
+        bad = batch["attention_mask"].clone()
+        bad[0] = bad[0].flip(0)  # left padding
+        with pytest.raises(ValueError, match="right padding"):
+            model(batch["pixel_values"], batch["input_ids"], bad)
+        with pytest.raises(RuntimeError, match="right padding"):  # what a compiled step sees
+            torch.compile(model, backend="eager")(batch["pixel_values"], batch["input_ids"], bad)

@@ -594,12 +594,18 @@ class CRIS(nn.Module):
             )
         mask = attention_mask != 0
         # Right padding with at least one real token: the causal text tower and the
-        # end-of-text lookup rely on it. (One host sync per batch.)
-        if not bool(mask[:, 0].all() & (mask[:, 1:] <= mask[:, :-1]).all()):
-            raise ValueError(
-                "CRIS attention_mask: every row must start with attended tokens (1) followed "
-                "only by padding (0), i.e. right padding with a non-empty prompt"
-            )
+        # end-of-text lookup rely on it.
+        right_padded = mask[:, 0].all() & (mask[:, 1:] <= mask[:, :-1]).all()
+        if mask.is_cuda or torch.compiler.is_compiling():
+            # No host sync: a GPU step stays asynchronous and a compiled graph unbroken; a
+            # bad mask fails (RuntimeError) at the next synchronisation instead.
+            torch._assert_async(right_padded, _MASK_ERROR)
+        elif not bool(right_padded):
+            raise ValueError(_MASK_ERROR)
+
+
+_MASK_ERROR = ("CRIS attention_mask: every row must start with attended tokens (1) followed "
+               "only by padding (0), i.e. right padding with a non-empty prompt")
 
 
 def _check_pixels(pixel_values: torch.Tensor) -> None:
