@@ -81,6 +81,7 @@ def _build(setup: Setup, device: torch.device, full_size: bool):
     cfg = TrainConfig(model=setup.model, model_config=config, freeze_encoder=setup.frozen,
                       batch_size=setup.batch_size, **VARIANTS[setup.variant])
     precision = resolve_precision(cfg.precision, device)
+    torch.backends.cudnn.benchmark = not cfg.deterministic  # as the loop sets it (vlsm.train._set_up)
     model = build_model(setup.model, config=config, freeze_encoder=setup.frozen)
     model = prepare_model(model.to(device), cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -165,26 +166,45 @@ def _checkpoint_seconds(model, state) -> dict[str, float]:
     towers, train state) and of the host copy of the best weights kept each better epoch."""
     from vlsm import checkpoint as ckpt
 
+    fingerprint = ckpt.frozen_fingerprint(model)  # the loop computes it once a trial, not per checkpoint
     started = time.perf_counter()
     ckpt.host_copy(model)
     best_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="gpu-suite-ckpt-") as tmp:
         started = time.perf_counter()
-        ckpt.save_model(model, Path(tmp), frozen_sha256=ckpt.frozen_fingerprint(model))
+        ckpt.save_model(model, Path(tmp), frozen_sha256=fingerprint)
         state.save(Path(tmp))
         write_s = time.perf_counter() - started
     return {"checkpoint_write_s": write_s, "best_copy_s": best_s}
 
 
+STREAMED_BATCHES = 4  # host rows of a streamed store: this many batches, gathered at random
+
+
+def _streamed_features(features: tuple[torch.Tensor, ...], device: torch.device) -> Callable[[int], tuple]:
+    """A step's features read as a streamed store reads them (`vlsm.feature_store.read_rows`:
+    rows gathered from host arrays, copied to the device), from STREAMED_BATCHES batches' rows."""
+    from vlsm.feature_store import host_array, read_rows
+
+    arrays = [host_array(f).repeat(STREAMED_BATCHES, axis=0) for f in features]
+    dtype, n = features[0].dtype, len(arrays[0])
+    gen = torch.Generator().manual_seed(0)
+
+    def read(batch_size: int) -> tuple[torch.Tensor, ...]:
+        return tuple(read_rows(arrays, torch.randperm(n, generator=gen)[:batch_size], dtype, device))
+    return read
+
+
 def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: int, full_size: bool,
                      costs: bool = False, ready: Callable[[], None] | None = None,
-                     precomputed: bool = False) -> dict[str, Any]:
+                     precomputed: bool = False, streamed: bool = False) -> dict[str, Any]:
     """Training images/s, FLOPs per image (`bench.flops`, one step), peak memory; with
     costs also validation pairs/s and checkpoint seconds. An OOM or any other error is a
     row with an error, so the suite goes on and still writes what it measured.
     ready: called after the warm-up, right before the timed steps (packed trials wait
     there for each other). precomputed: a frozen setup trains on its frozen towers' outputs
-    computed once, as with the feature store (`train_step` with features)."""
+    computed once, as with the feature store (`train_step` with features); streamed: those
+    outputs read from host memory every step, as a store too large for the device is."""
     from vlsm.losses import DiceBCELoss
     from vlsm.speed import uses_fused_adamw
     from vlsm.trial_data import autocast_for
@@ -197,21 +217,29 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
             with torch.no_grad(), autocast_for(device, precision):  # what vlsm.feature_store holds
                 batch["features"] = model.frozen_image_features(batch["pixel_values"])
                 batch["text_features"] = model.frozen_text_features(batch["input_ids"], batch["attention_mask"])
+            row["store_bytes_per_image"] = sum(f[0].numel() * f.element_size() for f in batch["features"])
         loss_fn = DiceBCELoss(cfg.dice_weight, cfg.bce_weight, cfg.dice_smooth)
+        read = _streamed_features(batch["features"], device) if streamed else None
+
+        def step() -> None:
+            if read is not None:  # this step's rows from the host, as a streamed store reads them
+                batch["features"] = read(setup.batch_size)
+            train_step(model, cfg, state, precision, batch, loss_fn)
+
         row.update(precision=precision, fused_adamw=uses_fused_adamw(cfg, device))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(warmup):
-            train_step(model, cfg, state, precision, batch, loss_fn)
+            step()
         counter = flop_counter()
         with counter if not cfg.compile else contextlib.nullcontext():  # compiled graphs hide their ops
-            train_step(model, cfg, state, precision, batch, loss_fn)
+            step()
         _sync(device)
         if ready is not None:
             ready()
         started, row["timed_from"] = time.perf_counter(), time.time()  # wall clock: packed trials
         for _ in range(steps):
-            train_step(model, cfg, state, precision, batch, loss_fn)
+            step()
         _sync(device)
         seconds, row["timed_to"] = time.perf_counter() - started, time.time()
         row["images"] = steps * setup.batch_size
@@ -238,9 +266,9 @@ def packed_worker(setup: Setup, device_name: str, share: float, threads: int, st
     at its share (`vlsm.trainable.limit_to_share`), started together, images/s returned."""
     from vlsm.trainable import limit_to_share
 
-    torch.set_num_threads(threads)
-    device = torch.device(limit_to_share({"GPU": share}) if device_name == "cuda" else "cpu")
-    try:  # every trial built and warm before any is timed
+    try:  # every trial built and warm before any is timed; any failure is this trial's row
+        torch.set_num_threads(threads)
+        device = torch.device(limit_to_share({"GPU": share}) if device_name == "cuda" else "cpu")
         row = measure_training(setup, device, steps=steps, warmup=warmup, full_size=full_size,
                                ready=barrier.wait)
         if "error" in row:

@@ -224,3 +224,25 @@ def test_under_bf16_the_store_keeps_the_towers_outputs_bit_for_bit(caches, model
     gathered = stored.gather(torch.tensor([1]))
     assert [g.dtype for g in gathered] == [f.dtype for f in live] == [dtype] * len(live)
     assert all(torch.equal(a, b) and a.stride() == b.stride() for a, b in zip(gathered, live, strict=True))
+
+
+def test_store_device_fraction_places_a_store_and_both_placements_gather_the_same(caches, monkeypatch):
+    # On a GPU a split's store is kept on the device when it takes at most
+    # train.store_device_fraction of the trial's memory, else streamed from the memory
+    # maps (read_rows): the same rows either way. Here a made-up device budget stands in
+    # for the GPU's (on CPU there is none, and stores are always read from the maps).
+    cfg, split = _cfg(caches, "clipseg"), open_split(Path(caches["val"]))
+    model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True, init_seed=5)
+    folder = fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split).folder
+    nbytes = json.loads((folder / "meta.json").read_text())["nbytes"]
+    monkeypatch.setattr(fs, "allowed_device_bytes", lambda device: nbytes / 0.3)  # the store is 30% of it
+    inputs, text = _inputs(model, [split], cfg), (torch.zeros(1),)
+    streamed = fs.SplitFeatures(folder, inputs, text, split.size, True, device_fraction=0.2)
+    kept = fs.SplitFeatures(folder, inputs, text, split.size, True, device_fraction=0.5)
+    unwanted = fs.SplitFeatures(folder, inputs, text, split.size, False, device_fraction=1.0)
+    assert (streamed.on_device, kept.on_device, unwanted.on_device) == (False, True, False)
+    index = torch.tensor([3, 0, 3])
+    for a, b in zip(streamed.gather(index), kept.gather(index), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="store_device_fraction: got 1.5, expected 0 <= value <= 1"):
+        TrainConfig.from_dict({"store_device_fraction": 1.5})

@@ -32,8 +32,15 @@ def test_quick_cpu_run_writes_every_section_and_the_dry_run_reads_it(tmp_path) -
     # so the counts are equal here; at full size it skips 2 of 12 layers)
     assert rows[("clipseg", "unfrozen", "default")]["flop_per_image"] <= \
         rows[("clipseg", "unfrozen", "no_vision_stop_early")]["flop_per_image"]
-    store = {r["encoder"]: r for r in data["store"]["rows"] if r["model"] == "clipseg"}
-    assert set(store) == {"frozen"} and store["frozen"]["images_per_s"] > 0  # frozen trials only
+    stores = {(r["encoder"], r["variant"]): r for r in data["store"]["rows"] if r["model"] == "clipseg"}
+    assert set(stores) == {("frozen", "store"), ("frozen", "store_streamed")}  # frozen trials only
+    assert all(r["images_per_s"] > 0 for r in stores.values())
+    store = {"frozen": stores[("frozen", "store")]}
+    # where the paper's frozen share puts each training store: CPU has no device budget
+    placement = {p["data"]: p for p in data["store"]["placement"]}
+    assert set(placement) == {"camus", "sdm"} and all(p["on_device"] is None for p in placement.values())
+    per_image = store["frozen"]["store_bytes_per_image"]
+    assert placement["camus"]["store_gb"] == per_image * 1600 / 1e9 and placement["camus"]["share"] == 0.125
     assert data["projection"]["with_store"]["gpu_hours"] > 0
     assert {(r["encoder"], r["data"]) for r in data["overhead"]} == {
         (e, d) for e in ("frozen", "unfrozen") for d in ("camus", "sdm")}
@@ -101,3 +108,48 @@ def test_a_packed_trial_that_never_answers_is_stopped_and_reported() -> None:
     assert trials[0] == {"images": 4, "images_per_s": 2.0}
     assert trials[1] == {"error": "no result within --packed-timeout-s 1"}
     assert not hung.is_alive() and time.monotonic() - started < 30
+
+
+def test_a_packed_trial_that_fails_to_start_reports_and_frees_the_others(monkeypatch) -> None:
+    # a CUDA start-up error (the memory cap, the context) must reach the parent and break
+    # the barrier, or the other trials wait there for --packed-timeout-s
+    from bench import gpu_measure
+    from vlsm import trainable
+
+    def no_gpu(resources):
+        raise RuntimeError("CUDA error: no kernel image is available")
+
+    monkeypatch.setattr(trainable, "limit_to_share", no_gpu)
+
+    class Barrier:
+        aborted = False
+
+        def wait(self):
+            raise AssertionError("never reached")
+
+        def abort(self):
+            Barrier.aborted = True
+
+    results = []
+    gpu_measure.packed_worker(gpu_measure.Setup("clipseg", False, 2), "cuda", 0.25, 1, 1, 0, False, Barrier(),
+                              type("Queue", (), {"put": staticmethod(results.append)}))
+    assert results == [{"model": "clipseg", "encoder": "unfrozen", "batch_size": 2, "variant": "default",
+                        "error": "RuntimeError: CUDA error: no kernel image is available"}]
+    assert Barrier.aborted
+
+
+def test_the_projection_uses_the_streamed_rate_where_the_store_would_not_fit() -> None:
+    from bench.gpu_suite import projection
+
+    rows = [{"model": m, "encoder": e, "variant": "default", "images_per_s": 100.0}
+            for m in ("clipseg", "cris") for e in ("frozen", "unfrozen")]
+    store_rows = [{"model": m, "encoder": "frozen", "variant": v, "images_per_s": r}
+                  for m in ("clipseg", "cris") for v, r in (("store", 1000.0), ("store_streamed", 50.0))]
+    kept = [{"model": m, "data": d, "on_device": True} for m in ("clipseg", "cris") for d in ("camus", "sdm")]
+    sdm_streams = [{**p, "on_device": p["data"] != "sdm" or p["model"] != "clipseg"} for p in kept]
+    on_device = projection(rows, {"rows": store_rows, "placement": kept})
+    streaming = projection(rows, {"rows": store_rows, "placement": sdm_streams})
+    assert on_device == projection(rows, {"rows": store_rows, "placement": []})  # nothing streams
+    assert streaming["without_store"] == on_device["without_store"]
+    assert streaming["with_store"]["gpu_hours"] > on_device["with_store"]["gpu_hours"]
+    assert on_device["with_store"]["gpu_hours"] < on_device["without_store"]["gpu_hours"]

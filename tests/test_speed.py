@@ -185,6 +185,25 @@ def test_channels_last_cris_matches_the_contiguous_model() -> None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_channels_last_reaches_the_trunk_on_the_forward_and_the_stores_path() -> None:
+    # a frozen pretrained CRIS stores layer4's output (`frozen_image_features` runs the
+    # trunk alone): the store's features must see the same channels_last input as the forward
+    model = build_model("cris", config=tiny_config("cris"))
+    model.connect_trains_when_frozen = True  # as build_cris sets it for CLIP RN50 weights
+    model.set_encoder_frozen(True)
+    assert model.frozen_feature_spec()["image"] == "c3 c4 layer4"  # the trunk alone
+    model = prepare_model(model, TrainConfig(model="cris", model_config=tiny_config("cris"), channels_last=True), CPU)
+    seen = []
+    model.backbone.visual.conv1.register_forward_pre_hook(  # after prepare_model's: what conv1 is given
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    pixels = _batch("cris")["pixel_values"]
+    assert not pixels.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        model.encode_image(pixels)
+        model.frozen_image_features(pixels)
+    assert seen == [True, True]
+
+
 @pytest.mark.parametrize("name", ["clipseg", "cris"])
 def test_bf16_autocast_runs_on_cpu_close_to_fp32(name) -> None:
     batch = _batch(name)

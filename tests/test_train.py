@@ -135,6 +135,32 @@ def test_precision_on_cpu():
         resolve_precision("fp16", cpu)
 
 
+def test_a_state_saved_without_a_grad_scaler_resumes_where_one_is_on(tmp_path):
+    # bf16 or fp32 save an empty scaler; Ray may restore the trial on a GPU where "auto"
+    # means fp16 (grad scaler on): the state loads, with a fresh scaler
+    from vlsm.train_state import TrainState
+
+    cfg, cpu = TrainConfig(), torch.device("cpu")
+    params = [torch.nn.Parameter(torch.ones(3))]
+    TrainState.fresh(params, cfg, cpu, "bf16").save(tmp_path)
+    fp16 = TrainState.fresh(params, cfg, cpu, "fp16")
+    assert fp16.scaler.is_enabled()
+    fp16.load(tmp_path)
+    assert fp16.scaler.get_scale() == 65536.0  # torch's initial scale
+
+
+def test_auto_precision_on_a_gpu_is_bf16_only_where_it_is_native(monkeypatch):
+    # torch.cuda.is_bf16_supported() is True on a V100 or T4 too (emulated bf16, slow):
+    # "auto" must ask for native bf16 and take fp16 with a grad scaler there (the fake
+    # says True only when emulation counts)
+    cuda = torch.device("cuda")  # a device object: nothing touches a GPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", cuda) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100, H100
+    assert resolve_precision("auto", cuda) == "bf16"
+    assert resolve_precision("fp32", cuda) == "fp32"
+
+
 # --- the loop ---------------------------------------------------------------------------
 
 

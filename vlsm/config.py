@@ -94,6 +94,9 @@ class TrainConfig:
     # precision) into a folder beside the cache and read back (same results, no frozen
     # forward per step; vlsm.feature_store). None = on when the encoder is frozen
     feature_store: bool | None = None
+    # the share of the trial's GPU memory one split's store may take on the device; a larger
+    # store is gathered from its memory maps each batch (bench/gpu_suite.py measures both)
+    store_device_fraction: float = 0.2
     deterministic: bool = False  # deterministic CUDA kernels (slower); CPU runs are exact anyway
     system_metrics_interval_s: float = 10.0  # CPU/memory/GPU sampling for MLflow under Ray; 0 = off
     # a full resumable checkpoint once this many seconds passed since the last one, and
@@ -194,6 +197,8 @@ def _validate(cfg: TrainConfig) -> list[str]:
         errors.append(f"threshold: got {cfg.threshold!r}, expected 0 < threshold < 1")
     if not cfg.lr_factor < 1:
         errors.append(f"lr_factor: got {cfg.lr_factor!r}, expected < 1")
+    if not 0 <= cfg.store_device_fraction <= 1:
+        errors.append(f"store_device_fraction: got {cfg.store_device_fraction!r}, expected 0 <= value <= 1")
     if cfg.feature_store and not cfg.freeze_encoder:
         errors.append("feature_store: True needs freeze_encoder True (trained towers change their "
                       "features every step); leave it None (auto) or set it False")

@@ -101,14 +101,15 @@ def _rows(data: SplitTensors, prompts: PromptTable, idx: torch.Tensor, rows_all:
     if with_hausdorff:
         pred_np, truth_np = pred.cpu().numpy(), truth.cpu().numpy()  # (B, 512, 512)
     out = []
+    dices, ious = dice.tolist(), iou.tolist()  # one device read each per batch, not one per item
     for b, i in enumerate(idx.tolist()):
         item = data.split.items[i]
         row = {
             "image": data.split.names[item.image_index],
             "structure": STRUCTURES[item.structure],
             "prompt": prompts.texts[int(rows_all[i])],
-            DICE: float(dice[b]),
-            IOU: float(iou[b]),
+            DICE: dices[b],
+            IOU: ious[b],
         }
         if with_hausdorff:
             row[HAUSDORFF] = hausdorff_distance(pred_np[b], truth_np[b])

@@ -55,16 +55,12 @@ from vlsm.trial_data import ModelInputs, allowed_device_bytes, keep_on_device
 if TYPE_CHECKING:
     from vlsm.data.cache import PreparedSplit
 
-__all__ = ["STORE_DEVICE_FRACTION", "STORE_VERSION", "FeatureStore", "SplitFeatures", "store_key",
+__all__ = ["STORE_VERSION", "FeatureStore", "SplitFeatures", "host_array", "read_rows", "store_key",
            "store_path", "uses_feature_store"]
 
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1  # bump when the layout or meaning of the stored files changes
-# At most this share of the GPU memory a trial may use holds one split's features; larger
-# stores stream from the memory-mapped files instead. On CPU they are always read from
-# the memory maps (the page cache is the CPU's "device").
-STORE_DEVICE_FRACTION = 0.2
 _CODE_MODULES: tuple[str, ...] = (  # their source decides the stored values
     "vlsm.models.clipseg",
     "vlsm.models.cris",
@@ -144,7 +140,7 @@ def _build(folder: Path, model: nn.Module, split: PreparedSplit, inputs: ModelIn
                                           (n, *f.permute(order).shape[1:]))
                               for i, (f, order) in enumerate(zip(features, orders, strict=True))]
                 for array, f, order in zip(arrays, features, orders, strict=True):
-                    array[start:start + len(images)] = _to_numpy(f.permute(order))
+                    array[start:start + len(images)] = host_array(f.permute(order))
     finally:
         model.train(was_training)
     for array in arrays:
@@ -154,6 +150,20 @@ def _build(folder: Path, model: nn.Module, split: PreparedSplit, inputs: ModelIn
             "orders": orders, "nbytes": int(sum(a.nbytes for a in arrays))}
     del arrays
     (folder / _META).write_text(json.dumps(meta))  # written last
+
+
+def host_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A stored array as a tensor of the towers' dtype (bf16 is kept as its uint16 bits)."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
+
+def read_rows(arrays: list[np.ndarray], image_index: torch.Tensor, dtype: torch.dtype,
+              device: torch.device) -> list[torch.Tensor]:
+    """Rows image_index (B,) of each stored array (memory maps: the page cache), copied to
+    device: a streamed store's work per batch (bench/gpu_suite.py times it)."""
+    index = image_index.cpu().numpy()
+    return [host_tensor(a[index], dtype).to(device) for a in arrays]
 
 
 def _memory_order(t: torch.Tensor) -> list[int]:
@@ -171,7 +181,8 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return np.dtype(np.uint16) if dtype == torch.bfloat16 else torch.empty((), dtype=dtype).numpy().dtype
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
+def host_array(t: torch.Tensor) -> np.ndarray:
+    """A feature tensor as the store keeps it on the host (bf16 as its uint16 bits)."""
     t = t.detach().to("cpu")
     return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
@@ -181,7 +192,7 @@ class SplitFeatures:
     gathered per batch from the memory-mapped files."""
 
     def __init__(self, folder: Path, inputs: ModelInputs, text: tuple[torch.Tensor, ...], size: int,
-                 on_device_wanted: bool):
+                 on_device_wanted: bool, device_fraction: float):
         meta = json.loads((folder / _META).read_text())
         self.folder, self.inputs, self.text, self.size = folder, inputs, text, (size, size)
         self.dtype = getattr(torch, meta["dtype"])
@@ -189,9 +200,11 @@ class SplitFeatures:
         # stored dimension order -> the model's: argsort of each stored order
         self.unpermute = [sorted(range(len(order)), key=order.__getitem__) for order in meta["orders"]]
         allowed = allowed_device_bytes(inputs.device)
-        # on CPU (allowed None) the memory maps are the page cache already: never copied
+        # at most device_fraction (`TrainConfig.store_device_fraction`) of the GPU memory the
+        # trial may use; on CPU (allowed None) the memory maps are the page cache already:
+        # never copied
         self.on_device = allowed is not None and keep_on_device(meta["nbytes"], allowed, on_device_wanted,
-                                                                STORE_DEVICE_FRACTION)
+                                                                device_fraction)
         self.tensors: list[torch.Tensor] = []
         if self.on_device:
             self.tensors = [self._tensor(np.asarray(a)).to(inputs.device) for a in self.arrays]
@@ -199,8 +212,7 @@ class SplitFeatures:
                  "on the device" if self.on_device else "read from the memory maps")
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(array))
-        return t.view(torch.bfloat16) if self.dtype == torch.bfloat16 else t
+        return host_tensor(array, self.dtype)
 
     def gather(self, image_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The features of images image_index (B,): B rows each, on the device."""
@@ -208,8 +220,7 @@ class SplitFeatures:
             index = image_index.to(self.inputs.device)
             rows = [t[index] for t in self.tensors]
         else:
-            index = image_index.cpu().numpy()
-            rows = [self._tensor(a[index]).to(self.inputs.device) for a in self.arrays]
+            rows = read_rows(self.arrays, image_index, self.dtype, self.inputs.device)
         return tuple(r.permute(back) for r, back in zip(rows, self.unpermute, strict=True))
 
     def logits(self, model: nn.Module, image_index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -290,5 +301,5 @@ class FeatureStore:
                 if remote is not None:
                     remote_cache.publish_folder(path, remote)
             self._splits[memo] = SplitFeatures(path, self.inputs, self.text(model, fingerprint), split.size,
-                                               self.cfg.data_on_device)
+                                               self.cfg.data_on_device, self.cfg.store_device_fraction)
         return self._splits[memo]

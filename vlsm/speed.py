@@ -82,9 +82,11 @@ def kernel_choices(model: nn.Module) -> dict[str, object]:
 def _to_channels_last(model: nn.Module) -> None:
     """4-D weights and the visual backbone's input in channels_last (NHWC in memory)."""
     model.to(memory_format=torch.channels_last)
-    backbone = getattr(getattr(model, "backbone", None), "visual", None)  # CRIS's ResNet
-    if backbone is not None:
-        backbone.register_forward_pre_hook(_input_channels_last)
+    # the first convolution of CRIS's ResNet: its forward and its feature store's path
+    # (`trunk` alone, when `connect` trains) both start there
+    first = getattr(getattr(getattr(model, "backbone", None), "visual", None), "conv1", None)
+    if first is not None:
+        first.register_forward_pre_hook(_input_channels_last)
 
 
 def _input_channels_last(module: nn.Module, args: tuple) -> tuple:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -98,7 +99,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             raise ValueError("precision: 'fp16' needs a CUDA device; use 'auto', 'bf16' or 'fp32' on CPU")
         return "fp32" if precision == "auto" else precision
     if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # native bf16 only (compute capability 8.0+): torch's default also says True where
+        # bf16 is merely emulated (V100, T4), which is slower than fp16 with a grad scaler
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return precision
 
 
@@ -209,6 +212,8 @@ def _set_up(cfg: TrainConfig, device: str | torch.device | None, resume_dir: Pat
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
+    if cfg.deterministic:  # cuBLAS is deterministic only with this, read at its first matmul
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     key = prompt_key(cfg.prompt)

@@ -108,7 +108,8 @@ class TrainState:
         self.epoch = meta["epoch"]
         self.optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
         self.scheduler.load_state_dict(meta["scheduler"])
-        self.scaler.load_state_dict(meta["scaler"])
+        if meta["scaler"]:  # empty when it was off (bf16, fp32): a fresh scaler then
+            self.scaler.load_state_dict(meta["scaler"])
         self.stopper.best = meta["early_stopping"]["best"]
         self.stopper.wait = meta["early_stopping"]["wait"]
         self.best_val_dice = meta["best_val_dice"]
