@@ -133,15 +133,17 @@ def store_placement(rows: list[dict[str, Any]], device) -> list[dict[str, Any]]:
     from sweeps.spec import load_spec
     from sweeps.trials import trial_resources
     from vlsm.config import TrainConfig
+    from vlsm.model_registry import model_key
     from vlsm.trial_data import keep_on_device
 
     spec, fraction = load_spec(), TrainConfig().store_device_fraction
+    names = {model_key(name): name for name in spec.models}  # registry key -> the spec's model name
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     out = []
     for row in rows:
         if row["variant"] != "store" or "store_bytes_per_image" not in row:
             continue
-        share = trial_resources(spec, row["model"], "frozen", use_gpu=True)["gpu"]
+        share = trial_resources(spec, names[row["model"]], "frozen", use_gpu=True)["gpu"]
         for data, pairs in dataset_sizes(spec, None, None).items():
             nbytes = row["store_bytes_per_image"] * pairs // 3  # 3 structures an image
             allowed = None if total is None else total * share

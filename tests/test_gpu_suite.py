@@ -113,6 +113,8 @@ def test_a_packed_trial_that_never_answers_is_stopped_and_reported() -> None:
 def test_a_packed_trial_that_fails_to_start_reports_and_frees_the_others(monkeypatch) -> None:
     # a CUDA start-up error (the memory cap, the context) must reach the parent and break
     # the barrier, or the other trials wait there for --packed-timeout-s
+    import torch
+
     from bench import gpu_measure
     from vlsm import trainable
 
@@ -120,6 +122,7 @@ def test_a_packed_trial_that_fails_to_start_reports_and_frees_the_others(monkeyp
         raise RuntimeError("CUDA error: no kernel image is available")
 
     monkeypatch.setattr(trainable, "limit_to_share", no_gpu)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # a worker's, not this test process's
 
     class Barrier:
         aborted = False
