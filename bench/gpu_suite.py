@@ -43,11 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.*, run as 
 
 from bench.gpu_measure import APPLIES, VARIANTS, Setup, measure_training, packed_worker  # noqa: E402
 from bench.result_file import machine, write_result  # noqa: E402
-from sweeps.rates import DEFAULT_VARIANT, SUITE_KIND, THROUGHPUT, Rate  # noqa: E402
+from sweeps.rates import DEFAULT_VARIANT, STORE, STORE_VARIANTS, SUITE_KIND, THROUGHPUT, Rate  # noqa: E402
 from vlsm.axes import IMAGES_PER_S  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gpu_suite.json"
 MODELS = ("clipseg", "cris")
+ON_DEVICE, STREAMED = STORE_VARIANTS  # the store's two rows per frozen model
 PACKED = (1, 2, 4)  # unfrozen CLIPSeg trials sharing one GPU (Ray's 0.25 share packs 4)
 # Dense bf16 tensor-core peaks, TFLOP/s (NVIDIA's datasheets; sparsity not counted).
 # Matched in this order against torch.cuda.get_device_name(); others: --peak-tflops.
@@ -116,7 +117,7 @@ def store_rows(args, device, budget: Budget, peak: float | None) -> dict[str, An
     each dataset's training store on this device."""
     rows = []
     for setup in _setups(args, [DEFAULT_VARIANT]):
-        for variant, streamed in (("store", False), ("store_streamed", True)):
+        for variant, streamed in ((ON_DEVICE, False), (STREAMED, True)):
             if setup.frozen and budget.allows(f"{variant} {setup.model}"):
                 row = measure_training(setup, device, steps=args.steps, warmup=args.warmup,
                                        full_size=not args.quick, precomputed=True, streamed=streamed)
@@ -141,7 +142,7 @@ def store_placement(rows: list[dict[str, Any]], device) -> list[dict[str, Any]]:
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     out = []
     for row in rows:
-        if row["variant"] != "store" or "store_bytes_per_image" not in row:
+        if row["variant"] != ON_DEVICE or "store_bytes_per_image" not in row:
             continue
         share = trial_resources(spec, names[row["model"]], "frozen", use_gpu=True)["gpu"]
         for data, pairs in dataset_sizes(spec, None, None).items():
@@ -260,7 +261,7 @@ def projection(rows: list[dict[str, Any]], store: dict[str, Any]) -> dict[str, A
            "assumption": f"every trial runs run.expected_epochs = {epochs} epochs (early stopping; "
                          f"max_epochs {spec.train.get('max_epochs')}) on the data sizes {sizes}"}
     plain = rates_of(rows, DEFAULT_VARIANT)
-    on_device, streamed = rates_of(store["rows"], "store"), rates_of(store["rows"], "store_streamed")
+    on_device, streamed = rates_of(store["rows"], ON_DEVICE), rates_of(store["rows"], STREAMED)
     streams = {(p["model"], p["data"]) for p in store.get("placement", []) if p["on_device"] is False}
 
     def with_store(model: str, encoder: str, data: str) -> Rate | None:
@@ -302,17 +303,17 @@ def goal_values(result: dict[str, Any]) -> dict[str, float | None]:
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a and b else None
 
-    rows, store = result[THROUGHPUT], result["store"]["rows"]
+    rows, store = result[THROUGHPUT], result[STORE]["rows"]
     packed = {r["trials"]: r["aggregate_images_per_s"] for r in result["packed"]}
     shares = [r["overhead_share"] for r in result["overhead"]]
     with_store = result["projection"].get("with_store", {})
     values = [
         rate(rows, "clipseg", "unfrozen", DEFAULT_VARIANT, "mfu"),
         rate(rows, "cris", "unfrozen", DEFAULT_VARIANT, "mfu"),
-        ratio(rate(store, "clipseg", "frozen", "store"), rate(rows, "clipseg", "unfrozen", DEFAULT_VARIANT)),
-        ratio(rate(store, "cris", "frozen", "store"), rate(rows, "cris", "unfrozen", DEFAULT_VARIANT)),
-        ratio(rate(store, "clipseg", "frozen", "store"), rate(rows, "clipseg", "frozen", DEFAULT_VARIANT)),
-        ratio(rate(store, "clipseg", "frozen", "store_streamed"), rate(rows, "clipseg", "frozen", DEFAULT_VARIANT)),
+        ratio(rate(store, "clipseg", "frozen", ON_DEVICE), rate(rows, "clipseg", "unfrozen", DEFAULT_VARIANT)),
+        ratio(rate(store, "cris", "frozen", ON_DEVICE), rate(rows, "cris", "unfrozen", DEFAULT_VARIANT)),
+        ratio(rate(store, "clipseg", "frozen", ON_DEVICE), rate(rows, "clipseg", "frozen", DEFAULT_VARIANT)),
+        ratio(rate(store, "clipseg", "frozen", STREAMED), rate(rows, "clipseg", "frozen", DEFAULT_VARIANT)),
         max(shares) if shares else None,
         ratio(packed.get(4), packed.get(1)),
         with_store.get("gpu_hours") if not with_store.get("trials_without_rate") else None,
@@ -341,7 +342,7 @@ def print_tables(result: dict[str, Any]) -> None:
           f"{'quick, tiny models' if result['quick'] else 'full size'}")
     print(f"{'model':<8} {'encoder':<9} {'variant':<21} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} "
           f"{'TFLOP/s':>8} {'MFU':>6} {'peak GB':>7}")
-    for row in [*result[THROUGHPUT], *result["store"]["rows"]]:
+    for row in [*result[THROUGHPUT], *result[STORE]["rows"]]:
         if "error" in row:
             print(f"{row['model']:<8} {row['encoder']:<9} {row['variant']:<21} {row['batch_size']:>5} "
                   f"{row['error']}")
@@ -352,7 +353,7 @@ def print_tables(result: dict[str, Any]) -> None:
               f"{_fmt(mfu and mfu * 100, '.1f%'):>6} {_fmt(mem, '.2f'):>7}")
     print(f"\n{'store placement':<16} {'data':<6} {'store GB':>8} {'share':>6} {'allowed GB':>10} "
           f"{'fraction':>8}  on the device")
-    for row in result["store"]["placement"]:
+    for row in result[STORE]["placement"]:
         where = "- (CPU: memory maps)" if row["on_device"] is None else ("yes" if row["on_device"] else "no: streamed")
         print(f"{row['model']:<16} {row['data']:<6} {row['store_gb']:>8.2f} {row['share']:>6.3g} "
               f"{_fmt(row['allowed_gb'], '.1f'):>10} {row['fraction']:>8.2f}  {where}")
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += throughput_rows(args, device, budget, peak, ["compile"])
     result = {
         **machine(), "kind": SUITE_KIND, "device": name, "quick": args.quick, "peak_tflops": peak,
-        THROUGHPUT: rows, "store": store,
+        THROUGHPUT: rows, STORE: store,
         "overhead": overhead_rows(rows, _epochs(), TrainConfig().checkpoint_interval_s),
         "packed": packed,
         "projection": projection(rows, store),

@@ -259,7 +259,7 @@ def describe_plan(plan: SweepPlan) -> str:
     except ValueError as err:  # a dataset the grid cannot use (e.g. an empty split)
         raise DataError(str(err)) from None
     try:
-        rates = load_rates(plan.rates, plan.folder.root)
+        rates = load_rates(plan.rates, plan.folder.root, plan.spec.train.get("feature_store") is not False)
     except ValueError as err:  # --rates names a file or folder it cannot use
         raise UsageError(str(err)) from None
     return format_plan(plan.spec, plan.cells, sizes, use_gpu=True, rates=rates, skipped=plan.skipped)

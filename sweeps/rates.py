@@ -21,6 +21,8 @@ from vlsm.model_registry import model_key
 
 __all__ = [
     "DEFAULT_VARIANT",
+    "STORE",
+    "STORE_VARIANTS",
     "SUITE_KIND",
     "THROUGHPUT",
     "Rate",
@@ -49,8 +51,17 @@ class Rate:
     source: str
 
 
-def suite_rates(path: Path) -> dict[Key, Rate]:
-    """The default-variant rates of a `bench/gpu_suite.py` JSON; ValueError naming the file."""
+STORE = "store"  # its section of frozen trials with the feature store: rows, placement
+STORE_VARIANTS = ("store", "store_streamed")  # the store on the device, streamed from host memory
+
+
+def suite_rates(path: Path, feature_store: bool = True) -> dict[Key, Rate]:
+    """The default-variant rates of a `bench/gpu_suite.py` JSON; ValueError naming the file.
+
+    feature_store: frozen trials read the frozen towers' outputs from the store (the
+    default), so their rate is the suite's store row: streamed where its placement says a
+    store of that model would not stay on the GPU at the paper's share, else on the device.
+    """
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -71,6 +82,27 @@ def suite_rates(path: Path) -> dict[Key, Rate]:
                              f"{IMAGES_PER_S}: {row!r:.120}") from None
         if key[1] in ENCODERS and rate > 0:
             rates[key] = Rate(rate, False, where)
+    if feature_store:
+        rates.update(_store_rates(data.get(STORE), where))
+    return rates
+
+
+def _store_rates(store: object, where: str) -> dict[Key, Rate]:
+    """Frozen rates from the suite's store section (none when it has no usable rows)."""
+    if not isinstance(store, dict):
+        return {}
+    streams = {model_key(str(p.get("model"))) for p in store.get("placement", [])
+               if isinstance(p, dict) and p.get("on_device") is False}
+    rates = {}
+    for row in store.get("rows", []):
+        if not isinstance(row, dict) or row.get("variant") not in STORE_VARIANTS or "error" in row:
+            continue
+        model = model_key(str(row.get("model")))
+        wanted = STORE_VARIANTS[1] if model in streams else STORE_VARIANTS[0]
+        rate = row.get(IMAGES_PER_S)
+        if row["variant"] == wanted and isinstance(rate, int | float) and rate > 0:
+            how = "streamed from host memory" if model in streams else "on the GPU"
+            rates[(model, "frozen")] = Rate(float(rate), False, f"{where}, with the feature store {how}")
     return rates
 
 
@@ -93,9 +125,10 @@ def export_rates(folder: Path) -> dict[Key, Rate]:
             for (model, encoder), value in medians.items() if value > 0}
 
 
-def load_rates(rates: Path | None, output: Path) -> dict[Key, Rate]:
+def load_rates(rates: Path | None, output: Path, feature_store: bool = True) -> dict[Key, Rate]:
     """The rates the dry run uses: `--rates` (a suite JSON or a sweep folder) first, then
-    this sweep folder's own exports for the pairs it leaves out."""
+    this sweep folder's own exports for the pairs it leaves out. feature_store: whether
+    frozen trials use it (`train.feature_store` not False), for a suite JSON's rates."""
     found = export_rates(output)
     if rates is None:
         return found
@@ -107,5 +140,5 @@ def load_rates(rates: Path | None, output: Path) -> dict[Key, Rate]:
                              f"exports/trials.parquet; expected a sweep folder (or its exports/) or "
                              f"bench/gpu_suite.py's JSON")
     else:
-        given = suite_rates(rates)
+        given = suite_rates(rates, feature_store)
     return {**found, **given}

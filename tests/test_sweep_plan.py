@@ -569,13 +569,13 @@ def _paper_plan(rates: Path | None, output: Path) -> list[str]:
                        rates=load_rates(rates, output)).splitlines()
 
 
-def _suite_json(path: Path, rows: list[dict]) -> Path:
+def _suite_json(path: Path, rows: list[dict], store: dict | None = None) -> Path:
     import json
 
     from sweeps.rates import SUITE_KIND
 
     path.write_text(json.dumps({"kind": SUITE_KIND, "device": "NVIDIA H100 80GB HBM3", "quick": False,
-                                "throughput": rows}))
+                                "throughput": rows, **({"store": store} if store else {})}))
     return path
 
 
@@ -609,6 +609,27 @@ def test_the_dry_run_reads_rates_from_the_gpu_suites_json_and_names_it(tmp_path)
     assert "46 trial(s) without a measured rate" in lines[-1]
     demo = _dry_run(tmp_path, "--rates", str(rates)).splitlines()  # the option reaches the estimate
     assert f"rate clipseg unfrozen: 2000.0 images/s from {rates} (NVIDIA H100 80GB HBM3)" in demo
+
+
+def test_frozen_trials_are_estimated_at_the_suites_store_rate_where_they_use_the_store(tmp_path) -> None:
+    # frozen trials read the feature store by default: their rate is the suite's store row,
+    # the streamed one where its placement says the store would not stay on the GPU
+    from sweeps.rates import load_rates
+
+    default = [{"model": m, "encoder": "frozen", "variant": "default", "images_per_s": 100.0} for m in ("clipseg", "cris")]
+    store_rows = [{"model": m, "encoder": "frozen", "variant": v, "images_per_s": r}
+                  for m in ("clipseg", "cris") for v, r in (("store", 4000.0), ("store_streamed", 400.0))]
+    placement = [{"model": "clipseg", "data": "sdm", "on_device": False}, {"model": "cris", "data": "sdm", "on_device": True}]
+    rates = _suite_json(tmp_path / "gpu_suite.json", default, {"rows": store_rows, "placement": placement})
+    lines = _paper_plan(rates, tmp_path / "sweep")
+    assert _estimate(lines, "cris-real-frozen-p1") == "0.02"  # 4,800 x 60 / 4,000 images/s: on the GPU
+    assert _estimate(lines, "clipseg-real-frozen-p1") == "0.20"  # 4,800 x 60 / 400: streamed
+    assert f"rate cris frozen: 4000.0 images/s from {rates} (NVIDIA H100 80GB HBM3), with the feature store on the GPU" in lines
+    assert any(line.startswith("rate clipseg frozen: 400.0") and "streamed from host memory" in line for line in lines)
+    without = load_rates(rates, tmp_path / "sweep", feature_store=False)  # train.feature_store: false
+    assert without[("cris", "frozen")].images_per_s == 100.0
+    demo = _dry_run(tmp_path, "--rates", str(rates), "--set", "train.feature_store=false").splitlines()
+    assert any(line.startswith("rate clipseg frozen: 100.0") for line in demo)
 
 
 def test_the_dry_run_reads_rates_from_an_earlier_sweeps_exports(tmp_path) -> None:
