@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -207,7 +208,9 @@ class SplitFeatures:
                                                                 device_fraction)
         self.tensors: list[torch.Tensor] = []
         if self.on_device:
-            self.tensors = [self._tensor(np.asarray(a)).to(inputs.device) for a in self.arrays]
+            with warnings.catch_warnings():  # the read-only maps are only read: copied to the device
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self.tensors = [self._tensor(np.asarray(a)).to(inputs.device) for a in self.arrays]
         log.info("feature store %s: %.2f GB of %s features, %s", folder, meta["nbytes"] / 1e9, meta["dtype"],
                  "on the device" if self.on_device else "read from the memory maps")
 
