@@ -73,7 +73,7 @@ def _build(setup: Setup, device: torch.device, full_size: bool):
     from bench.full_size import full_size_config
     from vlsm.config import TrainConfig
     from vlsm.models import build_model, tiny_config
-    from vlsm.speed import prepare_model
+    from vlsm.speed import prepare_model, set_kernel_flags
     from vlsm.train import resolve_precision
     from vlsm.train_state import TrainState
 
@@ -81,7 +81,7 @@ def _build(setup: Setup, device: torch.device, full_size: bool):
     cfg = TrainConfig(model=setup.model, model_config=config, freeze_encoder=setup.frozen,
                       batch_size=setup.batch_size, **VARIANTS[setup.variant])
     precision = resolve_precision(cfg.precision, device)
-    torch.backends.cudnn.benchmark = not cfg.deterministic  # as the loop sets it (vlsm.train._set_up)
+    set_kernel_flags(cfg)  # as the loop sets them
     model = build_model(setup.model, config=config, freeze_encoder=setup.frozen)
     model = prepare_model(model.to(device), cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]

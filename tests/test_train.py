@@ -497,6 +497,9 @@ def test_a_synthetic_trial_can_be_prompted_with_its_generators_text(tmp_path):
     table = PromptTable(splits, "p2", tokenizer, torch.device("cpu"), synthetic_style=True, generator=True)
     rows = table.choose(splits[0].items, None).tolist() + table.choose(splits[1].items, None).tolist()
     texts = [table.texts[r] for r in rows]
+    # every epoch's choice reads the values worked out once at construction
+    table._phrasings = lambda *a, **k: pytest.fail("an item's prompt worked out again")
+    assert table.choose(splits[0].items, None).tolist() + table.choose(splits[1].items, None).tolist() == rows
     n_train = len(splits[0].items)
     assert all(" in an ultrasound image of heart in " in t for t in texts[:n_train])
     assert all(" view of the heart." in t for t in texts[n_train:])  # P2, as the cell says

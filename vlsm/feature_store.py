@@ -210,12 +210,9 @@ class SplitFeatures:
         if self.on_device:
             with warnings.catch_warnings():  # the read-only maps are only read: copied to the device
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                self.tensors = [self._tensor(np.asarray(a)).to(inputs.device) for a in self.arrays]
+                self.tensors = [host_tensor(np.asarray(a), self.dtype).to(inputs.device) for a in self.arrays]
         log.info("feature store %s: %.2f GB of %s features, %s", folder, meta["nbytes"] / 1e9, meta["dtype"],
                  "on the device" if self.on_device else "read from the memory maps")
-
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return host_tensor(array, self.dtype)
 
     def gather(self, image_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The features of images image_index (B,): B rows each, on the device."""

@@ -22,6 +22,7 @@ part off, and each has a CPU test proving it gives the plain path's results
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 
 from vlsm.config import TrainConfig
 
-__all__ = ["build_adamw", "kernel_choices", "prepare_model", "uses_fused_adamw"]
+__all__ = ["build_adamw", "kernel_choices", "prepare_model", "set_kernel_flags", "uses_fused_adamw"]
 
 
 def uses_fused_adamw(cfg: TrainConfig, device: torch.device) -> bool:
@@ -41,6 +42,16 @@ def build_adamw(params: Iterable[nn.Parameter], cfg: TrainConfig, device: torch.
     """The trial's AdamW (paper: weight decay 1e-3), fused when `uses_fused_adamw`."""
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              fused=uses_fused_adamw(cfg, device))
+
+
+def set_kernel_flags(cfg: TrainConfig) -> None:
+    """The process-wide kernel choices of a trial: cuDNN's autotuner unless deterministic,
+    and deterministic algorithms (cuBLAS needs its workspace setting, read at its first
+    matmul) when asked. The loop and the GPU suite both call this."""
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
 
 
 def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -59,7 +58,7 @@ from vlsm.config import TrainConfig
 from vlsm.evaluate import EvalSetup, evaluate, evaluate_best, read_test_summary
 from vlsm.feature_store import FeatureStore, SplitFeatures, uses_feature_store
 from vlsm.losses import DiceBCELoss
-from vlsm.speed import prepare_model
+from vlsm.speed import prepare_model, set_kernel_flags
 from vlsm.train_state import TrainState
 from vlsm.trial_data import ModelInputs, PromptTable, SplitTensors, mixed_epoch_order, open_cache
 
@@ -212,10 +211,7 @@ def _set_up(cfg: TrainConfig, device: str | torch.device | None, resume_dir: Pat
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
-    if cfg.deterministic:  # cuBLAS is deterministic only with this, read at its first matmul
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = not cfg.deterministic
+    set_kernel_flags(cfg)  # cuDNN autotuning, deterministic algorithms (vlsm.speed)
     key = prompt_key(cfg.prompt)
     train_split = open_cache(cfg.train_cache, "train_cache")
     val_split = open_cache(cfg.val_cache, "val_cache")

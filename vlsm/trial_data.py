@@ -78,9 +78,13 @@ class PromptTable:
         self.synthetic_style, self.generator, self.provenance = synthetic_style, generator, provenance
         self.key = key
         strings: dict[str, int] = {}
+        # each item's value, worked out once here and read by every epoch's `choose`: id ->
+        # (the item, to tell a reused id apart, its value)
+        self._values: dict[int, tuple[CacheItem, str | tuple[str, ...]]] = {}
         for split in splits:
             for item in split.items:
                 value = self._phrasings(item, split)
+                self._values[id(item)] = (item, value)
                 for text in [value] if isinstance(value, str) else value:
                     strings.setdefault(text, len(strings))
         self.rows = strings  # text -> row
@@ -110,9 +114,14 @@ class PromptTable:
             return with_provenance(value, item.synthetic, self.provenance)
         return tuple(with_provenance(text, item.synthetic, self.provenance) for text in value)
 
+    def _value(self, item: CacheItem) -> str | tuple[str, ...]:
+        """`_phrasings` of item: the one worked out at construction for the splits' items."""
+        entry = self._values.get(id(item))
+        return entry[1] if entry is not None and entry[0] is item else self._phrasings(item)
+
     def choose(self, items: Sequence[CacheItem], rng: random.Random | None) -> torch.Tensor:
         """Row per item (N,): a random phrasing (training) or the first one (rng None: evaluation)."""
-        return torch.tensor([self.rows[pick_phrasing(self._phrasings(item), rng)] for item in items])
+        return torch.tensor([self.rows[pick_phrasing(self._value(item), rng)] for item in items])
 
 
 class _PairDataset(torch.utils.data.Dataset):
