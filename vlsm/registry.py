@@ -1,0 +1,85 @@
+"""Registries: every value of a grid axis (model, strategy, prompt, synthetic source) is
+one entry holding all the code decides by its name (docs/design.md, "Registries").
+
+    from vlsm.registry import Registry
+    SHAPES = Registry("shape")
+    SHAPES.register(Shape("circle"))
+    SHAPES["circle"], SHAPES.names()          # unknown names fail listing the known ones
+
+Entries outside the package (a user's model, a test's toy entries) live in modules named
+by the environment variable VLSM_PLUGINS (comma-separated), imported on the first lookup
+in every process (the sweep's driver, its Ray workers, the `vlsm` commands).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["PLUGINS_ENV", "Registry", "load_plugins"]
+
+PLUGINS_ENV = "VLSM_PLUGINS"
+Entry = TypeVar("Entry")
+_imported: set[str] = set()
+
+
+def load_plugins() -> None:
+    """Import the modules VLSM_PLUGINS names (once each); they register their entries."""
+    for module in (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
+        if module and module not in _imported:
+            _imported.add(module)
+            importlib.import_module(module)
+
+
+class Registry(Generic[Entry]):
+    """Entries by name, in the order they were registered (the axis order everywhere).
+
+    names_of gives an entry's names: the first is its key, the others aliases it is also
+    found by (a model's display name beside its registry key).
+    """
+
+    def __init__(self, kind: str, names_of: Callable[[Entry], tuple[str, ...]] = lambda e: (e.name,)):
+        self.kind = kind
+        self._names_of = names_of
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, entry: Entry) -> Entry:
+        """Add an entry (ValueError when one of its names is taken); returns it."""
+        taken = [n for n in self._names_of(entry) if n in self._by_name()]
+        if taken:
+            raise ValueError(f"{self.kind} {taken[0]!r} is registered already")
+        self._entries[self._names_of(entry)[0]] = entry
+        return entry
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry by its key (tests that add a toy entry take it away again)."""
+        self._entries.pop(name, None)
+
+    def _by_name(self) -> dict[str, Entry]:
+        return {n: e for e in self._entries.values() for n in self._names_of(e)}
+
+    def __getitem__(self, name: str) -> Entry:
+        load_plugins()
+        entry = self._by_name().get(name)
+        if entry is None:
+            raise ValueError(f"{self.kind} {name!r} not found; available {self.kind}s = {list(self.names())}")
+        return entry
+
+    def __contains__(self, name: object) -> bool:
+        load_plugins()
+        return name in self._by_name()
+
+    def __iter__(self) -> Iterator[Entry]:
+        load_plugins()
+        return iter(tuple(self._entries.values()))
+
+    def __len__(self) -> int:
+        load_plugins()
+        return len(self._entries)
+
+    def names(self) -> tuple[str, ...]:
+        """The keys, in registration order."""
+        load_plugins()
+        return tuple(self._entries)
