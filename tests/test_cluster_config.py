@@ -50,10 +50,9 @@ def _head(config: dict) -> dict:
     return config["available_node_types"][config["head_node_type"]]
 
 
-def _readme_section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index("## Cloud cluster (`ray_cluster.yaml`)")
-    return text[start: text.index("\n## ", start)]
+def _cluster_page() -> str:
+    """docs/cluster.md, where the README sends a reader for the cluster."""
+    return (REPO / "docs" / "cluster.md").read_text()
 
 
 def test_ray_validates_the_cluster_config() -> None:
@@ -84,11 +83,11 @@ def test_mlflow_listens_on_the_heads_loopback_only() -> None:
     (command,) = [c for c in _config()["head_start_ray_commands"] if "mlflow server" in c]
     assert re.findall(r"--host\s+(\S+)", command) == ["127.0.0.1"]
     assert "--backend-store-uri sqlite:////home/ubuntu/state/" in command  # on the state volume
-    # the README's submit command and tunnel match
-    readme = _readme_section()
-    assert "--mlflow-uri http://127.0.0.1:5000" in readme and "HEAD_PRIVATE_IP" not in readme
-    assert "ray dashboard ray_cluster.yaml --port 5000 --remote-port 5000" in readme
-    assert "-L 5000:127.0.0.1:5000" in readme
+    # the cluster page's submit command and tunnel match
+    page = _cluster_page()
+    assert "--mlflow-uri http://127.0.0.1:5000" in page and "HEAD_PRIVATE_IP" not in page
+    assert "ray dashboard ray_cluster.yaml --port 5000 --remote-port 5000" in page
+    assert "-L 5000:127.0.0.1:5000" in page
 
 
 def test_only_what_runs_is_copied_to_the_nodes() -> None:
@@ -160,8 +159,8 @@ def test_head_and_workers_have_separate_instance_profiles() -> None:
     assert head == {"Name": "vlsm-ray-head"} and workers == {str({"Name": "vlsm-ray-worker"})}
 
 
-def test_the_readme_policies_give_workers_the_bucket_only() -> None:
-    policies = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", _readme_section(), re.S)]
+def test_the_cluster_pages_policies_give_workers_the_bucket_only() -> None:
+    policies = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", _cluster_page(), re.S)]
     assert len(policies) == 2
     head, worker = policies
 
@@ -183,7 +182,7 @@ def test_the_heads_state_outlives_it_on_a_volume() -> None:
     assert "mountpoint -q /home/ubuntu/state ||" in attach  # idempotent: `ray up` again is a no-op
     assert "VOLUME=vol-" in attach and "mkfs" in attach and "[ $FOUND = 2 ]" in attach  # formats a blank volume only
     assert _head(config)["node_config"].get("SubnetIds"), "the head must start in the volume's zone"
-    assert "--output /home/ubuntu/state/runs/" in _readme_section()
+    assert "--output /home/ubuntu/state/runs/" in _cluster_page()
 
 
 def test_gpu_workers_refuse_to_run_without_an_nvidia_driver() -> None:
