@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["PLUGINS_ENV", "Registry", "load_plugins"]
+__all__ = ["PLUGINS_ENV", "Registry", "load_plugins", "plugin_modules"]
 
 PLUGINS_ENV = "VLSM_PLUGINS"
 Entry = TypeVar("Entry")
@@ -31,6 +31,13 @@ def load_plugins() -> None:
         if module and module not in _imported:
             _imported.add(module)
             importlib.import_module(module)
+
+
+def plugin_modules() -> tuple[str, ...]:
+    """The plugin modules imported so far: their source keys the caches and stores, like
+    the package's own modules that decide cached values."""
+    load_plugins()
+    return tuple(sorted(_imported))
 
 
 class Registry(Generic[Entry]):

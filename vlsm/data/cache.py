@@ -188,11 +188,14 @@ def _file_digest(path: Path) -> str:
 
 
 def code_digest(modules: Sequence[str]) -> str:
-    """sha256 of the source of `modules` (those that decide what a folder holds)."""
+    """sha256 of the source of `modules` (those that decide what a folder holds) and of
+    the VLSM_PLUGINS modules (their registry entries may decide it too)."""
     import importlib
 
+    from vlsm.registry import plugin_modules
+
     digest = hashlib.sha256()
-    for module_name in modules:
+    for module_name in (*modules, *plugin_modules()):
         digest.update(module_name.encode())
         digest.update(Path(importlib.import_module(module_name).__file__).read_bytes())
     return digest.hexdigest()
