@@ -36,8 +36,6 @@ from vlsm.axes import (
     BEST_VAL_DICE,
     DICE,
     ENCODERS,
-    MODELS,
-    PROMPTS,
     PROVENANCE,
     PROVENANCE_NONE,
     PROVENANCE_PROMPT,
@@ -47,6 +45,8 @@ from vlsm.axes import (
     STRATEGY_SYNTHETIC,
     SYNTHETIC_SOURCE,
 )
+from vlsm.data.prompts import prompt_names
+from vlsm.model_registry import model_names
 
 __all__ = [
     "BEST",
@@ -163,7 +163,7 @@ def _best_vs_best(data: _Data, claim: str, where: dict, a: tuple, b: tuple) -> l
 def _per_prompt(data: _Data, claim: str, where: dict, a: dict, b: dict) -> list[dict]:
     """A row per prompt both cells of (a, b) have (a and b: cells without their prompt)."""
     rows = []
-    for prompt in PROMPTS:
+    for prompt in prompt_names():
         cell_a, cell_b = {**a, "prompt": prompt}, {**b, "prompt": prompt}
         if data.has(cell_a) and data.has(cell_b):
             rows.append(_row(data, claim, where, prompt, cell_a, cell_b, ""))
@@ -208,7 +208,7 @@ def _unfrozen_claims(data: _Data, model: str) -> list[dict]:
 def _convergence_claims(data: _Data, per_trial: pd.DataFrame, notes: list[str]) -> list[dict]:
     """Claim 4: epochs to the best validation Dice, real minus synth-PT:real-FT, paired by prompt."""
     rows: list[dict] = []
-    for model in MODELS:
+    for model in model_names():
         for encoder in ENCODERS:
             trials = per_trial[(per_trial["model"] == model) & (per_trial["encoder"] == encoder)]
             real = trials[trials["strategy"] == STRATEGY_REAL]
@@ -284,7 +284,7 @@ def claims(
                  {"test": test, "n_boot": n_boot, "seed": seed, "level": level})
     notes: list[str] = []
     rows: list[dict] = []
-    for model in MODELS:
+    for model in model_names():
         for encoder in ENCODERS:
             rows += _dice_claims(data, model, encoder)
         rows += _unfrozen_claims(data, model)

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.intervals import N_BOOT, bootstrap_interval
-from analysis.schema import CELL_COLUMNS, CELL_KEYS, CELL_VALUES, complete_variants, require_columns
+from analysis.schema import CELL_COLUMNS, CELL_KEYS, cell_values, complete_variants, require_columns
 from analysis.sweep import check_cells
 from analysis.tables import (
     ARM,
@@ -42,8 +42,6 @@ from analysis.tables import (
 from vlsm.axes import (
     DICE,
     ENCODERS,
-    MODELS,
-    PROMPTS,
     PROVENANCE,
     SEED,
     STRATEGY_FINETUNE,
@@ -51,6 +49,8 @@ from vlsm.axes import (
     STRATEGY_SYNTHETIC,
     SYNTHETIC_SOURCE,
 )
+from vlsm.data.prompts import prompt_names
+from vlsm.model_registry import model_names
 
 __all__ = [
     "ALTERNATIVES",
@@ -129,7 +129,8 @@ def select_cell(per_image: pd.DataFrame, cell: Mapping[str, object], name: str =
     unknown = sorted(set(cell) - set(_SELECT_KEYS))
     if unknown:
         raise ValueError(f"{name}={dict(cell)}: unknown key(s) {unknown}; expected keys from {list(_SELECT_KEYS)}")
-    bad = {c: v for c, v in cell.items() if c != SEED and v not in CELL_VALUES[c]}
+    values = cell_values()
+    bad = {c: v for c, v in cell.items() if c != SEED and v not in values[c]}
     if bad:  # check_cells' message, without building a frame for every comparison
         check_cells(pd.DataFrame({c: [v] for c, v in bad.items()}), f"{name}={dict(cell)}")
     mask = np.ones(len(per_image), dtype=bool)
@@ -285,7 +286,7 @@ def difference_to_real(
     """
     frame = with_arm(per_image[per_image["encoder"] == encoder])
     records = []
-    for model, prompt in itertools.product(MODELS, PROMPTS):
+    for model, prompt in itertools.product(model_names(), prompt_names()):
         cells = frame[(frame["model"] == model) & (frame["prompt"] == prompt)]
         real = cells[cells["strategy"] == STRATEGY_REAL]
         if real.empty:
@@ -450,7 +451,7 @@ def paper_comparisons(
     per_image = complete_variants(per_image)
     table = dice_table(per_image, metric, n_boot=0)
     plans: list[tuple[str, str, dict, dict, str]] = []
-    for model in MODELS:
+    for model in model_names():
         real = best_cell(table, model, STRATEGY_REAL, encoder)
         for source in _sources(table, STRATEGY_SYNTHETIC):
             synthetic = best_cell(table, model, STRATEGY_SYNTHETIC, encoder, synthetic_source=source)
