@@ -55,8 +55,9 @@ def _cells(spec: SweepSpec, name: str, where: tuple[str, str, str, int], source:
             raise ValueError(
                 f"grid.finetune_upstream: {prompt} -> {upstream_prompt}, but synthetic data has only "
                 f"{list(prompt_names(synthetic=True))}; map {prompt} to one of them")
+        upstream_source = source if uses_synthetic(strategy.upstream) else ""
         for upstream, upstream_why in _cells(spec, strategy.upstream, (model, encoder, upstream_prompt, seed),
-                                             source, buildable):
+                                             upstream_source, buildable):
             yield upstream, upstream_why
             why = why or (f"its upstream {upstream.cell_id} cannot run: {upstream_why}" if upstream_why else "")
             break  # an upstream varying by provenance: its first
