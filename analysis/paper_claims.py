@@ -244,6 +244,26 @@ def _finish(rows: list[dict], alpha: float) -> pd.DataFrame:
     return out[list(CLAIMS_COLUMNS)]
 
 
+def _claim_rows(data: _Data, frame: pd.DataFrame, trials: pd.DataFrame | None, epochs: pd.DataFrame | None,
+                notes: list[str]) -> list[dict]:
+    """The rows of every claim the data allows; notes gains the claims it cannot test."""
+    rows: list[dict] = []
+    for model in model_names():
+        for encoder in ENCODERS:
+            rows += _dice_claims(data, model, encoder)
+        rows += _unfrozen_claims(data, model)
+    if len(set(frame["encoder"])) < len(ENCODERS):
+        notes.append(f"{CLAIM_UNFROZEN}: not tested (only {sorted(set(frame['encoder']))} encoders)")
+    if trials is None or epochs is None:
+        notes.append(f"{CLAIM_CONVERGENCE}: not tested (needs trials and epochs; the authors published no "
+                     "per-epoch logs)")
+        return rows
+    per_trial = epochs_to_best(epochs, trials)
+    if "trial_id" in frame:
+        per_trial = per_trial[per_trial["trial_id"].isin(frame["trial_id"])]
+    return rows + _convergence_claims(data, per_trial, notes)
+
+
 def claims(
     per_image: pd.DataFrame,
     trials: pd.DataFrame | None = None,
@@ -283,22 +303,7 @@ def claims(
     data = _Data(matrices, table, prompts, best_prompt,
                  {"test": test, "n_boot": n_boot, "seed": seed, "level": level})
     notes: list[str] = []
-    rows: list[dict] = []
-    for model in model_names():
-        for encoder in ENCODERS:
-            rows += _dice_claims(data, model, encoder)
-        rows += _unfrozen_claims(data, model)
-    if len(set(frame["encoder"])) < len(ENCODERS):
-        notes.append(f"{CLAIM_UNFROZEN}: not tested (only {sorted(set(frame['encoder']))} encoders)")
-    if trials is None or epochs is None:
-        notes.append(f"{CLAIM_CONVERGENCE}: not tested (needs trials and epochs; the authors published no "
-                     "per-epoch logs)")
-    else:
-        per_trial = epochs_to_best(epochs, trials)
-        if "trial_id" in frame:
-            per_trial = per_trial[per_trial["trial_id"].isin(frame["trial_id"])]
-        rows += _convergence_claims(data, per_trial, notes)
-    out = _finish(rows, alpha)
+    out = _finish(_claim_rows(data, frame, trials, epochs, notes), alpha)
     if best_prompt == "validation" and (out["chosen_on"] == NO_VALIDATION).any():
         notes.append("best prompts chosen on test Dice where no validation results exist, as the paper did")
     if (out["interval"].str.endswith("(one seed)")).any():

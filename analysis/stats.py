@@ -419,6 +419,28 @@ def _sources(table: pd.DataFrame, strategy: str) -> list[str]:
     return list(dict.fromkeys(a[2] for a in arms(table) if a[1] == strategy))
 
 
+def _comparison_plans(table: pd.DataFrame, encoder: str) -> list[tuple[str, str, dict, dict, str]]:
+    """(family, model, cell a, cell b, alternative) of every paper comparison the table allows."""
+    plans: list[tuple[str, str, dict, dict, str]] = []
+    for model in model_names():
+        real = best_cell(table, model, STRATEGY_REAL, encoder)
+        for source in _sources(table, STRATEGY_SYNTHETIC):
+            synthetic = best_cell(table, model, STRATEGY_SYNTHETIC, encoder, synthetic_source=source)
+            if real and synthetic:
+                plans.append(("real vs synthetic", model, real, synthetic, "greater"))
+        for source in _sources(table, STRATEGY_FINETUNE):
+            finetune = best_cell(table, model, STRATEGY_FINETUNE, encoder, synthetic_source=source)
+            if finetune and real:
+                plans.append(("PT-FT vs real", model, finetune, real, "greater"))
+    others = [c for c in CELL_KEYS if c != "encoder"]
+    both = table.groupby(others)["encoder"].nunique()
+    for key in sort_cells(both[both == len(ENCODERS)].reset_index()[others]).itertuples(index=False, name=None):
+        cell = dict(zip(others, key, strict=True))
+        plans.append(("frozen vs unfrozen", cell["model"], {**cell, "encoder": "frozen"},
+                      {**cell, "encoder": "unfrozen"}, "two-sided"))
+    return plans
+
+
 def paper_comparisons(
     per_image: pd.DataFrame,
     *,
@@ -449,24 +471,7 @@ def paper_comparisons(
     if unknown:
         raise ValueError(f"families {unknown}; expected some of {list(FAMILIES)}")
     per_image = complete_variants(per_image)
-    table = dice_table(per_image, metric, n_boot=0)
-    plans: list[tuple[str, str, dict, dict, str]] = []
-    for model in model_names():
-        real = best_cell(table, model, STRATEGY_REAL, encoder)
-        for source in _sources(table, STRATEGY_SYNTHETIC):
-            synthetic = best_cell(table, model, STRATEGY_SYNTHETIC, encoder, synthetic_source=source)
-            if real and synthetic:
-                plans.append(("real vs synthetic", model, real, synthetic, "greater"))
-        for source in _sources(table, STRATEGY_FINETUNE):
-            finetune = best_cell(table, model, STRATEGY_FINETUNE, encoder, synthetic_source=source)
-            if finetune and real:
-                plans.append(("PT-FT vs real", model, finetune, real, "greater"))
-    others = [c for c in CELL_KEYS if c != "encoder"]
-    both = table.groupby(others)["encoder"].nunique()
-    for key in sort_cells(both[both == len(ENCODERS)].reset_index()[others]).itertuples(index=False, name=None):
-        cell = dict(zip(others, key, strict=True))
-        plans.append(("frozen vs unfrozen", cell["model"], {**cell, "encoder": "frozen"},
-                      {**cell, "encoder": "unfrozen"}, "two-sided"))
+    plans = _comparison_plans(dice_table(per_image, metric, n_boot=0), encoder)
     matrices = cell_matrices(per_image, metric)  # each cell's once, for all the comparisons it is in
     records = []
     for family, model, a, b, alternative in plans:
