@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             log.info("wrote %s", path)
         elif args.command == "example-export":
             from analysis.example import write_example_exports
-            from vlsm.axes import PAPER_STRATEGIES, STRATEGY_MIXED
+            from vlsm.axes import STRATEGY_MIXED
+            from vlsm.strategies import paper_strategies
 
-            strategies = (*PAPER_STRATEGIES, STRATEGY_MIXED) if args.mixed else PAPER_STRATEGIES
+            strategies = (*paper_strategies(), STRATEGY_MIXED) if args.mixed else paper_strategies()
             log.info("wrote %s", write_example_exports(args.output_dir, seed=args.seed, strategies=strategies,
                                                        sources=args.sources, seeds=range(42, 42 + args.seeds)))
         else:

@@ -24,13 +24,13 @@ from analysis.schema import (
 from analysis.tables import ARM, arms, sort_cells, with_arm
 from vlsm.axes import (
     EPOCH,
-    MODELS,
     SEED,
     STRATEGY_FINETUNE,
     STRATEGY_REAL,
     SYNTHETIC_SOURCE,
     VAL_DICE,
 )
+from vlsm.model_registry import model_names
 
 __all__ = ["epochs_to_best", "speedup", "val_dice_figure"]
 
@@ -80,7 +80,7 @@ def speedup(per_trial: pd.DataFrame) -> pd.DataFrame:
     means = sort_cells(frame.groupby(list(CELL_KEYS))["epochs_to_best"].mean().reset_index())
     real = means[means["strategy"] == STRATEGY_REAL]
     records = []
-    for model in MODELS:
+    for model in model_names():
         for encoder in sorted(set(frame["encoder"])):
             for source in dict.fromkeys(means.loc[means["strategy"] == STRATEGY_FINETUNE, SYNTHETIC_SOURCE]):
                 finetune = means[(means["strategy"] == STRATEGY_FINETUNE) & (means[SYNTHETIC_SOURCE] == source)]
@@ -110,7 +110,7 @@ def val_dice_figure(epochs: pd.DataFrame, trials: pd.DataFrame, encoder: str | N
     require_columns(epochs, EPOCHS_COLUMNS, "epochs frame")
     chosen = with_arm(trials if encoder is None else trials[trials["encoder"] == encoder])
     data = epochs.merge(chosen[["trial_id", *CELL_COLUMNS, ARM]], on="trial_id", how="inner")
-    models = [m for m in MODELS if m in set(data["model"])]
+    models = [m for m in model_names() if m in set(data["model"])]
     if not models:
         raise ValueError(f"no epochs for trials with encoder {encoder!r}")
     fig = Figure(figsize=(4.2 * len(models), 3.4), layout="constrained")

@@ -33,8 +33,6 @@ from analysis.schema import (
 from vlsm.atomic import atomic_path
 from vlsm.axes import (
     ENCODERS,
-    MODELS,
-    PAPER_STRATEGIES,
     PROVENANCE,
     PROVENANCES,
     SEED,
@@ -44,9 +42,11 @@ from vlsm.axes import (
     STRATEGY_REAL,
     STRATEGY_SYNTHETIC,
     STRUCTURES,
-    SYNTHETIC_PROMPTS,
     SYNTHETIC_SOURCE,
 )
+from vlsm.data.prompts import prompt_names
+from vlsm.model_registry import model_names
+from vlsm.strategies import STRATEGY_REGISTRY, paper_strategies, uses_synthetic
 
 __all__ = ["BEST_EPOCH", "EXAMPLE_EPOCHS", "SEED_SD", "write_example_exports"]
 
@@ -74,10 +74,10 @@ def _cells(models: Sequence[str], strategies: Sequence[str], encoders: Sequence[
         for strategy in strategies:
             for encoder in encoders:
                 for prompt in prompts:
-                    if strategy in (STRATEGY_SYNTHETIC, STRATEGY_MIXED) and prompt not in SYNTHETIC_PROMPTS:
+                    if STRATEGY_REGISTRY[strategy].synthetic_style and prompt not in prompt_names(synthetic=True):
                         continue
-                    for source in (sources if strategy != STRATEGY_REAL else ("",)):
-                        for provenance in (provenances if strategy == STRATEGY_MIXED else ("",)):
+                    for source in (sources if uses_synthetic(strategy) else ("",)):
+                        for provenance in (provenances if STRATEGY_REGISTRY[strategy].provenance else ("",)):
                             yield model, strategy, encoder, prompt, source, provenance
 
 
@@ -85,7 +85,7 @@ def _level(model: str, strategy: str, encoder: str, prompt: str, source: str, pr
     """The cell's expected Dice (before its seed's shift)."""
     if prompt == "P0":
         return 0.45
-    return (_BASE[strategy] + _MODEL_OFFSET[model] + _ENCODER_OFFSET[encoder] + _SOURCE_OFFSET[source]
+    return (_BASE.get(strategy, 0.85) + _MODEL_OFFSET[model] + _ENCODER_OFFSET[encoder] + _SOURCE_OFFSET.get(source, 0.0)
             + _PROVENANCE_OFFSET[provenance] + _PROMPT_OFFSET.get(prompt, 0.0))
 
 
@@ -93,9 +93,9 @@ def write_example_exports(
     output_dir: Path | str,
     *,
     prompts: Sequence[str] = ("P0", "P1", "P2"),
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] | None = None,
     encoders: Sequence[str] = ENCODERS,
-    strategies: Sequence[str] = PAPER_STRATEGIES,
+    strategies: Sequence[str] | None = None,
     sources: Sequence[str] = (SOURCE_SDM,),
     provenances: Sequence[str] = PROVENANCES,
     seeds: Sequence[int] = (DEFAULT_SEED,),
@@ -116,16 +116,18 @@ def write_example_exports(
     difficulty = {(i, s): rng.normal(0.0, 0.04) for i in images for s in STRUCTURES.values()}
     trials, epochs, per_image = [], [], []
     ids: dict[tuple, str] = {}
+    models, strategies = models or model_names(), strategies or paper_strategies()
     for cell in _cells(models, strategies, encoders, prompts, sources, provenances):
         model, strategy, encoder, prompt, source, provenance = cell
         for training_seed in seeds:
             trial_id = f"t{len(trials):03d}"
             ids[(*cell, training_seed)] = trial_id
             upstream = None
-            if strategy == STRATEGY_FINETUNE:
-                pretrain = prompt if prompt in SYNTHETIC_PROMPTS else SYNTHETIC_PROMPTS[-1]
-                upstream = ids.get((model, STRATEGY_SYNTHETIC, encoder, pretrain, source, "", training_seed))
-            best = BEST_EPOCH[strategy]
+            upstream_strategy = STRATEGY_REGISTRY[strategy].upstream
+            if upstream_strategy is not None:
+                pretrain = prompt if prompt in prompt_names(synthetic=True) else prompt_names(synthetic=True)[-1]
+                upstream = ids.get((model, upstream_strategy, encoder, pretrain, source, "", training_seed))
+            best = BEST_EPOCH.get(strategy, 5)
             level = _level(*cell) + rng.normal(0.0, SEED_SD)
             curve = [level - 0.3 * (best - e) / best if e <= best else level - 0.002 * (e - best)
                      for e in range(1, EXAMPLE_EPOCHS + 1)]

@@ -22,7 +22,9 @@ from matplotlib.figure import Figure
 from analysis.schema import require_columns
 from analysis.tables import ARM, arms, cell_exists, with_arm
 from vlsm.atomic import atomic_path
-from vlsm.axes import MODELS, PROMPTS, PROVENANCE, STRATEGY_REAL, SYNTHETIC_SOURCE
+from vlsm.axes import PROVENANCE, STRATEGY_REAL, SYNTHETIC_SOURCE
+from vlsm.data.prompts import prompt_names
+from vlsm.model_registry import model_names
 
 __all__ = [
     "FIGURE_FORMATS",
@@ -79,7 +81,7 @@ def _models(diff: pd.DataFrame) -> list[str]:
     present = set(diff.dropna(subset=["diff"])["model"])
     if not present:
         raise ValueError("no difference to draw: no model has both cells of any pair")
-    return [m for m in MODELS if m in present]
+    return [m for m in model_names() if m in present]
 
 
 def _panels(models: Sequence[str], title: str) -> tuple[Figure, list]:
@@ -91,16 +93,16 @@ def _panels(models: Sequence[str], title: str) -> tuple[Figure, list]:
 
 def _draw(ax, frame: pd.DataFrame, model: str, ylabel: str) -> None:
     """A line per arm, with error bars where `frame` has ci_low and ci_high; x = the
-    prompt's position in PROMPTS (so gaps stay gaps)."""
+    prompt's position in prompt_names() (so gaps stay gaps)."""
     drawn = 0
     of_model = frame[frame["model"] == model]
     for label, strategy, _source, _provenance in arms(of_model):
         line = of_model[of_model[ARM] == label]
-        line = line.set_index("prompt").reindex([p for p in PROMPTS if cell_exists(strategy, p)])
+        line = line.set_index("prompt").reindex([p for p in prompt_names() if cell_exists(strategy, p)])
         line = line.dropna(subset=["diff"])
         if line.empty:
             continue
-        x = [PROMPTS.index(p) for p in line.index]
+        x = [prompt_names().index(p) for p in line.index]
         y = line["diff"].to_numpy()
         if "ci_low" in line:
             errors = [y - line["ci_low"].to_numpy(), line["ci_high"].to_numpy() - y]
@@ -109,7 +111,7 @@ def _draw(ax, frame: pd.DataFrame, model: str, ylabel: str) -> None:
             ax.plot(x, y, marker="o", label=label)
         drawn += 1
     ax.axhline(0.0, color="0.5", linewidth=0.8)
-    ax.set_xticks(range(len(PROMPTS)), list(PROMPTS))
+    ax.set_xticks(range(len(prompt_names())), list(prompt_names()))
     ax.set_title(model)
     ax.set_xlabel("prompt")
     ax.set_ylabel(ylabel)

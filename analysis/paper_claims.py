@@ -36,8 +36,6 @@ from vlsm.axes import (
     BEST_VAL_DICE,
     DICE,
     ENCODERS,
-    MODELS,
-    PROMPTS,
     PROVENANCE,
     PROVENANCE_NONE,
     PROVENANCE_PROMPT,
@@ -47,6 +45,8 @@ from vlsm.axes import (
     STRATEGY_SYNTHETIC,
     SYNTHETIC_SOURCE,
 )
+from vlsm.data.prompts import prompt_names
+from vlsm.model_registry import model_names
 
 __all__ = [
     "BEST",
@@ -163,7 +163,7 @@ def _best_vs_best(data: _Data, claim: str, where: dict, a: tuple, b: tuple) -> l
 def _per_prompt(data: _Data, claim: str, where: dict, a: dict, b: dict) -> list[dict]:
     """A row per prompt both cells of (a, b) have (a and b: cells without their prompt)."""
     rows = []
-    for prompt in PROMPTS:
+    for prompt in prompt_names():
         cell_a, cell_b = {**a, "prompt": prompt}, {**b, "prompt": prompt}
         if data.has(cell_a) and data.has(cell_b):
             rows.append(_row(data, claim, where, prompt, cell_a, cell_b, ""))
@@ -208,7 +208,7 @@ def _unfrozen_claims(data: _Data, model: str) -> list[dict]:
 def _convergence_claims(data: _Data, per_trial: pd.DataFrame, notes: list[str]) -> list[dict]:
     """Claim 4: epochs to the best validation Dice, real minus synth-PT:real-FT, paired by prompt."""
     rows: list[dict] = []
-    for model in MODELS:
+    for model in model_names():
         for encoder in ENCODERS:
             trials = per_trial[(per_trial["model"] == model) & (per_trial["encoder"] == encoder)]
             real = trials[trials["strategy"] == STRATEGY_REAL]
@@ -242,6 +242,26 @@ def _finish(rows: list[dict], alpha: float) -> pd.DataFrame:
     rank = {c: i for i, c in enumerate(CLAIMS)}
     out = out.sort_values("claim", key=lambda c: c.map(rank), kind="stable").reset_index(drop=True)
     return out[list(CLAIMS_COLUMNS)]
+
+
+def _claim_rows(data: _Data, frame: pd.DataFrame, trials: pd.DataFrame | None, epochs: pd.DataFrame | None,
+                notes: list[str]) -> list[dict]:
+    """The rows of every claim the data allows; notes gains the claims it cannot test."""
+    rows: list[dict] = []
+    for model in model_names():
+        for encoder in ENCODERS:
+            rows += _dice_claims(data, model, encoder)
+        rows += _unfrozen_claims(data, model)
+    if len(set(frame["encoder"])) < len(ENCODERS):
+        notes.append(f"{CLAIM_UNFROZEN}: not tested (only {sorted(set(frame['encoder']))} encoders)")
+    if trials is None or epochs is None:
+        notes.append(f"{CLAIM_CONVERGENCE}: not tested (needs trials and epochs; the authors published no "
+                     "per-epoch logs)")
+        return rows
+    per_trial = epochs_to_best(epochs, trials)
+    if "trial_id" in frame:
+        per_trial = per_trial[per_trial["trial_id"].isin(frame["trial_id"])]
+    return rows + _convergence_claims(data, per_trial, notes)
 
 
 def claims(
@@ -283,22 +303,7 @@ def claims(
     data = _Data(matrices, table, prompts, best_prompt,
                  {"test": test, "n_boot": n_boot, "seed": seed, "level": level})
     notes: list[str] = []
-    rows: list[dict] = []
-    for model in MODELS:
-        for encoder in ENCODERS:
-            rows += _dice_claims(data, model, encoder)
-        rows += _unfrozen_claims(data, model)
-    if len(set(frame["encoder"])) < len(ENCODERS):
-        notes.append(f"{CLAIM_UNFROZEN}: not tested (only {sorted(set(frame['encoder']))} encoders)")
-    if trials is None or epochs is None:
-        notes.append(f"{CLAIM_CONVERGENCE}: not tested (needs trials and epochs; the authors published no "
-                     "per-epoch logs)")
-    else:
-        per_trial = epochs_to_best(epochs, trials)
-        if "trial_id" in frame:
-            per_trial = per_trial[per_trial["trial_id"].isin(frame["trial_id"])]
-        rows += _convergence_claims(data, per_trial, notes)
-    out = _finish(rows, alpha)
+    out = _finish(_claim_rows(data, frame, trials, epochs, notes), alpha)
     if best_prompt == "validation" and (out["chosen_on"] == NO_VALIDATION).any():
         notes.append("best prompts chosen on test Dice where no validation results exist, as the paper did")
     if (out["interval"].str.endswith("(one seed)")).any():

@@ -37,7 +37,8 @@ from analysis.stats import FAMILIES, compare_sources, difference_to_real, paper_
 from analysis.sweep import load_sweep, read_epochs, read_trials
 from analysis.tables import ARM, dice_table, render_intervals, render_table, sort_cells, with_arm
 from vlsm.atomic import not_writable, write_text_atomic
-from vlsm.axes import ENCODERS, PROMPTS, PROVENANCE, SYNTHETIC_SOURCE
+from vlsm.axes import ENCODERS, PROVENANCE, SYNTHETIC_SOURCE
+from vlsm.data.prompts import prompt_names
 
 __all__ = ["REPORT_FORMATS", "build_report"]
 
@@ -236,10 +237,10 @@ def _convergence(doc: _Document, epochs: pd.DataFrame | None, trials: pd.DataFra
              "4.55x faster than real for CRIS and 1.71x for CLIPSeg.")
     keys = ["model", "strategy", SYNTHETIC_SOURCE, PROVENANCE, "encoder"]
     grid = per_trial.pivot_table(index=keys, columns="prompt", values="epochs_to_best", aggfunc="mean")
-    grid = sort_cells(grid.reindex(columns=[p for p in PROMPTS if p in grid.columns]).reset_index())
+    grid = sort_cells(grid.reindex(columns=[p for p in prompt_names() if p in grid.columns]).reset_index())
     grid = with_arm(grid)
-    grid = grid[["model", ARM, "encoder", *(p for p in PROMPTS if p in grid.columns)]]
-    doc.frame(grid, {p: (lambda v: _fmt_float(v, "{:.1f}")) for p in PROMPTS})
+    grid = grid[["model", ARM, "encoder", *(p for p in prompt_names() if p in grid.columns)]]
+    doc.frame(grid, {p: (lambda v: _fmt_float(v, "{:.1f}")) for p in prompt_names()})
     speed = speedup(per_trial)
     if speed.empty:
         doc.text("Speed-up: needs real and synth-PT:real-FT trials with the same prompts.")

@@ -35,18 +35,14 @@ from vlsm.axes import (
     IMAGES_PER_S,
     IOU,
     LR,
-    MODELS,
-    PROMPTS,
     PROVENANCE,
     PROVENANCES,
     SECONDS,
     SEED,
     SOURCE_SDM,
-    STRATEGIES,
     STRATEGY_REAL,
     STRUCTURES,
     SYNTHETIC_SOURCE,
-    SYNTHETIC_SOURCES,
     TEST_DICE_MEAN,
     TEST_DICE_STD,
     TRAIN_LOSS,
@@ -54,11 +50,15 @@ from vlsm.axes import (
     VAL_LOSS,
     VARIANT_AXES,
 )
+from vlsm.data.prompts import prompt_names
+from vlsm.data.synthetic_sources import source_names
+from vlsm.model_registry import model_names
+from vlsm.strategies import strategy_names
 
 __all__ = [
     "CELL_COLUMNS",
     "CELL_KEYS",
-    "CELL_VALUES",
+    "cell_values",
     "DEFAULT_SEED",
     "EPOCHS_COLUMNS",
     "EPOCHS_FILE",
@@ -89,15 +89,19 @@ CELL_COLUMNS: tuple[str, ...] = CELL_AXES
 VARIANT_COLUMNS: tuple[str, ...] = VARIANT_AXES
 # The cell of the analysis (a row of its tables): grid cell and variant; seeds are its replicates.
 CELL_KEYS: tuple[str, ...] = (*CELL_COLUMNS, *VARIANT_COLUMNS)
-# The values each cell and variant column may hold, in their order in tables (vlsm.axes').
-CELL_VALUES: dict[str, tuple[str, ...]] = {
-    "model": MODELS,
-    "strategy": STRATEGIES,
-    "encoder": ENCODERS,
-    "prompt": PROMPTS,
-    SYNTHETIC_SOURCE: ("", *SYNTHETIC_SOURCES),
-    PROVENANCE: ("", *PROVENANCES),
-}
+def cell_values() -> dict[str, tuple[str, ...]]:
+    """The values each cell and variant column may hold, in their order in tables: the
+    registries' (vlsm.registry), asked when a table is made, so plugin entries count."""
+    return {
+        "model": model_names(),
+        "strategy": strategy_names(),
+        "encoder": ENCODERS,
+        "prompt": prompt_names(),
+        SYNTHETIC_SOURCE: ("", *source_names()),
+        PROVENANCE: ("", *PROVENANCES),
+    }
+
+
 # The seed of rows written before the seed was a column: the paper's (train.seed's default).
 DEFAULT_SEED = 42
 

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.intervals import N_BOOT, bootstrap_interval
-from analysis.schema import CELL_COLUMNS, CELL_KEYS, CELL_VALUES, complete_variants, require_columns
+from analysis.schema import CELL_COLUMNS, CELL_KEYS, cell_values, complete_variants, require_columns
 from analysis.sweep import check_cells
 from analysis.tables import (
     ARM,
@@ -42,8 +42,6 @@ from analysis.tables import (
 from vlsm.axes import (
     DICE,
     ENCODERS,
-    MODELS,
-    PROMPTS,
     PROVENANCE,
     SEED,
     STRATEGY_FINETUNE,
@@ -51,6 +49,8 @@ from vlsm.axes import (
     STRATEGY_SYNTHETIC,
     SYNTHETIC_SOURCE,
 )
+from vlsm.data.prompts import prompt_names
+from vlsm.model_registry import model_names
 
 __all__ = [
     "ALTERNATIVES",
@@ -129,7 +129,8 @@ def select_cell(per_image: pd.DataFrame, cell: Mapping[str, object], name: str =
     unknown = sorted(set(cell) - set(_SELECT_KEYS))
     if unknown:
         raise ValueError(f"{name}={dict(cell)}: unknown key(s) {unknown}; expected keys from {list(_SELECT_KEYS)}")
-    bad = {c: v for c, v in cell.items() if c != SEED and v not in CELL_VALUES[c]}
+    values = cell_values()
+    bad = {c: v for c, v in cell.items() if c != SEED and v not in values[c]}
     if bad:  # check_cells' message, without building a frame for every comparison
         check_cells(pd.DataFrame({c: [v] for c, v in bad.items()}), f"{name}={dict(cell)}")
     mask = np.ones(len(per_image), dtype=bool)
@@ -285,7 +286,7 @@ def difference_to_real(
     """
     frame = with_arm(per_image[per_image["encoder"] == encoder])
     records = []
-    for model, prompt in itertools.product(MODELS, PROMPTS):
+    for model, prompt in itertools.product(model_names(), prompt_names()):
         cells = frame[(frame["model"] == model) & (frame["prompt"] == prompt)]
         real = cells[cells["strategy"] == STRATEGY_REAL]
         if real.empty:
@@ -418,6 +419,28 @@ def _sources(table: pd.DataFrame, strategy: str) -> list[str]:
     return list(dict.fromkeys(a[2] for a in arms(table) if a[1] == strategy))
 
 
+def _comparison_plans(table: pd.DataFrame, encoder: str) -> list[tuple[str, str, dict, dict, str]]:
+    """(family, model, cell a, cell b, alternative) of every paper comparison the table allows."""
+    plans: list[tuple[str, str, dict, dict, str]] = []
+    for model in model_names():
+        real = best_cell(table, model, STRATEGY_REAL, encoder)
+        for source in _sources(table, STRATEGY_SYNTHETIC):
+            synthetic = best_cell(table, model, STRATEGY_SYNTHETIC, encoder, synthetic_source=source)
+            if real and synthetic:
+                plans.append(("real vs synthetic", model, real, synthetic, "greater"))
+        for source in _sources(table, STRATEGY_FINETUNE):
+            finetune = best_cell(table, model, STRATEGY_FINETUNE, encoder, synthetic_source=source)
+            if finetune and real:
+                plans.append(("PT-FT vs real", model, finetune, real, "greater"))
+    others = [c for c in CELL_KEYS if c != "encoder"]
+    both = table.groupby(others)["encoder"].nunique()
+    for key in sort_cells(both[both == len(ENCODERS)].reset_index()[others]).itertuples(index=False, name=None):
+        cell = dict(zip(others, key, strict=True))
+        plans.append(("frozen vs unfrozen", cell["model"], {**cell, "encoder": "frozen"},
+                      {**cell, "encoder": "unfrozen"}, "two-sided"))
+    return plans
+
+
 def paper_comparisons(
     per_image: pd.DataFrame,
     *,
@@ -448,24 +471,7 @@ def paper_comparisons(
     if unknown:
         raise ValueError(f"families {unknown}; expected some of {list(FAMILIES)}")
     per_image = complete_variants(per_image)
-    table = dice_table(per_image, metric, n_boot=0)
-    plans: list[tuple[str, str, dict, dict, str]] = []
-    for model in MODELS:
-        real = best_cell(table, model, STRATEGY_REAL, encoder)
-        for source in _sources(table, STRATEGY_SYNTHETIC):
-            synthetic = best_cell(table, model, STRATEGY_SYNTHETIC, encoder, synthetic_source=source)
-            if real and synthetic:
-                plans.append(("real vs synthetic", model, real, synthetic, "greater"))
-        for source in _sources(table, STRATEGY_FINETUNE):
-            finetune = best_cell(table, model, STRATEGY_FINETUNE, encoder, synthetic_source=source)
-            if finetune and real:
-                plans.append(("PT-FT vs real", model, finetune, real, "greater"))
-    others = [c for c in CELL_KEYS if c != "encoder"]
-    both = table.groupby(others)["encoder"].nunique()
-    for key in sort_cells(both[both == len(ENCODERS)].reset_index()[others]).itertuples(index=False, name=None):
-        cell = dict(zip(others, key, strict=True))
-        plans.append(("frozen vs unfrozen", cell["model"], {**cell, "encoder": "frozen"},
-                      {**cell, "encoder": "unfrozen"}, "two-sided"))
+    plans = _comparison_plans(dice_table(per_image, metric, n_boot=0), encoder)
     matrices = cell_matrices(per_image, metric)  # each cell's once, for all the comparisons it is in
     records = []
     for family, model, a, b, alternative in plans:

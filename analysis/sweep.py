@@ -18,7 +18,6 @@ import pandas as pd
 
 from analysis.schema import (
     CELL_KEYS,
-    CELL_VALUES,
     EPOCHS_COLUMNS,
     EPOCHS_FILE,
     OPTIONAL_COLUMNS,
@@ -27,6 +26,7 @@ from analysis.schema import (
     PER_IMAGE_FILE,
     TRIALS_COLUMNS,
     TRIALS_FILE,
+    cell_values,
     complete_variants,
     exports_dir,
     normalise_structure,
@@ -34,7 +34,7 @@ from analysis.schema import (
 )
 from vlsm.axes import BEST_VAL_DICE, SEED
 
-__all__ = ["CELL_VALUES", "DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_trials"]
+__all__ = ["DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_trials"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ _REPLICATE = (*CELL_KEYS, SEED)  # one trial stands for each
 
 def check_cells(frame: pd.DataFrame, source: str) -> None:
     """Raise ValueError when a cell or variant value (of the columns present) is not one of vlsm.axes."""
-    for column, allowed in CELL_VALUES.items():
+    for column, allowed in cell_values().items():
         if column not in frame:
             continue
         bad = sorted(set(frame[column].dropna().astype(str)) - set(allowed))

@@ -21,29 +21,27 @@ import numpy as np
 import pandas as pd
 
 from analysis.intervals import N_BOOT, bootstrap_interval
-from analysis.schema import CELL_KEYS, CELL_VALUES, complete_variants, require_columns
+from analysis.schema import CELL_KEYS, cell_values, complete_variants, require_columns
 from vlsm.axes import (
     DICE,
     ENCODERS,
-    MODELS,
-    PROMPTS,
     PROVENANCE,
     PROVENANCE_NONE,
     SEED,
     SOURCE_SDM,
-    STRATEGIES,
     STRATEGY_FINETUNE,
     STRATEGY_MIXED,
     STRATEGY_REAL,
     STRATEGY_SYNTHETIC,
-    SYNTHETIC_PROMPTS,
     SYNTHETIC_SOURCE,
 )
+from vlsm.data.prompts import prompt_names
+from vlsm.model_registry import model_names
+from vlsm.strategies import STRATEGY_REGISTRY, strategy_names
 
 __all__ = [
     "ARM",
     "FORMATS",
-    "INTERVAL_STRATEGY_ORDER",
     "PAPER_STRATEGY_ORDER",
     "arm_label",
     "arms",
@@ -99,13 +97,15 @@ def arms(frame: pd.DataFrame, order: Sequence[str] = _ARM_STRATEGY_ORDER) -> lis
 
 def cell_exists(strategy: str, prompt: str) -> bool:
     """False for cells the grid cannot have: synthetic data has no P7 (nor real+synthetic)."""
-    return strategy not in (STRATEGY_SYNTHETIC, STRATEGY_MIXED) or prompt in SYNTHETIC_PROMPTS
+    synthetic_style = strategy in STRATEGY_REGISTRY and STRATEGY_REGISTRY[strategy].synthetic_style
+    return not synthetic_style or prompt in prompt_names(synthetic=True)
 
 
 def sort_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Sort by model, strategy, encoder, prompt, source, provenance in the order of vlsm.axes."""
     keys = [c for c in (*CELL_KEYS, SEED) if c in frame.columns]
-    ranks = {c: frame[c].map({v: i for i, v in enumerate(CELL_VALUES[c])}) if c in CELL_VALUES else frame[c] for c in keys}
+    values = cell_values()
+    ranks = {c: frame[c].map({v: i for i, v in enumerate(values[c])}) if c in values else frame[c] for c in keys}
     order = pd.DataFrame(ranks).sort_values(keys, kind="stable").index
     return frame.loc[order].reset_index(drop=True)
 
@@ -201,7 +201,7 @@ def layout(table: pd.DataFrame, encoder: str) -> pd.DataFrame:
             f"no cells with encoder {encoder!r} in the table; encoders present: "
             f"{sorted(set(table['encoder']))}"
         )
-    models = [m for m in MODELS if m in set(table["model"])]
+    models = [m for m in model_names() if m in set(table["model"])]
     present = arms(rows)
     labels = []
     for strategy in _ARM_STRATEGY_ORDER:  # each strategy's arms together, the paper's three always
@@ -209,13 +209,13 @@ def layout(table: pd.DataFrame, encoder: str) -> pd.DataFrame:
         labels += [a[0] for a in present if a[1] == strategy and a[0] not in labels]
     index = pd.MultiIndex.from_product([labels, models], names=[ARM, "model"])
     return rows.pivot_table(index=[ARM, "model"], columns="prompt", values="mean").reindex(
-        index=index, columns=list(PROMPTS)
+        index=index, columns=list(prompt_names())
     )
 
 
 def _arm_strategies(table: pd.DataFrame) -> dict[str, str]:
     """Arm label -> its strategy, for the paper's strategies and every arm in `table`."""
-    return {**{s: s for s in STRATEGIES}, **{a[0]: a[1] for a in arms(table)}}
+    return {**{s: s for s in strategy_names()}, **{a[0]: a[1] for a in arms(table)}}
 
 
 def _cells(table: pd.DataFrame, encoder: str, decimals: Sequence[int], pm: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -313,7 +313,6 @@ def _latex(rows: list[tuple[str, str, list[str]]], prompts: list[str], caption: 
 
 
 # Column order of `render_intervals`: real first, as the differences are taken to it.
-INTERVAL_STRATEGY_ORDER: tuple[str, ...] = STRATEGIES
 
 
 def render_intervals(
@@ -336,11 +335,11 @@ def render_intervals(
     if rows.empty:
         raise ValueError(f"no cells with encoder {encoder!r} in the table; encoders present: "
                          f"{sorted(set(table['encoder']))}")
-    columns = arms(rows, INTERVAL_STRATEGY_ORDER)
+    columns = arms(rows, strategy_names())
     cells = rows.set_index(["model", "prompt", ARM])
     body = []
-    for model in (m for m in MODELS if m in set(rows["model"])):
-        for prompt in (p for p in PROMPTS if p in set(rows.loc[rows["model"] == model, "prompt"])):
+    for model in (m for m in model_names() if m in set(rows["model"])):
+        for prompt in (p for p in prompt_names() if p in set(rows.loc[rows["model"] == model, "prompt"])):
             line = [model, prompt]
             for label, strategy, _source, _provenance in columns:
                 key = (model, prompt, label)

@@ -31,13 +31,9 @@ from vlsm.axes import (
     PROVENANCE_NONE,
     PROVENANCE_PROMPT,
     SOURCE_SDM,
-    STRATEGY_FINETUNE,
-    STRATEGY_MIXED,
-    STRATEGY_REAL,
-    STRATEGY_SYNTHETIC,
-    SYNTHETIC_STRATEGIES,
     VARIANT_AXES,
 )
+from vlsm.strategies import REAL, REAL_AND_SYNTHETIC, STRATEGY_REGISTRY, SYNTHETIC, uses_synthetic
 
 __all__ = ["CELL_ID", "REAL_DATA", "Cell", "mixed_data"]
 
@@ -45,8 +41,6 @@ CELL_ID = "cell_id"  # the key of a cell's id in a trial's tags, and the MLflow 
 REAL_DATA = "camus"  # the dataset name of real CAMUS in a sweep's caches
 _UPSTREAM = "upstream_cell_id"
 _SEED = "seed"
-_ID_STRATEGY = {STRATEGY_REAL: "real", STRATEGY_SYNTHETIC: "synthetic", STRATEGY_FINETUNE: "synth-pt-real-ft",
-                STRATEGY_MIXED: "real-plus-synthetic"}
 
 
 def mixed_data(source: str) -> str:
@@ -60,7 +54,7 @@ class Cell:
     synthetic source and provenance where they apply, and its seed."""
 
     model: str  # "CLIPSeg" | "CRIS"
-    strategy: str  # "real" | "synthetic" | "synth-PT:real-FT" | "real+synthetic"
+    strategy: str  # a vlsm.strategies entry: "real" | "synthetic" | "synth-PT:real-FT" | "real+synthetic"
     encoder: str  # "frozen" | "unfrozen"
     prompt: str  # "P0".."P7"
     upstream: str | None = None  # cell_id of the synthetic cell a finetune starts from
@@ -69,15 +63,14 @@ class Cell:
     seed: int = PAPER_SEED  # the replicate; the paper's 42 is left out of the id
 
     def __post_init__(self) -> None:
-        synthetic = self.strategy in SYNTHETIC_STRATEGIES
-        source = (self.synthetic_source or SOURCE_SDM) if synthetic else ""
+        strategy = STRATEGY_REGISTRY[self.strategy]
+        synthetic = uses_synthetic(self.strategy)
         if self.synthetic_source and not synthetic:
             raise ValueError(f"a {self.strategy} cell has no synthetic source, got {self.synthetic_source!r}")
-        mixed = self.strategy == STRATEGY_MIXED
-        if self.provenance and not mixed:
-            raise ValueError(f"only {STRATEGY_MIXED} cells have a provenance, got {self.provenance!r}")
-        object.__setattr__(self, "synthetic_source", source)
-        object.__setattr__(self, "provenance", (self.provenance or PROVENANCE_PROMPT) if mixed else "")
+        if self.provenance and not strategy.provenance:
+            raise ValueError(f"a {self.strategy} cell has no provenance, got {self.provenance!r}")
+        object.__setattr__(self, "synthetic_source", (self.synthetic_source or SOURCE_SDM) if synthetic else "")
+        object.__setattr__(self, "provenance", (self.provenance or PROVENANCE_PROMPT) if strategy.provenance else "")
 
     @property
     def cell_id(self) -> str:
@@ -86,23 +79,21 @@ class Cell:
         if self.provenance == PROVENANCE_NONE:
             variant += "-no-provenance"
         seed = "" if self.seed == PAPER_SEED else f"-s{self.seed}"
-        return (f"{self.model.lower()}-{_ID_STRATEGY[self.strategy]}{variant}-{self.encoder}-"
-                f"{self.prompt.lower()}{seed}")
+        slug = STRATEGY_REGISTRY[self.strategy].slug
+        return f"{self.model.lower()}-{slug}{variant}-{self.encoder}-{self.prompt.lower()}{seed}"
 
     @property
     def train_data(self) -> str:
-        """The dataset that trains this cell: its synthetic source (synthetic), real CAMUS
-        and the source together (real+synthetic), or real CAMUS ('camus')."""
-        if self.strategy == STRATEGY_SYNTHETIC:
-            return self.synthetic_source
-        if self.strategy == STRATEGY_MIXED:
-            return mixed_data(self.synthetic_source)
-        return REAL_DATA
+        """The dataset that trains this cell: real CAMUS ('camus'), its synthetic source, or
+        both in one training set ('camus+<source>')."""
+        train = STRATEGY_REGISTRY[self.strategy].train
+        return {REAL: REAL_DATA, SYNTHETIC: self.synthetic_source,
+                REAL_AND_SYNTHETIC: mixed_data(self.synthetic_source)}[train]
 
     @property
     def val_data(self) -> str:
-        """The dataset that validates it: synthetic cells their source, the others real CAMUS."""
-        return self.synthetic_source if self.strategy == STRATEGY_SYNTHETIC else REAL_DATA
+        """The dataset that validates it: real CAMUS or its synthetic source."""
+        return self.synthetic_source if STRATEGY_REGISTRY[self.strategy].val == SYNTHETIC else REAL_DATA
 
     def axes(self) -> dict[str, str]:
         """{axis: value} for every axis of `vlsm.axes.CELL_AXES` and `VARIANT_AXES`."""

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from sweeps.cell import REAL_DATA, Cell
 from sweeps.spec import SweepSpec, grid_sources, synthetic_roots
-from vlsm.axes import PROMPTS, SOURCE_SDM, SYNTHETIC_PROMPTS, SYNTHETIC_STRATEGIES
+from vlsm.axes import SOURCE_SDM
 from vlsm.model_registry import model_key
+from vlsm.strategies import uses_synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
 
 
 def _needs_synthetic(spec: SweepSpec) -> bool:
-    return any(s in SYNTHETIC_STRATEGIES for s in spec.grid.strategies)
+    return any(uses_synthetic(s) for s in spec.grid.strategies)
 
 
 def check_data(roots: DataRoots, spec: SweepSpec) -> None:
@@ -100,13 +101,13 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
 def source_prompts(spec: SweepSpec) -> dict[str, tuple[str, ...]]:
     """source -> the prompts its records can build (from metadata headers, no images):
     the grid skips the cells of the others (`sweeps.grid.plan_grid`)."""
-    from vlsm.data.synthetic_sources import buildable_prompts
+    from vlsm.data.prompts import buildable_prompts
+    from vlsm.data.synthetic_sources import source_attributes
 
-    if spec.data.demo:  # not written yet: the phantom gives SDM its patients' data, the others view and phase
-        return {s: SYNTHETIC_PROMPTS if s == SOURCE_SDM else PROMPTS[:4] for s in grid_sources(spec)}
-    camus = Path(spec.data.camus_root).expanduser() if spec.data.camus_root else None
-    roots = synthetic_roots(spec)
-    return {source: buildable_prompts(source, Path(roots[source]).expanduser(), camus_root=camus)
+    if spec.data.demo:  # not written yet: the phantom's records, with its CAMUS patients' data
+        return {s: buildable_prompts(source_attributes(s, None, with_camus=True)) for s in grid_sources(spec)}
+    roots, with_camus = synthetic_roots(spec), bool(spec.data.camus_root)
+    return {source: buildable_prompts(source_attributes(source, Path(roots[source]).expanduser(), with_camus=with_camus))
             for source in grid_sources(spec) if source in roots}
 
 

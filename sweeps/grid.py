@@ -1,14 +1,11 @@
 """Expand a sweep definition into trials (grid cells) with their dependencies.
 
-A cell is (model, strategy, encoder, prompt), its synthetic source where it trains on
-synthetic data, its provenance where it is real+synthetic, and its seed. Each
-synth-PT:real-FT cell starts from the best checkpoint of the synthetic cell with the
-same model, encoder mode, source and seed, and the prompt `grid.finetune_upstream` names
-(P6 for P7: synthetic data has no P7). A source builds only the prompts its metadata
-allows (`source_prompts`: DiffEcho has no sex or age, so P0-P3): its other cells are
-skipped, each with the reason (`plan_grid`, printed by the plan). Cells are ordered
-so that the longest chains start first: synthetic cells with the most finetunes waiting
-on them, then the rest.
+A strategy's cells are one per synthetic source it uses and provenance it varies by
+(`vlsm.strategies`); a cell with an upstream starts from the best checkpoint of the
+upstream strategy's cell with the same model, encoder, source and seed, and the prompt
+`grid.finetune_upstream` names (P6 for P7: synthetic data has no P7). A source builds
+only the prompts its metadata allows (DiffEcho: P0-P3): the cells of the others are
+skipped, each with the reason (`plan_grid`). Longest chains start first.
 """
 
 from __future__ import annotations
@@ -17,13 +14,8 @@ from collections.abc import Iterator, Mapping
 
 from sweeps.cell import Cell
 from sweeps.spec import SweepSpec, grid_sources
-from vlsm.axes import (
-    STRATEGY_FINETUNE,
-    STRATEGY_MIXED,
-    STRATEGY_REAL,
-    STRATEGY_SYNTHETIC,
-    SYNTHETIC_PROMPTS,
-)
+from vlsm.data.prompts import prompt_names
+from vlsm.strategies import STRATEGY_REGISTRY, SYNTHETIC, uses_synthetic
 
 __all__ = ["dependents", "expand_grid", "order_cells", "plan_grid"]
 
@@ -31,56 +23,47 @@ __all__ = ["dependents", "expand_grid", "order_cells", "plan_grid"]
 SourcePrompts = Mapping[str, tuple[str, ...]]
 
 
-def _buildable(source_prompts: SourcePrompts | None, source: str) -> tuple[str, ...]:
-    prompts = (source_prompts or {}).get(source, SYNTHETIC_PROMPTS)
-    return tuple(p for p in prompts if p in SYNTHETIC_PROMPTS)  # synthetic style: never P7
-
-
 def _candidates(spec: SweepSpec, source_prompts: SourcePrompts | None) -> Iterator[tuple[Cell, str]]:
-    """Every cell the grid names with "" (planned) or why it cannot run; a finetune's
-    upstream comes right before it."""
+    """Every cell the grid names with "" (planned) or why it cannot run; a cell's upstream
+    comes right before it."""
     grid = spec.grid
-    sources = grid_sources(spec)
     for seed in grid.seeds:
         for model in grid.models:
             for encoder in grid.encoders:
                 for prompt in grid.prompts:
                     for strategy in grid.strategies:
-                        if strategy == STRATEGY_REAL:
-                            yield Cell(model, strategy, encoder, prompt, seed=seed), ""
-                            continue
+                        sources = grid_sources(spec) if uses_synthetic(strategy) else ("",)
                         for source in sources:
-                            yield from _synthetic_cells(spec, model, strategy, encoder, prompt, source, seed,
-                                                        _buildable(source_prompts, source))
+                            buildable = (source_prompts or {}).get(source, prompt_names(synthetic=True))
+                            yield from _cells(spec, strategy, (model, encoder, prompt, seed), source, buildable)
 
 
-def _synthetic_cells(spec: SweepSpec, model: str, strategy: str, encoder: str, prompt: str, source: str,
-                     seed: int, buildable: tuple[str, ...]) -> Iterator[tuple[Cell, str]]:
-    """The cells of one strategy that trains on synthetic source `source`."""
-    skip = f"{source} builds prompts {', '.join(buildable) or 'none'} only"
-    if strategy in (STRATEGY_SYNTHETIC, STRATEGY_MIXED) and prompt not in SYNTHETIC_PROMPTS:
+def _cells(spec: SweepSpec, name: str, where: tuple[str, str, str, int], source: str,
+           buildable: tuple[str, ...]) -> Iterator[tuple[Cell, str]]:
+    """The cells of strategy `name` at (model, encoder, prompt, seed) on one source ("" for
+    none), each with "" or why it cannot run, its upstream's cells first."""
+    model, encoder, prompt, seed = where
+    strategy = STRATEGY_REGISTRY[name]
+    if strategy.synthetic_style and prompt not in prompt_names(synthetic=True):
         return  # the synthetic style has no P7: not a cell of the grid (as in the paper)
-    if strategy == STRATEGY_SYNTHETIC:
-        yield Cell(model, strategy, encoder, prompt, synthetic_source=source, seed=seed), (
-            "" if prompt in buildable else skip)
-    elif strategy == STRATEGY_MIXED:
-        for provenance in spec.grid.provenance:
-            yield Cell(model, strategy, encoder, prompt, synthetic_source=source, provenance=provenance,
-                       seed=seed), "" if prompt in buildable else skip
-    elif strategy == STRATEGY_FINETUNE:
+    upstream, why = None, ""
+    if source and (strategy.synthetic_style or strategy.val == SYNTHETIC) and prompt not in buildable:
+        why = f"{source} builds prompts {', '.join(p for p in buildable if p in prompt_names(synthetic=True)) or 'none'} only"
+    if strategy.upstream is not None:
         upstream_prompt = spec.grid.finetune_upstream.get(prompt, prompt)
-        if upstream_prompt not in SYNTHETIC_PROMPTS:
+        if STRATEGY_REGISTRY[strategy.upstream].synthetic_style and upstream_prompt not in prompt_names(synthetic=True):
             raise ValueError(
-                f"grid.finetune_upstream: {prompt} -> {upstream_prompt}, but synthetic data has "
-                f"only {list(SYNTHETIC_PROMPTS)}; map {prompt} to one of them"
-            )
-        up = Cell(model, STRATEGY_SYNTHETIC, encoder, upstream_prompt, synthetic_source=source, seed=seed)
-        runs = upstream_prompt in buildable
-        yield up, "" if runs else skip
-        yield (Cell(model, strategy, encoder, prompt, up.cell_id, synthetic_source=source, seed=seed),
-               "" if runs else f"its upstream {up.cell_id} cannot run: {skip}")
-    else:  # spec checking refuses other strategies first
-        raise ValueError(f"unknown strategy {strategy!r}")
+                f"grid.finetune_upstream: {prompt} -> {upstream_prompt}, but synthetic data has only "
+                f"{list(prompt_names(synthetic=True))}; map {prompt} to one of them")
+        upstream_source = source if uses_synthetic(strategy.upstream) else ""
+        for upstream, upstream_why in _cells(spec, strategy.upstream, (model, encoder, upstream_prompt, seed),
+                                             upstream_source, buildable):
+            yield upstream, upstream_why
+            why = why or (f"its upstream {upstream.cell_id} cannot run: {upstream_why}" if upstream_why else "")
+            break  # an upstream varying by provenance: its first
+    for provenance in spec.grid.provenance if strategy.provenance else ("",):
+        yield Cell(model, name, encoder, prompt, upstream.cell_id if upstream else None, synthetic_source=source,
+                   provenance=provenance, seed=seed), why
 
 
 def plan_grid(spec: SweepSpec, source_prompts: SourcePrompts | None = None) -> tuple[list[Cell], dict[str, str]]:
@@ -122,12 +105,11 @@ def order_cells(cells: list[Cell]) -> list[Cell]:
     first), then finetunes, which start as soon as their own upstream has finished.
     Within a stage the first seed's cells come first."""
     waiting = dependents(cells)
-    strategy_rank = {STRATEGY_SYNTHETIC: 0, STRATEGY_REAL: 1, STRATEGY_MIXED: 1, STRATEGY_FINETUNE: 2}
     seed_rank = {seed: i for i, seed in enumerate(dict.fromkeys(c.seed for c in cells))}
 
     def key(cell: Cell) -> tuple:
         return (
-            strategy_rank[cell.strategy],
+            STRATEGY_REGISTRY[cell.strategy].stage,
             -len(waiting[cell.cell_id]),
             seed_rank[cell.seed],
             cell.model != "CRIS",

@@ -24,7 +24,7 @@ from sweeps.spec import LRSearchSpace, SweepSpec, grid_sources
 from sweeps.trials import trial_config, trial_resources
 from sweeps.tuner import build_tuner, experiment_path, fit, trial_dirname
 from vlsm.atomic import write_json_atomic
-from vlsm.axes import SYNTHETIC_STRATEGIES
+from vlsm.strategies import uses_synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _search(
     """One (model, encoder) search: its best rate and score, and every rate tried."""
     from vlsm.trainable import train_vlsm
 
-    synthetic = space.cell.strategy in SYNTHETIC_STRATEGIES  # on the grid's first source and seed
+    synthetic = uses_synthetic(space.cell.strategy)  # on the grid's first source and seed
     cell = Cell(model, space.cell.strategy, encoder, space.cell.prompt, seed=spec.grid.seeds[0],
                 synthetic_source=grid_sources(spec)[0] if synthetic else "")
     base = trial_config(spec, cell, caches)

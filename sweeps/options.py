@@ -198,8 +198,8 @@ def _check_prompt_source(spec: SweepSpec) -> None:
     from vlsm.data.synthetic_sources import has_generator_text
 
     roots = synthetic_roots(spec)
-    with_text = [s for s in grid_sources(spec)
-                 if (s != "sdm" if spec.data.demo else s in roots and has_generator_text(s, Path(roots[s])))]
+    with_text = [s for s in grid_sources(spec) if (spec.data.demo or s in roots)  # the demo: the phantom's
+                 and has_generator_text(s, None if spec.data.demo else Path(roots[s]))]
     if not with_text:
         raise UsageError(f"--prompt-source generator (train.prompt_source): none of the grid's synthetic sources "
                          f"{list(grid_sources(spec))} carries its generator's text (SDM has none); use diffecho or "

@@ -48,6 +48,7 @@ from sweeps.outcome import DONE, FINISHED_STATUSES  # noqa: E402
 from sweeps.session import mlflow_sweep, ray_session  # noqa: E402
 from sweeps.spec import SpecError  # noqa: E402
 from sweeps.trials import trial_config, trial_resources  # noqa: E402
+from vlsm.data.synthetic_sources import source_names  # noqa: E402
 
 if TYPE_CHECKING:  # imports Ray, which planning and the dry run do without
     from sweeps.chain import ChainState
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--camus-root", help="raw CAMUS folder (2019 or 2023 release)")
     parser.add_argument("--sdm-root", help="SDM CAMUS folder (synthetic source sdm)")
     parser.add_argument("--synthetic-root", help="another synthetic dataset, in --synthetic-format")
-    parser.add_argument("--synthetic-format", choices=("sdm", "diffecho", "imagefolder"),
+    parser.add_argument("--synthetic-format", choices=source_names(),
                         help="the format (and source name) of --synthetic-root (default sdm)")
     parser.add_argument("--synthetic-sources", nargs="+", metavar="SOURCE",
                         help="the sources synthetic strategies train on, one set of cells each (default: every configured one)")

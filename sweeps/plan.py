@@ -11,8 +11,8 @@ from sweeps.grid import dependents
 from sweeps.rates import Rate
 from sweeps.spec import SweepSpec, grid_sources
 from sweeps.trials import trial_resources
-from vlsm.axes import STRATEGY_MIXED
 from vlsm.model_registry import model_key
+from vlsm.strategies import REAL_AND_SYNTHETIC, STRATEGY_REGISTRY
 
 
 def dataset_sizes(spec: SweepSpec, camus_root: Path | None,
@@ -42,7 +42,8 @@ def dataset_sizes(spec: SweepSpec, camus_root: Path | None,
                 records = load_records(source, root, data.split_scheme, data.val_patients, camus_root)
                 sizes[source] = 3 * sum(r.split == "train" for r in records)
     share = spec.train.get("synthetic_share")
-    for source in sources if STRATEGY_MIXED in spec.grid.strategies else ():  # all real pairs and the share
+    mixed = any(STRATEGY_REGISTRY[s].train == REAL_AND_SYNTHETIC for s in spec.grid.strategies)
+    for source in sources if mixed else ():  # all real pairs and the share
         extra = sizes[source] if share is None else round(share / (1 - share) * sizes[REAL_DATA])
         sizes[mixed_data(source)] = sizes[REAL_DATA] + extra
     return sizes

@@ -21,22 +21,19 @@ from vlsm.axes import (
     ENCODERS,
     MODELS,
     PAPER_SEED,
-    PAPER_STRATEGIES,
-    PROMPTS,
     PROVENANCE_PROMPT,
     PROVENANCES,
     SOURCE_SDM,
-    STRATEGIES,
     STRATEGY_REAL,
-    SYNTHETIC_SOURCES,
-    SYNTHETIC_STRATEGIES,
     TRAIN_LOSS,
     VAL_DICE,
     VAL_LOSS,
 )
 from vlsm.config import RENAMED_KEYS, TrainConfig  # light: no torch
-from vlsm.data.prompts import DEFAULT_PROVENANCE_PHRASES  # light: no numpy
+from vlsm.data.prompts import DEFAULT_PROVENANCE_PHRASES, prompt_names  # light: no numpy
+from vlsm.data.synthetic_sources import source_names
 from vlsm.model_registry import model_key
+from vlsm.strategies import paper_strategies, strategy_names, uses_synthetic
 from vlsm.typed_config import ConfigError, from_mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +66,8 @@ class DataSpec:
 @dataclass(frozen=True)
 class GridSpec:
     models: tuple[str, ...] = MODELS
-    prompts: tuple[str, ...] = PROMPTS
-    strategies: tuple[str, ...] = PAPER_STRATEGIES
+    prompts: tuple[str, ...] = field(default_factory=prompt_names)
+    strategies: tuple[str, ...] = field(default_factory=paper_strategies)
     encoders: tuple[str, ...] = ENCODERS
     finetune_upstream: dict[str, str] = field(default_factory=dict)  # finetune prompt -> synthetic prompt
     seeds: tuple[int, ...] = (PAPER_SEED,)  # replicates: each cell once per seed
@@ -188,7 +185,7 @@ def set_values(raw: dict[str, Any], values: dict[str, Any], *, option: str = "")
 
 
 def _check_values(spec: SweepSpec, where: str) -> None:
-    allowed = {"models": MODELS, "prompts": PROMPTS, "strategies": STRATEGIES, "encoders": ENCODERS}
+    allowed = {"models": MODELS, "prompts": prompt_names(), "strategies": strategy_names(), "encoders": ENCODERS}
     for axis, values in allowed.items():
         if not getattr(spec.grid, axis):
             raise SpecError(f"{where}: grid.{axis} is empty; expected some of {list(values)}")
@@ -202,8 +199,9 @@ def _check_values(spec: SweepSpec, where: str) -> None:
         if name not in MODELS:
             raise SpecError(f"{where}: models.{name}: unknown model; expected one of {list(MODELS)}")
     for source, target in spec.grid.finetune_upstream.items():
-        if source not in PROMPTS or target not in PROMPTS:
-            raise SpecError(f"{where}: grid.finetune_upstream.{source}={target}: expected prompts P0-P7")
+        if source not in prompt_names() or target not in prompt_names():
+            raise SpecError(f"{where}: grid.finetune_upstream.{source}={target}: expected prompts "
+                            f"{', '.join(prompt_names())}")
     _check_study_axes(spec, where)
     if spec.data.split_scheme not in ("paper", "official"):
         raise SpecError(f"{where}: data.split_scheme={spec.data.split_scheme!r}; expected 'paper' or 'official'")
@@ -247,13 +245,13 @@ def _check_study_axes(spec: SweepSpec, where: str) -> None:
         if "seed" in section:
             raise SpecError(f"{where}: {name}.seed: a trial's seed is the grid axis grid.seeds (--seeds); "
                             f"remove {name}.seed")
-    if data.synthetic_format not in SYNTHETIC_SOURCES:
+    if data.synthetic_format not in source_names():
         raise SpecError(f"{where}: data.synthetic_format={data.synthetic_format!r}; expected one of "
-                        f"{list(SYNTHETIC_SOURCES)}")
+                        f"{list(source_names())}")
     if data.synthetic_root and data.sdm_root and data.synthetic_format == SOURCE_SDM:
         raise SpecError(f"{where}: data.sdm_root and data.synthetic_root (format sdm) both name an SDM source; "
                         f"give one, or set data.synthetic_format to diffecho or imagefolder")
-    for axis, allowed in (("synthetic_sources", SYNTHETIC_SOURCES), ("provenance", PROVENANCES)):
+    for axis, allowed in (("synthetic_sources", source_names()), ("provenance", PROVENANCES)):
         values = getattr(grid, axis)
         for value in values:
             if value not in allowed:
@@ -266,7 +264,7 @@ def _check_study_axes(spec: SweepSpec, where: str) -> None:
             isinstance(v, str) and v.strip() for v in grid.provenance_phrases.values()):
         raise SpecError(f"{where}: grid.provenance_phrases {grid.provenance_phrases!r}; expected "
                         f"{{real: <phrase>, synthetic: <phrase>}}, two non-empty phrases")
-    if not data.demo and any(s in SYNTHETIC_STRATEGIES for s in grid.strategies):
+    if not data.demo and any(uses_synthetic(s) for s in grid.strategies):
         roots = synthetic_roots(spec)
         for source in grid_sources(spec):
             if source not in roots and roots:
@@ -415,10 +413,10 @@ def lr_search_space(spec: SweepSpec) -> LRSearchSpace:
         space = from_mapping(LRSearchSpace, load_yaml(path))
     except ConfigError as err:
         raise SpecError(f"{path}: {err}") from None
-    if space.cell.strategy not in STRATEGIES:
-        raise SpecError(f"{path}: cell.strategy {space.cell.strategy!r}; expected one of {list(STRATEGIES)}")
-    if space.cell.prompt not in PROMPTS:
-        raise SpecError(f"{path}: cell.prompt {space.cell.prompt!r}; expected one of {list(PROMPTS)}")
+    if space.cell.strategy not in strategy_names():
+        raise SpecError(f"{path}: cell.strategy {space.cell.strategy!r}; expected one of {list(strategy_names())}")
+    if space.cell.prompt not in prompt_names():
+        raise SpecError(f"{path}: cell.prompt {space.cell.prompt!r}; expected one of {list(prompt_names())}")
     if space.metric not in SEARCH_METRICS or space.mode not in ("max", "min"):
         raise SpecError(f"{path}: metric {space.metric!r}, mode {space.mode!r}; expected one of "
                         f"{list(SEARCH_METRICS)} and max or min")

@@ -13,8 +13,9 @@ from typing import Any
 
 from sweeps.cell import REAL_DATA, Cell
 from sweeps.spec import SweepSpec
-from vlsm.axes import PROVENANCE_PROMPT, STRATEGY_MIXED
+from vlsm.axes import PROVENANCE_PROMPT
 from vlsm.model_registry import model_key
+from vlsm.strategies import REAL_AND_SYNTHETIC, STRATEGY_REGISTRY
 
 
 def model_config(spec: SweepSpec, model: str) -> dict | None:
@@ -62,7 +63,7 @@ def trial_config(
         "provenance_phrases": dict(spec.grid.provenance_phrases) if cell.provenance == PROVENANCE_PROMPT else None,
         "tags": cell.tags(),
     }
-    if cell.strategy != STRATEGY_MIXED:  # a share needs real and synthetic pairs in one training set
+    if STRATEGY_REGISTRY[cell.strategy].train != REAL_AND_SYNTHETIC:  # a share needs both in one training set
         config["synthetic_share"] = None
     if lr and (cell.model, cell.encoder) in lr:
         config["lr"] = lr[(cell.model, cell.encoder)]

@@ -247,7 +247,7 @@ def test_demo_data_round_trip_2023(demo_2023: phantom.DemoData) -> None:
     assert np.array_equal(read_image(rec), image)
     assert np.array_equal(read_label_map(rec), label)
 
-    sdm = d.sdm_records()
+    sdm = d.synthetic_records("sdm")
     assert len(sdm) == (3 + 1) * 4 * 1
     assert {r.patient for r in sdm if r.split == "train"} == set(d.train_patients)
     assert {r.patient for r in sdm if r.split == "val"} == set(d.val_patients)

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlsm.axes import SYNTHETIC_SOURCES
 from vlsm.data.cache import cache_key, open_split, prepare_dataset
 from vlsm.data.io import write_png
 from vlsm.data.phantom import MANIFEST_NAME, DemoData, write_demo_data
-from vlsm.data.prompts import GENERATOR_PROMPT, generator_prompt
+from vlsm.data.prompts import GENERATOR_PROMPT, buildable_prompts, generator_prompt
 from vlsm.data.synthetic_sources import (
     SYNTHETIC_SOURCE_REGISTRY,
-    buildable_prompts,
     has_generator_text,
     load_synthetic,
+    source_attributes,
+    source_names,
     synthetic_source,
 )
 from vlsm.data.validate import ERROR, WARNING, validate_data
@@ -95,18 +95,25 @@ def test_every_format_loads_with_train_and_val_and_checks_clean(demo, fmt):
 
 
 def test_registry_prompts_and_generator_text(demo, tmp_path):
-    assert tuple(SYNTHETIC_SOURCE_REGISTRY) == SYNTHETIC_SOURCES
+    assert source_names() == FORMATS and [s.name for s in SYNTHETIC_SOURCE_REGISTRY] == list(FORMATS)
     roots = demo.synthetic_roots
+
+    def prompts(name: str, root, with_camus: bool = False) -> tuple[str, ...]:
+        return buildable_prompts(source_attributes(name, root, with_camus=with_camus))
+
     p0_p3 = ("P0", "P1", "P2", "P3")
-    assert buildable_prompts("sdm", roots["sdm"]) == p0_p3
-    assert buildable_prompts("sdm", roots["sdm"], demo.camus_root) == tuple(f"P{i}" for i in range(7))
-    assert buildable_prompts("diffecho", roots["diffecho"]) == p0_p3
-    assert buildable_prompts("imagefolder", roots["imagefolder"]) == p0_p3
-    for header, prompts in {"image,mask": ("P0", "P1"), "image,mask,view,text": ("P0", "P1", "P2"),
+    assert prompts("sdm", roots["sdm"]) == p0_p3
+    assert prompts("sdm", roots["sdm"], with_camus=True) == tuple(f"P{i}" for i in range(7))
+    assert prompts("diffecho", roots["diffecho"]) == p0_p3
+    assert prompts("imagefolder", roots["imagefolder"]) == p0_p3
+    # the phantom demo's, before it is written: what write_demo_data gives each format
+    assert [prompts(name, None, with_camus=True) for name in FORMATS] == [tuple(f"P{i}" for i in range(7)), p0_p3, p0_p3]
+    assert [has_generator_text(name, None) for name in FORMATS] == [False, True, True]
+    for header, expected in {"image,mask": ("P0", "P1"), "image,mask,view,text": ("P0", "P1", "P2"),
                             "mask,phase,image,view": p0_p3, "image,mask,view,phase,sex": (*p0_p3, "P4"),
                             "image,mask,view,phase,sex,age": tuple(f"P{i}" for i in range(7))}.items():
         (tmp_path / "metadata.csv").write_text(header + "\n")
-        assert buildable_prompts("imagefolder", tmp_path) == prompts, header
+        assert prompts("imagefolder", tmp_path) == expected, header
     assert has_generator_text("imagefolder", tmp_path) is False
     assert [has_generator_text(f, roots[f]) for f in FORMATS] == [False, True, True]
     with pytest.raises(ValueError, match="synthetic format 'gan' not known; expected one of sdm, diffecho, imagefolder"):

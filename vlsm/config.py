@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlsm.axes import PROMPTS
+from vlsm.data.prompts import prompt_names
 from vlsm.model_registry import MODEL_REGISTRY, model_entry
 from vlsm.typed_config import ConfigError, from_mapping, normalise_fields
 
@@ -149,8 +149,8 @@ def _validate(cfg: TrainConfig) -> list[str]:
     except ValueError:
         allowed = sorted({*MODEL_REGISTRY, *(e.name for e in MODEL_REGISTRY.values())})
         errors.append(f"model: unknown value {cfg.model!r}; expected one of {allowed}")
-    if cfg.prompt not in PROMPTS:
-        errors.append(f"prompt: got {cfg.prompt!r}, expected one of {list(PROMPTS)}")
+    if cfg.prompt not in prompt_names():
+        errors.append(f"prompt: got {cfg.prompt!r}, expected one of {list(prompt_names())}")
     if cfg.prompt_source not in PROMPT_SOURCES:
         errors.append(f"prompt_source: got {cfg.prompt_source!r}, expected one of {list(PROMPT_SOURCES)}")
     if cfg.provenance_phrases is not None:

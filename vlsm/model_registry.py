@@ -107,3 +107,8 @@ def model_entry(name: str) -> ModelEntry:
 def model_key(name: str) -> str:
     """Registry key of a key or display name: "CLIPSeg" -> "clipseg"."""
     return model_entry(name).key
+
+
+def model_names() -> tuple[str, ...]:
+    """The model axis: the entries' display names ("CLIPSeg", "CRIS"), in registry order."""
+    return tuple(entry.name for entry in MODEL_REGISTRY.values())

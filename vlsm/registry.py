@@ -16,13 +16,26 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-__all__ = ["PLUGINS_ENV", "Registry", "load_plugins"]
+__all__ = ["PLUGINS_ENV", "LazyFunction", "Registry", "load_plugins", "plugin_modules"]
 
 PLUGINS_ENV = "VLSM_PLUGINS"
 Entry = TypeVar("Entry")
 _imported: set[str] = set()
+
+
+@dataclass(frozen=True)
+class LazyFunction:
+    """`module.name`, imported when first called: an entry names a function of a module
+    that imports the entry's own (or is heavy: torch) without importing it."""
+
+    module: str
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)(*args, **kwargs)
 
 
 def load_plugins() -> None:
@@ -33,16 +46,28 @@ def load_plugins() -> None:
             importlib.import_module(module)
 
 
+def plugin_modules() -> tuple[str, ...]:
+    """The plugin modules imported so far: their source keys the caches and stores, like
+    the package's own modules that decide cached values."""
+    load_plugins()
+    return tuple(sorted(_imported))
+
+
 class Registry(Generic[Entry]):
     """Entries by name, in the order they were registered (the axis order everywhere).
 
     names_of gives an entry's names: the first is its key, the others aliases it is also
-    found by (a model's display name beside its registry key).
+    found by (a model's display name beside its registry key). modules: where the built-in
+    entries register themselves, imported on the first lookup (so that those modules may
+    import the registry's module without a circle).
     """
 
-    def __init__(self, kind: str, names_of: Callable[[Entry], tuple[str, ...]] = lambda e: (e.name,)):
+    def __init__(self, kind: str, names_of: Callable[[Entry], tuple[str, ...]] = lambda e: (e.name,),
+                 modules: tuple[str, ...] = ()):
         self.kind = kind
         self._names_of = names_of
+        self._modules = modules
+        self._modules_loaded = not modules
         self._entries: dict[str, Entry] = {}
 
     def register(self, entry: Entry) -> Entry:
@@ -57,29 +82,36 @@ class Registry(Generic[Entry]):
         """Remove an entry by its key (tests that add a toy entry take it away again)."""
         self._entries.pop(name, None)
 
+    def _load(self) -> None:
+        if not self._modules_loaded:
+            for module in self._modules:
+                importlib.import_module(module)
+            self._modules_loaded = True
+        load_plugins()
+
     def _by_name(self) -> dict[str, Entry]:
         return {n: e for e in self._entries.values() for n in self._names_of(e)}
 
     def __getitem__(self, name: str) -> Entry:
-        load_plugins()
+        self._load()
         entry = self._by_name().get(name)
         if entry is None:
             raise ValueError(f"{self.kind} {name!r} not found; available {self.kind}s = {list(self.names())}")
         return entry
 
     def __contains__(self, name: object) -> bool:
-        load_plugins()
+        self._load()
         return name in self._by_name()
 
     def __iter__(self) -> Iterator[Entry]:
-        load_plugins()
+        self._load()
         return iter(tuple(self._entries.values()))
 
     def __len__(self) -> int:
-        load_plugins()
+        self._load()
         return len(self._entries)
 
     def names(self) -> tuple[str, ...]:
         """The keys, in registration order."""
-        load_plugins()
+        self._load()
         return tuple(self._entries)

@@ -55,12 +55,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vlsm.axes import EVAL_SIZE, STRUCTURES, SYNTHETIC_SOURCES
+from vlsm.axes import EVAL_SIZE, STRUCTURES
 from vlsm.data.records import SPLITS, EchoImage
+from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, load_synthetic
 
 __all__ = [
     "CACHE_VERSION",
-    "DATASET_KINDS",
+    "dataset_kinds",
     "CacheItem",
     "PreparedSplit",
     "build_folder_once",
@@ -78,7 +79,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the layout or meaning of the cached files changes.
 CACHE_VERSION = 2
-DATASET_KINDS: tuple[str, ...] = ("camus", "sdm", "synthetic-boost", "diffecho", "imagefolder")
 
 # Modules whose code decides the cached values; their source is part of the key.
 _CODE_MODULES: tuple[str, ...] = (
@@ -188,11 +188,14 @@ def _file_digest(path: Path) -> str:
 
 
 def code_digest(modules: Sequence[str]) -> str:
-    """sha256 of the source of `modules` (those that decide what a folder holds)."""
+    """sha256 of the source of `modules` (those that decide what a folder holds) and of
+    the VLSM_PLUGINS modules (their registry entries may decide it too)."""
     import importlib
 
+    from vlsm.registry import plugin_modules
+
     digest = hashlib.sha256()
-    for module_name in modules:
+    for module_name in (*modules, *plugin_modules()):
         digest.update(module_name.encode())
         digest.update(Path(importlib.import_module(module_name).__file__).read_bytes())
     return digest.hexdigest()
@@ -736,15 +739,18 @@ def _load_records(
         if why:
             raise ValueError(why)
         return records
-    if kind in SYNTHETIC_SOURCES:
-        from vlsm.data.synthetic_sources import load_synthetic
-
+    if kind in SYNTHETIC_SOURCE_REGISTRY:
         return load_synthetic(kind, root, camus_root, split_scheme, n_val)
     if kind == "synthetic-boost":
         from vlsm.data.synthetic_boost import load_synthetic_boost
 
         return load_synthetic_boost(root, dataset=dataset)
-    raise ValueError(f"prepare_dataset: unknown kind {kind!r}; expected one of {DATASET_KINDS}")
+    raise ValueError(f"prepare_dataset: unknown kind {kind!r}; expected one of {dataset_kinds()}")
+
+
+def dataset_kinds() -> tuple[str, ...]:
+    """What `prepare_dataset` reads: CAMUS, the authors' layout and every synthetic source."""
+    return ("camus", "synthetic-boost", *SYNTHETIC_SOURCE_REGISTRY.names())
 
 
 def prepare_records(
@@ -813,8 +819,8 @@ def prepare_dataset(
     (`vlsm.data.synthetic_sources`); dataset ("camus" | "sdm") picks the data set of the
     authors' layout.
     """
-    if kind not in DATASET_KINDS:
-        raise ValueError(f"prepare_dataset: unknown kind {kind!r}; expected one of {DATASET_KINDS}")
+    if kind not in dataset_kinds():
+        raise ValueError(f"prepare_dataset: unknown kind {kind!r}; expected one of {dataset_kinds()}")
     records = _load_records(kind, Path(root), split_scheme, n_val, camus_root, dataset)
     name = kind if kind != "synthetic-boost" else f"synthetic-boost-{dataset}"
     return prepare_records(records, size, cache_dir, name=name, progress=progress, workers=workers)

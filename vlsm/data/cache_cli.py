@@ -18,7 +18,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from vlsm.axes import SOURCE_SDM, SYNTHETIC_SOURCES
+from vlsm.axes import SOURCE_SDM
+from vlsm.data.synthetic_sources import source_names
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--synthetic-format",
         default=SOURCE_SDM,
-        choices=SYNTHETIC_SOURCES,
+        choices=source_names(),
         help="layout of --synthetic-root (default sdm; --sdm-root DIR is --synthetic-root DIR "
         "--synthetic-format sdm)",
     )

@@ -36,8 +36,10 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -45,6 +47,11 @@ from vlsm.atomic import write_text_atomic
 from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.label_codings import spread_to_grey
 from vlsm.data.records import PHASES, VIEWS, EchoImage
+from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, SyntheticSource
+from vlsm.registry import LazyFunction
+
+if TYPE_CHECKING:
+    from vlsm.data.phantom import PhantomImage
 
 __all__ = [
     "DIFFECHO_VAL_SUBJECTS",
@@ -366,3 +373,31 @@ def write_diffecho_metadata(root: Path) -> Path:
     path = root / METADATA_NAME
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+# --- the synthetic-source entry (vlsm.data.synthetic_sources) ---------------------------
+
+
+def write_phantom(root: Path, images: Sequence[PhantomImage], params: dict) -> None:
+    """The phantom demo's DiffEcho folder: each train/val image as a real-derived frame
+    (subject = patient index), params["sdm_per_image"] generated images of its mask (rng
+    stream 4), and the metadata.csv."""
+    for img in images:
+        write_diffecho_frame(root, img.split, img.index, img.view, img.phase, img.image, img.label)
+        for k in range(params["sdm_per_image"]):
+            out, mask = img.render(4, k, img.image.shape)
+            write_diffecho_generated(root, img.index, img.view, img.phase, k, out, mask)
+    write_diffecho_metadata(root)
+
+
+SYNTHETIC_SOURCE_REGISTRY.register(SyntheticSource(
+    name=SOURCE,
+    description="DiffEcho (github.com/Pooria90/DiffEcho): <mask stem>_generated_id<k>.png",
+    load=lambda root, camus_root, split_scheme, n_val: load_diffecho(root, n_val=n_val),
+    validate=lambda root, n_val, progress: LazyFunction("vlsm.data.validate_synthetic", "validate_diffecho")(
+        root, n_val=n_val, progress=progress),
+    # its subjects index a Kaggle repackaging of CAMUS, not CAMUS patients: no sex, age or quality
+    attributes=lambda root, with_camus: frozenset({"shape", "view", "phase"}),
+    generator_text=lambda root: True,  # metadata.csv's text, else data_generation.py's
+    write_phantom=write_phantom,
+))

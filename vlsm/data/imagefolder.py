@@ -31,6 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +39,11 @@ from vlsm.atomic import write_text_atomic
 from vlsm.data.camus import PAPER_VAL_PATIENTS
 from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.records import PHASES, SEXES, VIEWS, EchoImage, PatientInfo
+from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, SyntheticSource
+from vlsm.registry import LazyFunction
+
+if TYPE_CHECKING:
+    from vlsm.data.phantom import PhantomImage
 
 __all__ = [
     "COLUMNS",
@@ -266,3 +272,42 @@ def write_imagefolder_metadata(root: Path, rows: Sequence[Mapping[str, object]])
     path = Path(root) / METADATA_NAME
     write_text_atomic(path, text.getvalue())
     return path
+
+
+# --- the synthetic-source entry (vlsm.data.synthetic_sources) ---------------------------
+
+_VIEW_TEXT = {"2CH": "two-chamber", "4CH": "four-chamber"}
+_PHASE_TEXT = {"ED": "end-diastole", "ES": "end-systole"}
+_ATTRIBUTE_COLUMNS = ("view", "phase", "sex", "age")  # the prompt attributes a column gives
+
+
+def write_phantom(root: Path, images: Sequence[PhantomImage], params: dict) -> None:
+    """The phantom demo's imagefolder: params["sdm_per_image"] images of each train/val
+    image (rng stream 5) and a metadata.csv naming their split, view, phase, patient and text."""
+    rows = []
+    for img in images:
+        for k in range(params["sdm_per_image"]):
+            out, mask = img.render(5, k, img.image.shape)
+            image_rel, mask_rel = write_imagefolder_pair(root, f"{img.patient}_{img.view}_{img.phase}_{k}", out, mask)
+            text = f"a synthetic echocardiogram in {_VIEW_TEXT[img.view]} view at {_PHASE_TEXT[img.phase]}"
+            rows.append({"image": image_rel, "mask": mask_rel, "split": img.split, "view": img.view,
+                         "phase": img.phase, "patient": img.patient, "text": text})
+    write_imagefolder_metadata(root, rows)
+
+
+def _attributes(root: Path | None, with_camus: bool) -> frozenset[str]:
+    """The mask's shape and what the columns of root/metadata.csv give (the phantom's: view, phase)."""
+    columns = set(read_imagefolder_header(root)) if root is not None else {"view", "phase"}
+    return frozenset({"shape", *(c for c in _ATTRIBUTE_COLUMNS if c in columns)})
+
+
+SYNTHETIC_SOURCE_REGISTRY.register(SyntheticSource(
+    name=SOURCE,
+    description="imagefolder: a metadata.csv naming image, mask and optional split, view, phase, ...",
+    load=lambda root, camus_root, split_scheme, n_val: load_imagefolder(root, n_val=n_val),
+    validate=lambda root, n_val, progress: LazyFunction("vlsm.data.validate_synthetic", "validate_imagefolder")(
+        root, n_val=n_val, progress=progress),
+    attributes=_attributes,
+    generator_text=lambda root: root is None or "text" in read_imagefolder_header(root),  # the phantom's has text
+    write_phantom=write_phantom,
+))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vlsm.atomic import atomic_path
-from vlsm.axes import SOURCE_SDM, STRUCTURES, SYNTHETIC_SOURCES
+from vlsm.axes import STRUCTURES
 from vlsm.data.itk_size import check_complete
 from vlsm.data.label_codings import (
     CODING_GREY,
@@ -38,6 +38,7 @@ from vlsm.data.label_codings import (
     sdm_to_camus_labels,
 )
 from vlsm.data.records import EchoImage
+from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY
 
 __all__ = [
     "ITK_SUFFIXES",
@@ -60,8 +61,6 @@ ITK_SUFFIXES: tuple[str, ...] = (".mhd", ".nii.gz", ".nii")
 PNG_SUFFIX = ".png"
 PNG_MODES: tuple[str, ...] = ("L", "RGB", "RGBA")  # what write_png writes: grey in each channel
 _LABELS = frozenset([0, *STRUCTURES])  # {0, 1, 2, 3}
-# Sources whose masks hold labels 0-3 or grey-spread levels (DiffEcho, imagefolder).
-_GREY_CODED_SOURCES = frozenset(SYNTHETIC_SOURCES) - {SOURCE_SDM}
 CODING_BINARY = "binary masks"  # three files, one per structure (the authors' layout)
 
 
@@ -216,10 +215,12 @@ def decode_label_map(rec: EchoImage) -> tuple[np.ndarray, str]:
         array = _read_mask(path)
         if not np.issubdtype(array.dtype, np.integer) and not np.all(array == np.rint(array)):
             raise ValueError(f"{path}: label map holds non-integer values; expected 0-3")
-        if rec.source == SOURCE_SDM:
+        source = SYNTHETIC_SOURCE_REGISTRY[rec.source] if rec.source in SYNTHETIC_SOURCE_REGISTRY else None
+        source_coding = source.label_coding if source is not None else None  # real CAMUS: labels 0-3
+        if source_coding == "sdm":
             coding = detect_sdm_coding(array, path)
             return sdm_to_camus_labels(array, coding), coding
-        if rec.source in _GREY_CODED_SOURCES:
+        if source_coding == "grey":
             coding = detect_grey_coding(array, path)
             if coding == CODING_GREY:
                 return grey_to_camus_labels(array, path), coding

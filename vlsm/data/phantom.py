@@ -49,14 +49,16 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from vlsm.axes import SOURCE_SDM, SYNTHETIC_SOURCES
+from vlsm.axes import SOURCE_SDM
 from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage, PatientInfo
+from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, load_synthetic, source_names
 
 __all__ = [
     "Anatomy",
     "DemoData",
     "GENERATOR_VERSION",
     "MANIFEST_NAME",
+    "PhantomImage",
     "make_patient_info",
     "render_phantom",
     "sample_anatomy",
@@ -521,23 +523,40 @@ class DemoData:
 
         return load_camus(self.camus_root, split_scheme, n_val=self.n_val)
 
-    def sdm_records(self) -> list[EchoImage]:
-        """`vlsm.data.sdm.load_sdm` on sdm_root."""
-        from vlsm.data.sdm import load_sdm
-
-        return load_sdm(self.sdm_root)
-
     def synthetic_records(self, fmt: str) -> list[EchoImage]:
         """`vlsm.data.synthetic_sources.load_synthetic` on synthetic_roots[fmt] with this
         dataset's n_val (SDM with the CAMUS patients' metadata)."""
-        from vlsm.data.synthetic_sources import load_synthetic
-
         if fmt not in self.synthetic_roots:
             raise ValueError(
                 f"{self.root}: no {fmt!r} data written; it holds {', '.join(self.synthetic_roots)}"
             )
         camus = self.camus_root if fmt == SOURCE_SDM else None
         return load_synthetic(fmt, self.synthetic_roots[fmt], camus, n_val=self.n_val)
+
+
+@dataclass(frozen=True)
+class PhantomImage:
+    """One train/val image of a phantom patient, of which each synthetic format writes
+    synthetic images (its `write_phantom`): the patient's anatomy with synthetic looks."""
+
+    index: int  # patient index: DiffEcho's subject, the rng streams
+    patient: str
+    split: str  # "train" | "val"
+    view: str
+    phase: str
+    vi: int  # view and phase indices, for the rng streams
+    pi: int
+    anatomy: Anatomy
+    info: PatientInfo  # synthetic: the patient's EF, no image quality
+    image: np.ndarray  # (H, W) uint8: the real phantom image
+    label: np.ndarray  # (H, W) uint8: its CAMUS label map
+    seed: int
+
+    def render(self, stream: int, k: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Synthetic image k of this one at size, from rng stream `stream` (one per format):
+        (image, label map) as `render_phantom` returns them."""
+        rng = np.random.default_rng([self.seed, self.index, stream, self.vi, self.pi, k])
+        return render_phantom(rng, self.view, self.phase, self.info, size, anatomy=self.anatomy)
 
 
 def _patient_ids(n_patients: int, n_test: int, n_val: int, release: str) -> list[tuple[str, str]]:
@@ -570,15 +589,15 @@ def _params(seed: int, n_patients: int, n_test: int, n_val: int, release: str,
     h, w = _check_size(size)
     if isinstance(synthetic_formats, str) or not synthetic_formats:
         raise ValueError(f"synthetic_formats={synthetic_formats!r}: expected a non-empty sequence "
-                         f"of {list(SYNTHETIC_SOURCES)}")
+                         f"of {list(source_names())}")
     for fmt in synthetic_formats:
-        _check_choice("synthetic_formats", fmt, SYNTHETIC_SOURCES)
+        _check_choice("synthetic_formats", fmt, source_names())
     params = {
         "seed": int(seed), "n_patients": int(n_patients), "n_test": int(n_test),
         "n_val": int(n_val), "release": release, "sdm_per_image": int(sdm_per_image),
         "sdm_coding": sdm_coding, "size": [h, w],
     }
-    formats = [f for f in SYNTHETIC_SOURCES if f in synthetic_formats]
+    formats = [f for f in source_names() if f in synthetic_formats]
     if formats != [SOURCE_SDM]:  # the default leaves the manifest (and every byte) as it was
         params["synthetic_formats"] = formats
     return params
@@ -624,115 +643,49 @@ def _matches(manifest: dict | None, params: dict) -> bool:
 
 
 def _write_dataset(tmp: Path, params: dict) -> None:
-    """Every file of the dataset into tmp (a fresh folder); the manifest last."""
-    from vlsm.data.camus import write_camus_patient, write_camus_split_files
-    from vlsm.data.sdm import write_sdm_image
+    """Every file of the dataset into tmp (a fresh folder): CAMUS, then each synthetic
+    format through its registry entry's `write_phantom`; the manifest last."""
+    from vlsm.data.camus import write_camus_split_files
 
-    seed, release, size = params["seed"], params["release"], tuple(params["size"])
-    sdm_size = (size[0], size[0])  # SDM CAMUS images are square
-    sdm_cone = sector_mask(sdm_size)  # (H, H) bool, for the "sector" label coding
-    spacing = (_DEPTH_MM / size[0], _DEPTH_MM / size[0])  # (row, col) mm
-    ids = _patient_ids(params["n_patients"], params["n_test"], params["n_val"], release)
-    camus, sdm = tmp / "camus", tmp / "sdm"
-    formats = _formats(params)
-    rows: list[dict] = []  # imagefolder's metadata.csv
-    for i, (patient, split) in enumerate(ids):
-        meta_rng = np.random.default_rng([seed, i, 0])
-        infos = {VIEWS[0]: make_patient_info(meta_rng, VIEWS[0])}
-        for view in VIEWS[1:]:
-            infos[view] = make_patient_info(meta_rng, view, patient=infos[VIEWS[0]])
-        anatomy = sample_anatomy(np.random.default_rng([seed, i, 1]))
-        images, labels = {}, {}
-        for vi, view in enumerate(VIEWS):
-            for pi, phase in enumerate(PHASES):
-                rng = np.random.default_rng([seed, i, 2, vi, pi])
-                images[view, phase], labels[view, phase] = render_phantom(
-                    rng, view, phase, infos[view], size, anatomy=anatomy
-                )
-                if split == "test":
-                    continue
-                # SDM: synthetic looks on the real patient's anatomy, no image quality.
-                sdm_info = PatientInfo(ef=infos[view].ef)
-                sdm_split = "training" if split == "train" else "validation"
-                other = _OtherImage(i, patient, split, view, phase, vi, pi, anatomy, sdm_info)
-                if "diffecho" in formats:
-                    _write_diffecho(tmp / "diffecho", other, images[view, phase],
-                                    labels[view, phase], params)
-                if "imagefolder" in formats:
-                    rows += _write_imagefolder(tmp / "imagefolder", other, params)
-                if SOURCE_SDM not in formats:
-                    continue
-                for k in range(params["sdm_per_image"]):
-                    rng = np.random.default_rng([seed, i, 3, vi, pi, k])
-                    image, label = render_phantom(rng, view, phase, sdm_info, sdm_size,
-                                                  anatomy=anatomy)
-                    write_sdm_image(sdm, patient, view, phase, sdm_split, k, image, label,
-                                    coding=params["sdm_coding"], cone=sdm_cone)
-        write_camus_patient(camus, release, patient, images, labels, infos, spacing=spacing,
-                            testing=split == "test")
-    if release == "2023":
+    ids = _patient_ids(params["n_patients"], params["n_test"], params["n_val"], params["release"])
+    others = [image for i, (patient, split) in enumerate(ids) for image in _write_patient(tmp / "camus", params, i,
+                                                                                           patient, split)]
+    if params["release"] == "2023":
         write_camus_split_files(
-            camus, {s: [p for p, ps in ids if ps == s] for s in ("train", "val", "test")}
+            tmp / "camus", {s: [p for p, ps in ids if ps == s] for s in ("train", "val", "test")}
         )
-    if "diffecho" in formats:
-        from vlsm.data.diffecho import write_diffecho_metadata
-
-        write_diffecho_metadata(tmp / "diffecho")
-    if "imagefolder" in formats:
-        from vlsm.data.imagefolder import write_imagefolder_metadata
-
-        write_imagefolder_metadata(tmp / "imagefolder", rows)
+    for fmt in _formats(params):
+        SYNTHETIC_SOURCE_REGISTRY[fmt].write_phantom(tmp / fmt, others, params)
     manifest = {"generator": __name__, "version": GENERATOR_VERSION, "params": params}
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-@dataclass(frozen=True)
-class _OtherImage:
-    """One real train/val image that the other synthetic formats make images of."""
+def _write_patient(camus: Path, params: dict, i: int, patient: str, split: str) -> list[PhantomImage]:
+    """Patient i's four CAMUS images (rng streams 0-2); the train and val ones returned as
+    the images the synthetic formats make synthetic images of."""
+    from vlsm.data.camus import write_camus_patient
 
-    index: int  # patient index: DiffEcho's subject, its rng stream
-    patient: str
-    split: str  # "train" | "val"
-    view: str
-    phase: str
-    vi: int  # view and phase indices, for the rng streams
-    pi: int
-    anatomy: Anatomy
-    info: PatientInfo  # synthetic: the patient's EF, no image quality
-
-
-_VIEW_TEXT = {"2CH": "two-chamber", "4CH": "four-chamber"}
-_PHASE_TEXT = {"ED": "end-diastole", "ES": "end-systole"}
-
-
-def _write_diffecho(root: Path, img: _OtherImage, image: np.ndarray, label: np.ndarray,
-                    params: dict) -> None:
-    """The real image as a DiffEcho real-derived frame (subject = patient index) and
-    sdm_per_image generated images of its mask (rng stream 4)."""
-    from vlsm.data.diffecho import write_diffecho_frame, write_diffecho_generated
-
-    write_diffecho_frame(root, img.split, img.index, img.view, img.phase, image, label)
-    for k in range(params["sdm_per_image"]):
-        rng = np.random.default_rng([params["seed"], img.index, 4, img.vi, img.pi, k])
-        out, mask = render_phantom(rng, img.view, img.phase, img.info, image.shape, anatomy=img.anatomy)
-        write_diffecho_generated(root, img.index, img.view, img.phase, k, out, mask)
-
-
-def _write_imagefolder(root: Path, img: _OtherImage, params: dict) -> list[dict]:
-    """sdm_per_image images of the patient (rng stream 5) and their metadata.csv rows."""
-    from vlsm.data.imagefolder import write_imagefolder_pair
-
-    rows = []
-    for k in range(params["sdm_per_image"]):
-        rng = np.random.default_rng([params["seed"], img.index, 5, img.vi, img.pi, k])
-        out, mask = render_phantom(rng, img.view, img.phase, img.info, tuple(params["size"]),
-                                   anatomy=img.anatomy)
-        name = f"{img.patient}_{img.view}_{img.phase}_{k}"
-        image_rel, mask_rel = write_imagefolder_pair(root, name, out, mask)
-        text = f"a synthetic echocardiogram in {_VIEW_TEXT[img.view]} view at {_PHASE_TEXT[img.phase]}"
-        rows.append({"image": image_rel, "mask": mask_rel, "split": img.split, "view": img.view,
-                     "phase": img.phase, "patient": img.patient, "text": text})
-    return rows
+    seed, size = params["seed"], tuple(params["size"])
+    meta_rng = np.random.default_rng([seed, i, 0])
+    infos = {VIEWS[0]: make_patient_info(meta_rng, VIEWS[0])}
+    for view in VIEWS[1:]:
+        infos[view] = make_patient_info(meta_rng, view, patient=infos[VIEWS[0]])
+    anatomy = sample_anatomy(np.random.default_rng([seed, i, 1]))
+    images, labels, others = {}, {}, []
+    for vi, view in enumerate(VIEWS):
+        for pi, phase in enumerate(PHASES):
+            rng = np.random.default_rng([seed, i, 2, vi, pi])
+            images[view, phase], labels[view, phase] = render_phantom(
+                rng, view, phase, infos[view], size, anatomy=anatomy
+            )
+            if split != "test":  # synthetic looks on the real patient's anatomy, no image quality
+                others.append(PhantomImage(i, patient, split, view, phase, vi, pi, anatomy,
+                                           PatientInfo(ef=infos[view].ef), images[view, phase],
+                                           labels[view, phase], seed))
+    spacing = (_DEPTH_MM / size[0], _DEPTH_MM / size[0])  # (row, col) mm
+    write_camus_patient(camus, params["release"], patient, images, labels, infos, spacing=spacing,
+                        testing=split == "test")
+    return others
 
 
 def _remove_stale_temps(out: Path) -> None:

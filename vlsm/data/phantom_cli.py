@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlsm.axes import SOURCE_SDM, SYNTHETIC_SOURCES
+from vlsm.axes import SOURCE_SDM
+from vlsm.data.synthetic_sources import source_names
 
 if TYPE_CHECKING:
     from vlsm.data.phantom import DemoData
@@ -54,9 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SDM label-map coding (default labels: 1/2/3 = LV/MYO/LA)")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 224), metavar=("H", "W"),
                         help="CAMUS image size (default 256 224); SDM images are H x H")
-    parser.add_argument("--synthetic-format", action="append", choices=SYNTHETIC_SOURCES, metavar="FORMAT",
+    parser.add_argument("--synthetic-format", action="append", choices=source_names(), metavar="FORMAT",
                         help="a synthetic format to write (DIR/FORMAT), as its tools write it; repeat "
-                        f"for several: {', '.join(SYNTHETIC_SOURCES)} (default sdm)")
+                        f"for several: {', '.join(source_names())} (default sdm)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,56 +1,42 @@
-"""Prompts P0-P7 for one (image, structure), worded exactly as the Synthetic Boost authors'.
+"""Prompts P0-P7: the prompt axis as a registry, each entry worded exactly as the
+Synthetic Boost authors' sentences (tests compare them with their published task files).
 
-Why a module of its own: the prompt is a grid axis, so the sentences must be
-reproducible character for character (the tests compare them with the authors'
-published task files, `reference/synthetic-boost/tasks/`), and training and evaluation
-must agree on which phrasing is used.
+    build_prompts(image, 1, "oval")["p2"]
+    # ("Left ventricular cavity in two-chamber view of the heart.",
+    #  "Left ventricular cavity in two-chamber view in the cardiac ultrasound.")
 
-The prompts are cumulative; each has two phrasings that differ only in the
-"of the heart" / "in the cardiac ultrasound" part. For the left ventricle of a
-two-chamber end-diastole image of a 56-year-old woman with good image quality:
-
-    P0  ""
-    P1  "Left ventricular cavity of the heart."
-    P2  "Left ventricular cavity in two-chamber view of the heart."
-    P3  "... in two-chamber view of the heart at end of the diastole cycle."
-    P4  "... at end of the diastole cycle of a female."
-    P5  "... at end of the diastole cycle of a fifty-six-year-old female."
-    P6  "... of a fifty-six-year-old female with good image quality."
-    P7  "Left ventricular cavity of oval shape in two-chamber view of the heart ... quality."
-
-The second phrasing puts "in the cardiac ultrasound" where the first has "of the heart".
-Synthetic (SDM) images have no image-quality attribute: their P6 is P5 with
-"of <shape> shape" after the structure name, and they have no P7.
-
-Images of a generative model may also carry the generator's own prompt (`EchoImage.text`,
-e.g. DiffEcho's "an ultrasound image of heart in two-chamber view"); `generator_prompt`
-names the structure in it: "Left ventricular cavity in an ultrasound image of heart in
-two-chamber view." (the cache's prompt key "generator", `GENERATOR_PROMPT`).
-
-Quirks kept on purpose so that sentences match the authors' files: the article is
-always "a" ("of a eighty-four-year-old male"), and the shape word is used as given
-(their VQA model also answered "triangular", "rectangular").
+An entry names the image attributes its sentences hold, in the real and in the synthetic
+style (synthetic images have no image quality: their P6 names the shape, and they have
+no P7); docs/design.md, "Prompts", has the ladder and the recipe for a new prompt.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from vlsm.axes import PROMPTS, STRUCTURE_NAMES, SYNTHETIC_PROMPTS
+from vlsm.axes import STRUCTURE_NAMES
 from vlsm.data.records import EchoImage
+from vlsm.registry import Registry
 
 __all__ = [
+    "ATTRIBUTES",
     "DEFAULT_PROVENANCE_PHRASES",
     "GENERATOR_PROMPT",
     "PHRASINGS",
+    "PROMPT_REGISTRY",
+    "Prompt",
     "age_in_words",
     "build_prompts",
+    "buildable_prompts",
     "choose_phrasing",
     "generator_prompt",
-    "prompt_key",
     "pick_phrasing",
+    "prompt_key",
     "prompt_keys",
+    "prompt_names",
+    "template_sentences",
     "with_provenance",
 ]
 
@@ -58,23 +44,93 @@ __all__ = [
 GENERATOR_PROMPT = "generator"
 # The two phrasings, in the authors' order; evaluation uses the first.
 PHRASINGS: tuple[str, str] = ("of the heart", "in the cardiac ultrasound")
+# What a prompt's sentences can name about an image, in the order they are looked up.
+ATTRIBUTES: tuple[str, ...] = ("shape", "view", "phase", "sex", "age", "quality")
 
 _VIEW_WORDS = {"2CH": "two-chamber", "4CH": "four-chamber"}
 _PHASE_WORDS = {"ED": "diastole", "ES": "systole"}
 _SEX_WORDS = {"M": "male", "F": "female"}
 _QUALITY_WORDS = {"Good": "good", "Medium": "medium", "Poor": "poor"}
 
+Sentences = str | tuple[str, str]  # one sentence, or the two phrasings
+
+
+def template_sentences(words: Mapping[str, str]) -> tuple[str, str]:
+    """The authors' template over the words of an image: "structure" and any of
+    ATTRIBUTES, e.g. "Myocardium of oval shape in two-chamber view of the heart at end of
+    the diastole cycle of a fifty-six-year-old female with good image quality.", in both
+    phrasings. Quirks kept on purpose: the article is always "a", the shape word as given."""
+    head = words["structure"]
+    if "shape" in words:
+        head += f" of {words['shape']} shape"
+    if "view" in words:
+        head += f" in {words['view']} view"
+    tail = f" at end of the {words['phase']} cycle" if "phase" in words else ""
+    who = " ".join(w for w in (f"{words['age']}-year-old" if "age" in words else "", words.get("sex", "")) if w)
+    if who:
+        tail += f" of a {who}"
+    if "quality" in words:
+        tail += f" with {words['quality']} image quality"
+    first, second = (f"{head} {where}{tail}." for where in PHRASINGS)
+    return first, second
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One value of the prompt axis."""
+
+    name: str  # the axis value: "P3"
+    real: tuple[str, ...] | None  # the ATTRIBUTES its sentences name for a real image ...
+    synthetic: tuple[str, ...] | None  # ... and in the synthetic style; None: not a prompt of it
+    compose: Callable[[Mapping[str, str]], Sentences] = template_sentences  # words -> sentences
+    words: tuple[str, ...] = ()  # phrases beyond the template's, for the tiny tokenizer's vocabulary
+
+    @property
+    def key(self) -> str:
+        """The key in cached prompt sets and the authors' JSON files: "p3"."""
+        return self.name.lower()
+
+    def attributes(self, synthetic: bool) -> tuple[str, ...] | None:
+        return self.synthetic if synthetic else self.real
+
+
+PROMPT_REGISTRY: Registry[Prompt] = Registry("prompt")
+_P5 = ("view", "phase", "sex", "age")  # the ladder: P2-P5 each add one
+for _prompt in (
+    Prompt("P0", (), (), compose=lambda words: ""),  # the empty prompt
+    Prompt("P1", (), ()),  # the structure's name alone
+    Prompt("P2", _P5[:1], _P5[:1]),
+    Prompt("P3", _P5[:2], _P5[:2]),
+    Prompt("P4", _P5[:3], _P5[:3]),
+    Prompt("P5", _P5, _P5),
+    Prompt("P6", (*_P5, "quality"), ("shape", *_P5)),  # synthetic images have no image quality
+    Prompt("P7", ("shape", *_P5, "quality"), None),
+):
+    PROMPT_REGISTRY.register(_prompt)
+
+
+def prompt_names(synthetic: bool = False) -> tuple[str, ...]:
+    """The prompt axis ("P0", ...), or the prompts of the synthetic style (no P7)."""
+    return tuple(p.name for p in PROMPT_REGISTRY if p.attributes(synthetic) is not None)
+
 
 def prompt_keys(synthetic: bool) -> tuple[str, ...]:
     """The prompt keys of an image: ("p0", ..., "p7"), or up to "p6" for synthetic data."""
-    return tuple(prompt_key(p) for p in (SYNTHETIC_PROMPTS if synthetic else PROMPTS))
+    return tuple(name.lower() for name in prompt_names(synthetic))
 
 
 def prompt_key(prompt: str) -> str:
     """Grid value -> prompt key: "P3" -> "p3" (keys are lower case, as in the JSON files)."""
-    if prompt.upper() not in PROMPTS:
-        raise ValueError(f"prompt: unknown value {prompt!r}; expected one of {', '.join(PROMPTS)}")
+    names = prompt_names()
+    if prompt.upper() not in names:
+        raise ValueError(f"prompt: unknown value {prompt!r}; expected one of {', '.join(names)}")
     return prompt.lower()
+
+
+def buildable_prompts(attributes: Iterable[str]) -> tuple[str, ...]:
+    """The synthetic-style prompts whose attributes a source's records all have."""
+    have = set(attributes)
+    return tuple(p.name for p in PROMPT_REGISTRY if p.synthetic is not None and set(p.synthetic) <= have)
 
 
 def generator_prompt(structure: int, text: str) -> str:
@@ -112,15 +168,41 @@ def _field(image: EchoImage, name: str, value: object, words: Mapping[str, str],
     return words[value]
 
 
-def _verbatim(image: EchoImage, structure: int) -> dict[str, str | tuple[str, str]]:
+def _word(image: EchoImage, attribute: str, shape: str | None, key: str) -> str:
+    """The word of one attribute of an image; ValueError naming the image, field and the
+    first prompt (key) that needs it."""
+    info = image.info
+    if attribute == "shape":
+        if not shape:
+            raise ValueError(
+                f"{image.source}/{image.name} ({image.image_path}): prompt {key} needs the "
+                "structure's shape (shape=...; see vlsm.data.shapes.classify_shape), got none")
+        return shape
+    if attribute == "age":
+        if info.age is None:
+            raise ValueError(f"{image.source}/{image.name} ({image.image_path}): info.age is unknown but "
+                             f"prompt {key} needs it; expected an age in years")
+        return age_in_words(info.age)
+    name, value, words = {"view": ("view", image.view, _VIEW_WORDS), "phase": ("phase", image.phase, _PHASE_WORDS),
+                          "sex": ("info.sex", info.sex, _SEX_WORDS),
+                          "quality": ("info.image_quality", info.image_quality, _QUALITY_WORDS)}[attribute]
+    return _field(image, name, value, words, key)
+
+
+def _verbatim(image: EchoImage, structure: int, keys: Iterable[str] | None) -> dict[str, Sentences]:
     """The authors' own prompts carried by the record (lists become tuples)."""
     assert image.prompts is not None
     if structure not in image.prompts:
-        raise ValueError(
-            f"{image.source}/{image.name}: the record's prompts have no structure "
-            f"{structure}; it has {sorted(image.prompts)}"
-        )
-    return {k: v if isinstance(v, str) else tuple(v) for k, v in image.prompts[structure].items()}
+        raise ValueError(f"{image.source}/{image.name}: the record's prompts have no structure "
+                         f"{structure}; it has {sorted(image.prompts)}")
+    own = {k: v if isinstance(v, str) else tuple(v) for k, v in image.prompts[structure].items()}
+    if keys is None:
+        return own
+    missing = [k for k in keys if k not in own]
+    if missing:
+        raise ValueError(f"{image.source}/{image.name}: the record's prompts for structure {structure} "
+                         f"have no {missing}; they hold {', '.join(own)}")
+    return {k: own[k] for k in keys}
 
 
 def build_prompts(
@@ -130,95 +212,36 @@ def build_prompts(
     *,
     keys: Iterable[str] | None = None,
     synthetic: bool | None = None,
-) -> dict[str, str | tuple[str, str]]:
+) -> dict[str, Sentences]:
     """Prompts of one (image, structure): {"p0": "", "p1": (first, second), ...}.
 
-    Real images get p0-p7, synthetic ones (`image.synthetic`) p0-p6. When the record
-    carries the authors' prompts (`image.prompts`, their layout), those are returned
-    verbatim (shape is then ignored).
-
-    shape: "circle" | "oval" | ... (`vlsm.data.shapes.classify_shape`), needed for p7
-      (real) or p6 (synthetic).
-    keys: build only these prompts (default: all of the image's); metadata is required
-      only for the prompts asked for, so P1 training works without patient ages.
-    synthetic: the prompt style (default `image.synthetic`). True on a real image gives
-      the prompts a model trained on synthetic data is tested with: p0-p6, p6 = shape.
-
-    Raises ValueError naming the image and field when a needed value (shape, sex, age,
-    image quality) is missing or unknown, or when a key is not one of the image's.
+    Real images get p0-p7, synthetic ones (`image.synthetic`) p0-p6; a record carrying
+    the authors' prompts (`image.prompts`) gets those verbatim. shape: the structure's
+    shape word (`vlsm.data.shapes.classify_shape`), for the prompts that name it. keys:
+    only these prompts, so only their metadata is needed (P1 trains without ages).
+    synthetic: the prompt style (default `image.synthetic`); True on a real image gives
+    the prompts a model trained on synthetic data is tested with. ValueError naming the
+    image and field when a needed value is missing or unknown, or a key is not a prompt.
     """
     if structure not in STRUCTURE_NAMES:
-        raise ValueError(
-            f"structure: got {structure!r}; expected one of {sorted(STRUCTURE_NAMES)}"
-        )
+        raise ValueError(f"structure: got {structure!r}; expected one of {sorted(STRUCTURE_NAMES)}")
     if image.prompts is not None:
-        own = _verbatim(image, structure)
-        if keys is None:
-            return own
-        missing = [k for k in keys if k not in own]
-        if missing:
-            raise ValueError(
-                f"{image.source}/{image.name}: the record's prompts for structure {structure} "
-                f"have no {missing}; they hold {', '.join(own)}"
-            )
-        return {k: own[k] for k in keys}
-
+        return _verbatim(image, structure, keys)
     style = image.synthetic if synthetic is None else synthetic
-    all_keys = prompt_keys(style)
-    wanted = all_keys if keys is None else tuple(keys)
-    unknown = [k for k in wanted if k not in all_keys]
+    entries = {p.key: p for p in PROMPT_REGISTRY if p.attributes(style) is not None}
+    wanted = tuple(entries) if keys is None else tuple(keys)
+    unknown = [k for k in wanted if k not in entries]
     if unknown:
-        kind = "a synthetic" if style else "a real"
         raise ValueError(
-            f"keys: {unknown} are not prompts of {kind} image ({image.source}/{image.name}); "
-            f"expected some of {', '.join(all_keys)}"
-        )
-    shape_key = all_keys[-1]  # p7 for real images, p6 for synthetic ones
-    if shape_key in wanted and not shape:
-        raise ValueError(
-            f"{image.source}/{image.name} ({image.image_path}): prompt {shape_key} needs the "
-            "structure's shape (shape=...; see vlsm.data.shapes.classify_shape), got none"
-        )
-    depth = max(int(k[1:]) for k in wanted) if wanted else 0
-    info = image.info
-    level = 6 if style else 7  # first prompt holding the shape
-
-    # Words of each cumulative step; only the ones a wanted prompt needs are looked up.
-    view = _field(image, "view", image.view, _VIEW_WORDS, "p2") if depth >= 2 else ""
-    phase = _field(image, "phase", image.phase, _PHASE_WORDS, "p3") if depth >= 3 else ""
-    sex = _field(image, "info.sex", info.sex, _SEX_WORDS, "p4") if depth >= 4 else ""
-    age = ""
-    if depth >= 5:
-        if info.age is None:
-            raise ValueError(
-                f"{image.source}/{image.name} ({image.image_path}): info.age is unknown but "
-                "prompt p5 needs it; expected an age in years"
-            )
-        age = age_in_words(info.age)
-    quality = ""
-    if depth >= 6 and not style:
-        quality = _field(image, "info.image_quality", info.image_quality, _QUALITY_WORDS, "p6")
-
-    name = STRUCTURE_NAMES[structure]
-    prompts: dict[str, str | tuple[str, str]] = {}
-    for key in wanted:
-        n = int(key[1:])
-        if n == 0:
-            prompts[key] = ""
-            continue
-        head = name if n < level else f"{name} of {shape} shape"
-        if n >= 2:
-            head += f" in {view} view"
-        tail = ""
-        if n >= 3:
-            tail += f" at end of the {phase} cycle"
-        if n >= 4:
-            tail += f" of a {age}-year-old {sex}" if n >= 5 else f" of a {sex}"
-        if n >= 6 and not style:
-            tail += f" with {quality} image quality"
-        first, second = (f"{head} {where}{tail}." for where in PHRASINGS)
-        prompts[key] = (first, second)
-    return prompts
+            f"keys: {unknown} are not prompts of {'a synthetic' if style else 'a real'} image "
+            f"({image.source}/{image.name}); expected some of {', '.join(entries)}")
+    words = {"structure": STRUCTURE_NAMES[structure]}
+    for attribute in ATTRIBUTES:  # each looked up once, for the first prompt that needs it
+        first = next((k for k in wanted if attribute in entries[k].attributes(style)), None)
+        if first is not None:
+            words[attribute] = _word(image, attribute, shape, first)
+    return {key: entries[key].compose({a: words[a] for a in ("structure", *entries[key].attributes(style))})
+            for key in wanted}
 
 
 def choose_phrasing(

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlsm.axes import SYNTHETIC_SOURCES
+from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY
 
 VIEWS: tuple[str, ...] = ("2CH", "4CH")
 PHASES: tuple[str, ...] = ("ED", "ES")
@@ -75,4 +75,6 @@ class EchoImage:
 
     @property
     def synthetic(self) -> bool:
-        return self.source in SYNTHETIC_SOURCES or self.variant is not None
+        """Whether a generator made it: a synthetic source's record, or one of the synthetic
+        images of a real one (the authors' layout)."""
+        return self.variant is not None or self.source in SYNTHETIC_SOURCE_REGISTRY

@@ -26,15 +26,21 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.label_codings import CODING_LABELS, CODING_SECTOR, camus_to_sdm_labels
 from vlsm.data.records import PHASES, VIEWS, EchoImage
+from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, SyntheticSource
+from vlsm.registry import LazyFunction
+
+if TYPE_CHECKING:
+    from vlsm.data.phantom import PhantomImage
 
 __all__ = [
     "SDM_SPLITS",
@@ -227,3 +233,48 @@ def with_camus_info(
             "%d SDM record(s) have no CAMUS training patient to take metadata from", missing
         )
     return out
+
+
+# --- the synthetic-source entry (vlsm.data.synthetic_sources) ---------------------------
+
+
+def _load_source(root: Path, camus_root: Path | None, split_scheme: str, n_val: int | None) -> list[EchoImage]:
+    """SDM records; with a CAMUS root, their patients' metadata (P4-P6 need sex and age)."""
+    from vlsm.data.camus import load_camus
+
+    records = load_sdm(root)
+    if camus_root is None:
+        log.warning("%s: SDM images carry no patient metadata; without a CAMUS root only prompts P0-P3 "
+                    "can be built (give camus_root / --camus-root for P4-P6)", root)
+        return records
+    kwargs = {} if n_val is None else {"n_val": n_val}
+    return with_camus_info(records, load_camus(Path(camus_root), split_scheme=split_scheme, **kwargs))
+
+
+def write_phantom(root: Path, images: Sequence[PhantomImage], params: dict) -> None:
+    """The phantom demo's SDM CAMUS: params["sdm_per_image"] square images of each
+    train/val image (rng stream 3), in the label coding params["sdm_coding"]."""
+    from vlsm.data.phantom import sector_mask
+
+    size = (params["size"][0], params["size"][0])  # SDM CAMUS images are square
+    cone = sector_mask(size)  # (H, H) bool, for the "sector" label coding
+    for img in images:
+        split = "training" if img.split == "train" else "validation"
+        for k in range(params["sdm_per_image"]):
+            image, label = img.render(3, k, size)
+            write_sdm_image(root, img.patient, img.view, img.phase, split, k, image, label,
+                            coding=params["sdm_coding"], cone=cone)
+
+
+SYNTHETIC_SOURCE_REGISTRY.register(SyntheticSource(
+    name=SOURCE,
+    description="SDM CAMUS (Zenodo 7921055): patientXXXX_<view>_<phase>_<training|validation>_<i>.png",
+    load=_load_source,
+    validate=lambda root, n_val, progress: LazyFunction("vlsm.data.validate_synthetic", "validate_sdm")(
+        root, progress=progress),
+    # its patients are CAMUS patients: with a CAMUS root they have sex and age
+    attributes=lambda root, with_camus: frozenset({"shape", "view", "phase", *(("sex", "age") if with_camus else ())}),
+    generator_text=lambda root: False,
+    write_phantom=write_phantom,
+    label_coding="sdm",
+))

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlsm.axes import SOURCE_SDM, SYNTHETIC_SOURCES
+from vlsm.axes import SOURCE_SDM
+from vlsm.data.synthetic_sources import source_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sdm-root", type=Path,
                         help="SDM CAMUS folder of synthetic PNGs (= --synthetic-root DIR --synthetic-format sdm)")
     parser.add_argument("--synthetic-root", type=Path, help="folder of synthetic images in --synthetic-format")
-    parser.add_argument("--synthetic-format", default=SOURCE_SDM, choices=SYNTHETIC_SOURCES,
+    parser.add_argument("--synthetic-format", default=SOURCE_SDM, choices=source_names(),
                         help="layout of --synthetic-root (default sdm)")
     parser.add_argument("--split-scheme", default="paper", choices=("paper", "official"),
                         help="the CAMUS split to check (default paper, the Synthetic Boost split)")
