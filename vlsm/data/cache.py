@@ -42,20 +42,18 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import socket
-import stat
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from vlsm.atomic import build_folder_once
 from vlsm.axes import EVAL_SIZE, STRUCTURES, SYNTHETIC_SOURCES
+from vlsm.data.itk_size import mhd_data_file
 from vlsm.data.records import SPLITS, EchoImage
 
 __all__ = [
@@ -63,7 +61,6 @@ __all__ = [
     "DATASET_KINDS",
     "CacheItem",
     "PreparedSplit",
-    "build_folder_once",
     "cache_key",
     "cache_folder_name",
     "code_digest",
@@ -93,11 +90,9 @@ _CODE_MODULES: tuple[str, ...] = (
     "vlsm.data.cache",
 )
 _ARRAYS: tuple[str, ...] = ("images", "labels", "eval_labels")
-_TMP_PREFIX = ".tmp-"
 # Preprocessing is CPU-bound (decoding, resizing, shape classification at 512 px).
 _PARALLEL_MIN_IMAGES = 64
 _MAX_WORKERS = 8
-_OWNER_FILE = "owner.json"
 
 
 @dataclass(frozen=True)
@@ -157,28 +152,14 @@ class PreparedSplit:
 # --- the key --------------------------------------------------------------------------
 
 
-def _mhd_data_files(path: Path) -> list[Path]:
-    """The data file a .mhd header points to (its pixels are not in the header)."""
-    for line in path.read_text(errors="replace").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "ElementDataFile":
-            value = value.strip()
-            if value.upper() in ("LOCAL", "") or value.upper().startswith("LIST"):
-                return []
-            return [path.parent / value]
-    return []
-
-
 def _file_digest(path: Path) -> str:
     """sha256 of the file's bytes (and of its .raw for a .mhd header)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: input file not found while computing the cache key")
     digest = hashlib.sha256()
-    files = [path]
-    if path.name.lower().endswith(".mhd"):
-        files += _mhd_data_files(path)
-    for file in files:
+    data_file = mhd_data_file(path) if path.name.lower().endswith(".mhd") else None
+    for file in [path] if data_file is None else [path, data_file]:
         if not file.is_file():
             raise ValueError(f"{file}: data file of {path} not found")
         with open(file, "rb") as fh:
@@ -491,89 +472,6 @@ def _write_json(path: Path, value) -> None:
         json.dump(value, fh)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _make_read_only(folder: Path) -> None:
-    """Files r--r--r--; the folder rwxr-xr-x (mkdtemp made it private; other users
-    on a node may share the cache), writable by its owner so that it can be deleted."""
-    for path in folder.iterdir():
-        path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    folder.chmod(0o755)
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An advisory lock (flock); a no-op where fcntl does not exist."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the atomic rename alone keeps caches whole
-        yield
-        return
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_tmp(cache_dir: Path, final_name: str) -> None:
-    """Delete temporary folders of final_name left by killed builds on this host."""
-    host = socket.gethostname()
-    for tmp in cache_dir.glob(f"{_TMP_PREFIX}{final_name}-*"):
-        try:
-            owner = json.loads((tmp / _OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue  # no owner yet (just created) or not ours: leave it
-        if owner.get("host") == host and not _pid_alive(int(owner.get("pid", -1))):
-            log.info("removing %s, left by a killed prepare (pid %s)", tmp, owner.get("pid"))
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def build_folder_once(final: Path, build: Callable[[Path], None]) -> bool:
-    """Build the read-only folder final whole, unless it exists; True when built here.
-
-    build(tmp) fills a temporary folder beside final, which is then renamed into place:
-    a killed or failed build leaves nothing at final. A lock beside final makes a second
-    process wait and reuse the first one's folder; folders left by killed builds on this
-    host are removed first. The feature store builds its folders the same way.
-    """
-    if final.is_dir():
-        return False
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(final.parent / f".{final.name}.lock"):
-        if final.is_dir():  # another process built it while we waited
-            return False
-        _remove_stale_tmp(final.parent, final.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=final.parent))
-        try:
-            owner = {"host": socket.gethostname(), "pid": os.getpid()}
-            (tmp / _OWNER_FILE).write_text(json.dumps(owner))
-            build(tmp)
-            (tmp / _OWNER_FILE).unlink()
-            _make_read_only(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-                log.info("%s appeared during the build; keeping that one", final)
-                shutil.rmtree(tmp, ignore_errors=True)
-                return False
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return True
 
 
 def _check_records(records: Sequence[EchoImage], split: str, size: int, name: str) -> None:

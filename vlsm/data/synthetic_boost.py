@@ -31,15 +31,13 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from vlsm.atomic import write_json_atomic
+from vlsm.atomic import atomic_folder, write_json_atomic
 from vlsm.axes import EVAL_SIZE, STRUCTURES
 from vlsm.data.records import SPLITS, EchoImage, PatientInfo
 
@@ -310,20 +308,15 @@ def export_synthetic_boost(
     if not usable:
         raise ValueError(f"{camus_root}: no CAMUS image with a ground-truth mask to export")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        anns: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    anns: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    with atomic_folder(out, replace=True, remove_old=lambda folder: _remove_export(folder, old)) as tmp:
         for rec in tqdm(sorted(usable, key=lambda r: (r.split, r.name)), desc="export", disable=None):
             anns[rec.split] += _export_record(rec, tmp)
         (tmp / "anns").mkdir()
         for split, entries in anns.items():
             if entries:
                 (tmp / "anns" / f"{split}.json").write_text(json.dumps(entries, indent=2) + "\n")
-        _install(tmp, out, old, Path(camus_root), split_scheme)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # ours: created above, never swapped in
-        raise
+        _mark(tmp, out, old, Path(camus_root), split_scheme)
     log.info(
         "%s: wrote %s", out, ", ".join(f"{len(v) // 3} {k}" for k, v in anns.items() if v)
     )
@@ -438,13 +431,11 @@ def _check_out(out: Path, source: Path, *, overwrite: bool) -> dict | None:
     return marker
 
 
-def _install(tmp: Path, out: Path, old: dict | None, source: Path, split_scheme: str) -> None:
-    """Mark the finished folder tmp as ours and move it to out, replacing the earlier
-    export `old` (from `_check_out`): it is set aside until tmp is in place, then only
-    the files its marker lists are deleted."""
+def _mark(tmp: Path, out: Path, old: dict | None, source: Path, split_scheme: str) -> None:
+    """Mark the finished folder tmp as ours; refuse to replace an earlier export `old`
+    (from `_check_out`) that changed while the export ran."""
     from vlsm import __version__
 
-    tmp, out = Path(tmp), Path(out)
     files, _ = _entries(tmp)
     marker = {
         "tool": EXPORT_TOOL,
@@ -455,38 +446,23 @@ def _install(tmp: Path, out: Path, old: dict | None, source: Path, split_scheme:
         "files": sorted(files),
     }
     write_json_atomic(tmp / MARKER_NAME, marker, indent=None)
-    if old is None:
-        os.replace(tmp, out)  # out absent or an empty folder: one atomic rename
-        return
-    again = _read_marker(out)  # the export took a while: is out still the same?
-    if again is None or again != old or _foreign(out, again):
+    again = _read_marker(out) if old is not None else None  # the export took a while: is out still the same?
+    if old is not None and (again is None or again != old or _foreign(out, again)):
         raise ValueError(
             f"{out}: changed while the export ran (its {MARKER_NAME} or files differ); "
             "nothing was replaced; run the export again"
         )
-    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old_dir = aside / out.name
-    os.replace(out, old_dir)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old_dir, out)
-        aside.rmdir()
-        raise
-    _remove_export(old_dir, old)
-    try:
-        aside.rmdir()
-    except OSError:
-        log.warning("%s: kept; it holds files the earlier export did not write", old_dir)
 
 
-def _remove_export(folder: Path, marker: dict) -> None:
-    """Delete the files the marker lists, then folders left empty; nothing else."""
-    for rel in (*marker["files"], MARKER_NAME):
+def _remove_export(folder: Path, marker: dict | None) -> None:
+    """Delete the files the marker lists, then folders left empty; nothing else (an empty
+    folder without a marker goes too)."""
+    files = marker["files"] if marker else []
+    for rel in (*files, MARKER_NAME):
         path = folder / rel
         if path.is_file() or path.is_symlink():
             path.unlink()
-    for rel in sorted(_parents(marker["files"]), key=lambda p: -len(PurePosixPath(p).parts)):
+    for rel in sorted(_parents(files), key=lambda p: -len(PurePosixPath(p).parts)):
         try:
             (folder / rel).rmdir()
         except OSError:  # not empty (or gone): leave it
@@ -494,4 +470,4 @@ def _remove_export(folder: Path, marker: dict) -> None:
     try:
         folder.rmdir()
     except OSError:
-        pass
+        log.warning("%s: kept; it holds files the earlier export did not write", folder)
