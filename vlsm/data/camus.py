@@ -40,6 +40,7 @@ import numpy as np
 
 from vlsm.atomic import write_text_atomic
 from vlsm.data.io import write_itk
+from vlsm.data.problems import ERROR, WARNING, Problem
 from vlsm.data.records import PHASES, QUALITIES, SEXES, SPLITS, VIEWS, EchoImage, PatientInfo
 
 __all__ = [
@@ -50,9 +51,11 @@ __all__ = [
     "SPLIT_FILES",
     "detect_camus_release",
     "parse_info_cfg",
+    "read_info_cfg",
     "format_info_cfg",
     "load_camus",
     "read_camus_split_files",
+    "read_split_file",
     "write_camus_patient",
     "write_camus_split_files",
 ]
@@ -77,7 +80,11 @@ _SUFFIX = {RELEASE_2019: ".mhd", RELEASE_2023: ".nii.gz"}
 _PATIENT_RE = re.compile(r"^patient\d{4}$")
 # cfg key of the ejection fraction per release (2019 also carries LVedv/LVesv)
 _EF_KEY = {RELEASE_2019: "LVef", RELEASE_2023: "EF"}
-_REQUIRED_CFG_KEYS = ("Sex", "Age", "ImageQuality")
+_CFG_REQUIRED = ("Sex", "Age", "ImageQuality")  # prompts P4-P6 need them
+_CFG_FRAMES = ("ED", "ES", "NbFrame")
+_CFG_NUMBERS = ("EF", "LVef", "LVedv", "LVesv", "FrameRate")
+_CFG_FIELDS = {"ED": "ed_frame", "ES": "es_frame", "NbFrame": "n_frames", "Sex": "sex", "Age": "age",
+               "ImageQuality": "image_quality"}  # PatientInfo's field of each key (EF/LVef: ef)
 
 
 # --- release detection ----------------------------------------------------------------
@@ -115,77 +122,83 @@ def detect_camus_release(root: Path) -> str:
 # --- Info_<view>.cfg ------------------------------------------------------------------
 
 
-def _cfg_int(path: Path, lineno: int, key: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{path}:{lineno}: {key} must be an integer, got {value!r}") from None
-
-
-def _cfg_float(path: Path, lineno: int, key: str, value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{path}:{lineno}: {key} must be a number, got {value!r}") from None
-
-
 def parse_info_cfg(path: Path) -> PatientInfo:
-    """Parse a CAMUS Info_<view>.cfg (`Key: value` lines) into a PatientInfo.
+    """A CAMUS Info_<view>.cfg as a PatientInfo (`read_info_cfg`); ValueError naming the
+    file and line of its first error."""
+    info, problems = read_info_cfg(path)
+    errors = [p for p in problems if p.severity == ERROR]
+    if errors:
+        raise ValueError(str(errors[0]))
+    return info
 
-    Known keys: ED, ES, NbFrame (ints), Sex (F|M), Age (int), ImageQuality
-    (Good|Medium|Poor), EF (2023) or LVef (2019) in %; LVedv, LVesv and FrameRate are
-    checked to be numbers and otherwise ignored, other keys are ignored. Sex, Age and
-    ImageQuality are required (prompts P4-P6 need them). Raises ValueError naming the
-    file (and line) for a missing file, a malformed line, a bad value or a missing key.
+
+def read_info_cfg(path: Path) -> tuple[PatientInfo, list[Problem]]:
+    """Parse a CAMUS Info_<view>.cfg (`Key: value` lines): its PatientInfo and every problem.
+
+    Known keys: ED, ES, NbFrame (frame numbers), Sex (F|M), Age (years), ImageQuality
+    (Good|Medium|Poor), EF (2023; wins) or LVef (2019) in %; LVedv, LVesv and FrameRate
+    must be numbers and are otherwise ignored, other keys are ignored. Sex, Age and
+    ImageQuality are required (prompts P4-P6 need them); a missing ED, ES or NbFrame, or
+    a key given twice, is a warning.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: CAMUS info file not found (expected `Key: value` lines)")
-    fields: dict[str, object] = {}
+        return PatientInfo(), [Problem(path, "CAMUS info file not found (the view's sex, age, image quality and ED/ES frames)")]
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        return PatientInfo(), [Problem(path, f"unreadable Info cfg: {err}")]
+    problems: list[Problem] = []
     seen: set[str] = set()
-    ef_from: str | None = None
-    for lineno, raw in enumerate(
-        path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
-    ):
-        line = raw.strip()
-        if not line:
+    values: dict[str, object] = {}  # key -> its valid value
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
             continue
-        key, sep, value = line.partition(":")
-        key, value = key.strip(), value.strip()
+        key, sep, value = (part.strip() for part in raw.strip().partition(":"))
         if not sep or not key or not value:
-            raise ValueError(f"{path}:{lineno}: expected a `Key: value` line, got {raw!r}")
+            problems.append(Problem(path, f"line {lineno}: expected a `Key: value` line, got {raw!r}"))
+            continue
+        if key in seen:
+            problems.append(Problem(path, f"line {lineno}: {key} given twice", WARNING))
         seen.add(key)
-        if key in ("ED", "ES", "NbFrame"):
-            name = {"ED": "ed_frame", "ES": "es_frame", "NbFrame": "n_frames"}[key]
-            fields[name] = _cfg_int(path, lineno, key, value)
-        elif key == "Sex":
-            if value.upper() not in SEXES:
-                raise ValueError(f"{path}:{lineno}: Sex must be one of {SEXES}, got {value!r}")
-            fields["sex"] = value.upper()
-        elif key == "Age":
-            fields["age"] = _cfg_int(path, lineno, key, value)
-        elif key == "ImageQuality":
-            quality = value.capitalize()
-            if quality not in QUALITIES:
-                raise ValueError(
-                    f"{path}:{lineno}: ImageQuality must be one of {QUALITIES}, got {value!r}"
-                )
-            fields["image_quality"] = quality
-        elif key in ("EF", "LVef"):
-            ef = _cfg_float(path, lineno, key, value)
-            if key == "EF" or ef_from is None:  # EF wins over LVef when both are given
-                fields["ef"], ef_from = ef, key
-        elif key in ("LVedv", "LVesv", "FrameRate"):
-            _cfg_float(path, lineno, key, value)
-        else:
-            log.debug("%s:%d: ignoring unknown key %r", path, lineno, key)
-    missing = [k for k in _REQUIRED_CFG_KEYS if k not in seen]
-    if missing:
-        raise ValueError(
-            f"{path}: missing required key(s) {missing}; expected `Key: value` lines for "
-            f"{list(_REQUIRED_CFG_KEYS)} (and ED, ES, NbFrame, EF or LVef)"
-        )
-    return PatientInfo(**fields)  # type: ignore[arg-type]
+        parsed, reason = _cfg_value(key, value)
+        if reason:
+            problems.append(Problem(path, f"line {lineno}: {reason}"))
+        elif parsed is not None:
+            values[key] = parsed
+    problems += [Problem(path, f"missing field {k} (prompts P4-P6 need it)") for k in _CFG_REQUIRED if k not in seen]
+    problems += [Problem(path, f"missing field {k}", WARNING) for k in _CFG_FRAMES if k not in seen]
+    for key in ("ED", "ES"):
+        if key in values and "NbFrame" in values and values[key] > values["NbFrame"]:
+            problems.append(Problem(path, f"{key} frame {values[key]} is beyond NbFrame {values['NbFrame']}"))
+    fields = {_CFG_FIELDS[k]: v for k, v in values.items() if k in _CFG_FIELDS}
+    return PatientInfo(**fields, ef=values.get("EF", values.get("LVef"))), problems
+
+
+def _cfg_value(key: str, value: str) -> tuple[object, str | None]:
+    """The value of cfg key `key` (None for a key we ignore), or why it is invalid."""
+    if key in _CFG_FRAMES:
+        if value.isdigit() and int(value) >= 1:
+            return int(value), None
+        return None, f"{key} must be a frame number >= 1, got {value!r}"
+    if key == "Age":
+        if value.isdigit() and int(value) <= 150:
+            return int(value), None
+        return None, f"Age must be a whole number of years 0-150, got {value!r}"
+    if key == "Sex":
+        if value.upper() in SEXES:
+            return value.upper(), None
+        return None, f"Sex must be one of {', '.join(SEXES)}, got {value!r}"
+    if key == "ImageQuality":
+        if value.capitalize() in QUALITIES:
+            return value.capitalize(), None
+        return None, f"ImageQuality must be one of {', '.join(QUALITIES)}, got {value!r}"
+    if key in _CFG_NUMBERS:
+        try:
+            return float(value), None
+        except ValueError:
+            return None, f"{key} must be a number, got {value!r}"
+    return None, None
 
 
 def format_info_cfg(info: PatientInfo, release: str) -> str:
@@ -224,27 +237,31 @@ def _patient_dirs(folder: Path) -> list[Path]:
 def read_camus_split_files(root: Path) -> dict[str, list[str]]:
     """The 2023 release's database_split/subgroup_*.txt as {"train"|"val"|"test": [patient, ...]}.
 
-    Only files that exist are returned; blank lines are skipped; a line that is not a
-    patient id (patientXXXX) is a ValueError naming the file and line.
+    Only files that exist are returned; a line that is not a patient id (patientXXXX) is a
+    ValueError naming the file and line (`read_split_file`).
     """
-    folder = Path(root) / DIR_SPLIT
     splits: dict[str, list[str]] = {}
     for split, name in SPLIT_FILES.items():
-        path = folder / name
-        if not path.is_file():
-            continue
-        patients: list[str] = []
-        for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-            line = raw.strip()
-            if not line:
-                continue
-            if not _PATIENT_RE.match(line):
-                raise ValueError(
-                    f"{path}:{lineno}: expected a patient id like 'patient0001', got {raw!r}"
-                )
-            patients.append(line)
-        splits[split] = patients
+        path = Path(root) / DIR_SPLIT / name
+        if path.is_file():
+            splits[split], problems = read_split_file(path)
+            if problems:
+                raise ValueError(str(problems[0]))
     return splits
+
+
+def read_split_file(path: Path) -> tuple[list[str], list[Problem]]:
+    """The patient ids of one subgroup_*.txt (blank lines skipped) and a problem per line
+    that is not one."""
+    patients: list[str] = []
+    problems: list[Problem] = []
+    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
+        line = raw.strip()
+        if _PATIENT_RE.match(line):
+            patients.append(line)
+        elif line:
+            problems.append(Problem(path, f"line {lineno}: expected a patient id like patient0001, got {raw!r}"))
+    return patients, problems
 
 
 def _assign_paper(candidates: list[str], test: set[str], n_val: int) -> dict[str, str]:
