@@ -10,16 +10,10 @@ import pytest
 
 from vlsm.data.io import read_label_map, write_itk, write_png
 from vlsm.data.phantom import write_demo_data
+from vlsm.data.problems import ERROR, WARNING, Problem, has_errors
 from vlsm.data.records import EchoImage
-from vlsm.data.validate import (
-    ERROR,
-    WARNING,
-    Problem,
-    has_errors,
-    validate_camus,
-    validate_data,
-    validate_sdm,
-)
+from vlsm.data.validate import validate_camus, validate_data
+from vlsm.data.validate_synthetic import validate_sdm
 
 SIZE = (64, 56)
 P1 = "patient0001"  # val; patient0002 trains, patient0003 is the test patient

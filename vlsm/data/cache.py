@@ -610,14 +610,6 @@ def open_split(path: Path) -> PreparedSplit:
 # --- whole datasets -------------------------------------------------------------------
 
 
-def _load_camus(root: Path, split_scheme: str, n_val: int | None) -> list[EchoImage]:
-    from vlsm.data.camus import load_camus
-
-    if n_val is None:
-        return load_camus(root, split_scheme=split_scheme)
-    return load_camus(root, split_scheme=split_scheme, n_val=n_val)
-
-
 def _load_records(
     kind: str,
     root: Path,
@@ -627,10 +619,11 @@ def _load_records(
     dataset: str,
 ) -> list[EchoImage]:
     if kind == "camus":
-        from vlsm.data.camus import PAPER_VAL_PATIENTS, empty_split
+        from vlsm.data.camus import PAPER_VAL_PATIENTS, empty_split, load_camus
 
-        records = _load_camus(root, split_scheme, n_val)
-        why = empty_split(records, root, split_scheme, PAPER_VAL_PATIENTS if n_val is None else n_val)
+        n_val = PAPER_VAL_PATIENTS if n_val is None else n_val
+        records = load_camus(root, split_scheme, n_val=n_val)
+        why = empty_split(records, root, split_scheme, n_val)
         if why:
             raise ValueError(why)
         return records

@@ -48,18 +48,8 @@ from vlsm.data.problems import (
     progress_bar,
 )
 from vlsm.data.records import PHASES, VIEWS, EchoImage
-from vlsm.data.validate_synthetic import validate_sdm
 
-__all__ = [
-    "ERROR",
-    "WARNING",
-    "Findings",
-    "Problem",
-    "has_errors",
-    "validate_camus",
-    "validate_data",
-    "validate_sdm",
-]
+__all__ = ["validate_camus", "validate_data"]
 
 log = logging.getLogger(__name__)
 

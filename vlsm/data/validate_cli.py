@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from vlsm.data.label_codings import CODING_DESCRIPTIONS
-    from vlsm.data.validate import ERROR, WARNING, validate_data
+    from vlsm.data.problems import ERROR, WARNING
+    from vlsm.data.validate import validate_data
 
     roots = [r for r in (args.camus_root, args.sdm_root, args.synthetic_root) if r is not None]
     if not roots:
