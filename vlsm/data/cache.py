@@ -431,18 +431,12 @@ def _build(
             labels[index] = done.labels
             eval_labels[index] = done.eval_labels
             missing.update(done.missing)
-            for (structure, short), prompts, as_synthetic in zip(
-                sorted(STRUCTURES.items()), done.prompts, done.synthetic_prompts, strict=True
-            ):
-                items.append(
-                    {
-                        "image_index": index,
-                        "structure": structure,
-                        "name": f"{rec.name}_{short}",
-                        "prompts": prompts,
-                        "synthetic_prompts": as_synthetic,
-                    }
-                )
+            items += [
+                {"image_index": index, "structure": structure, "name": f"{rec.name}_{short}",
+                 "prompts": prompts, "synthetic_prompts": as_synthetic}
+                for (structure, short), prompts, as_synthetic
+                in zip(sorted(STRUCTURES.items()), done.prompts, done.synthetic_prompts, strict=True)
+            ]
     for array in (images, labels, eval_labels):
         array.flush()
     del images, labels, eval_labels

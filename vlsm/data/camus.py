@@ -333,6 +333,48 @@ def _records_for_patient(patient_dir: Path, release: str, split: str) -> list[Ec
     return records
 
 
+def _patients_2019(root: Path, split_scheme: str, n_val: int) -> list[tuple[Path, str]]:
+    """(patient folder, split) of the 2019 release: every patient under testing/ tests."""
+    if split_scheme == "official":
+        raise ValueError(
+            f"CAMUS root {root} is the 2019 release, which has no official validation "
+            "split (database_split/ came with the 2023 release); use split_scheme='paper'"
+        )
+    train_dirs = _patient_dirs(root / DIR_TRAINING)
+    splits = _assign_paper([d.name for d in train_dirs], set(), n_val)
+    return [(d, splits[d.name]) for d in train_dirs] + [(d, "test") for d in _patient_dirs(root / DIR_TESTING)]
+
+
+def _patients_2023(root: Path, split_scheme: str, n_val: int) -> list[tuple[Path, str]]:
+    """(patient folder, split) of the 2023 release, from its split files."""
+    dirs = {d.name: d for d in _patient_dirs(root / DIR_NIFTI)}
+    files = read_camus_split_files(root)
+    needed = ["test"] if split_scheme == "paper" else list(SPLIT_FILES)
+    for split in needed:
+        if split not in files:
+            raise ValueError(
+                f"{root / DIR_SPLIT / SPLIT_FILES[split]}: split file not found; the "
+                f"'{split_scheme}' split of the 2023 release needs "
+                f"{', '.join(SPLIT_FILES[s] for s in needed)} in {root / DIR_SPLIT}"
+            )
+    listed = {p: s for s in needed for p in files[s]}
+    missing = sorted(p for p in listed if p not in dirs)
+    if missing:
+        raise ValueError(
+            f"{root / DIR_SPLIT}: patients {missing[:5]}{'...' if len(missing) > 5 else ''} "
+            f"are listed in the split files but have no folder in {root / DIR_NIFTI}"
+        )
+    if split_scheme == "paper":
+        splits = _assign_paper(sorted(dirs), set(files["test"]), n_val)
+    else:
+        splits = listed
+        unlisted = sorted(set(dirs) - set(listed))
+        if unlisted:
+            log.warning("%s: %d patient(s) in no split file are left out (e.g. %s)",
+                        root / DIR_SPLIT, len(unlisted), unlisted[0])
+    return [(dirs[p], s) for p, s in sorted(splits.items())]
+
+
 def load_camus(
     root: Path, split_scheme: str = "paper", *, n_val: int = PAPER_VAL_PATIENTS
 ) -> list[EchoImage]:
@@ -359,49 +401,8 @@ def load_camus(
     if n_val < 0:
         raise ValueError(f"n_val must be >= 0, got {n_val}")
     release = detect_camus_release(root)
-    jobs: list[tuple[Path, str]] = []  # (patient folder, split)
-    if release == RELEASE_2019:
-        if split_scheme == "official":
-            raise ValueError(
-                f"CAMUS root {root} is the 2019 release, which has no official validation "
-                "split (database_split/ came with the 2023 release); use split_scheme='paper'"
-            )
-        train_dirs = _patient_dirs(root / DIR_TRAINING)
-        test_dirs = _patient_dirs(root / DIR_TESTING)
-        splits = _assign_paper([d.name for d in train_dirs], set(), n_val)
-        jobs += [(d, splits[d.name]) for d in train_dirs]
-        jobs += [(d, "test") for d in test_dirs]
-    else:
-        dirs = {d.name: d for d in _patient_dirs(root / DIR_NIFTI)}
-        files = read_camus_split_files(root)
-        needed = ["test"] if split_scheme == "paper" else list(SPLIT_FILES)
-        for split in needed:
-            if split not in files:
-                raise ValueError(
-                    f"{root / DIR_SPLIT / SPLIT_FILES[split]}: split file not found; the "
-                    f"'{split_scheme}' split of the 2023 release needs "
-                    f"{', '.join(SPLIT_FILES[s] for s in needed)} in {root / DIR_SPLIT}"
-                )
-        listed = {p: s for s in needed for p in files[s]}
-        missing = sorted(p for p in listed if p not in dirs)
-        if missing:
-            raise ValueError(
-                f"{root / DIR_SPLIT}: patients {missing[:5]}{'...' if len(missing) > 5 else ''} "
-                f"are listed in the split files but have no folder in {root / DIR_NIFTI}"
-            )
-        if split_scheme == "paper":
-            splits = _assign_paper(sorted(dirs), set(files["test"]), n_val)
-        else:
-            splits = listed
-            unlisted = sorted(set(dirs) - set(listed))
-            if unlisted:
-                log.warning(
-                    "%s: %d patient(s) in no split file are left out (e.g. %s)",
-                    root / DIR_SPLIT,
-                    len(unlisted),
-                    unlisted[0],
-                )
-        jobs += [(dirs[p], s) for p, s in sorted(splits.items())]
+    split_of = _patients_2019 if release == RELEASE_2019 else _patients_2023
+    jobs = split_of(root, split_scheme, n_val)  # (patient folder, split)
     if not jobs:
         raise ValueError(f"CAMUS root {root}: no patientXXXX folders found")
     records = [r for d, s in jobs for r in _records_for_patient(d, release, s)]
@@ -475,44 +476,36 @@ def write_camus_patient(
         folder = root / (DIR_TESTING if testing else DIR_TRAINING) / patient
     else:
         folder = root / DIR_NIFTI / patient
-    suffix = _SUFFIX[release]
     for key in label_maps:
         _check_key(key, "label_maps")
         if key not in images:
             raise ValueError(f"label_maps has {key!r} but images has no such image")
     for key, image in images.items():
         _check_key(key, "images")
-        image = np.asarray(image)
-        if image.ndim != 2 or image.dtype != np.uint8:
-            raise ValueError(
-                f"image {patient} {key}: expected a (H, W) uint8 array, got {image.dtype} "
-                f"{image.shape}"
-            )
-        view, phase = key
-        z = release == RELEASE_2019  # the 2019 .mhd files are W x H x 1 volumes
-        write_itk(folder / f"{patient}_{view}_{phase}{suffix}", image, spacing, singleton_z=z)
-        label = label_maps.get(key)
-        if label is None:
-            continue
-        label = np.asarray(label)
-        if label.shape != image.shape:
-            raise ValueError(
-                f"label map {patient} {key}: shape {label.shape} differs from the image's "
-                f"{image.shape}"
-            )
-        bad = sorted({int(v) for v in np.unique(label)} - {0, 1, 2, 3})
-        if bad:
-            raise ValueError(f"label map {patient} {key}: values {bad} outside 0-3")
-        write_itk(
-            folder / f"{patient}_{view}_{phase}_gt{suffix}",
-            label.astype(np.uint8),
-            spacing,
-            singleton_z=z,
-        )
+        _write_image_pair(folder, f"{patient}_{key[0]}_{key[1]}", release, image, label_maps.get(key), spacing)
     for view, info in infos.items():
         if view not in VIEWS:
             raise ValueError(f"infos key must be a view in {VIEWS}, got {view!r}")
         write_text_atomic(folder / f"Info_{view}.cfg", format_info_cfg(info, release))
+
+
+def _write_image_pair(folder: Path, name: str, release: str, image: np.ndarray, label: np.ndarray | None,
+                      spacing: tuple[float, float]) -> None:
+    """One (H, W) uint8 image `name` and, unless None, its label map (`name`_gt)."""
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"image {name}: expected a (H, W) uint8 array, got {image.dtype} {image.shape}")
+    z = release == RELEASE_2019  # the 2019 .mhd files are W x H x 1 volumes
+    write_itk(folder / f"{name}{_SUFFIX[release]}", image, spacing, singleton_z=z)
+    if label is None:
+        return
+    label = np.asarray(label)
+    if label.shape != image.shape:
+        raise ValueError(f"label map {name}: shape {label.shape} differs from the image's {image.shape}")
+    bad = sorted({int(v) for v in np.unique(label)} - {0, 1, 2, 3})
+    if bad:
+        raise ValueError(f"label map {name}: values {bad} outside 0-3")
+    write_itk(folder / f"{name}_gt{_SUFFIX[release]}", label.astype(np.uint8), spacing, singleton_z=z)
 
 
 def write_camus_split_files(root: Path, splits: Mapping[str, list[str]]) -> None:

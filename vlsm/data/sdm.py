@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,10 @@ from vlsm.data.records import PHASES, VIEWS, EchoImage
 
 __all__ = [
     "SDM_SPLITS",
+    "SdmFiles",
     "load_sdm",
+    "scan_sdm",
+    "sdm_record",
     "write_sdm_image",
     "with_camus_info",
 ]
@@ -132,6 +135,50 @@ def find_label(image: Path, root: Path) -> tuple[Path | None, list[Path]]:
         folder = parent
 
 
+@dataclass
+class SdmFiles:
+    """The PNGs under an SDM root, sorted out (what the reader and the validator both read)."""
+
+    images: dict[str, Path] = field(default_factory=dict)  # file name -> the first image of that name
+    label_maps: list[Path] = field(default_factory=list)  # PNGs under label-ish folders
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (image, the one it repeats)
+    misnamed: list[Path] = field(default_factory=list)  # PNGs not named like SDM images
+    test_images: int = 0  # real test images (*_testing.png), never read
+
+
+def scan_sdm(root: Path) -> SdmFiles:
+    """Sort out the PNGs under root, at any depth (see the module docstring)."""
+    files = SdmFiles()
+    for path in sorted(Path(root).rglob("*.png")):
+        if any(is_label_dir(part) for part in path.relative_to(root).parts[:-1]):
+            files.label_maps.append(path)
+        elif NAME_RE.match(path.name) is None:
+            if TEST_NAME_RE.match(path.name):
+                files.test_images += 1
+            else:
+                files.misnamed.append(path)
+        elif path.name in files.images:
+            files.duplicates.append((path, files.images[path.name]))
+        else:
+            files.images[path.name] = path
+    return files
+
+
+def sdm_record(image: Path, label: Path | None) -> EchoImage:
+    """The record of an SDM image (its name matches NAME_RE) and its label map, if any."""
+    match = NAME_RE.match(image.name)
+    return EchoImage(
+        source=SOURCE,
+        patient=match["patient"],
+        view=match["view"],
+        phase=match["phase"],
+        split=SDM_SPLITS[match["split"]],
+        image_path=image,
+        mask_paths=() if label is None else (label,),
+        variant=int(match["index"]),
+    )
+
+
 def load_sdm(root: Path) -> list[EchoImage]:
     """One record per synthetic image under root (any depth; see the module docstring).
 
@@ -145,63 +192,33 @@ def load_sdm(root: Path) -> list[EchoImage]:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"SDM root {root} is not a folder")
-    records: dict[str, EchoImage] = {}
-    skipped_test = skipped_other = 0
-    for path in sorted(root.rglob("*.png")):
-        rel_dirs = path.relative_to(root).parts[:-1]
-        if any(is_label_dir(part) for part in rel_dirs):
-            continue
-        match = NAME_RE.match(path.name)
-        if match is None:
-            if TEST_NAME_RE.match(path.name):
-                skipped_test += 1
-            else:
-                skipped_other += 1
-                log.debug("%s: not an SDM image name, skipped", path)
-            continue
-        if path.name in records:
-            log.warning("%s: duplicate of %s, skipped", path, records[path.name].image_path)
-            continue
-        label, tried = find_label(path, root)
-        if label is None:
-            shown = (
-                ", ".join(str(t) for t in tried[:4])
-                or "no folder named *annotation*/*label*/*mask*"
-            )
-            raise ValueError(
-                f"{path}: no label map found; expected a file of the same name under a sibling "
-                f"folder whose name contains {'/'.join(_LABEL_DIR_WORDS)} (tried: {shown})"
-            )
-        records[path.name] = EchoImage(
-            source=SOURCE,
-            patient=match["patient"],
-            view=match["view"],
-            phase=match["phase"],
-            split=SDM_SPLITS[match["split"]],
-            image_path=path,
-            mask_paths=(label,),
-            variant=int(match["index"]),
-        )
-    if skipped_test:
-        log.info("%s: ignored %d real test image(s) (*_testing.png)", root, skipped_test)
-    if skipped_other:
-        log.info("%s: ignored %d PNG(s) not named like SDM images", root, skipped_other)
-    if not records:
+    files = scan_sdm(root)
+    for path, first in files.duplicates:
+        log.warning("%s: duplicate of %s, skipped", path, first)
+    if files.test_images:
+        log.info("%s: ignored %d real test image(s) (*_testing.png)", root, files.test_images)
+    if files.misnamed:
+        log.info("%s: ignored %d PNG(s) not named like SDM images", root, len(files.misnamed))
+    if not files.images:
         raise ValueError(
             f"SDM root {root}: no images named "
             "patientXXXX_{2CH|4CH}_{ED|ES}_{training|validation}_<index>.png found"
         )
+    records = []
+    for path in files.images.values():
+        label, tried = find_label(path, root)
+        if label is None:
+            shown = ", ".join(str(t) for t in tried[:4]) or "no folder named *annotation*/*label*/*mask*"
+            raise ValueError(
+                f"{path}: no label map found; expected a file of the same name under a sibling "
+                f"folder whose name contains {'/'.join(_LABEL_DIR_WORDS)} (tried: {shown})"
+            )
+        records.append(sdm_record(path, label))
     order = {"train": 0, "val": 1}
-    out = sorted(
-        records.values(), key=lambda r: (order[r.split], r.patient, r.view, r.phase, r.variant)
-    )
-    log.info(
-        "SDM CAMUS at %s: train %d, val %d",
-        root,
-        sum(r.split == "train" for r in out),
-        sum(r.split == "val" for r in out),
-    )
-    return out
+    records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase, r.variant))
+    log.info("SDM CAMUS at %s: train %d, val %d", root, sum(r.split == "train" for r in records),
+             sum(r.split == "val" for r in records))
+    return records
 
 
 def with_camus_info(

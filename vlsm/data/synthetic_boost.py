@@ -134,77 +134,70 @@ def _load_split(base: Path, dataset: str, split: str, ann: Path) -> list[EchoIma
         raise ValueError(f"{ann}: expected a JSON list of entries, got {type(entries).__name__}")
     image_dirs = [base / d for d in _IMAGE_DIRS[dataset, split]]
     mask_dir = base / _MASK_DIRS[dataset, split]
-
     # img_name -> {structure: (entry index, mask path, prompts)}
     groups: dict[str, dict[int, tuple[int, Path, dict]]] = defaultdict(dict)
     for i, entry in enumerate(entries):
-        where = f"{ann} entry {i}"
-        if not isinstance(entry, dict) or not {"img_name", "mask_name", "prompts"} <= entry.keys():
-            raise ValueError(f"{where}: expected an object with img_name, mask_name and prompts")
-        img_name, mask_name, prompts = entry["img_name"], entry["mask_name"], entry["prompts"]
-        if not _NAME.match(str(img_name)):
-            raise ValueError(
-                f"{where}: img_name {img_name!r}; expected patientXXXX_<2CH|4CH>_<ED|ES>[...].png"
-            )
-        m = _MASK_DIR.match(str(mask_name).split("/")[0])
-        structure = int(m.group(1)) if m else None
-        if structure not in STRUCTURES:
-            raise ValueError(
-                f"{where}: mask_name {mask_name!r}; expected it to start with mask_1/, mask_2/ "
-                "or mask_3/"
-            )
-        if ".." in re.split(r"[/\\]", str(mask_name)):  # img_name cannot: _NAME has no "/"
-            raise ValueError(
-                f"{where}: mask_name {mask_name!r} points outside its mask folder {mask_dir} "
-                "(a '..' part); expected a path below it, like mask_1/<name>_gt.png"
-            )
-        if not isinstance(prompts, dict) or "p0" not in prompts:
-            raise ValueError(f"{where}: prompts must be an object with keys p0, p1, ...")
+        img_name, structure, mask_path, prompts = _read_entry(entry, f"{ann} entry {i}", mask_dir)
         if structure in groups[img_name]:
             first = groups[img_name][structure][0]
-            raise ValueError(
-                f"{where}: {img_name} structure {structure} already given by entry {first}"
-            )
-        mask_path = mask_dir / mask_name
-        if not mask_path.is_file():
-            raise FileNotFoundError(f"{where}: mask file {mask_path} not found")
+            raise ValueError(f"{ann} entry {i}: {img_name} structure {structure} already given by entry {first}")
         groups[img_name][structure] = (i, mask_path, prompts)
+    return [_record(img_name, by_structure, split, ann, image_dirs) for img_name, by_structure in groups.items()]
 
-    records = []
-    for img_name, by_structure in groups.items():
-        first = min(i for i, _, _ in by_structure.values())
-        missing = sorted(set(STRUCTURES) - set(by_structure))
-        if missing:
-            raise ValueError(
-                f"{ann} entry {first}: {img_name} has no entry for structure(s) {missing}; "
-                "expected one entry per structure (mask_1, mask_2, mask_3)"
-            )
-        image_path = _find(image_dirs, img_name)
-        if image_path is None:
-            raise FileNotFoundError(
-                f"{ann} entry {first}: image {img_name} not found in "
-                f"{', '.join(str(d) for d in image_dirs)}"
-            )
-        m = _NAME.match(img_name)
-        prompts = {k: by_structure[k][2] for k in sorted(STRUCTURES)}
-        records.append(
-            EchoImage(
-                source=SOURCE,
-                patient=m["patient"],
-                view=m["view"],
-                phase=m["phase"],
-                split=split,
-                image_path=image_path,
-                mask_paths=tuple(by_structure[k][1] for k in sorted(STRUCTURES)),
-                info=_metadata_from_prompts(prompts[1]),
-                variant=int(m["variant"]) if m["variant"] is not None else None,
-                prompts={
-                    k: {key: v if isinstance(v, str) else tuple(v) for key, v in p.items()}
-                    for k, p in prompts.items()
-                },
-            )
+
+def _read_entry(entry: object, where: str, mask_dir: Path) -> tuple[str, int, Path, dict]:
+    """(img_name, structure, mask path, prompts) of one JSON entry, checked."""
+    if not isinstance(entry, dict) or not {"img_name", "mask_name", "prompts"} <= entry.keys():
+        raise ValueError(f"{where}: expected an object with img_name, mask_name and prompts")
+    img_name, mask_name, prompts = entry["img_name"], entry["mask_name"], entry["prompts"]
+    if not _NAME.match(str(img_name)):
+        raise ValueError(f"{where}: img_name {img_name!r}; expected patientXXXX_<2CH|4CH>_<ED|ES>[...].png")
+    m = _MASK_DIR.match(str(mask_name).split("/")[0])
+    structure = int(m.group(1)) if m else None
+    if structure not in STRUCTURES:
+        raise ValueError(f"{where}: mask_name {mask_name!r}; expected it to start with mask_1/, mask_2/ or mask_3/")
+    if ".." in re.split(r"[/\\]", str(mask_name)):  # img_name cannot: _NAME has no "/"
+        raise ValueError(
+            f"{where}: mask_name {mask_name!r} points outside its mask folder {mask_dir} "
+            "(a '..' part); expected a path below it, like mask_1/<name>_gt.png"
         )
-    return records
+    if not isinstance(prompts, dict) or "p0" not in prompts:
+        raise ValueError(f"{where}: prompts must be an object with keys p0, p1, ...")
+    mask_path = mask_dir / mask_name
+    if not mask_path.is_file():
+        raise FileNotFoundError(f"{where}: mask file {mask_path} not found")
+    return img_name, structure, mask_path, prompts
+
+
+def _record(img_name: str, by_structure: dict[int, tuple[int, Path, dict]], split: str, ann: Path,
+            image_dirs: list[Path]) -> EchoImage:
+    """The record of one image from its three entries (one per structure)."""
+    first = min(i for i, _, _ in by_structure.values())
+    missing = sorted(set(STRUCTURES) - set(by_structure))
+    if missing:
+        raise ValueError(
+            f"{ann} entry {first}: {img_name} has no entry for structure(s) {missing}; "
+            "expected one entry per structure (mask_1, mask_2, mask_3)"
+        )
+    image_path = _find(image_dirs, img_name)
+    if image_path is None:
+        raise FileNotFoundError(
+            f"{ann} entry {first}: image {img_name} not found in {', '.join(str(d) for d in image_dirs)}"
+        )
+    m = _NAME.match(img_name)
+    prompts = {k: by_structure[k][2] for k in sorted(STRUCTURES)}
+    return EchoImage(
+        source=SOURCE,
+        patient=m["patient"],
+        view=m["view"],
+        phase=m["phase"],
+        split=split,
+        image_path=image_path,
+        mask_paths=tuple(by_structure[k][1] for k in sorted(STRUCTURES)),
+        info=_metadata_from_prompts(prompts[1]),
+        variant=int(m["variant"]) if m["variant"] is not None else None,
+        prompts={k: {key: v if isinstance(v, str) else tuple(v) for key, v in p.items()} for k, p in prompts.items()},
+    )
 
 
 def load_synthetic_boost(root: Path, dataset: str = "camus") -> list[EchoImage]:
