@@ -4,14 +4,11 @@ annotations are the schema (docs/design.md, "Settings").
     @dataclass(frozen=True)
     class Cfg:
         lr: Annotated[float, Range(gt=0)] = 1e-3
-        precision: Literal["auto", "fp32"] = "auto"
         model: Annotated[str, Choice(MODELS.names)] = "clipseg"
-    cfg = from_mapping(Cfg, {"lr": 0})     # ConfigError: "lr: expected a finite value > 0, got 0"
+    from_mapping(Cfg, {"lr": 0})     # ConfigError: "lr: expected a finite value > 0, got 0"
 
-Types understood: bool, int (whole numbers only), float, str (paths and numbers become
-text), Any, `X | None`, `Literal[...]`, nested dataclasses, `tuple[X, ...]`,
-`tuple[X, Y]`, `dict[K, X]`, bare `dict`, and `Annotated[X, rule, ...]` with the rules
-`Range`, `Choice` and `Check`. numpy scalars count as the numbers they hold.
+Besides the plain types: `X | None`, `Literal[...]`, nested dataclasses, `tuple[X, ...]`,
+`dict[K, X]` and `Annotated[X, Range | Choice | Check]`; numpy scalars count as numbers.
 """
 
 from __future__ import annotations

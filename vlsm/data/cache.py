@@ -1,38 +1,11 @@
-"""The preprocessing cache: decode, resize and prompt every image of a split once.
+"""The preprocessing cache: each image of a split decoded, resized and prompted once into
+a read-only, content-keyed folder that trials memory-map (docs/design.md, "The
+preprocessing cache"). Nothing here imports torch.
 
-    python -m vlsm prepare --camus-root DIR --size 352 --size 416 --cache-dir DIR
-
-Trials must not decode NIfTI/MHD/PNG files and resize them every epoch: the GPU would
-wait for the CPU (docs/design.md, "Performance facts"). So each (dataset, split, input size)
-is preprocessed once into a folder of uint8 ``.npy`` arrays that trials open
-memory-mapped and read-only; all trials on a node then share one copy in the page cache.
-
-A cache folder is named ``<name>-<split>-<size>-<key[:16]>``; the key is a content hash
-of the input files' bytes, the records' metadata, the parameters, ``CACHE_VERSION`` and
-the source code of the modules that decide the cached values (pixel I/O, SDM label
-coding, prompts, shapes, this module). Changed pixels, metadata or code therefore give a
-new folder, never a stale one. Folders are built in a temporary folder next to the
-final one and renamed into place, so a killed ``prepare`` never leaves a half cache,
-and two processes preparing the same key at once are safe (a lock makes the second one
-wait and reuse; without the lock the loser of the rename discards its copy).
-
-Layout of one folder (all files read-only):
-
-- ``images.npy``      (N, size, size) uint8 grayscale, resized with PIL bilinear
-  (antialiased when shrinking, i.e. area-like);
-- ``labels.npy``      (N, size, size) uint8 label map 0..3, nearest: the loss targets;
-- ``eval_labels.npy`` (N, 512, 512) uint8 label map 0..3, nearest: evaluation (docs/design.md, "Training");
-- ``items.json``      one item per (image, structure 1..3) with its prompts: the
-  record's own (authors' layout) or `build_prompts` with P7's shape from
-  `classify_shape` on the 512 x 512 mask; a prompt whose metadata is missing (SDM
-  without CAMUS metadata has no sex or age) is left out, and meta.json counts them;
-  images with the generator's text (DiffEcho, imagefolder) also get "generator";
-- ``meta.json``       version, key, parameters, image names, per-image metadata and
-  ``prompt_counts`` (items holding each prompt key).
-
-Rows are images in the order of the records given; orientation is (H, W) = (rows,
-columns) as `vlsm.data.io` reads it. Large splits are preprocessed in worker processes
-(the result does not depend on how many). Nothing here imports torch.
+Layout of one folder: ``images.npy`` (N, size, size) uint8 grey, ``labels.npy`` (N, size,
+size) and ``eval_labels.npy`` (N, 512, 512) uint8 label maps 0..3, ``items.json`` (one item
+per image and structure, with its prompts; a prompt whose metadata is missing is left
+out) and ``meta.json`` (version, key, parameters, per-image metadata, ``prompt_counts``).
 """
 
 from __future__ import annotations

@@ -1,32 +1,6 @@
-"""CAMUS readers and writers for both public releases.
-
-Two releases of the same 500 patients exist and users have either (or both):
-
-- 2019 (challenge release)::
-
-      root/training/patient0001 .. patient0450/
-          patient0001_2CH_ED.mhd + .raw, patient0001_2CH_ED_gt.mhd + .raw, ... (2CH|4CH x ED|ES)
-          Info_2CH.cfg, Info_4CH.cfg          (ED, ES, NbFrame, Sex, Age, ImageQuality, LVedv, LVesv, LVef)
-      root/testing/patient0001 .. patient0050/ (same files; _gt only in later downloads)
-
-  The 50 test patients are numbered patient0001-0050 *separately* from training, so in
-  this release a patient id is only unique together with its split.
-- 2023 (CAMUS_public)::
-
-      root/database_nifti/patient0001 .. patient0500/
-          patient0001_2CH_ED.nii.gz, patient0001_2CH_ED_gt.nii.gz, ..., Info_2CH.cfg (EF instead of LVef)
-      root/database_split/subgroup_{training,validation,testing}.txt   (one patient id a line)
-
-Splits (`load_camus(split_scheme=...)`):
-
-- "paper" (Synthetic Boost, and Stojanovski et al.'s extraction script): the official
-  test patients are the test split (2019: every patient under `testing/`; 2023: the
-  patients listed in `database_split/subgroup_testing.txt`); of the other patients,
-  sorted by id, the first `n_val` (50) validate and the rest train.
-- "official": the 2023 release's three subgroup files as they are. The 2019 release has
-  no official validation split, so this is a ValueError there.
-
-Label maps: 0 background, 1 LV cavity, 2 myocardium, 3 LA (`vlsm.axes.STRUCTURES`).
+"""CAMUS readers and writers for both public releases (2019: training/, testing/, .mhd;
+2023: database_nifti/, database_split/), their Info_<view>.cfg and split files parsed
+once for reader and validator (docs/design.md, "Data").
 """
 
 from __future__ import annotations

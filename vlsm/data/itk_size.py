@@ -1,18 +1,6 @@
-"""Whether an ITK image file is whole: its size checked against its header.
+"""Whether an ITK image file is whole: its size checked against its header, which is
+parsed here once (docs/design.md, "Checking a dataset").
 
-Why: SimpleITK reads a .nii/.nii.gz cut short (an interrupted download or copy) as if
-the missing pixels were zero, and a zero-filled image or label map passes every later
-check and ends up in a cache. The header states the size, so we compare:
-- .mhd: the data file (ElementDataFile, or the header file itself for LOCAL) must hold
-  prod(DimSize) x channels x the byte size of ElementType (after HeaderSize); with
-  CompressedData = True, the length of its inflated zlib stream;
-- .nii / .nii.gz (NIfTI-1): the file, decompressed for .nii.gz, must reach
-  vox_offset + prod(dim[1..dim[0]]) x bitpix / 8; a gzip stream that ends early is a
-  truncation too.
-Headers this does not understand (NIfTI-2, a .hdr/.img pair, file lists) are left to
-SimpleITK.
-
-    from vlsm.data.itk_size import TruncatedFileError, check_complete
     check_complete(Path("patient0001_2CH_ED.nii.gz"))   # TruncatedFileError names the file and sizes
 """
 

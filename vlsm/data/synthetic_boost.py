@@ -1,28 +1,5 @@
-"""The Synthetic Boost authors' preprocessed layout (PNG + JSON), read and written.
-
-Why: reading their layout with their JSON prompts (which carry their VQA shapes)
-reproduces their runs exactly; writing it from raw CAMUS lets their code, or anyone
-comparing with it, run on data prepared by this project.
-
-Layout of one dataset folder DIR (their `data_root/camus` or `data_root/sdm_camus`),
-as their data module (naamiinepal/synthetic-boost,
-`configs/datamodule/img_txt_mask_{camus,sdm_camus}.yaml`) reads it:
-
-    DIR/anns/{train,val,test}.json     [{"img_name", "mask_name", "prompts"}, ...],
-                                       one entry per image and structure (mask_1..3)
-    camus:
-      DIR/images/train/<name>.png      train AND val images (val.json points here)
-      DIR/images/test/<name>.png
-      DIR/masks/train/mask_<k>/<name>_gt.png     mask_name "mask_<k>/<name>_gt.png"
-      DIR/masks/test/mask_<k>/<name>_gt.png
-    sdm (synthetic; their test set is the real CAMUS test above):
-      DIR/images/{train,val,test}/<name>.png
-      DIR/masks/mask_<k>/{training,validation,testing}/<name>.png
-                                       mask_name "mask_<k>/validation/<name>.png"
-
-img_name is relative to the split's image folder, mask_name to its mask folder.
-Images are 512 x 512 uint8 grayscale, masks 0/255. <name> is patientXXXX_2CH_ED
-(CAMUS) or patientXXXX_2CH_ED_validation_3 (SDM: split word and variant).
+"""The Synthetic Boost authors' preprocessed layout (512 x 512 PNG + JSON prompts), read
+and written (docs/design.md, "Data").
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
-"""Dataset validation: find every problem in a CAMUS and a synthetic folder before a sweep.
+"""Dataset validation: every problem of a CAMUS and a synthetic folder, each naming its
+file, before a sweep (docs/design.md, "Checking a dataset").
 
     python -m vlsm validate-data --camus-root data/CAMUS --sdm-root data/SDM
-    python -m vlsm validate-data --camus-root data/CAMUS --synthetic-root data/DiffEcho \
-        --synthetic-format diffecho
-
-The readers (`vlsm.data.camus`, `vlsm.data.sdm`) stop at the first bad file, which is
-right for loading but wastes a user's afternoon: fix one file, rerun, meet the next.
-This module walks the whole folder instead and returns one `Problem` per defect,
-naming its file: missing files (an image without its mask, a mask without its image, a
-missing Info_<view>.cfg), unreadable or corrupt images, image/mask size mismatches,
-unknown label values, structures absent from a mask, malformed or missing cfg fields,
-a patient listed in two split files, ground truth missing for part of a split (the
-image would silently leave it) and files shorter than their header says (SimpleITK
-would zero-fill them). Pixels are read through `vlsm.data.io`, so what passes here is
-what the cache and the trainable will read. When no error was found, the reader itself
-is run as a last check. The synthetic sources have their checks in
-`vlsm.data.validate_synthetic`; `validate_data` runs the ones asked for.
 """
 
 from __future__ import annotations

@@ -1,16 +1,5 @@
 """Checks of the synthetic sources (SDM CAMUS, DiffEcho, imagefolder): every problem, each
-naming its file, and the label codings found.
-
-    python -m vlsm validate-data --synthetic-root data/DiffEcho --synthetic-format diffecho
-
-Like the CAMUS checks (`vlsm.data.validate`), these walk the whole folder instead of
-stopping at the first bad file: missing files (an image without its mask, a mask
-without its image, a metadata.csv row naming no file), unreadable images, image/mask
-size mismatches, unknown label levels, absent structures, bad metadata cells and a
-split left empty. Each check returns `Findings`: the problems, and per root a count of
-the label maps in each coding ("labels", "sector", "grey"). When no error was found the
-reader itself runs as a last check. Layouts: `vlsm.data.sdm`, `vlsm.data.diffecho`,
-`vlsm.data.imagefolder`.
+naming its file, and the label codings found (docs/design.md, "Checking a dataset").
 """
 
 from __future__ import annotations
