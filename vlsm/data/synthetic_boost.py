@@ -349,7 +349,7 @@ def _foreign(folder: Path, marker: dict) -> list[str]:
 
 def _check_out(out: Path, source: Path, *, overwrite: bool) -> dict | None:
     """Refuse an `out` the export may not write to; return the marker of an earlier export
-    there that `_install` is to replace (None when out is absent or an empty folder).
+    there that the export is to replace (None when out is absent or an empty folder).
 
     Raises ValueError naming out and the reason: out is, lies inside or holds the source;
     out is a file or a symlink; out holds files and no marker of ours; out is an earlier
