@@ -29,7 +29,7 @@ from vlsm.axes import (
     VAL_DICE,
     VAL_LOSS,
 )
-from vlsm.config import RENAMED_KEYS, TrainConfig  # light: no torch
+from vlsm.config import TrainConfig  # light: no torch
 from vlsm.data.prompts import DEFAULT_PROVENANCE_PHRASES, prompt_names  # light: no numpy
 from vlsm.data.synthetic_sources import source_names
 from vlsm.model_registry import model_key
@@ -319,28 +319,12 @@ def load_spec(
     if demo is None and not _raw_has_dataset(raw):
         raw, sources = merged(True)
     where = " + ".join(sources)
-    for section, old, new in _RENAMED:
-        if isinstance(raw.get(section), dict) and old in raw[section]:
-            raise SpecError(f"{where}: {section}.{old} is now {new}")
-    for name, model in (raw.get("models") or {}).items():
-        if isinstance(model, dict) and "images_per_s" in model:
-            raise SpecError(f"{where}: models.{name}.images_per_s is gone: the dry run's GPU-hours come from "
-                            f"measured rates, --rates FILE (bench/gpu_suite.py's JSON) or --rates FOLDER "
-                            f"(an earlier sweep's exports)")
     try:
         spec = from_mapping(SweepSpec, raw)
     except ConfigError as err:
         raise SpecError(f"{where}: {err}") from None
     _check_values(spec, where)
     return spec
-
-
-# Keys that were renamed: (section, old key, what to write instead). A model's own
-# `train` section meets TrainConfig's RENAMED_KEYS when its settings are checked.
-_RENAMED = (
-    ("data", "demo_val_patients", "data.val_patients (the paper split's validation patients, the demo's too)"),
-    *(("train", old, f"train.{new}") for old, new in RENAMED_KEYS.items()),
-)
 
 
 def has_dataset(spec: SweepSpec) -> bool:

@@ -147,14 +147,10 @@ def test_docstrings_cite_the_design_document_of_this_repository() -> None:
     assert not missing, f"docs/design.md does not place: {missing}"
 
 
-# The only renames outside vlsm/atomic.py, each of a whole staged folder (or, for .mhd,
-# the data file SimpleITK wrote beside its header): a file is written through vlsm.atomic.
+# The only renames outside vlsm/atomic.py (for .mhd, the data file SimpleITK wrote beside
+# its header): a file or a folder is written through vlsm.atomic.
 RENAMES = {
     "vlsm/atomic.py": "the helper itself",
-    "vlsm/data/cache.py": "a built cache folder",
-    "vlsm/data/phantom.py": "a written demo dataset",
-    "vlsm/data/remote_cache.py": "a downloaded cache folder",
-    "vlsm/data/synthetic_boost.py": "an exported dataset",
     "vlsm/models/clipseg.py": "a pretrained folder",
     "vlsm/data/io.py": "the .raw beside an .mhd header",
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vlsm import atomic
 from vlsm.axes import EVAL_SIZE
 from vlsm.data import cache
 from vlsm.data.cache import CacheItem, cache_key, open_split, prepare_dataset, prepare_split
@@ -195,13 +196,14 @@ def test_tmp_folder_of_killed_build_is_removed(records, tmp_path):
         text=True,
         check=True,
     )
-    stale = cache_dir / f".tmp-{final}-abc123"
-    stale.mkdir(parents=True)
-    owner = {"host": __import__("socket").gethostname(), "pid": int(dead.stdout)}
-    (stale / "owner.json").write_text(json.dumps(owner))
-    (stale / "images.npy").write_bytes(b"half")
+    host = __import__("socket").gethostname()
+    stale = cache_dir / f".{final}.tmp-{int(dead.stdout)}@{host}-abc123"
+    elsewhere = cache_dir / f".{final}.tmp-{int(dead.stdout)}@other-{host}-abc123"  # another host's
+    for folder in (stale, elsewhere):
+        folder.mkdir(parents=True)
+        (folder / "images.npy").write_bytes(b"half")
     _prepare(records, cache_dir)
-    assert not stale.exists()
+    assert not stale.exists() and elsewhere.exists()
 
 
 def test_concurrent_prepares_of_one_key_build_once(records, tmp_path, monkeypatch):
@@ -442,7 +444,7 @@ def test_losing_the_rename_race_keeps_the_winner(records, tmp_path, monkeypatch)
         real_build(folder, *args, **kwargs)
         shutil.copytree(winner, final)  # the other process renames first
 
-    monkeypatch.setattr(cache, "_exclusive", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(atomic, "_locked", lambda path: contextlib.nullcontext())
     monkeypatch.setattr(cache, "_build", build_while_other_finishes)
     assert _prepare(records, cache_dir) == final
     assert [p.name for p in cache_dir.iterdir() if p.is_dir()] == [final.name]

@@ -148,11 +148,12 @@ def test_info_cfg_2019_lvef_and_2023_ef(tmp_path):
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [
-        ("Sex: F\nAge 56\nImageQuality: Good\n", r"Info\.cfg:2: expected a `Key: value`"),
-        ("Age: 56\nImageQuality: Good\n", r"Info\.cfg: missing required key\(s\) \['Sex'\]"),
-        ("Sex: X\nAge: 56\nImageQuality: Good\n", r"Info\.cfg:1: Sex must be one of"),
-        ("Sex: F\nAge: old\nImageQuality: Good\n", r"Info\.cfg:2: Age must be an integer"),
-        ("Sex: F\nAge: 5\nImageQuality: Great\n", r"Info\.cfg:3: ImageQuality must be one of"),
+        ("Sex: F\nAge 56\nImageQuality: Good\n", r"Info\.cfg: line 2: expected a `Key: value`"),
+        ("Age: 56\nImageQuality: Good\n", r"Info\.cfg: missing field Sex \(prompts P4-P6"),
+        ("Sex: X\nAge: 56\nImageQuality: Good\n", r"Info\.cfg: line 1: Sex must be one of M, F, got 'X'"),
+        ("Sex: F\nAge: old\nImageQuality: Good\n", r"Info\.cfg: line 2: Age must be a whole number"),
+        ("Sex: F\nAge: 5\nImageQuality: Great\n", r"Info\.cfg: line 3: ImageQuality must be one of"),
+        ("Sex: F\nAge: 5\nImageQuality: Good\nES: 9\nNbFrame: 8\n", r"Info\.cfg: ES frame 9 is beyond NbFrame 8"),
     ],
 )
 def test_info_cfg_errors_name_file_and_line(tmp_path, text, pattern):
@@ -273,7 +274,7 @@ def test_2023_split_file_errors(camus2023):
     with pytest.raises(ValueError, match=r"patient0099.*no folder"):
         load_camus(camus2023)
     (camus2023 / "database_split" / "subgroup_testing.txt").write_text("patient7\n")
-    with pytest.raises(ValueError, match=r"subgroup_testing\.txt:1: expected a patient id"):
+    with pytest.raises(ValueError, match=r"subgroup_testing\.txt: line 1: expected a patient id"):
         load_camus(camus2023)
     with pytest.raises(ValueError, match="both splits"):
         write_camus_split_files(camus2023, {"train": ["patient0001"], "test": ["patient0001"]})

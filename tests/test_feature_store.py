@@ -244,5 +244,5 @@ def test_store_device_fraction_places_a_store_and_both_placements_gather_the_sam
     index = torch.tensor([3, 0, 3])
     for a, b in zip(streamed.gather(index), kept.gather(index), strict=True):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="store_device_fraction: got 1.5, expected 0 <= value <= 1"):
+    with pytest.raises(ValueError, match="store_device_fraction: expected 0 <= value <= 1, got 1.5"):
         TrainConfig.from_dict({"store_device_fraction": 1.5})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -331,7 +332,7 @@ def test_killed_run_leaves_nothing_half_written(tmp_path: Path,
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     # A temp folder left by a process that died (SIGKILL: no cleanup) is removed next time.
-    stale = tmp_path / ".d.tmp-999999999-abc"
+    stale = tmp_path / f".d.tmp-999999999@{socket.gethostname()}-abc"
     (stale / "camus").mkdir(parents=True)
     write_demo_data(out, **TINY)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

@@ -231,7 +231,7 @@ def test_compiled_model_gives_the_same_logits_and_keeps_its_state_dict_names() -
 
 
 def test_switches_are_validated_by_name() -> None:
-    with pytest.raises(ValueError, match=r"attention: got 'flash', expected one of \['sdpa', 'eager'\]"):
+    with pytest.raises(ValueError, match=r"attention: expected one of \['sdpa', 'eager'\], got 'flash'"):
         TrainConfig.from_dict({"attention": "flash"})
     with pytest.raises(ValueError, match="fused_adamw"):
         TrainConfig.from_dict({"fused_adamw": "yes please"})

@@ -84,8 +84,8 @@ def test_trial_configs_carry_seed_caches_share_and_phrases() -> None:
     ("grid.synthetic_sources=[gan]", "grid.synthetic_sources has 'gan'"),
     ("grid.provenance=[maybe]", "grid.provenance has 'maybe'"),
     ("data.synthetic_format=png", "data.synthetic_format='png'"),
-    ("train.synthetic_share=1.5", "synthetic_share: got 1.5"),
-    ("train.prompt_source=llm", "prompt_source: got 'llm'"),
+    ("train.synthetic_share=1.5", "synthetic_share: expected 0 < value < 1, got 1.5"),
+    ("train.prompt_source=llm", "prompt_source: expected one of ['template', 'generator'], got 'llm'"),
 ])
 def test_study_settings_are_checked_before_anything_runs(override: str, message: str) -> None:
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(")):

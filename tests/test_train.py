@@ -80,15 +80,13 @@ def test_config_unknown_keys_and_bad_values_are_all_named():
         TrainConfig.from_dict({"modle": "clipseg", "learning_rate": 1.0, "batch_size": "big", "prompt": "P9"})
     message = str(err.value)
     assert "'learning_rate'" in message and "'modle'" in message and "batch_size" in message
-    with pytest.raises(ValueError, match="prompt: got 'P9'"):
+    with pytest.raises(ValueError, match=r"prompt: expected one of \['P0', .*'P7'\], got 'P9'"):
         TrainConfig.from_dict({"prompt": "P9"})
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(ValueError, match="threshold: expected 0 < value < 1, got 1.5"):
         TrainConfig(threshold=1.5)
-    with pytest.raises(ValueError, match="model: unknown value 'unet'"):
+    with pytest.raises(ValueError, match=r"model: expected one of \[.*'clipseg'.*\], got 'unet'"):
         TrainConfig(model="unet")
-    with pytest.raises(ValueError, match="checkpoint_every is now checkpoint_interval_s"):
-        TrainConfig.from_dict({"checkpoint_every": 1})  # a replaced key is refused, never translated
-    with pytest.raises(ValueError, match="checkpoint_interval_s: got -1.0"):
+    with pytest.raises(ValueError, match="checkpoint_interval_s: expected a finite value >= 0, got -1.0"):
         TrainConfig(checkpoint_interval_s=-1)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pytest
 
-from vlsm.typed_config import ConfigError, from_mapping, normalise_fields
+from vlsm.registry import Registry
+from vlsm.typed_config import Check, Choice, ConfigError, Range, from_mapping, normalise_fields
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,51 @@ def test_direct_construction_is_normalised_too() -> None:
     assert Checked(lr=2, steps=3.0) == Checked(2.0, 3) and isinstance(Checked(lr=2).lr, float)
     with pytest.raises(ValueError, match="lr: expected a number, got 'big'"):
         Checked(lr="big")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    name: str
+
+
+SHAPES: Registry[_Shape] = Registry("shape")
+SHAPES.register(_Shape("circle"))
+
+
+@dataclass(frozen=True)
+class Ruled:
+    mode: Literal["fast", "exact"] = "fast"
+    rate: Annotated[float, Range(gt=0)] = 1.0
+    share: Annotated[float, Range(ge=0, le=1)] | None = None
+    steps: Annotated[int, Range(ge=1)] = 1
+    shape: Annotated[str, Choice(SHAPES.names)] = "circle"
+    by_shape: dict[Annotated[str, Choice(SHAPES.names)], float] = field(default_factory=dict)
+    even: Annotated[int, Check(lambda n: n % 2 == 0, "an even number")] = 0
+
+
+def test_rules_name_the_key_the_value_and_what_was_expected() -> None:
+    with pytest.raises(ConfigError) as err:
+        from_mapping(Ruled, {"mode": "quick", "rate": float("inf"), "share": 1.5, "steps": 0, "shape": "oval",
+                             "by_shape": {"blob": 1}, "even": 3}, where="ruled")
+    assert err.value.problems == [
+        "ruled.mode: expected one of ['fast', 'exact'], got 'quick'",
+        "ruled.rate: expected a finite value > 0, got inf",
+        "ruled.share: expected 0 <= value <= 1, got 1.5",
+        "ruled.steps: expected a finite value >= 1, got 0",
+        "ruled.shape: expected one of ['circle'], got 'oval'",
+        "ruled.by_shape.blob: expected one of ['circle'], got 'blob'",
+        "ruled.even: expected an even number, got 3",
+    ]
+    with pytest.raises(ConfigError, match=r"rate: expected a number, got 'x'$"):  # the type first, then the rule
+        from_mapping(Ruled, {"rate": "x"})
+    assert from_mapping(Ruled, {"share": None, "rate": 2, "mode": "exact"}) == Ruled(mode="exact", rate=2.0)
+
+
+def test_a_choice_is_the_registry_s_names_when_checked() -> None:
+    with pytest.raises(ConfigError, match="shape: expected one of"):
+        from_mapping(Ruled, {"shape": "square"})
+    SHAPES.register(_Shape("square"))  # e.g. a plugin's entry, registered after the class was defined
+    try:
+        assert from_mapping(Ruled, {"shape": "square", "by_shape": {"square": 2}}).by_shape == {"square": 2.0}
+    finally:
+        SHAPES.unregister("square")

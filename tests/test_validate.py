@@ -10,16 +10,10 @@ import pytest
 
 from vlsm.data.io import read_label_map, write_itk, write_png
 from vlsm.data.phantom import write_demo_data
+from vlsm.data.problems import ERROR, WARNING, Problem, has_errors
 from vlsm.data.records import EchoImage
-from vlsm.data.validate import (
-    ERROR,
-    WARNING,
-    Problem,
-    has_errors,
-    validate_camus,
-    validate_data,
-    validate_sdm,
-)
+from vlsm.data.validate import validate_camus, validate_data
+from vlsm.data.validate_synthetic import validate_sdm
 
 SIZE = (64, 56)
 P1 = "patient0001"  # val; patient0002 trains, patient0003 is the test patient
@@ -100,7 +94,7 @@ def test_missing_info_cfg(camus):
     cfg = _pdir(camus) / "Info_4CH.cfg"
     cfg.unlink()
     problem = _only_error(validate_camus(camus, n_val=1, progress=False))
-    assert problem.path == cfg and "missing Info cfg" in problem.message
+    assert problem.path == cfg and "CAMUS info file not found" in problem.message
 
 
 def test_corrupt_image(camus):
@@ -145,7 +139,7 @@ def test_malformed_cfg_reports_every_field(camus):
     assert all(p.path == cfg for p in _errors(problems))
     assert any("Sex must be one of" in m and "'X'" in m for m in messages)
     assert any("Age must be a whole number" in m for m in messages)
-    assert any("line 6: expected `Key: value`" in m for m in messages)
+    assert any("line 6: expected a `Key: value` line" in m for m in messages)
     assert any("missing field ImageQuality" in m for m in messages)
     assert any("ES frame 99 is beyond NbFrame 20" in m for m in messages)
     assert len(messages) == 5

@@ -1,28 +1,37 @@
-"""Writes that never leave a half-written file where a whole one belongs.
+"""Writes that never leave a half-written file or folder where a whole one belongs: each
+is filled beside its target and renamed onto it (docs/design.md, "Atomic writes").
 
-Every file the project writes for someone else to read (checkpoints, cache metadata,
-images, the sweep's state, exports, reports, figures) goes through `atomic_path`: the
-writer fills a temporary file in the destination folder, which is then renamed onto the
-target (`os.replace`, atomic within one filesystem). A reader, or a process that is
-killed half way, sees the old file or the new one, never a part of one.
-
-    from vlsm.atomic import atomic_path, write_json_atomic
     with atomic_path(out / "trials.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
-    write_json_atomic(out / "state.json", {"epoch": 3})
+    with atomic_folder(out / "demo", replace=True) as tmp:
+        write_files(tmp)
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import secrets
+import shutil
+import socket
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "not_writable", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_folder",
+    "atomic_path",
+    "build_folder_once",
+    "not_writable",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -72,3 +81,117 @@ def not_writable(path: str | os.PathLike) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable by this user"
     return None
+
+
+@contextmanager
+def atomic_folder(
+    target: str | os.PathLike, *, replace: bool = False, remove_old: Callable[[Path], Any] = shutil.rmtree
+) -> Iterator[Path]:
+    """Yield a new empty folder beside `target`; when the block ends without an error it
+    becomes `target` in one rename, otherwise it is deleted.
+
+    A `target` that exists by then (not an empty folder): with replace, it is set aside,
+    ours is renamed in (the old one is put back if that fails) and `remove_old(set-aside
+    folder)` deletes it; without replace it is kept as another process's finished copy and
+    ours is deleted. Temporary folders that killed processes of this host left beside
+    `target` are deleted first.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(target)
+    tmp = _sibling(target, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _move_into_place(tmp, target, replace, remove_old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still there only when it was not moved
+
+
+def build_folder_once(final: str | os.PathLike, build: Callable[[Path], Any]) -> bool:
+    """Build the read-only folder `final` whole, unless it exists; True when built here.
+
+    build(tmp) fills the folder of `atomic_folder`. A lock beside `final` makes a second
+    process wait and then reuse the first one's folder (caches, feature stores).
+    """
+    final = Path(final)
+    if final.is_dir():
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(final.parent / f".{final.name}.lock"):
+        if final.is_dir():  # another process built it while we waited
+            return False
+        with atomic_folder(final) as tmp:
+            build(tmp)
+            _make_read_only(tmp)
+    return True
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    """A new name beside target: ".<name>.<kind>-<pid>@<host>-<random>"."""
+    return target.with_name(f".{target.name}.{kind}-{os.getpid()}@{socket.gethostname()}-{secrets.token_hex(4)}")
+
+
+def _move_into_place(tmp: Path, target: Path, replace: bool, remove_old: Callable[[Path], Any]) -> None:
+    old = None
+    if replace and target.exists():
+        old = _sibling(target, "old")
+        try:
+            os.replace(target, old)
+        except FileNotFoundError:  # another process moved it meanwhile
+            old = None
+    try:
+        os.replace(tmp, target)  # replaces target only when it is an empty folder
+    except OSError:
+        if not target.is_dir():
+            if old is not None:
+                os.replace(old, target)
+            raise
+        log.info("%s was finished by another process meanwhile; keeping that one", target)
+    if old is not None:
+        remove_old(old)
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Delete the temporary folders of target that dead processes of this host left."""
+    host = socket.gethostname()
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.tmp-*@*"):
+        pid, _, rest = tmp.name[len(target.name) + 6:].partition("@")
+        if rest.rsplit("-", 1)[0] == host and pid.isdigit() and not _pid_alive(int(pid)):
+            log.info("removing %s, left by a killed process (pid %s)", tmp, pid)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _make_read_only(folder: Path) -> None:
+    """Files r--r--r--; the folder rwxr-xr-x (other users on a node may share it), writable
+    by its owner so that it can be deleted."""
+    for path in folder.iterdir():
+        path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    folder.chmod(0o755)
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An advisory lock (flock); a no-op where fcntl does not exist (the rename alone then
+    keeps folders whole)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,34 +1,79 @@
-"""Typed configs from plain mappings: one converter for every config dataclass.
+"""Typed configs from plain mappings: one converter for every config dataclass, whose
+annotations are the schema (docs/design.md, "Settings").
 
-A trial's `TrainConfig` comes from a Ray Tune dict, the sweep's `SweepSpec` from YAML
-files and `--set` overrides. Both are frozen dataclasses whose field annotations are
-the schema: `from_mapping` converts each value to its annotated type and names every
-unknown key and every value that does not fit, by its dotted key, all at once. Nothing
-is silently absorbed (`config.get(key, default)` would run a trial with a default
-nobody chose when a key is mistyped).
+    @dataclass(frozen=True)
+    class Cfg:
+        lr: Annotated[float, Range(gt=0)] = 1e-3
+        model: Annotated[str, Choice(MODELS.names)] = "clipseg"
+    from_mapping(Cfg, {"lr": 0})     # ConfigError: "lr: expected a finite value > 0, got 0"
 
-    from vlsm.typed_config import ConfigError, from_mapping
-    spec = from_mapping(SweepSpec, yaml.safe_load(text))     # ConfigError lists every problem
-
-Types understood: bool, int (whole numbers only), float, str (paths and numbers become
-text), Any, `X | None`, nested dataclasses, `tuple[X, ...]` and `tuple[X, Y]`,
-`dict[str, X]` and bare `dict`. numpy scalars count as the numbers they hold.
+Besides the plain types: `X | None`, `Literal[...]`, nested dataclasses, `tuple[X, ...]`,
+`dict[K, X]` and `Annotated[X, Range | Choice | Check]`; numpy scalars count as numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "from_mapping", "normalise_fields"]
+__all__ = ["Check", "Choice", "ConfigError", "Range", "from_mapping", "normalise_fields"]
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """`Annotated[float, Range(gt=0)]`: a finite number within the bounds given."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def expected(self, value: float) -> str | None:
+        """What was expected when value does not fit, else None."""
+        fits = (math.isfinite(value) and (self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
+        if fits:
+            return None
+        lower = (">", self.gt) if self.gt is not None else (">=", self.ge) if self.ge is not None else None
+        upper = ("<", self.lt) if self.lt is not None else ("<=", self.le) if self.le is not None else None
+        if lower and upper:  # "0 < value < 1"
+            return f"{lower[1]} {lower[0].replace('>', '<')} value {upper[0]} {upper[1]}"
+        op, bound = lower or upper or ("", "")
+        return f"a finite value {op} {bound}".rstrip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """`Annotated[str, Choice(names)]`: one of `names()`, asked when a value is checked (a
+    registry's names, entries added by plugins included). Pass a module-level function or
+    a bound method: a lambda in a postponed annotation would see the class's namespace as
+    its globals."""
+
+    names: Callable[[], Iterable[Any]]
+
+    def expected(self, value: Any) -> str | None:
+        names = list(self.names())
+        return None if value in names else f"one of {names}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """`Annotated[X, Check(test, "what")]`: a value for which test(value) is true."""
+
+    test: Callable[[Any], bool]
+    what: str
+
+    def expected(self, value: Any) -> str | None:
+        return None if self.test(value) else self.what
 
 
 class ConfigError(ValueError):
@@ -64,7 +109,7 @@ def normalise_fields(obj: Any) -> list[str]:
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _join(where: str, key: object) -> str:
@@ -102,6 +147,10 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
+    if origin is typing.Annotated:
+        return _convert_checked(value, args[0], args[1:], where, problems)
+    if origin is typing.Literal:
+        return value if value in args else _bad(value, f"one of {list(args)}", where, problems)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -115,7 +164,8 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
             return _bad(value, "a mapping", where, problems)
         if len(args) != 2:
             return dict(value)
-        return {str(k): _convert(v, args[1], _join(where, k), problems) for k, v in value.items()}
+        keys = {k: str(k) if args[0] is str else _convert(k, args[0], _join(where, k), problems) for k in value}
+        return {keys[k]: _convert(v, args[1], _join(where, k), problems) for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool) or _is_numpy_bool(value):
             return bool(value)
@@ -132,6 +182,20 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return str(value)
         return _bad(value, "text", where, problems)
+    return value
+
+
+def _convert_checked(value: Any, hint: Any, rules: tuple, where: str, problems: list[str]) -> Any:
+    """`value` as type `hint`, then held to each rule (a value that is None or already
+    wrong is not)."""
+    before = len(problems)
+    value = _convert(value, hint, where, problems)
+    if value is None or len(problems) > before:
+        return value
+    for rule in rules:
+        expected = rule.expected(value)
+        if expected is not None:
+            return _bad(value, expected, where, problems)
     return value
 
 

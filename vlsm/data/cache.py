@@ -1,38 +1,11 @@
-"""The preprocessing cache: decode, resize and prompt every image of a split once.
+"""The preprocessing cache: each image of a split decoded, resized and prompted once into
+a read-only, content-keyed folder that trials memory-map (docs/design.md, "The
+preprocessing cache"). Nothing here imports torch.
 
-    python -m vlsm prepare --camus-root DIR --size 352 --size 416 --cache-dir DIR
-
-Trials must not decode NIfTI/MHD/PNG files and resize them every epoch: the GPU would
-wait for the CPU (docs/design.md, "Performance facts"). So each (dataset, split, input size)
-is preprocessed once into a folder of uint8 ``.npy`` arrays that trials open
-memory-mapped and read-only; all trials on a node then share one copy in the page cache.
-
-A cache folder is named ``<name>-<split>-<size>-<key[:16]>``; the key is a content hash
-of the input files' bytes, the records' metadata, the parameters, ``CACHE_VERSION`` and
-the source code of the modules that decide the cached values (pixel I/O, SDM label
-coding, prompts, shapes, this module). Changed pixels, metadata or code therefore give a
-new folder, never a stale one. Folders are built in a temporary folder next to the
-final one and renamed into place, so a killed ``prepare`` never leaves a half cache,
-and two processes preparing the same key at once are safe (a lock makes the second one
-wait and reuse; without the lock the loser of the rename discards its copy).
-
-Layout of one folder (all files read-only):
-
-- ``images.npy``      (N, size, size) uint8 grayscale, resized with PIL bilinear
-  (antialiased when shrinking, i.e. area-like);
-- ``labels.npy``      (N, size, size) uint8 label map 0..3, nearest: the loss targets;
-- ``eval_labels.npy`` (N, 512, 512) uint8 label map 0..3, nearest: evaluation (docs/design.md, "Training");
-- ``items.json``      one item per (image, structure 1..3) with its prompts: the
-  record's own (authors' layout) or `build_prompts` with P7's shape from
-  `classify_shape` on the 512 x 512 mask; a prompt whose metadata is missing (SDM
-  without CAMUS metadata has no sex or age) is left out, and meta.json counts them;
-  images with the generator's text (DiffEcho, imagefolder) also get "generator";
-- ``meta.json``       version, key, parameters, image names, per-image metadata and
-  ``prompt_counts`` (items holding each prompt key).
-
-Rows are images in the order of the records given; orientation is (H, W) = (rows,
-columns) as `vlsm.data.io` reads it. Large splits are preprocessed in worker processes
-(the result does not depend on how many). Nothing here imports torch.
+Layout of one folder: ``images.npy`` (N, size, size) uint8 grey, ``labels.npy`` (N, size,
+size) and ``eval_labels.npy`` (N, 512, 512) uint8 label maps 0..3, ``items.json`` (one item
+per image and structure, with its prompts; a prompt whose metadata is missing is left
+out) and ``meta.json`` (version, key, parameters, per-image metadata, ``prompt_counts``).
 """
 
 from __future__ import annotations
@@ -42,20 +15,18 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import socket
-import stat
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from vlsm.atomic import build_folder_once
 from vlsm.axes import EVAL_SIZE, STRUCTURES
+from vlsm.data.itk_size import mhd_data_file
 from vlsm.data.records import SPLITS, EchoImage
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, load_synthetic
 
@@ -64,7 +35,6 @@ __all__ = [
     "dataset_kinds",
     "CacheItem",
     "PreparedSplit",
-    "build_folder_once",
     "cache_key",
     "cache_folder_name",
     "code_digest",
@@ -93,11 +63,9 @@ _CODE_MODULES: tuple[str, ...] = (
     "vlsm.data.cache",
 )
 _ARRAYS: tuple[str, ...] = ("images", "labels", "eval_labels")
-_TMP_PREFIX = ".tmp-"
 # Preprocessing is CPU-bound (decoding, resizing, shape classification at 512 px).
 _PARALLEL_MIN_IMAGES = 64
 _MAX_WORKERS = 8
-_OWNER_FILE = "owner.json"
 
 
 @dataclass(frozen=True)
@@ -157,28 +125,14 @@ class PreparedSplit:
 # --- the key --------------------------------------------------------------------------
 
 
-def _mhd_data_files(path: Path) -> list[Path]:
-    """The data file a .mhd header points to (its pixels are not in the header)."""
-    for line in path.read_text(errors="replace").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "ElementDataFile":
-            value = value.strip()
-            if value.upper() in ("LOCAL", "") or value.upper().startswith("LIST"):
-                return []
-            return [path.parent / value]
-    return []
-
-
 def _file_digest(path: Path) -> str:
     """sha256 of the file's bytes (and of its .raw for a .mhd header)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: input file not found while computing the cache key")
     digest = hashlib.sha256()
-    files = [path]
-    if path.name.lower().endswith(".mhd"):
-        files += _mhd_data_files(path)
-    for file in files:
+    data_file = mhd_data_file(path) if path.name.lower().endswith(".mhd") else None
+    for file in [path] if data_file is None else [path, data_file]:
         if not file.is_file():
             raise ValueError(f"{file}: data file of {path} not found")
         with open(file, "rb") as fh:
@@ -453,18 +407,12 @@ def _build(
             labels[index] = done.labels
             eval_labels[index] = done.eval_labels
             missing.update(done.missing)
-            for (structure, short), prompts, as_synthetic in zip(
-                sorted(STRUCTURES.items()), done.prompts, done.synthetic_prompts, strict=True
-            ):
-                items.append(
-                    {
-                        "image_index": index,
-                        "structure": structure,
-                        "name": f"{rec.name}_{short}",
-                        "prompts": prompts,
-                        "synthetic_prompts": as_synthetic,
-                    }
-                )
+            items += [
+                {"image_index": index, "structure": structure, "name": f"{rec.name}_{short}",
+                 "prompts": prompts, "synthetic_prompts": as_synthetic}
+                for (structure, short), prompts, as_synthetic
+                in zip(sorted(STRUCTURES.items()), done.prompts, done.synthetic_prompts, strict=True)
+            ]
     for array in (images, labels, eval_labels):
         array.flush()
     del images, labels, eval_labels
@@ -494,89 +442,6 @@ def _write_json(path: Path, value) -> None:
         json.dump(value, fh)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _make_read_only(folder: Path) -> None:
-    """Files r--r--r--; the folder rwxr-xr-x (mkdtemp made it private; other users
-    on a node may share the cache), writable by its owner so that it can be deleted."""
-    for path in folder.iterdir():
-        path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    folder.chmod(0o755)
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An advisory lock (flock); a no-op where fcntl does not exist."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the atomic rename alone keeps caches whole
-        yield
-        return
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_tmp(cache_dir: Path, final_name: str) -> None:
-    """Delete temporary folders of final_name left by killed builds on this host."""
-    host = socket.gethostname()
-    for tmp in cache_dir.glob(f"{_TMP_PREFIX}{final_name}-*"):
-        try:
-            owner = json.loads((tmp / _OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue  # no owner yet (just created) or not ours: leave it
-        if owner.get("host") == host and not _pid_alive(int(owner.get("pid", -1))):
-            log.info("removing %s, left by a killed prepare (pid %s)", tmp, owner.get("pid"))
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def build_folder_once(final: Path, build: Callable[[Path], None]) -> bool:
-    """Build the read-only folder final whole, unless it exists; True when built here.
-
-    build(tmp) fills a temporary folder beside final, which is then renamed into place:
-    a killed or failed build leaves nothing at final. A lock beside final makes a second
-    process wait and reuse the first one's folder; folders left by killed builds on this
-    host are removed first. The feature store builds its folders the same way.
-    """
-    if final.is_dir():
-        return False
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(final.parent / f".{final.name}.lock"):
-        if final.is_dir():  # another process built it while we waited
-            return False
-        _remove_stale_tmp(final.parent, final.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=final.parent))
-        try:
-            owner = {"host": socket.gethostname(), "pid": os.getpid()}
-            (tmp / _OWNER_FILE).write_text(json.dumps(owner))
-            build(tmp)
-            (tmp / _OWNER_FILE).unlink()
-            _make_read_only(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-                log.info("%s appeared during the build; keeping that one", final)
-                shutil.rmtree(tmp, ignore_errors=True)
-                return False
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return True
 
 
 def _check_records(records: Sequence[EchoImage], split: str, size: int, name: str) -> None:
@@ -715,14 +580,6 @@ def open_split(path: Path) -> PreparedSplit:
 # --- whole datasets -------------------------------------------------------------------
 
 
-def _load_camus(root: Path, split_scheme: str, n_val: int | None) -> list[EchoImage]:
-    from vlsm.data.camus import load_camus
-
-    if n_val is None:
-        return load_camus(root, split_scheme=split_scheme)
-    return load_camus(root, split_scheme=split_scheme, n_val=n_val)
-
-
 def _load_records(
     kind: str,
     root: Path,
@@ -732,10 +589,11 @@ def _load_records(
     dataset: str,
 ) -> list[EchoImage]:
     if kind == "camus":
-        from vlsm.data.camus import PAPER_VAL_PATIENTS, empty_split
+        from vlsm.data.camus import PAPER_VAL_PATIENTS, empty_split, load_camus
 
-        records = _load_camus(root, split_scheme, n_val)
-        why = empty_split(records, root, split_scheme, PAPER_VAL_PATIENTS if n_val is None else n_val)
+        n_val = PAPER_VAL_PATIENTS if n_val is None else n_val
+        records = load_camus(root, split_scheme, n_val=n_val)
+        why = empty_split(records, root, split_scheme, n_val)
         if why:
             raise ValueError(why)
         return records

@@ -1,15 +1,9 @@
-"""`vlsm prepare`: preprocess a dataset once into read-only caches, one per split and size.
+"""`vlsm prepare`: preprocess a dataset once into read-only caches, one per split and size;
+prints ``<kind> <split> <size> <folder>`` per cache (docs/design.md, "The preprocessing cache").
 
     python -m vlsm prepare --camus-root data/CAMUS --size 352 --size 416 --cache-dir cache/
     python -m vlsm prepare --camus-root data/CAMUS --sdm-root data/SDM --cache-dir cache/
     python -m vlsm prepare --synthetic-root data/DiffEcho --synthetic-format diffecho --cache-dir cache/
-    python -m vlsm prepare --synthetic-boost-root data/sb --cache-dir cache/
-
-With both --camus-root and --sdm-root (or --synthetic-format sdm), the SDM images get
-their CAMUS patients' metadata (sex, age), which prompts P4-P6 need; DiffEcho and
-imagefolder images build the prompts their metadata allows (`vlsm.data.synthetic_sources`).
-Prints one line per cache folder: ``<kind> <split> <size> <folder>``. Running it again
-reuses the folders whose inputs did not change. Heavy imports happen in `run` only.
 """
 
 from __future__ import annotations
@@ -29,17 +23,9 @@ DEFAULT_SIZES: tuple[int, ...] = (352, 416)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camus-root", type=Path, help="CAMUS folder (2019 or 2023 release)")
-    parser.add_argument(
-        "--sdm-root",
-        type=Path,
-        help="SDM CAMUS folder of synthetic PNGs (with --camus-root, its images get the "
-        "CAMUS patients' metadata, needed for prompts P4-P6)",
-    )
-    parser.add_argument(
-        "--synthetic-root",
-        type=Path,
-        help="folder of synthetic images in --synthetic-format",
-    )
+    parser.add_argument("--sdm-root", type=Path, help="SDM CAMUS folder of synthetic PNGs (with --camus-root, "
+                        "its images get the CAMUS patients' metadata, needed for prompts P4-P6)")
+    parser.add_argument("--synthetic-root", type=Path, help="folder of synthetic images in --synthetic-format")
     parser.add_argument(
         "--synthetic-format",
         default=SOURCE_SDM,
@@ -47,46 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="layout of --synthetic-root (default sdm; --sdm-root DIR is --synthetic-root DIR "
         "--synthetic-format sdm)",
     )
-    parser.add_argument(
-        "--synthetic-boost-root",
-        type=Path,
-        help="the Synthetic Boost authors' PNG + JSON layout",
-    )
-    parser.add_argument(
-        "--size",
-        type=int,
-        action="append",
-        metavar="PX",
-        help="model input size in pixels; repeat for several "
-        f"(default: {' and '.join(map(str, DEFAULT_SIZES))})",
-    )
+    parser.add_argument("--synthetic-boost-root", type=Path, help="the Synthetic Boost authors' PNG + JSON layout")
+    parser.add_argument("--size", type=int, action="append", metavar="PX", help="model input size in pixels; "
+                        f"repeat for several (default: {' and '.join(map(str, DEFAULT_SIZES))})")
     parser.add_argument("--cache-dir", type=Path, required=True, help="folder of the caches")
-    parser.add_argument(
-        "--split-scheme",
-        default="paper",
-        help="CAMUS split scheme: paper (default; the Synthetic Boost split) or official",
-    )
-    parser.add_argument(
-        "--n-val",
-        type=int,
-        default=None,
-        metavar="N",
-        help="paper scheme: number of validation patients (default: the paper's 50); also "
-        "the DiffEcho subjects and imagefolder patients (without a split column) that validate",
-    )
-    parser.add_argument(
-        "--dataset",
-        default="camus",
-        choices=("camus", "sdm"),
-        help="which data set of the authors' layout (--synthetic-boost-root only)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="processes that decode and resize (default: up to 8 for large splits)",
-    )
+    parser.add_argument("--split-scheme", default="paper",
+                        help="CAMUS split scheme: paper (default; the Synthetic Boost split) or official")
+    parser.add_argument("--n-val", type=int, default=None, metavar="N",
+                        help="paper scheme: number of validation patients (default: the paper's 50); also the "
+                        "DiffEcho subjects and imagefolder patients (without a split column) that validate")
+    parser.add_argument("--dataset", default="camus", choices=("camus", "sdm"),
+                        help="which data set of the authors' layout (--synthetic-boost-root only)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes that decode and resize (default: up to 8 for large splits)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -118,18 +77,9 @@ def run(args: argparse.Namespace) -> int:
     for _, kind, root in jobs:
         for size in dict.fromkeys(sizes):  # unique, in the order given
             try:
-                folders = prepare_dataset(
-                    kind,
-                    root,
-                    size,
-                    args.cache_dir,
-                    split_scheme=args.split_scheme,
-                    n_val=args.n_val,
-                    camus_root=args.camus_root if kind == "sdm" else None,
-                    dataset=args.dataset,
-                    progress=not args.no_progress,
-                    workers=args.workers,
-                )
+                folders = prepare_dataset(kind, root, size, args.cache_dir, split_scheme=args.split_scheme,
+                                          n_val=args.n_val, camus_root=args.camus_root if kind == "sdm" else None,
+                                          dataset=args.dataset, progress=not args.no_progress, workers=args.workers)
             except (ValueError, FileNotFoundError) as err:
                 log.error("%s", err)
                 return 1

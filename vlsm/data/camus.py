@@ -1,32 +1,6 @@
-"""CAMUS readers and writers for both public releases.
-
-Two releases of the same 500 patients exist and users have either (or both):
-
-- 2019 (challenge release)::
-
-      root/training/patient0001 .. patient0450/
-          patient0001_2CH_ED.mhd + .raw, patient0001_2CH_ED_gt.mhd + .raw, ... (2CH|4CH x ED|ES)
-          Info_2CH.cfg, Info_4CH.cfg          (ED, ES, NbFrame, Sex, Age, ImageQuality, LVedv, LVesv, LVef)
-      root/testing/patient0001 .. patient0050/ (same files; _gt only in later downloads)
-
-  The 50 test patients are numbered patient0001-0050 *separately* from training, so in
-  this release a patient id is only unique together with its split.
-- 2023 (CAMUS_public)::
-
-      root/database_nifti/patient0001 .. patient0500/
-          patient0001_2CH_ED.nii.gz, patient0001_2CH_ED_gt.nii.gz, ..., Info_2CH.cfg (EF instead of LVef)
-      root/database_split/subgroup_{training,validation,testing}.txt   (one patient id a line)
-
-Splits (`load_camus(split_scheme=...)`):
-
-- "paper" (Synthetic Boost, and Stojanovski et al.'s extraction script): the official
-  test patients are the test split (2019: every patient under `testing/`; 2023: the
-  patients listed in `database_split/subgroup_testing.txt`); of the other patients,
-  sorted by id, the first `n_val` (50) validate and the rest train.
-- "official": the 2023 release's three subgroup files as they are. The 2019 release has
-  no official validation split, so this is a ValueError there.
-
-Label maps: 0 background, 1 LV cavity, 2 myocardium, 3 LA (`vlsm.axes.STRUCTURES`).
+"""CAMUS readers and writers for both public releases (2019: training/, testing/, .mhd;
+2023: database_nifti/, database_split/), their Info_<view>.cfg and split files parsed
+once for reader and validator (docs/design.md, "Data").
 """
 
 from __future__ import annotations
@@ -40,6 +14,7 @@ import numpy as np
 
 from vlsm.atomic import write_text_atomic
 from vlsm.data.io import write_itk
+from vlsm.data.problems import ERROR, WARNING, Problem
 from vlsm.data.records import PHASES, QUALITIES, SEXES, SPLITS, VIEWS, EchoImage, PatientInfo
 
 __all__ = [
@@ -50,9 +25,11 @@ __all__ = [
     "SPLIT_FILES",
     "detect_camus_release",
     "parse_info_cfg",
+    "read_info_cfg",
     "format_info_cfg",
     "load_camus",
     "read_camus_split_files",
+    "read_split_file",
     "write_camus_patient",
     "write_camus_split_files",
 ]
@@ -77,7 +54,11 @@ _SUFFIX = {RELEASE_2019: ".mhd", RELEASE_2023: ".nii.gz"}
 _PATIENT_RE = re.compile(r"^patient\d{4}$")
 # cfg key of the ejection fraction per release (2019 also carries LVedv/LVesv)
 _EF_KEY = {RELEASE_2019: "LVef", RELEASE_2023: "EF"}
-_REQUIRED_CFG_KEYS = ("Sex", "Age", "ImageQuality")
+_CFG_REQUIRED = ("Sex", "Age", "ImageQuality")  # prompts P4-P6 need them
+_CFG_FRAMES = ("ED", "ES", "NbFrame")
+_CFG_NUMBERS = ("EF", "LVef", "LVedv", "LVesv", "FrameRate")
+_CFG_FIELDS = {"ED": "ed_frame", "ES": "es_frame", "NbFrame": "n_frames", "Sex": "sex", "Age": "age",
+               "ImageQuality": "image_quality"}  # PatientInfo's field of each key (EF/LVef: ef)
 
 
 # --- release detection ----------------------------------------------------------------
@@ -115,77 +96,83 @@ def detect_camus_release(root: Path) -> str:
 # --- Info_<view>.cfg ------------------------------------------------------------------
 
 
-def _cfg_int(path: Path, lineno: int, key: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{path}:{lineno}: {key} must be an integer, got {value!r}") from None
-
-
-def _cfg_float(path: Path, lineno: int, key: str, value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{path}:{lineno}: {key} must be a number, got {value!r}") from None
-
-
 def parse_info_cfg(path: Path) -> PatientInfo:
-    """Parse a CAMUS Info_<view>.cfg (`Key: value` lines) into a PatientInfo.
+    """A CAMUS Info_<view>.cfg as a PatientInfo (`read_info_cfg`); ValueError naming the
+    file and line of its first error."""
+    info, problems = read_info_cfg(path)
+    errors = [p for p in problems if p.severity == ERROR]
+    if errors:
+        raise ValueError(str(errors[0]))
+    return info
 
-    Known keys: ED, ES, NbFrame (ints), Sex (F|M), Age (int), ImageQuality
-    (Good|Medium|Poor), EF (2023) or LVef (2019) in %; LVedv, LVesv and FrameRate are
-    checked to be numbers and otherwise ignored, other keys are ignored. Sex, Age and
-    ImageQuality are required (prompts P4-P6 need them). Raises ValueError naming the
-    file (and line) for a missing file, a malformed line, a bad value or a missing key.
+
+def read_info_cfg(path: Path) -> tuple[PatientInfo, list[Problem]]:
+    """Parse a CAMUS Info_<view>.cfg (`Key: value` lines): its PatientInfo and every problem.
+
+    Known keys: ED, ES, NbFrame (frame numbers), Sex (F|M), Age (years), ImageQuality
+    (Good|Medium|Poor), EF (2023; wins) or LVef (2019) in %; LVedv, LVesv and FrameRate
+    must be numbers and are otherwise ignored, other keys are ignored. Sex, Age and
+    ImageQuality are required (prompts P4-P6 need them); a missing ED, ES or NbFrame, or
+    a key given twice, is a warning.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: CAMUS info file not found (expected `Key: value` lines)")
-    fields: dict[str, object] = {}
+        return PatientInfo(), [Problem(path, "CAMUS info file not found (the view's sex, age, image quality and ED/ES frames)")]
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        return PatientInfo(), [Problem(path, f"unreadable Info cfg: {err}")]
+    problems: list[Problem] = []
     seen: set[str] = set()
-    ef_from: str | None = None
-    for lineno, raw in enumerate(
-        path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
-    ):
-        line = raw.strip()
-        if not line:
+    values: dict[str, object] = {}  # key -> its valid value
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
             continue
-        key, sep, value = line.partition(":")
-        key, value = key.strip(), value.strip()
+        key, sep, value = (part.strip() for part in raw.strip().partition(":"))
         if not sep or not key or not value:
-            raise ValueError(f"{path}:{lineno}: expected a `Key: value` line, got {raw!r}")
+            problems.append(Problem(path, f"line {lineno}: expected a `Key: value` line, got {raw!r}"))
+            continue
+        if key in seen:
+            problems.append(Problem(path, f"line {lineno}: {key} given twice", WARNING))
         seen.add(key)
-        if key in ("ED", "ES", "NbFrame"):
-            name = {"ED": "ed_frame", "ES": "es_frame", "NbFrame": "n_frames"}[key]
-            fields[name] = _cfg_int(path, lineno, key, value)
-        elif key == "Sex":
-            if value.upper() not in SEXES:
-                raise ValueError(f"{path}:{lineno}: Sex must be one of {SEXES}, got {value!r}")
-            fields["sex"] = value.upper()
-        elif key == "Age":
-            fields["age"] = _cfg_int(path, lineno, key, value)
-        elif key == "ImageQuality":
-            quality = value.capitalize()
-            if quality not in QUALITIES:
-                raise ValueError(
-                    f"{path}:{lineno}: ImageQuality must be one of {QUALITIES}, got {value!r}"
-                )
-            fields["image_quality"] = quality
-        elif key in ("EF", "LVef"):
-            ef = _cfg_float(path, lineno, key, value)
-            if key == "EF" or ef_from is None:  # EF wins over LVef when both are given
-                fields["ef"], ef_from = ef, key
-        elif key in ("LVedv", "LVesv", "FrameRate"):
-            _cfg_float(path, lineno, key, value)
-        else:
-            log.debug("%s:%d: ignoring unknown key %r", path, lineno, key)
-    missing = [k for k in _REQUIRED_CFG_KEYS if k not in seen]
-    if missing:
-        raise ValueError(
-            f"{path}: missing required key(s) {missing}; expected `Key: value` lines for "
-            f"{list(_REQUIRED_CFG_KEYS)} (and ED, ES, NbFrame, EF or LVef)"
-        )
-    return PatientInfo(**fields)  # type: ignore[arg-type]
+        parsed, reason = _cfg_value(key, value)
+        if reason:
+            problems.append(Problem(path, f"line {lineno}: {reason}"))
+        elif parsed is not None:
+            values[key] = parsed
+    problems += [Problem(path, f"missing field {k} (prompts P4-P6 need it)") for k in _CFG_REQUIRED if k not in seen]
+    problems += [Problem(path, f"missing field {k}", WARNING) for k in _CFG_FRAMES if k not in seen]
+    for key in ("ED", "ES"):
+        if key in values and "NbFrame" in values and values[key] > values["NbFrame"]:
+            problems.append(Problem(path, f"{key} frame {values[key]} is beyond NbFrame {values['NbFrame']}"))
+    fields = {_CFG_FIELDS[k]: v for k, v in values.items() if k in _CFG_FIELDS}
+    return PatientInfo(**fields, ef=values.get("EF", values.get("LVef"))), problems
+
+
+def _cfg_value(key: str, value: str) -> tuple[object, str | None]:
+    """The value of cfg key `key` (None for a key we ignore), or why it is invalid."""
+    if key in _CFG_FRAMES:
+        if value.isdigit() and int(value) >= 1:
+            return int(value), None
+        return None, f"{key} must be a frame number >= 1, got {value!r}"
+    if key == "Age":
+        if value.isdigit() and int(value) <= 150:
+            return int(value), None
+        return None, f"Age must be a whole number of years 0-150, got {value!r}"
+    if key == "Sex":
+        if value.upper() in SEXES:
+            return value.upper(), None
+        return None, f"Sex must be one of {', '.join(SEXES)}, got {value!r}"
+    if key == "ImageQuality":
+        if value.capitalize() in QUALITIES:
+            return value.capitalize(), None
+        return None, f"ImageQuality must be one of {', '.join(QUALITIES)}, got {value!r}"
+    if key in _CFG_NUMBERS:
+        try:
+            return float(value), None
+        except ValueError:
+            return None, f"{key} must be a number, got {value!r}"
+    return None, None
 
 
 def format_info_cfg(info: PatientInfo, release: str) -> str:
@@ -224,27 +211,31 @@ def _patient_dirs(folder: Path) -> list[Path]:
 def read_camus_split_files(root: Path) -> dict[str, list[str]]:
     """The 2023 release's database_split/subgroup_*.txt as {"train"|"val"|"test": [patient, ...]}.
 
-    Only files that exist are returned; blank lines are skipped; a line that is not a
-    patient id (patientXXXX) is a ValueError naming the file and line.
+    Only files that exist are returned; a line that is not a patient id (patientXXXX) is a
+    ValueError naming the file and line (`read_split_file`).
     """
-    folder = Path(root) / DIR_SPLIT
     splits: dict[str, list[str]] = {}
     for split, name in SPLIT_FILES.items():
-        path = folder / name
-        if not path.is_file():
-            continue
-        patients: list[str] = []
-        for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-            line = raw.strip()
-            if not line:
-                continue
-            if not _PATIENT_RE.match(line):
-                raise ValueError(
-                    f"{path}:{lineno}: expected a patient id like 'patient0001', got {raw!r}"
-                )
-            patients.append(line)
-        splits[split] = patients
+        path = Path(root) / DIR_SPLIT / name
+        if path.is_file():
+            splits[split], problems = read_split_file(path)
+            if problems:
+                raise ValueError(str(problems[0]))
     return splits
+
+
+def read_split_file(path: Path) -> tuple[list[str], list[Problem]]:
+    """The patient ids of one subgroup_*.txt (blank lines skipped) and a problem per line
+    that is not one."""
+    patients: list[str] = []
+    problems: list[Problem] = []
+    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
+        line = raw.strip()
+        if _PATIENT_RE.match(line):
+            patients.append(line)
+        elif line:
+            problems.append(Problem(path, f"line {lineno}: expected a patient id like patient0001, got {raw!r}"))
+    return patients, problems
 
 
 def _assign_paper(candidates: list[str], test: set[str], n_val: int) -> dict[str, str]:
@@ -316,6 +307,48 @@ def _records_for_patient(patient_dir: Path, release: str, split: str) -> list[Ec
     return records
 
 
+def _patients_2019(root: Path, split_scheme: str, n_val: int) -> list[tuple[Path, str]]:
+    """(patient folder, split) of the 2019 release: every patient under testing/ tests."""
+    if split_scheme == "official":
+        raise ValueError(
+            f"CAMUS root {root} is the 2019 release, which has no official validation "
+            "split (database_split/ came with the 2023 release); use split_scheme='paper'"
+        )
+    train_dirs = _patient_dirs(root / DIR_TRAINING)
+    splits = _assign_paper([d.name for d in train_dirs], set(), n_val)
+    return [(d, splits[d.name]) for d in train_dirs] + [(d, "test") for d in _patient_dirs(root / DIR_TESTING)]
+
+
+def _patients_2023(root: Path, split_scheme: str, n_val: int) -> list[tuple[Path, str]]:
+    """(patient folder, split) of the 2023 release, from its split files."""
+    dirs = {d.name: d for d in _patient_dirs(root / DIR_NIFTI)}
+    files = read_camus_split_files(root)
+    needed = ["test"] if split_scheme == "paper" else list(SPLIT_FILES)
+    for split in needed:
+        if split not in files:
+            raise ValueError(
+                f"{root / DIR_SPLIT / SPLIT_FILES[split]}: split file not found; the "
+                f"'{split_scheme}' split of the 2023 release needs "
+                f"{', '.join(SPLIT_FILES[s] for s in needed)} in {root / DIR_SPLIT}"
+            )
+    listed = {p: s for s in needed for p in files[s]}
+    missing = sorted(p for p in listed if p not in dirs)
+    if missing:
+        raise ValueError(
+            f"{root / DIR_SPLIT}: patients {missing[:5]}{'...' if len(missing) > 5 else ''} "
+            f"are listed in the split files but have no folder in {root / DIR_NIFTI}"
+        )
+    if split_scheme == "paper":
+        splits = _assign_paper(sorted(dirs), set(files["test"]), n_val)
+    else:
+        splits = listed
+        unlisted = sorted(set(dirs) - set(listed))
+        if unlisted:
+            log.warning("%s: %d patient(s) in no split file are left out (e.g. %s)",
+                        root / DIR_SPLIT, len(unlisted), unlisted[0])
+    return [(dirs[p], s) for p, s in sorted(splits.items())]
+
+
 def load_camus(
     root: Path, split_scheme: str = "paper", *, n_val: int = PAPER_VAL_PATIENTS
 ) -> list[EchoImage]:
@@ -342,49 +375,8 @@ def load_camus(
     if n_val < 0:
         raise ValueError(f"n_val must be >= 0, got {n_val}")
     release = detect_camus_release(root)
-    jobs: list[tuple[Path, str]] = []  # (patient folder, split)
-    if release == RELEASE_2019:
-        if split_scheme == "official":
-            raise ValueError(
-                f"CAMUS root {root} is the 2019 release, which has no official validation "
-                "split (database_split/ came with the 2023 release); use split_scheme='paper'"
-            )
-        train_dirs = _patient_dirs(root / DIR_TRAINING)
-        test_dirs = _patient_dirs(root / DIR_TESTING)
-        splits = _assign_paper([d.name for d in train_dirs], set(), n_val)
-        jobs += [(d, splits[d.name]) for d in train_dirs]
-        jobs += [(d, "test") for d in test_dirs]
-    else:
-        dirs = {d.name: d for d in _patient_dirs(root / DIR_NIFTI)}
-        files = read_camus_split_files(root)
-        needed = ["test"] if split_scheme == "paper" else list(SPLIT_FILES)
-        for split in needed:
-            if split not in files:
-                raise ValueError(
-                    f"{root / DIR_SPLIT / SPLIT_FILES[split]}: split file not found; the "
-                    f"'{split_scheme}' split of the 2023 release needs "
-                    f"{', '.join(SPLIT_FILES[s] for s in needed)} in {root / DIR_SPLIT}"
-                )
-        listed = {p: s for s in needed for p in files[s]}
-        missing = sorted(p for p in listed if p not in dirs)
-        if missing:
-            raise ValueError(
-                f"{root / DIR_SPLIT}: patients {missing[:5]}{'...' if len(missing) > 5 else ''} "
-                f"are listed in the split files but have no folder in {root / DIR_NIFTI}"
-            )
-        if split_scheme == "paper":
-            splits = _assign_paper(sorted(dirs), set(files["test"]), n_val)
-        else:
-            splits = listed
-            unlisted = sorted(set(dirs) - set(listed))
-            if unlisted:
-                log.warning(
-                    "%s: %d patient(s) in no split file are left out (e.g. %s)",
-                    root / DIR_SPLIT,
-                    len(unlisted),
-                    unlisted[0],
-                )
-        jobs += [(dirs[p], s) for p, s in sorted(splits.items())]
+    split_of = _patients_2019 if release == RELEASE_2019 else _patients_2023
+    jobs = split_of(root, split_scheme, n_val)  # (patient folder, split)
     if not jobs:
         raise ValueError(f"CAMUS root {root}: no patientXXXX folders found")
     records = [r for d, s in jobs for r in _records_for_patient(d, release, s)]
@@ -458,44 +450,36 @@ def write_camus_patient(
         folder = root / (DIR_TESTING if testing else DIR_TRAINING) / patient
     else:
         folder = root / DIR_NIFTI / patient
-    suffix = _SUFFIX[release]
     for key in label_maps:
         _check_key(key, "label_maps")
         if key not in images:
             raise ValueError(f"label_maps has {key!r} but images has no such image")
     for key, image in images.items():
         _check_key(key, "images")
-        image = np.asarray(image)
-        if image.ndim != 2 or image.dtype != np.uint8:
-            raise ValueError(
-                f"image {patient} {key}: expected a (H, W) uint8 array, got {image.dtype} "
-                f"{image.shape}"
-            )
-        view, phase = key
-        z = release == RELEASE_2019  # the 2019 .mhd files are W x H x 1 volumes
-        write_itk(folder / f"{patient}_{view}_{phase}{suffix}", image, spacing, singleton_z=z)
-        label = label_maps.get(key)
-        if label is None:
-            continue
-        label = np.asarray(label)
-        if label.shape != image.shape:
-            raise ValueError(
-                f"label map {patient} {key}: shape {label.shape} differs from the image's "
-                f"{image.shape}"
-            )
-        bad = sorted({int(v) for v in np.unique(label)} - {0, 1, 2, 3})
-        if bad:
-            raise ValueError(f"label map {patient} {key}: values {bad} outside 0-3")
-        write_itk(
-            folder / f"{patient}_{view}_{phase}_gt{suffix}",
-            label.astype(np.uint8),
-            spacing,
-            singleton_z=z,
-        )
+        _write_image_pair(folder, f"{patient}_{key[0]}_{key[1]}", release, image, label_maps.get(key), spacing)
     for view, info in infos.items():
         if view not in VIEWS:
             raise ValueError(f"infos key must be a view in {VIEWS}, got {view!r}")
         write_text_atomic(folder / f"Info_{view}.cfg", format_info_cfg(info, release))
+
+
+def _write_image_pair(folder: Path, name: str, release: str, image: np.ndarray, label: np.ndarray | None,
+                      spacing: tuple[float, float]) -> None:
+    """One (H, W) uint8 image `name` and, unless None, its label map (`name`_gt)."""
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"image {name}: expected a (H, W) uint8 array, got {image.dtype} {image.shape}")
+    z = release == RELEASE_2019  # the 2019 .mhd files are W x H x 1 volumes
+    write_itk(folder / f"{name}{_SUFFIX[release]}", image, spacing, singleton_z=z)
+    if label is None:
+        return
+    label = np.asarray(label)
+    if label.shape != image.shape:
+        raise ValueError(f"label map {name}: shape {label.shape} differs from the image's {image.shape}")
+    bad = sorted({int(v) for v in np.unique(label)} - {0, 1, 2, 3})
+    if bad:
+        raise ValueError(f"label map {name}: values {bad} outside 0-3")
+    write_itk(folder / f"{name}_gt{_SUFFIX[release]}", label.astype(np.uint8), spacing, singleton_z=z)
 
 
 def write_camus_split_files(root: Path, splits: Mapping[str, list[str]]) -> None:

@@ -1,18 +1,6 @@
-"""Whether an ITK image file is whole: its size checked against its header.
+"""Whether an ITK image file is whole: its size checked against its header, which is
+parsed here once (docs/design.md, "Checking a dataset").
 
-Why: SimpleITK reads a .nii/.nii.gz cut short (an interrupted download or copy) as if
-the missing pixels were zero, and a zero-filled image or label map passes every later
-check and ends up in a cache. The header states the size, so we compare:
-- .mhd: the data file (ElementDataFile, or the header file itself for LOCAL) must hold
-  prod(DimSize) x channels x the byte size of ElementType (after HeaderSize); with
-  CompressedData = True, the length of its inflated zlib stream;
-- .nii / .nii.gz (NIfTI-1): the file, decompressed for .nii.gz, must reach
-  vox_offset + prod(dim[1..dim[0]]) x bitpix / 8; a gzip stream that ends early is a
-  truncation too.
-Headers this does not understand (NIfTI-2, a .hdr/.img pair, file lists) are left to
-SimpleITK.
-
-    from vlsm.data.itk_size import TruncatedFileError, check_complete
     check_complete(Path("patient0001_2CH_ED.nii.gz"))   # TruncatedFileError names the file and sizes
 """
 
@@ -24,7 +12,7 @@ import struct
 import zlib
 from pathlib import Path
 
-__all__ = ["TruncatedFileError", "check_complete"]
+__all__ = ["TruncatedFileError", "check_complete", "mhd_data_file", "read_mhd_header"]
 
 _CHUNK = 1 << 20
 _NIFTI1_HEADER = 348
@@ -63,8 +51,11 @@ def check_complete(path: Path) -> None:
 # --- MetaImage -------------------------------------------------------------------------
 
 
-def _mhd_fields(header: bytes) -> tuple[dict[str, str], int]:
-    """`Key = Value` fields up to ElementDataFile (always last) and where the data start."""
+def read_mhd_header(path: Path) -> tuple[dict[str, str], int]:
+    """The `Key = Value` fields of a MetaImage header up to ElementDataFile (always last),
+    and where its pixels start when they follow it in the same file (LOCAL)."""
+    with open(path, "rb") as fh:
+        header = fh.read(1 << 16)  # a header is a few lines
     fields: dict[str, str] = {}
     offset = 0
     for line in header.splitlines(keepends=True):
@@ -78,12 +69,23 @@ def _mhd_fields(header: bytes) -> tuple[dict[str, str], int]:
     return fields, offset
 
 
+def mhd_data_file(path: Path) -> Path | None:
+    """The file holding a .mhd header's pixels; None when they are in the header's own
+    file (LOCAL) or spread over a list of files (LIST)."""
+    return _data_file(Path(path), read_mhd_header(path)[0])
+
+
+def _data_file(path: Path, fields: dict[str, str]) -> Path | None:
+    name = fields.get("ElementDataFile", "")
+    if name.upper() in ("LOCAL", "") or name.upper().startswith("LIST"):
+        return None
+    return path.parent / name
+
+
 def _check_mhd(path: Path) -> None:
     if not path.is_file():
         return
-    with open(path, "rb") as fh:
-        fields, local_offset = _mhd_fields(fh.read(1 << 16))  # a header is a few lines
-    data_name = fields.get("ElementDataFile", "")
+    fields, local_offset = read_mhd_header(path)
     try:
         dims = [int(v) for v in fields.get("DimSize", "").split()]
         element = _MET_BYTES[fields.get("ElementType", "").upper()]
@@ -91,15 +93,15 @@ def _check_mhd(path: Path) -> None:
         header_size = int(fields.get("HeaderSize", "0"))
     except (KeyError, ValueError):
         return  # SimpleITK reports a header it cannot use
-    if not dims or not data_name or data_name.upper().startswith("LIST") or "%" in data_name:
-        return
-    expected = math.prod(dims) * channels * element
-    if data_name.upper() == "LOCAL":
+    if fields.get("ElementDataFile", "").upper() == "LOCAL":
         data, start = path, local_offset
     else:
-        data, start = path.parent / data_name, max(header_size, 0)
-        if not data.is_file():
-            return  # a missing data file: SimpleITK's error names it
+        data, start = _data_file(path, fields), max(header_size, 0)
+        if data is None or "%" in data.name or not data.is_file():
+            return  # a file list or pattern is left to SimpleITK; so is a missing file (its error names it)
+    if not dims:
+        return
+    expected = math.prod(dims) * channels * element
     what = f"{fields.get('ElementType')} x DimSize {' x '.join(map(str, dims))}"
     if fields.get("CompressedData", "False").lower() == "true":
         found, ended = _inflated_size(data, start)

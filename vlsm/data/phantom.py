@@ -38,9 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -49,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from vlsm.atomic import atomic_folder
 from vlsm.axes import SOURCE_SDM
 from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage, PatientInfo
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, load_synthetic, source_names
@@ -688,37 +686,6 @@ def _write_patient(camus: Path, params: dict, i: int, patient: str, split: str) 
     return others
 
 
-def _remove_stale_temps(out: Path) -> None:
-    """Delete temporary folders that killed runs left next to out (their pid is gone)."""
-    leftovers = [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]
-    for tmp in leftovers:
-        try:
-            pid = int(tmp.name[len(out.name) + 6:].split("-")[0])  # ".<name>.tmp-<pid>-..."
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            log.debug("removing %s, left by a killed run", tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError, OSError):
-            continue
-
-
-def _install(tmp: Path, out: Path, params: dict) -> None:
-    """Move the finished tmp folder to out in one rename; replace an older phantom set."""
-    old: Path | None = None
-    if out.exists() and _read_manifest(out) is not None:
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)  # atomic; replaces out only if it is an empty folder
-    except OSError:
-        if _matches(_read_manifest(out), params):  # a concurrent run wrote the same set
-            return
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def write_demo_data(
     out: Path,
     *,
@@ -761,14 +728,8 @@ def write_demo_data(
             f"{out}: exists and is not a phantom dataset (no {MANIFEST_NAME}); "
             "expected a new or empty folder, or one written by `vlsm demo-data`"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    try:
+    with atomic_folder(out, replace=True) as tmp:  # an older phantom set goes as a whole
         _write_dataset(tmp, params)
-        _install(tmp, out, params)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # only still there when something failed
     log.debug(
         "wrote phantom dataset to %s: CAMUS %s (%d train, %d val, %d test patients), "
         "SDM %d images per train/val image",

@@ -1,9 +1,6 @@
-"""Cache folders on shared storage (s3://...), for trials on other nodes of a cluster.
-
-The driver prepares the caches on its own disk; `publish` copies each folder once to
-`<storage>/cache/<folder name>` (the name holds a content hash, so a folder there never
-changes), and `localize` gives a trial a local copy: downloaded once per node into
-`~/.cache/vlsm/remote/`, atomically, then memory-mapped like any other cache.
+"""Cache folders on shared storage (s3://...) for trials on other nodes of a cluster:
+`publish` copies a folder there once, `localize` downloads it once per node
+(docs/design.md, "The preprocessing cache").
 """
 
 from __future__ import annotations
@@ -11,8 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from vlsm.atomic import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +67,7 @@ def localize(path: str | os.PathLike) -> Path:
     target = local_folder(uri)
     if (target / "meta.json").is_file():
         return target
-    LOCAL_ROOT.mkdir(parents=True, exist_ok=True)
     fs, inner = pyarrow.fs.FileSystem.from_uri(uri)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=LOCAL_ROOT))
-    try:
+    with atomic_folder(target) as tmp:  # another trial's finished download is kept
         pyarrow.fs.copy_files(inner, str(tmp), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
-        os.rename(tmp, target)
-    except OSError:
-        if not (target / "meta.json").is_file():  # not another trial's finished download
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -1,28 +1,5 @@
-"""The Synthetic Boost authors' preprocessed layout (PNG + JSON), read and written.
-
-Why: reading their layout with their JSON prompts (which carry their VQA shapes)
-reproduces their runs exactly; writing it from raw CAMUS lets their code, or anyone
-comparing with it, run on data prepared by this project.
-
-Layout of one dataset folder DIR (their `data_root/camus` or `data_root/sdm_camus`),
-as their data module (naamiinepal/synthetic-boost,
-`configs/datamodule/img_txt_mask_{camus,sdm_camus}.yaml`) reads it:
-
-    DIR/anns/{train,val,test}.json     [{"img_name", "mask_name", "prompts"}, ...],
-                                       one entry per image and structure (mask_1..3)
-    camus:
-      DIR/images/train/<name>.png      train AND val images (val.json points here)
-      DIR/images/test/<name>.png
-      DIR/masks/train/mask_<k>/<name>_gt.png     mask_name "mask_<k>/<name>_gt.png"
-      DIR/masks/test/mask_<k>/<name>_gt.png
-    sdm (synthetic; their test set is the real CAMUS test above):
-      DIR/images/{train,val,test}/<name>.png
-      DIR/masks/mask_<k>/{training,validation,testing}/<name>.png
-                                       mask_name "mask_<k>/validation/<name>.png"
-
-img_name is relative to the split's image folder, mask_name to its mask folder.
-Images are 512 x 512 uint8 grayscale, masks 0/255. <name> is patientXXXX_2CH_ED
-(CAMUS) or patientXXXX_2CH_ED_validation_3 (SDM: split word and variant).
+"""The Synthetic Boost authors' preprocessed layout (512 x 512 PNG + JSON prompts), read
+and written (docs/design.md, "Data").
 """
 
 from __future__ import annotations
@@ -31,15 +8,13 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from vlsm.atomic import write_json_atomic
+from vlsm.atomic import atomic_folder, write_json_atomic
 from vlsm.axes import EVAL_SIZE, STRUCTURES
 from vlsm.data.records import SPLITS, EchoImage, PatientInfo
 
@@ -136,77 +111,70 @@ def _load_split(base: Path, dataset: str, split: str, ann: Path) -> list[EchoIma
         raise ValueError(f"{ann}: expected a JSON list of entries, got {type(entries).__name__}")
     image_dirs = [base / d for d in _IMAGE_DIRS[dataset, split]]
     mask_dir = base / _MASK_DIRS[dataset, split]
-
     # img_name -> {structure: (entry index, mask path, prompts)}
     groups: dict[str, dict[int, tuple[int, Path, dict]]] = defaultdict(dict)
     for i, entry in enumerate(entries):
-        where = f"{ann} entry {i}"
-        if not isinstance(entry, dict) or not {"img_name", "mask_name", "prompts"} <= entry.keys():
-            raise ValueError(f"{where}: expected an object with img_name, mask_name and prompts")
-        img_name, mask_name, prompts = entry["img_name"], entry["mask_name"], entry["prompts"]
-        if not _NAME.match(str(img_name)):
-            raise ValueError(
-                f"{where}: img_name {img_name!r}; expected patientXXXX_<2CH|4CH>_<ED|ES>[...].png"
-            )
-        m = _MASK_DIR.match(str(mask_name).split("/")[0])
-        structure = int(m.group(1)) if m else None
-        if structure not in STRUCTURES:
-            raise ValueError(
-                f"{where}: mask_name {mask_name!r}; expected it to start with mask_1/, mask_2/ "
-                "or mask_3/"
-            )
-        if ".." in re.split(r"[/\\]", str(mask_name)):  # img_name cannot: _NAME has no "/"
-            raise ValueError(
-                f"{where}: mask_name {mask_name!r} points outside its mask folder {mask_dir} "
-                "(a '..' part); expected a path below it, like mask_1/<name>_gt.png"
-            )
-        if not isinstance(prompts, dict) or "p0" not in prompts:
-            raise ValueError(f"{where}: prompts must be an object with keys p0, p1, ...")
+        img_name, structure, mask_path, prompts = _read_entry(entry, f"{ann} entry {i}", mask_dir)
         if structure in groups[img_name]:
             first = groups[img_name][structure][0]
-            raise ValueError(
-                f"{where}: {img_name} structure {structure} already given by entry {first}"
-            )
-        mask_path = mask_dir / mask_name
-        if not mask_path.is_file():
-            raise FileNotFoundError(f"{where}: mask file {mask_path} not found")
+            raise ValueError(f"{ann} entry {i}: {img_name} structure {structure} already given by entry {first}")
         groups[img_name][structure] = (i, mask_path, prompts)
+    return [_record(img_name, by_structure, split, ann, image_dirs) for img_name, by_structure in groups.items()]
 
-    records = []
-    for img_name, by_structure in groups.items():
-        first = min(i for i, _, _ in by_structure.values())
-        missing = sorted(set(STRUCTURES) - set(by_structure))
-        if missing:
-            raise ValueError(
-                f"{ann} entry {first}: {img_name} has no entry for structure(s) {missing}; "
-                "expected one entry per structure (mask_1, mask_2, mask_3)"
-            )
-        image_path = _find(image_dirs, img_name)
-        if image_path is None:
-            raise FileNotFoundError(
-                f"{ann} entry {first}: image {img_name} not found in "
-                f"{', '.join(str(d) for d in image_dirs)}"
-            )
-        m = _NAME.match(img_name)
-        prompts = {k: by_structure[k][2] for k in sorted(STRUCTURES)}
-        records.append(
-            EchoImage(
-                source=SOURCE,
-                patient=m["patient"],
-                view=m["view"],
-                phase=m["phase"],
-                split=split,
-                image_path=image_path,
-                mask_paths=tuple(by_structure[k][1] for k in sorted(STRUCTURES)),
-                info=_metadata_from_prompts(prompts[1]),
-                variant=int(m["variant"]) if m["variant"] is not None else None,
-                prompts={
-                    k: {key: v if isinstance(v, str) else tuple(v) for key, v in p.items()}
-                    for k, p in prompts.items()
-                },
-            )
+
+def _read_entry(entry: object, where: str, mask_dir: Path) -> tuple[str, int, Path, dict]:
+    """(img_name, structure, mask path, prompts) of one JSON entry, checked."""
+    if not isinstance(entry, dict) or not {"img_name", "mask_name", "prompts"} <= entry.keys():
+        raise ValueError(f"{where}: expected an object with img_name, mask_name and prompts")
+    img_name, mask_name, prompts = entry["img_name"], entry["mask_name"], entry["prompts"]
+    if not _NAME.match(str(img_name)):
+        raise ValueError(f"{where}: img_name {img_name!r}; expected patientXXXX_<2CH|4CH>_<ED|ES>[...].png")
+    m = _MASK_DIR.match(str(mask_name).split("/")[0])
+    structure = int(m.group(1)) if m else None
+    if structure not in STRUCTURES:
+        raise ValueError(f"{where}: mask_name {mask_name!r}; expected it to start with mask_1/, mask_2/ or mask_3/")
+    if ".." in re.split(r"[/\\]", str(mask_name)):  # img_name cannot: _NAME has no "/"
+        raise ValueError(
+            f"{where}: mask_name {mask_name!r} points outside its mask folder {mask_dir} "
+            "(a '..' part); expected a path below it, like mask_1/<name>_gt.png"
         )
-    return records
+    if not isinstance(prompts, dict) or "p0" not in prompts:
+        raise ValueError(f"{where}: prompts must be an object with keys p0, p1, ...")
+    mask_path = mask_dir / mask_name
+    if not mask_path.is_file():
+        raise FileNotFoundError(f"{where}: mask file {mask_path} not found")
+    return img_name, structure, mask_path, prompts
+
+
+def _record(img_name: str, by_structure: dict[int, tuple[int, Path, dict]], split: str, ann: Path,
+            image_dirs: list[Path]) -> EchoImage:
+    """The record of one image from its three entries (one per structure)."""
+    first = min(i for i, _, _ in by_structure.values())
+    missing = sorted(set(STRUCTURES) - set(by_structure))
+    if missing:
+        raise ValueError(
+            f"{ann} entry {first}: {img_name} has no entry for structure(s) {missing}; "
+            "expected one entry per structure (mask_1, mask_2, mask_3)"
+        )
+    image_path = _find(image_dirs, img_name)
+    if image_path is None:
+        raise FileNotFoundError(
+            f"{ann} entry {first}: image {img_name} not found in {', '.join(str(d) for d in image_dirs)}"
+        )
+    m = _NAME.match(img_name)
+    prompts = {k: by_structure[k][2] for k in sorted(STRUCTURES)}
+    return EchoImage(
+        source=SOURCE,
+        patient=m["patient"],
+        view=m["view"],
+        phase=m["phase"],
+        split=split,
+        image_path=image_path,
+        mask_paths=tuple(by_structure[k][1] for k in sorted(STRUCTURES)),
+        info=_metadata_from_prompts(prompts[1]),
+        variant=int(m["variant"]) if m["variant"] is not None else None,
+        prompts={k: {key: v if isinstance(v, str) else tuple(v) for key, v in p.items()} for k, p in prompts.items()},
+    )
 
 
 def load_synthetic_boost(root: Path, dataset: str = "camus") -> list[EchoImage]:
@@ -310,20 +278,15 @@ def export_synthetic_boost(
     if not usable:
         raise ValueError(f"{camus_root}: no CAMUS image with a ground-truth mask to export")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        anns: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    anns: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    with atomic_folder(out, replace=True, remove_old=lambda folder: _remove_export(folder, old)) as tmp:
         for rec in tqdm(sorted(usable, key=lambda r: (r.split, r.name)), desc="export", disable=None):
             anns[rec.split] += _export_record(rec, tmp)
         (tmp / "anns").mkdir()
         for split, entries in anns.items():
             if entries:
                 (tmp / "anns" / f"{split}.json").write_text(json.dumps(entries, indent=2) + "\n")
-        _install(tmp, out, old, Path(camus_root), split_scheme)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # ours: created above, never swapped in
-        raise
+        _mark(tmp, out, old, Path(camus_root), split_scheme)
     log.info(
         "%s: wrote %s", out, ", ".join(f"{len(v) // 3} {k}" for k, v in anns.items() if v)
     )
@@ -386,7 +349,7 @@ def _foreign(folder: Path, marker: dict) -> list[str]:
 
 def _check_out(out: Path, source: Path, *, overwrite: bool) -> dict | None:
     """Refuse an `out` the export may not write to; return the marker of an earlier export
-    there that `_install` is to replace (None when out is absent or an empty folder).
+    there that the export is to replace (None when out is absent or an empty folder).
 
     Raises ValueError naming out and the reason: out is, lies inside or holds the source;
     out is a file or a symlink; out holds files and no marker of ours; out is an earlier
@@ -438,13 +401,11 @@ def _check_out(out: Path, source: Path, *, overwrite: bool) -> dict | None:
     return marker
 
 
-def _install(tmp: Path, out: Path, old: dict | None, source: Path, split_scheme: str) -> None:
-    """Mark the finished folder tmp as ours and move it to out, replacing the earlier
-    export `old` (from `_check_out`): it is set aside until tmp is in place, then only
-    the files its marker lists are deleted."""
+def _mark(tmp: Path, out: Path, old: dict | None, source: Path, split_scheme: str) -> None:
+    """Mark the finished folder tmp as ours; refuse to replace an earlier export `old`
+    (from `_check_out`) that changed while the export ran."""
     from vlsm import __version__
 
-    tmp, out = Path(tmp), Path(out)
     files, _ = _entries(tmp)
     marker = {
         "tool": EXPORT_TOOL,
@@ -455,38 +416,23 @@ def _install(tmp: Path, out: Path, old: dict | None, source: Path, split_scheme:
         "files": sorted(files),
     }
     write_json_atomic(tmp / MARKER_NAME, marker, indent=None)
-    if old is None:
-        os.replace(tmp, out)  # out absent or an empty folder: one atomic rename
-        return
-    again = _read_marker(out)  # the export took a while: is out still the same?
-    if again is None or again != old or _foreign(out, again):
+    again = _read_marker(out) if old is not None else None  # the export took a while: is out still the same?
+    if old is not None and (again is None or again != old or _foreign(out, again)):
         raise ValueError(
             f"{out}: changed while the export ran (its {MARKER_NAME} or files differ); "
             "nothing was replaced; run the export again"
         )
-    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old_dir = aside / out.name
-    os.replace(out, old_dir)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old_dir, out)
-        aside.rmdir()
-        raise
-    _remove_export(old_dir, old)
-    try:
-        aside.rmdir()
-    except OSError:
-        log.warning("%s: kept; it holds files the earlier export did not write", old_dir)
 
 
-def _remove_export(folder: Path, marker: dict) -> None:
-    """Delete the files the marker lists, then folders left empty; nothing else."""
-    for rel in (*marker["files"], MARKER_NAME):
+def _remove_export(folder: Path, marker: dict | None) -> None:
+    """Delete the files the marker lists, then folders left empty; nothing else (an empty
+    folder without a marker goes too)."""
+    files = marker["files"] if marker else []
+    for rel in (*files, MARKER_NAME):
         path = folder / rel
         if path.is_file() or path.is_symlink():
             path.unlink()
-    for rel in sorted(_parents(marker["files"]), key=lambda p: -len(PurePosixPath(p).parts)):
+    for rel in sorted(_parents(files), key=lambda p: -len(PurePosixPath(p).parts)):
         try:
             (folder / rel).rmdir()
         except OSError:  # not empty (or gone): leave it
@@ -494,4 +440,4 @@ def _remove_export(folder: Path, marker: dict) -> None:
     try:
         folder.rmdir()
     except OSError:
-        pass
+        log.warning("%s: kept; it holds files the earlier export did not write", folder)

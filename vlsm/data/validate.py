@@ -1,21 +1,7 @@
-"""Dataset validation: find every problem in a CAMUS and a synthetic folder before a sweep.
+"""Dataset validation: every problem of a CAMUS and a synthetic folder, each naming its
+file, before a sweep (docs/design.md, "Checking a dataset").
 
     python -m vlsm validate-data --camus-root data/CAMUS --sdm-root data/SDM
-    python -m vlsm validate-data --camus-root data/CAMUS --synthetic-root data/DiffEcho \
-        --synthetic-format diffecho
-
-The readers (`vlsm.data.camus`, `vlsm.data.sdm`) stop at the first bad file, which is
-right for loading but wastes a user's afternoon: fix one file, rerun, meet the next.
-This module walks the whole folder instead and returns one `Problem` per defect,
-naming its file: missing files (an image without its mask, a mask without its image, a
-missing Info_<view>.cfg), unreadable or corrupt images, image/mask size mismatches,
-unknown label values, structures absent from a mask, malformed or missing cfg fields,
-a patient listed in two split files, ground truth missing for part of a split (the
-image would silently leave it) and files shorter than their header says (SimpleITK
-would zero-fill them). Pixels are read through `vlsm.data.io`, so what passes here is
-what the cache and the trainable will read. When no error was found, the reader itself
-is run as a last check. The synthetic sources have their checks in
-`vlsm.data.validate_synthetic`; `validate_data` runs the ones asked for.
 """
 
 from __future__ import annotations
@@ -24,6 +10,19 @@ import logging
 import re
 from pathlib import Path
 
+from vlsm.data.camus import (
+    DIR_NIFTI,
+    DIR_SPLIT,
+    DIR_TESTING,
+    DIR_TRAINING,
+    PAPER_VAL_PATIENTS,
+    SPLIT_FILES,
+    detect_camus_release,
+    empty_split,
+    load_camus,
+    read_info_cfg,
+    read_split_file,
+)
 from vlsm.data.problems import (
     ERROR,
     WARNING,
@@ -34,100 +33,17 @@ from vlsm.data.problems import (
     has_errors,
     progress_bar,
 )
-from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage
-from vlsm.data.validate_synthetic import validate_sdm
+from vlsm.data.records import PHASES, VIEWS, EchoImage
 
-__all__ = [
-    "ERROR",
-    "WARNING",
-    "Findings",
-    "Problem",
-    "has_errors",
-    "validate_camus",
-    "validate_data",
-    "validate_sdm",
-]
+__all__ = ["validate_camus", "validate_data"]
 
 log = logging.getLogger(__name__)
 
 _PATIENT_RE = re.compile(r"^patient\d{4}$")
 _CAMUS_SUFFIX = {"2019": ".mhd", "2023": ".nii.gz"}
-# cfg keys the readers need (prompts P4-P6) and keys CAMUS always has
-_CFG_REQUIRED = ("Sex", "Age", "ImageQuality")
-_CFG_EXPECTED = ("ED", "ES", "NbFrame")
-_CFG_NUMBERS = ("EF", "LVef", "LVedv", "LVesv", "FrameRate")
 
 
 # --- CAMUS ---------------------------------------------------------------------------
-
-
-def _cfg_value_error(key: str, value: str) -> str | None:
-    """Why `value` is not valid for cfg key `key` (None when it is or the key is unknown)."""
-    if key in _CFG_EXPECTED:
-        if not value.isdigit() or int(value) < 1:
-            return f"{key} must be a frame number >= 1, got {value!r}"
-    elif key == "Age":
-        if not value.isdigit() or not 0 <= int(value) <= 150:
-            return f"Age must be a whole number of years 0-150, got {value!r}"
-    elif key == "Sex":
-        if value.upper() not in SEXES:
-            return f"Sex must be one of {', '.join(SEXES)}, got {value!r}"
-    elif key == "ImageQuality":
-        if value.capitalize() not in QUALITIES:
-            return f"ImageQuality must be one of {', '.join(QUALITIES)}, got {value!r}"
-    elif key in _CFG_NUMBERS:
-        try:
-            float(value)
-        except ValueError:
-            return f"{key} must be a number, got {value!r}"
-    return None
-
-
-def _check_cfg(path: Path) -> list[Problem]:
-    """Every problem of one Info_<view>.cfg (`Key: value` lines)."""
-    if not path.is_file():
-        return [
-            Problem(path, "missing Info cfg (sex, age, image quality and ED/ES frames of the view)")
-        ]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        return [Problem(path, f"unreadable Info cfg: {err}")]
-    problems: list[Problem] = []
-    values: dict[str, str] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        key, sep, value = (part.strip() for part in line.partition(":"))
-        if not sep or not key or not value:
-            problems.append(Problem(path, f"line {lineno}: expected `Key: value`, got {raw!r}"))
-            continue
-        if key in values:
-            problems.append(Problem(path, f"line {lineno}: {key} given twice", WARNING))
-        values[key] = value
-        reason = _cfg_value_error(key, value)
-        if reason:
-            problems.append(Problem(path, f"line {lineno}: {reason}"))
-    for key in _CFG_REQUIRED:
-        if key not in values:
-            problems.append(Problem(path, f"missing field {key} (prompts P4-P6 need it)"))
-    for key in _CFG_EXPECTED:
-        if key not in values:
-            problems.append(Problem(path, f"missing field {key}", WARNING))
-    frames = values.get("NbFrame", "")
-    for key in ("ED", "ES"):
-        value = values.get(key, "")
-        if value.isdigit() and frames.isdigit() and int(value) > int(frames):
-            problems.append(Problem(path, f"{key} frame {value} is beyond NbFrame {frames}"))
-    if not problems:  # our checks passed: the reader must agree
-        from vlsm.data.camus import parse_info_cfg
-
-        try:
-            parse_info_cfg(path)
-        except ValueError as err:
-            problems.append(Problem(path, error_text(err, path)))
-    return problems
 
 
 def _check_camus_patient(folder: Path, release: str, gt_required: bool) -> list[Problem]:
@@ -135,7 +51,7 @@ def _check_camus_patient(folder: Path, release: str, gt_required: bool) -> list[
     suffix = _CAMUS_SUFFIX[release]
     problems: list[Problem] = []
     for view in VIEWS:
-        problems += _check_cfg(folder / f"Info_{view}.cfg")
+        problems += read_info_cfg(folder / f"Info_{view}.cfg")[1]
         for phase in PHASES:
             image = folder / f"{patient}_{view}_{phase}{suffix}"
             mask = folder / f"{patient}_{view}_{phase}_gt{suffix}"
@@ -175,25 +91,8 @@ def _patient_folders(folder: Path, problems: list[Problem]) -> list[Path]:
     return out
 
 
-def _read_split_file(path: Path, problems: list[Problem]) -> list[str]:
-    patients: list[str] = []
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        if not _PATIENT_RE.match(line):
-            problems.append(
-                Problem(path, f"line {lineno}: expected a patient id like patient0001, got {raw!r}")
-            )
-            continue
-        patients.append(line)
-    return patients
-
-
 def _check_camus_splits(root: Path, patients: set[str]) -> list[Problem]:
     """2023 database_split/: files present, ids well-formed, one split per patient."""
-    from vlsm.data.camus import DIR_SPLIT, SPLIT_FILES
-
     problems: list[Problem] = []
     owner: dict[str, Path] = {}
     for split, name in SPLIT_FILES.items():
@@ -208,7 +107,9 @@ def _check_camus_splits(root: Path, patients: set[str]) -> list[Problem]:
                     Problem(path, "split file missing (needed by split_scheme='official')", WARNING)
                 )
             continue
-        for patient in _read_split_file(path, problems):
+        patients_listed, bad_lines = read_split_file(path)
+        problems += bad_lines
+        for patient in patients_listed:
             if patient in owner and owner[patient] != path:
                 problems.append(
                     Problem(path, f"{patient} is in two splits: also in {owner[patient].name}")
@@ -230,15 +131,6 @@ def validate_camus(root: Path, *, split_scheme: str = "paper", n_val: int | None
     """Every problem of a CAMUS folder (2019 or 2023 release), each naming its file; with
     the split a sweep would use (`split_scheme`, `n_val` validation patients for the paper
     split), an empty one is an error too."""
-    from vlsm.data.camus import (
-        DIR_NIFTI,
-        DIR_TESTING,
-        DIR_TRAINING,
-        PAPER_VAL_PATIENTS,
-        detect_camus_release,
-        empty_split,
-    )
-
     root = Path(root)
     try:
         release = detect_camus_release(root)
@@ -268,8 +160,6 @@ def validate_camus(root: Path, *, split_scheme: str = "paper", n_val: int | None
     for folder, gt_required in progress_bar(jobs, f"validate CAMUS {release}", progress):
         problems += _check_camus_patient(folder, release, gt_required)
     if not has_errors(problems):  # a last check: the reader loads what we passed
-        from vlsm.data.camus import load_camus
-
         n_val = PAPER_VAL_PATIENTS if n_val is None else n_val
         try:
             records = load_camus(root, split_scheme, n_val=n_val)
@@ -284,8 +174,6 @@ def validate_camus(root: Path, *, split_scheme: str = "paper", n_val: int | None
 
 def _camus_test_patients(camus_root: Path) -> set[str]:
     """2023 release: the official test patients (2019 ids collide, so nothing there)."""
-    from vlsm.data.camus import DIR_SPLIT, SPLIT_FILES, detect_camus_release
-
     try:
         if detect_camus_release(camus_root) != "2023":
             return set()
@@ -294,7 +182,7 @@ def _camus_test_patients(camus_root: Path) -> set[str]:
     path = camus_root / DIR_SPLIT / SPLIT_FILES["test"]
     if not path.is_file():
         return set()
-    return set(_read_split_file(path, []))
+    return set(read_split_file(path)[0])
 
 
 def validate_data(

@@ -1,14 +1,8 @@
-"""`vlsm validate-data`: check a CAMUS (and a synthetic) folder and report every problem.
+"""`vlsm validate-data`: check a CAMUS (and a synthetic) folder and print every problem,
+the label codings of each synthetic root and a summary; exit 1 on any error, 2 for bad
+arguments (docs/design.md, "Checking a dataset").
 
     python -m vlsm validate-data --camus-root data/CAMUS --sdm-root data/SDM
-    python -m vlsm validate-data --camus-root data/CAMUS --synthetic-root data/DiffEcho \
-        --synthetic-format diffecho
-
-Prints one line per problem (``path: message``; warnings as ``path: warning: message``),
-one line per synthetic root with the label codings found in its masks
-(``path: label codings: grey (...) in 40 mask(s)``), and a summary line. Exit status 1
-when there is any error, 0 otherwise (warnings alone do not fail), 2 for bad arguments. `--sdm-root DIR` is
-`--synthetic-root DIR --synthetic-format sdm`. Heavy imports happen in `run` only.
 """
 
 from __future__ import annotations
@@ -39,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from vlsm.data.label_codings import CODING_DESCRIPTIONS
-    from vlsm.data.validate import ERROR, WARNING, validate_data
+    from vlsm.data.problems import ERROR, WARNING
+    from vlsm.data.validate import validate_data
 
     roots = [r for r in (args.camus_root, args.sdm_root, args.synthetic_root) if r is not None]
     if not roots:

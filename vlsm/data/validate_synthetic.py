@@ -1,16 +1,5 @@
 """Checks of the synthetic sources (SDM CAMUS, DiffEcho, imagefolder): every problem, each
-naming its file, and the label codings found.
-
-    python -m vlsm validate-data --synthetic-root data/DiffEcho --synthetic-format diffecho
-
-Like the CAMUS checks (`vlsm.data.validate`), these walk the whole folder instead of
-stopping at the first bad file: missing files (an image without its mask, a mask
-without its image, a metadata.csv row naming no file), unreadable images, image/mask
-size mismatches, unknown label levels, absent structures, bad metadata cells and a
-split left empty. Each check returns `Findings`: the problems, and per root a count of
-the label maps in each coding ("labels", "sector", "grey"). When no error was found the
-reader itself runs as a last check. Layouts: `vlsm.data.sdm`, `vlsm.data.diffecho`,
-`vlsm.data.imagefolder`.
+naming its file, and the label codings found (docs/design.md, "Checking a dataset").
 """
 
 from __future__ import annotations
@@ -69,63 +58,23 @@ def validate_sdm(root: Path, *, progress: bool = True) -> Findings:
     if not root.is_dir():
         return Findings([Problem(root, "SDM root folder not found")])
     problems = Findings(codings={root: Counter()})
-    images: dict[str, Path] = {}
-    label_pngs: list[Path] = []
-    for path in sorted(root.rglob("*.png")):
-        if any(sdm_reader.is_label_dir(part) for part in path.relative_to(root).parts[:-1]):
-            label_pngs.append(path)
-            continue
-        if sdm_reader.NAME_RE.match(path.name) is None:
-            if not sdm_reader.TEST_NAME_RE.match(path.name):
-                problems.append(
-                    Problem(
-                        path,
-                        "not named patientXXXX_{2CH|4CH}_{ED|ES}_{training|validation}_<i>.png;"
-                        " ignored",
-                        WARNING,
-                    )
-                )
-            continue
-        if path.name in images:
-            problems.append(Problem(path, f"duplicate of {images[path.name]}; ignored", WARNING))
-            continue
-        images[path.name] = path
-    if not images:
-        problems.append(
-            Problem(
-                root,
-                "no SDM images found (expected folders of "
-                "patientXXXX_<view>_<phase>_<training|validation>_<i>.png)",
-            )
-        )
+    files = sdm_reader.scan_sdm(root)
+    problems += [Problem(path, "not named patientXXXX_{2CH|4CH}_{ED|ES}_{training|validation}_<i>.png; ignored",
+                         WARNING) for path in files.misnamed]
+    problems += [Problem(path, f"duplicate of {first}; ignored", WARNING) for path, first in files.duplicates]
+    if not files.images:
+        problems.append(Problem(root, "no SDM images found (expected folders of "
+                                      "patientXXXX_<view>_<phase>_<training|validation>_<i>.png)"))
     records = []
-    for name, path in sorted(images.items()):
+    for path in files.images.values():
         label, _ = sdm_reader.find_label(path, root)
         if label is None:
-            problems.append(
-                Problem(
-                    path,
-                    "image without label map (no file of this name in a sibling "
-                    "annotations/labels/masks folder)",
-                )
-            )
-        match = sdm_reader.NAME_RE.match(name)
-        assert match is not None
-        records.append(
-            EchoImage(
-                source="sdm",
-                patient=match["patient"],
-                view=match["view"],
-                phase=match["phase"],
-                split="train",
-                image_path=path,
-                mask_paths=() if label is None else (label,),
-                variant=int(match["index"]),
-            )
-        )
+            problems.append(Problem(path, "image without label map (no file of this name in a sibling "
+                                          "annotations/labels/masks folder)"))
+        records.append(sdm_reader.sdm_record(path, label))
     _check_all(records, root, "validate SDM", progress, problems)
-    for label in label_pngs:
-        if sdm_reader.NAME_RE.match(label.name) and label.name not in images:
+    for label in files.label_maps:
+        if sdm_reader.NAME_RE.match(label.name) and label.name not in files.images:
             problems.append(Problem(label, "label map without image"))
     return problems
 
