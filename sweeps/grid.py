@@ -24,6 +24,7 @@ from vlsm.axes import (
     STRATEGY_SYNTHETIC,
     SYNTHETIC_PROMPTS,
 )
+from vlsm.model_registry import model_entry
 
 __all__ = ["dependents", "expand_grid", "order_cells", "plan_grid"]
 
@@ -130,7 +131,7 @@ def order_cells(cells: list[Cell]) -> list[Cell]:
             strategy_rank[cell.strategy],
             -len(waiting[cell.cell_id]),
             seed_rank[cell.seed],
-            cell.model != "CRIS",
+            model_entry(cell.model).schedule_rank,
             cell.encoder != "unfrozen",
             cell.prompt,
             cell.strategy,

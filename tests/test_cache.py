@@ -454,6 +454,7 @@ def test_losing_the_rename_race_keeps_the_winner(records, tmp_path, monkeypatch)
 _NOT_SHAPING = {
     "vlsm.atomic": "writes files, decides no value",
     "vlsm.model_registry": "model names for vlsm.axes, no cached value",
+    "vlsm.registry": "the registries' type, no cached value",
     "vlsm.data.camus": "reads records; the key hashes the records' files and metadata",
     "vlsm.data.synthetic_boost": "reads records; the key hashes the records' files and metadata",
     "vlsm.data.diffecho": "reads records; the key hashes the records' files and metadata",
