@@ -80,7 +80,10 @@ def _n_images(cache: Path) -> int:
 
 
 def feature_bytes() -> list[dict]:
-    """Bytes of one image's stored features, per model, `connect` mode (CRIS) and precision."""
+    """Bytes of one image's stored features (`encode_image`), per model, `connect` mode
+    (CRIS) and precision."""
+    import torch
+
     from bench.full_size import full_size_config
     from vlsm.model_registry import MODELS
     from vlsm.models import build_model
@@ -88,29 +91,20 @@ def feature_bytes() -> list[dict]:
     rows = []
     for name in MODELS.names():
         model = build_model(name, config=full_size_config(name), freeze_encoder=True).eval()
-        rows += _one_image(model, name, connect=False)
-        if hasattr(model, "connect_trains_when_frozen"):  # CRIS: as with CLIP RN50 weights, no checkpoint
-            model.connect_trains_when_frozen = True
-            model.set_encoder_frozen(True)  # keeps eval mode
-            rows += _one_image(model, name, connect=True)
+        for connect in (False, True) if hasattr(model, "connect_trains_when_frozen") else (False,):
+            if connect:  # as with CLIP RN50 weights and no CRIS checkpoint
+                model.connect_trains_when_frozen = True
+                model.set_encoder_frozen(True)  # keeps eval mode
+            pixels = torch.zeros(1, 3, model.input_size, model.input_size)
+            for precision in ("fp32", "bf16"):
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    features = model.encode_image(pixels)
+                rows.append({"model": name, "connect_trains": connect, "precision": precision,
+                             "input_size": model.input_size,
+                             "shapes": [list(f.shape[1:]) for f in features],
+                             "dtypes": [str(f.dtype).removeprefix("torch.") for f in features],
+                             "bytes_per_image": sum(f.numel() * f.element_size() for f in features)})
         del model
-    return rows
-
-
-def _one_image(model, name: str, connect: bool) -> list[dict]:
-    """One image's `encode_image` in fp32 and under bf16 autocast: shapes, dtypes, bytes."""
-    import torch
-
-    pixels = torch.zeros(1, 3, model.input_size, model.input_size)
-    rows = []
-    for precision in ("fp32", "bf16"):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            features = model.encode_image(pixels)
-        rows.append({"model": name, "connect_trains": connect, "precision": precision,
-                     "input_size": model.input_size,
-                     "shapes": [list(f.shape[1:]) for f in features],
-                     "dtypes": [str(f.dtype).removeprefix("torch.") for f in features],
-                     "bytes_per_image": sum(f.numel() * f.element_size() for f in features)})
     return rows
 
 

@@ -214,15 +214,27 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
     `encode_text` computed once, as with the feature store (`train_step` with features);
     streamed: those image features read from host memory every step, as a store too large
     for the device is."""
+    from vlsm.losses import DiceBCELoss
     from vlsm.speed import uses_fused_adamw
+    from vlsm.trial_data import autocast_for
 
     row: dict[str, Any] = setup.label()
     try:
         model, cfg, state, precision = _build(setup, device, full_size)
         batch = batch_on(model, setup.batch_size, device)
         if precomputed:
-            row["store_bytes_per_image"] = _precompute(model, batch, precision)
-        step = _step(setup, model, cfg, state, precision, batch, streamed)
+            with torch.no_grad(), autocast_for(device, precision):  # what vlsm.feature_store holds
+                batch["features"] = model.encode_image(batch["pixel_values"])
+                batch["text_features"] = model.encode_text(batch["input_ids"], batch["attention_mask"])
+            row["store_bytes_per_image"] = sum(f[0].numel() * f.element_size() for f in batch["features"])
+        loss_fn = DiceBCELoss(cfg.dice_weight, cfg.bce_weight, cfg.dice_smooth)
+        read = _streamed_features(batch["features"], device) if streamed else None
+
+        def step() -> None:
+            if read is not None:  # this step's rows from the host, as a streamed store reads them
+                batch["features"] = read(setup.batch_size)
+            train_step(model, cfg, state, precision, batch, loss_fn)
+
         row.update(precision=precision, fused_adamw=uses_fused_adamw(cfg, device))
         row.update(_timed(step, setup.batch_size, device, steps=steps, warmup=warmup, ready=ready,
                           count_flops=not cfg.compile))  # compiled graphs hide their ops
@@ -238,33 +250,6 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return row
-
-
-def _precompute(model, batch: dict[str, Any], precision: str) -> int:
-    """Put what `vlsm.feature_store` holds into batch (features, text_features); returns the
-    stored bytes of one image."""
-    from vlsm.trial_data import autocast_for
-
-    with torch.no_grad(), autocast_for(batch["pixel_values"].device, precision):
-        batch["features"] = model.encode_image(batch["pixel_values"])
-        batch["text_features"] = model.encode_text(batch["input_ids"], batch["attention_mask"])
-    return sum(f[0].numel() * f.element_size() for f in batch["features"])
-
-
-def _step(setup: Setup, model, cfg, state, precision: str, batch: dict[str, Any],
-          streamed: bool) -> Callable[[], None]:
-    """One training step of the setup, its image features read as a streamed store reads
-    them when streamed."""
-    from vlsm.losses import DiceBCELoss
-
-    loss_fn = DiceBCELoss(cfg.dice_weight, cfg.bce_weight, cfg.dice_smooth)
-    read = _streamed_features(batch["features"], batch["pixel_values"].device) if streamed else None
-
-    def step() -> None:
-        if read is not None:  # this step's rows from the host, as a streamed store reads them
-            batch["features"] = read(setup.batch_size)
-        train_step(model, cfg, state, precision, batch, loss_fn)
-    return step
 
 
 def _timed(step: Callable[[], None], batch_size: int, device: torch.device, *, steps: int, warmup: int,

@@ -1,16 +1,12 @@
 """What the training loop feeds the model: prompt tokens, uint8 pixels, model inputs.
 
-Why on the device: the cache holds uint8 pixels at the model's input size; copying
-them to the GPU once and normalising there keeps the GPU from waiting on a DataLoader
-(docs/design.md, "Performance facts"). Splits too large for the trial's GPU share
-stream from the memory-mapped cache instead (`keep_on_device`).
-
     prompts = PromptTable(splits, "p2", tokenizer, device)
-    data = SplitTensors(split, cfg, device, with_eval=False)
+    data = SplitTensors(split, cfg, device, with_eval=False)    # uint8 on the device when it fits
     inputs = ModelInputs(model, prompts, device, "fp32")
     for idx, images, labels in data.batches(epoch_order(len(data), seed, epoch), 8):
-        rows = prompts.choose(split.items, None)[idx]
-        logits = inputs(model, images, rows, data.image_index[idx])  # (B, 1, S, S)
+        logits = inputs(model, images, prompts.choose(split.items, None)[idx], data.image_index[idx])
+
+Why pixels live on the device and are normalised there: docs/design.md, "Performance facts".
 """
 
 from __future__ import annotations
