@@ -45,7 +45,7 @@ from vlsm.axes import (
     SYNTHETIC_SOURCE,
 )
 from vlsm.data.prompts import prompt_names
-from vlsm.model_registry import model_names
+from vlsm.model_registry import model_entry, model_names
 from vlsm.strategies import STRATEGY_REGISTRY, paper_strategies, uses_synthetic
 
 __all__ = ["BEST_EPOCH", "EXAMPLE_EPOCHS", "SEED_SD", "write_example_exports"]
@@ -55,7 +55,7 @@ BEST_EPOCH = {STRATEGY_REAL: 9, STRATEGY_SYNTHETIC: 6, STRATEGY_FINETUNE: 3, STR
 EXAMPLE_EPOCHS = 12
 SEED_SD = 0.002  # between-seed standard deviation of a trial's Dice (a fraction)
 _BASE = {STRATEGY_REAL: 0.88, STRATEGY_SYNTHETIC: 0.83, STRATEGY_FINETUNE: 0.895, STRATEGY_MIXED: 0.89}
-_MODEL_OFFSET = {"CLIPSeg": 0.0, "CRIS": 0.02}
+_MODEL_OFFSET = {"CRIS": 0.02}  # CRIS beats CLIPSeg; any other model gets no offset
 _ENCODER_OFFSET = {"frozen": -0.01, "unfrozen": 0.0}
 _SOURCE_OFFSET = {"": 0.0, SOURCE_SDM: 0.0, "diffecho": -0.006, "imagefolder": -0.01}
 _PROVENANCE_OFFSET = {"": 0.0, "prompt": 0.0, "none": -0.004}
@@ -85,7 +85,7 @@ def _level(model: str, strategy: str, encoder: str, prompt: str, source: str, pr
     """The cell's expected Dice (before its seed's shift)."""
     if prompt == "P0":
         return 0.45
-    return (_BASE.get(strategy, 0.85) + _MODEL_OFFSET[model] + _ENCODER_OFFSET[encoder] + _SOURCE_OFFSET.get(source, 0.0)
+    return (_BASE.get(strategy, 0.85) + _MODEL_OFFSET.get(model, 0.0) + _ENCODER_OFFSET[encoder] + _SOURCE_OFFSET.get(source, 0.0)
             + _PROVENANCE_OFFSET[provenance] + _PROMPT_OFFSET.get(prompt, 0.0))
 
 
@@ -131,7 +131,7 @@ def write_example_exports(
             level = _level(*cell) + rng.normal(0.0, SEED_SD)
             curve = [level - 0.3 * (best - e) / best if e <= best else level - 0.002 * (e - best)
                      for e in range(1, EXAMPLE_EPOCHS + 1)]
-            lr = 2e-5 if model == "CRIS" else 2e-3
+            lr = model_entry(model).paper.lr
             for e, val_dice in enumerate(curve, start=1):
                 epochs.append((trial_id, e, 1.0 - val_dice + 0.05, 1.0 - val_dice, val_dice, lr, 100.0, 1.5))
             for image in images:

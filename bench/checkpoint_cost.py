@@ -106,12 +106,14 @@ def count_checkpoints(caches: dict[str, Path], epochs: int, epoch_s: float, inte
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vlsm.model_registry import MODELS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60, help="epochs per trial (default 60, "
                         "the sweep's run.expected_epochs)")
     parser.add_argument("--epoch-s", type=float, nargs="+", default=[4.0, 20.0],
                         help="seconds an epoch takes (default 4 20: real CAMUS, SDM on an H100)")
-    parser.add_argument("--models", nargs="+", choices=("clipseg", "cris"), default=["clipseg", "cris"])
+    parser.add_argument("--models", nargs="+", choices=MODELS.names(), default=list(MODELS.names()))
     parser.add_argument("--quick", action="store_true", help="unfrozen CLIPSeg only, 20 epochs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     args = parser.parse_args(argv)

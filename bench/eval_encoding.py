@@ -4,9 +4,9 @@
 
 Counts FLOPs (torch.utils.flop_counter.FlopCounterMode) of evaluating one image with its
 three structure prompts at full size (random weights, `bench/full_size.py`, frozen and
-unfrozen alike in evaluation): `ModelInputs.__call__` (3 forwards) against
-`ModelInputs.encoding_each_image_once` (1 `encode_image`, 3 `decode`), the two paths of
-`vlsm.evaluate.evaluate` (`TrainConfig.shared_image_eval`). Also prints the largest
+unfrozen alike in evaluation) through `ModelInputs` per structure (3 `encode_image`) and
+with shared=True (1 `encode_image`), the two paths of `vlsm.evaluate.evaluate`
+(`TrainConfig.shared_image_eval`); both then run `encode_text` and `decode` on the 3 rows. Also prints the largest
 difference between their logits and whether they are bit-identical. Prints a table and
 writes JSON. A benchmark, not a test: it checks nothing.
 """
@@ -43,12 +43,11 @@ def measure(model_name: str) -> dict:
     out = {"model": model_name, "input_size": s}
     logits = {}
     with torch.no_grad():
-        for name, run in (("per_structure", lambda: inputs(model, images, rows)),
-                          ("image_once", lambda: inputs.encoding_each_image_once(model, images, rows, image_index))):
+        for name, shared in (("per_structure", False), ("image_once", True)):
             counter = flop_counter()
             started = time.perf_counter()
             with counter:
-                logits[name] = run()
+                logits[name] = inputs(model, images, rows, image_index, shared=shared)
             out[f"{name}_gflop"] = counter.get_total_flops() / 1e9
             out[f"{name}_s"] = time.perf_counter() - started
     out["saved"] = 1 - out["image_once_gflop"] / out["per_structure_gflop"]
@@ -58,8 +57,10 @@ def measure(model_name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vlsm.model_registry import MODELS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=("clipseg", "cris"), default=["clipseg", "cris"])
+    parser.add_argument("--models", nargs="+", choices=MODELS.names(), default=list(MODELS.names()))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     args = parser.parse_args(argv)
 

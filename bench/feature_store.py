@@ -10,9 +10,9 @@ at batch 8 in fp32: once with ``feature_store=False`` (the towers run every step
 with the store (the towers ran once, when it was built). Throughput is the loop's own
 ``images_per_s`` (training items per second of an epoch's training phase) of the last
 epoch (the first warms up); the store's build time and size are reported beside it.
-Part 2 computes one image's stored features at full size for CLIPSeg (352 px) and CRIS
-(416 px, with and without a training `connect` branch) in fp32 and under bf16 autocast, and
-scales their bytes to the paper's datasets. A benchmark, not a test: it checks nothing.
+Part 2 computes one image's stored features (`encode_image`) at full size for each
+registered model (CLIPSeg at 352 px, CRIS at 416 px also with a training `connect` branch)
+in fp32 and under bf16 autocast, and scales their bytes to the paper's datasets. A benchmark, not a test: it checks nothing.
 """
 
 from __future__ import annotations
@@ -80,27 +80,30 @@ def _n_images(cache: Path) -> int:
 
 
 def feature_bytes() -> list[dict]:
-    """Bytes of one image's stored features, per model, `connect` mode and precision."""
+    """Bytes of one image's stored features (`encode_image`), per model, `connect` mode
+    (CRIS) and precision."""
     import torch
 
     from bench.full_size import full_size_config
+    from vlsm.model_registry import MODELS
     from vlsm.models import build_model
 
     rows = []
-    for name, connect in (("clipseg", False), ("cris", False), ("cris", True)):
+    for name in MODELS.names():
         model = build_model(name, config=full_size_config(name), freeze_encoder=True).eval()
-        if connect:  # as with CLIP RN50 weights and no CRIS checkpoint
-            model.connect_trains_when_frozen = True
-            model.set_encoder_frozen(True)  # keeps eval mode
-        pixels = torch.zeros(1, 3, model.input_size, model.input_size)
-        for precision in ("fp32", "bf16"):
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                features = model.frozen_image_features(pixels)
-            rows.append({"model": name, "connect_trains": connect, "precision": precision,
-                         "input_size": model.input_size,
-                         "shapes": [list(f.shape[1:]) for f in features],
-                         "dtypes": [str(f.dtype).removeprefix("torch.") for f in features],
-                         "bytes_per_image": sum(f.numel() * f.element_size() for f in features)})
+        for connect in (False, True) if hasattr(model, "connect_trains_when_frozen") else (False,):
+            if connect:  # as with CLIP RN50 weights and no CRIS checkpoint
+                model.connect_trains_when_frozen = True
+                model.set_encoder_frozen(True)  # keeps eval mode
+            pixels = torch.zeros(1, 3, model.input_size, model.input_size)
+            for precision in ("fp32", "bf16"):
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    features = model.encode_image(pixels)
+                rows.append({"model": name, "connect_trains": connect, "precision": precision,
+                             "input_size": model.input_size,
+                             "shapes": [list(f.shape[1:]) for f in features],
+                             "dtypes": [str(f.dtype).removeprefix("torch.") for f in features],
+                             "bytes_per_image": sum(f.numel() * f.element_size() for f in features)})
         del model
     return rows
 

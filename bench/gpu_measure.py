@@ -28,7 +28,7 @@ import torch
 from bench.flops import flop_counter
 from vlsm.axes import IMAGES_PER_S
 
-__all__ = ["APPLIES", "VARIANTS", "Setup", "batch_on", "measure_training", "packed_worker", "train_step"]
+__all__ = ["VARIANTS", "Setup", "applies", "batch_on", "measure_training", "packed_worker", "train_step"]
 
 # The plain path of each part of the GPU path (docs/design.md, "The GPU path"): the
 # default configuration, then each part switched away from its default.
@@ -40,11 +40,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "channels_last": {"channels_last": True},
     "fp32": {"precision": "fp32"},
     "compile": {"compile": True},
-}
-APPLIES: dict[str, tuple[str, ...]] = {  # variants that change only one model
-    "no_vision_stop_early": ("clipseg",),
-    "eager_attention": ("clipseg",),
-    "channels_last": ("cris",),
 }
 PROMPT_TOKENS = 16  # real tokens of a typical P3 prompt; the rest of the context is padding
 
@@ -61,6 +56,16 @@ class Setup:
     def label(self) -> dict[str, Any]:
         return {"model": self.model, "encoder": "frozen" if self.frozen else "unfrozen",
                 "batch_size": self.batch_size, "variant": self.variant}
+
+
+def applies(variant: str, model: str) -> bool:
+    """Whether a variant changes model: a switch that some models claim (their registry
+    entries' speed_switches) changes only those."""
+    from vlsm.model_registry import MODELS, model_entry
+
+    claimed = {switch for entry in MODELS for switch in entry.speed_switches}
+    own = model_entry(model).speed_switches
+    return all(switch in own or switch not in claimed for switch in VARIANTS[variant])
 
 
 def _sync(device: torch.device) -> None:
@@ -89,11 +94,13 @@ def _build(setup: Setup, device: torch.device, full_size: bool):
 
 
 def _text_shape(model) -> tuple[int, int]:
-    """(vocabulary size, context length) of a model's text tower."""
-    if hasattr(model.config, "text_config"):  # CLIPSeg
-        text = model.config.text_config
-        return text.vocab_size, text.max_position_embeddings
-    return model.config.vocab_size, model.config.word_len  # CRIS
+    """(vocabulary size, context length) of a model's text tower (its registry entry's
+    text_shape; CLIP's where the config leaves it to pretrained weights)."""
+    from vlsm.model_registry import model_entry
+    from vlsm.models.tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE
+
+    shape = model_entry(model.spec["name"]).text_shape(model.spec["config"] or {})
+    return shape or (CLIP_VOCAB_SIZE, CLIP_CONTEXT_LENGTH)
 
 
 def batch_on(model, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -118,15 +125,15 @@ def batch_on(model, batch_size: int, device: torch.device, seed: int = 0) -> dic
 def train_step(model, cfg, state, precision: str, batch: dict[str, Any], loss_fn) -> torch.Tensor:
     """One step of the loop (`vlsm.train._train_epoch`): forward under autocast, loss in
     float32, scaled backward, clipping, optimizer and scaler step. With batch["features"]
-    and batch["text_features"] (the frozen towers' outputs, as `vlsm.feature_store` keeps
-    them) only `decode_features` runs: what the store leaves a frozen trial to compute."""
+    and batch["text_features"] (`encode_image` and `encode_text`, as `vlsm.feature_store`
+    keeps them) only `decode` runs: what the store leaves a frozen trial to compute."""
     from vlsm.trial_data import autocast_for
 
     device = batch["pixel_values"].device
     with autocast_for(device, precision):
         if "features" in batch:  # the frozen image encoder's output, computed once (a store)
             size = tuple(batch["pixel_values"].shape[-2:])
-            logits = model.decode_features(batch["features"], batch["text_features"], batch["attention_mask"], size)
+            logits = model.decode(batch["features"], batch["text_features"], batch["attention_mask"], size)
         else:
             logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
     loss = loss_fn(logits, batch["target"])
@@ -155,7 +162,8 @@ def _eval_pairs_per_s(model, precision: str, batch: dict[str, torch.Tensor], ste
                 _sync(device)
                 started = time.perf_counter()
             features = tuple(f[rows] for f in model.encode_image(batch["pixel_values"][:images]))
-            model.decode(features, batch["input_ids"], batch["attention_mask"], (model.input_size,) * 2)
+            text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+            model.decode(features, text, batch["attention_mask"], (model.input_size,) * 2)
         _sync(device)
     model.train()
     return steps * n / (time.perf_counter() - started)
@@ -202,9 +210,10 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
     costs also validation pairs/s and checkpoint seconds. An OOM or any other error is a
     row with an error, so the suite goes on and still writes what it measured.
     ready: called after the warm-up, right before the timed steps (packed trials wait
-    there for each other). precomputed: a frozen setup trains on its frozen towers' outputs
-    computed once, as with the feature store (`train_step` with features); streamed: those
-    outputs read from host memory every step, as a store too large for the device is."""
+    there for each other). precomputed: a frozen setup trains on `encode_image` and
+    `encode_text` computed once, as with the feature store (`train_step` with features);
+    streamed: those image features read from host memory every step, as a store too large
+    for the device is."""
     from vlsm.losses import DiceBCELoss
     from vlsm.speed import uses_fused_adamw
     from vlsm.trial_data import autocast_for
@@ -215,8 +224,8 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
         batch = batch_on(model, setup.batch_size, device)
         if precomputed:
             with torch.no_grad(), autocast_for(device, precision):  # what vlsm.feature_store holds
-                batch["features"] = model.frozen_image_features(batch["pixel_values"])
-                batch["text_features"] = model.frozen_text_features(batch["input_ids"], batch["attention_mask"])
+                batch["features"] = model.encode_image(batch["pixel_values"])
+                batch["text_features"] = model.encode_text(batch["input_ids"], batch["attention_mask"])
             row["store_bytes_per_image"] = sum(f[0].numel() * f.element_size() for f in batch["features"])
         loss_fn = DiceBCELoss(cfg.dice_weight, cfg.bce_weight, cfg.dice_smooth)
         read = _streamed_features(batch["features"], device) if streamed else None
@@ -227,25 +236,8 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
             train_step(model, cfg, state, precision, batch, loss_fn)
 
         row.update(precision=precision, fused_adamw=uses_fused_adamw(cfg, device))
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(warmup):
-            step()
-        counter = flop_counter()
-        with counter if not cfg.compile else contextlib.nullcontext():  # compiled graphs hide their ops
-            step()
-        _sync(device)
-        if ready is not None:
-            ready()
-        started, row["timed_from"] = time.perf_counter(), time.time()  # wall clock: packed trials
-        for _ in range(steps):
-            step()
-        _sync(device)
-        seconds, row["timed_to"] = time.perf_counter() - started, time.time()
-        row["images"] = steps * setup.batch_size
-        row[IMAGES_PER_S] = row["images"] / seconds
-        row["flop_per_image"] = None if cfg.compile else counter.get_total_flops() / setup.batch_size
-        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+        row.update(_timed(step, setup.batch_size, device, steps=steps, warmup=warmup, ready=ready,
+                          count_flops=not cfg.compile))  # compiled graphs hide their ops
         if costs:
             row["eval_pairs_per_s"] = _eval_pairs_per_s(model, precision, batch, max(1, steps // 2))
             row.update(_checkpoint_seconds(model, state))
@@ -257,6 +249,33 @@ def measure_training(setup: Setup, device: torch.device, *, steps: int, warmup: 
         model = state = batch = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return row
+
+
+def _timed(step: Callable[[], None], batch_size: int, device: torch.device, *, steps: int, warmup: int,
+           ready: Callable[[], None] | None, count_flops: bool) -> dict[str, Any]:
+    """Warm-up steps, one counted step, then the timed steps: images/s and their span,
+    FLOPs per image (None when not counted), peak memory."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step()
+    counter = flop_counter()
+    with counter if count_flops else contextlib.nullcontext():
+        step()
+    _sync(device)
+    if ready is not None:
+        ready()
+    row: dict[str, Any] = {}
+    started, row["timed_from"] = time.perf_counter(), time.time()  # wall clock: packed trials
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds, row["timed_to"] = time.perf_counter() - started, time.time()
+    row["images"] = steps * batch_size
+    row[IMAGES_PER_S] = row["images"] / seconds
+    row["flop_per_image"] = counter.get_total_flops() / batch_size if count_flops else None
+    row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
     return row
 
 

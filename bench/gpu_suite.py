@@ -3,8 +3,9 @@
     .venv/bin/python bench/gpu_suite.py                    # one GPU, at most 8 minutes
     .venv/bin/python bench/gpu_suite.py --device cpu --quick   # the same code, small, on CPU
 
-Per model (CLIPSeg, CRIS) and encoder mode, at the paper's batch sizes (128, 32) and full
-size (random weights, `bench/full_size.py`), one table each, then JSON:
+Per model (the registry's: CLIPSeg, CRIS) and encoder mode, at the paper's batch sizes
+(the entries' paper.batch_size: 128, 32) and full size (random weights,
+`bench/full_size.py`), one table each, then JSON:
 
 1. training images/s, FLOPs per image (FlopCounterMode, one step) and the MFU they make
    against the GPU's dense bf16 peak (table below, or --peak-tflops), peak memory;
@@ -41,13 +42,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.*, run as a script
 
-from bench.gpu_measure import APPLIES, VARIANTS, Setup, measure_training, packed_worker  # noqa: E402
+from bench.gpu_measure import VARIANTS, Setup, applies, measure_training, packed_worker  # noqa: E402
 from bench.result_file import machine, write_result  # noqa: E402
 from sweeps.rates import DEFAULT_VARIANT, STORE, STORE_VARIANTS, SUITE_KIND, THROUGHPUT, Rate  # noqa: E402
 from vlsm.axes import IMAGES_PER_S  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gpu_suite.json"
-MODELS = ("clipseg", "cris")
 ON_DEVICE, STREAMED = STORE_VARIANTS  # the store's two rows per frozen model
 PACKED = (1, 2, 4)  # unfrozen CLIPSeg trials sharing one GPU (Ray's 0.25 share packs 4)
 # Dense bf16 tensor-core peaks, TFLOP/s (NVIDIA's datasheets; sparsity not counted).
@@ -95,9 +95,8 @@ def with_mfu(row: dict[str, Any], peak: float | None) -> dict[str, Any]:
 
 def _setups(args: argparse.Namespace, variants: list[str]) -> list[Setup]:
     """Every (model, encoder, variant) the suite trains, defaults first."""
-    batch = {"clipseg": args.clipseg_batch, "cris": args.cris_batch}
-    return [Setup(m, frozen, batch[m], v) for v in variants for m in args.models for frozen in (False, True)
-            if m in APPLIES.get(v, MODELS)]
+    return [Setup(m, frozen, args.batch[m], v) for v in variants for m in args.models for frozen in (False, True)
+            if applies(v, m)]
 
 
 def throughput_rows(args, device, budget: Budget, peak: float | None, variants: list[str]) -> list[dict[str, Any]]:
@@ -205,7 +204,7 @@ def packed_rows(args, device, budget: Budget) -> list[dict[str, Any]]:
             continue
         barrier, results = ctx.Barrier(n), ctx.Queue()
         threads = max(1, (os.cpu_count() or 1) // n)
-        setup = Setup("clipseg", False, args.clipseg_batch)
+        setup = Setup("clipseg", False, args.batch["clipseg"])
         workers = [ctx.Process(target=packed_worker, args=(setup, device.type, 1 / n, threads, args.steps,
                                                            args.warmup, not args.quick, barrier, results))
                    for _ in range(n)]
@@ -383,12 +382,14 @@ def print_tables(result: dict[str, Any]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vlsm.model_registry import MODELS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="tiny models, batch 4, 3 steps: the CPU check")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--clipseg-batch", type=int, help="default: the paper's 128 (4 with --quick)")
-    parser.add_argument("--cris-batch", type=int, help="default: the paper's 32 (4 with --quick)")
+    parser.add_argument("--models", nargs="+", choices=MODELS.names(), default=list(MODELS.names()))
+    parser.add_argument("--batch", nargs="+", default=[], metavar="MODEL=N",
+                        help="batch sizes, e.g. clipseg=64 cris=16 (default: the paper's; 4 with --quick)")
     parser.add_argument("--steps", type=int, help="timed steps per measurement (default 10, 3 with --quick)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3, 2 with --quick)")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU on a GPU not in the table")
@@ -399,13 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(args: argparse.Namespace) -> argparse.Namespace:
+def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Defaults that depend on --quick; the paper's batch sizes from the model registry."""
-    from vlsm.model_registry import model_entry
+    from vlsm.model_registry import MODELS, model_key
 
-    for name, option in (("clipseg", "clipseg_batch"), ("cris", "cris_batch")):
-        if getattr(args, option) is None:
-            setattr(args, option, 4 if args.quick else int(model_entry(name).paper.batch_size))
+    given = dict(item.partition("=")[::2] for item in args.batch)
+    try:
+        given = {model_key(name): int(size) for name, size in given.items()}
+    except ValueError as err:
+        parser.error(f"--batch {' '.join(args.batch)}: expected MODEL=N with a model of {list(MODELS.names())} ({err})")
+    args.batch = {e.key: given.get(e.key, 4 if args.quick else e.paper.batch_size) for e in MODELS}
     args.steps = args.steps or (3 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
     return args
@@ -418,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from vlsm.config import TrainConfig
 
     parser = build_parser()
-    args = _resolve(parser.parse_args(argv))
+    args = _resolve(parser, parser.parse_args(argv))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu --quick for the CPU check")
     device = torch.device(args.device)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_throughput.py [--model clipseg|cris|all] [--quick] [--threads 1]
 
 Runs `vlsm.train.run_training` (the loop every trial runs) on a phantom CAMUS dataset
-with the tiny models, for clipseg and cris, frozen and unfrozen encoder, each with
+with the tiny models, for each registered model, frozen and unfrozen encoder, each with
 ``data_on_device=True`` (the uint8 cache copied to the device once, batches gathered and
 normalised there) and ``data_on_device=False`` (a DataLoader streams the memory-mapped
 cache, pinned memory on CUDA), side by side in one run. Throughput is the loop's own
@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.*, run as a script
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_throughput.json"
-MODELS = ("clipseg", "cris")
 PATHS = ((False, "loader"), (True, "on-device"))
 
 
@@ -75,9 +74,11 @@ def measure(model: str, frozen: bool, on_device: bool, caches: dict[str, Path], 
     return {"images_per_s": statistics.median(measured), "per_epoch": per_epoch, "run_wall_s": wall}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser():
+    from vlsm.model_registry import MODELS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=(*MODELS, "all"), default="all")
+    parser.add_argument("--model", choices=(*MODELS.names(), "all"), default="all")
     parser.add_argument("--quick", action="store_true",
                         help="smaller data set and one repeat (a smoke run, noisier)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -89,51 +90,52 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs per path, order alternating (default 3, --quick 1; median taken)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def measure_rows(models: tuple[str, ...], sizes: dict[str, int], caches: dict[int, dict[str, Path]], args,
+                 repeats: int, device: str, work_dir: Path) -> list[dict]:
+    """Per model and encoder mode, a row per path (loader, on-device): median images/s of
+    `repeats` runs, the paths' order alternating."""
+    rows = []
+    for model in models:
+        for frozen in (True, False):
+            runs: dict[str, list[dict]] = {name: [] for _, name in PATHS}
+            for r in range(repeats):
+                for on_device, name in PATHS if r % 2 == 0 else PATHS[::-1]:
+                    runs[name].append(measure(model, frozen, on_device, caches[sizes[model]], args, device,
+                                              work_dir))
+            rows += [{"model": model, "encoder": "frozen" if frozen else "unfrozen", "path": name,
+                      "data_on_device": on_device, "input_size": sizes[model],
+                      "images_per_s": statistics.median(x["images_per_s"] for x in runs[name]),
+                      "runs": runs[name]} for on_device, name in PATHS]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     n_patients = args.patients or (8 if args.quick else 32)
     repeats = args.repeats or (1 if args.quick else 3)
 
     import torch
 
+    from vlsm.data.cache import open_split
+    from vlsm.model_registry import MODELS
     from vlsm.models import input_size, tiny_config
 
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    models = MODELS if args.model == "all" else (args.model,)
+    models = MODELS.names() if args.model == "all" else (args.model,)
     sizes = {m: input_size(m, tiny_config(m)) for m in models}
-    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-throughput-") as tmp:
         started = time.perf_counter()
         caches = make_caches(Path(tmp), set(sizes.values()), n_patients)
         prep_s = time.perf_counter() - started
-        n_train = None
-        for model in models:
-            for frozen in (True, False):
-                runs: dict[str, list[dict]] = {name: [] for _, name in PATHS}
-                for r in range(repeats):
-                    order = PATHS if r % 2 == 0 else PATHS[::-1]
-                    for on_device, name in order:
-                        runs[name].append(measure(model, frozen, on_device, caches[sizes[model]],
-                                                  args, device, Path(tmp)))
-                for on_device, name in PATHS:
-                    rows.append({
-                        "model": model,
-                        "encoder": "frozen" if frozen else "unfrozen",
-                        "path": name,
-                        "data_on_device": on_device,
-                        "input_size": sizes[model],
-                        "images_per_s": statistics.median(x["images_per_s"] for x in runs[name]),
-                        "runs": runs[name],
-                    })
-        from vlsm.data.cache import open_split
-
+        rows = measure_rows(models, sizes, caches, args, repeats, device, Path(tmp))
         n_train = len(open_split(caches[next(iter(sizes.values()))]["train"]))
-
-    ratios = []
-    for i in range(0, len(rows), 2):
-        loader, on_dev = rows[i], rows[i + 1]
-        ratios.append({"model": loader["model"], "encoder": loader["encoder"],
-                       "on_device_over_loader": on_dev["images_per_s"] / loader["images_per_s"]})
+    ratios = [{"model": loader["model"], "encoder": loader["encoder"],
+               "on_device_over_loader": on_dev["images_per_s"] / loader["images_per_s"]}
+              for loader, on_dev in zip(rows[::2], rows[1::2], strict=True)]
 
     print(f"\ndevice {device}, torch {torch.__version__}, {args.threads} thread(s), batch "
           f"{args.batch_size}, {n_train} training items ({n_patients} phantom patients), "
@@ -147,18 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.result_file import write_result
 
     write_result(args.out, {
-        "benchmark": "train_throughput",
-        "device": device,
+        "benchmark": "train_throughput", "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
-        "threads": args.threads,
-        "batch_size": args.batch_size,
-        "epochs": args.epochs,
-        "repeats": repeats,
-        "phantom_patients": n_patients,
-        "train_items": n_train,
-        "data_prep_s": prep_s,
-        "rows": rows,
-        "ratios": ratios,
+        "threads": args.threads, "batch_size": args.batch_size, "epochs": args.epochs, "repeats": repeats,
+        "phantom_patients": n_patients, "train_items": n_train, "data_prep_s": prep_s,
+        "rows": rows, "ratios": ratios,
     })
     return 0
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from sweeps.cell import Cell
 from sweeps.spec import SweepSpec, grid_sources
 from vlsm.data.prompts import prompt_names
+from vlsm.model_registry import model_entry
 from vlsm.strategies import STRATEGY_REGISTRY, SYNTHETIC, uses_synthetic
 
 __all__ = ["dependents", "expand_grid", "order_cells", "plan_grid"]
@@ -112,7 +113,7 @@ def order_cells(cells: list[Cell]) -> list[Cell]:
             STRATEGY_REGISTRY[cell.strategy].stage,
             -len(waiting[cell.cell_id]),
             seed_rank[cell.seed],
-            cell.model != "CRIS",
+            model_entry(cell.model).schedule_rank,
             cell.encoder != "unfrozen",
             cell.prompt,
             cell.strategy,

@@ -19,7 +19,6 @@ import yaml
 from vlsm.axes import (
     BEST_VAL_DICE,
     ENCODERS,
-    MODELS,
     PAPER_SEED,
     PROVENANCE_PROMPT,
     PROVENANCES,
@@ -32,7 +31,7 @@ from vlsm.axes import (
 from vlsm.config import TrainConfig  # light: no torch
 from vlsm.data.prompts import DEFAULT_PROVENANCE_PHRASES, prompt_names  # light: no numpy
 from vlsm.data.synthetic_sources import source_names
-from vlsm.model_registry import model_key
+from vlsm.model_registry import model_key, model_names
 from vlsm.strategies import paper_strategies, strategy_names, uses_synthetic
 from vlsm.typed_config import ConfigError, from_mapping
 
@@ -65,7 +64,7 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class GridSpec:
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = field(default_factory=model_names)
     prompts: tuple[str, ...] = field(default_factory=prompt_names)
     strategies: tuple[str, ...] = field(default_factory=paper_strategies)
     encoders: tuple[str, ...] = ENCODERS
@@ -185,7 +184,7 @@ def set_values(raw: dict[str, Any], values: dict[str, Any], *, option: str = "")
 
 
 def _check_values(spec: SweepSpec, where: str) -> None:
-    allowed = {"models": MODELS, "prompts": prompt_names(), "strategies": strategy_names(), "encoders": ENCODERS}
+    allowed = {"models": model_names(), "prompts": prompt_names(), "strategies": strategy_names(), "encoders": ENCODERS}
     for axis, values in allowed.items():
         if not getattr(spec.grid, axis):
             raise SpecError(f"{where}: grid.{axis} is empty; expected some of {list(values)}")
@@ -196,8 +195,8 @@ def _check_values(spec: SweepSpec, where: str) -> None:
         if model not in spec.models:
             raise SpecError(f"{where}: models.{model} is missing (grid.models lists it)")
     for name in spec.models:
-        if name not in MODELS:
-            raise SpecError(f"{where}: models.{name}: unknown model; expected one of {list(MODELS)}")
+        if name not in model_names():
+            raise SpecError(f"{where}: models.{name}: unknown model; expected one of {list(model_names())}")
     for source, target in spec.grid.finetune_upstream.items():
         if source not in prompt_names() or target not in prompt_names():
             raise SpecError(f"{where}: grid.finetune_upstream.{source}={target}: expected prompts "

@@ -29,7 +29,8 @@ from analysis.paper_claims import (
     NO_VALIDATION,
 )
 from analysis.sweep import read_epochs, read_trials
-from vlsm.axes import PAPER_STRATEGIES, STRATEGY_MIXED
+from vlsm.axes import STRATEGY_MIXED
+from vlsm.strategies import paper_strategies
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = REPO.parent / "shared" / "reference" / "synthetic-boost" / "metrics"
@@ -45,7 +46,7 @@ def published_claims() -> pd.DataFrame:
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 seeds per cell, two synthetic sources, real+synthetic with and without provenance."""
     out = tmp_path_factory.mktemp("seeded")
-    write_example_exports(out, prompts=("P1", "P2"), strategies=(*PAPER_STRATEGIES, STRATEGY_MIXED),
+    write_example_exports(out, prompts=("P1", "P2"), strategies=(*paper_strategies(), STRATEGY_MIXED),
                           sources=("sdm", "diffecho"), seeds=(42, 43, 44), n_patients=1)
     return out
 

@@ -151,7 +151,6 @@ def test_docstrings_cite_the_design_document_of_this_repository() -> None:
 # its header): a file or a folder is written through vlsm.atomic.
 RENAMES = {
     "vlsm/atomic.py": "the helper itself",
-    "vlsm/models/clipseg.py": "a pretrained folder",
     "vlsm/data/io.py": "the .raw beside an .mhd header",
 }
 

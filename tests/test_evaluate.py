@@ -25,7 +25,7 @@ def caches(tmp_path_factory) -> dict[str, dict[str, Path]]:
             for m, s in sizes.items()}
 
 
-def _setup(model_name: str, frozen: bool, caches: dict[str, Path], shared: bool):
+def _setup(model_name: str, frozen: bool, caches: dict[str, Path], shared: bool, stock: bool = False):
     """(model, validation data, EvalSetup) of a tiny model, as `run_training` builds them."""
     from vlsm.evaluate import EvalSetup
     from vlsm.losses import DiceBCELoss
@@ -33,7 +33,8 @@ def _setup(model_name: str, frozen: bool, caches: dict[str, Path], shared: bool)
     from vlsm.trial_data import PromptTable, SplitTensors, open_cache
 
     # eval batch 5: the three structures of some images fall into two batches
-    cfg = TrainConfig(model=model_name, model_config=tiny_config(model_name), freeze_encoder=frozen,
+    config = {**tiny_config(model_name), **({"stock_forward_no_grad_encoders": True} if stock else {})}
+    cfg = TrainConfig(model=model_name, model_config=config, freeze_encoder=frozen,
                       prompt="P3", eval_batch_size=5, shared_image_eval=shared, precision="fp32")
     device = torch.device("cpu")
     split = open_cache(str(caches["val"]), "val_cache")
@@ -45,22 +46,22 @@ def _setup(model_name: str, frozen: bool, caches: dict[str, Path], shared: bool)
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["unfrozen", "frozen"])
-@pytest.mark.parametrize("model_name", ["clipseg", "cris"])
+@pytest.mark.parametrize("model_name", ["clipseg", "cris", "clipseg-stock"])
 def test_each_image_encoded_once_gives_the_results_of_one_forward_per_structure(caches, model_name, frozen,
                                                                                 monkeypatch):
     from vlsm.evaluate import evaluate
-    from vlsm.trial_data import ModelInputs
 
-    model, data, plain_setup = _setup(model_name, frozen, caches[model_name], shared=False)
-    _, _, shared_setup = _setup(model_name, frozen, caches[model_name], shared=True)
-    assert model.shares_image_encoding
-    calls, real = [], ModelInputs.encoding_each_image_once
-    monkeypatch.setattr(ModelInputs, "encoding_each_image_once", lambda *a: (calls.append(1), real(*a))[1])
+    stock = model_name == "clipseg-stock"  # the authors' setting: the towers without gradients
+    model_name = model_name.removesuffix("-stock")
+    model, data, plain_setup = _setup(model_name, frozen, caches[model_name], shared=False, stock=stock)
+    _, _, shared_setup = _setup(model_name, frozen, caches[model_name], shared=True, stock=stock)
+    encoded, real = [], model.encode_image
+    monkeypatch.setattr(model, "encode_image", lambda pixels: (encoded.append(len(pixels)), real(pixels))[1])
     plain_loss, plain_rows = evaluate(model, data, plain_setup, with_hausdorff=True)
-    assert not calls  # the switch off: one forward per pair
+    assert sum(encoded) == len(data) == 12  # the switch off: every pair's image (4 images x 3 structures)
+    encoded.clear()
     shared_loss, shared_rows = evaluate(model, data, shared_setup, with_hausdorff=True)
-    assert len(calls) == 3  # the switch on: every batch (12 pairs, 5 a batch) took the shared path
-    assert len(plain_rows) == len(data) == 12  # 4 images x 3 structures
+    assert sum(encoded) < 12 and len(encoded) == 3  # on: each image of a batch (12 pairs, 5 a batch) once
     assert shared_rows == plain_rows  # the same Dice, IoU and Hausdorff, row by row
     assert shared_loss == plain_loss
 
@@ -69,19 +70,10 @@ def test_each_image_encoded_once_gives_the_results_of_one_forward_per_structure(
     with torch.no_grad():
         for idx, images, _, _ in data.batches(torch.arange(len(data)), 7):
             assert data.image_index[idx].unique().numel() < len(idx)  # some image has several structures
-            plain = inputs(model, images, rows[idx])
-            once = inputs.encoding_each_image_once(model, images, rows[idx], data.image_index[idx])
+            plain = inputs(model, images, rows[idx], data.image_index[idx])
+            once = inputs(model, images, rows[idx], data.image_index[idx], shared=True)
             assert plain.shape == once.shape == (len(idx), 1, model.input_size, model.input_size)
             assert torch.equal(once, plain)
-
-
-def test_the_stock_clipseg_forward_is_never_split():
-    # The stock forward is one Hugging Face call, not encode_image + decode: evaluation
-    # runs it per (image, structure) whatever shared_image_eval says.
-    from vlsm.models import build_model, tiny_config
-
-    stock = build_model("clipseg", config={**tiny_config("clipseg"), "stock_forward_no_grad_encoders": True})
-    assert not stock.shares_image_encoding
 
 
 def test_the_best_weights_are_tested_with_the_trials_speed_switches(caches, tmp_path, monkeypatch):

@@ -60,16 +60,20 @@ def _inputs(model, splits, cfg: TrainConfig) -> ModelInputs:
 
 
 @pytest.mark.parametrize("model, connect_trains", [("clipseg", False), ("cris", False), ("cris", True)])
-def test_forward_is_decode_features_of_the_frozen_features(model, connect_trains, clip_rn50):
+def test_forward_is_decode_of_encode_image_and_encode_text(model, connect_trains, clip_rn50):
     pretrained = str(clip_rn50) if connect_trains else None
     net = build_model(model, config=tiny_config(model), pretrained=pretrained, freeze_encoder=True).eval()
-    assert getattr(net, "_pool_trains", False) == connect_trains
     tokens = build_tokenizer(model, config=tiny_config(model))(["Left ventricular cavity", "Myocardium of the heart"])
     ids, mask = torch.as_tensor(tokens["input_ids"]), torch.as_tensor(tokens["attention_mask"])
     pixels = torch.randn(2, 3, net.input_size, net.input_size)
     with torch.no_grad():
-        image, text = net.frozen_image_features(pixels), net.frozen_text_features(ids, mask)
-        assert torch.equal(net(pixels, ids, mask), net.decode_features(image, text, mask, (net.input_size,) * 2))
+        image, text = net.encode_image(pixels), net.encode_text(ids, mask)
+        assert torch.equal(net(pixels, ids, mask), net.decode(image, text, mask, (net.input_size,) * 2))
+    if model == "cris":  # the split where the frozen part ends: before the pool while `connect` trains
+        trained = {n.split(".")[0] for n, p in net.backbone.visual.attnpool.named_parameters() if p.requires_grad}
+        assert trained == ({"connect"} if connect_trains else set())
+        width = 32 * tiny_config("cris")["vision_width"]  # layer4's channels; C5 has embed_dim
+        assert (image[2].shape[1] == width) == connect_trains
 
 
 @pytest.mark.parametrize("model, connect_trains", [("clipseg", False), ("cris", False), ("cris", True)])
@@ -77,8 +81,8 @@ def test_a_frozen_trial_reports_the_same_with_and_without_the_store(caches, clip
                                                                     monkeypatch):
     """Losses, validation Dice, test Dice and every per-image row: exactly equal on CPU fp32."""
     extra = {"pretrained": str(clip_rn50)} if connect_trains else {}
-    read, real = [], fs.SplitFeatures.logits
-    monkeypatch.setattr(fs.SplitFeatures, "logits", lambda self, *a: (read.append(self.folder), real(self, *a))[1])
+    read, real = [], fs.SplitFeatures.gather
+    monkeypatch.setattr(fs.SplitFeatures, "gather", lambda self, *a: (read.append(self.folder), real(self, *a))[1])
     without = run_training(_cfg(caches, model, feature_store=False, **extra), lambda m, d: None)
     assert not read
     with_store = run_training(_cfg(caches, model, **extra), lambda m, d: None)  # None: on, frozen
@@ -94,18 +98,36 @@ def test_a_frozen_trial_reports_the_same_with_and_without_the_store(caches, clip
 
 
 def test_only_frozen_trials_use_the_store(caches):
-    unfrozen = build_model("clipseg", config=tiny_config("clipseg"))
-    frozen = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True)
-    assert not fs.uses_feature_store(_cfg(caches, "clipseg", freeze_encoder=False), unfrozen)
-    assert fs.uses_feature_store(_cfg(caches, "clipseg"), frozen)  # None: on when frozen
-    assert not fs.uses_feature_store(_cfg(caches, "clipseg", feature_store=False), frozen)
+    assert not fs.uses_feature_store(_cfg(caches, "clipseg", freeze_encoder=False))
+    assert fs.uses_feature_store(_cfg(caches, "clipseg"))  # None: on when frozen
+    assert not fs.uses_feature_store(_cfg(caches, "clipseg", feature_store=False))
     with pytest.raises(ValueError, match="feature_store: True needs freeze_encoder"):
         _cfg(caches, "clipseg", freeze_encoder=False, feature_store=True)
-    stock = build_model("clipseg", config={**tiny_config("clipseg"), "stock_forward_no_grad_encoders": True},
-                        freeze_encoder=True)
-    assert not fs.uses_feature_store(_cfg(caches, "clipseg"), stock)  # the stock forward is one HF call
-    with pytest.raises(ValueError, match="feature_store: True, but model clipseg cannot"):
-        fs.uses_feature_store(_cfg(caches, "clipseg", feature_store=True), stock)
+
+
+def test_the_store_keys_on_every_module_that_computes_a_models_features():
+    # a model's registry entry names the modules that compute its encode_image; any other
+    # vlsm module its builder reaches computes no feature, or the key would miss its edits
+    import ast
+    import importlib.util
+
+    from vlsm.model_registry import MODELS
+
+    generic = {"vlsm.models.common": "seeded init, weight files, input checks",
+               "vlsm.models.tokenizer": "prompt tokens: the text table is the trial's, never stored",
+               "vlsm.model_registry": "names", "vlsm.registry": "names"}
+    for entry in MODELS:
+        seen, todo = set(), [entry.build.module]
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                if name in generic:
+                    continue
+                tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
+                todo += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                         and (n.module or "").startswith("vlsm.")]
+        assert seen - set(entry.code_modules) - set(generic) == set(), entry.key
 
 
 # --- built once, keyed, whole -----------------------------------------------------------
@@ -191,7 +213,7 @@ def test_the_key_follows_the_kernels_that_round_the_features(caches):
 def test_a_failed_build_leaves_nothing(caches, monkeypatch, tmp_path):
     cfg, split = _cfg(caches, "clipseg", eval_batch_size=2), open_split(Path(caches["test"]))
     model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True, init_seed=11)
-    real, calls = model.frozen_image_features, []
+    real, calls = model.encode_image, []
 
     def dies_on_the_second_batch(pixels):
         calls.append(len(pixels))
@@ -199,13 +221,13 @@ def test_a_failed_build_leaves_nothing(caches, monkeypatch, tmp_path):
             raise KeyboardInterrupt("killed during the build")
         return real(pixels)
 
-    monkeypatch.setattr(model, "frozen_image_features", dies_on_the_second_batch)
+    monkeypatch.setattr(model, "encode_image", dies_on_the_second_batch)
     path = fs.store_path(split, fs.store_key(model, split, "fp32", CPU))
     with pytest.raises(KeyboardInterrupt):
         fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split)
     assert not path.exists()
     assert not [p for p in path.parent.iterdir() if path.name in p.name and not p.name.endswith(".lock")]
-    monkeypatch.setattr(model, "frozen_image_features", real)
+    monkeypatch.setattr(model, "encode_image", real)
     built = fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split)
     assert json.loads((built.folder / "meta.json").read_text())["n_images"] == split.n_images
 
@@ -236,10 +258,10 @@ def test_store_device_fraction_places_a_store_and_both_placements_gather_the_sam
     folder = fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split).folder
     nbytes = json.loads((folder / "meta.json").read_text())["nbytes"]
     monkeypatch.setattr(fs, "allowed_device_bytes", lambda device: nbytes / 0.3)  # the store is 30% of it
-    inputs, text = _inputs(model, [split], cfg), (torch.zeros(1),)
-    streamed = fs.SplitFeatures(folder, inputs, text, split.size, True, device_fraction=0.2)
-    kept = fs.SplitFeatures(folder, inputs, text, split.size, True, device_fraction=0.5)
-    unwanted = fs.SplitFeatures(folder, inputs, text, split.size, False, device_fraction=1.0)
+    text = (torch.zeros(1),)
+    streamed = fs.SplitFeatures(folder, CPU, text, True, device_fraction=0.2)
+    kept = fs.SplitFeatures(folder, CPU, text, True, device_fraction=0.5)
+    unwanted = fs.SplitFeatures(folder, CPU, text, False, device_fraction=1.0)
     assert (streamed.on_device, kept.on_device, unwanted.on_device) == (False, True, False)
     index = torch.tensor([3, 0, 3])
     for a, b in zip(streamed.gather(index), kept.gather(index), strict=True):

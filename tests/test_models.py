@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -12,7 +13,6 @@ import torch
 
 from vlsm import axes
 from vlsm.models import (
-    MODEL_NAMES,
     build_model,
     build_tokenizer,
     input_size,
@@ -50,51 +50,81 @@ def _one_step(model: torch.nn.Module, batch: dict) -> None:
     opt.step()
 
 
-def _toy_build(*, pretrained=None, checkpoint=None, config=None, freeze_encoder=False):
-    """A registry builder for `test_adding_a_model_is_one_registry_entry`."""
-    model = torch.nn.Conv2d(3, 1, 1)
-    model.spec = {"name": "toy", "config": config, "freeze_encoder": freeze_encoder}
-    return model
-
-
-def _toy_size(config, pretrained):
-    return 8 * len(config or {})
-
-
-def test_adding_a_model_is_one_registry_entry(monkeypatch):
-    from vlsm.config import TrainConfig
-    from vlsm.model_registry import MODEL_REGISTRY, LazyFunction, ModelEntry, PaperDefaults
-
-    here = __name__
-    entry = ModelEntry(
-        key="toy", name="Toy",
-        build=LazyFunction(here, "_toy_build"),
-        input_size=LazyFunction(here, "_toy_size"),
-        tiny_config=LazyFunction("builtins", "dict"),
-        text_shape=LazyFunction("vlsm.models.cris", "text_shape"),
-        paper=PaperDefaults(lr=0.5, batch_size=3),
-    )
-    monkeypatch.setitem(MODEL_REGISTRY, "toy", entry)
-    model = build_model("Toy", config={"a": 1}, init_seed=7)
-    assert isinstance(model, torch.nn.Conv2d) and model.spec["init_seed"] == 7
-    assert tiny_config("toy") == {} and input_size("toy", {"a": 1, "b": 2}) == 16
-    cfg = TrainConfig.from_dict({"model": "Toy"})
-    assert (cfg.model, cfg.lr, cfg.batch_size) == ("toy", 0.5, 3)
-
-
 def test_names_come_from_the_registry():
-    from vlsm.model_registry import MODEL_REGISTRY
+    from vlsm.model_registry import MODELS
 
-    assert MODEL_NAMES == ("clipseg", "cris") == tuple(MODEL_REGISTRY)
-    assert axes.MODELS == ("CLIPSeg", "CRIS") == tuple(e.name for e in MODEL_REGISTRY.values())
-    with pytest.raises(
-        ValueError,
-        match=r"model 'unet' not found; available models = \['CLIPSeg', 'CRIS', 'clipseg', 'cris'\]",
-    ):
+    assert MODELS.names() == ("clipseg", "cris")
+    assert axes.MODELS == ("CLIPSeg", "CRIS") == tuple(e.name for e in MODELS)
+    with pytest.raises(ValueError, match=r"model 'unet' not found; available models = \['clipseg', 'cris'\]"):
         build_model("unet", config={})
     with pytest.raises(ValueError, match="available models"):
         tiny_config("CLIP")
     assert tiny_config("CLIPSeg") == tiny_config("clipseg")  # display names work too
+
+
+@pytest.fixture
+def toy():
+    """The toy model (tests/toy_model.py) registered for one test, then removed."""
+    import toy_model
+
+    entry = toy_model.register()
+    yield entry
+    toy_model.unregister()
+
+
+def test_a_registered_entry_is_seen_everywhere_at_call_time(toy):
+    from vlsm.config import TrainConfig
+    from vlsm.model_registry import MODELS
+    from vlsm.models.tokenizer import TINY_CONTEXT_LENGTH
+
+    assert MODELS.names() == ("clipseg", "cris", "toy") and MODELS["Toy"] is toy
+    model = build_model("Toy", config={"input_size": 32, "width": 4}, init_seed=7)
+    assert model.spec["init_seed"] == 7 and model.input_size == 32
+    assert tiny_config("toy") == {"input_size": 64, "width": 8} and input_size("toy", {"input_size": 16}) == 16
+    cfg = TrainConfig.from_dict({"model": "Toy"})
+    assert (cfg.model, cfg.lr, cfg.batch_size) == ("toy", 1e-2, 8)  # its paper defaults
+    assert build_tokenizer("toy").max_length == TINY_CONTEXT_LENGTH  # its text shape: the tiny tokenizer
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> dict:
+    """Phantom CAMUS (4 train, 1 val, 1 test patients) prepared at 64 px."""
+    from vlsm.data.cache import prepare_dataset
+    from vlsm.data.phantom import write_demo_data
+
+    root = tmp_path_factory.mktemp("phantom")
+    demo = write_demo_data(root / "demo", seed=0, n_patients=6, n_test=1, n_val=1, size=(64, 56))
+    return prepare_dataset("camus", demo.camus_root, 64, root / "cache", split_scheme="official", progress=False)
+
+
+def test_a_toy_model_is_one_registry_entry_and_trains(toy, caches, monkeypatch):
+    """The toy entry trains through the loop every trial runs: unfrozen, and frozen with the
+    feature store (its encode_image stored, read back) giving exactly what it gives without."""
+    from pathlib import Path
+
+    from vlsm import feature_store as fs
+    from vlsm.axes import IMAGES_PER_S, SECONDS
+    from vlsm.config import TrainConfig
+    from vlsm.train import run_training
+
+    gathered = []
+    real_gather = fs.SplitFeatures.gather
+    monkeypatch.setattr(fs.SplitFeatures, "gather", lambda self, i: (gathered.append(self.folder), real_gather(self, i))[1])
+
+    def run(**switches):
+        cfg = TrainConfig.from_dict({"model": "Toy", "model_config": tiny_config("toy"), "max_epochs": 2, "min_epochs": 1,
+                                     "train_cache": str(caches["train"]), "val_cache": str(caches["val"]),
+                                     "test_cache": str(caches["test"]), "prompt": "P2", **switches})
+        result = run_training(cfg, lambda metrics, directory: None, device="cpu")
+        return [{k: v for k, v in h.items() if k not in (SECONDS, IMAGES_PER_S)} for h in result.history], result
+
+    unfrozen, _ = run(freeze_encoder=False)
+    assert not gathered and all(math.isfinite(h["train_loss"]) for h in unfrozen)
+    stored, with_store = run(freeze_encoder=True)  # feature_store None: on, the encoder frozen
+    assert {Path(p).name.split(".features-")[0] for p in gathered} == {Path(caches[s]).name for s in caches}
+    plain, without = run(freeze_encoder=True, feature_store=False)
+    assert stored == plain and with_store.test_rows == without.test_rows and len(with_store.test_rows) == 12
+    assert stored != unfrozen  # the frozen towers did not train
 
 
 def test_importing_the_registry_does_not_import_torch():

@@ -13,11 +13,11 @@ from sweeps.cell import Cell
 from sweeps.grid import expand_grid, plan_grid
 from sweeps.plan import dataset_sizes, format_plan
 from sweeps.spec import SpecError, load_spec
-from vlsm.axes import PROMPTS, STRATEGY_FINETUNE, STRATEGY_MIXED, STRATEGY_SYNTHETIC
-from vlsm.data.prompts import DEFAULT_PROVENANCE_PHRASES, with_provenance
+from vlsm.axes import STRATEGY_FINETUNE, STRATEGY_MIXED, STRATEGY_SYNTHETIC
+from vlsm.data.prompts import DEFAULT_PROVENANCE_PHRASES, prompt_names, with_provenance
 from vlsm.trial_data import mixed_epoch_order
 
-DIFFECHO_PROMPTS = {"sdm": PROMPTS[:7], "diffecho": PROMPTS[:4]}
+DIFFECHO_PROMPTS = {"sdm": prompt_names()[:7], "diffecho": prompt_names()[:4]}
 
 
 def test_seeds_make_one_trial_per_cell_and_seed_and_chain_within_a_seed() -> None:

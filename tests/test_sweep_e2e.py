@@ -15,7 +15,10 @@ import pandas as pd
 import pytest
 
 from analysis import schema
-from vlsm.axes import ENCODERS, MODELS, PAPER_STRATEGIES, PROMPTS
+from vlsm.axes import ENCODERS
+from vlsm.data.prompts import prompt_names
+from vlsm.model_registry import model_names
+from vlsm.strategies import paper_strategies
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "sweeps" / "paper_grid.py"
@@ -72,8 +75,8 @@ def test_small_grid_exports(small_sweep: Path) -> None:
     trials = pd.read_parquet(exports / schema.TRIALS_FILE)
     assert list(trials.columns[: len(schema.TRIALS_COLUMNS)]) == list(schema.TRIALS_COLUMNS)
     assert len(trials) == 3 and set(trials["status"]) == {"done"}
-    assert set(trials["model"]) <= set(MODELS) and set(trials["strategy"]) == set(PAPER_STRATEGIES)
-    assert set(trials["encoder"]) <= set(ENCODERS) and set(trials["prompt"]) <= set(PROMPTS)
+    assert set(trials["model"]) <= set(model_names()) and set(trials["strategy"]) == set(paper_strategies())
+    assert set(trials["encoder"]) <= set(ENCODERS) and set(trials["prompt"]) <= set(prompt_names())
     finetune = trials[trials["strategy"] == "synth-PT:real-FT"].iloc[0]
     assert finetune["upstream_trial_id"] == "cris-synthetic-frozen-p1"
     assert trials["mlflow_run_id"].notna().all() and trials["mlflow_run_id"].is_unique

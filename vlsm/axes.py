@@ -1,41 +1,25 @@
-"""Grid axes, structures and metric names: defined once, imported everywhere.
-
-The values here are the ones users see in exports, tables and MLflow: model in
-{CLIPSeg, CRIS}, strategy in {real, synthetic, synth-PT:real-FT, real+synthetic},
-encoder in {frozen, unfrozen}, prompt in {P0..P7}; beside them the synthetic source a
-cell trains on (sdm, diffecho, imagefolder; "" for real cells), the provenance phrase of
-a real+synthetic cell (prompt | none; "" otherwise) and the seed (docs/design.md,
-"Vocabulary").
+"""Grid axes, structures and metric names: defined once, imported everywhere. The values
+of the model, strategy, prompt and synthetic-source axes are their registries' entries
+(docs/design.md, "Vocabulary" and "Registries"); here are the names every layer shares.
 """
 
 from __future__ import annotations
 
-from vlsm.model_registry import MODEL_REGISTRY
-
 # --- grid axes -------------------------------------------------------------------------
 # The axes that name a grid cell, in the order of cell ids, export columns and tables.
 CELL_AXES: tuple[str, ...] = ("model", "strategy", "encoder", "prompt")
-# The models are the registry's (display names); adding one is one registry entry.
-MODELS: tuple[str, ...] = tuple(entry.name for entry in MODEL_REGISTRY.values())
+# The paper's strategies, by name (their entries: vlsm.strategies).
 STRATEGY_REAL = "real"
 STRATEGY_SYNTHETIC = "synthetic"
 STRATEGY_FINETUNE = "synth-PT:real-FT"
 # The paper's future work: real and synthetic pairs in one training set, the prompt
 # saying which is which (issue 11).
 STRATEGY_MIXED = "real+synthetic"
-PAPER_STRATEGIES: tuple[str, ...] = (STRATEGY_REAL, STRATEGY_SYNTHETIC, STRATEGY_FINETUNE)
-STRATEGIES: tuple[str, ...] = (*PAPER_STRATEGIES, STRATEGY_MIXED)
-# Strategies that train on synthetic data (so have a synthetic source).
-SYNTHETIC_STRATEGIES: tuple[str, ...] = (STRATEGY_SYNTHETIC, STRATEGY_FINETUNE, STRATEGY_MIXED)
 ENCODERS: tuple[str, ...] = ("frozen", "unfrozen")
-PROMPTS: tuple[str, ...] = tuple(f"P{i}" for i in range(8))
-# Synthetic (SDM) data has no image-quality attribute, hence no P7 (docs/design.md).
-SYNTHETIC_PROMPTS: tuple[str, ...] = PROMPTS[:7]
 
 # Where a cell's synthetic data comes from: the format of its folder. "sdm" is the paper's.
 SYNTHETIC_SOURCE = "synthetic_source"
-SOURCE_SDM = "sdm"
-SYNTHETIC_SOURCES: tuple[str, ...] = (SOURCE_SDM, "diffecho", "imagefolder")
+SOURCE_SDM = "sdm"  # the paper's (the sources' entries: vlsm.data.synthetic_sources)
 # Whether a real+synthetic cell's prompts say "real" / "synthetic" ("" for other strategies).
 PROVENANCE = "provenance"
 PROVENANCE_PROMPT = "prompt"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from vlsm.data.prompts import prompt_names
-from vlsm.model_registry import MODEL_REGISTRY, model_entry
+from vlsm.model_registry import MODELS, model_entry
 from vlsm.typed_config import Check, Choice, ConfigError, Range, from_mapping, normalise_fields
 
 __all__ = ["TrainConfig"]
@@ -26,7 +26,7 @@ Fraction = Range(ge=0, le=1)
 
 def _model_names() -> list[str]:
     """Registry keys and display names ("clipseg", "CLIPSeg", ...)."""
-    return sorted({*MODEL_REGISTRY, *(entry.name for entry in MODEL_REGISTRY.values())})
+    return sorted(name for entry in MODELS for name in (entry.key, entry.name))
 
 
 def _two_phrases(phrases: dict) -> bool:

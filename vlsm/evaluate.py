@@ -50,7 +50,7 @@ class EvalSetup:
     cfg: TrainConfig
     precision: str
     device: torch.device
-    features: FeatureStore | None = None  # the frozen towers' outputs read from a store
+    features: FeatureStore | None = None  # the image features read from a store
 
     def inputs_for(self, model: nn.Module) -> ModelInputs:
         """The model's inputs (its pixel normalisation, the trial's prompts and precision)."""
@@ -67,26 +67,20 @@ def evaluate(
 ) -> tuple[float, list[dict[str, Any]]]:
     """Mean loss and one row per item (image, structure, prompt, dice, iou[, hausdorff]).
 
-    Deterministic: items in cache order, first phrasing of each prompt. With
-    cfg.shared_image_eval (and a model whose forward splits into `encode_image` and
-    `decode`), each image of a batch is encoded once for all its structures; with a
-    feature store (setup.features) the frozen towers do not run at all.
+    Deterministic: items in cache order, first phrasing of each prompt. The image features
+    come from the feature store (setup.features), else with cfg.shared_image_eval each
+    image of a batch is encoded once for all its structures (`ModelInputs`).
     """
     model.eval()
     inputs = setup.inputs_for(model)
     stored = None if setup.features is None else setup.features.split(model, data.split)
-    shared = setup.cfg.shared_image_eval and getattr(model, "shares_image_encoding", False)
     rows_all = setup.prompts.choose(data.split.items, None)  # (N,)
     loss_sum, out = 0.0, []
     batches = data.batches(torch.arange(len(data)), setup.cfg.eval_batch_size)
     for idx, images, labels, eval_labels in batches:
         structure = data.structure[idx].to(labels.device).view(-1, 1, 1)  # (B, 1, 1)
-        if stored is not None:  # the frozen towers' outputs read back
-            logits = stored.logits(model, data.image_index[idx], rows_all[idx])
-        elif shared:  # each image encoded once for its structures
-            logits = inputs.encoding_each_image_once(model, images, rows_all[idx], data.image_index[idx])
-        else:
-            logits = inputs(model, images, rows_all[idx])  # (B, 1, S, S)
+        logits = inputs(model, images, rows_all[idx], data.image_index[idx], stored=stored,
+                        shared=setup.cfg.shared_image_eval)  # (B, 1, S, S)
         loss_sum += float(setup.loss_fn(logits, (labels == structure).unsqueeze(1))) * len(idx)
         pred = predict_masks(logits, setup.cfg.threshold)  # (B, 512, 512) bool
         truth = eval_labels == structure  # (B, 512, 512) bool

@@ -1,33 +1,13 @@
-"""The feature store: a frozen encoder's image features, computed once per cache split.
-
-Why: a frozen trial spends most of a step in towers that never change (CLIPSeg's vision
-tower: 464 ms an image on 2 CPU cores, against 65 ms for a decoder step on a pair at
-batch 8). Their outputs depend only on the frozen weights, the image and the precision,
-and training has no augmentation (docs/design.md, "Training"), so they are computed once
-into a read-only folder beside the data cache and every frozen trial on the node reads
-them back memory-mapped (docs/design.md, "The feature store").
+"""The feature store: a frozen encoder's `encode_image` output, computed once per cache split.
 
     store = FeatureStore(inputs, cfg, device)            # inputs: the trial's ModelInputs
     train = store.split(model, train_split)              # built on first use, then reused
-    logits = train.logits(model, image_index, rows)      # (B, 1, S, S), no frozen forward
+    logits = inputs(model, images, rows, image_index, stored=train)   # no frozen tower runs
 
-A store folder is ``<cache folder>.features-<key[:16]>`` next to its cache folder. The key
-is a hash of the frozen weights (`vlsm.checkpoint.frozen_fingerprint`), the cache's own
-content key, the input size, the precision and device type the features were computed
-with, the kernels that round them (`vlsm.speed.kernel_choices`: attention, channels_last),
-what the model stores (`frozen_feature_spec`), `STORE_VERSION`, the torch and
-transformers versions and the source of the modules that compute the features. It is
-built like a cache folder (`vlsm.data.cache.build_folder_once`: in a temporary folder,
-under a lock, renamed into place), so a killed build leaves nothing, and concurrent
-trials on a node wait for the first one's build and reuse it. When the trial's cache came
-from shared storage, a store built here is published beside the cache's URI and a store
-found there is fetched, not rebuilt (other nodes).
-
-Layout: ``image_<i>.npy`` (N, ...) per image feature of the model (N = images of the
-split, cache order), in the dtype the towers computed (bf16 kept as its uint16 bits),
-and ``meta.json`` (key, shapes, dtype). The text tower's features are a small table, one
-row per distinct prompt string of the trial (`vlsm.trial_data.PromptTable`), computed
-once per trial and kept on the device.
+A store is a read-only folder ``<cache folder>.features-<key[:16]>`` beside its cache
+(``image_<i>.npy`` per feature, cache order, and ``meta.json``), built like a cache folder
+and keyed by everything that decides its values (`store_key`); the text tower's outputs
+are a per-trial table. Why and how: docs/design.md, "The feature store".
 """
 
 from __future__ import annotations
@@ -45,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlsm.atomic import not_writable
+from vlsm.atomic import build_folder_once, not_writable
 from vlsm.checkpoint import frozen_fingerprint
 from vlsm.config import TrainConfig
 from vlsm.data import remote_cache
-from vlsm.data.cache import build_folder_once, code_digest
+from vlsm.data.cache import code_digest
+from vlsm.model_registry import model_entry
 from vlsm.speed import kernel_choices
 from vlsm.trial_data import ModelInputs, allowed_device_bytes, keep_on_device
 
@@ -62,33 +43,16 @@ __all__ = ["STORE_VERSION", "FeatureStore", "SplitFeatures", "host_array", "read
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1  # bump when the layout or meaning of the stored files changes
-_CODE_MODULES: tuple[str, ...] = (  # their source decides the stored values
-    "vlsm.models.clipseg",
-    "vlsm.models.cris",
-    "vlsm.models.cris_clip",
-    "vlsm.trial_data",  # pixel normalisation and precision
-    "vlsm.feature_store",
-)
+# Besides the model's own (its registry entry's code_modules), these modules' source
+# decides the stored values: pixel normalisation and precision, the layout.
+_CODE_MODULES: tuple[str, ...] = ("vlsm.trial_data", "vlsm.feature_store")
 _META = "meta.json"
 
 
-def uses_feature_store(cfg: TrainConfig, model: nn.Module) -> bool:
-    """Whether this trial reads its frozen features from a store.
-
-    cfg.feature_store None (auto): when the encoder is frozen and the model's forward is
-    split at its frozen towers (not CLIPSeg's stock forward). True where the model cannot
-    use one raises ValueError, before anything runs.
-    """
-    able = bool(getattr(model, "freeze_encoder", False) and getattr(model, "shares_image_encoding", False)
-                and hasattr(model, "frozen_image_features"))
-    if cfg.feature_store is None:
-        return able
-    if cfg.feature_store and not able:
-        raise ValueError(
-            f"feature_store: True, but model {cfg.model} cannot use one (it needs freeze_encoder True "
-            f"and a forward split at the frozen towers; CLIPSeg's stock forward is not); set it None or False"
-        )
-    return cfg.feature_store
+def uses_feature_store(cfg: TrainConfig) -> bool:
+    """Whether this trial reads its image features from a store: cfg.feature_store, None
+    (auto) meaning when the encoder is frozen (True with an unfrozen one fails in TrainConfig)."""
+    return cfg.freeze_encoder if cfg.feature_store is None else cfg.feature_store
 
 
 def _cache_key(split: PreparedSplit) -> str:
@@ -98,13 +62,15 @@ def _cache_key(split: PreparedSplit) -> str:
 
 def store_key(model: nn.Module, split: PreparedSplit, precision: str, device: torch.device,
               fingerprint: str | None = None) -> str:
-    """The content key of the store of (frozen weights, cache split, size, precision, code)."""
+    """The content key of the store of (frozen weights, model, cache split, size, precision,
+    kernels, code). The model's spec holds its architecture (which layers `encode_image`
+    returns); its init_seed is left out (the frozen weights are hashed)."""
     import transformers
 
     parts = {
         "store_version": STORE_VERSION,
         "frozen_sha256": fingerprint or frozen_fingerprint(model),
-        "features": model.frozen_feature_spec(),
+        "model": {k: v for k, v in model.spec.items() if k != "init_seed"},
         "kernels": kernel_choices(model),  # attention kernel, channels_last: their rounding
         "cache_key": _cache_key(split),
         "size": split.size,
@@ -112,7 +78,7 @@ def store_key(model: nn.Module, split: PreparedSplit, precision: str, device: to
         "device_type": torch.device(device).type,  # GPU and CPU kernels round differently
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "code": code_digest(_CODE_MODULES),
+        "code": code_digest((*model_entry(model.spec["name"]).code_modules, *_CODE_MODULES)),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -134,7 +100,7 @@ def _build(folder: Path, model: nn.Module, split: PreparedSplit, inputs: ModelIn
         with torch.no_grad():
             for start in range(0, n, batch_size):
                 images = torch.from_numpy(np.array(split.images[start:start + batch_size])).to(inputs.device)
-                features = inputs.image_features(model, images)  # B rows each
+                features = inputs.image_features(model, images)  # encode_image: B rows each
                 if not arrays:
                     dtype, orders = features[0].dtype, [_memory_order(f) for f in features]
                     arrays = [open_memmap(folder / f"image_{i}.npy", "w+", _numpy_dtype(dtype),
@@ -189,18 +155,18 @@ def host_array(t: torch.Tensor) -> np.ndarray:
 
 
 class SplitFeatures:
-    """One split's stored image features for the loop: on the device when they fit, else
-    gathered per batch from the memory-mapped files."""
+    """One split's stored image features and the trial's text table, for `ModelInputs`:
+    on the device when they fit, else gathered per batch from the memory-mapped files."""
 
-    def __init__(self, folder: Path, inputs: ModelInputs, text: tuple[torch.Tensor, ...], size: int,
+    def __init__(self, folder: Path, device: torch.device, text: tuple[torch.Tensor, ...],
                  on_device_wanted: bool, device_fraction: float):
         meta = json.loads((folder / _META).read_text())
-        self.folder, self.inputs, self.text, self.size = folder, inputs, text, (size, size)
+        self.folder, self.device, self.text = folder, device, text  # text: P rows each
         self.dtype = getattr(torch, meta["dtype"])
         self.arrays = [np.load(folder / f"image_{i}.npy", mmap_mode="r") for i in range(len(meta["shapes"]))]
         # stored dimension order -> the model's: argsort of each stored order
         self.unpermute = [sorted(range(len(order)), key=order.__getitem__) for order in meta["orders"]]
-        allowed = allowed_device_bytes(inputs.device)
+        allowed = allowed_device_bytes(device)
         # at most device_fraction (`TrainConfig.store_device_fraction`) of the GPU memory the
         # trial may use; on CPU (allowed None) the memory maps are the page cache already:
         # never copied
@@ -210,22 +176,18 @@ class SplitFeatures:
         if self.on_device:
             with warnings.catch_warnings():  # the read-only maps are only read: copied to the device
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                self.tensors = [host_tensor(np.asarray(a), self.dtype).to(inputs.device) for a in self.arrays]
+                self.tensors = [host_tensor(np.asarray(a), self.dtype).to(device) for a in self.arrays]
         log.info("feature store %s: %.2f GB of %s features, %s", folder, meta["nbytes"] / 1e9, meta["dtype"],
                  "on the device" if self.on_device else "read from the memory maps")
 
     def gather(self, image_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The features of images image_index (B,): B rows each, on the device."""
         if self.on_device:
-            index = image_index.to(self.inputs.device)
+            index = image_index.to(self.device)
             rows = [t[index] for t in self.tensors]
         else:
-            rows = read_rows(self.arrays, image_index, self.dtype, self.inputs.device)
+            rows = read_rows(self.arrays, image_index, self.dtype, self.device)
         return tuple(r.permute(back) for r, back in zip(rows, self.unpermute, strict=True))
-
-    def logits(self, model: nn.Module, image_index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Images image_index (B,) with prompt rows (B,) -> logits (B, 1, S, S)."""
-        return self.inputs.from_features(model, self.gather(image_index), self.text, rows, self.size)
 
 
 class FeatureStore:
@@ -274,12 +236,12 @@ class FeatureStore:
                                  f"set feature_store False or prepare the cache in a writable folder")
 
     def text(self, model: nn.Module, fingerprint: str) -> tuple[torch.Tensor, ...]:
-        """Every prompt row's frozen text features (P rows each), computed once."""
+        """Every prompt row's `encode_text` (P rows each), computed once."""
         if fingerprint not in self._text:
             was_training = model.training
             model.eval()
             with torch.no_grad():
-                self._text[fingerprint] = self.inputs.text_features(model, self.cfg.eval_batch_size)
+                self._text[fingerprint] = self.inputs.text_table(model, self.cfg.eval_batch_size)
             model.train(was_training)
         return self._text[fingerprint]
 
@@ -300,6 +262,6 @@ class FeatureStore:
                          time.perf_counter() - started)
                 if remote is not None:
                     remote_cache.publish_folder(path, remote)
-            self._splits[memo] = SplitFeatures(path, self.inputs, self.text(model, fingerprint), split.size,
+            self._splits[memo] = SplitFeatures(path, self.device, self.text(model, fingerprint),
                                                self.cfg.data_on_device, self.cfg.store_device_fraction)
         return self._splits[memo]

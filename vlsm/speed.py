@@ -1,23 +1,11 @@
 """The GPU path: switches that change how fast a trial trains, never what it computes.
 
-    from vlsm.speed import build_adamw, prepare_model
     model = prepare_model(model, cfg, device)     # attention, stop-early, channels_last, compile
     optimizer = build_adamw(params, cfg, device)  # AdamW, fused on CUDA unless switched off
 
-Why one module: each optimisation is a `TrainConfig` field, so an ablation switches one
-part off, and each has a CPU test proving it gives the plain path's results
-(tests/test_speed.py): docs/design.md, "The GPU path".
-
-- `vision_stop_early`: CLIPSeg's vision tower stops after its last tapped layer
-  (`CLIPSeg.vision_stop_early`; the decoder reads hidden states 4, 7, 10 of 13).
-- `attention`: CLIPSeg's Hugging Face attention, "sdpa" (PyTorch's fused
-  `scaled_dot_product_attention`, what transformers 5 picks by default) or "eager".
-  CRIS needs no switch: its attention pool calls `F.scaled_dot_product_attention` and
-  its `nn.MultiheadAttention` layers (need_weights=False) reach the same kernels.
-- `fused_adamw`: `AdamW(fused=True)`, one kernel for all parameters (None: on CUDA).
-- `channels_last`: CRIS's weights and its backbone's input in NHWC memory order, which
-  cuDNN's tensor-core convolutions prefer.
-- `compile`: `nn.Module.compile()` (in place: the state-dict names stay the same).
+Each is a `TrainConfig` field with a CPU test proving it gives the plain path's results
+(tests/test_speed.py); `compile` compiles the model's contract methods (`CONTRACT_METHODS`),
+in place. docs/design.md, "The GPU path".
 """
 
 from __future__ import annotations
@@ -30,7 +18,10 @@ from torch import nn
 
 from vlsm.config import TrainConfig
 
-__all__ = ["build_adamw", "kernel_choices", "prepare_model", "set_kernel_flags", "uses_fused_adamw"]
+__all__ = ["CONTRACT_METHODS", "build_adamw", "kernel_choices", "prepare_model", "set_kernel_flags",
+           "uses_fused_adamw"]
+
+CONTRACT_METHODS = ("encode_image", "encode_text", "decode")  # what `compile` compiles (vlsm.models)
 
 
 def uses_fused_adamw(cfg: TrainConfig, device: torch.device) -> bool:
@@ -64,7 +55,8 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> n
     if cfg.channels_last:
         _to_channels_last(model)
     if cfg.compile:
-        model.compile()
+        for name in CONTRACT_METHODS:
+            setattr(model, name, torch.compile(getattr(model, name)))
     return model
 
 

@@ -1,25 +1,9 @@
 """The training loop of one trial: train, validate, checkpoint, stop early, test the best.
 
-Why it is separate from the Ray trainable (`vlsm.trainable`): the loop only needs a
-`report(metrics, checkpoint_dir)` callable, so it runs (and is tested) without Ray.
+    run_training(TrainConfig.from_dict({...}), report=lambda metrics, checkpoint_dir: ...)
 
-    from vlsm.config import TrainConfig
-    from vlsm.train import run_training
-    run_training(TrainConfig.from_dict({...}), report=lambda m, d: print(m))
-
-What a trial does (docs/design.md, "Training"): soft Dice + 0.2 BCE, AdamW,
-ReduceLROnPlateau on the validation loss, early stopping on validation Dice, gradient
-clipping, mixed precision on GPUs, the best-validation-Dice weights kept in ``best/``,
-a full checkpoint every `checkpoint_interval_s` seconds and at the end, and at the end
-the best weights tested per image and structure at 512 x 512.
-
-Exact resume: the epoch order and the training phrasings are pure functions of
-(seed, epoch); everything else that changes is in the checkpoint (the weights, and the
-`vlsm.train_state.TrainState`: optimizer, scheduler, grad scaler, early stopping,
-global RNGs), so a trial stopped after epoch k and resumed ends with the same weights
-and metrics as one that never stopped (on CPU). A trial killed between checkpoints
-resumes from the last one and runs the epochs after it again, reporting the same
-metrics for them (a report's consumers keep one per epoch).
+It needs only a `report` callable, so it runs (and is tested) without Ray (`vlsm.trainable`
+wraps it). What a trial does and how it resumes exactly: docs/design.md, "Training".
 """
 
 from __future__ import annotations
@@ -40,7 +24,7 @@ import torch
 from torch import nn
 
 from vlsm import checkpoint as ckpt
-from vlsm.atomic import write_json_atomic
+from vlsm.atomic import atomic_folder, write_json_atomic
 from vlsm.axes import (
     BEST_EPOCH,
     BEST_VAL_DICE,
@@ -141,25 +125,7 @@ def run_training(
                 return _result(state, history)
         checkpoint_due = _CheckpointClock(cfg.checkpoint_interval_s, clock)
         for epoch in range(0) if state.stop_reason else range(state.epoch + 1, cfg.max_epochs + 1):
-            started = time.perf_counter()
-            train_loss, train_seconds, train_pairs = _train_epoch(trial, epoch)
-            val_loss, val_rows = evaluate(trial.model, trial.val_data, trial.setup)  # validate
-            val_dice = float(np.mean([r[DICE] for r in val_rows]))
-            finite = math.isfinite(train_loss) and math.isfinite(val_loss)
-            if finite and val_dice > state.best_val_dice:  # keep the best
-                state.best_val_dice, state.best_epoch = val_dice, epoch
-                files.keep_best({EPOCH: epoch, VAL_DICE: val_dice, VAL_LOSS: val_loss})
-            lr = state.optimizer.param_groups[0]["lr"]  # the epoch's, before the scheduler steps
-            if finite:
-                state.scheduler.step(val_loss)
-            state.stop_reason = _stop_reason(state, cfg, epoch, train_loss, val_loss, val_dice)
-            state.epoch, state.last_metrics = epoch, {
-                EPOCH: epoch, TRAIN_LOSS: train_loss, VAL_LOSS: val_loss, VAL_DICE: val_dice,
-                BEST_VAL_DICE: state.best_val_dice, BEST_EPOCH: state.best_epoch, LR: lr,
-                IMAGES_PER_S: train_pairs / max(train_seconds, 1e-9),
-                SECONDS: time.perf_counter() - started, STOP_REASON: state.stop_reason,
-            }
-            log.info("epoch %d: %s", epoch, state.last_metrics)
+            _run_epoch(trial, files, epoch)
             if state.stop_reason:
                 break  # the final report below carries this epoch
             directory = files.save(state) if checkpoint_due() else None  # report
@@ -198,7 +164,7 @@ class _Trial:
     inputs: ModelInputs
     train_data: SplitTensors
     val_data: SplitTensors
-    train_features: SplitFeatures | None  # the frozen towers' stored outputs (feature_store)
+    train_features: SplitFeatures | None  # the stored image features (feature_store)
     test_split: PreparedSplit | None
     state: TrainState
 
@@ -227,7 +193,7 @@ def _set_up(cfg: TrainConfig, device: str | torch.device | None, resume_dir: Pat
                           provenance=cfg.provenance_phrases)
     inputs = ModelInputs(model, prompts, device, precision)
     features = None
-    if uses_feature_store(cfg, model):  # the frozen towers' outputs computed once, read back
+    if uses_feature_store(cfg):  # the frozen image features computed once, read back
         features = FeatureStore(inputs, cfg, device)
         features.check_writable(model, [s for s in splits if s is not None])
     setup = EvalSetup(prompts, DiceBCELoss(cfg.dice_weight, cfg.bce_weight, cfg.dice_smooth), cfg,
@@ -290,10 +256,8 @@ def _train_epoch(trial: _Trial, epoch: int) -> tuple[float, float, int]:
     for idx, images, labels in data.batches(order, cfg.batch_size):
         structure = data.structure[idx].to(device).view(-1, 1, 1)  # (B, 1, 1)
         target = (labels == structure).unsqueeze(1)  # (B, 1, S, S)
-        if trial.train_features is not None:  # frozen towers read from the store
-            logits = trial.train_features.logits(trial.model, data.image_index[idx], phrasing[idx])
-        else:
-            logits = trial.inputs(trial.model, images, phrasing[idx])  # (B, 1, S, S)
+        logits = trial.inputs(trial.model, images, phrasing[idx], data.image_index[idx],
+                              stored=trial.train_features)  # (B, 1, S, S)
         loss = trial.setup.loss_fn(logits, target)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
@@ -304,6 +268,31 @@ def _train_epoch(trial: _Trial, epoch: int) -> tuple[float, float, int]:
         loss_sum += loss.detach() * len(idx)
     _sync(device)
     return float(loss_sum) / len(order), time.perf_counter() - started, len(order)
+
+
+def _run_epoch(trial: _Trial, files: _TrialFiles, epoch: int) -> None:
+    """Train and validate one epoch: keep the best weights, step the scheduler, and set the
+    state's epoch, stop reason and metrics."""
+    cfg, state = trial.cfg, trial.state
+    started = time.perf_counter()
+    train_loss, train_seconds, train_pairs = _train_epoch(trial, epoch)
+    val_loss, val_rows = evaluate(trial.model, trial.val_data, trial.setup)  # validate
+    val_dice = float(np.mean([r[DICE] for r in val_rows]))
+    finite = math.isfinite(train_loss) and math.isfinite(val_loss)
+    if finite and val_dice > state.best_val_dice:  # keep the best
+        state.best_val_dice, state.best_epoch = val_dice, epoch
+        files.keep_best({EPOCH: epoch, VAL_DICE: val_dice, VAL_LOSS: val_loss})
+    lr = state.optimizer.param_groups[0]["lr"]  # the epoch's, before the scheduler steps
+    if finite:
+        state.scheduler.step(val_loss)
+    state.stop_reason = _stop_reason(state, cfg, epoch, train_loss, val_loss, val_dice)
+    state.epoch, state.last_metrics = epoch, {
+        EPOCH: epoch, TRAIN_LOSS: train_loss, VAL_LOSS: val_loss, VAL_DICE: val_dice,
+        BEST_VAL_DICE: state.best_val_dice, BEST_EPOCH: state.best_epoch, LR: lr,
+        IMAGES_PER_S: train_pairs / max(train_seconds, 1e-9),
+        SECONDS: time.perf_counter() - started, STOP_REASON: state.stop_reason,
+    }
+    log.info("epoch %d: %s", epoch, state.last_metrics)
 
 
 def _stop_reason(state: TrainState, cfg: TrainConfig, epoch: int, train_loss: float,
@@ -381,14 +370,11 @@ class _TrialFiles:
         if self.pending_best is None:
             return
         tensors, metrics = self.pending_best
-        staging = self.best_dir.with_name(self.best_dir.name + ".new")
-        shutil.rmtree(staging, ignore_errors=True)
-        ckpt.save_model(self.trial.model, staging, include_frozen=self.trial.include_frozen,
-                        frozen_sha256=self.trial.frozen_sha, tokenizer=self.trial.tokenizer,
-                        tensors=tensors)
-        write_json_atomic(staging / "metrics.json", metrics)
-        shutil.rmtree(self.best_dir, ignore_errors=True)
-        staging.rename(self.best_dir)
+        with atomic_folder(self.best_dir, replace=True) as staging:
+            ckpt.save_model(self.trial.model, staging, include_frozen=self.trial.include_frozen,
+                            frozen_sha256=self.trial.frozen_sha, tokenizer=self.trial.tokenizer,
+                            tensors=tensors)
+            write_json_atomic(staging / "metrics.json", metrics)
         self.pending_best = None
 
 

@@ -1,15 +1,12 @@
 """What the training loop feeds the model: prompt tokens, uint8 pixels, model inputs.
 
-Why on the device: the cache holds uint8 pixels at the model's input size; copying
-them to the GPU once and normalising there keeps the GPU from waiting on a DataLoader
-(docs/design.md, "Performance facts"). Splits too large for the trial's GPU share
-stream from the memory-mapped cache instead (`keep_on_device`).
-
     prompts = PromptTable(splits, "p2", tokenizer, device)
-    data = SplitTensors(split, cfg, device, with_eval=False)
+    data = SplitTensors(split, cfg, device, with_eval=False)    # uint8 on the device when it fits
     inputs = ModelInputs(model, prompts, device, "fp32")
     for idx, images, labels in data.batches(epoch_order(len(data), seed, epoch), 8):
-        logits = inputs(model, images, prompts.choose(split.items, None)[idx])  # (B, 1, S, S)
+        logits = inputs(model, images, prompts.choose(split.items, None)[idx], data.image_index[idx])
+
+Why pixels live on the device and are normalised there: docs/design.md, "Performance facts".
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -250,11 +247,22 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return torch.autocast(device.type, dtype=dtype)
 
 
-class ModelInputs:
-    """uint8 pixels and prompt rows -> the model's logits, inputs built on the device.
+class StoredFeatures(Protocol):
+    """A split's stored image features and the trial's text table (`vlsm.feature_store`)."""
 
-    The forward pass runs under the trial's precision (autocast for bf16 / fp16); the
-    loss is computed outside it, in float32.
+    text: tuple[torch.Tensor, ...]  # P rows each, one per prompt row
+
+    def gather(self, image_index: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+
+
+class ModelInputs:
+    """uint8 pixels and prompt rows -> the model's logits, through its contract: one path.
+
+    Image features come from the feature store (`stored`), or from `encode_image` of every
+    row, or (`shared`: evaluation, an image with its three structures) of each distinct
+    image once; text features from the store's table or from `encode_text` of the rows;
+    then `decode`. All under the trial's precision (autocast for bf16 / fp16); the loss is
+    computed outside it, in float32.
     """
 
     def __init__(self, model: nn.Module, prompts: PromptTable, device: torch.device, precision: str):
@@ -262,56 +270,47 @@ class ModelInputs:
         self.std = torch.tensor(model.image_std, device=device).view(1, 3, 1, 1)
         self.prompts, self.device, self.precision = prompts, device, precision
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """images (B, S, S) uint8, rows (B,) -> logits (B, 1, S, S)."""
+    def __call__(self, model: nn.Module, images: torch.Tensor, rows: torch.Tensor, image_index: torch.Tensor,
+                 *, stored: StoredFeatures | None = None, shared: bool = False) -> torch.Tensor:
+        """images (B, S, S) uint8, prompt rows (B,), the rows' images in the cache
+        (image_index (B,)) -> logits (B, 1, S, S)."""
         with autocast_for(self.device, self.precision):
             rows = rows.to(self.mean.device)
-            return model(self._pixels(images), self.prompts.input_ids[rows], self.prompts.attention_mask[rows])
+            mask = self.prompts.attention_mask[rows]  # (B, L)
+            if stored is not None:
+                image, text = stored.gather(image_index), tuple(t[rows] for t in stored.text)
+            else:
+                image = self._encoded(model, images, image_index if shared else None)
+                text = model.encode_text(self.prompts.input_ids[rows], mask)
+            return model.decode(image, text, mask, tuple(images.shape[-2:]))
 
-    def encoding_each_image_once(self, model: nn.Module, images: torch.Tensor, rows: torch.Tensor,
-                                 image_index: torch.Tensor) -> torch.Tensor:
-        """Like the call, but each distinct image (image_index (B,)) of the batch goes through
-        `model.encode_image` once and its features serve all its rows in `model.decode`.
-
-        Why: an image is evaluated with three prompts (one per structure), and the image
-        part of a model (CLIPSeg's vision tower, CRIS's visual backbone) ignores the prompt.
-        """
+    def _encoded(self, model: nn.Module, images: torch.Tensor, image_index: torch.Tensor | None) -> tuple:
+        """`encode_image` of every row's image, or with image_index of each distinct image
+        once, its features then serving all its rows (B rows each)."""
+        if image_index is None:
+            return model.encode_image(self._pixels(images))
         distinct, inverse = torch.unique(image_index, return_inverse=True)  # (U,), (B,)
         first = torch.full((len(distinct),), len(inverse)).scatter_reduce_(
             0, inverse, torch.arange(len(inverse)), reduce="amin")  # (U,) a row of each image
+        features = model.encode_image(self._pixels(images[first.to(images.device)]))  # U rows each
         inverse = inverse.to(images.device)
-        with autocast_for(self.device, self.precision):
-            features = model.encode_image(self._pixels(images[first.to(images.device)]))  # U rows each
-            features = tuple(f[inverse] for f in features)  # B rows each
-            rows = rows.to(self.mean.device)
-            return model.decode(features, self.prompts.input_ids[rows], self.prompts.attention_mask[rows],
-                                tuple(images.shape[-2:]))
-
-    # --- with a frozen encoder's features stored (vlsm.feature_store) --------------------
+        return tuple(f[inverse] for f in features)
 
     def image_features(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """images (B, S, S) uint8 -> the frozen towers' image features (B rows each), as the
-        call computes them (same normalisation and precision)."""
+        """images (B, S, S) uint8 -> `encode_image` (B rows each) as the call computes it:
+        what the feature store keeps."""
         with autocast_for(self.device, self.precision):
-            return model.frozen_image_features(self._pixels(images))
+            return model.encode_image(self._pixels(images))
 
-    def text_features(self, model: nn.Module, chunk: int) -> tuple[torch.Tensor, ...]:
-        """The frozen text features of every prompt row (P rows each), chunk rows at a time."""
+    def text_table(self, model: nn.Module, chunk: int) -> tuple[torch.Tensor, ...]:
+        """`encode_text` of every prompt row (P rows each), chunk rows at a time: the
+        feature store's text table."""
         ids, mask = self.prompts.input_ids, self.prompts.attention_mask  # (P, L)
         parts = []
         with autocast_for(self.device, self.precision):
             for start in range(0, len(ids), chunk):
-                parts.append(model.frozen_text_features(ids[start:start + chunk], mask[start:start + chunk]))
+                parts.append(model.encode_text(ids[start:start + chunk], mask[start:start + chunk]))
         return tuple(torch.cat(columns) for columns in zip(*parts, strict=True))
-
-    def from_features(self, model: nn.Module, image_features: tuple[torch.Tensor, ...],
-                      text_table: tuple[torch.Tensor, ...], rows: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Stored image features (B rows each), the text table (P rows each) and prompt rows
-        (B,) -> logits (B, 1, S, S): the call without the frozen towers."""
-        with autocast_for(self.device, self.precision):
-            rows = rows.to(self.mean.device)
-            text = tuple(t[rows] for t in text_table)
-            return model.decode_features(image_features, text, self.prompts.attention_mask[rows], size)
 
     def _pixels(self, images: torch.Tensor) -> torch.Tensor:
         return pixel_values(images, self.mean, self.std)

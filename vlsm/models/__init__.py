@@ -9,20 +9,19 @@
     pixel_values = torch.zeros(2, 3, s, s)                      # normalised by image_mean/std
     logits = model(pixel_values, batch["input_ids"], batch["attention_mask"])  # (B, 1, S, S)
 
-Every model follows one contract (the training loop, the sweep and the tests rely on it):
-`forward(pixel_values (B, 3, H, W), input_ids (B, L), attention_mask (B, L)) -> logits
-(B, 1, H, W)` at input resolution, with pixel values normalised by `model.image_mean` /
-`model.image_std`, and the attributes `input_size`, `image_mean`, `image_std`, `spec`
-(JSON-serialisable; `build_model(**model.spec)` rebuilds the same model), `encoder_prefixes`
-(state-dict prefixes of the CLIP towers) and `freeze_encoder`. Optionally, the forward
-splits at the image: `encode_image(pixel_values) -> features` (tuple of tensors, batch
-first) and `decode(features, input_ids, attention_mask, size) -> logits`, with
-`shares_image_encoding` True when forward is exactly their composition (evaluation then
-encodes an image once for its three structures).
+The contract every model follows (the loop, the feature store and the tests rely on it;
+docs/design.md, "Models"):
 
-Which models exist, and what each needs, is data: `vlsm.model_registry`. Adding a model
-is one entry there. Builders are imported lazily: importing `vlsm.models` stays cheap
-(no torch import).
+    encode_image(pixel_values (B, 3, S, S)) -> image features (tuple, B rows each)
+        the prompt-independent part, exactly what freeze_encoder freezes (the store caches it)
+    encode_text(input_ids (B, L), attention_mask (B, L)) -> text features (tuple, B rows each)
+        the frozen text tower's part (the store's per-trial text table)
+    decode(image_features, text_features, attention_mask, size (S, S)) -> logits (B, 1, S, S)
+    forward(pixel_values, input_ids, attention_mask) == decode(encode_image(..), encode_text(..), ..)
+
+and the attributes `input_size`, `image_mean`, `image_std` (the pixel normalisation),
+`spec` (JSON; `build_model(**model.spec)` rebuilds it), `encoder_prefixes` (state-dict
+prefixes of the towers) and `freeze_encoder`. Which models exist is `vlsm.model_registry`.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlsm.model_registry import INIT_SEED, MODEL_REGISTRY, model_entry, model_key
+from vlsm.model_registry import INIT_SEED, MODELS, model_entry, model_key
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INIT_SEED",
-    "MODEL_NAMES",
     "build_model",
     "build_tokenizer",
     "input_size",
@@ -47,9 +45,6 @@ __all__ = [
     "save_pretrained_folder",
     "tiny_config",
 ]
-
-MODEL_NAMES: tuple[str, ...] = tuple(MODEL_REGISTRY)  # registry keys: ("clipseg", "cris")
-
 
 def build_model(
     name: str,
@@ -60,7 +55,7 @@ def build_model(
     freeze_encoder: bool = False,
     init_seed: int = INIT_SEED,
 ) -> nn.Module:
-    """Build model `name` ("clipseg" | "cris") following the contract in this module's docstring.
+    """Build model `name` (a key or display name of `MODELS`) following this module's contract.
 
     pretrained: CLIPSeg: a hub id or a local save_pretrained folder; CRIS: an OpenAI CLIP
     RN50 state-dict file. checkpoint: a full state-dict file loaded strictly on top (an
@@ -169,9 +164,9 @@ def save_pretrained_folder(model: nn.Module, tokenizer: PromptTokenizer, path: s
     pretrained=path)` load it back through the same `from_pretrained` path as a hub id.
     """
     name = getattr(model, "spec", {}).get("name")
-    entry = model_entry(name) if name in MODEL_REGISTRY else None
+    entry = model_entry(name) if name in MODELS else None
     if entry is None or entry.save_folder is None:
-        with_folders = " and ".join(e.name for e in MODEL_REGISTRY.values() if e.save_folder)
+        with_folders = " and ".join(e.name for e in MODELS if e.save_folder)
         raise ValueError(
             f"save_pretrained_folder: only {with_folders} models have a pretrained-folder layout, "
             f"got model {name!r} (CRIS weights load from checkpoint files)"

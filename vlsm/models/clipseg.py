@@ -1,48 +1,21 @@
 """CLIPSeg (Lüddecke and Ecker, CVPR 2022) as the grid trains it: Hugging Face weights, our forward.
 
-    from vlsm.models import build_model, build_tokenizer
     model = build_model("clipseg", pretrained="CIDAS/clipseg-rd64-refined")  # the paper's weights
     model = build_model("clipseg", config=tiny_config("clipseg"))           # tiny, random, CPU-fast
     logits = model(pixel_values, input_ids, attention_mask)                 # (B, 1, 352, 352)
 
-Why our own forward: `CLIPSegForImageSegmentation.forward` runs both CLIP towers under
-`torch.no_grad()`, so with the stock forward an "unfrozen" encoder never receives a
-gradient and trains exactly like a frozen one (docs/design.md, "Pitfalls"; the authors'
-unfrozen CLIPSeg results most likely never trained the encoders). `CLIPSeg.forward`
-composes the same computation from `self.clip` and `self.decoder` with gradients on:
-
-1. vision tower on the image, hidden states after layers `extract_layers` (+1 for the
-   embeddings), position embeddings interpolated to the input size (as stock);
-2. text tower on the prompt; the conditional embedding is the final-layer-norm output at
-   the end-of-text token, projected by `clip.text_projection` (as stock; we locate the
-   end-of-text token from the attention mask, which for CLIP tokens is the same position
-   the stock code finds from the token ids);
-3. the decoder (FiLM-conditioned transformer + transposed convolutions) -> logits.
-
-Step 1 is `encode_image` and steps 2-3 are `decode`, and forward is their composition, so
-evaluation encodes an image once for its three structure prompts (`vlsm.evaluate`).
-
-With the same weights in eval mode it matches the stock forward to float32 rounding
-(tests/test_clipseg.py). The authors' behaviour stays available, for reproducing their
-numbers only, as `config={"stock_forward_no_grad_encoders": True}`.
-
-Frozen encoder = every `clip.*` parameter (vision and text towers and their projections)
-has requires_grad False and `clip` stays in eval mode whatever `train()` is called with.
-
-Extra config keys besides `CLIPSegConfig` fields (all optional):
-    input_size: int  square input side in pixels; default 352 with pretrained weights
-                     (the size CLIPSeg was trained at), else vision_config.image_size.
-    stock_forward_no_grad_encoders: bool  default False; True runs the Hugging Face
-                     forward (encoders under no_grad, i.e. never trained).
+The forward is composed from `clip` and `decoder` with gradients on, because the stock
+forward runs the towers under `no_grad` (docs/design.md, "Pitfalls"); the authors' setting
+stays available as `config={"stock_forward_no_grad_encoders": True}`. Extra config keys
+besides `CLIPSegConfig` fields: `input_size` (default 352 with pretrained weights, else
+vision_config.image_size) and that switch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -56,6 +29,7 @@ from transformers import (
     CLIPSegVisionConfig,
 )
 
+from vlsm.atomic import atomic_folder
 from vlsm.models.common import (
     check_forward_inputs,
     hub_files_only,
@@ -144,7 +118,7 @@ def tiny_clipseg_config() -> dict[str, Any]:
 
 
 class CLIPSeg(CLIPSegForImageSegmentation):
-    """`CLIPSegForImageSegmentation` whose forward trains the encoders when asked to.
+    """`CLIPSegForImageSegmentation` following the `vlsm.models` contract.
 
     Same modules and state-dict names as the Hugging Face class (`clip.*`, `decoder.*`),
     so `from_pretrained` / `save_pretrained` work unchanged. Build it with
@@ -160,7 +134,7 @@ class CLIPSeg(CLIPSegForImageSegmentation):
         super().__init__(config)
         self.input_size: int = config.vision_config.image_size
         self.freeze_encoder = False
-        self.stock_forward = False
+        self.stock_forward = False  # the towers without gradients, as the stock forward runs them
         # Run the vision tower only up to its last tapped layer: the decoder never reads
         # the later layers nor the pooled output (same features; vlsm.speed switches it).
         self.vision_stop_early = True
@@ -188,33 +162,28 @@ class CLIPSeg(CLIPSegForImageSegmentation):
     ) -> torch.Tensor:
         """pixel_values (B, 3, S, S) ImageNet-normalised, input_ids/attention_mask (B, L) -> logits (B, 1, S, S)."""
         check_forward_inputs("CLIPSeg", pixel_values, input_ids, attention_mask)
-        size = tuple(pixel_values.shape[-2:])
-        if not self.stock_forward:
-            return self.decode(self.encode_image(pixel_values), input_ids, attention_mask, size)
-        _check_square(*size)
-        stock = super().forward(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-        return _to_input_size(stock.logits, pixel_values.shape[0], size)  # stock.logits (B, h', w')
+        return self.decode(self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask),
+                           attention_mask, tuple(pixel_values.shape[-2:]))
 
-    @property
-    def shares_image_encoding(self) -> bool:
-        """True when forward is `decode(encode_image(...))`: evaluation may then encode an
-        image once for all its prompts. Not with the stock forward (one Hugging Face call)."""
-        return not self.stock_forward
+    def _towers(self) -> contextlib.AbstractContextManager:
+        """The stock forward's pitfall as a setting: the CLIP towers run without gradients."""
+        return torch.no_grad() if self.stock_forward else contextlib.nullcontext()
 
     def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The image part (no prompt involved): (B, 3, S, S) -> the vision tower's hidden
-        states after layers `extract_layers`, each (B, 1 + N, D_vision), N = (S / patch)**2."""
+        """(B, 3, S, S) -> the vision tower's hidden states after layers `extract_layers`,
+        each (B, 1 + N, D_vision), N = (S / patch)**2."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"CLIPSeg pixel_values: expected (B, 3, S, S), got {tuple(pixel_values.shape)}")
         _check_square(*pixel_values.shape[-2:])
         # hidden_states[0] is the embedding output, hence the +1 (as stock).
         taps = [i + 1 for i in self.extract_layers]
-        if self.vision_stop_early:
-            return self._vision_taps(pixel_values, taps)
-        vision = self.clip.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=True, output_hidden_states=taps
-        )
-        return tuple(vision.hidden_states[i] for i in taps)
+        with self._towers():
+            if self.vision_stop_early:
+                return self._vision_taps(pixel_values, taps)
+            vision = self.clip.vision_model(
+                pixel_values=pixel_values, interpolate_pos_encoding=True, output_hidden_states=taps
+            )
+            return tuple(vision.hidden_states[i] for i in taps)
 
     def _vision_taps(self, pixel_values: torch.Tensor, taps: list[int]) -> tuple[torch.Tensor, ...]:
         """The vision tower's forward (embeddings, pre-norm, encoder layers) stopped after
@@ -227,53 +196,31 @@ class CLIPSeg(CLIPSegForImageSegmentation):
             states.append(hidden)
         return tuple(states[i] for i in taps)
 
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor]:
+        """(B, L) prompts -> (the end-of-text token's features (B, D_text),): the text tower
+        before its projection, which `decode` applies per batch (a product's rounding on CPU
+        depends on its batch size, and the store's text table is computed in chunks). The
+        end-of-text token is the last attended one: for CLIP tokens, where stock finds it."""
+        with self._towers():
+            text = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask)
+            words = text.last_hidden_state  # (B, L, D_text), after the final layer norm
+            positions = torch.arange(words.shape[1], device=words.device)  # (L,)
+            eot = ((attention_mask != 0) * positions).argmax(dim=1)  # (B,) last attended token
+            return (words[torch.arange(words.shape[0], device=words.device), eot],)  # (B, D_text)
+
     def decode(
-        self,
-        image_features: tuple[torch.Tensor, ...],
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        size: tuple[int, int],
-    ) -> torch.Tensor:
-        """The prompt-conditioned part: `encode_image`'s output (B rows each), the prompts
-        (B, L) and the input size (S, S) -> logits (B, 1, S, S). The stock computation
-        without `no_grad`."""
-        text = self.frozen_text_features(input_ids, attention_mask)
-        return self.decode_features(image_features, text, attention_mask, size)
-
-    # --- the split at the frozen towers (vlsm.feature_store) ----------------------------
-    # forward == decode_features(frozen_image_features(x), frozen_text_features(ids, mask),
-    # mask, size): with a frozen encoder the first two are what the feature store keeps.
-
-    def frozen_feature_spec(self) -> dict[str, Any]:
-        """What `frozen_image_features` returns, for the feature store's key."""
-        return {"model": "clipseg", "image": "vision hidden states", "taps": list(self.extract_layers)}
-
-    def frozen_image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The frozen vision tower's part: the same as `encode_image`."""
-        return self.encode_image(pixel_values)
-
-    def frozen_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor]:
-        """The text tower before its projection: (B, L) prompts -> (the end-of-text token's
-        features (B, D_text),); decode_features projects it per batch, as the forward does
-        (a product's rounding on CPU depends on its batch size)."""
-        text = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask)
-        words = text.last_hidden_state  # (B, L, D_text), after the final layer norm
-        positions = torch.arange(words.shape[1], device=words.device)  # (L,)
-        eot = ((attention_mask != 0) * positions).argmax(dim=1)  # (B,) last attended token
-        pooled = words[torch.arange(words.shape[0], device=words.device), eot]  # (B, D_text)
-        return (pooled,)
-
-    def decode_features(
         self,
         image_features: tuple[torch.Tensor, ...],
         text_features: tuple[torch.Tensor, ...],
         attention_mask: torch.Tensor,
         size: tuple[int, int],
     ) -> torch.Tensor:
-        """The trained part: frozen image and text features (B rows each) -> logits
-        (B, 1, S, S). attention_mask is unused (the end-of-text token holds the prompt)."""
+        """`encode_image`'s and `encode_text`'s features (B rows each) -> logits (B, 1, S, S):
+        the text projection and the decoder. attention_mask is unused (the end-of-text
+        token holds the prompt)."""
         (pooled,) = text_features  # (B, D_text)
-        conditional = self.clip.text_projection(pooled)  # (B, projection_dim)
+        with self._towers():
+            conditional = self.clip.text_projection(pooled)  # (B, projection_dim)
         logits = self.decoder(list(image_features), conditional).logits  # (B, S', S')
         return _to_input_size(logits, conditional.shape[0], size)
 
@@ -390,6 +337,30 @@ def text_shape(config: dict[str, Any]) -> tuple[int, int] | None:
     )
 
 
+def _hf_model_and_config(
+    pretrained: str | Path | None, config: dict[str, Any] | None, hf_kwargs: dict[str, Any]
+) -> tuple[CLIPSeg | None, CLIPSegConfig, str | None, int]:
+    """(the loaded model or None, its CLIPSegConfig, the resolved pretrained source, the
+    default input size) of build_clipseg's arguments."""
+    if pretrained is not None:
+        if hf_kwargs:
+            raise ValueError(
+                f"CLIPSeg config keys {sorted(hf_kwargs)} with pretrained={str(pretrained)!r}: the "
+                f"architecture comes from the pretrained folder; only {INPUT_SIZE!r} and "
+                f"{STOCK_FORWARD!r} may be set"
+            )
+        source = _resolve_pretrained(pretrained)
+        model = _from_pretrained(source)
+        return model, model.config, source, getattr(model.config, _FOLDER_INPUT_SIZE, PAPER_INPUT_SIZE)
+    if config is not None:
+        hf_config = CLIPSegConfig(**hf_kwargs)
+        return None, hf_config, None, hf_config.vision_config.image_size
+    raise ValueError(
+        f"CLIPSeg needs pretrained= (a hub id such as {PAPER_PRETRAINED!r} or a local folder) "
+        f"or config= (e.g. vlsm.models.tiny_config('clipseg')); got neither"
+    )
+
+
 def build_clipseg(
     *,
     pretrained: str | Path | None = None,
@@ -406,26 +377,7 @@ def build_clipseg(
     `vlsm.models.build_model`, which seeds it, when weights must be reproducible.
     """
     options, hf_kwargs = _split_config(config)
-    if pretrained is not None:
-        if hf_kwargs:
-            raise ValueError(
-                f"CLIPSeg config keys {sorted(hf_kwargs)} with pretrained={str(pretrained)!r}: the "
-                f"architecture comes from the pretrained folder; only {INPUT_SIZE!r} and "
-                f"{STOCK_FORWARD!r} may be set"
-            )
-        source = _resolve_pretrained(pretrained)
-        model: CLIPSeg | None = _from_pretrained(source)
-        hf_config = model.config
-        default_size = getattr(hf_config, _FOLDER_INPUT_SIZE, PAPER_INPUT_SIZE)
-    elif config is not None:
-        source, model = None, None
-        hf_config = CLIPSegConfig(**hf_kwargs)
-        default_size = hf_config.vision_config.image_size
-    else:
-        raise ValueError(
-            f"CLIPSeg needs pretrained= (a hub id such as {PAPER_PRETRAINED!r} or a local folder) "
-            f"or config= (e.g. vlsm.models.tiny_config('clipseg')); got neither"
-        )
+    model, hf_config, source, default_size = _hf_model_and_config(pretrained, config, hf_kwargs)
     input_size = options.get(INPUT_SIZE, default_size)
     patch = hf_config.vision_config.patch_size
     if not isinstance(input_size, int) or input_size <= 0 or input_size % patch:
@@ -455,10 +407,8 @@ def build_clipseg(
             "no_grad, so the 'unfrozen' encoder will not train (the authors' behaviour)",
             STOCK_FORWARD,
         )
-    n = sum(p.numel() for p in model.parameters())
-    logger.debug(
-        "built CLIPSeg (%s, %.2f M parameters, input %d)", source or "random", n / 1e6, input_size
-    )
+    logger.debug("built CLIPSeg (%s, %.2f M parameters, input %d)", source or "random",
+                 sum(p.numel() for p in model.parameters()) / 1e6, input_size)
     return model
 
 
@@ -474,9 +424,7 @@ def save_clipseg_folder(model: CLIPSeg, tokenizer: PromptTokenizer, path: str | 
             f"save_clipseg_folder: expected a CLIPSeg model, got {type(model).__name__}"
         )
     path = Path(path).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path, replace=True) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(tmp)
         config_file = tmp / "config.json"
@@ -485,10 +433,4 @@ def save_clipseg_folder(model: CLIPSeg, tokenizer: PromptTokenizer, path: str | 
         saved["architectures"] = ["CLIPSegForImageSegmentation"]
         saved[_FOLDER_INPUT_SIZE] = model.input_size
         config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path

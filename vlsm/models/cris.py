@@ -1,21 +1,13 @@
-"""CRIS: CLIP-driven referring image segmentation (Wang et al., CVPR 2022).
+"""CRIS (Wang et al., CVPR 2022) re-implemented: the official architecture and state-dict names.
 
-A faithful re-implementation of the official CRIS.pytorch model for the Synthetic
-Boost grid: the same architecture and the same state-dict names and shapes, so an
-official checkpoint (its names and shapes: ``tests/fixtures/cris_rn50_state_dict.json``)
-loads strictly, and the logits equal the official code's (``tests/test_cris.py``, golden fixture).
-Differences from the official code, both deliberate:
-
-- the padding mask and the end-of-text position come from the tokenizer's attention
-  mask, not from ``input_ids == 0`` / ``input_ids.argmax()`` (docs/design.md, "Pitfalls");
-- ``forward`` returns logits at the input resolution (the 1/4-resolution map is
-  upsampled bicubically with ``align_corners=True``, as the official evaluation does).
-
-    from vlsm.models.cris import build_cris, tiny_cris_config
     model = build_cris(config=tiny_cris_config())           # random weights, CPU-fast
     model = build_cris(pretrained="RN50.pt")                # OpenAI CLIP RN50 backbone
-    model = build_cris(checkpoint="cris_r50.pth")           # official CRIS weights
+    model = build_cris(checkpoint="cris_r50.pth")           # official CRIS weights, loaded strictly
     logits = model(pixel_values, input_ids, attention_mask) # (B, 1, H, W)
+
+Two deliberate differences from the official code: padding and the end-of-text token come
+from the attention mask (docs/design.md, "Pitfalls"), and the logits come back at the input
+size (bicubic, align_corners=True, as the official evaluation upsamples).
 """
 
 from __future__ import annotations
@@ -441,12 +433,8 @@ class Projector(nn.Module):
 
 
 class CRIS(nn.Module):
-    """CRIS segmenter: (image, prompt tokens) -> one logit map per sample.
-
-    Attributes the training code relies on: ``input_size``, ``image_mean``,
-    ``image_std``, ``spec`` (JSON-serialisable build arguments), ``encoder_prefixes``
-    (state-dict prefixes of the CLIP towers) and ``freeze_encoder``.
-    """
+    """CRIS segmenter: (image, prompt tokens) -> one logit map per sample, following the
+    `vlsm.models` contract."""
 
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
@@ -508,84 +496,50 @@ class CRIS(nn.Module):
                 self._connect().train(mode)
         return self
 
-    shares_image_encoding = True
-    """forward is `decode(encode_image(...))`: evaluation may encode an image once for all
-    its prompts."""
+    @property
+    def _pool_trains(self) -> bool:
+        """Whether the attention pool's `connect` branch trains while the towers are frozen."""
+        return self.freeze_encoder and self.connect_trains_when_frozen
 
     def forward(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         """pixel_values (B, 3, H, W) CLIP-normalised, input_ids/attention_mask (B, L) -> logits (B, 1, H, W)."""
         check_forward_inputs("CRIS", pixel_values, input_ids, attention_mask)
-        features = self.encode_image(pixel_values)
-        return self.decode(features, input_ids, attention_mask, tuple(pixel_values.shape[-2:]))
+        return self.decode(self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask),
+                           attention_mask, tuple(pixel_values.shape[-2:]))
 
     def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The image part (no prompt involved): (B, 3, H, W) -> the visual backbone's C3
-        (B, 8w, H/8, W/8), C4 (B, 16w, H/16, W/16), C5 (B, E, H/32, W/32)."""
+        """(B, 3, H, W) -> the visual backbone's C3 (B, 8w, H/8, W/8), C4 (B, 16w, H/16, W/16)
+        and C5 (B, E, H/32, W/32); while `connect` trains with frozen towers, the frozen
+        part ends before the attention pool: layer4's output (B, 32w, H/32, W/32) in C5's place."""
         _check_pixels(pixel_values)
+        if self._pool_trains:
+            return self.backbone.visual.trunk(pixel_values)
         return self.backbone.encode_image(pixel_values)
 
-    def decode(
-        self,
-        image_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        size: tuple[int, int],
-    ) -> torch.Tensor:
-        """The prompt-conditioned part: `encode_image`'s output (B rows each), the prompts
-        (B, L) and the input size (H, W) -> logits (B, 1, H, W)."""
-        self._check_text(input_ids, attention_mask)
-        words, state = self.backbone.encode_text(input_ids, attention_mask)  # (B, L, d), (B, E)
-        return self._head(image_features, words, state, attention_mask, size)
-
-    def _head(self, image_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], words: torch.Tensor,
-              state: torch.Tensor, attention_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Neck, decoder and projector: C3-C5, word (B, L, d) and sentence (B, E) features -> logits."""
-        fq = self.neck(image_features, state)  # (B, d, H/16, W/16)
-        fq = self.decoder(fq, words, attention_mask == 0)  # (B, d, H/16, W/16)
-        logits = self.proj(fq, state)  # (B, 1, H/4, W/4)
-        return F.interpolate(logits, size=tuple(size), mode="bicubic", align_corners=True)  # (B, 1, H, W)
-
-    # --- the split at the frozen towers (vlsm.feature_store) ----------------------------
-    # forward == decode_features(frozen_image_features(x), frozen_text_features(ids, mask),
-    # mask, size): with a frozen encoder the first two are what the feature store keeps.
-
-    @property
-    def _pool_trains(self) -> bool:
-        """Whether the attention pool's `connect` branch trains while the towers are frozen."""
-        return self.freeze_encoder and self.connect_trains_when_frozen
-
-    def frozen_feature_spec(self) -> dict[str, Any]:
-        """What `frozen_image_features` returns, for the feature store's key."""
-        return {"model": "cris", "image": "c3 c4 layer4" if self._pool_trains else "c3 c4 c5"}
-
-    def frozen_image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The frozen backbone's outputs up to the first trained module: C3, C4 and C5, or
-        layer4's output (B, 32w, H/32, W/32) in C5's place when `connect` trains."""
-        if not self._pool_trains:
-            return self.encode_image(pixel_values)
-        _check_pixels(pixel_values)
-        return self.backbone.visual.trunk(pixel_values)
-
-    def frozen_text_features(self, input_ids: torch.Tensor,
-                             attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The text tower before its projection: (B, L) prompts -> words (B, L, d), the
-        end-of-text token (B, d) (`CLIPBackbone.encode_words`; decode_features projects it)."""
+    def encode_text(self, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) prompts -> words (B, L, d) and the end-of-text token (B, d): the text tower
+        before its projection (`CLIPBackbone.encode_words`), which `decode` applies per batch."""
         self._check_text(input_ids, attention_mask)
         return self.backbone.encode_words(input_ids, attention_mask)
 
-    def decode_features(self, image_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                        text_features: tuple[torch.Tensor, torch.Tensor], attention_mask: torch.Tensor,
-                        size: tuple[int, int]) -> torch.Tensor:
-        """The trained part: `frozen_image_features` and `frozen_text_features` (B rows each)
-        and the prompts' mask (B, L) -> logits (B, 1, H, W)."""
+    def decode(self, image_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+               text_features: tuple[torch.Tensor, torch.Tensor], attention_mask: torch.Tensor,
+               size: tuple[int, int]) -> torch.Tensor:
+        """`encode_image`'s and `encode_text`'s features (B rows each) and the prompts' mask
+        (B, L) -> logits (B, 1, H, W): [the attention pool,] the text projection, neck,
+        decoder and projector."""
         c3, c4, c5 = image_features
         if self._pool_trains:
             c5 = self.backbone.visual.attnpool(c5)  # layer4's output -> C5
         words, eot = text_features  # (B, L, d), (B, d)
-        state = eot @ self.backbone.text_projection  # (B, E), as encode_text
-        return self._head((c3, c4, c5), words, state, attention_mask, size)
+        state = eot @ self.backbone.text_projection  # (B, E), as CLIPBackbone.encode_text
+        fq = self.neck((c3, c4, c5), state)  # (B, d, H/16, W/16)
+        fq = self.decoder(fq, words, attention_mask == 0)  # (B, d, H/16, W/16)
+        logits = self.proj(fq, state)  # (B, 1, H/4, W/4)
+        return F.interpolate(logits, size=tuple(size), mode="bicubic", align_corners=True)  # (B, 1, H, W)
 
     def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         if input_ids.shape[1] > self.config.word_len:

@@ -93,11 +93,14 @@ _PROMPT_PHRASES: tuple[str, ...] = (
 
 
 def prompt_corpus() -> list[str]:
-    """Phrases holding every word of the P0-P7 prompts (ages 18-100 in words included)."""
+    """Phrases holding every word of the registered prompts: P0-P7's (ages 18-100 in words
+    included), then the words a plugin's prompt entries add (`Prompt.words`)."""
     from num2words import num2words
 
+    from vlsm.data.prompts import PROMPT_REGISTRY
+
     ages = [f"of a {num2words(age)}-year-old" for age in range(18, 101)]
-    return [*STRUCTURE_NAMES.values(), *_PROMPT_PHRASES, *ages]
+    return [*STRUCTURE_NAMES.values(), *_PROMPT_PHRASES, *ages, *(w for p in PROMPT_REGISTRY for w in p.words)]
 
 
 class PromptTokenizer:
