@@ -1,13 +1,5 @@
-"""The sweep folder (`--output`): every file a sweep writes there, named once.
-
-    <output>/
-      sweep.json          storage path, MLflow URI, the Ray experiments
-      cells/<cell_id>.json   one record per cell (`sweeps.record`)
-      lr_search.json      the learning rates found (--lr-search)
-      mlflow.db, mlartifacts/   the default MLflow store
-      ray/                Ray Tune's experiments (unless --storage names shared storage)
-      cache/              preprocessed data, and the demo's phantom dataset
-      exports/            trials.parquet, epochs.parquet, per_image.parquet
+"""The sweep folder (`--output`): every file a sweep writes there, named once (docs/design.md,
+"The sweep folder"); `sweep.json`, the sweep's own facts; the resume check.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ head. A cell's run id is kept in its record, so a resumed sweep continues the sa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -197,17 +198,13 @@ class SweepTracker:
         return run_id
 
     def _existing_run(self, record: CellRecord) -> Any:
-        """The cell's run in this sweep's parent: its record's, else one its tag finds (made
-        by a driver killed before the record had its id), else None."""
+        """The cell's run: its record's, else one its tag finds (made by a driver killed
+        before the record had its id), else None."""
         from mlflow.exceptions import MlflowException
 
         if record.run_id is not None:
-            try:
-                run = self.client.get_run(record.run_id)
-                if run.data.tags.get(PARENT_TAG) == self.parent_run_id:
-                    return run
-            except MlflowException:  # a run of another store (--mlflow-uri changed)
-                pass
+            with contextlib.suppress(MlflowException):  # not in this store (--mlflow-uri changed)
+                return self.client.get_run(record.run_id)
         found = self._search(f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TAG_CELL}` = '{record.cell_id}'")
         return found[0] if found else None
 
