@@ -1,6 +1,6 @@
 """The sweep side's command line.
 
-    python -m sweeps export <output_dir> [--storage PATH]   (Parquet exports, also written at a sweep's end)
+    python -m sweeps export <output_dir>   (Parquet exports, also written at a sweep's end)
 
 The main job itself is `python sweeps/paper_grid.py`.
 """
@@ -19,7 +19,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     export = sub.add_parser("export", help="write <output_dir>/exports/*.parquet from a sweep folder")
     export.add_argument("output_dir", type=Path, help="the --output folder of sweeps/paper_grid.py")
-    export.add_argument("--storage", default=None, help="Ray storage path if it differs from the one the sweep recorded")
     return parser
 
 
@@ -28,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from sweeps.export import export_sweep
+    from sweeps.folder import FolderError
 
     try:
-        logging.getLogger("sweeps").info("wrote %s", export_sweep(args.output_dir, storage=args.storage))
-    except (ValueError, FileNotFoundError) as err:
+        logging.getLogger("sweeps").info("wrote %s", export_sweep(args.output_dir))
+    except (ValueError, FileNotFoundError, FolderError) as err:
         logging.getLogger("sweeps").error("%s", err)
         return 2
     return 0

@@ -1,16 +1,12 @@
-"""A grid cell: the identity of one trial, and how it crosses the Ray boundary.
-
-Ray ships a trial's config (a dict), not our objects, so a trial carries its cell as
-`config["tags"]`. `Cell.tags` writes that mapping and `Cell.of_config` reads it back:
-they are the only code that knows its keys. The cell's axes are `vlsm.axes.CELL_AXES`
-(model, strategy, encoder, prompt) and `vlsm.axes.VARIANT_AXES` (synthetic source,
-provenance), which also name the export columns and MLflow parameters; the seed tells
-replicates of one cell apart.
+"""A grid cell: the identity of one trial. A trial config carries only its id
+(`config[CELL_ID]`); the driver finds the cell and its record by it. The cell's axes are
+`vlsm.axes.CELL_AXES` (model, strategy, encoder, prompt) and `vlsm.axes.VARIANT_AXES`
+(synthetic source, provenance), which also name the export columns and MLflow
+parameters; the seed tells replicates of one cell apart.
 
     cell = Cell("CRIS", "synth-PT:real-FT", "frozen", "P3", upstream="cris-synthetic-frozen-p3")
     cell.cell_id                          # "cris-synth-pt-real-ft-frozen-p3"
     Cell("CRIS", "real", "unfrozen", "P2", seed=43).cell_id   # "cris-real-unfrozen-p2-s43"
-    Cell.of_config({"tags": cell.tags()}) == cell
 
 Ids name only what differs from the paper's grid: the source when it is not SDM, "no
 provenance" when a real+synthetic cell's prompts leave it out, the seed when it is not
@@ -21,9 +17,7 @@ and its resume finds every finished trial.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from vlsm.axes import (
     CELL_AXES,
@@ -37,10 +31,8 @@ from vlsm.strategies import REAL, REAL_AND_SYNTHETIC, STRATEGY_REGISTRY, SYNTHET
 
 __all__ = ["CELL_ID", "REAL_DATA", "Cell", "mixed_data"]
 
-CELL_ID = "cell_id"  # the key of a cell's id in a trial's tags, and the MLflow tag's suffix
+CELL_ID = "cell_id"  # the key of a cell's id in a trial config, and the MLflow tag's suffix
 REAL_DATA = "camus"  # the dataset name of real CAMUS in a sweep's caches
-_UPSTREAM = "upstream_cell_id"
-_SEED = "seed"
 
 
 def mixed_data(source: str) -> str:
@@ -98,21 +90,6 @@ class Cell:
     def axes(self) -> dict[str, str]:
         """{axis: value} for every axis of `vlsm.axes.CELL_AXES` and `VARIANT_AXES`."""
         return {axis: getattr(self, axis) for axis in (*CELL_AXES, *VARIANT_AXES)}
-
-    def tags(self) -> dict[str, Any]:
-        """What a trial config carries as `tags` (JSON-able; `of_config` reads it back)."""
-        return {CELL_ID: self.cell_id, **self.axes(), _UPSTREAM: self.upstream, _SEED: self.seed}
-
-    @classmethod
-    def of_config(cls, config: Mapping[str, Any]) -> Cell | None:
-        """The cell a trial config was made for; None for a config of no cell. Tags of a
-        sweep made before the variant axes and seeds read as the paper's cells."""
-        tags = config.get("tags") or {}
-        if CELL_ID not in tags:
-            return None
-        return cls(**{axis: tags[axis] for axis in CELL_AXES}, upstream=tags.get(_UPSTREAM),
-                   **{axis: tags.get(axis) or "" for axis in VARIANT_AXES},
-                   seed=int(tags.get(_SEED, PAPER_SEED)))
 
 
 # The axes are spelled once, in vlsm.axes; the dataclass must hold exactly those.

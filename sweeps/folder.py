@@ -1,16 +1,5 @@
-"""The sweep folder (`--output`): every file a sweep writes there, named once.
-
-    <output>/
-      sweep.json          the record: storage path, MLflow URI, every trial's config
-      chain_state.json    every cell: pending/running/done/failed/not_run, checkpoint, why
-      lr_search.json      the learning rates found (--lr-search)
-      mlflow.db, mlartifacts/   the default MLflow store
-      ray/                Ray Tune's experiments (unless --storage names shared storage)
-      cache/              preprocessed data, and the demo's phantom dataset
-      exports/            trials.parquet, epochs.parquet, per_image.parquet
-
-The record lets a later run tell a resume from a changed sweep (`resume_mismatch`), and
-lets the export find the Ray experiment and the MLflow store.
+"""The sweep folder (`--output`): every file a sweep writes there, named once (docs/design.md,
+"The sweep folder"); `sweep.json`, the sweep's own facts; the resume check.
 """
 
 from __future__ import annotations
@@ -27,12 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from analysis.schema import EXPORTS_DIR
+from sweeps.record import CellRecords
 from vlsm.atomic import write_json_atomic
 
-__all__ = ["FolderBusy", "SweepFolder", "resume_mismatch"]
+__all__ = ["FolderBusy", "FolderError", "SweepFolder", "recorded_experiments", "resume_mismatch"]
+
+OLD_STATE = "chain_state.json"  # the cells' state of a sweep an older version wrote
 
 
-class FolderBusy(RuntimeError):
+class FolderError(RuntimeError):
+    """The sweep folder cannot be used as it is."""
+
+
+class FolderBusy(FolderError):
     """Another live driver holds the sweep folder."""
 
 
@@ -50,8 +46,8 @@ class SweepFolder:
         return self.root / "sweep.json"
 
     @property
-    def chain_state(self) -> Path:  # every cell's state
-        return self.root / "chain_state.json"
+    def cells(self) -> Path:  # one record per cell
+        return self.root / "cells"
 
     @property
     def lr_search(self) -> Path:  # the learning rates found
@@ -107,8 +103,13 @@ class SweepFolder:
                 handle.truncate()  # the lock itself goes with the file handle
 
     def holds_sweep(self) -> bool:
-        """Whether a sweep ran here before (its chain state exists): running again resumes."""
-        return self.chain_state.exists()
+        """Whether a sweep ran here before (its cells' records exist): running again resumes.
+        A sweep an older version wrote is refused (FolderError), never migrated."""
+        if not self.cells.is_dir() and (self.root / OLD_STATE).exists():
+            raise FolderError(f"{self.root} holds a sweep written by an older version of this project "
+                              f"({OLD_STATE}, no {self.cells.name}/): finish it with that version, or give "
+                              f"a new --output")
+        return self.cells.is_dir()
 
     def default_tracking_uri(self) -> str:
         """The SQLite MLflow store in the folder (artifacts in mlartifacts/ beside it)."""
@@ -143,12 +144,12 @@ def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], sto
     added to the grid (more seeds, a source, a strategy) are not a mismatch: they run as
     an experiment of their own (`sweeps.runner`); cells left out are.
     """
-    if not folder.record.exists():
+    if not folder.holds_sweep():
         return None
-    recorded = folder.read_record()
-    if recorded.get("storage") != storage:
-        return f"storage was {recorded.get('storage')!r}, now {storage!r} (give the same --storage)"
-    before: dict[str, dict] = json.loads(json.dumps(recorded.get("configs", {})))
+    recorded = folder.read_record().get("storage")
+    if recorded != storage:
+        return f"storage was {recorded!r}, now {storage!r} (give the same --storage)"
+    before = {cell_id: record.config for cell_id, record in CellRecords(folder.cells).cells.items()}
     now = json.loads(json.dumps(configs))
     removed = sorted(set(before) - set(now))
     if removed:
@@ -167,12 +168,8 @@ def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], sto
 
 
 def recorded_experiments(folder: SweepFolder) -> dict[str, list[str]]:
-    """The sweep's Ray experiments, in the order they were added: name -> its cell ids.
-    A sweep recorded before experiments were listed has one, "grid", of every cell."""
-    if not folder.record.exists():
-        return {}
-    record = folder.read_record()
-    return record.get("experiments") or {"grid": sorted(record.get("configs", {}))}
+    """The sweep's Ray experiments, in the order they were added: name -> its cell ids."""
+    return folder.read_record()["experiments"] if folder.record.exists() else {}
 
 
 def _train_defaults() -> dict[str, Any]:
@@ -183,4 +180,3 @@ def _train_defaults() -> dict[str, Any]:
 
     return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)
                                   if f.default is not dataclasses.MISSING}))
-

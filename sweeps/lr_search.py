@@ -73,7 +73,6 @@ def _search(
     cell = Cell(model, space.cell.strategy, encoder, space.cell.prompt, seed=spec.grid.seeds[0],
                 synthetic_source=grid_sources(spec)[0] if synthetic else "")
     base = trial_config(spec, cell, caches)
-    base["tags"] = {**base["tags"], "lr_search": True}
     bounds = space.models[model]
     # N in the name: a search asked for with another N is a new search, not a resume
     name = f"lr-search-{model.lower()}-{encoder}-n{spec.lr_search.trials}"

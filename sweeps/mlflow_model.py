@@ -1,15 +1,8 @@
 """A trial's best weights as an MLflow model: the pyfunc files go beside the weights in the
-final checkpoint's ``best/``, which is then logged as the run's model.
-
-One copy: ``best/`` (weights.safetensors, model_spec.json, tokenizer/) is what
-`vlsm.checkpoint.load_model` and `vlsm.predictor.Predictor` read, and with ``MLmodel``
-beside them it is also a pyfunc model whose loader is `vlsm.predictor`:
+final checkpoint's ``best/`` (one copy; `vlsm.predictor` is the loader), logged as the
+run's model ``model``, or on shared storage named by the run's ``vlsm.model`` tag:
 
     mlflow.pyfunc.load_model("runs:/<run_id>/model").predict({"image": grey, "prompt": "left ventricle"})
-
-On local storage the folder is logged as the run's logged model ``model``; on shared
-storage (s3://...) it stays there, gains the same files, and the run's ``vlsm.model`` tag
-names its URI (``mlflow.pyfunc.load_model(<that URI>)`` loads it).
 """
 
 from __future__ import annotations

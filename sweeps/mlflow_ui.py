@@ -1,13 +1,10 @@
 """What a researcher sees first in the MLflow UI: the experiment's kind and description,
 and saved views of the runs table (columns, sort, grouping), with the links that open them.
 
-MLflow 3's UI opens an experiment in its GenAI view unless told otherwise: the experiment
-carries ``mlflow.experimentKind = custom_model_development`` (read by MLflow's clients and
-by UIs that honour it) and the links below add ``workflowType=machine_learning``, which
-the 3.x UI needs. A view is the UI's own "shared view" (an experiment tag
-``mlflow.sharedViewState.<key>`` holding the runs table's state as JSON), opened by
-``?viewStateShareKey=<key>``: trial runs shown flat (not collapsed under the sweep's run),
-the cell's axes and the headline metrics as columns, best test Dice first.
+MLflow 3 opens an experiment in its GenAI view unless the experiment says
+``mlflow.experimentKind = custom_model_development`` and the link adds
+``workflowType=machine_learning``; a view is the UI's own shared view, an experiment tag
+``mlflow.sharedViewState.<key>`` opened by ``?viewStateShareKey=<key>``.
 """
 
 from __future__ import annotations

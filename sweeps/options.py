@@ -121,7 +121,7 @@ def _check_run_options(spec: SweepSpec, folder: SweepFolder, args: argparse.Name
                          "(s3://bucket/prefix, or a folder all nodes share); without --address the sweep "
                          "runs on a local Ray and needs neither")
     if args.resume and not folder.holds_sweep():
-        raise UsageError(f"--resume: {folder.root} holds no sweep to resume (no {folder.chain_state.name})")
+        raise UsageError(f"--resume: {folder.root} holds no sweep to resume (no {folder.cells.name}/)")
     if not args.address:  # a local Ray has the CPUs of this machine (or --num-cpus), no more
         cpus = args.num_cpus or os.cpu_count() or 1
         for model in spec.grid.models:

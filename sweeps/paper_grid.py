@@ -29,7 +29,6 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,16 +41,13 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "16")
 
 from sweeps.data_setup import DataError, check_data, prepare_caches, publish_caches, resolve_data  # noqa: E402
-from sweeps.folder import FolderBusy, recorded_experiments, resume_mismatch  # noqa: E402
+from sweeps.folder import FolderError, recorded_experiments, resume_mismatch  # noqa: E402
 from sweeps.options import SweepPlan, UsageError, describe_plan, fp16_on_cpu, plan_sweep  # noqa: E402
-from sweeps.outcome import DONE, FINISHED_STATUSES  # noqa: E402
+from sweeps.record import DONE, FINISHED_STATUSES, CellRecord, CellRecords  # noqa: E402
 from sweeps.session import mlflow_sweep, ray_session  # noqa: E402
 from sweeps.spec import SpecError  # noqa: E402
 from sweeps.trials import trial_config, trial_resources  # noqa: E402
 from vlsm.data.synthetic_sources import source_names  # noqa: E402
-
-if TYPE_CHECKING:  # imports Ray, which planning and the dry run do without
-    from sweeps.chain import ChainState
 
 logger = logging.getLogger("paper_grid")
 
@@ -120,9 +116,9 @@ def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
 
 @dataclass(frozen=True)
 class SweepEnd:
-    """How the grid ended: every cell's state, and where to look at the results."""
+    """How the grid ended: every cell's record, and where to look at the results."""
 
-    state: ChainState
+    records: dict[str, CellRecord]
     exports: Path
     mlflow_uri: str
     experiment_id: str
@@ -137,10 +133,10 @@ class SweepEnd:
                 f"  then open {runs_url('http://127.0.0.1:5000', self.experiment_id)}"]
 
     def unfinished(self) -> list[str]:
-        return [c for c, e in self.state.cells.items() if e.status not in FINISHED_STATUSES]
+        return [c for c, r in self.records.items() if r.status not in FINISHED_STATUSES]
 
     def failed(self) -> list[str]:
-        return [c for c, e in self.state.cells.items() if e.status in FINISHED_STATUSES and e.status != DONE]
+        return [c for c, r in self.records.items() if r.status in FINISHED_STATUSES and r.status != DONE]
 
     def mlflow_status(self) -> str:
         """The parent run's end: KILLED when interrupted (running again reopens it)."""
@@ -188,13 +184,12 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
     with mlflow_sweep(plan) as tracker:
         tracker.log_sweep_params({"spec": spec.to_dict()})
         experiments = plan_experiments(recorded_experiments(folder), plan.cells)
-        folder.write_record(storage=plan.storage, mlflow_uri=tracker.tracking_uri, configs=configs, gpu_share=gpu_share,
+        folder.write_record(storage=plan.storage, mlflow_uri=tracker.tracking_uri,
                             experiments={name: [c.cell_id for c in cells] for name, cells in experiments.items()})
-        state = run_grid(spec, experiments, configs, storage=plan.storage, state_path=folder.chain_state,
-                         tracker=tracker, use_gpu=use_gpu)
-        record_not_run(state, tracker, configs)
-        end = SweepEnd(state, export_sweep(folder.root, storage=plan.storage), tracker.tracking_uri,
-                       tracker.experiment_id)
+        CellRecords(folder.cells).plan(experiments, configs, gpu_share)
+        records = run_grid(spec, experiments, folder, storage=plan.storage, tracker=tracker, use_gpu=use_gpu)
+        record_not_run(records, tracker)
+        end = SweepEnd(records.cells, export_sweep(folder.root), tracker.tracking_uri, tracker.experiment_id)
         tracker.finish_sweep(end.mlflow_status())
     return end
 
@@ -207,11 +202,11 @@ def summarise(end: SweepEnd, seconds: float) -> int:
         print(f"interrupted with {len(unfinished)} trial(s) unfinished; run the same command again to resume",
               flush=True)
         return EXIT_INTERRUPTED
-    cells = end.state.cells
-    done = sum(e.status == DONE for e in cells.values())
-    print(f"{done}/{len(cells)} trials done in {seconds:.0f} s; exports: {end.exports}")
+    records = end.records
+    done = sum(r.status == DONE for r in records.values())
+    print(f"{done}/{len(records)} trials done in {seconds:.0f} s; exports: {end.exports}")
     for cell_id in end.failed():
-        print(f"  {cell_id}: {cells[cell_id].status}: {cells[cell_id].reason}")
+        print(f"  {cell_id}: {records[cell_id].status}: {records[cell_id].reason}")
     print("\n".join(end.mlflow_lines()))
     return 0 if not end.failed() else 1
 
@@ -226,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(describe_plan(plan))
             return 0
+        plan.folder.holds_sweep()  # refuses a folder an older version wrote
         with plan.folder.lock():  # one driver per sweep folder, for as long as it runs
             caches = prepare_data(plan)
             with ray_session(plan.ray) as use_gpu:
                 end = run_sweep(plan, caches, use_gpu)
-    except (SpecError, UsageError, DataError, FolderBusy) as err:
+    except (SpecError, UsageError, DataError, FolderError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     return summarise(end, time.time() - started)

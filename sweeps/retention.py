@@ -1,21 +1,8 @@
 """Delete superseded trial checkpoints only when no saved experiment state can name them.
 
-Ray's own `CheckpointConfig(num_to_keep=1)` deletes a trial's previous checkpoint the
-moment a new one is registered, before the experiment snapshot naming the new one has
-reached storage (the snapshot is written later in the same controller step and uploaded
-asynchronously). A driver killed in that window resumes the trial from a folder that no
-longer exists, and Ray fails it ("Could not recover from checkpoint as it does not exist
-on storage anymore"; ray-project/ray#27790). We saw exactly that on CI.
-
-So the sweep keeps `num_to_keep=None` and this callback does the deleting. It learns
-when Ray writes an experiment snapshot from `get_state`, which Ray calls while it saves
-one, and deletes a superseded checkpoint only after two snapshots that name its
-successor have been written and `grace_s` seconds have passed (the upload of a snapshot
-is asynchronous; Ray itself warns when one takes over 30 s). At the end of a sweep,
-after Ray's final snapshot (written and awaited), every superseded checkpoint goes.
-A trial's latest checkpoint (ours, or Ray's `trial.checkpoint`) is never deleted: resume,
-the chain and the exports use it. What is left: a snapshot upload that stalls for longer
-than `grace_s`, or a failing final upload, and a driver killed just then.
+Ray's own `num_to_keep` deletes a checkpoint before the snapshot naming its successor has
+reached storage, so a driver killed in between cannot resume (ray-project/ray#27790). The
+sweep keeps every checkpoint with Ray and deletes here, later (docs/design.md, "The sweep folder").
 """
 
 from __future__ import annotations

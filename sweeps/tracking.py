@@ -1,20 +1,14 @@
 """MLflow tracking for a sweep: one experiment, a parent run, one nested run per trial.
 
-A Ray Tune callback in the driver does all the logging (trials never talk to MLflow),
-so the same code works with a local SQLite store and with a tracking server on a
-cluster head. Runs are found again by tags (`vlsm.sweep_dir`, `vlsm.cell_id`), so a
-resumed sweep continues the same runs instead of making duplicates.
-
-What each run holds: the cell's axes as parameters and tags, the trial config as
-parameters, per-epoch metrics (step = epoch) with the node's system metrics, the headline
-numbers (`sweeps.mlflow_ui.HEADLINE_METRICS`), its data as dataset inputs
-(`sweeps.mlflow_datasets`), its best weights as a pyfunc model (`sweeps.mlflow_model`)
-and its per-image test results. The experiment opens in the model-training view with
-saved views of the runs table (`sweeps.mlflow_ui`).
+A Ray Tune callback in the driver does all the logging (trials never talk to MLflow), so
+the same code works with a local SQLite store and with a tracking server on a cluster
+head. A cell's run id is kept in its record, so a resumed sweep continues the same runs
+(docs/design.md, "One record per cell").
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -26,9 +20,9 @@ from typing import Any
 from ray.tune import Callback
 
 from sweeps import mlflow_ui
-from sweeps.cell import CELL_ID, Cell
+from sweeps.cell import CELL_ID
 from sweeps.folder import SweepFolder
-from sweeps.outcome import DONE, MLFLOW_STATUS, trial_outcome
+from sweeps.record import DONE, MLFLOW_STATUS, CellRecord, CellRecords
 from vlsm import axes
 from vlsm.checkpoint import BEST_DIR, PER_IMAGE_FILE
 from vlsm.system_metrics import PREFIX as SYSTEM_PREFIX
@@ -82,13 +76,11 @@ def sweep_key(sweep_dir: str | Path) -> str:
     return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
 
 
-def _trial_params(config: dict[str, Any], cell: Cell | None) -> dict[str, str]:
+def _trial_params(record: CellRecord) -> dict[str, str]:
     """A trial run's parameters: the cell's axes under their own names (the UI's group-by
-    and filters), then the trial config (its `tags` are the axes again; its `model` is
-    the registry key of the axis value)."""
-    params = dict(cell.axes()) if cell is not None else {}
-    rest = {k: v for k, v in config.items() if k != "tags" and k not in params}
-    return {**params, **_flatten(rest)}
+    and filters), then the trial config (its `model` is the registry key of the axis value)."""
+    rest = {k: v for k, v in record.config.items() if k not in record.axes}
+    return {**record.axes, **_flatten(rest)}
 
 
 def _open_sqlite_store(tracking_uri: str, artifact_root: Path) -> None:
@@ -155,8 +147,6 @@ class SweepTracker:
             )
         else:
             experiment_id = experiment.experiment_id
-            if mlflow_ui.EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an older version
-                self.client.set_experiment_tag(experiment_id, mlflow_ui.EXPERIMENT_KIND_TAG, mlflow_ui.EXPERIMENT_KIND)
         for key, value in mlflow_ui.view_tags().items():  # this version's views
             self.client.set_experiment_tag(experiment_id, key, value)
         return experiment_id
@@ -184,48 +174,52 @@ class SweepTracker:
             if key not in existing:
                 self.client.log_param(self.parent_run_id, key, value)
 
-    def trial_run(self, cell_id: str, config: dict[str, Any] | None = None) -> str:
-        """The run of a cell: found by tag (resume) or created, nested under the parent."""
-        if cell_id in self._runs:
-            return self._runs[cell_id]
-        found = self._search(
-            f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TAG_CELL}` = '{cell_id}'"
-        )
-        if found:
-            run_id = found[0].info.run_id
+    def trial_run(self, record: CellRecord, upstream_run: str | None = None) -> str:
+        """The run of a cell: the one its record names or its tag finds (a resumed sweep
+        continues it), else a new one nested under the parent (see `cell_run`)."""
+        if record.cell_id in self._runs:
+            return self._runs[record.cell_id]
+        run = self._existing_run(record)
+        if run is not None:
+            run_id = run.info.run_id
             # a resumed trial replays the epochs after its last checkpoint: log each once
             # (every metric the run holds, the system metrics a report carries included)
-            self._steps[run_id] = {
-                name: {m.step for m in self.client.get_metric_history(run_id, name)}
-                for name in self.client.get_run(run_id).data.metrics
-            }
+            self._steps[run_id] = {name: {m.step for m in self.client.get_metric_history(run_id, name)}
+                                   for name in run.data.metrics}
         else:
-            tags = {PARENT_TAG: self.parent_run_id, TAG_ROLE: "trial", TAG_CELL: cell_id}
-            cell = Cell.of_config(config) if config else None
-            if cell is not None:
-                tags.update(cell.axes())
-                if cell.upstream:
-                    tags[TAG_UPSTREAM_CELL] = cell.upstream
-                    tags[TAG_UPSTREAM_RUN] = self.trial_run(cell.upstream)
-            run = self.client.create_run(self.experiment_id, run_name=cell_id, tags=tags)
-            run_id = run.info.run_id
-            if config:
-                self._log_trial_inputs(run_id, config, cell)
-        self._runs[cell_id] = run_id
+            tags = {PARENT_TAG: self.parent_run_id, TAG_ROLE: "trial", TAG_CELL: record.cell_id, **record.axes}
+            if record.upstream:
+                tags[TAG_UPSTREAM_CELL] = record.upstream
+                if upstream_run:
+                    tags[TAG_UPSTREAM_RUN] = upstream_run
+            run_id = self.client.create_run(self.experiment_id, run_name=record.cell_id, tags=tags).info.run_id
+            self._log_trial_inputs(run_id, record)
+        self._runs[record.cell_id] = run_id
         return run_id
 
-    def _log_trial_inputs(self, run_id: str, config: dict[str, Any], cell: Cell | None) -> None:
+    def _existing_run(self, record: CellRecord) -> Any:
+        """The cell's run: its record's, else one its tag finds (made by a driver killed
+        before the record had its id), else None."""
+        from mlflow.exceptions import MlflowException
+
+        if record.run_id is not None:
+            with contextlib.suppress(MlflowException):  # not in this store (--mlflow-uri changed)
+                return self.client.get_run(record.run_id)
+        found = self._search(f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TAG_CELL}` = '{record.cell_id}'")
+        return found[0] if found else None
+
+    def _log_trial_inputs(self, run_id: str, record: CellRecord) -> None:
         """A new trial run's parameters and datasets (a dataset that cannot be read is a
         warning: the run's parameters still name its cache folders)."""
         from mlflow.entities import Param
 
         from sweeps.mlflow_datasets import dataset_inputs
 
-        params = [Param(key, value) for key, value in _trial_params(config, cell).items()]
+        params = [Param(key, value) for key, value in _trial_params(record).items()]
         for start in range(0, len(params), 100):  # MLflow's batch limit
             self.client.log_batch(run_id, params=params[start:start + 100])
         try:
-            self.client.log_inputs(run_id, datasets=dataset_inputs(config))
+            self.client.log_inputs(run_id, datasets=dataset_inputs(record.config))
         except (OSError, KeyError, ValueError) as err:
             logger.warning("MLflow: the datasets of %s are not logged: %s", run_id, err)
 
@@ -252,11 +246,10 @@ class SweepTracker:
         for metric in batch:
             logged.setdefault(metric.key, set()).add(step)
 
-    def log_best_model(self, cell_id: str, best: Path, step: int) -> str:
+    def log_best_model(self, run_id: str, cell_id: str, best: Path, step: int) -> str:
         """Log a local best/ folder as the run's pyfunc model (see `sweeps.mlflow_model`)."""
         from sweeps.mlflow_model import MODEL_NAME, add_pyfunc_files, log_model
 
-        run_id = self.trial_run(cell_id)
         # a trial Ray restored after it had finished reports its end again: its model is there
         logged = self.client.search_logged_models(
             [self.experiment_id], filter_string=f"name = '{MODEL_NAME}' AND source_run_id = '{run_id}'",
@@ -266,9 +259,8 @@ class SweepTracker:
         add_pyfunc_files(str(best))
         return log_model(self.client, self.experiment_id, run_id, best, step=step, tags={TAG_CELL: cell_id})
 
-    def finish_trial(self, cell_id: str, status: str, *, reason: str | None = None,
+    def finish_trial(self, run_id: str, status: str, *, reason: str | None = None,
                      artifacts: list[Path] | None = None) -> None:
-        run_id = self.trial_run(cell_id)
         self.client.set_tag(run_id, TAG_STATUS, status)
         if reason:
             self.client.set_tag(run_id, TAG_REASON, reason[:5000])
@@ -301,11 +293,21 @@ def _guarded(method):
     return wrapper
 
 
-class MLflowTrialCallback(Callback):
-    """Ray Tune callback: log each trial's config, epochs, results and checkpoint."""
+def cell_run(tracker: SweepTracker, records: CellRecords, cell_id: str) -> str:
+    """The cell's run (`SweepTracker.trial_run`), its id kept in the cell's record."""
+    record = records[cell_id]
+    upstream = records.cells.get(record.upstream or "")
+    run_id = tracker.trial_run(record, upstream.run_id if upstream else None)
+    if record.run_id != run_id:
+        records.update(cell_id, run_id=run_id)
+    return run_id
 
-    def __init__(self, tracker: SweepTracker, *, log_checkpoints: bool = True):
-        self.tracker = tracker
+
+class MLflowTrialCallback(Callback):
+    """Ray Tune callback: log each trial's config, epochs and outcome (read from its record)."""
+
+    def __init__(self, tracker: SweepTracker, records: CellRecords, *, log_checkpoints: bool = True):
+        self.tracker, self.records = tracker, records
         self.log_checkpoints = log_checkpoints
 
     def setup(self, **info) -> None:
@@ -325,53 +327,40 @@ class MLflowTrialCallback(Callback):
 
     @_guarded
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        cell = Cell.of_config(trial.config)
-        if cell is not None:
-            run_id = self.tracker.trial_run(cell.cell_id, trial.config)
-            self.tracker.client.set_tag(run_id, TAG_TRIAL, trial.trial_id)
+        run_id = cell_run(self.tracker, self.records, trial.config[CELL_ID])
+        self.tracker.client.set_tag(run_id, TAG_TRIAL, trial.trial_id)
 
     @_guarded
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        cell = Cell.of_config(trial.config)
-        if cell is not None:
-            run_id = self.tracker.trial_run(cell.cell_id, trial.config)
-            step = int(result.get(axes.EPOCH, result.get("training_iteration", 0)))
-            self.tracker.log_result(run_id, result, step)
+        run_id = cell_run(self.tracker, self.records, trial.config[CELL_ID])
+        step = int(result.get(axes.EPOCH, result.get("training_iteration", 0)))
+        self.tracker.log_result(run_id, result, step)
 
     @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._finish(trial, error=False)
-
-    @_guarded
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._finish(trial, error=True)
-
-    def _finish(self, trial, *, error: bool) -> None:
-        """Close the trial's run with its outcome; a done trial's best weights become its
-        model and its per-image results an artifact (on shared storage tags name them)."""
-        cell = Cell.of_config(trial.config)
-        if cell is None:
-            return
-        outcome = trial_outcome(trial, error=error)
+        """Close the trial's run with the outcome its record holds (`RecordCallback`, called
+        before this one); a done trial's best weights become its model and its per-image
+        results an artifact (on shared storage tags name them)."""
+        record = self.records[trial.config[CELL_ID]]
+        run_id = cell_run(self.tracker, self.records, record.cell_id)
         artifacts: list[Path] = []
-        if outcome.checkpoint is not None:
-            self.tracker.client.set_tag(self.tracker.trial_run(cell.cell_id), TAG_CHECKPOINT, outcome.checkpoint)
-            if self.log_checkpoints and outcome.status == DONE:
-                artifacts = self._log_model(cell, trial, outcome.checkpoint)
-        self.tracker.finish_trial(cell.cell_id, outcome.status, reason=outcome.reason, artifacts=artifacts)
+        if record.checkpoint is not None:
+            self.tracker.client.set_tag(run_id, TAG_CHECKPOINT, record.checkpoint)
+            if self.log_checkpoints and record.status == DONE:
+                artifacts = self._log_model(run_id, record, trial.checkpoint)
+        self.tracker.finish_trial(run_id, record.status, reason=record.reason, artifacts=artifacts)
 
-    def _log_model(self, cell: Cell, trial, checkpoint_uri: str) -> list[Path]:
+    on_trial_error = on_trial_complete  # the record says how it ended
+
+    def _log_model(self, run_id: str, record: CellRecord, checkpoint) -> list[Path]:
         """The best weights as the run's model; the local files still to log as artifacts."""
-        checkpoint = trial.checkpoint
-        step = int((trial.last_result or {}).get(axes.BEST_EPOCH, 0))
         if checkpoint.filesystem is None or checkpoint.filesystem.type_name == "local":
             folder = Path(checkpoint.path)
             if (folder / BEST_DIR).is_dir():
-                self.tracker.log_best_model(cell.cell_id, folder / BEST_DIR, step)
+                self.tracker.log_best_model(run_id, record.cell_id, folder / BEST_DIR, record.best_epoch or 0)
             return [p for p in (folder / PER_IMAGE_FILE,) if p.exists()]
         from sweeps.mlflow_model import add_pyfunc_files
 
         add_pyfunc_files(f"{checkpoint.path}/{BEST_DIR}", checkpoint.filesystem)
-        run_id = self.tracker.trial_run(cell.cell_id)
-        self.tracker.client.set_tag(run_id, TAG_MODEL, f"{checkpoint_uri.rstrip('/')}/{BEST_DIR}")
+        self.tracker.client.set_tag(run_id, TAG_MODEL, f"{record.checkpoint.rstrip('/')}/{BEST_DIR}")
         return []

@@ -2,7 +2,7 @@
 
 Everything a trial needs is in its config: model, prompt, encoder mode, the cache
 folders of its data (passed by path, so Ray ships no arrays), the training settings of
-the sweep and the model, and `tags` naming its grid cell. `init_from` is filled in by
+the sweep and the model, and its cell's id (`CELL_ID`). `init_from` is filled in by
 the chain searcher when the upstream checkpoint exists.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sweeps.cell import REAL_DATA, Cell
+from sweeps.cell import CELL_ID, REAL_DATA, Cell
 from sweeps.spec import SweepSpec
 from vlsm.axes import PROVENANCE_PROMPT
 from vlsm.model_registry import model_key
@@ -61,7 +61,7 @@ def trial_config(
         "init_from": None,
         "seed": cell.seed,
         "provenance_phrases": dict(spec.grid.provenance_phrases) if cell.provenance == PROVENANCE_PROMPT else None,
-        "tags": cell.tags(),
+        CELL_ID: cell.cell_id,
     }
     if STRATEGY_REGISTRY[cell.strategy].train != REAL_AND_SYNTHETIC:  # a share needs both in one training set
         config["synthetic_share"] = None

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray import tune
 
+from sweeps.cell import CELL_ID
 from sweeps.retention import CheckpointRetention, checkpoint_config
 
 logger = logging.getLogger(__name__)
@@ -31,10 +32,7 @@ def experiment_path(storage: str, name: str) -> str:
 def trial_dirname(trial: Any) -> str:
     """A trial's folder in its experiment: its cell's id and Ray's trial id
     (`cris-real-frozen-p3_1a2b3c4d`), instead of Ray's `train_vlsm_<id>_<n>_<config>`."""
-    from sweeps.cell import Cell
-
-    cell = Cell.of_config(trial.config)
-    return f"{cell.cell_id if cell else 'trial'}_{trial.trial_id}"
+    return f"{trial.config[CELL_ID]}_{trial.trial_id}"
 
 
 def build_tuner(
@@ -69,7 +67,7 @@ def build_tuner(
             callbacks=[*callbacks, CheckpointRetention()],
             checkpoint_config=checkpoint_config(),
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            verbose=0,  # the grid logs one line per trial instead (sweeps.progress)
+            verbose=0,  # the grid logs one line per trial instead (sweeps.chain.RecordCallback)
         ),
     )
 

@@ -15,7 +15,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sweeps.cell import Cell
+from sweeps.cell import CELL_ID, Cell
+from sweeps.record import DONE, CellRecords
+
+
+def _records(sweep: Path, cell: Cell, **record) -> CellRecords:
+    """The sweep folder's record of one cell, as the driver writes it (`record`: its outcome)."""
+    records = CellRecords(sweep / "cells")
+    records.plan({"grid": [cell]}, {cell.cell_id: {CELL_ID: cell.cell_id}}, {cell.cell_id: 0.0})
+    if record:
+        records.update(cell.cell_id, **record)
+    return records
 
 
 def test_the_sampler_reports_means_since_the_last_take(monkeypatch) -> None:
@@ -120,11 +130,12 @@ def test_a_model_on_shared_storage_gains_its_pyfunc_files_and_loads_from_there(b
     storage = pyarrow.fs.SubTreeFileSystem(str(best_folder.parent), pyarrow.fs.LocalFileSystem())
     assert storage.type_name != "local"  # the tracker treats it as shared storage
     cell = Cell("CLIPSeg", "real", "unfrozen", "P1")
-    trial = SimpleNamespace(config={"tags": cell.tags()}, trial_id="t1", last_result={"best_epoch": 2},
+    trial = SimpleNamespace(config={CELL_ID: cell.cell_id}, trial_id="t1", last_result={"best_epoch": 2},
                             checkpoint=SimpleNamespace(path="", filesystem=storage))
+    records = _records(tmp_path / "sweep", cell, status=DONE, best_epoch=2, checkpoint=f"subtree://{best_folder.parent}")
     tracker = SweepTracker(SweepFolder(tmp_path / "sweep").default_tracking_uri(), "s", tmp_path / "sweep")
-    MLflowTrialCallback(tracker).on_trial_complete(0, [], trial)
-    run = tracker.client.get_run(tracker.trial_run(cell.cell_id))
+    MLflowTrialCallback(tracker, records).on_trial_complete(0, [], trial)
+    run = tracker.client.get_run(records[cell.cell_id].run_id)
     assert run.info.status == "FINISHED" and run.data.tags[TAG_MODEL].endswith("/best")
     assert (best_folder / "MLmodel").is_file() and not list(best_folder.glob(".*.tmp"))
     assert tracker.client.search_logged_models([tracker.experiment_id]) == []  # nothing copied
@@ -149,14 +160,15 @@ def test_a_resumed_driver_logs_each_system_metric_of_a_replayed_epoch_once(tmp_p
     # A resumed trial replays the epochs after its last checkpoint; its reports carry the
     # system metrics again, which the run holds already at those steps.
     from sweeps.folder import SweepFolder
-    from sweeps.tracking import SweepTracker
+    from sweeps.tracking import SweepTracker, cell_run
 
     uri, cell = SweepFolder(tmp_path / "sweep").default_tracking_uri(), Cell("CLIPSeg", "real", "unfrozen", "P1")
+    records = _records(tmp_path / "sweep", cell)
     first = SweepTracker(uri, "s", tmp_path / "sweep")
-    run_id = first.trial_run(cell.cell_id)
+    run_id = cell_run(first, records, cell.cell_id)
     first.log_result(run_id, {"system/cpu_utilization_percentage": 40.0}, 1)
     again = SweepTracker(uri, "s", tmp_path / "sweep")  # the driver after a restart
-    assert again.trial_run(cell.cell_id) == run_id
+    assert records[cell.cell_id].run_id == run_id and cell_run(again, records, cell.cell_id) == run_id
     again.log_result(run_id, {"system/cpu_utilization_percentage": 55.0}, 1)  # epoch 1 replayed
     again.log_result(run_id, {"system/cpu_utilization_percentage": 60.0}, 2)
     history = again.client.get_metric_history(run_id, "system/cpu_utilization_percentage")
@@ -170,11 +182,11 @@ def test_a_finished_trial_reported_again_keeps_its_one_model_among_many(best_fol
 
     tracker = SweepTracker(SweepFolder(tmp_path / "sweep").default_tracking_uri(), "s", tmp_path / "sweep")
     cell = Cell("CLIPSeg", "real", "unfrozen", "P1")
-    model_id = tracker.log_best_model(cell.cell_id, best_folder, 2)
+    run_id = tracker.trial_run(_records(tmp_path / "sweep", cell)[cell.cell_id])
+    model_id = tracker.log_best_model(run_id, cell.cell_id, best_folder, 2)
     for _ in range(100):  # other trials' models, logged after it
         tracker.client.create_logged_model(tracker.experiment_id, name="model", source_run_id=tracker.parent_run_id)
-    assert tracker.log_best_model(cell.cell_id, best_folder, 2) == model_id  # Ray restored it
-    run_id = tracker.trial_run(cell.cell_id)
+    assert tracker.log_best_model(run_id, cell.cell_id, best_folder, 2) == model_id  # Ray restored it
     mine = tracker.client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     assert [m.model_id for m in mine] == [model_id]
 
@@ -185,16 +197,17 @@ def test_a_report_is_logged_in_one_request(tmp_path, monkeypatch) -> None:
 
     tracker = SweepTracker(SweepFolder(tmp_path / "sweep").default_tracking_uri(), "s", tmp_path / "sweep")
     cell = Cell("CLIPSeg", "real", "unfrozen", "P1")
-    trial = SimpleNamespace(config={"tags": cell.tags()}, trial_id="t1")
-    run_id = tracker.trial_run(cell.cell_id)
+    trial = SimpleNamespace(config={CELL_ID: cell.cell_id}, trial_id="t1")
+    records = _records(tmp_path / "sweep", cell)
+    run_id = tracker.trial_run(records[cell.cell_id])
     calls = []
     for name in ("log_metric", "log_batch"):
         real = getattr(tracker.client, name)
         monkeypatch.setattr(tracker.client, name, lambda *a, _n=name, _r=real, **k: (calls.append(_n), _r(*a, **k))[1])
     result = {"epoch": 3, "val_dice": 0.5, "train_loss": float("nan"), "system/cpu_utilization_percentage": 12.0,
               "note": "not a metric"}
-    MLflowTrialCallback(tracker).on_trial_result(0, [], trial, result)
-    MLflowTrialCallback(tracker).on_trial_result(0, [], trial, result)  # the same report again: nothing new
+    MLflowTrialCallback(tracker, records).on_trial_result(0, [], trial, result)
+    MLflowTrialCallback(tracker, records).on_trial_result(0, [], trial, result)  # the same report again: nothing new
     assert calls == ["log_batch"]
     metrics = tracker.client.get_run(run_id).data.metrics
     assert metrics == {"val_dice": 0.5, "system/cpu_utilization_percentage": 12.0}

@@ -440,12 +440,12 @@ def test_a_new_users_first_hour(tmp_path: Path) -> None:
             assert "paper-grid" in [e["name"] for e in json.loads(out)["experiments"]], out
     sweep = tmp_path / "runs" / "paper-grid-demo"
     entries = _layout_entries()
-    assert {"sweep.json", "chain_state.json", "ray/grid/", "exports/", "report.html", "figures/"} <= set(entries)
+    assert {"sweep.json", "cells/", "ray/grid/", "exports/", "report.html", "figures/"} <= set(entries)
     for entry in entries:
         assert (sweep / entry).exists(), f"docs/sweeps.md's sweep folder lists {entry}; not in {sorted(os.listdir(sweep))}"
     # trial folders are named after their cells, and the exports say where a cell's checkpoint is
     trials = pd.read_parquet(sweep / "exports" / "trials.parquet")
-    state = json.loads((sweep / "chain_state.json").read_text())
+    state = {p.stem: json.loads(p.read_text()) for p in (sweep / "cells").glob("*.json")}
     folders = {p.name for p in (sweep / "ray" / "grid").iterdir() if p.is_dir()}
     assert folders == {f"{t}_{state[t]['trial_id']}" for t in trials["trial_id"]}
     for row in trials.itertuples():

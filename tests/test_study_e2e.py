@@ -35,6 +35,11 @@ FIRST = {"cris-real-frozen-p1", "cris-synthetic-frozen-p1", "cris-synthetic-diff
 pytestmark = pytest.mark.slow
 
 
+def _records(output: Path) -> dict[str, dict]:
+    """Every cell's record in the sweep folder (cells/<cell_id>.json), by cell id."""
+    return {path.stem: json.loads(path.read_text()) for path in (output / "cells").glob("*.json")}
+
+
 def _run(output: Path, *extra: str) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--output", str(output), *STUDY, *extra], cwd=REPO,
                           capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -45,10 +50,10 @@ def _run(output: Path, *extra: str) -> None:
 def study(tmp_path_factory) -> dict:
     output = tmp_path_factory.mktemp("study")
     _run(output)
-    first = {"state": json.loads((output / "chain_state.json").read_text()),
+    first = {"state": _records(output),
              "trials": pd.read_parquet(output / schema.EXPORTS_DIR / schema.TRIALS_FILE)}
     _run(output, "--seeds", "42", "43")  # a seed added to the finished sweep
-    return {"output": output, "first": first, "state": json.loads((output / "chain_state.json").read_text())}
+    return {"output": output, "first": first, "state": _records(output)}
 
 
 def test_two_sources_and_the_mixed_strategy_run_and_export(study: dict) -> None:
@@ -68,6 +73,7 @@ def test_an_added_seed_runs_only_the_new_trials_each_from_its_own_upstream(study
     for cell in FIRST:  # the finished trials are kept, not rerun
         assert (after[cell]["trial_id"], after[cell]["checkpoint"]) == (before[cell]["trial_id"], before[cell]["checkpoint"])
     assert after["cris-synth-pt-real-ft-frozen-p1-s43"]["upstream"] == "cris-synthetic-frozen-p1-s43"
+    assert {after[c]["experiment"] for c in FIRST} == {"grid"} and after["cris-real-frozen-p1-s43"]["experiment"] == "grid-2"
     record = json.loads((output / "sweep.json").read_text())
     assert {name: sorted(ids) for name, ids in record["experiments"].items()} == {
         "grid": sorted(FIRST), "grid-2": sorted(f"{c}-s43" for c in FIRST)}

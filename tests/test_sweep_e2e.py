@@ -45,6 +45,11 @@ def _run(output: Path, *extra: str, timeout: float = 600) -> subprocess.Complete
     )
 
 
+def _records(output: Path) -> dict[str, dict]:
+    """Every cell's record in the sweep folder (cells/<cell_id>.json), by cell id."""
+    return {path.stem: json.loads(path.read_text()) for path in (output / "cells").glob("*.json")}
+
+
 def _mlflow_runs(output: Path) -> pd.DataFrame:
     """Every run of the sweep's MLflow store: id, status, tags and val_dice history length."""
     from mlflow.tracking import MlflowClient
@@ -99,11 +104,12 @@ def test_small_grid_exports(small_sweep: Path) -> None:
 
 
 def test_finetune_starts_from_its_upstream_best_checkpoint(small_sweep: Path) -> None:
-    state = json.loads((small_sweep / "chain_state.json").read_text())
+    state = _records(small_sweep)
     upstream_ckpt = state["cris-synthetic-frozen-p1"]["checkpoint"]
     finetune_ckpt = Path(state["cris-synth-pt-real-ft-frozen-p1"]["checkpoint"])
     config = json.loads((finetune_ckpt / "config.json").read_text())
     assert config["init_from"] == f"{upstream_ckpt}/best"
+    assert state["cris-synth-pt-real-ft-frozen-p1"]["config"]["init_from"] == config["init_from"]  # as it ran
     # Real and finetune trials differ only in their initial weights (same data, prompt
     # and seed), so identical curves would mean the upstream weights were never loaded.
     epochs = pd.read_parquet(small_sweep / schema.EXPORTS_DIR / schema.EPOCHS_FILE)
@@ -115,7 +121,7 @@ def test_finetune_starts_from_its_upstream_best_checkpoint(small_sweep: Path) ->
 def test_each_trial_keeps_only_its_latest_checkpoint(small_sweep: Path) -> None:
     # Ray keeps every checkpoint (num_to_keep=None); CheckpointRetention deletes the
     # superseded ones after Ray's final snapshot, so each trial folder ends with one.
-    state = json.loads((small_sweep / "chain_state.json").read_text())
+    state = _records(small_sweep)
     trial_dirs = sorted(d for d in (small_sweep / "ray" / "grid").iterdir() if d.is_dir())
     assert len(trial_dirs) == 3  # each named after its cell: cris-real-frozen-p1_<ray trial id>
     assert {d.name.rsplit("_", 1)[0] for d in trial_dirs} == set(state)
@@ -339,13 +345,12 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     output = tmp_path / "sweep"
     args = [sys.executable, str(SCRIPT), "--output", str(output), *SMALL, "--set", "train.max_epochs=4"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    state_file = output / "chain_state.json"
     deadline = time.time() + 300
     done_before: set[str] = set()
     try:
         while time.time() < deadline and proc.poll() is None:
-            if state_file.exists():
-                state = json.loads(state_file.read_text())
+            state = _records(output)
+            if state:
                 done_before = {c for c, s in state.items() if s["status"] == "done"}
                 if done_before and any(s["status"] == "running" for s in state.values()):
                     break
@@ -354,15 +359,16 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert done_before, "the sweep finished no trial before the deadline"
-    before = json.loads(state_file.read_text())
+    before = _records(output)
 
     resumed = _run(output, "--set", "train.max_epochs=4")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = json.loads(state_file.read_text())
+    after = _records(output)
     assert all(s["status"] == "done" for s in after.values())
     for cell in done_before:  # finished trials are not rerun
         assert after[cell]["trial_id"] == before[cell]["trial_id"]
         assert after[cell]["checkpoint"] == before[cell]["checkpoint"]
+        assert after[cell]["run_id"] == before[cell]["run_id"]
     epochs = pd.read_parquet(output / schema.EXPORTS_DIR / schema.EPOCHS_FILE)
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert (epochs.groupby("trial_id")["epoch"].max() == 4).all()
@@ -381,11 +387,10 @@ def test_ctrl_c_ends_with_the_right_instruction_last(tmp_path: Path) -> None:
     args = [sys.executable, str(SCRIPT), "--output", str(output), *SMALL, "--set", "train.max_epochs=6"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    state_file = output / "chain_state.json"
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
-            if state_file.exists() and any(s["status"] == "done" for s in json.loads(state_file.read_text()).values()):
+            if any(s["status"] == "done" for s in _records(output).values()):
                 break
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)  # Ctrl-C in the driver's terminal

@@ -16,6 +16,17 @@ from sweeps.spec import SpecError, load_spec
 from vlsm.axes import STRATEGY_FINETUNE, STRATEGY_SYNTHETIC
 
 
+def _cell_records(folder: Path, *cells: Cell):
+    """The records of a sweep folder's planned cells, as the driver writes them first."""
+    from sweeps.cell import CELL_ID
+    from sweeps.record import CellRecords
+
+    records = CellRecords(folder / "cells")
+    records.plan({"grid": list(cells)}, {c.cell_id: {CELL_ID: c.cell_id} for c in cells}, dict.fromkeys(
+        (c.cell_id for c in cells), 0.0))
+    return records
+
+
 def test_paper_grid_has_92_trials_with_the_paper_axes() -> None:
     cells = expand_grid(load_spec())
     assert len(cells) == 92
@@ -102,13 +113,23 @@ def test_override_inside_an_unset_section() -> None:
     assert spec.models["CLIPSeg"].config == {"stock_forward_no_grad_encoders": True}
 
 
+def _recorded(folder, configs: dict, storage: str = "s") -> None:
+    """A sweep folder as a run leaves it: sweep.json and one record per cell."""
+    from sweeps.record import CellRecord, CellRecords
+
+    folder.write_record(storage=storage, mlflow_uri=None, experiments={"grid": list(configs)})
+    folder.cells.mkdir(exist_ok=True)
+    for cell_id, config in configs.items():
+        CellRecords(folder.cells).save(CellRecord(cell_id, {}, 42, None, "grid", config))
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path) -> None:
     from sweeps.folder import SweepFolder, resume_mismatch
 
     folder = SweepFolder(tmp_path)
     configs = {"cris-real-frozen-p1": {"lr": 1e-3, "max_epochs": 2, "init_from": None}}
     assert resume_mismatch(folder, configs, "s") is None  # nothing to resume yet
-    folder.write_record(storage="s", mlflow_uri=None, configs=configs, gpu_share={})
+    _recorded(folder, configs)
     assert resume_mismatch(folder, configs, "s") is None
     changed = {"cris-real-frozen-p1": {"lr": 1e-3, "max_epochs": 5, "init_from": None}}
     assert "max_epochs was 2, now 5" in resume_mismatch(folder, changed, "s")
@@ -126,7 +147,7 @@ def test_resuming_with_another_storage_is_refused(tmp_path) -> None:
     from sweeps.folder import SweepFolder, resume_mismatch
 
     folder = SweepFolder(tmp_path)
-    folder.write_record(storage="s3://b/run-1", mlflow_uri=None, configs={}, gpu_share={})
+    _recorded(folder, {}, storage="s3://b/run-1")
     assert "give the same --storage" in resume_mismatch(folder, {}, "s3://b/run-2")
     assert resume_mismatch(folder, {}, "s3://b/run-1") is None
 
@@ -240,9 +261,9 @@ def test_a_failing_mlflow_store_never_raises_into_tune(tmp_path, caplog) -> None
     tracker = SweepTracker(SweepFolder(tmp_path).default_tracking_uri(), "broken", tmp_path)
     (tmp_path / "mlflow.db").unlink()  # the store is gone: every MLflow call now fails
     (tmp_path / "mlflow.db").write_bytes(b"not a database")
-    trial = SimpleNamespace(config={"tags": Cell("CRIS", "real", "frozen", "P1").tags()}, trial_id="t1",
-                            checkpoint=None, last_result={})
-    callback = MLflowTrialCallback(tracker)
+    records = _cell_records(tmp_path, Cell("CRIS", "real", "frozen", "P1"))
+    trial = SimpleNamespace(config={"cell_id": "cris-real-frozen-p1"}, trial_id="t1", checkpoint=None, last_result={})
+    callback = MLflowTrialCallback(tracker, records)
     callback.on_trial_start(0, [], trial)
     callback.on_trial_result(0, [], trial, {"epoch": 1, "val_dice": 0.5})
     callback.on_trial_complete(0, [], trial)
@@ -254,17 +275,20 @@ def test_a_trial_without_a_finite_epoch_closes_its_mlflow_run_as_failed(tmp_path
 
     from mlflow.tracking import MlflowClient
 
+    from sweeps.chain import RecordCallback
     from sweeps.folder import SweepFolder
     from sweeps.tracking import MLflowTrialCallback, SweepTracker
 
     uri = SweepFolder(tmp_path).default_tracking_uri()
     tracker = SweepTracker(uri, "s", tmp_path)
-    trial = SimpleNamespace(config={"tags": Cell("CRIS", "synthetic", "frozen", "P6").tags()}, trial_id="t1",
-                            checkpoint=None, last_result={"best_epoch": 0, "stop_reason": "non-finite val_loss at epoch 1"})
-    callback = MLflowTrialCallback(tracker)
-    callback.on_trial_start(0, [], trial)
-    callback.on_trial_complete(0, [], trial)
-    run = MlflowClient(tracking_uri=uri).get_run(tracker.trial_run("cris-synthetic-frozen-p6"))
+    records = _cell_records(tmp_path, Cell("CRIS", "synthetic", "frozen", "P6"))
+    trial = SimpleNamespace(config={"cell_id": "cris-synthetic-frozen-p6"}, trial_id="t1", checkpoint=None,
+                            last_result={"best_epoch": 0, "stop_reason": "non-finite val_loss at epoch 1"})
+    callbacks = [RecordCallback(records, 1), MLflowTrialCallback(tracker, records)]  # as the runner orders them
+    callbacks[1].on_trial_start(0, [], trial)
+    for callback in callbacks:
+        callback.on_trial_complete(0, [], trial)
+    run = MlflowClient(tracking_uri=uri).get_run(records["cris-synthetic-frozen-p6"].run_id)
     assert run.info.status == "FAILED" and run.data.tags["vlsm.status"] == "failed"
     assert "non-finite val_loss" in run.data.tags["vlsm.reason"]
 
@@ -281,12 +305,13 @@ def test_a_resumed_sweep_logs_trials_where_the_driver_logs_now(tmp_path) -> None
 
     sweep = tmp_path / "sweep"
     first_uri, now_uri = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "now.db"))
-    pickled = pickle.dumps(MLflowTrialCallback(SweepTracker(first_uri, "s", sweep)))
+    records = _cell_records(sweep, Cell("CRIS", "real", "frozen", "P1"))
+    pickled = pickle.dumps(MLflowTrialCallback(SweepTracker(first_uri, "s", sweep), records))
     now = SweepTracker(now_uri, "s", sweep)
     restored = pickle.loads(pickled)
     restored.setup(stop=None, num_samples=1, total_num_samples=1)
     assert restored.tracker is now
-    trial = SimpleNamespace(config={"tags": Cell("CRIS", "real", "frozen", "P1").tags()}, trial_id="t1")
+    trial = SimpleNamespace(config={"cell_id": "cris-real-frozen-p1"}, trial_id="t1")
     restored.on_trial_start(0, [], trial)
 
     def trial_runs(uri: str) -> int:
@@ -376,16 +401,19 @@ def test_a_resumed_trial_logs_each_epoch_to_mlflow_once(tmp_path) -> None:
     from sweeps.tracking import MLflowTrialCallback, SweepTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    trial = SimpleNamespace(config={"tags": Cell("CRIS", "real", "frozen", "P1").tags()}, trial_id="t1")
-    first = MLflowTrialCallback(SweepTracker(uri, "s", tmp_path))
+    records = _cell_records(tmp_path, Cell("CRIS", "real", "frozen", "P1"))
+    trial = SimpleNamespace(config={"cell_id": "cris-real-frozen-p1"}, trial_id="t1")
+    first = MLflowTrialCallback(SweepTracker(uri, "s", tmp_path), records)
     for epoch in (1, 2, 3):
         first.on_trial_result(0, [], trial, {"epoch": epoch, "val_dice": 0.1 * epoch})
     resumed_tracker = SweepTracker(uri, "s", tmp_path)  # the next launch
-    resumed = MLflowTrialCallback(resumed_tracker)
+    resumed = MLflowTrialCallback(resumed_tracker, records)
     for epoch in (2, 3, 4):  # resumed from the epoch-1 checkpoint
         resumed.on_trial_result(0, [], trial, {"epoch": epoch, "val_dice": 0.1 * epoch})
-    history = resumed_tracker.client.get_metric_history(resumed_tracker.trial_run("cris-real-frozen-p1"), "val_dice")
+    run_id = records["cris-real-frozen-p1"].run_id  # found by the record's run id: one run
+    history = resumed_tracker.client.get_metric_history(run_id, "val_dice")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert len(resumed_tracker.client.search_runs([resumed_tracker.experiment_id], "tags.`vlsm.role` = 'trial'")) == 1
 
 
 @pytest.mark.parametrize(
@@ -486,7 +514,7 @@ def test_more_cpus_per_trial_than_the_local_ray_has_are_refused(tmp_path, capsys
 def test_a_failed_trials_reason_is_its_errors_last_line() -> None:
     from types import SimpleNamespace
 
-    from sweeps.outcome import trial_outcome
+    from sweeps.record import trial_outcome
 
     error = "Traceback (most recent call last):\n  File ...\nValueError: train_cache: /x holds 64 px images\n"
     trial = SimpleNamespace(checkpoint=None, error_file="/ray/t/error.txt", get_error=lambda: error)
@@ -495,18 +523,21 @@ def test_a_failed_trials_reason_is_its_errors_last_line() -> None:
     assert "/ray/t/error.txt" in outcome.reason
 
 
-def test_the_export_reads_ray_state_only_from_storage_the_user_names(tmp_path) -> None:
-    # Ray's experiment state holds pickles: a sweep.json naming other storage is not followed.
-    from sweeps.chain import ChainState
-    from sweeps.export import export_sweep
-    from sweeps.folder import SweepFolder
+def test_a_sweep_folder_an_older_version_wrote_is_refused_at_once(tmp_path, capsys, caplog) -> None:
+    # before one record per cell: chain_state.json, and every trial's config in sweep.json
+    from sweeps.__main__ import main as export_main
+    from sweeps.paper_grid import main
 
-    folder = SweepFolder(tmp_path)
-    folder.write_record(storage="/somewhere/else", mlflow_uri=None, configs={}, gpu_share={})
-    ChainState(path=str(folder.chain_state)).save()
-    with pytest.raises(ValueError, match="give --storage /somewhere/else"):
-        export_sweep(tmp_path)
-    assert (export_sweep(tmp_path, storage=str(tmp_path / "nothing-here")) / "trials.parquet").is_file()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "chain_state.json").write_text("{}")
+    (old / "sweep.json").write_text('{"storage": "x", "configs": {}}')
+    assert main(["--output", str(old)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(old) in err[0] and "older version" in err[0] and "new --output" in err[0], err
+    assert export_main(["export", str(old)]) == 2
+    assert "older version" in caplog.text
+    assert sorted(p.name for p in old.iterdir()) == ["chain_state.json", "sweep.json"]  # untouched
 
 
 def test_the_splits_size_is_a_setting_and_an_empty_split_is_refused_by_the_dry_run(tmp_path, capsys) -> None:
@@ -530,11 +561,12 @@ def test_a_trial_retried_by_the_same_driver_logs_each_epoch_to_mlflow_once(tmp_p
     from sweeps.tracking import MLflowTrialCallback, SweepTracker
 
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s", tmp_path)
-    callback = MLflowTrialCallback(tracker)
-    trial = SimpleNamespace(config={"tags": Cell("CRIS", "real", "frozen", "P1").tags()}, trial_id="t1")
+    records = _cell_records(tmp_path, Cell("CRIS", "real", "frozen", "P1"))
+    callback = MLflowTrialCallback(tracker, records)
+    trial = SimpleNamespace(config={"cell_id": "cris-real-frozen-p1"}, trial_id="t1")
     for epoch in (1, 2, 3, 2, 3, 4):  # killed after epoch 3, resumed from the epoch-1 checkpoint
         callback.on_trial_result(0, [], trial, {"epoch": epoch, "val_dice": 0.1 * epoch})
-    history = tracker.client.get_metric_history(tracker.trial_run("cris-real-frozen-p1"), "val_dice")
+    history = tracker.client.get_metric_history(records["cris-real-frozen-p1"].run_id, "val_dice")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
 
 

@@ -99,7 +99,7 @@ def test_config_paper_defaults_and_round_trip():
     assert (clipseg.model, clipseg.lr, clipseg.batch_size) == ("clipseg", 2e-3, 128)
     cris = TrainConfig.from_dict({"model": "CRIS"})
     assert (cris.model, cris.lr, cris.batch_size, cris.eval_batch_size) == ("cris", 2e-5, 32, 32)
-    cfg = TrainConfig.from_dict({"model": "clipseg", "lr": 1, "tags": {"strategy": "real"}})
+    cfg = TrainConfig.from_dict({"model": "clipseg", "lr": 1, "cell_id": "clipseg-real-frozen-p1"})
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert (cfg.weight_decay, cfg.patience, cfg.min_delta, cfg.grad_clip) == (1e-3, 20, 1e-4, 0.5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from vlsm.data.prompts import prompt_names
@@ -106,7 +106,7 @@ class TrainConfig:
     fused_adamw: bool | None = None  # AdamW(fused=True); None = on CUDA only
     channels_last: bool = False  # CRIS: convolutions in channels_last (GPU tensor cores); off until measured
     compile: bool = False  # torch.compile the model's forward; off until measured on a GPU
-    tags: dict = field(default_factory=dict)  # free labels of the grid cell (strategy, ...), unused here
+    cell_id: str = ""  # the sweep's name of the trial (its grid cell's id); the loop does not read it
 
     def __post_init__(self) -> None:
         errors = normalise_fields(self) or _check_together(self)
