@@ -191,9 +191,6 @@ def _check_values(spec: SweepSpec, where: str) -> None:
         for value in getattr(spec.grid, axis):
             if value not in values:
                 raise SpecError(f"{where}: grid.{axis} has {value!r}; expected one of {list(values)}")
-    for model in spec.grid.models:
-        if model not in spec.models:
-            raise SpecError(f"{where}: models.{model} is missing (grid.models lists it)")
     for name in spec.models:
         if name not in model_names():
             raise SpecError(f"{where}: models.{name}: unknown model; expected one of {list(model_names())}")
@@ -323,7 +320,18 @@ def load_spec(
     except ConfigError as err:
         raise SpecError(f"{where}: {err}") from None
     _check_values(spec, where)
-    return spec
+    return _with_model_sections(spec)
+
+
+def _with_model_sections(spec: SweepSpec) -> SweepSpec:
+    """Every model of the grid with its `models:` section: a registered model the YAML does
+    not name gets the defaults (tiny in the demo; elsewhere no weights, which the plan
+    refuses unless a config is given)."""
+    missing = [m for m in spec.grid.models if m not in spec.models]
+    if not missing:
+        return spec
+    default = ModelSpec(config="tiny" if spec.data.demo else None)
+    return dataclasses.replace(spec, models={**spec.models, **dict.fromkeys(missing, default)})
 
 
 def has_dataset(spec: SweepSpec) -> bool:

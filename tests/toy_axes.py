@@ -1,7 +1,8 @@
-"""Toy registry entries, one of each axis, added from outside the package: a prompt P8, a
-strategy real-PT:synth-FT (pretrain on real CAMUS, finetune on a synthetic source) and a
-synthetic format "toyfmt" (images/ and masks/ PNG folders). A sweep loads them with
-VLSM_PLUGINS=toy_axes (tests/ on the path), as a user's own module would be loaded.
+"""Toy registry entries, one of each axis, added from outside the package: the toy model
+(tests/toy_model.py), a prompt P8, a strategy real-PT:synth-FT (pretrain on real CAMUS,
+finetune on a synthetic source) and a synthetic format "toyfmt" (images/ and masks/ PNG
+folders). A sweep loads them with VLSM_PLUGINS=toy_axes (tests/ on the path), as a user's
+own module would be loaded.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+
+import toy_model
 
 from vlsm.data.io import write_png
 from vlsm.data.problems import Findings
@@ -47,6 +50,7 @@ def write_toyfmt_phantom(root: Path, images: Sequence, params: dict) -> None:
 
 
 def register() -> None:
+    toy_model.register()
     PROMPT_REGISTRY.register(Prompt(PROMPT, ("view",), ("view",), compose=_sentences, words=("seen in", "shown in")))
     STRATEGY_REGISTRY.register(Strategy(STRATEGY, "real-pt-synth-ft", train=SYNTHETIC, val=SYNTHETIC, stage=2,
                                         upstream="real"))

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlsm.model_registry import MODELS, LazyFunction, ModelEntry, PaperDefaults
+from vlsm.model_registry import MODELS, ModelEntry, PaperDefaults
 from vlsm.models.tokenizer import TINY_CONTEXT_LENGTH, tiny_vocab_size
+from vlsm.registry import LazyFunction
 
 KEY, NAME = "toy", "Toy"
 
