@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the hub kept offline, tiny synthetic echo arrays.
+"""Shared pytest fixtures: the hub kept offline, one phantom CAMUS cache for the tests
+that train or evaluate tiny models, tiny synthetic echo arrays.
 
 `make_label_map(h, w)` draws a CAMUS-coded heart (1 LV cavity, 2 myocardium ring,
 3 left atrium below) small enough to sit inside `make_cone(h, w)`, a fan that opens
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,19 @@ def _offline_hub(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def phantom_caches(tmp_path_factory) -> dict[str, Path]:
+    """split -> cache folder of a phantom CAMUS (5 train, 2 val, 1 test patients, official
+    split) at the tiny models' 64 px: every test that trains or evaluates a tiny model reads
+    it (read-only, as trials read caches)."""
+    from vlsm.data.cache import prepare_dataset
+    from vlsm.data.phantom import write_demo_data
+
+    root = tmp_path_factory.mktemp("phantom")
+    demo = write_demo_data(root / "demo", seed=0, n_patients=8, n_test=1, n_val=2)
+    return prepare_dataset("camus", demo.camus_root, 64, root / "cache", split_scheme="official", progress=False)
 
 
 def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:

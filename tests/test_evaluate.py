@@ -11,18 +11,13 @@ import torch
 from vlsm.config import TrainConfig
 
 
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory) -> dict[str, dict[str, Path]]:
-    """Phantom CAMUS (2 train, 1 val, 1 test patients) at each tiny model's input size."""
-    from vlsm.data.cache import prepare_dataset
-    from vlsm.data.phantom import write_demo_data
+@pytest.fixture
+def caches(phantom_caches) -> dict[str, dict[str, Path]]:
+    """The phantom cache for each tiny model (both take 64 px)."""
     from vlsm.models import input_size, tiny_config
 
-    root = tmp_path_factory.mktemp("phantom")
-    demo = write_demo_data(root / "demo", seed=0, n_patients=4, n_test=1, n_val=1, size=(64, 56))
-    sizes = {m: input_size(m, tiny_config(m)) for m in ("clipseg", "cris")}
-    return {m: prepare_dataset("camus", demo.camus_root, s, root / "cache", n_val=1, progress=False)
-            for m, s in sizes.items()}
+    assert {input_size(m, tiny_config(m)) for m in ("clipseg", "cris")} == {64}
+    return dict.fromkeys(("clipseg", "cris"), phantom_caches)
 
 
 def _setup(model_name: str, frozen: bool, caches: dict[str, Path], shared: bool, stock: bool = False):
@@ -58,10 +53,11 @@ def test_each_image_encoded_once_gives_the_results_of_one_forward_per_structure(
     encoded, real = [], model.encode_image
     monkeypatch.setattr(model, "encode_image", lambda pixels: (encoded.append(len(pixels)), real(pixels))[1])
     plain_loss, plain_rows = evaluate(model, data, plain_setup, with_hausdorff=True)
-    assert sum(encoded) == len(data) == 12  # the switch off: every pair's image (4 images x 3 structures)
+    pairs = len(data)  # the validation images x 3 structures
+    assert sum(encoded) == pairs == 3 * data.split.n_images  # the switch off: every pair's image
     encoded.clear()
     shared_loss, shared_rows = evaluate(model, data, shared_setup, with_hausdorff=True)
-    assert sum(encoded) < 12 and len(encoded) == 3  # on: each image of a batch (12 pairs, 5 a batch) once
+    assert sum(encoded) < pairs and len(encoded) == -(-pairs // 5)  # on: each image of a batch (5 a batch) once
     assert shared_rows == plain_rows  # the same Dice, IoU and Hausdorff, row by row
     assert shared_loss == plain_loss
 
@@ -73,7 +69,10 @@ def test_each_image_encoded_once_gives_the_results_of_one_forward_per_structure(
             plain = inputs(model, images, rows[idx], data.image_index[idx])
             once = inputs(model, images, rows[idx], data.image_index[idx], shared=True)
             assert plain.shape == once.shape == (len(idx), 1, model.input_size, model.input_size)
-            assert torch.equal(once, plain)
+            if model_name == "clipseg":
+                assert torch.equal(once, plain)
+            else:  # CRIS's trunk convolutions round by batch size: encoding fewer images moves the last bits
+                torch.testing.assert_close(once, plain, rtol=0, atol=1e-5)
 
 
 def test_the_best_weights_are_tested_with_the_trials_speed_switches(caches, tmp_path, monkeypatch):

@@ -19,15 +19,9 @@ from vlsm.trial_data import ModelInputs, PromptTable
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory) -> dict[str, Path]:
-    """Phantom CAMUS (5 train, 2 val, 1 test patients) prepared at the tiny models' 64 px."""
-    from vlsm.data.cache import prepare_dataset
-    from vlsm.data.phantom import write_demo_data
-
-    root = tmp_path_factory.mktemp("phantom")
-    demo = write_demo_data(root / "demo", seed=0, n_patients=8, n_test=1, n_val=2)
-    return prepare_dataset("camus", demo.camus_root, 64, root / "cache", split_scheme="official", progress=False)
+@pytest.fixture
+def caches(phantom_caches) -> dict[str, Path]:
+    return phantom_caches
 
 
 @pytest.fixture(scope="module")

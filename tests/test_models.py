@@ -85,15 +85,9 @@ def test_a_registered_entry_is_seen_everywhere_at_call_time(toy):
     assert build_tokenizer("toy").max_length == TINY_CONTEXT_LENGTH  # its text shape: the tiny tokenizer
 
 
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory) -> dict:
-    """Phantom CAMUS (4 train, 1 val, 1 test patients) prepared at 64 px."""
-    from vlsm.data.cache import prepare_dataset
-    from vlsm.data.phantom import write_demo_data
-
-    root = tmp_path_factory.mktemp("phantom")
-    demo = write_demo_data(root / "demo", seed=0, n_patients=6, n_test=1, n_val=1, size=(64, 56))
-    return prepare_dataset("camus", demo.camus_root, 64, root / "cache", split_scheme="official", progress=False)
+@pytest.fixture
+def caches(phantom_caches) -> dict:
+    return phantom_caches
 
 
 def test_a_toy_model_is_one_registry_entry_and_trains(toy, caches, monkeypatch):
