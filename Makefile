@@ -1,6 +1,7 @@
 # make setup : create .venv with the project and its dev tools (CPU torch without an NVIDIA GPU)
 # make demo  : the main job; with no dataset configured it runs the built-in phantom demo
-# make test  : the test suite (offline, CPU)
+# make test  : ruff and the test suite (offline, CPU) but its few slow end-to-end sweeps
+# make test-slow : those (Ray sweeps of a few trials each); .ci/run runs both
 # make lock  : rewrite requirements-lock.txt, the exact versions in .venv (torch aside), which
 #              every node of ray_cluster.yaml installs
 VENV ?= .venv
@@ -15,7 +16,7 @@ else
 TORCH_SOURCE := --extra-index-url https://download.pytorch.org/whl/cpu --retries 0
 endif
 
-.PHONY: setup demo test lint lock clean-venv
+.PHONY: setup demo test test-slow lint lock clean-venv
 
 setup: $(VENV)/.installed
 
@@ -31,7 +32,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow $(ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
