@@ -68,15 +68,10 @@ class PromptTable:
         self.input_ids = torch.as_tensor(tokens["input_ids"]).to(device)  # (P, L)
         self.attention_mask = torch.as_tensor(tokens["attention_mask"]).to(device)  # (P, L)
 
-    def prompts_of(self, item: CacheItem) -> dict:
-        """The item's prompts in this trial's style (its own when it has no other)."""
-        if self.synthetic_style and item.synthetic_prompts is not None:
-            return item.synthetic_prompts
-        return item.prompts
-
     def _phrasings(self, item: CacheItem, split: PreparedSplit | None = None) -> str | tuple[str, ...]:
         """The item's prompt value: one sentence, or its phrasings."""
-        prompts = self.prompts_of(item)
+        synthetic = self.synthetic_style and item.synthetic_prompts is not None  # else its own
+        prompts = item.synthetic_prompts if synthetic else item.prompts
         key = GENERATOR_PROMPT if self.generator and item.synthetic and GENERATOR_PROMPT in prompts else self.key
         value = prompts.get(key)
         if value is None:
