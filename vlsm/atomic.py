@@ -1,10 +1,8 @@
 """Writes that never leave a half-written file or folder where a whole one belongs: each
-is filled beside its target and renamed onto it (docs/design.md, "Atomic writes").
+is filled beside its target and renamed onto it (docs/design.md, "Layers", rule 6).
 
     with atomic_path(out / "trials.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
-    with atomic_folder(out / "demo", replace=True) as tmp:
-        write_files(tmp)
 """
 
 from __future__ import annotations
@@ -22,27 +20,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "atomic_folder",
-    "atomic_path",
-    "build_folder_once",
-    "not_writable",
-    "write_json_atomic",
-    "write_text_atomic",
-]
+__all__ = ["atomic_folder", "atomic_path", "build_folder_once", "not_writable", "write_json_atomic",
+           "write_text_atomic"]
 
 log = logging.getLogger(__name__)
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a fresh temporary path beside `path`; when the block ends without an error it
-    replaces `path`, otherwise it is removed.
-
-    The temporary file does not exist yet: the writer creates it, so it gets the usual
-    permissions. `suffix` ends its name, for writers that choose a format by extension
-    (SimpleITK: ".nii.gz").
-    """
+    """Yield a fresh temporary path beside `path` (not created yet; `suffix` ends its name,
+    for writers that choose a format by extension); it replaces `path` when the block ends
+    without an error, else it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
@@ -59,14 +47,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(
-    path: str | os.PathLike,
-    value: Any,
-    *,
-    indent: int | None = 1,
-    sort_keys: bool = True,
-    default: Callable[[Any], Any] | None = None,
-) -> None:
+def write_json_atomic(path: str | os.PathLike, value: Any, *, indent: int | None = 1, sort_keys: bool = True,
+                      default: Callable[[Any], Any] | None = None) -> None:
     """Write `value` as JSON atomically (sorted keys, one-space indent by default)."""
     write_text_atomic(path, json.dumps(value, indent=indent, sort_keys=sort_keys, default=default))
 
@@ -87,15 +69,11 @@ def not_writable(path: str | os.PathLike) -> str | None:
 def atomic_folder(
     target: str | os.PathLike, *, replace: bool = False, remove_old: Callable[[Path], Any] = shutil.rmtree
 ) -> Iterator[Path]:
-    """Yield a new empty folder beside `target`; when the block ends without an error it
-    becomes `target` in one rename, otherwise it is deleted.
-
-    A `target` that exists by then (not an empty folder): with replace, it is set aside,
-    ours is renamed in (the old one is put back if that fails) and `remove_old(set-aside
-    folder)` deletes it; without replace it is kept as another process's finished copy and
-    ours is deleted. Temporary folders that killed processes of this host left beside
-    `target` are deleted first.
-    """
+    """Yield a new empty folder beside `target`; it becomes `target` in one rename when the
+    block ends without an error, else it is deleted. An existing `target`: with replace, set
+    aside, ours renamed in (the old one put back if that fails), then `remove_old(old)`;
+    without replace, kept as another process's finished copy (ours deleted). Temporaries
+    that killed processes of this host left beside `target` are deleted first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(target)
@@ -109,11 +87,8 @@ def atomic_folder(
 
 
 def build_folder_once(final: str | os.PathLike, build: Callable[[Path], Any]) -> bool:
-    """Build the read-only folder `final` whole, unless it exists; True when built here.
-
-    build(tmp) fills the folder of `atomic_folder`. A lock beside `final` makes a second
-    process wait and then reuse the first one's folder (caches, feature stores).
-    """
+    """Build the read-only folder `final` whole with build(tmp), unless it exists; True when
+    built here. A lock beside `final` makes a second process wait, then reuse the first's."""
     final = Path(final)
     if final.is_dir():
         return False
@@ -153,7 +128,6 @@ def _move_into_place(tmp: Path, target: Path, replace: bool, remove_old: Callabl
 
 
 def _remove_dead_temporaries(target: Path) -> None:
-    """Delete the temporary folders of target that dead processes of this host left."""
     host = socket.gethostname()
     for tmp in target.parent.glob(f".{glob.escape(target.name)}.tmp-*@*"):
         pid, _, rest = tmp.name[len(target.name) + 6:].partition("@")
@@ -173,8 +147,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _make_read_only(folder: Path) -> None:
-    """Files r--r--r--; the folder rwxr-xr-x (other users on a node may share it), writable
-    by its owner so that it can be deleted."""
+    """Files r--r--r--; the folder rwxr-xr-x (other users on a node may share it; its owner
+    can delete it)."""
     for path in folder.iterdir():
         path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
     folder.chmod(0o755)
@@ -182,8 +156,7 @@ def _make_read_only(folder: Path) -> None:
 
 @contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    """An advisory lock (flock); a no-op where fcntl does not exist (the rename alone then
-    keeps folders whole)."""
+    """An advisory lock (flock); a no-op without fcntl (the rename alone keeps folders whole)."""
     try:
         import fcntl
     except ImportError:  # Windows

@@ -1,6 +1,5 @@
-"""Grid axes, structures and metric names: defined once, imported everywhere. The values
-of the model, strategy, prompt and synthetic-source axes are their registries' entries
-(docs/design.md, "Vocabulary" and "Registries"); here are the names every layer shares.
+"""Grid axes, structures and metric names: defined once, imported everywhere (the axes'
+values are their registries' entries; docs/design.md, "Vocabulary" and "Registries").
 """
 
 from __future__ import annotations
@@ -12,34 +11,27 @@ CELL_AXES: tuple[str, ...] = ("model", "strategy", "encoder", "prompt")
 STRATEGY_REAL = "real"
 STRATEGY_SYNTHETIC = "synthetic"
 STRATEGY_FINETUNE = "synth-PT:real-FT"
-# The paper's future work: real and synthetic pairs in one training set, the prompt
-# saying which is which (issue 11).
 STRATEGY_MIXED = "real+synthetic"
 ENCODERS: tuple[str, ...] = ("frozen", "unfrozen")
 
 # Where a cell's synthetic data comes from: the format of its folder. "sdm" is the paper's.
 SYNTHETIC_SOURCE = "synthetic_source"
-SOURCE_SDM = "sdm"  # the paper's (the sources' entries: vlsm.data.synthetic_sources)
+SOURCE_SDM = "sdm"
 # Whether a real+synthetic cell's prompts say "real" / "synthetic" ("" for other strategies).
 PROVENANCE = "provenance"
 PROVENANCE_PROMPT = "prompt"
 PROVENANCE_NONE = "none"
 PROVENANCES: tuple[str, ...] = (PROVENANCE_PROMPT, PROVENANCE_NONE)
-# Axes that tell apart cells of the same (model, strategy, encoder, prompt): "" where
-# they do not apply (a real cell has no source), so every row has a value to group by.
+# Axes that tell apart cells of the same (model, strategy, encoder, prompt): "" where they
+# do not apply (a real cell has no source), so every row has a value to group by.
 VARIANT_AXES: tuple[str, ...] = (SYNTHETIC_SOURCE, PROVENANCE)
-# The replicate axis: trials of one cell that differ only in their seed. The paper's seed
-# keeps a trial's plain id; any other is written into it (-s43).
+# The replicate axis; the paper's seed keeps a trial's plain id, any other is written into it (-s43).
 SEED = "seed"
 PAPER_SEED = 42
 
 # --- structures (CAMUS label values) ---------------------------------------------------
 STRUCTURES: dict[int, str] = {1: "LV", 2: "MYO", 3: "LA"}
-STRUCTURE_NAMES: dict[int, str] = {
-    1: "Left ventricular cavity",
-    2: "Myocardium",
-    3: "Left atrium cavity",
-}
+STRUCTURE_NAMES: dict[int, str] = {1: "Left ventricular cavity", 2: "Myocardium", 3: "Left atrium cavity"}
 
 # --- image geometry --------------------------------------------------------------------
 EVAL_SIZE = 512  # predictions and ground truth are compared at 512 x 512 (nearest)

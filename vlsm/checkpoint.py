@@ -1,30 +1,14 @@
-"""Checkpoints as plain files: safetensors for tensors, JSON for everything else.
+"""Checkpoints as plain files: safetensors for tensors, JSON for everything else; loading
+runs no pickle. A checkpoint folder (what `vlsm.train` reports):
 
-Why not ``torch.save``: loading a pickle runs arbitrary code, and checkpoints travel
-between machines and people (synth-PT:real-FT starts from another trial's). Here
-loading reads only safetensors and JSON.
-
-Layout of one checkpoint folder (what `vlsm.train` reports every `checkpoint_interval_s` and at the end):
-
-    weights.safetensors      model tensors (see below), the latest epoch
+    weights.safetensors      model tensors, frozen towers left out (rebuilt from the spec, verified by hash)
     model_spec.json          {"spec": model.spec, "init_seed", "stored", "frozen", "frozen_sha256"}
-    train_state.safetensors  optimizer tensors and RNG states
-    train_state.json         epoch, scheduler, grad scaler, early stopping, RNG scalars, ...
+    train_state.safetensors  optimizer tensors and RNG states; train_state.json the rest
     config.json              the resolved TrainConfig
-    best/                    weights.safetensors + model_spec.json + metrics.json of the
-                             best validation Dice so far, and tokenizer/ (the prompts' CLIP
-                             BPE files): a folder `vlsm.predictor` predicts from alone; the
-                             driver adds MLflow's pyfunc files (MLmodel, ...) to the last one
+    best/                    the best epoch's weights + model_spec.json + metrics.json + tokenizer/
     per_image.parquet        test metrics of best/ (last checkpoint of a trial only)
 
-Frozen encoders are not stored: with the encoder frozen, ``weights.safetensors`` holds
-only the trainable parameters and all buffers. The frozen tensors are re-derived by
-rebuilding the model exactly as the trial did (``build_model(**spec)``, whose
-``init_seed`` seeds any random init), and
-``frozen_sha256`` (a hash of the frozen tensors at save time) proves they came back
-bit-identical; a mismatch (e.g. a changed pretrained folder) raises. When the frozen
-tensors do not come from that rebuild (a frozen finetune initialised from an unfrozen
-upstream), they are stored too (``include_frozen=True``).
+Why and how frozen towers are re-derived: docs/design.md, "One trial".
 """
 
 from __future__ import annotations
@@ -47,32 +31,11 @@ from vlsm.atomic import atomic_path, write_json_atomic
 from vlsm.model_registry import INIT_SEED
 
 __all__ = [
-    "BEST_DIR",
-    "CONFIG_FILE",
-    "MODEL_SPEC_FILE",
-    "TOKENIZER_DIR",
-    "PER_IMAGE_FILE",
-    "TRAIN_STATE_JSON",
-    "TRAIN_STATE_TENSORS",
-    "WEIGHTS_FILE",
-    "CheckpointError",
-    "rebuild",
-    "capture_rng",
-    "copy_tree",
-    "frozen_fingerprint",
-    "frozen_names",
-    "host_copy",
-    "load_model",
-    "load_stored_into",
-    "load_tokenizer",
-    "load_train_state",
-    "load_weights_into",
-    "optimizer_from_flat",
-    "optimizer_to_flat",
-    "read_json",
-    "restore_rng",
-    "save_model",
-    "save_train_state",
+    "BEST_DIR", "CONFIG_FILE", "MODEL_SPEC_FILE", "PER_IMAGE_FILE", "TOKENIZER_DIR", "TRAIN_STATE_JSON",
+    "TRAIN_STATE_TENSORS", "WEIGHTS_FILE", "CheckpointError", "capture_rng", "copy_tree", "frozen_fingerprint",
+    "frozen_names", "host_copy", "load_model", "load_stored_into", "load_tokenizer", "load_train_state",
+    "load_weights_into", "optimizer_from_flat", "optimizer_to_flat", "read_json", "rebuild", "restore_rng",
+    "save_model", "save_train_state",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,18 +55,26 @@ class CheckpointError(ValueError):
     """A checkpoint folder that is missing files, inconsistent or not re-derivable."""
 
 
-# --- small file helpers ---------------------------------------------------------------
+def _existing(path: Path) -> Path:
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: missing; not a complete vlsm checkpoint folder")
+    return Path(path)
 
 
 def read_json(path: Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; not a complete vlsm checkpoint folder")
-    return json.loads(path.read_text())
+    return json.loads(_existing(path).read_text())
+
+
+def _read_meta(path: Path) -> dict:
+    """A checkpoint JSON file of this format."""
+    meta = read_json(path)
+    if meta.get("format") != _FORMAT:
+        raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {_FORMAT}")
+    return meta
 
 
 def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """safetensors file written atomically; shared storages are cloned (safetensors forbids them)."""
+    """Written atomically; shared storages are cloned (safetensors forbids them)."""
     from safetensors.torch import save_file
 
     seen: set[int] = set()
@@ -122,10 +93,7 @@ def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; not a complete vlsm checkpoint folder")
-    return load_file(str(path))
+    return load_file(str(_existing(path)))
 
 
 def copy_tree(src: Path, dst: Path) -> None:
@@ -140,16 +108,9 @@ def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
-# --- model weights --------------------------------------------------------------------
-
-
 def frozen_names(model: nn.Module) -> list[str]:
     """State-dict keys of the parameters that do not train (requires_grad False)."""
-    return sorted(
-        name
-        for name, p in model.named_parameters(remove_duplicate=False)
-        if not p.requires_grad
-    )
+    return sorted(name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad)
 
 
 def frozen_fingerprint(model: nn.Module) -> str:
@@ -164,13 +125,10 @@ def frozen_fingerprint(model: nn.Module) -> str:
 
 
 def rebuild(spec: Mapping[str, Any]) -> nn.Module:
-    """The model a checkpoint's spec describes, random init included.
-
-    Specs written before they carried `init_seed` were built with the default INIT_SEED.
-    """
+    """The model a checkpoint's spec describes, random init (its init_seed) included."""
     from vlsm.models import build_model
 
-    return build_model(**{"init_seed": INIT_SEED, **spec})
+    return build_model(**spec)
 
 
 def _stored(model: nn.Module, include_frozen: bool) -> dict[str, torch.Tensor]:
@@ -181,11 +139,8 @@ def _stored(model: nn.Module, include_frozen: bool) -> dict[str, torch.Tensor]:
 
 
 def host_copy(model: nn.Module, *, include_frozen: bool = False) -> dict[str, torch.Tensor]:
-    """A copy in host memory of what `save_model` would store now.
-
-    Why: the best epoch's weights are kept this way and written with the next checkpoint
-    (`save_model(..., tensors=copy)`), instead of a file write at every improvement.
-    """
+    """A copy in host memory of what `save_model` would store now: the best epoch's weights
+    are kept so and written with the next checkpoint, not at every improvement."""
     return {name: t.detach().to("cpu", copy=True) for name, t in _stored(model, include_frozen).items()}
 
 
@@ -199,15 +154,10 @@ def save_model(
     tokenizer: Any = None,
     tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write weights.safetensors + model_spec.json of model into directory.
-
-    Stores every tensor except the frozen parameters, unless include_frozen.
-    frozen_sha256: the model's `frozen_fingerprint`, when the caller has it (it is
-    computed otherwise; it costs one pass over the frozen weights). tokenizer: a
-    `PromptTokenizer` whose files go to tokenizer/ (what `load_tokenizer` reads). tensors:
-    a `host_copy` of this model (taken with the same include_frozen) to store instead of
-    its current tensors.
-    """
+    """Write weights.safetensors (all but the frozen parameters, unless include_frozen) and
+    model_spec.json into directory. frozen_sha256: the model's `frozen_fingerprint`, if known
+    (else computed); tokenizer: saved to tokenizer/; tensors: a `host_copy` (same
+    include_frozen) to store instead of the current ones."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spec = getattr(model, "spec", None)
@@ -233,17 +183,10 @@ def save_model(
 
 
 def load_stored_into(model: nn.Module, directory: Path) -> dict:
-    """Load the tensors a checkpoint stores into model; verify the re-derived frozen ones.
-
-    model must be built as the checkpoint's model was (same spec, init_seed included); returns
-    the checkpoint's model_spec.json.
-    """
+    """Load a checkpoint's tensors into model, built from the same spec; verify the re-derived
+    frozen ones. Returns its model_spec.json."""
     directory = Path(directory)
-    meta = read_json(directory / MODEL_SPEC_FILE)
-    if meta.get("format") != _FORMAT:
-        raise CheckpointError(
-            f"{directory / MODEL_SPEC_FILE}: format {meta.get('format')!r}, expected {_FORMAT}"
-        )
+    meta = _read_meta(directory / MODEL_SPEC_FILE)
     stored = _load_tensors(directory / WEIGHTS_FILE)
     state = model.state_dict()
     frozen = frozen_names(model)
@@ -291,11 +234,8 @@ def load_tokenizer(directory: Path):
 
 
 def load_weights_into(model: nn.Module, directory: Path) -> None:
-    """Copy every tensor of the checkpoint in directory into model (weights only).
-
-    Used by ``init_from`` (synth-PT:real-FT): the upstream model is rebuilt with
-    `load_model` and its full state dict loaded, so architectures must match.
-    """
+    """Copy every tensor of the checkpoint in directory into model (`init_from`: weights only;
+    the architectures must match)."""
     source = load_model(directory)
     try:
         model.load_state_dict(source.state_dict(), strict=True)
@@ -304,9 +244,6 @@ def load_weights_into(model: nn.Module, directory: Path) -> None:
             f"init_from {directory}: its model ({read_json(Path(directory) / MODEL_SPEC_FILE)['spec']}) "
             f"does not fit this trial's model: {err}"
         ) from err
-
-
-# --- training state -------------------------------------------------------------------
 
 
 def optimizer_to_flat(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -332,12 +269,7 @@ def optimizer_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, 
             per_param.setdefault(int(index), {})[key] = tensor
     for index, values in meta["scalars"].items():
         per_param.setdefault(int(index), {}).update(values)
-    groups = []
-    for group in meta["param_groups"]:
-        group = dict(group)
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-        groups.append(group)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
     return {"state": dict(sorted(per_param.items())), "param_groups": groups}
 
 
@@ -350,11 +282,8 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     version, py_state, gauss_next = random.getstate()
-    meta = {
-        "numpy": [kind, int(pos), int(has_gauss), float(cached)],
-        "python": [version, list(py_state), gauss_next],
-    }
-    return tensors, meta
+    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+                     "python": [version, list(py_state), gauss_next]}
 
 
 def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
@@ -370,9 +299,7 @@ def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) ->
     random.setstate((version, tuple(py_state), gauss_next))
 
 
-def save_train_state(
-    directory: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
-) -> None:
+def save_train_state(directory: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     """Write train_state.safetensors + train_state.json (JSON last: it marks completeness)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -383,9 +310,5 @@ def save_train_state(
 def load_train_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read what `save_train_state` wrote: (tensors, meta). Nothing is unpickled."""
     directory = Path(directory)
-    meta = read_json(directory / TRAIN_STATE_JSON)
-    if meta.get("format") != _FORMAT:
-        raise CheckpointError(
-            f"{directory / TRAIN_STATE_JSON}: format {meta.get('format')!r}, expected {_FORMAT}"
-        )
+    meta = _read_meta(directory / TRAIN_STATE_JSON)
     return _load_tensors(directory / TRAIN_STATE_TENSORS), meta

@@ -2,8 +2,7 @@
 
     python -m vlsm --help
 
-Each subcommand lives in its own module, which defines `add_arguments(parser)` and
-`run(args) -> int`; it is imported only when used so that `--help` stays fast.
+Each subcommand's module defines `add_arguments(parser)` and `run(args) -> int`.
 """
 
 from __future__ import annotations

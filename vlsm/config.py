@@ -1,7 +1,6 @@
 """The typed configuration of one training trial, built from a Ray Tune config dict; its
 annotations say what each value may be (docs/design.md, "Settings").
 
-    from vlsm.config import TrainConfig
     cfg = TrainConfig.from_dict({"model": "clipseg", "prompt": "P3", "train_cache": "..."})
 """
 
@@ -35,11 +34,8 @@ def _two_phrases(phrases: dict) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything one trial needs. Defaults are the paper's (docs/design.md, "Training").
-
-    The annotations are the schema (`vlsm.typed_config`): a value of the wrong type
-    is named, never guessed at.
-    """
+    """Everything one trial needs; defaults are the paper's (docs/design.md, "Training"), the
+    annotations the schema (`vlsm.typed_config`)."""
 
     # --- model -------------------------------------------------------------------------
     model: Annotated[str, Choice(_model_names)] = "clipseg"  # registry key ("clipseg" | "cris"; "CLIPSeg"/"CRIS" accepted)
@@ -49,20 +45,16 @@ class TrainConfig:
     tokenizer: str | None = None  # CLIP BPE tokenizer (hub id or folder); None = from pretrained, else the hub's
     freeze_encoder: bool = False  # grid axis "encoder": frozen trains only the decoder
     prompt: Annotated[str, Choice(prompt_names)] = "P1"  # grid axis "prompt" (P0..P7); P1 = structure name only
-    # "generator": synthetic images that carry their generator's text (DiffEcho, an
-    # imagefolder's `text`) are prompted with it, "<structure> in <text>.", instead of P0-P7
+    # "generator": synthetic images with their generator's text are prompted "<structure> in <text>."
     prompt_source: Literal["template", "generator"] = "template"
-    # real+synthetic with provenance: {"real": phrase, "synthetic": phrase} worked into every
-    # prompt (vlsm.data.prompts.with_provenance); None = prompts as they are
+    # real+synthetic with provenance: the phrases worked into every prompt (prompts.with_provenance)
     provenance_phrases: Annotated[dict, Check(_two_phrases, "{real: <phrase>, synthetic: <phrase>}, both non-empty")] | None = None
     # --- data (folders written by `vlsm prepare`; passed by path so Ray ships no arrays) --
     train_cache: str | None = None
     val_cache: str | None = None
     test_cache: str | None = None  # None: no test evaluation at the end
     init_from: str | None = None  # checkpoint folder: weights only (synth-PT:real-FT)
-    # a train_cache holding real and synthetic pairs (real+synthetic): the share of synthetic
-    # pairs in each epoch (all real pairs and as many synthetic ones as that share needs,
-    # drawn per (seed, epoch)); None = every pair of the cache, each epoch
+    # real+synthetic: the share of synthetic pairs in each epoch (trial_data.mixed_epoch_order); None = all pairs
     synthetic_share: Annotated[float, Share] | None = None
     # --- optimisation ------------------------------------------------------------------
     lr: Annotated[float, Positive] | None = None  # None -> paper value for the model (2e-3 CLIPSeg, 2e-5 CRIS)
@@ -88,17 +80,14 @@ class TrainConfig:
     seed: int = 42  # the paper's seed: random init of the model, data order, prompt phrasing, dropout
     num_workers: Annotated[int, NonNegative] = 0  # DataLoader workers (only when data_on_device is False)
     data_on_device: bool = True  # copy the uint8 cache to the device once when it fits the trial's GPU share
-    # the frozen towers' outputs computed once per (frozen weights, cache split, size,
-    # precision) into a folder beside the cache and read back (same results, no frozen
-    # forward per step; vlsm.feature_store). None = on when the encoder is frozen
+    # the frozen towers' outputs computed once beside the cache and read back (vlsm.feature_store);
+    # None = on when the encoder is frozen
     feature_store: bool | None = None
-    # the share of the trial's GPU memory one split's store may take on the device; a larger
-    # store is gathered from its memory maps each batch (bench/gpu_suite.py measures both)
+    # the most of the trial's GPU memory one split's store takes on the device (else memory-mapped)
     store_device_fraction: Annotated[float, Fraction] = 0.2
     deterministic: bool = False  # deterministic CUDA kernels (slower); CPU runs are exact anyway
     system_metrics_interval_s: Annotated[float, NonNegative] = 10.0  # CPU/memory/GPU sampling for MLflow under Ray; 0 = off
-    # a full resumable checkpoint once this many seconds passed since the last one, and
-    # always at the end; 0 = every epoch. 600 s: a full unfrozen checkpoint costs ~16 s
+    # a full checkpoint once this many seconds passed since the last, and at the end; 0 = every epoch
     checkpoint_interval_s: Annotated[float, NonNegative] = 600.0
     # --- speed switches (vlsm.speed; each gives the plain path's results, tests/test_speed.py) --
     vision_stop_early: bool = True  # CLIPSeg: stop the vision tower after its last tapped layer (10 of 12)

@@ -1,12 +1,7 @@
-"""Evaluation of a trial's model: validation every epoch, the test of the best weights.
+"""Evaluation of a trial's model: validation every epoch and the test of the best weights,
+scored alike (first phrasing, cache order, masks at 512 x 512; docs/design.md, "Training").
 
-Why one module: validation and test must score alike (first phrasing of each prompt,
-items in cache order, masks at 512 x 512 by `vlsm.metrics`), and the per-image test
-results are written here and read back here (docs/design.md, "Training").
-
-    setup = EvalSetup(prompts, loss_fn, cfg, precision, device)
-    val_loss, rows = evaluate(model, val_data, setup)
-    summary, rows = evaluate_best(best_dir, test_split, setup, checkpoint_dir)
+    val_loss, rows = evaluate(model, val_data, EvalSetup(prompts, loss_fn, cfg, precision, device))
 """
 
 from __future__ import annotations
@@ -40,10 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalSetup:
-    """What every evaluation of a trial shares.
-
-    cfg gives the threshold, the eval batch size and where a split's pixels live.
-    """
+    """What every evaluation of a trial shares (cfg: threshold, batch size, where pixels live)."""
 
     prompts: PromptTable
     loss_fn: nn.Module
@@ -58,19 +50,10 @@ class EvalSetup:
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: SplitTensors,
-    setup: EvalSetup,
-    *,
-    with_hausdorff: bool = False,
-) -> tuple[float, list[dict[str, Any]]]:
-    """Mean loss and one row per item (image, structure, prompt, dice, iou[, hausdorff]).
-
-    Deterministic: items in cache order, first phrasing of each prompt. The image features
-    come from the feature store (setup.features), else with cfg.shared_image_eval each
-    image of a batch is encoded once for all its structures (`ModelInputs`).
-    """
+def evaluate(model: nn.Module, data: SplitTensors, setup: EvalSetup, *,
+             with_hausdorff: bool = False) -> tuple[float, list[dict[str, Any]]]:
+    """Mean loss and one row per item (image, structure, prompt, dice, iou[, hausdorff]), in
+    cache order; image features from the store, else (shared_image_eval) once per image."""
     model.eval()
     inputs = setup.inputs_for(model)
     stored = None if setup.features is None else setup.features.split(model, data.split)
@@ -98,13 +81,8 @@ def _rows(data: SplitTensors, prompts: PromptTable, idx: torch.Tensor, rows_all:
     dices, ious = dice.tolist(), iou.tolist()  # one device read each per batch, not one per item
     for b, i in enumerate(idx.tolist()):
         item = data.split.items[i]
-        row = {
-            "image": data.split.names[item.image_index],
-            "structure": STRUCTURES[item.structure],
-            "prompt": prompts.texts[int(rows_all[i])],
-            DICE: dices[b],
-            IOU: ious[b],
-        }
+        row = {"image": data.split.names[item.image_index], "structure": STRUCTURES[item.structure],
+               "prompt": prompts.texts[int(rows_all[i])], DICE: dices[b], IOU: ious[b]}
         if with_hausdorff:
             row[HAUSDORFF] = hausdorff_distance(pred_np[b], truth_np[b])
         out.append(row)
@@ -112,11 +90,9 @@ def _rows(data: SplitTensors, prompts: PromptTable, idx: torch.Tensor, rows_all:
 
 
 def evaluate_best(best_dir: Path, split: PreparedSplit, setup: EvalSetup,
-              out_dir: Path) -> tuple[dict[str, float], list[dict[str, Any]] | None]:
-    """Test metrics of the best weights and their per-image rows (None without best weights).
-
-    The rows are written to out_dir/per_image.parquet.
-    """
+                  out_dir: Path) -> tuple[dict[str, float], list[dict[str, Any]] | None]:
+    """Test metrics of the best weights and their per-image rows, written to
+    out_dir/per_image.parquet (None without best weights)."""
     import pandas as pd
 
     if not best_dir.is_dir():  # no finite epoch ever: nothing to test

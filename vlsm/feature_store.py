@@ -1,13 +1,9 @@
-"""The feature store: a frozen encoder's `encode_image` output, computed once per cache split.
+"""The feature store: a frozen encoder's `encode_image` output computed once per cache split
+into a read-only folder beside the cache, keyed by everything that decides its values
+(docs/design.md, "The feature store").
 
-    store = FeatureStore(inputs, cfg, device)            # inputs: the trial's ModelInputs
-    train = store.split(model, train_split)              # built on first use, then reused
-    logits = inputs(model, images, rows, image_index, stored=train)   # no frozen tower runs
-
-A store is a read-only folder ``<cache folder>.features-<key[:16]>`` beside its cache
-(``image_<i>.npy`` per feature, cache order, and ``meta.json``), built like a cache folder
-and keyed by everything that decides its values (`store_key`); the text tower's outputs
-are a per-trial table. Why and how: docs/design.md, "The feature store".
+    train = FeatureStore(inputs, cfg, device).split(model, train_split)  # built once, then reused
+    logits = inputs(model, images, rows, image_index, stored=train)       # no frozen tower runs
 """
 
 from __future__ import annotations
@@ -37,34 +33,26 @@ from vlsm.trial_data import ModelInputs, allowed_device_bytes, keep_on_device
 if TYPE_CHECKING:
     from vlsm.data.cache import PreparedSplit
 
-__all__ = ["STORE_VERSION", "FeatureStore", "SplitFeatures", "host_array", "read_rows", "store_key",
-           "store_path", "uses_feature_store"]
+__all__ = ["STORE_VERSION", "FeatureStore", "SplitFeatures", "host_array", "read_rows", "store_key", "store_path",
+           "uses_feature_store"]
 
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1  # bump when the layout or meaning of the stored files changes
-# Besides the model's own (its registry entry's code_modules), these modules' source
-# decides the stored values: pixel normalisation and precision, the layout.
+# Besides the model entry's code_modules, their source decides the stored values.
 _CODE_MODULES: tuple[str, ...] = ("vlsm.trial_data", "vlsm.feature_store")
 _META = "meta.json"
 
 
 def uses_feature_store(cfg: TrainConfig) -> bool:
-    """Whether this trial reads its image features from a store: cfg.feature_store, None
-    (auto) meaning when the encoder is frozen (True with an unfrozen one fails in TrainConfig)."""
+    """Whether this trial reads its image features from a store (None: when the encoder is frozen)."""
     return cfg.freeze_encoder if cfg.feature_store is None else cfg.feature_store
-
-
-def _cache_key(split: PreparedSplit) -> str:
-    """The cache folder's own content key (its meta.json)."""
-    return str(json.loads((split.root / "meta.json").read_text())["key"])
 
 
 def store_key(model: nn.Module, split: PreparedSplit, precision: str, device: torch.device,
               fingerprint: str | None = None) -> str:
-    """The content key of the store of (frozen weights, model, cache split, size, precision,
-    kernels, code). The model's spec holds its architecture (which layers `encode_image`
-    returns); its init_seed is left out (the frozen weights are hashed)."""
+    """The content key of the store of (frozen weights, model spec but its init_seed, cache
+    split, size, precision, kernels, code)."""
     import transformers
 
     parts = {
@@ -72,7 +60,7 @@ def store_key(model: nn.Module, split: PreparedSplit, precision: str, device: to
         "frozen_sha256": fingerprint or frozen_fingerprint(model),
         "model": {k: v for k, v in model.spec.items() if k != "init_seed"},
         "kernels": kernel_choices(model),  # attention kernel, channels_last: their rounding
-        "cache_key": _cache_key(split),
+        "cache_key": str(json.loads((split.root / "meta.json").read_text())["key"]),
         "size": split.size,
         "precision": precision,
         "device_type": torch.device(device).type,  # GPU and CPU kernels round differently
@@ -127,19 +115,15 @@ def host_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 def read_rows(arrays: list[np.ndarray], image_index: torch.Tensor, dtype: torch.dtype,
               device: torch.device) -> list[torch.Tensor]:
-    """Rows image_index (B,) of each stored array (memory maps: the page cache), copied to
-    device: a streamed store's work per batch (bench/gpu_suite.py times it)."""
+    """Rows image_index (B,) of each stored array (memory maps), copied to device: a streamed
+    store's work per batch."""
     index = image_index.cpu().numpy()
     return [host_tensor(a[index], dtype).to(device) for a in arrays]
 
 
 def _memory_order(t: torch.Tensor) -> list[int]:
-    """The dimensions of t from outermost to innermost in memory, the batch first.
-
-    Why: the towers may return a strided layout (CRIS's C5 is channels-last) and the next
-    ops round differently on another layout; the store keeps the bytes in this order and
-    gathers them back into the same strides, so the decoder sees what the forward gives it.
-    """
+    """The dimensions of t from outermost to innermost in memory, the batch first: the store
+    keeps the towers' layout (CRIS's C5 is channels-last), which decides the next ops' rounding."""
     return [0, *sorted(range(1, t.ndim), key=lambda d: -t.stride(d))]
 
 
@@ -167,9 +151,7 @@ class SplitFeatures:
         # stored dimension order -> the model's: argsort of each stored order
         self.unpermute = [sorted(range(len(order)), key=order.__getitem__) for order in meta["orders"]]
         allowed = allowed_device_bytes(device)
-        # at most device_fraction (`TrainConfig.store_device_fraction`) of the GPU memory the
-        # trial may use; on CPU (allowed None) the memory maps are the page cache already:
-        # never copied
+        # on CPU (allowed None) the memory maps are the page cache already: never copied
         self.on_device = allowed is not None and keep_on_device(meta["nbytes"], allowed, on_device_wanted,
                                                                 device_fraction)
         self.tensors: list[torch.Tensor] = []
@@ -191,12 +173,9 @@ class SplitFeatures:
 
 
 class FeatureStore:
-    """A trial's access to the stores of its splits, and its prompts' text features.
-
-    Memoised per frozen fingerprint: the best weights loaded for the test share the
-    trial's frozen towers (verified by hash), hence its text table and stores. A model's
-    fingerprint is computed once (its frozen weights never change), not every epoch.
-    """
+    """A trial's access to the stores of its splits and its prompts' text features, memoised
+    per frozen fingerprint (the tested best weights share the trial's frozen towers), which
+    is computed once per model."""
 
     def __init__(self, inputs: ModelInputs, cfg: TrainConfig, device: torch.device):
         self.inputs, self.cfg, self.device = inputs, cfg, device
@@ -211,16 +190,14 @@ class FeatureStore:
         return self._fingerprints[model]
 
     def _key(self, model: nn.Module, split: PreparedSplit) -> str:
-        """`store_key` of split for model's frozen towers, computed once per pair (it hashes
-        the modules' source and reads the cache's meta.json)."""
+        """`store_key` of split for model's frozen towers, computed once per pair."""
         memo = (self._fingerprint(model), split.root)
         if memo not in self._keys:
             self._keys[memo] = store_key(model, split, self.inputs.precision, self.device, memo[0])
         return self._keys[memo]
 
     def _remote_store(self, split: PreparedSplit, path: Path) -> str | None:
-        """Where a store goes on shared storage: beside the cache's URI, when the trial's
-        cache came from there (`vlsm.data.remote_cache`); None for a local cache."""
+        """Where a store goes on shared storage: beside the cache's URI (None: a local cache)."""
         for cache in (self.cfg.train_cache, self.cfg.val_cache, self.cfg.test_cache):
             if cache and remote_cache.is_remote(cache) and remote_cache.local_folder(cache).resolve() == split.root.resolve():
                 return f"{cache.rstrip('/').rsplit('/', 1)[0]}/{path.name}"

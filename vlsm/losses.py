@@ -1,10 +1,5 @@
-"""The training loss: soft Dice plus binary cross-entropy on one-channel logits.
-
-Why the BCE term matters here: the Synthetic Boost authors used MONAI's ``DiceCELoss``
-on a single sigmoid channel. Its cross-entropy part is a softmax cross-entropy over the
-channel axis, and with one channel the softmax is identically 1, so the CE term was
-identically zero: they trained with Dice only (docs/design.md, "Pitfalls"). The paper states
-Dice + 0.2 BCE, which is our default; ``bce_weight=0`` reproduces what they ran.
+"""The training loss: soft Dice plus binary cross-entropy on one-channel logits (the
+authors' loss had no working BCE term: docs/design.md, "Pitfalls").
 """
 
 from __future__ import annotations
@@ -17,13 +12,8 @@ __all__ = ["DiceBCELoss", "soft_dice_loss"]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Per-sample soft Dice loss on sigmoid probabilities, shape (B,).
-
-    loss_b = 1 - (2 * sum(p * t) + smooth) / (sum(p) + sum(t) + smooth), summed over all
-    pixels of sample b. smooth (Laplace smoothing) keeps an empty target defined: the
-    loss is then sum(p) / (sum(p) + smooth), zero for an empty prediction.
-    logits: (B, 1, H, W) or (B, H, W) float; target: same shape, values in {0, 1}.
-    """
+    """Per-sample soft Dice loss (B,) of logits (B, [1,] H, W) against a {0, 1} target:
+    1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth); smooth keeps an empty target defined."""
     if logits.shape != target.shape:
         raise ValueError(f"soft_dice_loss: logits {tuple(logits.shape)} != target {tuple(target.shape)}")
     probs = torch.sigmoid(logits.float()).flatten(1)  # (B, HW)
@@ -34,26 +24,19 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
 
 
 class DiceBCELoss(nn.Module):
-    """dice_weight * mean soft Dice (per sample) + bce_weight * mean BCE-with-logits (per pixel).
-
-    Computed in float32 even under autocast.
-    """
+    """dice_weight * mean soft Dice (per sample) + bce_weight * mean BCE-with-logits (per
+    pixel), in float32 even under autocast."""
 
     def __init__(self, dice_weight: float = 1.0, bce_weight: float = 0.2, smooth: float = 1.0):
         super().__init__()
         if dice_weight < 0 or bce_weight < 0 or dice_weight + bce_weight == 0:
-            raise ValueError(
-                f"DiceBCELoss: dice_weight={dice_weight}, bce_weight={bce_weight}; "
-                "expected non-negative weights, at least one > 0"
-            )
-        self.dice_weight = dice_weight
-        self.bce_weight = bce_weight
-        self.smooth = smooth
+            raise ValueError(f"DiceBCELoss: dice_weight={dice_weight}, bce_weight={bce_weight}; "
+                             "expected non-negative weights, at least one > 0")
+        self.dice_weight, self.bce_weight, self.smooth = dice_weight, bce_weight, smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """logits (B, 1, H, W), target (B, 1, H, W) in {0, 1} -> scalar loss."""
-        logits = logits.float()
-        target = target.float()
+        logits, target = logits.float(), target.float()
         loss = logits.new_zeros(())
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(logits, target, self.smooth).mean()

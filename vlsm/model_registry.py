@@ -1,12 +1,7 @@
-"""The models as registry entries: one `ModelEntry` per model holds all the project knows of it.
+"""The models as registry entries: one `ModelEntry` per model holds all the project knows of
+it (docs/design.md, "Models"); its functions are imported on first call (no torch import here).
 
-    from vlsm.model_registry import MODELS, model_entry
     entry = model_entry("CRIS")             # display names and registry keys both work
-    entry.key, entry.paper.lr, entry.input_size(None, None)   # "cris", 2e-05, 416
-
-Adding a model is its module (the contract in `vlsm.models`) and one `MODELS.register`
-(here, or in a VLSM_PLUGINS module): docs/design.md, "Models". Functions are named by
-module and attribute and imported on first call, so importing this costs no torch import.
 """
 
 from __future__ import annotations
@@ -87,8 +82,7 @@ MODELS.register(ModelEntry(
 
 
 def model_entry(name: str) -> ModelEntry:
-    """The entry of a registry key ("cris") or display name ("CRIS"); ValueError naming
-    the known ones otherwise."""
+    """The entry of a registry key ("cris") or display name ("CRIS"); ValueError otherwise."""
     return MODELS[name]
 
 

@@ -1,17 +1,8 @@
 """A saved model folder (a trial's ``best/``) as a predictor: grey images and prompts in,
-mask logits out, with no knowledge of the sweep's folders or caches.
+mask logits out at the image's size, preprocessed as the cache and scored as the trials were;
+also MLflow's pyfunc loader (`_load_pyfunc`), without importing MLflow.
 
-    predictor = Predictor("runs/paper-grid-demo/.../checkpoint_000004/best")
-    logits = predictor.predict({"image": grey_uint8_hw, "prompt": "left ventricle"})
-    mask = logits[0] > 0  # threshold 0.5, as the trials were scored
-
-The same folder is an MLflow pyfunc model (its ``MLmodel`` names this module as the
-loader, see `sweeps.mlflow_model`), so ``mlflow.pyfunc.load_model("runs:/<id>/model")``
-reads it through `_load_pyfunc`. Preprocessing is the cache's (PIL bilinear to the model's
-input size, ``vlsm.data.cache.resize_image``) and the model's own normalisation; the logits
-come back at the image's size by nearest-exact resizing, so thresholding them gives the
-mask the trial's evaluation scored (threshold, then nearest, as `vlsm.metrics.predict_masks`).
-Nothing here imports MLflow.
+    logits = Predictor(".../checkpoint_000004/best").predict({"image": grey_uint8_hw, "prompt": "left ventricle"})
 """
 
 from __future__ import annotations
@@ -43,8 +34,8 @@ class Predictor:
         self.std = torch.tensor(self.model.image_std, device=self.device).view(1, 3, 1, 1)
 
     def predict(self, data: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> np.ndarray:
-        """{"image": (N, H, W) or (H, W) uint8 grey, "prompt": (N,) or one str} -> float32
-        logits (N, H, W); one prompt applies to every image."""
+        """{"image": (N, H, W) or (H, W) uint8 grey, "prompt": (N,) or one str} -> float32 logits
+        (N, H, W); logits > 0 is the mask at threshold 0.5."""
         images, prompts = _as_batch(data)
         out = np.empty(images.shape, dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
@@ -86,9 +77,6 @@ def _as_batch(data: Mapping[str, Any]) -> tuple[np.ndarray, list[str]]:
 
 
 def _load_pyfunc(path: str, model_config: Mapping[str, Any] | None = None) -> Predictor:
-    """MLflow's entry point for a pyfunc model whose loader module is this one.
-
-    model_config may name a "device" (default: CUDA when there is one) and a "batch_size".
-    """
+    """MLflow's entry point for a pyfunc model; model_config may name a "device" and a "batch_size"."""
     config = dict(model_config or {})
     return Predictor(path, device=config.get("device"), batch_size=int(config.get("batch_size", 16)))

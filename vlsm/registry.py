@@ -6,9 +6,8 @@ one entry holding all the code decides by its name (docs/design.md, "Registries"
     SHAPES.register(Shape("circle"))
     SHAPES["circle"], SHAPES.names()          # unknown names fail listing the known ones
 
-Entries outside the package (a user's model, a test's toy entries) live in modules named
-by the environment variable VLSM_PLUGINS (comma-separated), imported on the first lookup
-in every process (the sweep's driver, its Ray workers, the `vlsm` commands).
+Entries from outside the package live in the modules VLSM_PLUGINS names (comma-separated),
+imported on the first lookup in every process.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ _imported: set[str] = set()
 
 @dataclass(frozen=True)
 class LazyFunction:
-    """`module.name`, imported when first called: an entry names a function of a module
-    that imports the entry's own (or is heavy: torch) without importing it."""
+    """`module.name`, imported when first called (a module that imports the entry's own, or torch)."""
 
     module: str
     name: str
@@ -47,20 +45,15 @@ def load_plugins() -> None:
 
 
 def plugin_modules() -> tuple[str, ...]:
-    """The plugin modules imported so far: their source keys the caches and stores, like
-    the package's own modules that decide cached values."""
+    """The plugin modules imported so far (their source keys the caches and stores)."""
     load_plugins()
     return tuple(sorted(_imported))
 
 
 class Registry(Generic[Entry]):
     """Entries by name, in the order they were registered (the axis order everywhere).
-
-    names_of gives an entry's names: the first is its key, the others aliases it is also
-    found by (a model's display name beside its registry key). modules: where the built-in
-    entries register themselves, imported on the first lookup (so that those modules may
-    import the registry's module without a circle).
-    """
+    names_of: an entry's key, then aliases it is also found by; modules: where built-in
+    entries register themselves, imported on the first lookup (so they may import this)."""
 
     def __init__(self, kind: str, names_of: Callable[[Entry], tuple[str, ...]] = lambda e: (e.name,),
                  modules: tuple[str, ...] = ()):

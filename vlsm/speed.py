@@ -1,11 +1,7 @@
-"""The GPU path: switches that change how fast a trial trains, never what it computes.
+"""The GPU path: `TrainConfig` switches that change how fast a trial trains, never what it
+computes (docs/design.md, "The GPU path").
 
     model = prepare_model(model, cfg, device)     # attention, stop-early, channels_last, compile
-    optimizer = build_adamw(params, cfg, device)  # AdamW, fused on CUDA unless switched off
-
-Each is a `TrainConfig` field with a CPU test proving it gives the plain path's results
-(tests/test_speed.py); `compile` compiles the model's contract methods (`CONTRACT_METHODS`),
-in place. docs/design.md, "The GPU path".
 """
 
 from __future__ import annotations
@@ -36,9 +32,8 @@ def build_adamw(params: Iterable[nn.Parameter], cfg: TrainConfig, device: torch.
 
 
 def set_kernel_flags(cfg: TrainConfig) -> None:
-    """The process-wide kernel choices of a trial: cuDNN's autotuner unless deterministic,
-    and deterministic algorithms (cuBLAS needs its workspace setting, read at its first
-    matmul) when asked. The loop and the GPU suite both call this."""
+    """The process-wide kernel choices of a trial: cuDNN's autotuner unless deterministic, else
+    deterministic algorithms (cuBLAS reads its workspace setting at its first matmul)."""
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
@@ -61,10 +56,8 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> n
 
 
 def _set_layer_attention(model: nn.Module, attention: str) -> None:
-    """The attention kernel on every layer's own config. transformers'
-    `set_attn_implementation` reaches the model's registered sub-configs only; CLIPSeg's
-    decoder builds its layers from a deep copy of the vision config, which it never
-    reaches, so without this its three attention layers keep "sdpa" under "eager"."""
+    """The attention kernel on every layer's own config: `set_attn_implementation` misses
+    CLIPSeg's decoder layers (they hold a deep copy of the vision config)."""
     for module in model.modules():
         config = getattr(module, "config", None)
         if hasattr(config, "_attn_implementation_internal"):
@@ -72,9 +65,8 @@ def _set_layer_attention(model: nn.Module, attention: str) -> None:
 
 
 def kernel_choices(model: nn.Module) -> dict[str, object]:
-    """The switches that change how model's ops round (not what they compute): the
-    attention kernels its layers use and whether its convolutions run channels_last. The
-    feature store keys on them, so a trial never reads features another kernel rounded."""
+    """The switches that change how model's ops round: its layers' attention kernels and
+    channels_last (the feature store keys on them)."""
     attention = {module.config._attn_implementation for module in model.modules()
                  if hasattr(getattr(module, "config", None), "_attn_implementation_internal")}
     channels_last = any(p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
@@ -85,8 +77,7 @@ def kernel_choices(model: nn.Module) -> dict[str, object]:
 def _to_channels_last(model: nn.Module) -> None:
     """4-D weights and the visual backbone's input in channels_last (NHWC in memory)."""
     model.to(memory_format=torch.channels_last)
-    # the first convolution of CRIS's ResNet: its forward and its feature store's path
-    # (`trunk` alone, when `connect` trains) both start there
+    # the first convolution of CRIS's ResNet, where both its forward and `trunk` start
     first = getattr(getattr(getattr(model, "backbone", None), "visual", None), "conv1", None)
     if first is not None:
         first.register_forward_pre_hook(_input_channels_last)

@@ -2,11 +2,6 @@
 cell trains and validates on and which cell it starts from (docs/design.md, "Registries").
 
     STRATEGY_REGISTRY["synth-PT:real-FT"].upstream          # "synthetic"
-    uses_synthetic("synth-PT:real-FT")                      # True: its cells have a source
-
-Every cell is tested on real CAMUS. A strategy with an upstream starts each of its cells
-from the best checkpoint of the upstream strategy's cell with the same model, encoder,
-source and seed (prompt mapped by `grid.finetune_upstream`).
 """
 
 from __future__ import annotations
@@ -53,7 +48,6 @@ for _strategy in (
     Strategy(STRATEGY_SYNTHETIC, "synthetic", train=SYNTHETIC, val=SYNTHETIC, stage=0, paper=True),
     Strategy(STRATEGY_FINETUNE, "synth-pt-real-ft", train=REAL, val=REAL, stage=2, upstream=STRATEGY_SYNTHETIC,
              paper=True),
-    # the paper's future work: real and synthetic pairs in one training set
     Strategy(STRATEGY_MIXED, "real-plus-synthetic", train=REAL_AND_SYNTHETIC, val=REAL, stage=1, provenance=True),
 ):
     STRATEGY_REGISTRY.register(_strategy)

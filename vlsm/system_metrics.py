@@ -1,14 +1,6 @@
-"""System metrics of a trial's machine, sampled in a background thread, reported per epoch.
-
-Why not MLflow's own monitor: it logs from the process it runs in, and trials never talk
-to MLflow (the driver logs everything, so a cluster's tracking server can stay on the head's
-127.0.0.1). Here a trial samples its node and each epoch's report carries the means since
-the last one under MLflow's names (``system/cpu_utilization_percentage``, ...), which the
-driver logs with the epoch as the step: they appear in the run's "System metrics" view.
-
-GPU figures are the whole card's (``nvidia-smi``): on a fractional GPU they show how busy
-the shared card was, not this trial's part of it. ``system/gpu_0_process_memory_megabytes``
-is this trial's peak of allocated CUDA memory since the last report.
+"""System metrics of a trial's machine, sampled in a background thread, reported per epoch
+under MLflow's names (docs/design.md, "One trial"). GPU figures are the whole card's
+(``nvidia-smi``), but ``system/gpu_0_process_memory_megabytes``: this trial's peak.
 """
 
 from __future__ import annotations
@@ -26,12 +18,8 @@ _NVIDIA_SMI_FIELDS = "utilization.gpu,memory.used,memory.total"
 
 
 class SystemSampler:
-    """Samples CPU, memory and (on a CUDA trial) its GPU every `interval_s` seconds.
-
-        with SystemSampler(10.0, gpu=True) as sampler:
-            ...
-            metrics.update(sampler.take())  # means since the last take; {} without samples
-    """
+    """Samples CPU, memory and (on a CUDA trial) its GPU every `interval_s` seconds, in a
+    `with` block; `take()` gives the means since the last take."""
 
     def __init__(self, interval_s: float, *, gpu: bool = False):
         self.interval_s = interval_s
@@ -83,8 +71,8 @@ class SystemSampler:
 
 
 def _cpu_times() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the machine so far. Our own deltas, not
-    psutil.cpu_percent(), whose one baseline per process any other caller resets."""
+    """(busy, total) CPU seconds of the machine so far (not psutil.cpu_percent(), whose one
+    baseline per process any other caller resets)."""
     import psutil
 
     times = psutil.cpu_times()
@@ -102,10 +90,8 @@ def _memory() -> dict[str, float]:
     import psutil
 
     memory = psutil.virtual_memory()
-    return {
-        "system_memory_usage_megabytes": memory.used / 1e6,
-        "system_memory_usage_percentage": memory.used / memory.total * 100,
-    }
+    return {"system_memory_usage_megabytes": memory.used / 1e6,
+            "system_memory_usage_percentage": memory.used / memory.total * 100}
 
 
 def _visible_gpu() -> str | None:
@@ -126,8 +112,5 @@ def _gpu(index: str) -> dict[str, float]:
         utilization, used, total = (float(v) for v in out.strip().splitlines()[0].split(","))
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return {}
-    return {
-        "gpu_0_utilization_percentage": utilization,
-        "gpu_0_memory_usage_megabytes": used,
-        "gpu_0_memory_usage_percentage": used / total * 100 if total else 0.0,
-    }
+    return {"gpu_0_utilization_percentage": utilization, "gpu_0_memory_usage_megabytes": used,
+            "gpu_0_memory_usage_percentage": used / total * 100 if total else 0.0}

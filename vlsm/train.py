@@ -1,9 +1,7 @@
-"""The training loop of one trial: train, validate, checkpoint, stop early, test the best.
+"""The training loop of one trial: train, validate, checkpoint, stop early, test the best;
+it needs only a `report` callable, so it runs without Ray (docs/design.md, "One trial").
 
     run_training(TrainConfig.from_dict({...}), report=lambda metrics, checkpoint_dir: ...)
-
-It needs only a `report` callable, so it runs (and is tested) without Ray (`vlsm.trainable`
-wraps it). What a trial does and how it resumes exactly: docs/design.md, "Training".
 """
 
 from __future__ import annotations
@@ -81,37 +79,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if precision == "fp16":
             raise ValueError("precision: 'fp16' needs a CUDA device; use 'auto', 'bf16' or 'fp32' on CPU")
         return "fp32" if precision == "auto" else precision
-    if precision == "auto":
-        # native bf16 only (compute capability 8.0+): torch's default also says True where
-        # bf16 is merely emulated (V100, T4), which is slower than fp16 with a grad scaler
+    if precision == "auto":  # native bf16 only: emulated bf16 (V100, T4) is slower than fp16
         return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return precision
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for the device, so that a timing covers its work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_training(
-    cfg: TrainConfig,
-    report: Report,
-    resume_dir: Path | None = None,
-    *,
-    device: str | torch.device | None = None,
-    work_dir: Path | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> TrainResult:
-    """Train one trial; call report(metrics, checkpoint_dir) after every epoch.
-
-    checkpoint_dir is a full checkpoint when cfg.checkpoint_interval_s have passed on
-    clock since the last one (None on other epochs), and always at the end; it exists
-    only during the call: copy it to keep it (Ray's tune.report does). The last report
-    also carries the test metrics of the best weights and per_image.parquet. resume_dir:
-    a checkpoint folder of this trial to continue from exactly (the epochs after it run
-    again and report the same metrics).
-    """
+def run_training(cfg: TrainConfig, report: Report, resume_dir: Path | None = None, *,
+                 device: str | torch.device | None = None, work_dir: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> TrainResult:
+    """Train one trial; call report(metrics, checkpoint_dir) after every epoch. checkpoint_dir
+    is a full checkpoint once cfg.checkpoint_interval_s passed on clock (else None), and at
+    the end, with the test of the best weights; it exists only during the call. resume_dir:
+    a checkpoint of this trial to continue from exactly."""
     trial = _set_up(cfg, device, resume_dir)
     state, history = trial.state, []
     with tempfile.TemporaryDirectory(prefix="vlsm-trial-", dir=work_dir) as tmp:
@@ -138,15 +117,11 @@ def run_training(
         state.last_metrics[STOP_REASON] = state.stop_reason
         directory, test_rows = files.save(state), None
         if trial.test_split is not None:
-            summary, test_rows = evaluate_best(files.best_dir, trial.test_split, trial.setup,
-                                               directory)
+            summary, test_rows = evaluate_best(files.best_dir, trial.test_split, trial.setup, directory)
             state.last_metrics.update(summary)
         history.append(dict(state.last_metrics))
         report(dict(state.last_metrics), directory)
     return _result(state, history, test_rows)
-
-
-# --- set up -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -186,8 +161,7 @@ def _set_up(cfg: TrainConfig, device: str | torch.device | None, resume_dir: Pat
     model, include_frozen, frozen_sha = _build_model(cfg, splits, resume_dir)
     model = prepare_model(model.to(device), cfg, device)  # the speed switches (vlsm.speed)
 
-    tokenizer = build_tokenizer(cfg.model, pretrained=cfg.pretrained, config=cfg.model_config,
-                                tokenizer=cfg.tokenizer)
+    tokenizer = build_tokenizer(cfg.model, pretrained=cfg.pretrained, config=cfg.model_config, tokenizer=cfg.tokenizer)
     prompts = PromptTable([s for s in splits if s is not None], key, tokenizer, device,
                           synthetic_style=train_split.synthetic, generator=cfg.prompt_source == "generator",
                           provenance=cfg.provenance_phrases)
@@ -218,11 +192,8 @@ def _model_spec(cfg: TrainConfig) -> dict[str, Any]:
 
 def _build_model(cfg: TrainConfig, splits: Sequence[PreparedSplit | None],
                  resume_dir: Path | None) -> tuple[nn.Module, bool, str]:
-    """(model, include_frozen, frozen_sha256): rebuilt from the spec, then resumed or init_from.
-
-    The resumed weights are loaded here, on the CPU before the model moves to the
-    device; the rest of a checkpoint is read by `_TrialFiles.resume`.
-    """
+    """(model, include_frozen, frozen_sha256): rebuilt from the spec, then the resumed (on the
+    CPU; the rest of the checkpoint: `_TrialFiles.resume`) or init_from weights loaded."""
     model = ckpt.rebuild(_model_spec(cfg))
     for split, name in zip(splits, ("train_cache", "val_cache", "test_cache"), strict=True):
         if split is not None and split.size != model.input_size:
@@ -239,9 +210,6 @@ def _build_model(cfg: TrainConfig, splits: Sequence[PreparedSplit | None],
     frozen_sha = ckpt.frozen_fingerprint(model)
     include_frozen = frozen_sha != base_sha  # frozen part not re-derivable from spec + seed
     return model, include_frozen, frozen_sha
-
-
-# --- one epoch --------------------------------------------------------------------------
 
 
 def _train_epoch(trial: _Trial, epoch: int) -> tuple[float, float, int]:
@@ -266,7 +234,8 @@ def _train_epoch(trial: _Trial, epoch: int) -> tuple[float, float, int]:
         state.scaler.step(state.optimizer)
         state.scaler.update()
         loss_sum += loss.detach() * len(idx)
-    _sync(device)
+    if device.type == "cuda":  # the timing covers the device's work
+        torch.cuda.synchronize(device)
     return float(loss_sum) / len(order), time.perf_counter() - started, len(order)
 
 
@@ -308,21 +277,15 @@ def _stop_reason(state: TrainState, cfg: TrainConfig, epoch: int, train_loss: fl
     return "max_epochs" if epoch == cfg.max_epochs else ""
 
 
-# --- files and results ------------------------------------------------------------------
-
-
 class _CheckpointClock:
     """Whether a full checkpoint is due: interval_s passed since the last one (or the start).
-
-    Why a clock and not an epoch count: a checkpoint's cost is seconds of writing and
-    copying (docs/design.md, "Performance facts"), and what a crash may lose is time.
-    """
+    A clock, not an epoch count: a checkpoint costs seconds, and a crash loses time."""
 
     def __init__(self, interval_s: float, clock: Callable[[], float]):
         self.interval_s, self.clock, self.last = interval_s, clock, clock()
 
     def __call__(self) -> bool:
-        """True when due; the interval then counts from now (the checkpoint is written now)."""
+        """True when due; the interval then counts from now."""
         now = self.clock()
         if now - self.last < self.interval_s:
             return False
@@ -331,18 +294,15 @@ class _CheckpointClock:
 
 
 class _TrialFiles:
-    """The trial's checkpoint folders and its best weights, in the trial's temporary folder.
-
-    The best weights are a host-memory copy when they improve (`keep_best`), written to
-    best/ with the next checkpoint (`save`): an epoch without a checkpoint writes nothing.
-    """
+    """The trial's checkpoint folders and best weights in its temporary folder: the best are
+    a host copy when they improve (`keep_best`), written to best/ by the next `save`."""
 
     def __init__(self, tmp: Path, trial: _Trial):
         self.tmp, self.trial, self.best_dir = tmp, trial, tmp / ckpt.BEST_DIR
         self.pending_best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
 
     def save(self, state: TrainState) -> Path:
-        """A new checkpoint folder: weights, state, config and best/ (see `vlsm.checkpoint`)."""
+        """A new checkpoint folder: weights, state, config and best/ (`vlsm.checkpoint`)."""
         self._write_best()
         out = Path(tempfile.mkdtemp(prefix=f"epoch{state.epoch:04d}-", dir=self.tmp))
         ckpt.save_model(self.trial.model, out, include_frozen=self.trial.include_frozen,
@@ -361,12 +321,12 @@ class _TrialFiles:
         log.info("resuming after epoch %d from %s", state.epoch, directory)
 
     def keep_best(self, metrics: dict[str, Any]) -> None:
-        """Keep the current weights in host memory as the best so far (written by `save`)."""
+        """Keep the current weights in host memory as the best so far."""
         tensors = ckpt.host_copy(self.trial.model, include_frozen=self.trial.include_frozen)
         self.pending_best = tensors, metrics
 
     def _write_best(self) -> None:
-        """Replace best/ by the kept best weights, if newer (written beside it, then renamed)."""
+        """Replace best/ by the kept best weights, if newer."""
         if self.pending_best is None:
             return
         tensors, metrics = self.pending_best
@@ -385,11 +345,8 @@ def _result(state: TrainState, history: list[dict[str, Any]],
 
 
 def _finished_result(resume_dir: Path, last_metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """The final report of a trial whose last checkpoint is resume_dir, if it had finished.
-
-    Ray restores a trial that finished just before the driver died (after our chain state
-    saw it finish, before Ray's experiment snapshot did). Reporting its result again,
-    without a new checkpoint, keeps its checkpoint (which finetunes start from) in place.
-    """
+    """The final report of a trial whose last checkpoint is resume_dir, if it had finished:
+    Ray restores a trial that finished just before its snapshot; reporting again without a
+    new checkpoint keeps the checkpoint finetunes start from in place."""
     summary = read_test_summary(resume_dir)
     return None if summary is None else {**last_metrics, **summary}

@@ -1,17 +1,7 @@
-"""A trial's state besides its weights, saved and loaded as one object.
+"""A trial's state besides its weights (optimizer, scheduler, grad scaler, early stopping,
+best epoch, RNGs), saved and loaded as mirrors, so a resume is exact (docs/design.md, "One trial").
 
-Why one object: exact resume needs everything that changes from epoch to epoch
-(optimizer, LR scheduler, grad scaler, early stopping, the best epoch so far, the
-global RNGs), and writing it in one place and reading it back in the next keeps the
-two in step (docs/design.md, "Training").
-
-    state = TrainState.fresh(params, cfg, device, precision)
     state.save(folder)        # train_state.safetensors + train_state.json
-    state.load(folder)        # the mirror: the same fields back, RNGs included
-
-The files are those `vlsm.checkpoint.save_train_state` writes; the JSON keys are
-epoch, optimizer, scheduler, scaler, early_stopping, best_val_dice, best_epoch,
-stop_reason, last_metrics and rng.
 """
 
 from __future__ import annotations
@@ -35,11 +25,8 @@ __all__ = ["EarlyStopping", "TrainState"]
 
 @dataclass
 class EarlyStopping:
-    """Stop when the monitored value (validation Dice, higher is better) stalls.
-
-    An epoch improves when value > best + min_delta; training stops once `patience`
-    epochs in a row did not improve, but never before `min_epochs` (Lightning's rules).
-    """
+    """Stop once `patience` epochs in a row did not improve the value (validation Dice) by more
+    than min_delta, never before `min_epochs` (Lightning's rules)."""
 
     patience: int
     min_delta: float
@@ -58,10 +45,8 @@ class EarlyStopping:
 
 @dataclass
 class TrainState:
-    """Everything of a trial that changes epoch to epoch besides the weights.
-
-    epoch is the last finished epoch (0 before the first); last_metrics its report.
-    """
+    """Everything of a trial that changes epoch to epoch besides the weights; epoch is the last
+    finished one (0 before the first), last_metrics its report."""
 
     optimizer: torch.optim.Optimizer
     scheduler: ReduceLROnPlateau
@@ -78,8 +63,7 @@ class TrainState:
               precision: str) -> TrainState:
         """The state before the first epoch: AdamW, ReduceLROnPlateau on the validation loss."""
         optimizer = build_adamw(params, cfg, device)  # fused on CUDA (cfg.fused_adamw)
-        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                      patience=cfg.lr_patience)
+        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.min_epochs)
         return cls(optimizer, scheduler, scaler, stopper)
@@ -88,18 +72,11 @@ class TrainState:
         """Write train_state.safetensors + train_state.json, the global RNG states included."""
         tensors, opt_meta = ckpt.optimizer_to_flat(self.optimizer.state_dict())
         rng_tensors, rng_meta = ckpt.capture_rng()
-        meta = {
-            "epoch": self.epoch,
-            "optimizer": opt_meta,
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "early_stopping": {"best": self.stopper.best, "wait": self.stopper.wait},
-            "best_val_dice": self.best_val_dice,
-            "best_epoch": self.best_epoch,
-            "stop_reason": self.stop_reason,
-            "last_metrics": self.last_metrics,
-            "rng": rng_meta,
-        }
+        meta = {"epoch": self.epoch, "optimizer": opt_meta, "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "early_stopping": {"best": self.stopper.best, "wait": self.stopper.wait},
+                "best_val_dice": self.best_val_dice, "best_epoch": self.best_epoch, "stop_reason": self.stop_reason,
+                "last_metrics": self.last_metrics, "rng": rng_meta}
         ckpt.save_train_state(directory, {**tensors, **rng_tensors}, meta)
 
     def load(self, directory: Path) -> None:
@@ -110,10 +87,7 @@ class TrainState:
         self.scheduler.load_state_dict(meta["scheduler"])
         if meta["scaler"]:  # empty when it was off (bf16, fp32): a fresh scaler then
             self.scaler.load_state_dict(meta["scaler"])
-        self.stopper.best = meta["early_stopping"]["best"]
-        self.stopper.wait = meta["early_stopping"]["wait"]
-        self.best_val_dice = meta["best_val_dice"]
-        self.best_epoch = meta["best_epoch"]
-        self.stop_reason = meta["stop_reason"]
-        self.last_metrics = meta["last_metrics"]
+        self.stopper.best, self.stopper.wait = meta["early_stopping"]["best"], meta["early_stopping"]["wait"]
+        for name in ("best_val_dice", "best_epoch", "stop_reason", "last_metrics"):
+            setattr(self, name, meta[name])
         ckpt.restore_rng(tensors, meta["rng"])

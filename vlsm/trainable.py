@@ -1,20 +1,9 @@
-"""The Ray Tune function trainable: one trial = `train_vlsm(config)`.
+"""The Ray Tune function trainable: one trial = `train_vlsm(config)`, a `TrainConfig` as a
+dict (data as cache folder paths), reported each epoch with `tune.report` and resumed from
+`tune.get_checkpoint()` (docs/design.md, "One trial"). Workers are reused between trials, so
+a trial resets seeds first and frees GPU memory last.
 
-    from ray import tune
-    from vlsm.trainable import train_vlsm
     tune.Tuner(train_vlsm, param_space={"model": "clipseg", "train_cache": ..., ...}).fit()
-
-Everything a trial needs is in its config (a `vlsm.config.TrainConfig` as a dict; the
-data travel as cache folder paths, never as arrays). Each epoch is reported with
-``tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(...))``; a restored
-trial continues exactly from ``tune.get_checkpoint()``. The last report carries
-``test_dice_mean`` / ``test_dice_std`` of the best-validation-Dice weights, and its
-checkpoint holds ``best/`` and ``per_image.parquet``. Reports also carry the node's
-system metrics since the previous one (`vlsm.system_metrics`; the driver logs them to MLflow).
-
-Workers may be reused between trials (``TuneConfig(reuse_actors=True)``, about 15x less
-per-trial overhead, docs/design.md, "Performance facts"), so a trial resets seeds and global torch settings first
-and frees GPU memory last. It uses the CPUs and the GPU share Ray assigned to it.
 """
 
 from __future__ import annotations
@@ -52,8 +41,7 @@ def limit_to_share(resources: dict[str, float]) -> str:
         torch.set_num_threads(max(1, int(cpus)))
     if not torch.cuda.is_available():
         return "cpu"
-    if resources and not resources.get("GPU"):
-        # Ray leaves CUDA_VISIBLE_DEVICES alone for a trial given no GPU: keep off the card.
+    if resources and not resources.get("GPU"):  # Ray leaves CUDA_VISIBLE_DEVICES alone then
         return "cpu"
     share = resources.get("GPU", 1.0)  # outside Ray: the whole device
     if 0 < share < 1:
@@ -91,8 +79,7 @@ def train_vlsm(config: dict[str, Any]) -> None:
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(sampler)
-            if cfg.init_from and "://" in cfg.init_from:
-                # An upstream checkpoint on shared storage (s3://...): fetch it first.
+            if cfg.init_from and "://" in cfg.init_from:  # an upstream checkpoint on shared storage
                 local = stack.enter_context(tune.Checkpoint(cfg.init_from).as_directory())
                 cfg = dataclasses.replace(cfg, init_from=str(local))
             resume_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None

@@ -1,12 +1,8 @@
-"""What the training loop feeds the model: prompt tokens, uint8 pixels, model inputs.
+"""What the training loop feeds the model: prompt tokens, uint8 pixels (on the device when
+they fit, normalised there), and the one path to logits (docs/design.md, "Models").
 
-    prompts = PromptTable(splits, "p2", tokenizer, device)
-    data = SplitTensors(split, cfg, device, with_eval=False)    # uint8 on the device when it fits
-    inputs = ModelInputs(model, prompts, device, "fp32")
     for idx, images, labels in data.batches(epoch_order(len(data), seed, epoch), 8):
         logits = inputs(model, images, prompts.choose(split.items, None)[idx], data.image_index[idx])
-
-Why pixels live on the device and are normalised there: docs/design.md, "Performance facts".
 """
 
 from __future__ import annotations
@@ -27,25 +23,13 @@ from vlsm.data.prompts import GENERATOR_PROMPT, pick_phrasing, with_provenance
 if TYPE_CHECKING:
     from vlsm.data.cache import CacheItem, PreparedSplit
 
-__all__ = [
-    "DEVICE_DATA_FRACTION",
-    "ModelInputs",
-    "PromptTable",
-    "SplitTensors",
-    "allowed_device_bytes",
-    "autocast_for",
-    "epoch_order",
-    "keep_on_device",
-    "mixed_epoch_order",
-    "pixel_values",
-    "open_cache",
-]
+__all__ = ["DEVICE_DATA_FRACTION", "ModelInputs", "PromptTable", "SplitTensors", "allowed_device_bytes",
+           "autocast_for", "epoch_order", "keep_on_device", "mixed_epoch_order", "open_cache", "pixel_values"]
 
 log = logging.getLogger(__name__)
 
-# At most this share of the GPU memory a trial may use (its fractional-GPU share) holds
-# one split's uint8 arrays; larger splits stream from pinned host memory instead. Train,
-# validation and test splits together then stay under half of it.
+# The most of a trial's GPU memory one split's uint8 arrays take (train, validation and test
+# then stay under half); larger splits stream from pinned host memory.
 DEVICE_DATA_FRACTION = 0.15
 
 
@@ -60,23 +44,17 @@ def open_cache(path: str | None, what: str) -> PreparedSplit:
 
 
 class PromptTable:
-    """Every prompt string of the trial, tokenised once; rows of the token table on the device.
-
-    Which sentence an item gets: prompt `key` (P0-P7) in the trial's style; with
-    generator, a synthetic item's generator text where it has one; with provenance
-    phrases, worked into the sentence by the item's provenance (real+synthetic).
-    """
+    """Every prompt string of the trial, tokenised once, on the device; which sentence an item
+    gets: docs/design.md, "Prompts"."""
 
     def __init__(self, splits: Sequence[PreparedSplit], key: str, tokenizer: Callable,
                  device: torch.device, *, synthetic_style: bool = False, generator: bool = False,
                  provenance: Mapping[str, str] | None = None):
-        # A model trained on synthetic data is tested on real images with the prompts it
-        # learned: the synthetic style (P6 = shape, no image quality), as the authors did.
+        # a model trained on synthetic data is tested with the prompts it learned (the authors' way)
         self.synthetic_style, self.generator, self.provenance = synthetic_style, generator, provenance
         self.key = key
         strings: dict[str, int] = {}
-        # each item's value, worked out once here and read by every epoch's `choose`: id ->
-        # (the item, to tell a reused id apart, its value)
+        # id -> (the item, to tell a reused id apart, its value), read by every epoch's `choose`
         self._values: dict[int, tuple[CacheItem, str | tuple[str, ...]]] = {}
         for split in splits:
             for item in split.items:
@@ -90,15 +68,10 @@ class PromptTable:
         self.input_ids = torch.as_tensor(tokens["input_ids"]).to(device)  # (P, L)
         self.attention_mask = torch.as_tensor(tokens["attention_mask"]).to(device)  # (P, L)
 
-    def prompts_of(self, item: CacheItem) -> dict:
-        """The item's prompts in this trial's style (its own when it has no other)."""
-        if self.synthetic_style and item.synthetic_prompts is not None:
-            return item.synthetic_prompts
-        return item.prompts
-
     def _phrasings(self, item: CacheItem, split: PreparedSplit | None = None) -> str | tuple[str, ...]:
         """The item's prompt value: one sentence, or its phrasings."""
-        prompts = self.prompts_of(item)
+        synthetic = self.synthetic_style and item.synthetic_prompts is not None  # else its own
+        prompts = item.synthetic_prompts if synthetic else item.prompts
         key = GENERATOR_PROMPT if self.generator and item.synthetic and GENERATOR_PROMPT in prompts else self.key
         value = prompts.get(key)
         if value is None:
@@ -141,11 +114,8 @@ class _PairDataset(torch.utils.data.Dataset):
 
 def keep_on_device(nbytes: int, allowed_bytes: float | None, wanted: bool,
                    fraction: float = DEVICE_DATA_FRACTION) -> bool:
-    """Whether a split of nbytes is copied to the device once (True) or streamed.
-
-    allowed_bytes: the device memory this process may use (None on CPU: no limit checked);
-    fraction: the share of it the split may take.
-    """
+    """Whether a split of nbytes is copied to the device once (True) or streamed: at most
+    fraction of allowed_bytes, the device memory this process may use (None: no limit)."""
     return wanted and (allowed_bytes is None or nbytes <= fraction * allowed_bytes)
 
 
@@ -163,12 +133,8 @@ def allowed_device_bytes(device: torch.device) -> float | None:
 
 
 class SplitTensors:
-    """One cache split for the loop: item tensors, and batches of uint8 pixels on the device.
-
-    data_on_device copies the uint8 arrays to the device once and gathers batches there,
-    when they fit (`keep_on_device`); otherwise a DataLoader streams them from the
-    memory-mapped cache (pinned memory on CUDA).
-    """
+    """One cache split for the loop: item tensors, and batches of uint8 pixels on the device,
+    gathered there (data_on_device, when they fit) or streamed from the memory-mapped cache."""
 
     def __init__(self, split: PreparedSplit, cfg: TrainConfig, device: torch.device, with_eval: bool):
         self.split, self.device, self.with_eval = split, device, with_eval
@@ -186,9 +152,7 @@ class SplitTensors:
                      "%.2f GB this trial may use on the GPU)", split.root, nbytes / 1e9,
                      100 * DEVICE_DATA_FRACTION, (allowed or 0) / 1e9)
         if self.on_device:
-            self.arrays = tuple(
-                torch.from_numpy(np.array(getattr(split, n))).to(device) for n in names
-            )
+            self.arrays = tuple(torch.from_numpy(np.array(getattr(split, n))).to(device) for n in names)
 
     def __len__(self) -> int:
         return len(self.image_index)
@@ -219,10 +183,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def mixed_epoch_order(synthetic: torch.Tensor, share: float | None, seed: int, epoch: int) -> torch.Tensor:
-    """The item order of one epoch of a split holding real and synthetic pairs
-    (synthetic (N,) bool): every real pair, and synthetic ones drawn so that they make
-    `share` of the epoch (without replacement while there are enough, else with); a pure
-    function of (seed, epoch). share None: every pair, as `epoch_order`."""
+    """One epoch's order of real and synthetic pairs (synthetic (N,) bool): every real pair
+    and synthetic ones drawn to make `share` of it (with replacement only when too few); a
+    pure function of (seed, epoch). share None: `epoch_order`."""
     if share is None:
         return epoch_order(len(synthetic), seed, epoch)
     real, fake = torch.nonzero(~synthetic).flatten(), torch.nonzero(synthetic).flatten()
@@ -256,14 +219,10 @@ class StoredFeatures(Protocol):
 
 
 class ModelInputs:
-    """uint8 pixels and prompt rows -> the model's logits, through its contract: one path.
-
-    Image features come from the feature store (`stored`), or from `encode_image` of every
-    row, or (`shared`: evaluation, an image with its three structures) of each distinct
-    image once; text features from the store's table or from `encode_text` of the rows;
-    then `decode`. All under the trial's precision (autocast for bf16 / fp16); the loss is
-    computed outside it, in float32.
-    """
+    """uint8 pixels and prompt rows -> the model's logits, through its contract: image features
+    from the store (`stored`), `encode_image` of every row, or (`shared`) of each distinct
+    image once; text features from the store's table or `encode_text`; then `decode`. Under
+    the trial's autocast; the loss is computed outside it, in float32."""
 
     def __init__(self, model: nn.Module, prompts: PromptTable, device: torch.device, precision: str):
         self.mean = torch.tensor(model.image_mean, device=device).view(1, 3, 1, 1)
@@ -285,8 +244,8 @@ class ModelInputs:
             return model.decode(image, text, mask, tuple(images.shape[-2:]))
 
     def _encoded(self, model: nn.Module, images: torch.Tensor, image_index: torch.Tensor | None) -> tuple:
-        """`encode_image` of every row's image, or with image_index of each distinct image
-        once, its features then serving all its rows (B rows each)."""
+        """`encode_image` of every row's image, or with image_index of each distinct image once
+        (B rows each)."""
         if image_index is None:
             return model.encode_image(self._pixels(images))
         distinct, inverse = torch.unique(image_index, return_inverse=True)  # (U,), (B,)
@@ -297,14 +256,12 @@ class ModelInputs:
         return tuple(f[inverse] for f in features)
 
     def image_features(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """images (B, S, S) uint8 -> `encode_image` (B rows each) as the call computes it:
-        what the feature store keeps."""
+        """images (B, S, S) uint8 -> `encode_image` as the call computes it (the store's rows)."""
         with autocast_for(self.device, self.precision):
             return model.encode_image(self._pixels(images))
 
     def text_table(self, model: nn.Module, chunk: int) -> tuple[torch.Tensor, ...]:
-        """`encode_text` of every prompt row (P rows each), chunk rows at a time: the
-        feature store's text table."""
+        """`encode_text` of every prompt row (P rows each), chunk rows at a time (the store's table)."""
         ids, mask = self.prompts.input_ids, self.prompts.attention_mask  # (P, L)
         parts = []
         with autocast_for(self.device, self.precision):
@@ -317,7 +274,6 @@ class ModelInputs:
 
 
 def pixel_values(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(B, S, S) uint8 grey -> (B, 3, S, S) normalised by a model's mean and std (1, 3, 1, 1):
-    what every model of this project is given (training, evaluation, prediction)."""
+    """(B, S, S) uint8 grey -> (B, 3, S, S) normalised by a model's mean and std (1, 3, 1, 1)."""
     x = images.unsqueeze(1).float().div_(255.0)  # (B, 1, S, S) in [0, 1]
     return (x - mean) / std  # grey repeated to 3 channels: (B, 3, S, S)

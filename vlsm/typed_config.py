@@ -1,10 +1,6 @@
 """Typed configs from plain mappings: one converter for every config dataclass, whose
 annotations are the schema (docs/design.md, "Settings").
 
-    @dataclass(frozen=True)
-    class Cfg:
-        lr: Annotated[float, Range(gt=0)] = 1e-3
-        model: Annotated[str, Choice(MODELS.names)] = "clipseg"
     from_mapping(Cfg, {"lr": 0})     # ConfigError: "lr: expected a finite value > 0, got 0"
 
 Besides the plain types: `X | None`, `Literal[...]`, nested dataclasses, `tuple[X, ...]`,
@@ -53,10 +49,9 @@ class Range:
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """`Annotated[str, Choice(names)]`: one of `names()`, asked when a value is checked (a
-    registry's names, entries added by plugins included). Pass a module-level function or
-    a bound method: a lambda in a postponed annotation would see the class's namespace as
-    its globals."""
+    """`Annotated[str, Choice(names)]`: one of `names()`, asked when a value is checked (plugin
+    entries count). A module-level function or bound method: a lambda in a postponed
+    annotation would see the class's namespace as its globals."""
 
     names: Callable[[], Iterable[Any]]
 
@@ -85,9 +80,8 @@ class ConfigError(ValueError):
 
 
 def from_mapping(cls: type[T], raw: Mapping[str, Any] | None, where: str = "") -> T:
-    """Build dataclass `cls` from `raw` (None = all defaults); ConfigError names every
-    unknown or missing key and every bad value. `where` prefixes the keys in messages
-    ("models.CRIS")."""
+    """Build dataclass `cls` from `raw` (None = all defaults); ConfigError names every unknown
+    or missing key and bad value, prefixed by `where` ("models.CRIS")."""
     problems: list[str] = []
     value = _build(cls, raw, where, problems)
     if problems:
@@ -96,9 +90,8 @@ def from_mapping(cls: type[T], raw: Mapping[str, Any] | None, where: str = "") -
 
 
 def normalise_fields(obj: Any) -> list[str]:
-    """Convert the fields of a dataclass being built to their annotated types, in place
-    (from its `__post_init__`: direct calls such as `TrainConfig(lr=1)` bypass
-    `from_mapping`); returns what does not fit."""
+    """Convert a dataclass's fields to their annotated types in place, from its `__post_init__`
+    (`TrainConfig(lr=1)` bypasses `from_mapping`); returns what does not fit."""
     problems: list[str] = []
     hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
@@ -133,10 +126,8 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
         problems.append(f"{prefix}missing key(s) {missing}")
     hints = _hints(cls)
     before = len(problems)
-    kwargs = {
-        key: _convert(value, hints[key], _join(where, key), problems)
-        for key, value in raw.items() if key in names
-    }
+    kwargs = {key: _convert(value, hints[key], _join(where, key), problems) for key, value in raw.items()
+              if key in names}
     if len(problems) > before or unknown or missing:
         return None
     return cls(**kwargs)  # the class's own checks (__post_init__) raise as they are
@@ -186,8 +177,7 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
 
 
 def _convert_checked(value: Any, hint: Any, rules: tuple, where: str, problems: list[str]) -> Any:
-    """`value` as type `hint`, then held to each rule (a value that is None or already
-    wrong is not)."""
+    """`value` as type `hint`, then held to each rule (unless None or already wrong)."""
     before = len(problems)
     value = _convert(value, hint, where, problems)
     if value is None or len(problems) > before:

@@ -1,14 +1,9 @@
-"""CLIPSeg (Lüddecke and Ecker, CVPR 2022) as the grid trains it: Hugging Face weights, our forward.
+"""CLIPSeg (Lüddecke and Ecker, CVPR 2022): Hugging Face weights, our forward, whose towers
+really train (docs/design.md, "Pitfalls"). Config keys besides `CLIPSegConfig`'s:
+`input_size` (352 with pretrained weights, else vision_config.image_size) and
+`stock_forward_no_grad_encoders` (the authors' towers without gradients).
 
     model = build_model("clipseg", pretrained="CIDAS/clipseg-rd64-refined")  # the paper's weights
-    model = build_model("clipseg", config=tiny_config("clipseg"))           # tiny, random, CPU-fast
-    logits = model(pixel_values, input_ids, attention_mask)                 # (B, 1, 352, 352)
-
-The forward is composed from `clip` and `decoder` with gradients on, because the stock
-forward runs the towers under `no_grad` (docs/design.md, "Pitfalls"); the authors' setting
-stays available as `config={"stock_forward_no_grad_encoders": True}`. Extra config keys
-besides `CLIPSegConfig` fields: `input_size` (default 352 with pretrained weights, else
-vision_config.image_size) and that switch.
 """
 
 from __future__ import annotations
@@ -45,18 +40,8 @@ from vlsm.models.tokenizer import (
     tiny_vocab_size,
 )
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "PAPER_INPUT_SIZE",
-    "PAPER_PRETRAINED",
-    "CLIPSeg",
-    "build_clipseg",
-    "expected_input_size",
-    "save_clipseg_folder",
-    "text_shape",
-    "tiny_clipseg_config",
-]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PAPER_INPUT_SIZE", "PAPER_PRETRAINED", "CLIPSeg", "build_clipseg",
+           "expected_input_size", "save_clipseg_folder", "text_shape", "tiny_clipseg_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +58,10 @@ _FOLDER_INPUT_SIZE = "vlsm_input_size"
 
 
 def tiny_clipseg_config() -> dict[str, Any]:
-    """A CLIPSeg of about 0.1 M parameters: 64 px input, 4 px patches, 4 + 2 layers.
-
-    4 px patches (16 x 16 tokens) learn the phantom far better than 8 px ones: unfrozen,
-    P2, lr 3e-3, batch 8, 5 epochs: test Dice 0.42 against 0.25, in 2x the time (10 s).
-
-    Shaped like the real rd64 model at small widths: decoder taps after vision layers
-    1, 2, 3 (real: 3, 6, 9) and a text tower over the tiny prompt vocabulary
-    (`vlsm.models.tokenizer.tiny_tokenizer`). The single transposed convolution (kernel =
-    stride = patch) gives logits at exactly 64 px; the "refined" two-step one upsamples by
-    (patch // 4) ** 2, which for small patches does not reach the input size.
-    """
+    """A CLIPSeg of about 0.1 M parameters shaped like rd64: 64 px input, 4 px patches (they
+    learn the phantom far better than 8 px: test Dice 0.42 against 0.25 in 5 epochs), taps
+    after vision layers 1, 2, 3, the tiny prompt vocabulary. The single transposed
+    convolution gives logits at exactly 64 px (the refined one does not reach it)."""
     vocab = tiny_vocab_size()
     return {
         INPUT_SIZE: 64,
@@ -118,13 +96,9 @@ def tiny_clipseg_config() -> dict[str, Any]:
 
 
 class CLIPSeg(CLIPSegForImageSegmentation):
-    """`CLIPSegForImageSegmentation` following the `vlsm.models` contract.
-
-    Same modules and state-dict names as the Hugging Face class (`clip.*`, `decoder.*`),
-    so `from_pretrained` / `save_pretrained` work unchanged. Build it with
-    `build_clipseg` (or `vlsm.models.build_model("clipseg", ...)`), which also sets:
-    input_size, spec, freeze_encoder and stock_forward.
-    """
+    """`CLIPSegForImageSegmentation` following the `vlsm.models` contract, with its modules
+    and state-dict names (`from_pretrained` / `save_pretrained` work unchanged). Build it
+    with `build_clipseg`, which sets input_size, spec, freeze_encoder and stock_forward."""
 
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
@@ -135,9 +109,7 @@ class CLIPSeg(CLIPSegForImageSegmentation):
         self.input_size: int = config.vision_config.image_size
         self.freeze_encoder = False
         self.stock_forward = False  # the towers without gradients, as the stock forward runs them
-        # Run the vision tower only up to its last tapped layer: the decoder never reads
-        # the later layers nor the pooled output (same features; vlsm.speed switches it).
-        self.vision_stop_early = True
+        self.vision_stop_early = True  # the vision tower stops after its last tapped layer (vlsm.speed)
         self.spec: dict[str, Any] = {}
 
     def set_encoder_frozen(self, frozen: bool) -> None:
@@ -154,19 +126,14 @@ class CLIPSeg(CLIPSegForImageSegmentation):
             self.clip.eval()  # no dropout in the towers while the decoder trains
         return self
 
-    def forward(  # type: ignore[override]  (our contract, not Hugging Face's)
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-    ) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,  # type: ignore[override]
+                attention_mask: torch.Tensor) -> torch.Tensor:
         """pixel_values (B, 3, S, S) ImageNet-normalised, input_ids/attention_mask (B, L) -> logits (B, 1, S, S)."""
         check_forward_inputs("CLIPSeg", pixel_values, input_ids, attention_mask)
         return self.decode(self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask),
                            attention_mask, tuple(pixel_values.shape[-2:]))
 
     def _towers(self) -> contextlib.AbstractContextManager:
-        """The stock forward's pitfall as a setting: the CLIP towers run without gradients."""
         return torch.no_grad() if self.stock_forward else contextlib.nullcontext()
 
     def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -174,7 +141,9 @@ class CLIPSeg(CLIPSegForImageSegmentation):
         each (B, 1 + N, D_vision), N = (S / patch)**2."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"CLIPSeg pixel_values: expected (B, 3, S, S), got {tuple(pixel_values.shape)}")
-        _check_square(*pixel_values.shape[-2:])
+        h, w = pixel_values.shape[-2:]
+        if h != w:
+            raise ValueError(f"CLIPSeg pixel_values: expected a square image, got {h}x{w}")
         # hidden_states[0] is the embedding output, hence the +1 (as stock).
         taps = [i + 1 for i in self.extract_layers]
         with self._towers():
@@ -186,8 +155,7 @@ class CLIPSeg(CLIPSegForImageSegmentation):
             return tuple(vision.hidden_states[i] for i in taps)
 
     def _vision_taps(self, pixel_values: torch.Tensor, taps: list[int]) -> tuple[torch.Tensor, ...]:
-        """The vision tower's forward (embeddings, pre-norm, encoder layers) stopped after
-        layer max(taps): the same hidden states, without the layers nobody reads."""
+        """The vision tower's forward stopped after layer max(taps): the same hidden states."""
         vision = self.clip.vision_model
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
         states = [hidden]  # states[k]: after k layers, (B, 1 + N, D_vision)
@@ -197,9 +165,8 @@ class CLIPSeg(CLIPSegForImageSegmentation):
         return tuple(states[i] for i in taps)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor]:
-        """(B, L) prompts -> (the end-of-text token's features (B, D_text),): the text tower
-        before its projection, which `decode` applies per batch (a product's rounding on CPU
-        depends on its batch size, and the store's text table is computed in chunks). The
+        """(B, L) prompts -> (the end-of-text token's features (B, D_text),), before the
+        projection, which `decode` applies per batch (docs/design.md, "Models"). The
         end-of-text token is the last attended one: for CLIP tokens, where stock finds it."""
         with self._towers():
             text = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask)
@@ -208,43 +175,24 @@ class CLIPSeg(CLIPSegForImageSegmentation):
             eot = ((attention_mask != 0) * positions).argmax(dim=1)  # (B,) last attended token
             return (words[torch.arange(words.shape[0], device=words.device), eot],)  # (B, D_text)
 
-    def decode(
-        self,
-        image_features: tuple[torch.Tensor, ...],
-        text_features: tuple[torch.Tensor, ...],
-        attention_mask: torch.Tensor,
-        size: tuple[int, int],
-    ) -> torch.Tensor:
-        """`encode_image`'s and `encode_text`'s features (B rows each) -> logits (B, 1, S, S):
-        the text projection and the decoder. attention_mask is unused (the end-of-text
-        token holds the prompt)."""
+    def decode(self, image_features: tuple[torch.Tensor, ...], text_features: tuple[torch.Tensor, ...],
+               attention_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """`encode_image`'s and `encode_text`'s features (B rows each) -> logits (B, 1, S, S);
+        attention_mask is unused (the end-of-text token holds the prompt)."""
         (pooled,) = text_features  # (B, D_text)
         with self._towers():
             conditional = self.clip.text_projection(pooled)  # (B, projection_dim)
         logits = self.decoder(list(image_features), conditional).logits  # (B, S', S')
-        return _to_input_size(logits, conditional.shape[0], size)
-
-
-def _check_square(h: int, w: int) -> None:
-    if h != w:
-        raise ValueError(f"CLIPSeg pixel_values: expected a square image, got {h}x{w}")
-
-
-def _to_input_size(logits: torch.Tensor, b: int, size: tuple[int, int]) -> torch.Tensor:
-    """Decoder logits (B, h', w') -> (B, 1, H, W): resized when the decoder's grid times
-    its upsampling is not the input size."""
-    logits = logits.reshape(b, 1, *logits.shape[-2:])  # (B, 1, h', w')
-    if tuple(logits.shape[-2:]) != tuple(size):
-        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-    return logits
+        logits = logits.reshape(conditional.shape[0], 1, *logits.shape[-2:])  # (B, 1, S', S')
+        if tuple(logits.shape[-2:]) != tuple(size):  # the decoder's grid times its upsampling
+            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return logits
 
 
 def _check_keys(values: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(values) - allowed)
     if unknown:
-        raise ValueError(
-            f"CLIPSeg config{where}: unknown key(s) {unknown}; expected some of {sorted(allowed)}"
-        )
+        raise ValueError(f"CLIPSeg config{where}: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
 
 
 def _split_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -263,9 +211,7 @@ def _split_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], dict[s
                 raise ValueError(f"CLIPSeg config[{key!r}]: expected a dict, got {sub!r:.80}")
             _check_keys(sub, {f.name for f in fields(cls)}, f"[{key!r}]")
     if STOCK_FORWARD in ours and not isinstance(ours[STOCK_FORWARD], bool):
-        raise ValueError(
-            f"CLIPSeg config[{STOCK_FORWARD!r}]: expected true or false, got {ours[STOCK_FORWARD]!r}"
-        )
+        raise ValueError(f"CLIPSeg config[{STOCK_FORWARD!r}]: expected true or false, got {ours[STOCK_FORWARD]!r}")
     return ours, hf
 
 
@@ -274,16 +220,12 @@ def _resolve_pretrained(pretrained: str | Path) -> str:
     path = Path(pretrained).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ValueError(
-                f"pretrained={str(pretrained)!r}: expected a folder written by save_pretrained "
-                f"(with config.json and model weights)"
-            )
+            raise ValueError(f"pretrained={str(pretrained)!r}: expected a folder written by save_pretrained "
+                             f"(with config.json and model weights)")
         return str(path.resolve())
     if isinstance(pretrained, Path) or not is_hub_id(str(pretrained)):
-        raise ValueError(
-            f"pretrained={str(pretrained)!r}: no such folder (and not a Hugging Face hub id such "
-            f"as {PAPER_PRETRAINED!r})"
-        )
+        raise ValueError(f"pretrained={str(pretrained)!r}: no such folder (and not a Hugging Face hub id such "
+                         f"as {PAPER_PRETRAINED!r})")
     return str(pretrained)
 
 
@@ -293,33 +235,25 @@ def _from_pretrained(source: str) -> CLIPSeg:
         model, info = CLIPSeg.from_pretrained(source, dtype=torch.float32, output_loading_info=True,
                                               local_files_only=local_only)
     except OSError as err:
-        raise ValueError(
-            f"pretrained={source!r}: could not load CLIPSeg weights ({err}). A hub id needs "
-            f"network access once, or a cached copy (HF_HUB_OFFLINE=1 uses the cache only)."
-        ) from err
+        raise ValueError(f"pretrained={source!r}: could not load CLIPSeg weights ({err}). A hub id needs "
+                         f"network access once, or a cached copy (HF_HUB_OFFLINE=1 uses the cache only).") from err
     missing = list(info.get("missing_keys", [])) + list(info.get("mismatched_keys", []))
     if missing:
-        raise ValueError(
-            f"pretrained={source!r}: the weights do not cover the model; missing or mismatched: "
-            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}"
-        )
+        raise ValueError(f"pretrained={source!r}: the weights do not cover the model; missing or mismatched: "
+                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
     return model
 
 
 def expected_input_size(config: dict[str, Any] | None, pretrained: str | Path | None = None) -> int:
-    """The input_size `build_clipseg(config=config, pretrained=pretrained)` gives, without building.
-
-    Reads a local folder's config.json; a hub id means the paper's 352.
-    """
+    """The input_size `build_clipseg(config=config, pretrained=pretrained)` gives, without
+    building: a local folder's config.json says it; a hub id means the paper's 352."""
     options, hf_kwargs = _split_config(config)
     if INPUT_SIZE in options:
         return int(options[INPUT_SIZE])
     if pretrained is not None:
         config_file = Path(pretrained).expanduser() / "config.json"
         if config_file.is_file():
-            return int(
-                json.loads(config_file.read_text()).get(_FOLDER_INPUT_SIZE, PAPER_INPUT_SIZE)
-            )
+            return int(json.loads(config_file.read_text()).get(_FOLDER_INPUT_SIZE, PAPER_INPUT_SIZE))
         return PAPER_INPUT_SIZE
     vision = hf_kwargs.get("vision_config") or {}
     return int(vision.get("image_size", CLIPSegVisionConfig().image_size))
@@ -331,60 +265,40 @@ def text_shape(config: dict[str, Any]) -> tuple[int, int] | None:
     text = config.get("text_config")
     if text is None:
         return None
-    return (
-        text.get("vocab_size", CLIP_VOCAB_SIZE),
-        text.get("max_position_embeddings", CLIP_CONTEXT_LENGTH),
-    )
+    return text.get("vocab_size", CLIP_VOCAB_SIZE), text.get("max_position_embeddings", CLIP_CONTEXT_LENGTH)
 
 
 def _hf_model_and_config(
     pretrained: str | Path | None, config: dict[str, Any] | None, hf_kwargs: dict[str, Any]
 ) -> tuple[CLIPSeg | None, CLIPSegConfig, str | None, int]:
-    """(the loaded model or None, its CLIPSegConfig, the resolved pretrained source, the
-    default input size) of build_clipseg's arguments."""
+    """(the loaded model or None, its CLIPSegConfig, the resolved source, the default input size)."""
     if pretrained is not None:
         if hf_kwargs:
-            raise ValueError(
-                f"CLIPSeg config keys {sorted(hf_kwargs)} with pretrained={str(pretrained)!r}: the "
-                f"architecture comes from the pretrained folder; only {INPUT_SIZE!r} and "
-                f"{STOCK_FORWARD!r} may be set"
-            )
+            raise ValueError(f"CLIPSeg config keys {sorted(hf_kwargs)} with pretrained={str(pretrained)!r}: the "
+                             f"architecture comes from the pretrained folder; only {INPUT_SIZE!r} and "
+                             f"{STOCK_FORWARD!r} may be set")
         source = _resolve_pretrained(pretrained)
         model = _from_pretrained(source)
         return model, model.config, source, getattr(model.config, _FOLDER_INPUT_SIZE, PAPER_INPUT_SIZE)
     if config is not None:
         hf_config = CLIPSegConfig(**hf_kwargs)
         return None, hf_config, None, hf_config.vision_config.image_size
-    raise ValueError(
-        f"CLIPSeg needs pretrained= (a hub id such as {PAPER_PRETRAINED!r} or a local folder) "
-        f"or config= (e.g. vlsm.models.tiny_config('clipseg')); got neither"
-    )
+    raise ValueError(f"CLIPSeg needs pretrained= (a hub id such as {PAPER_PRETRAINED!r} or a local folder) "
+                     f"or config= (e.g. vlsm.models.tiny_config('clipseg')); got neither")
 
 
-def build_clipseg(
-    *,
-    pretrained: str | Path | None = None,
-    checkpoint: str | Path | None = None,
-    config: dict[str, Any] | None = None,
-    freeze_encoder: bool = False,
-) -> CLIPSeg:
-    """CLIPSeg from a hub id / local folder (`pretrained`) or from `config` (random weights).
-
-    `checkpoint`: a state-dict file (.safetensors or torch, optionally under "state_dict"
-    and "module."-prefixed) loaded strictly on top. With `pretrained`, `config` may only
-    hold `input_size` and `stock_forward_no_grad_encoders`: the architecture is the
-    folder's. Random initialisation uses the global torch RNG: call through
-    `vlsm.models.build_model`, which seeds it, when weights must be reproducible.
-    """
+def build_clipseg(*, pretrained: str | Path | None = None, checkpoint: str | Path | None = None,
+                  config: dict[str, Any] | None = None, freeze_encoder: bool = False) -> CLIPSeg:
+    """CLIPSeg from a hub id / local folder (`pretrained`; `config` may then only hold our two
+    keys) or from `config` (random weights, from the global RNG: `build_model` seeds it);
+    `checkpoint`, a state-dict file, loaded strictly on top."""
     options, hf_kwargs = _split_config(config)
     model, hf_config, source, default_size = _hf_model_and_config(pretrained, config, hf_kwargs)
     input_size = options.get(INPUT_SIZE, default_size)
     patch = hf_config.vision_config.patch_size
     if not isinstance(input_size, int) or input_size <= 0 or input_size % patch:
-        raise ValueError(
-            f"CLIPSeg config[{INPUT_SIZE!r}]: expected a positive multiple of the patch size "
-            f"{patch}, got {input_size!r}"
-        )
+        raise ValueError(f"CLIPSeg config[{INPUT_SIZE!r}]: expected a positive multiple of the patch size "
+                         f"{patch}, got {input_size!r}")
     if model is None:
         model = CLIPSeg(hf_config)
     model.input_size = input_size
@@ -402,27 +316,19 @@ def build_clipseg(
     }
     model.set_encoder_frozen(freeze_encoder)
     if model.stock_forward and not freeze_encoder:
-        logger.warning(
-            "CLIPSeg %s=True: the stock Hugging Face forward runs the CLIP towers under "
-            "no_grad, so the 'unfrozen' encoder will not train (the authors' behaviour)",
-            STOCK_FORWARD,
-        )
+        logger.warning("CLIPSeg %s=True: the stock Hugging Face forward runs the CLIP towers under "
+                       "no_grad, so the 'unfrozen' encoder will not train (the authors' behaviour)", STOCK_FORWARD)
     logger.debug("built CLIPSeg (%s, %.2f M parameters, input %d)", source or "random",
                  sum(p.numel() for p in model.parameters()) / 1e6, input_size)
     return model
 
 
 def save_clipseg_folder(model: CLIPSeg, tokenizer: PromptTokenizer, path: str | Path) -> Path:
-    """Write model and tokenizer as one `save_pretrained` folder, atomically.
-
-    The folder loads back with `build_model("clipseg", pretrained=path)` and
-    `build_tokenizer("clipseg", pretrained=path)`, the same code path a hub id takes;
-    it also records the input size. An existing folder at `path` is replaced.
-    """
+    """Write model and tokenizer as one `save_pretrained` folder (replacing `path`, atomically),
+    with the input size: `build_model`/`build_tokenizer("clipseg", pretrained=path)` load it
+    as they load a hub id."""
     if not isinstance(model, CLIPSeg):
-        raise ValueError(
-            f"save_clipseg_folder: expected a CLIPSeg model, got {type(model).__name__}"
-        )
+        raise ValueError(f"save_clipseg_folder: expected a CLIPSeg model, got {type(model).__name__}")
     path = Path(path).expanduser().resolve()
     with atomic_folder(path, replace=True) as tmp:
         model.save_pretrained(str(tmp))

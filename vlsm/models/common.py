@@ -1,9 +1,5 @@
-"""Helpers every model builder shares: seeded initialisation, weight files, input checks.
-
-Why seeded initialisation: a checkpoint of a frozen-encoder trial stores only the
-trainable tensors, and `build_model(**model.spec)` must rebuild the frozen rest
-bit-identically. Random initialisation therefore runs under a given seed (kept in the
-spec) in a forked RNG, so it neither depends on nor disturbs the caller's random state.
+"""Helpers every model builder shares: seeded initialisation (so that a frozen tower is
+rebuilt bit-identically from its spec; docs/design.md, "One trial"), weight files, input checks.
 """
 
 from __future__ import annotations
@@ -16,21 +12,13 @@ import torch
 
 from vlsm.model_registry import INIT_SEED
 
-__all__ = [
-    "INIT_SEED",
-    "check_forward_inputs",
-    "hub_files_only",
-    "is_hub_id",
-    "load_state_dict_file",
-    "load_strict",
-    "seeded_init",
-]
-
+__all__ = ["check_forward_inputs", "hub_files_only", "is_hub_id", "load_state_dict_file", "load_strict",
+           "seeded_init"]
 
 
 @contextmanager
 def seeded_init(seed: int = INIT_SEED) -> Iterator[None]:
-    """Run the block with torch's CPU RNG seeded, restoring the caller's RNG state after."""
+    """Run the block with torch's CPU RNG seeded in a fork: the caller's RNG is untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
@@ -45,13 +33,9 @@ def is_hub_id(value: str) -> bool:
 
 
 def hub_files_only(repo_id: str, filename: str, option: str) -> bool:
-    """Whether `from_pretrained(repo_id)` must read the local Hugging Face cache only.
-
-    True when `filename` of the repo is cached (no network needed). Otherwise a download
-    is needed: ValueError at once, naming `option`, when the hub is off (HF_HUB_OFFLINE)
-    or cannot be reached (a quick connection test; the hub client would retry for
-    minutes before failing).
-    """
+    """True when `filename` of the repo is in the local Hugging Face cache (read it offline).
+    Else ValueError naming `option` at once when the hub is off or unreachable (a quick
+    connection test: the hub client would retry for minutes)."""
     import os
     import socket
     from urllib.parse import urlparse
@@ -74,11 +58,8 @@ def hub_files_only(repo_id: str, filename: str, option: str) -> bool:
 
 
 def load_state_dict_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file or a torch file (plain or under "state_dict").
-
-    Torch files load with `weights_only=True`: no arbitrary unpickling. A DataParallel
-    `module.` prefix is stripped. `option` names the argument in error messages.
-    """
+    """Tensors of a `.safetensors` or torch file (plain or under "state_dict"; torch files
+    with `weights_only=True`), a DataParallel `module.` prefix stripped; errors name `option`."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"{option}={str(path)!r}: no such file")
@@ -90,19 +71,15 @@ def load_state_dict_file(path: str | Path, option: str) -> dict[str, torch.Tenso
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several unrelated types here
-            raise ValueError(
-                f"{option}={str(path)!r}: not a torch weights file loadable with "
-                f"weights_only=True ({type(err).__name__}: {err})"
-            ) from err
+            raise ValueError(f"{option}={str(path)!r}: not a torch weights file loadable with "
+                             f"weights_only=True ({type(err).__name__}: {err})") from err
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
-        raise ValueError(
-            f"{option}={str(path)!r}: expected a mapping of tensor names to tensors "
-            f"(optionally under 'state_dict')"
-        )
+        raise ValueError(f"{option}={str(path)!r}: expected a mapping of tensor names to tensors "
+                         f"(optionally under 'state_dict')")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
@@ -119,35 +96,21 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], sour
         if state[k].shape != own[k].shape
     )
     if missing or unexpected or wrong:
-        parts = [
-            f"{title} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}"
-            for title, items in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("wrong shape", wrong),
-            )
-            if items
-        ]
+        parts = [f"{title} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}"
+                 for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                 if items]
         raise ValueError(f"{source}: tensors do not match the model; " + "; ".join(parts))
     module.load_state_dict(dict(state), strict=True)
 
 
-def check_forward_inputs(
-    model_name: str,
-    pixel_values: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-) -> None:
+def check_forward_inputs(model_name: str, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor) -> None:
     """Shapes of the forward contract: (B, 3, H, W) images, (B, L) ids and mask."""
     if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-        raise ValueError(
-            f"{model_name} pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}"
-        )
+        raise ValueError(f"{model_name} pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
     b = pixel_values.shape[0]
     if input_ids.ndim != 2 or input_ids.shape[0] != b:
         raise ValueError(f"{model_name} input_ids: expected ({b}, L), got {tuple(input_ids.shape)}")
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"{model_name} attention_mask: expected the shape of input_ids "
-            f"{tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
-        )
+        raise ValueError(f"{model_name} attention_mask: expected the shape of input_ids "
+                         f"{tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")

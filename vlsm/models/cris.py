@@ -1,13 +1,9 @@
-"""CRIS (Wang et al., CVPR 2022) re-implemented: the official architecture and state-dict names.
+"""CRIS (Wang et al., CVPR 2022) re-implemented: the official architecture and state-dict
+names. Unlike the official code, padding and the end-of-text token come from the attention
+mask (docs/design.md, "Pitfalls"), and the logits come back at the input size (bicubic,
+align_corners=True, as the official evaluation upsamples).
 
-    model = build_cris(config=tiny_cris_config())           # random weights, CPU-fast
-    model = build_cris(pretrained="RN50.pt")                # OpenAI CLIP RN50 backbone
-    model = build_cris(checkpoint="cris_r50.pth")           # official CRIS weights, loaded strictly
-    logits = model(pixel_values, input_ids, attention_mask) # (B, 1, H, W)
-
-Two deliberate differences from the official code: padding and the end-of-text token come
-from the attention mask (docs/design.md, "Pitfalls"), and the logits come back at the input
-size (bicubic, align_corners=True, as the official evaluation upsamples).
+    model = build_cris(pretrained="RN50.pt")       # OpenAI CLIP RN50 backbone; checkpoint=: official CRIS
 """
 
 from __future__ import annotations
@@ -33,19 +29,8 @@ from vlsm.models.tokenizer import (
     tiny_vocab_size,
 )
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "CRIS",
-    "CRISConfig",
-    "build_cris",
-    "expected_input_size",
-    "load_clip_weights",
-    "load_cris_checkpoint",
-    "text_shape",
-    "tiny_cris_config",
-    "tiny_prompt_cris_config",
-]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "CRIS", "CRISConfig", "build_cris", "expected_input_size", "load_clip_weights",
+           "load_cris_checkpoint", "text_shape", "tiny_cris_config", "tiny_prompt_cris_config"]
 
 log = logging.getLogger(__name__)
 
@@ -63,97 +48,55 @@ class CRISConfig:
     """Every hyperparameter of CRIS; defaults are the official RN50 model at 416 px."""
 
     # --- CRIS head ---------------------------------------------------------------------
-    word_len: int = 77
-    """Most prompt tokens accepted (CLIP context; the official RefCOCO configs used 17)."""
-    fpn_in: tuple[int, int, int] = (512, 1024, 1024)
-    """Channels of C3, C4, C5 from the backbone: (8 * vision_width, 16 * vision_width, embed_dim)."""
-    fpn_out: tuple[int, int, int] = (256, 512, 1024)
-    """Channels of the FPN's three levels; fpn_out[1] is the decoder width."""
-    vis_dim: int = 512
-    """Decoder width d (= fpn_out[1] = text_width: cross-attention keys are word features)."""
-    word_dim: int = 1024
-    """Sentence-feature width (= embed_dim): gates the FPN and produces the dynamic kernel."""
-    num_layers: int = 3
-    """Transformer decoder layers."""
-    num_head: int = 8
-    """Attention heads in the decoder."""
-    dim_ffn: int = 2048
-    """Hidden width of the decoder's feed-forward block."""
-    dropout: float = 0.2
-    """Dropout in the decoder (attention weights and residual branches)."""
-    input_size: int = 416
-    """Square input side in pixels (a multiple of 32); the logits come back at this size."""
+    word_len: int = 77  # most prompt tokens accepted (CLIP context; the official RefCOCO configs used 17)
+    fpn_in: tuple[int, int, int] = (512, 1024, 1024)  # C3, C4, C5: (8 * vision_width, 16 * vision_width, embed_dim)
+    fpn_out: tuple[int, int, int] = (256, 512, 1024)  # the FPN's three levels; fpn_out[1] is the decoder width
+    vis_dim: int = 512  # decoder width d (= fpn_out[1] = text_width: cross-attention keys are word features)
+    word_dim: int = 1024  # sentence-feature width (= embed_dim): gates the FPN, makes the dynamic kernel
+    num_layers: int = 3  # transformer decoder layers
+    num_head: int = 8  # decoder attention heads
+    dim_ffn: int = 2048  # hidden width of the decoder's feed-forward block
+    dropout: float = 0.2  # decoder dropout (attention weights and residual branches)
+    input_size: int = 416  # square input side (a multiple of 32); the logits come back at this size
     # --- CLIP RN50 backbone --------------------------------------------------------------
-    vision_layers: tuple[int, int, int, int] = (3, 4, 6, 3)
-    """Bottleneck blocks per ResNet stage (RN50)."""
-    vision_width: int = 64
-    """ResNet stem width w; stage i outputs 4 * w * 2**i channels."""
-    vision_heads: int = 32
-    """Heads of the attention pool (CLIP: 32 * vision_width / 64)."""
-    image_resolution: int = 224
-    """Resolution CLIP was trained at: sets the attention pool's (7x7 + 1) position table."""
-    embed_dim: int = 1024
-    """CLIP joint embedding width: attention-pool output and text projection."""
-    text_width: int = 512
-    """Width of the text transformer (word features)."""
+    vision_layers: tuple[int, int, int, int] = (3, 4, 6, 3)  # bottleneck blocks per ResNet stage
+    vision_width: int = 64  # ResNet stem width w; stage i outputs 4 * w * 2**i channels
+    vision_heads: int = 32  # attention-pool heads (CLIP: 32 * vision_width / 64)
+    image_resolution: int = 224  # CLIP's training resolution: the attention pool's (7x7 + 1) position table
+    embed_dim: int = 1024  # CLIP joint embedding width: attention-pool output and text projection
+    text_width: int = 512  # text transformer width (word features)
     text_layers: int = 12
-    """Text transformer blocks."""
     text_heads: int = 8
-    """Text transformer heads."""
-    vocab_size: int = 49408
-    """CLIP BPE vocabulary size."""
-    context_length: int = 77
-    """Rows of the text position table (CLIP: 77)."""
+    vocab_size: int = 49408  # CLIP BPE vocabulary
+    context_length: int = 77  # rows of the text position table
 
     def __post_init__(self) -> None:
         self.fpn_in = tuple(int(v) for v in self.fpn_in)  # type: ignore[assignment]
         self.fpn_out = tuple(int(v) for v in self.fpn_out)  # type: ignore[assignment]
         self.vision_layers = tuple(int(v) for v in self.vision_layers)  # type: ignore[assignment]
-        w = self.vision_width
+        w, fpn_in = self.vision_width, (8 * self.vision_width, 16 * self.vision_width, self.embed_dim)
         checks: list[tuple[str, bool, str]] = [
             ("fpn_in", len(self.fpn_in) == 3, "3 values"),
             ("fpn_out", len(self.fpn_out) == 3, "3 values"),
             ("vision_layers", len(self.vision_layers) == 4, "4 values"),
-            (
-                "fpn_in",
-                self.fpn_in == (8 * w, 16 * w, self.embed_dim),
-                f"(8 * vision_width, 16 * vision_width, embed_dim) = {(8 * w, 16 * w, self.embed_dim)}",
-            ),
+            ("fpn_in", self.fpn_in == fpn_in, f"(8 * vision_width, 16 * vision_width, embed_dim) = {fpn_in}"),
             ("word_dim", self.word_dim == self.embed_dim, f"embed_dim = {self.embed_dim}"),
-            (
-                "vis_dim",
-                self.vis_dim == self.fpn_out[1] == self.text_width,
-                f"fpn_out[1] = {self.fpn_out[1]} and text_width = {self.text_width}",
-            ),
-            (
-                "vis_dim",
-                self.vis_dim % 4 == 0 and self.vis_dim % (2 * self.num_head) == 0,
-                "a multiple of 4 and of 2 * num_head",
-            ),
+            ("vis_dim", self.vis_dim == self.fpn_out[1] == self.text_width,
+             f"fpn_out[1] = {self.fpn_out[1]} and text_width = {self.text_width}"),
+            ("vis_dim", self.vis_dim % 4 == 0 and self.vis_dim % (2 * self.num_head) == 0,
+             "a multiple of 4 and of 2 * num_head"),
             ("vision_heads", (32 * w) % self.vision_heads == 0, f"a divisor of {32 * w}"),
-            (
-                "text_heads",
-                self.text_width % self.text_heads == 0,
-                f"a divisor of {self.text_width}",
-            ),
+            ("text_heads", self.text_width % self.text_heads == 0, f"a divisor of {self.text_width}"),
             ("input_size", self.input_size > 0 and self.input_size % 32 == 0, "a multiple of 32"),
-            (
-                "image_resolution",
-                self.image_resolution >= 32 and self.image_resolution % 32 == 0,
-                "a multiple of 32",
-            ),
-            (
-                "word_len",
-                1 <= self.word_len <= self.context_length,
-                f"between 1 and context_length = {self.context_length}",
-            ),
+            ("image_resolution", self.image_resolution >= 32 and self.image_resolution % 32 == 0,
+             "a multiple of 32"),
+            ("word_len", 1 <= self.word_len <= self.context_length,
+             f"between 1 and context_length = {self.context_length}"),
             ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise ValueError(
-                    f"CRIS config field '{name}' = {getattr(self, name)!r}: expected {expected}"
-                )
+                raise ValueError(f"CRIS config field '{name}' = {getattr(self, name)!r}: expected {expected}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> CRISConfig:
@@ -162,9 +105,7 @@ class CRISConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
-                f"CRIS config: unknown field(s) {unknown}; expected some of {sorted(known)}"
-            )
+            raise ValueError(f"CRIS config: unknown field(s) {unknown}; expected some of {sorted(known)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,45 +114,19 @@ class CRISConfig:
 
 
 def tiny_cris_config() -> dict[str, Any]:
-    """A narrow CRIS (about 2 M parameters, 64 px) that runs a batch of 8 in well under 0.1 s on CPU.
-
-    Vocabulary and context stay CLIP's (49408, 77) so the real tokenizer's ids fit.
-    """
-    return CRISConfig(
-        word_len=77,
-        fpn_in=(64, 128, 64),
-        fpn_out=(16, 32, 64),
-        vis_dim=32,
-        word_dim=64,
-        num_layers=1,
-        num_head=2,
-        dim_ffn=64,
-        dropout=0.2,
-        input_size=64,
-        vision_layers=(1, 1, 1, 1),
-        vision_width=8,
-        vision_heads=4,
-        image_resolution=64,
-        embed_dim=64,
-        text_width=32,
-        text_layers=1,
-        text_heads=2,
-    ).to_dict()
-
+    """A narrow CRIS (about 2 M parameters, 64 px; a batch of 8 in well under 0.1 s on CPU),
+    with CLIP's vocabulary and context (49408, 77) so the real tokenizer's ids fit."""
+    return CRISConfig(word_len=77, fpn_in=(64, 128, 64), fpn_out=(16, 32, 64), vis_dim=32, word_dim=64,
+                      num_layers=1, num_head=2, dim_ffn=64, dropout=0.2, input_size=64, vision_layers=(1, 1, 1, 1),
+                      vision_width=8, vision_heads=4, image_resolution=64, embed_dim=64, text_width=32,
+                      text_layers=1, text_heads=2).to_dict()
 
 
 def tiny_prompt_cris_config() -> dict[str, Any]:
-    """The tiny CRIS of tests and the demo: `tiny_cris_config` over the tiny prompt vocabulary.
-
-    Its tokenizer is built offline (CLIP's BPE would need a download), and a 678-row
-    embedding instead of 49408 keeps the tiny model tiny.
-    """
-    return {
-        **tiny_cris_config(),
-        "vocab_size": tiny_vocab_size(),
-        "context_length": TINY_CONTEXT_LENGTH,
-        "word_len": TINY_CONTEXT_LENGTH,
-    }
+    """The tiny CRIS of tests and the demo: `tiny_cris_config` over the tiny prompt vocabulary
+    (an offline tokenizer; a 678-row embedding instead of 49408)."""
+    return {**tiny_cris_config(), "vocab_size": tiny_vocab_size(), "context_length": TINY_CONTEXT_LENGTH,
+            "word_len": TINY_CONTEXT_LENGTH}
 
 
 def expected_input_size(config: dict[str, Any] | None, pretrained: str | Path | None = None) -> int:
@@ -229,11 +144,7 @@ def text_shape(config: dict[str, Any]) -> tuple[int, int]:
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, padding: int = 0) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, padding=padding, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(True),
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
 
 
 def _linear_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -276,9 +187,7 @@ class TextGatedFPN(nn.Module):
         self.aggr = _conv_bn_relu(3 * o4, o4, 1, 0)
         self.coordconv = nn.Sequential(CoordConv(o4, o4), _conv_bn_relu(o4, o4, 3, 1))
 
-    def forward(
-        self, feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor], state: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
         c3, c4, c5 = feats  # (B, ., H/8), (B, ., H/16), (B, ., H/32)
         gate = self.txt_proj(state)[:, :, None, None]  # (B, o5, 1, 1)
         f5 = self.norm_layer(self.f1_v_proj(c5) * gate)  # (B, o5, H/32, W/32)
@@ -294,53 +203,35 @@ class TextGatedFPN(nn.Module):
 def sine_positions_1d(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
     """Transformer sine/cosine positions: (length, dim), even channels sin, odd cos."""
     pos = torch.arange(length, dtype=torch.float32, device=device)[:, None]  # (L, 1)
-    freq = torch.exp(
-        torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim)
-    )
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
     pe = torch.empty(length, dim, device=device)
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq)
     return pe
 
 
-def sine_positions_2d(
-    height: int, width: int, dim: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """2-D sine positions, raster order: (height*width, dim).
-
-    The first dim/2 channels encode the column, the last dim/2 the row (each as a
-    1-D encoding of width dim/2), as in CRIS.
-    """
+def sine_positions_2d(height: int, width: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """2-D sine positions, raster order: (height*width, dim); the first dim/2 channels encode
+    the column, the last dim/2 the row, as in CRIS."""
     half = dim // 2
     col = sine_positions_1d(width, half, device)  # (W, half)
     row = sine_positions_1d(height, half, device)  # (H, half)
-    pe = torch.cat(
-        [col[None, :, :].expand(height, -1, -1), row[:, None, :].expand(-1, width, -1)], dim=2
-    )  # (H, W, dim)
+    pe = torch.cat([col[None].expand(height, -1, -1), row[:, None].expand(-1, width, -1)], dim=2)  # (H, W, dim)
     return pe.reshape(height * width, dim)
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm layer: visual self-attention, cross-attention to words, FFN.
-
-    CRIS normalises each attention output again (``*_attn_norm``) before the residual.
-    """
+    """Pre-norm layer: visual self-attention, cross-attention to words, FFN; CRIS normalises
+    each attention output again (``*_attn_norm``) before the residual."""
 
     def __init__(self, d_model: int, nhead: int, dim_ffn: int, dropout: float) -> None:
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(d_model)
         self.cross_attn_norm = nn.LayerNorm(d_model)
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.multihead_attn = nn.MultiheadAttention(
-            d_model, nhead, dropout=dropout, batch_first=True
-        )
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, dim_ffn),
-            nn.ReLU(True),
-            nn.Dropout(dropout),
-            nn.LayerNorm(dim_ffn),
-            nn.Linear(dim_ffn, d_model),
-        )
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(d_model, dim_ffn), nn.ReLU(True), nn.Dropout(dropout),
+                                 nn.LayerNorm(dim_ffn), nn.Linear(dim_ffn, d_model))
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
@@ -361,9 +252,7 @@ class DecoderLayer(nn.Module):
         y = self.self_attn(qk, qk, y, need_weights=False)[0]
         vis = vis + self.dropout1(self.self_attn_norm(y))
         y = self.norm2(vis)
-        y = self.multihead_attn(
-            y + vis_pos, txt + txt_pos, txt, key_padding_mask=pad_mask, need_weights=False
-        )[0]
+        y = self.multihead_attn(y + vis_pos, txt + txt_pos, txt, key_padding_mask=pad_mask, need_weights=False)[0]
         vis = vis + self.dropout2(self.cross_attn_norm(y))
         return vis + self.dropout3(self.ffn(self.norm3(vis)))  # (B, HW, d)
 
@@ -371,13 +260,9 @@ class DecoderLayer(nn.Module):
 class TransformerDecoder(nn.Module):
     """Stack of DecoderLayer over the visual tokens, then a final LayerNorm."""
 
-    def __init__(
-        self, num_layers: int, d_model: int, nhead: int, dim_ffn: int, dropout: float
-    ) -> None:
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_ffn: int, dropout: float) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            DecoderLayer(d_model, nhead, dim_ffn, dropout) for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(DecoderLayer(d_model, nhead, dim_ffn, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, vis: torch.Tensor, txt: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
@@ -392,11 +277,8 @@ class TransformerDecoder(nn.Module):
 
 
 class Projector(nn.Module):
-    """Upsample the decoder map x4 and convolve it with a per-sample 3x3 kernel.
-
-    The kernel (and a bias) is predicted from the sentence feature, so each prompt
-    defines its own 1-channel classifier.
-    """
+    """Upsample the decoder map x4 and convolve it with a per-sample 3x3 kernel (and bias)
+    predicted from the sentence feature: each prompt defines its own 1-channel classifier."""
 
     def __init__(self, word_dim: int, in_dim: int, kernel_size: int = 3) -> None:
         super().__init__()
@@ -423,9 +305,8 @@ class Projector(nn.Module):
         b, c, h, w = x.shape
         weight, bias = self.dynamic_kernels(state)
         # One grouped convolution applies sample i's kernel to sample i only.
-        out = F.conv2d(
-            x.reshape(1, b * c, h, w), weight, bias, padding=self.kernel_size // 2, groups=b
-        )  # (1, B, 4h, 4w)
+        out = F.conv2d(x.reshape(1, b * c, h, w), weight, bias, padding=self.kernel_size // 2,
+                       groups=b)  # (1, B, 4h, 4w)
         return out.transpose(0, 1)  # (B, 1, 4h, 4w)
 
 
@@ -446,34 +327,19 @@ class CRIS(nn.Module):
         self.config = cfg
         self.input_size = cfg.input_size
         self.backbone = CLIPBackbone(
-            embed_dim=cfg.embed_dim,
-            image_resolution=cfg.image_resolution,
-            vision_layers=cfg.vision_layers,
-            vision_width=cfg.vision_width,
-            vision_heads=cfg.vision_heads,
-            context_length=cfg.context_length,
-            vocab_size=cfg.vocab_size,
-            transformer_width=cfg.text_width,
-            transformer_heads=cfg.text_heads,
-            transformer_layers=cfg.text_layers,
-        )
+            embed_dim=cfg.embed_dim, image_resolution=cfg.image_resolution, vision_layers=cfg.vision_layers,
+            vision_width=cfg.vision_width, vision_heads=cfg.vision_heads, context_length=cfg.context_length,
+            vocab_size=cfg.vocab_size, transformer_width=cfg.text_width, transformer_heads=cfg.text_heads,
+            transformer_layers=cfg.text_layers)
         self.neck = TextGatedFPN(cfg.fpn_in, cfg.fpn_out)
-        self.decoder = TransformerDecoder(
-            cfg.num_layers, cfg.vis_dim, cfg.num_head, cfg.dim_ffn, cfg.dropout
-        )
+        self.decoder = TransformerDecoder(cfg.num_layers, cfg.vis_dim, cfg.num_head, cfg.dim_ffn, cfg.dropout)
         self.proj = Projector(cfg.word_dim, cfg.vis_dim // 2, 3)
         self.freeze_encoder = False
-        # True when the CRIS-only `connect` branch of the attention pool is freshly
-        # initialised (CLIP RN50 weights, no CRIS checkpoint): frozen, it would stay random,
-        # so it trains with the decoder instead (build_cris sets it).
+        # True when the CRIS-only `connect` branch is freshly initialised (CLIP RN50 weights, no
+        # CRIS checkpoint): frozen, it would stay random, so it trains with the decoder (build_cris)
         self.connect_trains_when_frozen = False
-        self.spec: dict[str, Any] = {
-            "name": "cris",
-            "pretrained": None,
-            "checkpoint": None,
-            "config": cfg.to_dict(),
-            "freeze_encoder": False,
-        }
+        self.spec: dict[str, Any] = {"name": "cris", "pretrained": None, "checkpoint": None,
+                                     "config": cfg.to_dict(), "freeze_encoder": False}
         self.set_encoder_frozen(freeze_encoder)
 
     def set_encoder_frozen(self, frozen: bool) -> None:
@@ -501,9 +367,8 @@ class CRIS(nn.Module):
         """Whether the attention pool's `connect` branch trains while the towers are frozen."""
         return self.freeze_encoder and self.connect_trains_when_frozen
 
-    def forward(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
         """pixel_values (B, 3, H, W) CLIP-normalised, input_ids/attention_mask (B, L) -> logits (B, 1, H, W)."""
         check_forward_inputs("CRIS", pixel_values, input_ids, attention_mask)
         return self.decode(self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask),
@@ -543,16 +408,14 @@ class CRIS(nn.Module):
 
     def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         if input_ids.shape[1] > self.config.word_len:
-            raise ValueError(
-                f"CRIS input_ids: {input_ids.shape[1]} tokens, more than word_len = {self.config.word_len}"
-            )
+            raise ValueError(f"CRIS input_ids: {input_ids.shape[1]} tokens, more than word_len = "
+                             f"{self.config.word_len}")
         mask = attention_mask != 0
-        # Right padding with at least one real token: the causal text tower and the
-        # end-of-text lookup rely on it.
+        # right padding with at least one real token: the causal text tower and the end-of-text lookup rely on it
         right_padded = mask[:, 0].all() & (mask[:, 1:] <= mask[:, :-1]).all()
         if mask.is_cuda or torch.compiler.is_compiling():
-            # No host sync: a GPU step stays asynchronous and a compiled graph unbroken; a
-            # bad mask fails (RuntimeError) at the next synchronisation instead.
+            # no host sync (a GPU step stays asynchronous, a compiled graph unbroken): a bad mask
+            # fails (RuntimeError) at the next synchronisation instead
             torch._assert_async(right_padded, _MASK_ERROR)
         elif not bool(right_padded):
             raise ValueError(_MASK_ERROR)
@@ -570,16 +433,9 @@ def _check_pixels(pixel_values: torch.Tensor) -> None:
         raise ValueError(f"CRIS pixel_values: height and width must be multiples of 32, got {h}x{w}")
 
 
-# --- weights -------------------------------------------------------------------------------
-
-
 def load_cris_checkpoint(model: CRIS, path: str | Path) -> None:
-    """Load an official CRIS checkpoint (or one of ours) strictly into ``model``.
-
-    Accepts the bare state dict or the training checkpoint holding it under
-    ``state_dict``, with or without DataParallel's ``module.`` prefix; any missing,
-    unexpected or wrongly shaped tensor raises ValueError naming it.
-    """
+    """Load an official CRIS checkpoint (or one of ours) strictly into ``model``
+    (`load_state_dict_file`'s formats); a mismatched tensor raises ValueError naming it."""
     state = load_state_dict_file(path, "checkpoint")
     load_strict(model, state, f"checkpoint={str(path)!r}")
     log.info("loaded CRIS checkpoint %s (%d tensors)", path, len(state))
@@ -594,19 +450,14 @@ def _read_clip_file(path: Path) -> dict[str, torch.Tensor]:
             try:
                 return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
             except Exception as err:  # TorchScript raises several unrelated types
-                raise ValueError(
-                    f"pretrained={str(path)!r}: cannot load the TorchScript archive "
-                    f"({type(err).__name__}: {err})"
-                ) from err
+                raise ValueError(f"pretrained={str(path)!r}: cannot load the TorchScript archive "
+                                 f"({type(err).__name__}: {err})") from err
     return load_state_dict_file(path, "pretrained")
 
 
 def load_clip_weights(backbone: CLIPBackbone, path: str | Path) -> None:
-    """Initialise the CLIP towers from an OpenAI CLIP RN50 file (``visual.*``, ``transformer.*``, ...).
-
-    Strict except for the CRIS-only ``visual.attnpool.connect`` branch, which keeps
-    its fresh initialisation. fp16 weights (OpenAI's release) are cast to float32.
-    """
+    """Initialise the CLIP towers from an OpenAI CLIP RN50 file, cast to float32; strict except
+    for the CRIS-only ``visual.attnpool.connect`` branch, which keeps its fresh init."""
     path = Path(path).expanduser()
     state = {k: v.float() for k, v in _read_clip_file(path).items() if k not in _CLIP_META_KEYS}
     own = backbone.state_dict()
@@ -614,27 +465,15 @@ def load_clip_weights(backbone: CLIPBackbone, path: str | Path) -> None:
     try:
         load_strict(backbone, {**fresh, **state}, f"pretrained={str(path)!r}")
     except ValueError as err:
-        raise ValueError(
-            f"{err}. Expected OpenAI CLIP RN50 weights (e.g. RN50.pt) matching the CRIS "
-            f"config's CLIP dimensions"
-        ) from err
+        raise ValueError(f"{err}. Expected OpenAI CLIP RN50 weights (e.g. RN50.pt) matching the CRIS "
+                         f"config's CLIP dimensions") from err
     log.info("loaded CLIP weights %s (%d tensors)", path, len(state))
 
 
-def build_cris(
-    *,
-    pretrained: str | Path | None = None,
-    checkpoint: str | Path | None = None,
-    config: dict | None = None,
-    freeze_encoder: bool = False,
-) -> CRIS:
-    """Build CRIS from a config dict (overrides of CRISConfig) and optional weights.
-
-    ``pretrained``: OpenAI CLIP RN50 file for the backbone; ``checkpoint``: a full CRIS
-    checkpoint (loaded after ``pretrained``, so it wins). ``freeze_encoder`` freezes
-    both CLIP towers, except the CRIS-only `connect` branch when CLIP weights leave it
-    freshly initialised (no checkpoint): it then trains with the decoder.
-    """
+def build_cris(*, pretrained: str | Path | None = None, checkpoint: str | Path | None = None,
+               config: dict | None = None, freeze_encoder: bool = False) -> CRIS:
+    """CRIS from CRISConfig overrides; ``pretrained``: an OpenAI CLIP RN50 file for the
+    backbone; ``checkpoint``: a full CRIS checkpoint (loaded after, so it wins)."""
     cfg = CRISConfig.from_dict(config)
     model = CRIS(cfg)
     model.connect_trains_when_frozen = pretrained is not None and checkpoint is None

@@ -1,19 +1,8 @@
-"""The CLIP RN50 image and text towers as CRIS uses them.
-
-CRIS (Wang et al., CVPR 2022) reuses OpenAI's CLIP ResNet-50 with two changes that
-make it a dense feature extractor rather than an image-level embedder:
-
-- the attention pool no longer pools: every spatial position attends to every other,
-  the (224-px) position embedding is resized bicubically to the feature grid, and a
-  1x1 conv + BN "connect" branch is added back before a ReLU;
-- the text tower returns the per-token features after the final layer norm
-  (unprojected, width 512) plus the sentence feature: the end-of-text token's feature
-  times ``text_projection``.
-
-Module and parameter names follow OpenAI CLIP exactly, so both an OpenAI ``RN50.pt``
-state dict and an official CRIS checkpoint (under ``backbone.``) load without renaming.
-Unlike the official code, the end-of-text token is found from the attention mask (the
-last attended position), never from the token ids.
+"""The CLIP RN50 image and text towers as CRIS uses them (docs/design.md, "Models"): a
+dense attention pool (no pooling; position table resized to the grid; a 1x1 conv + BN
+"connect" branch) and a text tower returning word features and the end-of-text token's
+(found from the attention mask). Names follow OpenAI CLIP exactly, so an OpenAI ``RN50.pt``
+and an official CRIS checkpoint (under ``backbone.``) load without renaming.
 """
 
 from __future__ import annotations
@@ -45,16 +34,12 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Sequential | None = None
         if stride > 1 or inplanes != out:
-            # The pool has no parameters; "0"/"1" keep CLIP's state-dict keys.
-            self.downsample = nn.Sequential(
-                OrderedDict(
-                    [
-                        ("pool", nn.AvgPool2d(stride) if stride > 1 else nn.Identity()),
-                        ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
-                        ("1", nn.BatchNorm2d(out)),
-                    ]
-                )
-            )
+            # the pool has no parameters; "0"/"1" keep CLIP's state-dict keys
+            self.downsample = nn.Sequential(OrderedDict([
+                ("pool", nn.AvgPool2d(stride) if stride > 1 else nn.Identity()),
+                ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
+                ("1", nn.BatchNorm2d(out)),
+            ]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
@@ -65,26 +50,19 @@ class Bottleneck(nn.Module):
 
 
 class DenseAttentionPool(nn.Module):
-    """CLIP's attention pool turned dense: (B, C, h, w) -> (B, out_dim, h, w).
-
-    ``positional_embedding`` keeps CLIP's shape ``(spacial_dim**2 + 1, C)``; its first
-    row (the pooled token) is unused and the grid part is resized to (h, w).
-    """
+    """CLIP's attention pool turned dense: (B, C, h, w) -> (B, out_dim, h, w). The position
+    table keeps CLIP's shape (spacial_dim**2 + 1, C); row 0 (the pooled token) is unused."""
 
     def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: int) -> None:
         super().__init__()
         self.spacial_dim = spacial_dim
         self.num_heads = num_heads
-        self.positional_embedding = nn.Parameter(
-            torch.randn(spacial_dim**2 + 1, embed_dim) / embed_dim**0.5
-        )
+        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim**2 + 1, embed_dim) / embed_dim**0.5)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.c_proj = nn.Linear(embed_dim, output_dim)
-        self.connect = nn.Sequential(
-            nn.Conv2d(embed_dim, output_dim, 1, bias=False), nn.BatchNorm2d(output_dim)
-        )
+        self.connect = nn.Sequential(nn.Conv2d(embed_dim, output_dim, 1, bias=False), nn.BatchNorm2d(output_dim))
 
     def _grid_positions(self, h: int, w: int) -> torch.Tensor:
         """Grid position embedding resized (bicubic) to (h, w): (h*w, C)."""
@@ -112,20 +90,11 @@ class DenseAttentionPool(nn.Module):
 
 
 class ModifiedResNet(nn.Module):
-    """CLIP's ResNet: 3-conv stem, anti-aliased strides, dense attention pool.
+    """CLIP's ResNet: 3-conv stem, anti-aliased strides, dense attention pool. Returns C3
+    (B, 8w, H/8, W/8), C4 (B, 16w, H/16, W/16) and C5 (B, output_dim, H/32, W/32)."""
 
-    Returns the C3, C4 and pooled C5 features: (B, 8w, H/8, W/8), (B, 16w, H/16, W/16),
-    (B, output_dim, H/32, W/32) for stem width w.
-    """
-
-    def __init__(
-        self,
-        layers: tuple[int, int, int, int],
-        output_dim: int,
-        heads: int,
-        input_resolution: int,
-        width: int,
-    ) -> None:
+    def __init__(self, layers: tuple[int, int, int, int], output_dim: int, heads: int, input_resolution: int,
+                 width: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
@@ -164,11 +133,8 @@ class ModifiedResNet(nn.Module):
         return c3, c4, self.attnpool(x4)  # C5: (B, output_dim, H/32, W/32)
 
     def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Everything before the attention pool: C3, C4 and layer4's output (B, 32w, H/32, W/32).
-
-        Why separate: CRIS's `connect` branch inside the pool may train while the rest is
-        frozen; the feature store then keeps the pool's input (vlsm.feature_store).
-        """
+        """Everything before the attention pool: C3, C4 and layer4's output (B, 32w, H/32, W/32)
+        (the frozen part while the pool's `connect` branch trains)."""
         x = x.to(self.conv1.weight.dtype)
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
             x = self.relu(bn(conv(x)))
@@ -192,15 +158,9 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_1 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [
-                    ("c_fc", nn.Linear(width, width * 4)),
-                    ("gelu", QuickGELU()),
-                    ("c_proj", nn.Linear(width * 4, width)),
-                ]
-            )
-        )
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(width * 4, width)),
+        ]))
         self.ln_2 = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
@@ -218,8 +178,7 @@ class TextTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
-        # True = may not attend: token i sees tokens 0..i only, so right padding
-        # never changes the features of real tokens.
+        # True = may not attend: token i sees tokens 0..i only (right padding changes no real token)
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
         for block in self.resblocks:
             x = block(x, causal)
@@ -229,30 +188,17 @@ class TextTransformer(nn.Module):
 class CLIPBackbone(nn.Module):
     """Image and text towers of CLIP RN50, named as in OpenAI's ``CLIP`` module."""
 
-    def __init__(
-        self,
-        *,
-        embed_dim: int,
-        image_resolution: int,
-        vision_layers: tuple[int, int, int, int],
-        vision_width: int,
-        vision_heads: int,
-        context_length: int,
-        vocab_size: int,
-        transformer_width: int,
-        transformer_heads: int,
-        transformer_layers: int,
-    ) -> None:
+    def __init__(self, *, embed_dim: int, image_resolution: int, vision_layers: tuple[int, int, int, int],
+                 vision_width: int, vision_heads: int, context_length: int, vocab_size: int,
+                 transformer_width: int, transformer_heads: int, transformer_layers: int) -> None:
         super().__init__()
-        self.visual = ModifiedResNet(
-            vision_layers, embed_dim, vision_heads, image_resolution, vision_width
-        )
+        self.visual = ModifiedResNet(vision_layers, embed_dim, vision_heads, image_resolution, vision_width)
         self.transformer = TextTransformer(transformer_width, transformer_layers, transformer_heads)
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
         self.ln_final = nn.LayerNorm(transformer_width)
         self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
-        # Unused by CRIS; kept so that CLIP and CRIS state dicts load strictly.
+        # unused by CRIS; kept so that CLIP and CRIS state dicts load strictly
         self.logit_scale = nn.Parameter(torch.tensor(2.6592600345611572))  # log(1/0.07)
         self._init_text(transformer_width, transformer_layers)
 
@@ -268,30 +214,19 @@ class CLIPBackbone(nn.Module):
             nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
-    def encode_image(
-        self, pixel_values: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> C3 (B, 8w, H/8, W/8), C4 (B, 16w, H/16, W/16), C5 (B, E, H/32, W/32)."""
         return self.visual(pixel_values)
 
-    def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) ids and right-padded mask -> words (B, L, width), sentence (B, E).
-
-        The sentence feature is taken at the last attended position (the end-of-text
-        token of a right-padded CLIP tokenisation).
-        """
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids and right-padded mask -> words (B, L, width), sentence (B, E): the last
+        attended (end-of-text) token's feature, projected."""
         x, pooled = self.encode_words(input_ids, attention_mask)
         return x, pooled @ self.text_projection  # (B, L, width), (B, E)
 
-    def encode_words(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`encode_text` before the projection: words (B, L, width), the end-of-text token's
-        features (B, width). Why separate: a (B, width) x (width, E) product rounds
-        differently for different B on CPU, so the feature store keeps this and projects
-        per batch, as the forward does."""
+    def encode_words(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_text` before the projection (which rounds by batch size on CPU, so it runs
+        per batch in `decode`): words (B, L, width), the end-of-text token's features (B, width)."""
         n = input_ids.shape[1]
         x = self.token_embedding(input_ids) + self.positional_embedding[:n]  # (B, L, width)
         x = self.ln_final(self.transformer(x))  # (B, L, width)

@@ -1,29 +1,8 @@
-"""The CLIP BPE tokenizer both models use, real or tiny, behind one callable.
-
-Why a wrapper: the training loop needs `tok(list_of_str) -> {"input_ids", "attention_mask"}`
-as (B, L) int64 tensors padded to the model's context length (77 for CLIP), truncated with
-the end-of-text token kept, whatever the source of the vocabulary. Models take padding
-from `attention_mask`, never from a token id (CLIP pads with its end-of-text id, so an
-`input_ids == 0` test masks nothing; docs/design.md, "Pitfalls").
-
-Two sources of vocabulary:
-
-- the real CLIP BPE (vocab 49408, 77 tokens): `CLIPTokenizer.from_pretrained` on a hub id
-  (`CIDAS/clipseg-rd64-refined`, `openai/clip-vit-base-patch32`) or on a local folder in
-  the `save_pretrained` format;
-- a tiny CLIP-style BPE for tiny random models, learned here, offline and
-  deterministically, from the words of the P0-P7 prompts. It goes through the very same
-  `transformers.CLIPTokenizer` pipeline (NFC, whitespace squeeze, lower-casing, CLIP's
-  word regex, byte-level alphabet, `</w>` word ends, bos/eos added), only with a small
-  vocabulary. Its layout mirrors CLIP's: 256 byte symbols, 256 byte symbols ending a word,
-  the merges, then `<|startoftext|>` and `<|endoftext|>` as the two highest ids. Saved
-  with `save_pretrained`, it loads back through the same `from_pretrained` path as the
-  real one.
-
-The tiny vocabulary is learned with a small BPE loop of our own rather than
-`tokenizers.trainers.BpeTrainer`, because that trainer breaks ties between equally
-frequent pairs in hash order: two processes gave two different vocabularies, and a
-tiny model rebuilt from its spec must see the same token ids.
+"""The CLIP BPE tokenizer both models use, behind one callable: `tok(list_of_str)` ->
+{"input_ids", "attention_mask"}, (B, L) int64 padded to the context length. The real one
+(49408 tokens) loads from a hub id or a `save_pretrained` folder; the tiny one is learned
+here, offline and deterministically, from the prompts' words, and runs through the same
+`transformers.CLIPTokenizer` pipeline (docs/design.md, "Models").
 """
 
 from __future__ import annotations
@@ -42,17 +21,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import CLIPTokenizer
 
-__all__ = [
-    "CLIP_CONTEXT_LENGTH",
-    "CLIP_VOCAB_SIZE",
-    "CLIP_TOKENIZER_HUB_ID",
-    "TINY_CONTEXT_LENGTH",
-    "PromptTokenizer",
-    "load_clip_tokenizer",
-    "prompt_corpus",
-    "tiny_tokenizer",
-    "tiny_vocab_size",
-]
+__all__ = ["CLIP_CONTEXT_LENGTH", "CLIP_TOKENIZER_HUB_ID", "CLIP_VOCAB_SIZE", "TINY_CONTEXT_LENGTH",
+           "PromptTokenizer", "load_clip_tokenizer", "tiny_tokenizer", "tiny_vocab_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,25 +39,13 @@ EOS = "<|endoftext|>"
 _WORD_END = "</w>"  # CLIP's end-of-word suffix
 _MIN_VOCAB = 2 * 256 + 2  # byte symbols, byte symbols ending a word, bos, eos
 
-# Words of the prompts beyond the structure names (docs/design.md, "Prompts"); the shapes add
-# the adjectives the authors' VQA answers contain ("rectangular", "triangular").
+# Words of the prompts beyond the structure names (docs/design.md, "Prompts"), with the shape
+# adjectives of the authors' VQA answers ("rectangular", "triangular").
 _PROMPT_PHRASES: tuple[str, ...] = (
-    "of the heart.",
-    "in the cardiac ultrasound.",
-    "in two-chamber view",
-    "in four-chamber view",
-    "at end of the diastole cycle",
-    "at end of the systole cycle",
-    "of a male",
-    "of a female",
-    "with good image quality",
-    "with medium image quality",
-    "with poor image quality",
-    "of circle shape",
-    "of oval shape",
-    "of triangle shape",
-    "of square shape",
-    "of rectangle shape",
+    "of the heart.", "in the cardiac ultrasound.", "in two-chamber view", "in four-chamber view",
+    "at end of the diastole cycle", "at end of the systole cycle", "of a male", "of a female",
+    "with good image quality", "with medium image quality", "with poor image quality",
+    "of circle shape", "of oval shape", "of triangle shape", "of square shape", "of rectangle shape",
     "of circular triangular rectangular shape",
 )
 
@@ -104,13 +62,9 @@ def prompt_corpus() -> list[str]:
 
 
 class PromptTokenizer:
-    """Callable CLIP tokenizer: `tok(["a", "b"])` -> dict of (B, L) int64 tensors.
-
-    Pads every sequence to `max_length` (the model's context length) with the pad token
-    and truncates longer ones to `max_length` tokens, keeping bos first and eos last.
-    `attention_mask` is 1 on bos, the words and eos, 0 on padding. An empty prompt (P0)
-    becomes bos + eos with two attended positions.
-    """
+    """Callable CLIP tokenizer: `tok(["a", "b"])` -> dict of (B, max_length) int64 tensors,
+    truncated keeping bos first and eos last; `attention_mask` is 1 on bos, the words and eos
+    (an empty prompt: bos + eos), 0 on padding."""
 
     def __init__(self, hf_tokenizer: CLIPTokenizer, max_length: int) -> None:
         if max_length < 2:
@@ -137,30 +91,16 @@ class PromptTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise ValueError(
-                f"tokenizer input: expected a list of strings, got {type(texts).__name__} "
-                f"{texts!r:.80}"
-            )
+            raise ValueError(f"tokenizer input: expected a list of strings, got {type(texts).__name__} {texts!r:.80}")
         texts = list(texts)
         if not texts:
             raise ValueError("tokenizer input: expected at least one string, got an empty list")
         lengths = [len(ids) for ids in self.hf(texts, verbose=False)["input_ids"]]
         for text, n in zip(texts, lengths, strict=True):
             if n > self.max_length:
-                logger.warning(
-                    "prompt truncated from %d to %d tokens (eos kept): %r", n, self.max_length, text
-                )
-        enc = self.hf(
-            texts,
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {
-            "input_ids": enc["input_ids"].long(),
-            "attention_mask": enc["attention_mask"].long(),
-        }
+                logger.warning("prompt truncated from %d to %d tokens (eos kept): %r", n, self.max_length, text)
+        enc = self.hf(texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the tokenizer files (`tokenizer.json`, `tokenizer_config.json`, ...) into path."""
@@ -172,11 +112,8 @@ class PromptTokenizer:
 
 
 def load_clip_tokenizer(source: str | Path, max_length: int | None = None) -> PromptTokenizer:
-    """The CLIP BPE tokenizer of a hub id or a local `save_pretrained` folder.
-
-    max_length defaults to the folder's `model_max_length` (77 for CLIP); a value that
-    is not a real limit (transformers uses 1e30 for "none") falls back to 77.
-    """
+    """The CLIP BPE tokenizer of a hub id or a local `save_pretrained` folder; max_length
+    defaults to its `model_max_length`, or 77 where that is no real limit (1e30)."""
     from transformers import CLIPTokenizer
 
     local_only = False
@@ -187,18 +124,13 @@ def load_clip_tokenizer(source: str | Path, max_length: int | None = None) -> Pr
     try:
         hf = CLIPTokenizer.from_pretrained(str(source), local_files_only=local_only)
     except (OSError, ValueError) as err:
-        raise ValueError(
-            f"pretrained={str(source)!r}: could not load a CLIP tokenizer from it (expected a hub id "
-            f"or a folder written by save_pretrained holding tokenizer.json or vocab.json + "
-            f"merges.txt; without network set HF_HUB_OFFLINE=1 and use a cached id): {err}"
-        ) from err
-    if len(hf) < _MIN_VOCAB:
-        # from_pretrained on an uncached hub id in offline mode returns an empty tokenizer
-        raise ValueError(
-            f"pretrained={str(source)!r}: no CLIP tokenizer files found there (got a vocabulary "
-            f"of {len(hf)} tokens; expected a hub id reachable or cached, or a folder with "
-            f"tokenizer.json or vocab.json + merges.txt)"
-        )
+        raise ValueError(f"pretrained={str(source)!r}: could not load a CLIP tokenizer from it (expected a hub id "
+                         f"or a folder written by save_pretrained holding tokenizer.json or vocab.json + "
+                         f"merges.txt; without network set HF_HUB_OFFLINE=1 and use a cached id): {err}") from err
+    if len(hf) < _MIN_VOCAB:  # from_pretrained of an uncached hub id offline: an empty tokenizer
+        raise ValueError(f"pretrained={str(source)!r}: no CLIP tokenizer files found there (got a vocabulary "
+                         f"of {len(hf)} tokens; expected a hub id reachable or cached, or a folder with "
+                         f"tokenizer.json or vocab.json + merges.txt)")
     if max_length is None:
         max_length = hf.model_max_length
         if not 2 <= max_length <= 100_000:
@@ -206,19 +138,9 @@ def load_clip_tokenizer(source: str | Path, max_length: int | None = None) -> Pr
     return PromptTokenizer(hf, max_length)
 
 
-def _hf_pipeline() -> CLIPTokenizer:
-    """An empty CLIPTokenizer: its normaliser and pre-tokeniser are the ones inference uses."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer()
-
-
 def _learn_merges(word_counts: Counter[tuple[str, ...]]) -> list[tuple[str, str]]:
-    """Greedy BPE: merge the most frequent adjacent pair until every word is one symbol.
-
-    Ties go to the lexicographically smallest pair, so the result never depends on hash
-    order. Words arrive as tuples of byte-level symbols, the last one ending in `</w>`.
-    """
+    """Greedy BPE over words of byte-level symbols (the last ending in `</w>`): merge the most
+    frequent adjacent pair, ties to the smallest (never hash order), until each word is one."""
     words = {word: list(word) for word in word_counts}
     merges: list[tuple[str, str]] = []
     while True:
@@ -242,8 +164,9 @@ def _learn_merges(word_counts: Counter[tuple[str, ...]]) -> list[tuple[str, str]
 @lru_cache(maxsize=1)
 def _tiny_vocab_and_merges() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
     from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
 
-    backend = _hf_pipeline().backend_tokenizer
+    backend = CLIPTokenizer().backend_tokenizer  # the normaliser and pre-tokeniser inference uses
     word_counts: Counter[tuple[str, ...]] = Counter()
     for phrase in prompt_corpus():
         normalized = backend.normalizer.normalize_str(phrase)
@@ -268,20 +191,11 @@ def tiny_vocab_size() -> int:
 
 
 def tiny_tokenizer(max_length: int = TINY_CONTEXT_LENGTH) -> PromptTokenizer:
-    """A CLIP-style BPE tokenizer over the prompt words, built offline and deterministically.
-
-    Words outside the prompts still tokenize (into byte-level pieces), never to unknown.
-    """
+    """A CLIP-style BPE tokenizer over the prompt words, built offline and deterministically;
+    other words tokenize into byte-level pieces, never to unknown."""
     from transformers import CLIPTokenizer
 
     vocab, merges = _tiny_vocab_and_merges()
-    hf = CLIPTokenizer(
-        vocab=dict(vocab),
-        merges=list(merges),
-        unk_token=EOS,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=EOS,
-        model_max_length=max_length,
-    )
+    hf = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), unk_token=EOS, bos_token=BOS, eos_token=EOS,
+                       pad_token=EOS, model_max_length=max_length)
     return PromptTokenizer(hf, max_length)
