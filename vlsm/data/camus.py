@@ -37,8 +37,8 @@ SPLIT_FILES: dict[str, str] = {
     "val": "subgroup_validation.txt",
     "test": "subgroup_testing.txt",
 }
-_SUFFIX = {RELEASE_2019: ".mhd", RELEASE_2023: ".nii.gz"}
-_PATIENT_RE = re.compile(r"^patient\d{4}$")
+SUFFIXES = {RELEASE_2019: ".mhd", RELEASE_2023: ".nii.gz"}
+PATIENT_RE = re.compile(r"^patient\d{4}$")
 # cfg key of the ejection fraction per release (2019 also carries LVedv/LVesv)
 _EF_KEY = {RELEASE_2019: "LVef", RELEASE_2023: "EF"}
 _CFG_REQUIRED = ("Sex", "Age", "ImageQuality")  # prompts P4-P6 need them
@@ -183,7 +183,7 @@ def _check_release(release: str) -> None:
 def _patient_dirs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _PATIENT_RE.match(p.name))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and PATIENT_RE.match(p.name))
 
 
 def read_camus_split_files(root: Path) -> dict[str, list[str]]:
@@ -206,7 +206,7 @@ def read_split_file(path: Path) -> tuple[list[str], list[Problem]]:
     problems: list[Problem] = []
     for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
         line = raw.strip()
-        if _PATIENT_RE.match(line):
+        if PATIENT_RE.match(line):
             patients.append(line)
         elif line:
             problems.append(Problem(path, f"line {lineno}: expected a patient id like patient0001, got {raw!r}"))
@@ -222,7 +222,7 @@ def _assign_paper(candidates: list[str], test: set[str], n_val: int) -> dict[str
 
 def _gt_path(image: Path, release: str) -> Path:
     """patient0001_2CH_ED.mhd -> patient0001_2CH_ED_gt.mhd (beside it)."""
-    suffix = _SUFFIX[release]
+    suffix = SUFFIXES[release]
     return image.with_name(f"{image.name[: -len(suffix)]}_gt{suffix}")
 
 
@@ -250,7 +250,7 @@ def _check_ground_truth(records: list[EchoImage], release: str) -> None:
 
 def _records_for_patient(patient_dir: Path, release: str, split: str) -> list[EchoImage]:
     patient = patient_dir.name
-    suffix = _SUFFIX[release]
+    suffix = SUFFIXES[release]
     records = []
     for view in VIEWS:
         info = parse_info_cfg(patient_dir / f"Info_{view}.cfg")
@@ -376,7 +376,7 @@ def write_camus_patient(
     label maps keyed by (view, phase) (a None or absent map writes no _gt file), infos by view
     as Info_<view>.cfg; spacing (row, col) mm; testing puts a 2019 patient under testing/."""
     _check_release(release)
-    if not _PATIENT_RE.match(patient):
+    if not PATIENT_RE.match(patient):
         raise ValueError(f"patient must look like 'patient0001', got {patient!r}")
     root = Path(root)
     if release == RELEASE_2019:
@@ -403,7 +403,7 @@ def _write_image_pair(folder: Path, name: str, release: str, image: np.ndarray, 
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"image {name}: expected a (H, W) uint8 array, got {image.dtype} {image.shape}")
     z = release == RELEASE_2019  # the 2019 .mhd files are W x H x 1 volumes
-    write_itk(folder / f"{name}{_SUFFIX[release]}", image, spacing, singleton_z=z)
+    write_itk(folder / f"{name}{SUFFIXES[release]}", image, spacing, singleton_z=z)
     if label is None:
         return
     label = np.asarray(label)
@@ -412,7 +412,7 @@ def _write_image_pair(folder: Path, name: str, release: str, image: np.ndarray, 
     bad = sorted({int(v) for v in np.unique(label)} - {0, 1, 2, 3})
     if bad:
         raise ValueError(f"label map {name}: values {bad} outside 0-3")
-    write_itk(folder / f"{name}_gt{_SUFFIX[release]}", label.astype(np.uint8), spacing, singleton_z=z)
+    write_itk(folder / f"{name}_gt{SUFFIXES[release]}", label.astype(np.uint8), spacing, singleton_z=z)
 
 
 def write_camus_split_files(root: Path, splits: Mapping[str, list[str]]) -> None:
@@ -424,7 +424,7 @@ def write_camus_split_files(root: Path, splits: Mapping[str, list[str]]) -> None
     owner: dict[str, str] = {}
     for split, patients in splits.items():
         for p in patients:
-            if not _PATIENT_RE.match(p):
+            if not PATIENT_RE.match(p):
                 raise ValueError(f"splits[{split!r}]: {p!r} is not a patient id like 'patient0001'")
             if p in owner:
                 raise ValueError(f"{p} is in both splits {owner[p]!r} and {split!r}")
