@@ -26,6 +26,7 @@ import numpy as np
 
 from vlsm.atomic import build_folder_once
 from vlsm.axes import EVAL_SIZE, STRUCTURES
+from vlsm.data.io import resize
 from vlsm.data.itk_size import mhd_data_file
 from vlsm.data.records import SPLITS, EchoImage
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, load_synthetic
@@ -185,18 +186,7 @@ def cache_folder_name(name: str, split: str, size: int, key: str) -> str:
 
 def resize_image(array: np.ndarray, size: int) -> np.ndarray:
     """(H, W) uint8 grey -> (size, size) as the cache resizes images (what a model saw)."""
-    return _resize(array, size, nearest=False)
-
-
-def _resize(array: np.ndarray, size: int, *, nearest: bool) -> np.ndarray:
-    """(H, W) uint8 -> (size, size) uint8; bilinear (antialiased) or nearest."""
-    if array.shape == (size, size):
-        return np.array(array, dtype=np.uint8, copy=True)
-    from PIL import Image
-
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
-    return np.asarray(image.resize((size, size), resample=resample))
+    return resize(array, size, nearest=False)
 
 
 def _as_prompt_set(prompts: Mapping) -> dict[str, str | tuple[str, str]]:
@@ -285,7 +275,7 @@ def _process(rec: EchoImage, size: int) -> _Processed:
             f"{rec.image_path}: image shape {image.shape} differs from its mask "
             f"{rec.mask_paths[0]} shape {label_map.shape}"
         )
-    mask512 = _resize(label_map, EVAL_SIZE, nearest=True)  # (512, 512)
+    mask512 = resize(label_map, EVAL_SIZE, nearest=True)  # (512, 512)
     prompts, synthetic_prompts, missing = [], [], []
     for structure in sorted(STRUCTURES):
         shape = _shape(rec, structure, mask512) if rec.prompts is None else None
@@ -297,7 +287,7 @@ def _process(rec: EchoImage, size: int) -> _Processed:
         if rec.prompts is None and not rec.synthetic:
             as_synthetic = _jsonable(_item_prompts(rec, structure, shape, synthetic=True))
         synthetic_prompts.append(as_synthetic)
-    return _Processed(image=_resize(image, size, nearest=False), labels=_resize(label_map, size, nearest=True),
+    return _Processed(image=resize(image, size, nearest=False), labels=resize(label_map, size, nearest=True),
                       eval_labels=mask512, prompts=prompts, synthetic_prompts=synthetic_prompts, missing=missing)
 
 

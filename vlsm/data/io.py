@@ -28,7 +28,7 @@ from vlsm.data.records import EchoImage
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY
 
 __all__ = ["ITK_SUFFIXES", "PNG_MODES", "check_count", "check_image_and_label_map", "decode_label_map",
-           "read_image", "read_label_map", "read_itk", "read_png", "write_itk", "write_png"]
+           "read_image", "read_label_map", "read_itk", "read_png", "resize", "write_itk", "write_png"]
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,18 @@ def _binary_masks(masks: tuple[Path, ...]) -> np.ndarray:
         out[mask] = label
     assert out is not None
     return out
+
+
+def resize(array: np.ndarray, size: int, *, nearest: bool) -> np.ndarray:
+    """(H, W) uint8 -> (size, size) uint8, bilinear (antialiased) or nearest, as the cache and
+    the authors' layout resize."""
+    if array.shape == (size, size):
+        return np.array(array, dtype=np.uint8, copy=True)
+    from PIL import Image
+
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    return np.asarray(image.resize((size, size), resample=resample))
 
 
 # --- writers --------------------------------------------------------------------------

@@ -176,25 +176,16 @@ def load_synthetic_boost(root: Path, dataset: str = "camus") -> list[EchoImage]:
 # --- writing ---------------------------------------------------------------------------
 
 
-def _resize(array: np.ndarray, nearest: bool) -> np.ndarray:
-    """(H, W) uint8 -> (EVAL_SIZE, EVAL_SIZE) uint8; bilinear (antialiased) or nearest."""
-    from PIL import Image
-
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    out = Image.fromarray(np.ascontiguousarray(array)).resize((EVAL_SIZE, EVAL_SIZE), resample)
-    return np.asarray(out)
-
-
 def _export_record(rec: EchoImage, tmp: Path) -> list[dict]:
     """Write one image and its three masks under tmp; return its three JSON entries."""
-    from vlsm.data.io import read_image, read_label_map, write_png
+    from vlsm.data.io import read_image, read_label_map, resize, write_png
     from vlsm.data.prompts import build_prompts
     from vlsm.data.shapes import classify_shape
 
     image_dirs, mask_dir = _DIRS["camus", rec.split]
     image_dir = image_dirs[0]
-    image = _resize(read_image(rec), nearest=False)  # (512, 512) uint8
-    labels = _resize(read_label_map(rec), nearest=True)  # (512, 512) uint8 in 0..3
+    image = resize(read_image(rec), EVAL_SIZE, nearest=False)  # (512, 512) uint8
+    labels = resize(read_label_map(rec), EVAL_SIZE, nearest=True)  # (512, 512) uint8 in 0..3
     write_png(tmp / image_dir / f"{rec.name}.png", image)
     entries = []
     for k in sorted(STRUCTURES):
