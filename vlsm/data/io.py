@@ -106,13 +106,9 @@ def read_png(path: Path, *, mask: bool = False) -> np.ndarray:
     return _to_2d(array, path)
 
 
-def _read_any(path: Path) -> np.ndarray:
-    return read_png(path) if _kind(path) == "png" else read_itk(path)[0]
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    """A label map's (H, W) values; an RGB(A) PNG must be grey (R = G = B), alpha ignored."""
-    return read_png(path, mask=True) if _kind(path) == "png" else read_itk(path)[0]
+def _read_any(path: Path, *, mask: bool = False) -> np.ndarray:
+    """A file's (H, W) values; a mask's RGB(A) PNG must be grey (R = G = B), alpha ignored."""
+    return read_png(path, mask=mask) if _kind(path) == "png" else read_itk(path)[0]
 
 
 def _as_uint8_image(array: np.ndarray, path: Path) -> np.ndarray:
@@ -163,7 +159,7 @@ def decode_label_map(rec: EchoImage) -> tuple[np.ndarray, str]:
         )
     if len(masks) == 1:
         path = masks[0]
-        array = _read_mask(path)
+        array = _read_any(path, mask=True)
         if not np.issubdtype(array.dtype, np.integer) and not np.all(array == np.rint(array)):
             raise ValueError(f"{path}: label map holds non-integer values; expected 0-3")
         registry = SYNTHETIC_SOURCE_REGISTRY  # real CAMUS (no entry): labels 0-3

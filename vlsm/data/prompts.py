@@ -1,13 +1,10 @@
-"""Prompts P0-P7: the prompt axis as a registry, each entry worded exactly as the
-Synthetic Boost authors' sentences (tests compare them with their published task files).
+"""Prompts P0-P7: the prompt axis as a registry, each entry naming the image attributes its
+sentences hold, worded exactly as the Synthetic Boost authors' (tests compare them with
+their published task files); docs/design.md, "Prompts", has the ladder.
 
     build_prompts(image, 1, "oval")["p2"]
     # ("Left ventricular cavity in two-chamber view of the heart.",
     #  "Left ventricular cavity in two-chamber view in the cardiac ultrasound.")
-
-An entry names the image attributes its sentences hold, in the real and in the synthetic
-style (synthetic images have no image quality: their P6 names the shape, and they have
-no P7); docs/design.md, "Prompts", has the ladder and the recipe for a new prompt.
 """
 
 from __future__ import annotations

@@ -4,10 +4,6 @@ coding and phantom writer (docs/design.md, "Registries").
 
     load_synthetic("diffecho", Path("data/DiffEcho"), n_val=50)    # records, split train/val
     source_attributes("diffecho", Path("data/DiffEcho"))      # {"shape", "view", "phase"}: P0-P3
-
-Each format's module registers its entry at its end; the registry imports those modules on
-its first lookup. `source_attributes` and `has_generator_text` read at most a metadata.csv
-header, no image, so that a sweep plan can say which cells a source skips.
 """
 
 from __future__ import annotations
@@ -83,7 +79,8 @@ def validate_synthetic(name: str, root: Path, *, n_val: int | None = None, progr
 
 def source_attributes(name: str, root: Path | None, *, with_camus: bool = False) -> frozenset[str]:
     """The prompt attributes (`vlsm.data.prompts.ATTRIBUTES`) the records of a source have,
-    read with a CAMUS root or not (root None: the phantom demo's); reads no image."""
+    read with a CAMUS root or not (root None: the phantom demo's); reads at most a
+    metadata.csv header, so that a sweep plan can say which cells a source skips."""
     return synthetic_source(name).attributes(None if root is None else Path(root), with_camus)
 
 
