@@ -16,7 +16,7 @@ import pytest
 from reference_tasks import age_of, bundled_tasks
 
 from vlsm.axes import STRUCTURE_NAMES
-from vlsm.data.prompts import age_in_words, build_prompts, choose_phrasing, prompt_keys
+from vlsm.data.prompts import age_in_words, build_prompts, pick_phrasing, prompt_keys
 from vlsm.data.records import EchoImage, PatientInfo
 
 SHARED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "synthetic-boost" / "tasks"
@@ -189,18 +189,18 @@ def test_record_prompts_returned_verbatim() -> None:
         build_prompts(image, 2)
 
 
-def test_choose_phrasing() -> None:
+def test_pick_phrasing() -> None:
     prompts = {"p0": "", "p1": ("first.", "second.")}
-    assert choose_phrasing(prompts, "p1", None) == "first."
-    assert choose_phrasing(prompts, "p0", random.Random(0)) == ""
+    assert pick_phrasing(prompts["p1"], None) == "first."
+    assert pick_phrasing(prompts["p0"], random.Random(0)) == ""
     rng = random.Random(0)
-    drawn = {choose_phrasing(prompts, "p1", rng) for _ in range(50)}
+    drawn = {pick_phrasing(prompts["p1"], rng) for _ in range(50)}
     assert drawn == {"first.", "second."}
-    seq_a = [choose_phrasing(prompts, "p1", random.Random(3)) for _ in range(5)]
-    seq_b = [choose_phrasing(prompts, "p1", random.Random(3)) for _ in range(5)]
+    seq_a = [pick_phrasing(prompts["p1"], random.Random(3)) for _ in range(5)]
+    seq_b = [pick_phrasing(prompts["p1"], random.Random(3)) for _ in range(5)]
     assert seq_a == seq_b
     with pytest.raises(ValueError, match="p5"):
-        choose_phrasing(prompts, "p5", None)
+        pick_phrasing((), None, "p5")
 
 
 def test_age_in_words() -> None:

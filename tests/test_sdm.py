@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vlsm.data.camus import load_camus, write_camus_patient
-from vlsm.data.io import read_image, read_label_map, read_png, read_spacing, write_png
+from vlsm.data.io import read_image, read_label_map, read_png, write_png
 from vlsm.data.label_codings import (
     SdmCodingError,
     camus_to_sdm_labels,
@@ -55,7 +55,6 @@ def test_write_load_round_trip(tmp_path, make_image, make_label_map, coding):
         on_disk = read_png(rec.mask_paths[0])  # (H, W) as coded in the file
         assert detect_sdm_coding(on_disk, rec.mask_paths[0]) == coding
         np.testing.assert_array_equal(read_label_map(rec), labels)  # (H, W) in 0-3
-        assert read_spacing(rec) == (1.0, 1.0)
 
 
 def test_sector_coding_values(make_label_map, make_cone):

@@ -26,24 +26,14 @@ import numpy as np
 
 from vlsm.atomic import build_folder_once
 from vlsm.axes import EVAL_SIZE, STRUCTURES
+from vlsm.data.io import resize
 from vlsm.data.itk_size import mhd_data_file
 from vlsm.data.records import SPLITS, EchoImage
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, load_synthetic
 
-__all__ = [
-    "CACHE_VERSION",
-    "dataset_kinds",
-    "CacheItem",
-    "PreparedSplit",
-    "cache_key",
-    "cache_folder_name",
-    "code_digest",
-    "open_split",
-    "prepare_dataset",
-    "prepare_records",
-    "prepare_split",
-    "resize_image",
-]
+__all__ = ["CACHE_VERSION", "dataset_kinds", "CacheItem", "PreparedSplit", "cache_key", "cache_folder_name",
+           "code_digest", "load_records", "open_split", "prepare_dataset", "prepare_records", "prepare_split",
+           "resize_image"]
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +60,8 @@ _MAX_WORKERS = 8
 
 @dataclass(frozen=True)
 class CacheItem:
-    """One training/evaluation sample: structure `structure` of image `image_index`.
-
-    name is ``<record.name>_<LV|MYO|LA>``; prompts maps "p0".."p7" to "" or a pair of
-    phrasings (docs/design.md, "Prompts").
-    """
+    """One sample: structure `structure` of image `image_index`, named <record.name>_<LV|MYO|LA>;
+    prompts maps "p0".."p7" to "" or a pair of phrasings."""
 
     image_index: int
     structure: int  # 1 LV cavity, 2 myocardium, 3 LA (vlsm.axes.STRUCTURES)
@@ -88,11 +75,8 @@ class CacheItem:
 
 @dataclass(frozen=True, eq=False)
 class PreparedSplit:
-    """A cache folder opened read-only; the arrays are memory maps of its .npy files.
-
-    Pickling (e.g. by Ray) sends only the folder path; the receiver re-opens the maps,
-    so no process ever copies the arrays.
-    """
+    """A cache folder opened read-only, its arrays memory maps of its .npy files; pickling (Ray)
+    sends only the path and the receiver re-opens the maps, so no process copies the arrays."""
 
     root: Path
     size: int
@@ -168,16 +152,9 @@ def _jsonable(value):
 
 def _record_fields(rec: EchoImage) -> dict:
     """Everything about a record except where its files are (moving data keeps the key)."""
-    fields = {
-        "source": rec.source,
-        "patient": rec.patient,
-        "view": rec.view,
-        "phase": rec.phase,
-        "split": rec.split,
-        "variant": rec.variant,
-        "info": dataclasses.asdict(rec.info),
-        "n_masks": len(rec.mask_paths),
-    }
+    fields = {"source": rec.source, "patient": rec.patient, "view": rec.view, "phase": rec.phase,
+              "split": rec.split, "variant": rec.variant, "info": dataclasses.asdict(rec.info),
+              "n_masks": len(rec.mask_paths)}
     if rec.prompts is not None:
         fields["prompts"] = {str(k): _jsonable(v) for k, v in sorted(rec.prompts.items())}
     if rec.text is not None:  # the generator's prompt (absent: the keys of old records stay)
@@ -186,11 +163,9 @@ def _record_fields(rec: EchoImage) -> dict:
 
 
 def cache_key(records: Sequence[EchoImage], size: int, *, eval_size: int = EVAL_SIZE) -> str:
-    """Content hash (sha256 hex) of what a cache built from these records would hold.
-
-    Covers every input file's bytes (a .mhd's .raw too), the records' metadata and
-    order, size and eval_size, CACHE_VERSION and the code of `_CODE_MODULES`.
-    """
+    """Content hash (sha256 hex) of what a cache built from these records would hold: every
+    input file's bytes (a .mhd's .raw too), the records' metadata and order, the sizes,
+    CACHE_VERSION and the code of `_CODE_MODULES`."""
     digest = hashlib.sha256()
     header = {"cache_version": CACHE_VERSION, "size": size, "eval_size": eval_size}
     digest.update(json.dumps(header, sort_keys=True).encode())
@@ -211,26 +186,12 @@ def cache_folder_name(name: str, split: str, size: int, key: str) -> str:
 
 def resize_image(array: np.ndarray, size: int) -> np.ndarray:
     """(H, W) uint8 grey -> (size, size) as the cache resizes images (what a model saw)."""
-    return _resize(array, size, nearest=False)
-
-
-def _resize(array: np.ndarray, size: int, *, nearest: bool) -> np.ndarray:
-    """(H, W) uint8 -> (size, size) uint8; bilinear (antialiased) or nearest."""
-    if array.shape == (size, size):
-        return np.array(array, dtype=np.uint8, copy=True)
-    from PIL import Image
-
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
-    return np.asarray(image.resize((size, size), resample=resample))
+    return resize(array, size, nearest=False)
 
 
 def _as_prompt_set(prompts: Mapping) -> dict[str, str | tuple[str, str]]:
     """Prompts with lists (JSON) turned back into (phrasing 1, phrasing 2) tuples."""
-    out: dict[str, str | tuple[str, str]] = {}
-    for key, value in prompts.items():
-        out[str(key)] = value if isinstance(value, str) else tuple(value)
-    return out
+    return {str(key): value if isinstance(value, str) else tuple(value) for key, value in prompts.items()}
 
 
 def _shape(rec: EchoImage, structure: int, mask512: np.ndarray) -> str | None:
@@ -285,21 +246,9 @@ def _metadata_prompts(rec: EchoImage, structure: int, shape: str | None, *, synt
 
 
 def _record_meta(rec: EchoImage) -> dict:
-    meta = {
-        "name": rec.name,
-        "source": rec.source,
-        "patient": rec.patient,
-        "view": rec.view,
-        "phase": rec.phase,
-        "split": rec.split,
-        "variant": rec.variant,
-        "synthetic": rec.synthetic,
-        **dataclasses.asdict(rec.info),
-        "image_path": str(rec.image_path),
-        "mask_paths": [str(p) for p in rec.mask_paths],
-        "text": rec.text,
-    }
-    return meta
+    return {"name": rec.name, "source": rec.source, "patient": rec.patient, "view": rec.view, "phase": rec.phase,
+            "split": rec.split, "variant": rec.variant, "synthetic": rec.synthetic, **dataclasses.asdict(rec.info),
+            "image_path": str(rec.image_path), "mask_paths": [str(p) for p in rec.mask_paths], "text": rec.text}
 
 
 @dataclass(frozen=True)
@@ -326,7 +275,7 @@ def _process(rec: EchoImage, size: int) -> _Processed:
             f"{rec.image_path}: image shape {image.shape} differs from its mask "
             f"{rec.mask_paths[0]} shape {label_map.shape}"
         )
-    mask512 = _resize(label_map, EVAL_SIZE, nearest=True)  # (512, 512)
+    mask512 = resize(label_map, EVAL_SIZE, nearest=True)  # (512, 512)
     prompts, synthetic_prompts, missing = [], [], []
     for structure in sorted(STRUCTURES):
         shape = _shape(rec, structure, mask512) if rec.prompts is None else None
@@ -338,14 +287,8 @@ def _process(rec: EchoImage, size: int) -> _Processed:
         if rec.prompts is None and not rec.synthetic:
             as_synthetic = _jsonable(_item_prompts(rec, structure, shape, synthetic=True))
         synthetic_prompts.append(as_synthetic)
-    return _Processed(
-        image=_resize(image, size, nearest=False),
-        labels=_resize(label_map, size, nearest=True),
-        eval_labels=mask512,
-        prompts=prompts,
-        synthetic_prompts=synthetic_prompts,
-        missing=missing,
-    )
+    return _Processed(image=resize(image, size, nearest=False), labels=resize(label_map, size, nearest=True),
+                      eval_labels=mask512, prompts=prompts, synthetic_prompts=synthetic_prompts, missing=missing)
 
 
 def _default_workers(n: int) -> int:
@@ -380,14 +323,7 @@ def _processed(records: Sequence[EchoImage], size: int, workers: int) -> Iterato
     pool.shutdown()
 
 
-def _build(
-    folder: Path,
-    records: Sequence[EchoImage],
-    size: int,
-    meta: dict,
-    progress: bool,
-    workers: int,
-) -> None:
+def _build(folder: Path, records: Sequence[EchoImage], size: int, meta: dict, progress: bool, workers: int) -> None:
     """Write the arrays, items.json and meta.json of one split into folder."""
     from numpy.lib.format import open_memmap
     from tqdm.auto import tqdm
@@ -419,21 +355,11 @@ def _build(
     _write_json(folder / "items.json", items)
     prompt_counts = dict(Counter(key for item in items for key in item["prompts"]))
     if missing:
-        log.warning(
-            "%s/%s: some items lack prompts (missing metadata or shape): %s",
-            meta["name"],
-            meta["split"],
-            ", ".join(f"{k} missing for {m} item(s)" for k, m in sorted(missing.items())),
-        )
-    meta = {
-        **meta,
-        "n_images": n,
-        "n_items": len(items),
-        "prompt_counts": prompt_counts,  # items holding each prompt key
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "names": [rec.name for rec in records],
-        "records": [_record_meta(rec) for rec in records],
-    }
+        log.warning("%s/%s: some items lack prompts (missing metadata or shape): %s", meta["name"], meta["split"],
+                    ", ".join(f"{k} missing for {m} item(s)" for k, m in sorted(missing.items())))
+    meta = {**meta, "n_images": n, "n_items": len(items), "prompt_counts": prompt_counts,  # items per prompt key
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "names": [rec.name for rec in records],
+            "records": [_record_meta(rec) for rec in records]}
     _write_json(folder / "meta.json", meta)  # written last: its presence = complete
 
 
@@ -472,22 +398,12 @@ def _check_records(records: Sequence[EchoImage], split: str, size: int, name: st
 
 
 def prepare_split(
-    records: Sequence[EchoImage],
-    split: str,
-    size: int,
-    cache_dir: Path,
-    *,
-    name: str,
-    progress: bool = True,
-    workers: int | None = None,
+    records: Sequence[EchoImage], split: str, size: int, cache_dir: Path, *, name: str,
+    progress: bool = True, workers: int | None = None,
 ) -> Path:
-    """Build (or reuse) the cache folder of one split at one input size; return it.
-
-    The folder is ``<cache_dir>/<name>-<split>-<size>-<key[:16]>``. It is built in a
-    temporary folder and renamed into place, so it either exists complete or not at all.
-    workers: processes that decode and resize (default: up to 8 for 64+ images, else
-    none; 1 = in this process). The result does not depend on it.
-    """
+    """Build (or reuse) the cache folder <cache_dir>/<name>-<split>-<size>-<key[:16]> of one
+    split at one input size, atomically; return it. workers: processes that decode and
+    resize (default up to 8 for 64+ images; 1 = this process); the result does not depend on it."""
     records = list(records)
     _check_records(records, split, size, name)
     cache_dir = Path(cache_dir)
@@ -497,15 +413,8 @@ def prepare_split(
         log.info("reusing cache %s", final)
         return final
     sources = sorted({rec.source for rec in records})
-    meta = {
-        "cache_version": CACHE_VERSION,
-        "key": key,
-        "name": name,
-        "split": split,
-        "size": size,
-        "eval_size": EVAL_SIZE,
-        "source": "+".join(sources),
-    }
+    meta = {"cache_version": CACHE_VERSION, "key": key, "name": name, "split": split, "size": size,
+            "eval_size": EVAL_SIZE, "source": "+".join(sources)}
     started = time.perf_counter()
     n_workers = _default_workers(len(records)) if workers is None else workers
     if build_folder_once(final, lambda tmp: _build(tmp, records, size, meta, progress, n_workers)):
@@ -540,11 +449,8 @@ def open_split(path: Path) -> PreparedSplit:
             raise ValueError(f"{file}: missing from cache folder {path}; delete it and re-prepare")
         arrays[array_name] = np.load(file, mmap_mode="r")
     size, n = int(meta["size"]), int(meta["n_images"])
-    expected = {
-        "images": (n, size, size),
-        "labels": (n, size, size),
-        "eval_labels": (n, int(meta["eval_size"]), int(meta["eval_size"])),
-    }
+    eval_size = int(meta["eval_size"])
+    expected = {"images": (n, size, size), "labels": (n, size, size), "eval_labels": (n, eval_size, eval_size)}
     for array_name, shape in expected.items():
         if arrays[array_name].shape != shape or arrays[array_name].dtype != np.uint8:
             raise ValueError(
@@ -563,31 +469,15 @@ def open_split(path: Path) -> PreparedSplit:
         )
         for it in raw_items
     ]
-    return PreparedSplit(
-        root=path,
-        size=size,
-        split=meta["split"],
-        source=meta["source"],
-        images=arrays["images"],
-        labels=arrays["labels"],
-        eval_labels=arrays["eval_labels"],
-        names=list(meta["names"]),
-        records_meta=list(meta["records"]),
-        items=items,
-    )
+    return PreparedSplit(root=path, size=size, split=meta["split"], source=meta["source"], **arrays,
+                         names=list(meta["names"]), records_meta=list(meta["records"]), items=items)
 
 
 # --- whole datasets -------------------------------------------------------------------
 
 
-def _load_records(
-    kind: str,
-    root: Path,
-    split_scheme: str,
-    n_val: int | None,
-    camus_root: Path | None,
-    dataset: str,
-) -> list[EchoImage]:
+def _load_records(kind: str, root: Path, split_scheme: str, n_val: int | None, camus_root: Path | None,
+                  dataset: str) -> list[EchoImage]:
     if kind == "camus":
         from vlsm.data.camus import PAPER_VAL_PATIENTS, empty_split, load_camus
 
@@ -612,27 +502,16 @@ def dataset_kinds() -> tuple[str, ...]:
 
 
 def prepare_records(
-    records: Sequence[EchoImage],
-    size: int,
-    cache_dir: Path,
-    *,
-    name: str,
-    progress: bool = True,
-    workers: int | None = None,
+    records: Sequence[EchoImage], size: int, cache_dir: Path, *, name: str,
+    progress: bool = True, workers: int | None = None,
 ) -> dict[str, Path]:
-    """Prepare one cache per split present in records; return {split: folder}.
-
-    Records without ground truth (CAMUS 2019 testing) are skipped with a warning.
-    """
+    """Prepare one cache per split present in records, skipping (with a warning) records
+    without ground truth (CAMUS 2019 testing); return {split: folder}."""
     labelled = [rec for rec in records if rec.mask_paths]
     if len(labelled) < len(records):
         first = next(rec for rec in records if not rec.mask_paths)
-        log.warning(
-            "%s: skipping %d image(s) without ground truth (e.g. %s)",
-            name,
-            len(records) - len(labelled),
-            first.image_path,
-        )
+        log.warning("%s: skipping %d image(s) without ground truth (e.g. %s)", name, len(records) - len(labelled),
+                    first.image_path)
     if not labelled:
         raise ValueError(f"prepare {name!r}: no labelled images among {len(records)} records")
     unknown = sorted({rec.split for rec in labelled} - set(SPLITS))
@@ -642,55 +521,26 @@ def prepare_records(
     for split in SPLITS:
         split_records = [rec for rec in labelled if rec.split == split]
         if split_records:
-            out[split] = prepare_split(
-                split_records,
-                split,
-                size,
-                cache_dir,
-                name=name,
-                progress=progress,
-                workers=workers,
-            )
+            out[split] = prepare_split(split_records, split, size, cache_dir, name=name, progress=progress,
+                                       workers=workers)
     return out
 
 
 def prepare_dataset(
-    kind: str,
-    root: Path,
-    size: int,
-    cache_dir: Path,
-    split_scheme: str = "paper",
-    *,
-    n_val: int | None = None,
-    camus_root: Path | None = None,
-    dataset: str = "camus",
-    progress: bool = True,
-    workers: int | None = None,
+    kind: str, root: Path, size: int, cache_dir: Path, split_scheme: str = "paper", *, n_val: int | None = None,
+    camus_root: Path | None = None, dataset: str = "camus", progress: bool = True, workers: int | None = None,
 ) -> dict[str, Path]:
-    """Read a dataset with its reader and prepare one cache per split; return {split: folder}.
-
-    kind: "camus" | "sdm" | "diffecho" | "imagefolder" | "synthetic-boost". split_scheme
-    and n_val (validation patients, default the paper's 50) go to `load_camus`; for
-    "sdm", camus_root gives the SDM images their patients' metadata (`with_camus_info`),
-    needed by P4-P6; for "diffecho" / "imagefolder" n_val is the number of subjects /
-    patients that validate where the source has no split of its own
-    (`vlsm.data.synthetic_sources`); dataset ("camus" | "sdm") picks the data set of the
-    authors' layout.
-    """
-    if kind not in dataset_kinds():
-        raise ValueError(f"prepare_dataset: unknown kind {kind!r}; expected one of {dataset_kinds()}")
+    """Read a dataset (kind: one of `dataset_kinds`) and prepare one cache per split; return
+    {split: folder}. split_scheme and n_val (default the paper's 50) as `load_camus`'s; for
+    "sdm" camus_root gives P4-P6 their metadata; n_val also counts the validating DiffEcho
+    subjects and imagefolder patients; dataset picks the authors' layout's data set."""
     records = _load_records(kind, Path(root), split_scheme, n_val, camus_root, dataset)
     name = kind if kind != "synthetic-boost" else f"synthetic-boost-{dataset}"
     return prepare_records(records, size, cache_dir, name=name, progress=progress, workers=workers)
 
 
-def load_records(
-    kind: str,
-    root: Path,
-    split_scheme: str = "paper",
-    n_val: int | None = None,
-    camus_root: Path | None = None,
-) -> list[EchoImage]:
+def load_records(kind: str, root: Path, split_scheme: str = "paper", n_val: int | None = None,
+                 camus_root: Path | None = None) -> list[EchoImage]:
     """A dataset's records as its reader gives them (kind as `prepare_dataset`'s), e.g.
     to prepare real and synthetic training images as one split (real+synthetic)."""
     return _load_records(kind, Path(root), split_scheme, n_val, camus_root, "camus")

@@ -26,13 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sdm-root", type=Path, help="SDM CAMUS folder of synthetic PNGs (with --camus-root, "
                         "its images get the CAMUS patients' metadata, needed for prompts P4-P6)")
     parser.add_argument("--synthetic-root", type=Path, help="folder of synthetic images in --synthetic-format")
-    parser.add_argument(
-        "--synthetic-format",
-        default=SOURCE_SDM,
-        choices=source_names(),
-        help="layout of --synthetic-root (default sdm; --sdm-root DIR is --synthetic-root DIR "
-        "--synthetic-format sdm)",
-    )
+    parser.add_argument("--synthetic-format", default=SOURCE_SDM, choices=source_names(),
+                        help="layout of --synthetic-root (default sdm; --sdm-root DIR is --synthetic-root DIR "
+                        "--synthetic-format sdm)")
     parser.add_argument("--synthetic-boost-root", type=Path, help="the Synthetic Boost authors' PNG + JSON layout")
     parser.add_argument("--size", type=int, action="append", metavar="PX", help="model input size in pixels; "
                         f"repeat for several (default: {' and '.join(map(str, DEFAULT_SIZES))})")
@@ -52,16 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlsm.data.cache import prepare_dataset
 
-    jobs = [
-        (option, kind, root)
-        for option, kind, root in (
-            ("--camus-root", "camus", args.camus_root),
-            ("--sdm-root", "sdm", args.sdm_root),
-            ("--synthetic-root", args.synthetic_format, args.synthetic_root),
-            ("--synthetic-boost-root", "synthetic-boost", args.synthetic_boost_root),
-        )
-        if root is not None
-    ]
+    jobs = [(option, kind, root) for option, kind, root in (
+        ("--camus-root", "camus", args.camus_root), ("--sdm-root", "sdm", args.sdm_root),
+        ("--synthetic-root", args.synthetic_format, args.synthetic_root),
+        ("--synthetic-boost-root", "synthetic-boost", args.synthetic_boost_root),
+    ) if root is not None]
     if not jobs:
         log.error("give at least one of --camus-root, --sdm-root, --synthetic-root, --synthetic-boost-root")
         return 2

@@ -17,22 +17,9 @@ from vlsm.data.io import write_itk
 from vlsm.data.problems import ERROR, WARNING, Problem
 from vlsm.data.records import PHASES, QUALITIES, SEXES, SPLITS, VIEWS, EchoImage, PatientInfo
 
-__all__ = [
-    "RELEASES",
-    "SPLIT_SCHEMES",
-    "PAPER_VAL_PATIENTS",
-    "empty_split",
-    "SPLIT_FILES",
-    "detect_camus_release",
-    "parse_info_cfg",
-    "read_info_cfg",
-    "format_info_cfg",
-    "load_camus",
-    "read_camus_split_files",
-    "read_split_file",
-    "write_camus_patient",
-    "write_camus_split_files",
-]
+__all__ = ["RELEASES", "SPLIT_SCHEMES", "PAPER_VAL_PATIENTS", "empty_split", "SPLIT_FILES", "detect_camus_release",
+           "parse_info_cfg", "read_info_cfg", "format_info_cfg", "load_camus", "read_camus_split_files",
+           "read_split_file", "write_camus_patient", "write_camus_split_files"]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +37,8 @@ SPLIT_FILES: dict[str, str] = {
     "val": "subgroup_validation.txt",
     "test": "subgroup_testing.txt",
 }
-_SUFFIX = {RELEASE_2019: ".mhd", RELEASE_2023: ".nii.gz"}
-_PATIENT_RE = re.compile(r"^patient\d{4}$")
+SUFFIXES = {RELEASE_2019: ".mhd", RELEASE_2023: ".nii.gz"}
+PATIENT_RE = re.compile(r"^patient\d{4}$")
 # cfg key of the ejection fraction per release (2019 also carries LVedv/LVesv)
 _EF_KEY = {RELEASE_2019: "LVef", RELEASE_2023: "EF"}
 _CFG_REQUIRED = ("Sex", "Age", "ImageQuality")  # prompts P4-P6 need them
@@ -65,10 +52,8 @@ _CFG_FIELDS = {"ED": "ed_frame", "ES": "es_frame", "NbFrame": "n_frames", "Sex":
 
 
 def detect_camus_release(root: Path) -> str:
-    """'2019' when root holds training/ (and/or testing/), '2023' when it holds database_nifti/.
-
-    Raises ValueError naming root and the folders expected when neither (or both) is found.
-    """
+    """'2019' when root holds training/ (and/or testing/), '2023' when it holds database_nifti/;
+    ValueError naming root and the folders expected when neither (or both) is found."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"CAMUS root {root} is not a folder")
@@ -107,14 +92,10 @@ def parse_info_cfg(path: Path) -> PatientInfo:
 
 
 def read_info_cfg(path: Path) -> tuple[PatientInfo, list[Problem]]:
-    """Parse a CAMUS Info_<view>.cfg (`Key: value` lines): its PatientInfo and every problem.
-
-    Known keys: ED, ES, NbFrame (frame numbers), Sex (F|M), Age (years), ImageQuality
-    (Good|Medium|Poor), EF (2023; wins) or LVef (2019) in %; LVedv, LVesv and FrameRate
-    must be numbers and are otherwise ignored, other keys are ignored. Sex, Age and
-    ImageQuality are required (prompts P4-P6 need them); a missing ED, ES or NbFrame, or
-    a key given twice, is a warning.
-    """
+    """A CAMUS Info_<view>.cfg (`Key: value` lines) as its PatientInfo, with every problem:
+    Sex, Age, ImageQuality are required (P4-P6 need them); EF (2023) wins over LVef (2019);
+    LVedv, LVesv, FrameRate must be numbers, other keys are ignored; a missing ED, ES or
+    NbFrame, or a key given twice, is a warning."""
     path = Path(path)
     if not path.is_file():
         return PatientInfo(), [Problem(path, "CAMUS info file not found (the view's sex, age, image quality and ED/ES frames)")]
@@ -176,11 +157,8 @@ def _cfg_value(key: str, value: str) -> tuple[object, str | None]:
 
 
 def format_info_cfg(info: PatientInfo, release: str) -> str:
-    """The text of an Info_<view>.cfg for `info` in the release's key order.
-
-    Fields that are None are left out; the ejection fraction is written as LVef (2019)
-    or EF (2023).
-    """
+    """The text of an Info_<view>.cfg for `info` in the release's key order, None fields left
+    out, the ejection fraction as LVef (2019) or EF (2023)."""
     _check_release(release)
     rows = [
         ("ED", info.ed_frame),
@@ -205,15 +183,12 @@ def _check_release(release: str) -> None:
 def _patient_dirs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _PATIENT_RE.match(p.name))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and PATIENT_RE.match(p.name))
 
 
 def read_camus_split_files(root: Path) -> dict[str, list[str]]:
-    """The 2023 release's database_split/subgroup_*.txt as {"train"|"val"|"test": [patient, ...]}.
-
-    Only files that exist are returned; a line that is not a patient id (patientXXXX) is a
-    ValueError naming the file and line (`read_split_file`).
-    """
+    """The 2023 release's database_split/subgroup_*.txt files that exist, as {"train"|"val"|
+    "test": [patient, ...]}; a line that is not a patient id is a ValueError naming it."""
     splits: dict[str, list[str]] = {}
     for split, name in SPLIT_FILES.items():
         path = Path(root) / DIR_SPLIT / name
@@ -231,7 +206,7 @@ def read_split_file(path: Path) -> tuple[list[str], list[Problem]]:
     problems: list[Problem] = []
     for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
         line = raw.strip()
-        if _PATIENT_RE.match(line):
+        if PATIENT_RE.match(line):
             patients.append(line)
         elif line:
             problems.append(Problem(path, f"line {lineno}: expected a patient id like patient0001, got {raw!r}"))
@@ -247,18 +222,14 @@ def _assign_paper(candidates: list[str], test: set[str], n_val: int) -> dict[str
 
 def _gt_path(image: Path, release: str) -> Path:
     """patient0001_2CH_ED.mhd -> patient0001_2CH_ED_gt.mhd (beside it)."""
-    suffix = _SUFFIX[release]
+    suffix = SUFFIXES[release]
     return image.with_name(f"{image.name[: -len(suffix)]}_gt{suffix}")
 
 
 def _check_ground_truth(records: list[EchoImage], release: str) -> None:
-    """Each split has ground truth for every image or for none.
-
-    Why: caches and exports keep labelled images only, so a split with some _gt files
-    missing would lose those images without a word and every Dice would be computed
-    on fewer images. A split with none (an old 2019 download's test set) stays
-    unlabelled; callers report that case by name.
-    """
+    """Each split has ground truth for every image or for none: caches keep labelled images
+    only, so a few missing _gt files would silently shrink the split (and every Dice). A split
+    with none (an old 2019 download's test set) stays unlabelled; callers name that case."""
     for split in SPLITS:
         in_split = [r for r in records if r.split == split]
         missing = [_gt_path(r.image_path, release) for r in in_split if not r.mask_paths]
@@ -279,7 +250,7 @@ def _check_ground_truth(records: list[EchoImage], release: str) -> None:
 
 def _records_for_patient(patient_dir: Path, release: str, split: str) -> list[EchoImage]:
     patient = patient_dir.name
-    suffix = _SUFFIX[release]
+    suffix = SUFFIXES[release]
     records = []
     for view in VIEWS:
         info = parse_info_cfg(patient_dir / f"Info_{view}.cfg")
@@ -292,18 +263,8 @@ def _records_for_patient(patient_dir: Path, release: str, split: str) -> list[Ec
                 )
             gt = _gt_path(image, release)
             masks: tuple[Path, ...] = (gt,) if gt.is_file() else ()
-            records.append(
-                EchoImage(
-                    source=SOURCES[release],
-                    patient=patient,
-                    view=view,
-                    phase=phase,
-                    split=split,
-                    image_path=image,
-                    mask_paths=masks,
-                    info=info,
-                )
-            )
+            records.append(EchoImage(source=SOURCES[release], patient=patient, view=view, phase=phase,
+                                     split=split, image_path=image, mask_paths=masks, info=info))
     return records
 
 
@@ -352,23 +313,11 @@ def _patients_2023(root: Path, split_scheme: str, n_val: int) -> list[tuple[Path
 def load_camus(
     root: Path, split_scheme: str = "paper", *, n_val: int = PAPER_VAL_PATIENTS
 ) -> list[EchoImage]:
-    """One record per patient x view (2CH, 4CH) x phase (ED, ES) of a CAMUS release.
-
-    The release is detected from the folders (`detect_camus_release`). Splits:
-
-    - "paper": official test patients -> "test" (2019: every patient under testing/;
-      2023: the patients in database_split/subgroup_testing.txt, required); the other
-      patients sorted by id: the first `n_val` (50) -> "val", the rest -> "train".
-    - "official" (2023 only): the three subgroup_*.txt files; patients in none are
-      left out with a warning.
-
-    A split whose images have no _gt files at all (2019 test patients of an old
-    download) gets empty `mask_paths`; one where only some are missing is a ValueError
-    naming a missing file. Records are sorted by split (train, val, test), patient,
-    view, phase. In the 2019 release test patients
-    reuse the ids patient0001-0050, so there a record is identified by (split, name).
-    Raises ValueError naming the file or folder for anything missing or malformed.
-    """
+    """One record per patient x view x phase of a CAMUS release (detected), sorted by split,
+    patient, view, phase. "paper": the official test patients test, of the others (by id) the
+    first n_val validate; "official" (2023 only): the subgroup_*.txt files. 2019 test ids
+    reuse patient0001-0050 (a record is (split, name)). ValueError naming the file or folder
+    for anything missing or malformed (docs/data.md, "CAMUS")."""
     root = Path(root)
     if split_scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {split_scheme!r}")
@@ -383,12 +332,7 @@ def load_camus(
     _check_ground_truth(records, release)
     order = {"train": 0, "val": 1, "test": 2}
     records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase))
-    log.info(
-        "CAMUS %s at %s: %s",
-        release,
-        root,
-        ", ".join(f"{s} {sum(r.split == s for r in records)}" for s in order),
-    )
+    log.info("CAMUS %s at %s: %s", release, root, ", ".join(f"{s} {sum(r.split == s for r in records)}" for s in order))
     return records
 
 
@@ -424,26 +368,15 @@ def _check_key(key: tuple[str, str], what: str) -> None:
 
 
 def write_camus_patient(
-    root: Path,
-    release: str,
-    patient: str,
-    images: Mapping[tuple[str, str], np.ndarray],
-    label_maps: Mapping[tuple[str, str], np.ndarray | None],
-    infos: Mapping[str, PatientInfo],
-    spacing: tuple[float, float] = (0.3, 0.3),
-    testing: bool = False,
+    root: Path, release: str, patient: str, images: Mapping[tuple[str, str], np.ndarray],
+    label_maps: Mapping[tuple[str, str], np.ndarray | None], infos: Mapping[str, PatientInfo],
+    spacing: tuple[float, float] = (0.3, 0.3), testing: bool = False,
 ) -> None:
-    """Write one patient exactly as the release lays it out (see the module docstring).
-
-    images / label_maps are keyed by (view, phase), e.g. ("2CH", "ED"): (H, W) uint8
-    images and (H, W) label maps in {0, 1, 2, 3}; a None (or absent) label map writes
-    no _gt file. infos is keyed by view and becomes Info_<view>.cfg (LVef in 2019, EF
-    in 2023). spacing is (row, col) mm. testing puts a 2019 patient under testing/
-    instead of training/; it has no effect on 2023 (use `write_camus_split_files`).
-    Every file is written atomically.
-    """
+    """Write one patient as the release lays it out, atomically: (H, W) uint8 images and 0-3
+    label maps keyed by (view, phase) (a None or absent map writes no _gt file), infos by view
+    as Info_<view>.cfg; spacing (row, col) mm; testing puts a 2019 patient under testing/."""
     _check_release(release)
-    if not _PATIENT_RE.match(patient):
+    if not PATIENT_RE.match(patient):
         raise ValueError(f"patient must look like 'patient0001', got {patient!r}")
     root = Path(root)
     if release == RELEASE_2019:
@@ -470,7 +403,7 @@ def _write_image_pair(folder: Path, name: str, release: str, image: np.ndarray, 
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"image {name}: expected a (H, W) uint8 array, got {image.dtype} {image.shape}")
     z = release == RELEASE_2019  # the 2019 .mhd files are W x H x 1 volumes
-    write_itk(folder / f"{name}{_SUFFIX[release]}", image, spacing, singleton_z=z)
+    write_itk(folder / f"{name}{SUFFIXES[release]}", image, spacing, singleton_z=z)
     if label is None:
         return
     label = np.asarray(label)
@@ -479,21 +412,19 @@ def _write_image_pair(folder: Path, name: str, release: str, image: np.ndarray, 
     bad = sorted({int(v) for v in np.unique(label)} - {0, 1, 2, 3})
     if bad:
         raise ValueError(f"label map {name}: values {bad} outside 0-3")
-    write_itk(folder / f"{name}_gt{_SUFFIX[release]}", label.astype(np.uint8), spacing, singleton_z=z)
+    write_itk(folder / f"{name}_gt{SUFFIXES[release]}", label.astype(np.uint8), spacing, singleton_z=z)
 
 
 def write_camus_split_files(root: Path, splits: Mapping[str, list[str]]) -> None:
-    """Write the 2023 release's database_split/subgroup_{training,validation,testing}.txt.
-
-    splits maps "train" | "val" | "test" to patient ids; a patient may be in one split only.
-    """
+    """Write the 2023 release's database_split/subgroup_*.txt from {"train" | "val" | "test":
+    patient ids}; a patient may be in one split only."""
     unknown = sorted(set(splits) - set(SPLIT_FILES))
     if unknown:
         raise ValueError(f"splits keys must be in {tuple(SPLIT_FILES)}, got {unknown}")
     owner: dict[str, str] = {}
     for split, patients in splits.items():
         for p in patients:
-            if not _PATIENT_RE.match(p):
+            if not PATIENT_RE.match(p):
                 raise ValueError(f"splits[{split!r}]: {p!r} is not a patient id like 'patient0001'")
             if p in owner:
                 raise ValueError(f"{p} is in both splits {owner[p]!r} and {split!r}")

@@ -1,34 +1,6 @@
-"""DiffEcho (github.com/Pooria90/DiffEcho) synthetic echocardiograms: reader and writer.
-
-DiffEcho trains a ControlNet on CAMUS masks and prompts, then generates images from
-masks. Its files (data/README.md, data/image_saver.py, data/meta_data_generator.py,
-text_seg_conditioned/data_generation.py) lie like this under a root::
-
-    root/train_frames/ch2_ed_frame_100.png    real-derived frames, subject 100
-    root/train_masks/ch2_ed_mask_100.png      ... and their masks
-    root/valid_frames/ch4_es_frame_7.png      the first 50 subjects validate
-    root/valid_masks/ch4_es_mask_7.png
-    root/metadata.csv                         image,conditioning_image,text (train frames)
-    root/<any folder>/ch2_ed_mask_100_generated_id3.png   generated image k = 3
-    root/<any folder>/ch2_ed_mask_100_mask_id3.png        the mask it was generated from
-
-- ``<i>`` indexes a subject of a Kaggle repackaging of CAMUS (toygarr/camus-subject-based),
-  NOT a CAMUS patient id. Records therefore get patients "diffecho0100", and no sex,
-  age or image quality (no CAMUS metadata is joined): prompts P0-P3 only.
-- Frames and masks were written with matplotlib's ``imsave(..., cmap="gray")``: RGBA
-  PNGs whose grey levels spread each mask's labels 0-3 by its own min and max (0, 85,
-  170, 255); `vlsm.data.io` decodes them ("grey" coding, `vlsm.data.label_codings`).
-- data_generation.py turns every mask ``<stem>.png`` of one folder into five images
-  ``<stem>_generated_id<k>.png`` (k = 0..4; RGB, as diffusers' pipeline returns them) and
-  saves the mask again as ``<stem>_mask_id<k>.png`` (RGB) into a second folder; both
-  folders are the user's choice, so they are found anywhere under root.
-- metadata.csv paths are relative to the folder that holds it; its ``text`` is the
-  prompt the generator learned ("an ultrasound image of heart in two-chamber view").
-
-`load_diffecho` returns one record per generated image (the real-derived frames are
-CAMUS images: train on CAMUS for those; `vlsm validate-data` checks them). split: "val"
-for subjects below n_val (DiffEcho's 50), else "train"; variant: k; text: the
-metadata.csv text of its mask, else data_generation.py's prompt for the view.
+"""DiffEcho (github.com/Pooria90/DiffEcho) synthetic echocardiograms: reader and writer of
+its files as its scripts lay them out (docs/design.md, "Data"); one record per generated
+image, patients "diffecho<i>" (a subject, not a CAMUS patient), text from metadata.csv.
 """
 
 from __future__ import annotations
@@ -53,23 +25,10 @@ from vlsm.registry import LazyFunction
 if TYPE_CHECKING:
     from vlsm.data.phantom import PhantomImage
 
-__all__ = [
-    "DIFFECHO_VAL_SUBJECTS",
-    "GENERATION_PROMPTS",
-    "METADATA_COLUMNS",
-    "DiffEchoFiles",
-    "diffecho_patient",
-    "frame_record",
-    "generated_mask_name",
-    "generated_pairs",
-    "generated_record",
-    "load_diffecho",
-    "read_diffecho_metadata",
-    "scan_diffecho",
-    "write_diffecho_frame",
-    "write_diffecho_generated",
-    "write_diffecho_metadata",
-]
+__all__ = ["DIFFECHO_VAL_SUBJECTS", "GENERATION_PROMPTS", "METADATA_COLUMNS", "DiffEchoFiles", "diffecho_patient",
+           "frame_record", "generated_mask_name", "generated_pairs", "generated_record", "load_diffecho",
+           "read_diffecho_metadata", "scan_diffecho", "write_diffecho_frame", "write_diffecho_generated",
+           "write_diffecho_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +147,9 @@ def read_diffecho_metadata(path: Path) -> list[MetadataRow]:
                 f"{path}: missing column(s) {', '.join(missing)}; a DiffEcho metadata.csv has "
                 f"{', '.join(METADATA_COLUMNS)} (got {', '.join(columns) or 'no header'})"
             )
-        return [
-            MetadataRow(
-                path=path,
-                line=reader.line_num,
-                image=path.parent / (row["image"] or "").strip(),
-                conditioning_image=path.parent / (row["conditioning_image"] or "").strip(),
-                text=(row["text"] or "").strip(),
-            )
-            for row in reader
-        ]
+        return [MetadataRow(path, reader.line_num, path.parent / (row["image"] or "").strip(),
+                            path.parent / (row["conditioning_image"] or "").strip(), (row["text"] or "").strip())
+                for row in reader]
 
 
 def _texts(metadata: list[Path]) -> dict[str, str]:
@@ -244,8 +196,7 @@ def generated_pairs(found: DiffEchoFiles) -> tuple[list[tuple[Path, Path]], list
 
 def generated_record(image: Path, mask: Path, n_val: int, texts: dict[str, str] | None = None) -> EchoImage:
     """The record of one generated image: subjects < n_val validate; text from texts (mask
-    stem -> metadata.csv text), else data_generation.py's prompt for the view; None
-    without texts."""
+    stem -> metadata.csv text), else the view's generation prompt; None without texts."""
     match = GENERATED_RE.match(image.name)
     if match is None:
         raise ValueError(f"{image}: not a generated image name (<mask stem>_generated_id<k>.png)")
@@ -270,14 +221,9 @@ def _record(match: re.Match, image: Path, mask: Path, n_val: int, **extra) -> Ec
 
 
 def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
-    """One record per generated image under root (see the module docstring).
-
-    split "val" for subjects < n_val (default DiffEcho's 50), else "train"; patient
-    "diffecho<i>"; variant k; mask_paths = (its <stem>_mask_id<k>.png,); text from
-    metadata.csv or data_generation.py's prompt. Sorted by split, patient, view, phase,
-    variant. Raises ValueError when root is not a folder, holds no generated image, or
-    a generated image has no mask.
-    """
+    """One record per generated image under root, sorted by split, patient, view, phase and
+    variant k: subjects < n_val (default DiffEcho's 50) validate. ValueError when root is not
+    a folder, holds no generated image, or a generated image has no mask."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"DiffEcho root {root} is not a folder")
@@ -302,10 +248,8 @@ def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
     records = [generated_record(path, mask, n_val, texts) for path, mask in pairs]
     order = {"train": 0, "val": 1}
     records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase, r.variant))
-    log.info(
-        "DiffEcho at %s: train %d, val %d generated images (subjects < %d validate)",
-        root, sum(r.split == "train" for r in records), sum(r.split == "val" for r in records), n_val,
-    )
+    log.info("DiffEcho at %s: train %d, val %d generated images (subjects < %d validate)",
+             root, sum(r.split == "train" for r in records), sum(r.split == "val" for r in records), n_val)
     return records
 
 
@@ -316,13 +260,9 @@ def write_diffecho_frame(
     root: Path, split: str, subject: int, view: str, phase: str,
     image: np.ndarray, label_map: np.ndarray,
 ) -> tuple[Path, Path]:
-    """Write one real-derived frame and its mask as image_saver.py does; return their paths.
-
-    split "train" | "val" picks train_frames/ + train_masks/ or valid_frames/ +
-    valid_masks/. Both are RGBA PNGs of `spread_to_grey` (matplotlib's imsave with
-    cmap="gray"): image (H, W) and label_map (H, W, CAMUS 0-3) scaled by their own
-    min and max. Written atomically.
-    """
+    """Write one real-derived frame and its (H, W) CAMUS 0-3 mask as image_saver.py does
+    (split "train" | "val": train_ or valid_ folders; RGBA `spread_to_grey`, as imsave);
+    return their paths."""
     if split not in FRAME_DIRS:
         raise ValueError(f"split must be one of {tuple(FRAME_DIRS)}, got {split!r}")
     token, subject = _token(view, phase), check_count("subject", subject)
@@ -338,12 +278,8 @@ def write_diffecho_generated(
     root: Path, subject: int, view: str, phase: str, k: int,
     image: np.ndarray, label_map: np.ndarray,
 ) -> tuple[Path, Path]:
-    """Write one generated image and its mask as data_generation.py does; return their paths.
-
-    root/generated_images/<stem>_generated_id<k>.png: the (H, W) uint8 image as RGB;
-    root/generated_masks/<stem>_mask_id<k>.png: the mask as diffusers' load_image reads
-    an imsave PNG, RGB grey levels. <stem> is the mask's, ch<2|4>_<ed|es>_mask_<subject>.
-    """
+    """Write one generated (H, W) uint8 image (RGB) and its mask (RGB grey levels, as
+    diffusers' load_image reads an imsave PNG) as data_generation.py does; return their paths."""
     token, subject, k = _token(view, phase), check_count("subject", subject), check_count("k", k)
     image = check_image_and_label_map(image, label_map)
     stem = f"{token}_mask_{subject}"
@@ -356,7 +292,7 @@ def write_diffecho_generated(
 
 def write_diffecho_metadata(root: Path) -> Path:
     """Write root/metadata.csv as meta_data_generator.py does: one row per training frame
-    (sorted by name) with its mask and the prompt of its view. Written atomically."""
+    (sorted by name) with its mask and the prompt of its view."""
     root = Path(root)
     frames = sorted((root / FRAME_DIRS["train"]).glob("*.png"))
     lines = [",".join(METADATA_COLUMNS)]

@@ -1,26 +1,8 @@
-"""imagefolder: any generator's images, listed in a metadata.csv; reader and writer.
+"""imagefolder: any generator's images listed in a root/metadata.csv, reader and writer
+(docs/design.md, "Data"; the columns in docs/data.md):
 
-The generic form of a synthetic source, for generators without a reader of their own::
-
-    root/metadata.csv
-        image,mask,split,view,phase,patient,text
-        images/a.png,masks/a.png,train,2CH,ED,patient0051,an ultrasound image of ...
-
-- image, mask (required): paths relative to root (or absolute); PNG, .nii(.gz) or .mhd;
-  images in any PNG mode (L, RGB, RGBA) read as grey; masks hold labels 0-3 or the grey
-  levels of matplotlib's imsave(cmap="gray") (0/85/170/255), detected per file;
-- split (optional): train | val (also training, valid, validation). Without it the
-  first n_val patients (in file order; default 50, the paper's) validate;
-- view (2CH | 4CH), phase (ED | ES), sex (M | F), age (years): optional; each one a
-  prompt needs: no view -> P0-P1, view -> P0-P2, + phase -> P0-P3, + sex -> P4,
-  + age -> P5-P6 (`buildable_prompts`);
-- patient (optional): a file-name-safe id (default "imagefolder<row>", one per row);
-- text (optional): the generator's prompt for the image (`EchoImage.text`).
-
-A column that is present must be filled in every row (a plan counts prompts from the
-header, so a half-filled column would promise prompts some images lack). Other columns
-are ignored. Images of one patient, view and phase are told apart by variant 0, 1, ...
-in file order.
+    image,mask,split,view,phase,patient,text
+    images/a.png,masks/a.png,train,2CH,ED,patient0051,an ultrasound image of ...
 """
 
 from __future__ import annotations
@@ -45,21 +27,9 @@ from vlsm.registry import LazyFunction
 if TYPE_CHECKING:
     from vlsm.data.phantom import PhantomImage
 
-__all__ = [
-    "COLUMNS",
-    "METADATA_NAME",
-    "REQUIRED_COLUMNS",
-    "ImagefolderRow",
-    "buildable_prompts",
-    "load_imagefolder",
-    "missing_files",
-    "read_imagefolder_header",
-    "read_imagefolder_rows",
-    "row_fields",
-    "row_record",
-    "write_imagefolder_metadata",
-    "write_imagefolder_pair",
-]
+__all__ = ["COLUMNS", "METADATA_NAME", "REQUIRED_COLUMNS", "ImagefolderRow", "buildable_prompts", "load_imagefolder",
+           "missing_files", "read_imagefolder_header", "read_imagefolder_rows", "row_fields", "row_record",
+           "write_imagefolder_metadata", "write_imagefolder_pair"]
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +91,8 @@ def read_imagefolder_rows(root: Path) -> tuple[tuple[str, ...], list[Imagefolder
         reader.fieldnames = [c.strip() for c in reader.fieldnames or ()]
         for raw in reader:
             cells = {k: (v or "").strip() for k, v in raw.items() if k in COLUMNS}
-            rows.append(
-                ImagefolderRow(
-                    line=reader.line_num,
-                    image=root / cells["image"],
-                    mask=root / cells["mask"],
-                    values={c: cells[c] for c in COLUMNS[2:] if c in cells},
-                )
-            )
+            rows.append(ImagefolderRow(reader.line_num, root / cells["image"], root / cells["mask"],
+                                       {c: cells[c] for c in COLUMNS[2:] if c in cells}))
     return columns, rows
 
 
@@ -179,27 +143,15 @@ def missing_files(row: ImagefolderRow) -> list[tuple[str, Path]]:
 
 def row_record(row: ImagefolderRow, fields: dict, split: str, variant: int | None = None) -> EchoImage:
     """The record of a row, from its `row_fields`, in split."""
-    return EchoImage(
-        source=SOURCE,
-        patient=fields["patient"],
-        view=fields["view"],
-        phase=fields["phase"],
-        split=split,
-        image_path=row.image,
-        mask_paths=(row.mask,),
-        info=fields["info"],
-        variant=variant,
-        text=fields["text"],
-    )
+    return EchoImage(source=SOURCE, patient=fields["patient"], view=fields["view"], phase=fields["phase"],
+                     split=split, image_path=row.image, mask_paths=(row.mask,), info=fields["info"],
+                     variant=variant, text=fields["text"])
 
 
 def load_imagefolder(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
-    """One record per row of root/metadata.csv (see the module docstring), in file order.
-
-    split from the split column, else "val" for the first n_val patients (default
-    50); source "imagefolder"; variant 0, 1, ... per patient, view and phase. Raises
-    ValueError naming the file and line for a bad cell or a missing image or mask file.
-    """
+    """One record per row of root/metadata.csv, in file order: split from its column, else
+    the first n_val patients (default 50) validate; variant 0, 1, ... per patient, view and
+    phase. ValueError naming the file and line for a bad cell or a missing file."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"imagefolder root {root} is not a folder")
@@ -222,10 +174,8 @@ def load_imagefolder(root: Path, *, n_val: int | None = None) -> list[EchoImage]
         key = (patient, fields["view"], fields["phase"])
         variants[key] = variants.get(key, -1) + 1
         records.append(row_record(row, fields, split, variants[key]))
-    log.info(
-        "imagefolder at %s: train %d, val %d images",
-        root, sum(r.split == "train" for r in records), sum(r.split == "val" for r in records),
-    )
+    log.info("imagefolder at %s: train %d, val %d images", root, sum(r.split == "train" for r in records),
+             sum(r.split == "val" for r in records))
     return records
 
 
@@ -236,11 +186,8 @@ def write_imagefolder_pair(
     root: Path, name: str, image: np.ndarray, label_map: np.ndarray, *,
     image_mode: str = "L", mask_levels: np.ndarray | None = None, mask_mode: str = "L",
 ) -> tuple[str, str]:
-    """Write images/<name>.png and masks/<name>.png under root; return their relative paths.
-
-    label_map is (H, W) CAMUS 0-3; mask_levels, when given, is written instead (e.g.
-    `spread_to_grey(label_map)`, a generator's grey mask). Modes as `write_png`.
-    """
+    """Write images/<name>.png and masks/<name>.png (the (H, W) CAMUS 0-3 label_map, or
+    mask_levels when given, e.g. a grey mask) under root; return their relative paths."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"name {name!r} must be a non-empty file-name-safe string")
     image = check_image_and_label_map(image, label_map, uint8=False)  # write_png checks the values
@@ -251,8 +198,8 @@ def write_imagefolder_pair(
 
 
 def write_imagefolder_metadata(root: Path, rows: Sequence[Mapping[str, object]]) -> Path:
-    """Write root/metadata.csv atomically: one line per row (column -> value), the columns
-    in COLUMNS order that any row has; image and mask are required."""
+    """Write root/metadata.csv: one line per row (column -> value), the columns in COLUMNS
+    order that any row has; image and mask are required."""
     if not rows:
         raise ValueError("write_imagefolder_metadata: no rows")
     unknown = sorted({c for row in rows for c in row} - set(COLUMNS))

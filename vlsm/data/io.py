@@ -1,20 +1,7 @@
-"""Pixel I/O: turn an `EchoImage` record into arrays, and write arrays atomically.
-
-Readers (`vlsm.data.camus`, `vlsm.data.sdm`, ...) only say where pixels live; this
-module is the one place that opens image files, so that orientation, dtype and label
-coding are decided once:
-
-- every 2-D array is (H, W) = (rows, columns), as SimpleITK's `GetArrayFromImage` and
-  PIL give it (SimpleITK's *image* size is (W, H); we never use it for shapes);
-- images are uint8 grayscale 0-255, whatever the PNG's mode (L, RGB, RGBA: DiffEcho
-  writes RGBA and RGB); label maps are uint8 in {0, 1, 2, 3} (0 background, 1 LV
-  cavity, 2 myocardium, 3 LA; `vlsm.axes.STRUCTURES`), decoded from each source's
-  codings (`vlsm.data.label_codings`; a colour mask is refused, not converted);
-- spacing is (row, col) in mm;
-- an ITK file shorter than its header says is refused (`vlsm.data.itk_size`, a
-  `TruncatedFileError` naming it), never read zero-filled;
-- writers never leave a partial file where a complete one belongs
-  (`vlsm.atomic.atomic_path`).
+"""Pixel I/O: the one place that opens image files, so that orientation, dtype and label
+coding are decided once (docs/design.md, "Pixels and label codings"): arrays (H, W), images
+uint8 grey, label maps uint8 0-3, spacing (row, col) mm, a cut-short ITK file refused;
+writers never leave a partial file.
 """
 
 from __future__ import annotations
@@ -40,20 +27,8 @@ from vlsm.data.label_codings import (
 from vlsm.data.records import EchoImage
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY
 
-__all__ = [
-    "ITK_SUFFIXES",
-    "PNG_MODES",
-    "check_count",
-    "check_image_and_label_map",
-    "decode_label_map",
-    "read_image",
-    "read_label_map",
-    "read_spacing",
-    "read_itk",
-    "read_png",
-    "write_itk",
-    "write_png",
-]
+__all__ = ["ITK_SUFFIXES", "PNG_MODES", "check_count", "check_image_and_label_map", "decode_label_map",
+           "read_image", "read_label_map", "read_itk", "read_png", "resize", "write_itk", "write_png"]
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +62,9 @@ def _to_2d(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
-    """Read a .mhd/.nii(.gz) file with SimpleITK.
-
-    Returns the array (H, W) in the file's dtype and the spacing (row, col) in mm.
-    A singleton third dimension (CAMUS 2019 stores 2-D images as W x H x 1) is dropped.
-    A file shorter than its header says is a `TruncatedFileError` (a ValueError) naming
-    it: SimpleITK would zero-fill the missing pixels.
-    """
+    """A .mhd/.nii(.gz) file's (H, W) array in its dtype and its (row, col) spacing in mm (a
+    singleton third dimension, as CAMUS 2019's W x H x 1, dropped). A file shorter than its
+    header says is a `TruncatedFileError` (SimpleITK would zero-fill the missing pixels)."""
     import SimpleITK as sitk
 
     path = Path(path)
@@ -110,16 +81,12 @@ def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     return array, (float(spacing_xyz[1]), float(spacing_xyz[0]))
 
 
-def read_png(path: Path) -> np.ndarray:
-    """Read a PNG as a (H, W) array (8-bit grayscale; palette/RGB converted to L)."""
-    return _read_png(Path(path), mask=False)
-
-
-def _read_png(path: Path, *, mask: bool) -> np.ndarray:
-    """A PNG's (H, W) values; with mask, an RGB(A) PNG must be grey (R = G = B, alpha
-    ignored) and gives its R, else it is converted to L."""
+def read_png(path: Path, *, mask: bool = False) -> np.ndarray:
+    """A PNG's (H, W) values (palette indices kept); with mask an RGB(A) PNG must be grey (R =
+    G = B, alpha ignored) and gives its R, else it is converted to L."""
     from PIL import Image
 
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
     with Image.open(path) as im:
@@ -139,13 +106,9 @@ def _read_png(path: Path, *, mask: bool) -> np.ndarray:
     return _to_2d(array, path)
 
 
-def _read_any(path: Path) -> np.ndarray:
-    return read_png(path) if _kind(path) == "png" else read_itk(path)[0]
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    """A label map's (H, W) values; an RGB(A) PNG must be grey (R = G = B), alpha ignored."""
-    return _read_png(path, mask=True) if _kind(path) == "png" else read_itk(path)[0]
+def _read_any(path: Path, *, mask: bool = False) -> np.ndarray:
+    """A file's (H, W) values; a mask's RGB(A) PNG must be grey (R = G = B), alpha ignored."""
+    return read_png(path, mask=mask) if _kind(path) == "png" else read_itk(path)[0]
 
 
 def _as_uint8_image(array: np.ndarray, path: Path) -> np.ndarray:
@@ -164,22 +127,16 @@ def _as_uint8_image(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_image(rec: EchoImage) -> np.ndarray:
-    """The record's image as (H, W) uint8 grayscale (0-255).
-
-    .mhd/.nii(.gz) via SimpleITK, .png via PIL. Non-uint8 intensities outside 0-255
-    are min-max rescaled (CAMUS and SDM ship uint8, so this is a fallback).
-    """
+    """The record's image as (H, W) uint8 grey; other intensities outside 0-255 are min-max
+    rescaled (a fallback: CAMUS and SDM ship uint8)."""
     path = Path(rec.image_path)
     return _as_uint8_image(_read_any(path), path)
 
 
 def _check_labels(array: np.ndarray, path: Path, allowed: frozenset[int]) -> np.ndarray:
-    values = {int(v) for v in np.unique(array)}
-    unknown = sorted(values - allowed)
+    unknown = sorted({int(v) for v in np.unique(array)} - allowed)
     if unknown:
-        raise ValueError(
-            f"{path}: unknown label value(s) {unknown}; expected values in {sorted(allowed)}"
-        )
+        raise ValueError(f"{path}: unknown label value(s) {unknown}; expected values in {sorted(allowed)}")
     return array.astype(np.uint8)
 
 
@@ -190,20 +147,10 @@ def read_label_map(rec: EchoImage) -> np.ndarray:
 
 
 def decode_label_map(rec: EchoImage) -> tuple[np.ndarray, str]:
-    """The record's ground truth as one (H, W) uint8 map in {0, 1, 2, 3}, and the coding
-    found in its file ("labels" | "sector" | "grey" | "binary masks").
-
-    - one file, SDM (source "sdm"): "labels" or "sector", detected from the values
-      (`vlsm.data.label_codings.detect_sdm_coding`) and mapped to 0-3;
-    - one file, DiffEcho or imagefolder: "labels" (0-3) or "grey" (0/85/170/255, as
-      matplotlib's imsave(cmap="gray") spreads them; RGB/RGBA PNGs must be grey);
-    - one file, anything else (CAMUS .mhd/.nii): values 0-3, "labels";
-    - three binary masks (structures 1, 2, 3; the authors' layout): label k where
-      mask k > 0. Overlaps are an error (they cannot be expressed as one map).
-
-    Raises ValueError naming the file when the record has no ground truth or a file
-    holds values outside the expected set.
-    """
+    """The record's ground truth as one (H, W) uint8 map in {0, 1, 2, 3}, and the coding found
+    ("labels" | "sector" | "grey" | "binary masks"): one file in its source's label coding
+    (real CAMUS: labels), or three disjoint binary masks (the authors' layout: label k where
+    mask k > 0). ValueError naming the file for no ground truth or unexpected values."""
     masks = tuple(Path(p) for p in rec.mask_paths)
     if not masks:
         raise ValueError(
@@ -212,11 +159,11 @@ def decode_label_map(rec: EchoImage) -> tuple[np.ndarray, str]:
         )
     if len(masks) == 1:
         path = masks[0]
-        array = _read_mask(path)
+        array = _read_any(path, mask=True)
         if not np.issubdtype(array.dtype, np.integer) and not np.all(array == np.rint(array)):
             raise ValueError(f"{path}: label map holds non-integer values; expected 0-3")
-        source = SYNTHETIC_SOURCE_REGISTRY[rec.source] if rec.source in SYNTHETIC_SOURCE_REGISTRY else None
-        source_coding = source.label_coding if source is not None else None  # real CAMUS: labels 0-3
+        registry = SYNTHETIC_SOURCE_REGISTRY  # real CAMUS (no entry): labels 0-3
+        source_coding = registry[rec.source].label_coding if rec.source in registry else None
         if source_coding == "sdm":
             coding = detect_sdm_coding(array, path)
             return sdm_to_camus_labels(array, coding), coding
@@ -253,21 +200,16 @@ def _binary_masks(masks: tuple[Path, ...]) -> np.ndarray:
     return out
 
 
-def read_spacing(rec: EchoImage) -> tuple[float, float]:
-    """(row, col) pixel spacing in mm from the image header; (1.0, 1.0) for PNG."""
-    path = Path(rec.image_path)
-    if _kind(path) == "png":
-        return (1.0, 1.0)
-    import SimpleITK as sitk
+def resize(array: np.ndarray, size: int, *, nearest: bool) -> np.ndarray:
+    """(H, W) uint8 -> (size, size) uint8, bilinear (antialiased) or nearest, as the cache and
+    the authors' layout resize."""
+    if array.shape == (size, size):
+        return np.array(array, dtype=np.uint8, copy=True)
+    from PIL import Image
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise ValueError(f"{path}: SimpleITK could not read the header ({err})") from err
-    spacing = reader.GetSpacing()  # ITK order (col, row[, slice])
-    return (float(spacing[1]), float(spacing[0]))
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    return np.asarray(image.resize((size, size), resample=resample))
 
 
 # --- writers --------------------------------------------------------------------------
@@ -305,13 +247,9 @@ def write_itk(
     *,
     singleton_z: bool = False,
 ) -> None:
-    """Write a (H, W) array as .mhd(+.raw) or .nii(.gz), chosen by suffix, atomically.
-
-    spacing is (row, col) mm. singleton_z stores a 3-D W x H x 1 image (z spacing 1.0),
-    as the CAMUS 2019 .mhd files do; `read_itk` squeezes it back to (H, W). For .mhd
-    the .raw is written first and the header last, each via a temporary file +
-    os.replace, so a visible .mhd always has its data.
-    """
+    """Write a (H, W) array as .mhd(+.raw) or .nii(.gz), by suffix, atomically; spacing (row,
+    col) mm. singleton_z stores W x H x 1, as CAMUS 2019's .mhd files. A .mhd's .raw goes
+    first and the header last, so a visible .mhd always has its data."""
     import SimpleITK as sitk
 
     path = Path(path)
@@ -347,12 +285,8 @@ def write_itk(
 
 
 def write_png(path: Path, array: np.ndarray, *, mode: str = "L") -> None:
-    """Write a (H, W) uint8 array as an 8-bit PNG, atomically.
-
-    mode "L" (default) writes grayscale; "RGB" and "RGBA" repeat the value in R, G and B
-    (alpha 255), as matplotlib's imsave (RGBA) and diffusers' pipelines (RGB) write
-    grey pictures.
-    """
+    """Write a (H, W) uint8 array as an 8-bit PNG, atomically: mode "L" grey, "RGB" / "RGBA"
+    the value in R, G and B (alpha 255), as diffusers (RGB) and imsave (RGBA) write grey."""
     from PIL import Image
 
     path = Path(path)

@@ -1,19 +1,6 @@
-"""Label codings of synthetic sources: detect which one a label map uses, convert to CAMUS.
-
-Label maps come in three codings, detected from the pixel values, never assumed:
-
-- "labels": 0 background, 1 LV cavity, 2 myocardium, 3 LA (the CAMUS coding);
-- "sector" (SDM CAMUS only): 0 outside the ultrasound cone, 1 LV cavity, 2 inside the
-  cone, 3 myocardium, 4 LA (echo_from_noise's augment_camus_labels.py: labels > 1
-  shifted up by one and the cone's background set to 2);
-- "grey" (DiffEcho, imagefolder): the labels spread over 8-bit grey levels by the map's
-  own min and max, as matplotlib's ``imsave(path, labels, cmap="gray")`` writes them:
-  0, 85, 170, 255 for 0-3 (0, 128, 255 for a map without LA); `spread_to_grey` gives
-  the same pixels without matplotlib.
-
-Why a module of its own: `vlsm.data.io` reads the label maps of every source (and so
-decodes SDM maps), while `vlsm.data.sdm` writes SDM images through io's writers; with
-the codings here both import this module and neither imports the other.
+"""Label codings of synthetic masks ("labels" 0-3, SDM's "sector" 0-4, imsave's "grey"
+levels): which one a label map uses, from its values, and its CAMUS labels
+(docs/design.md, "Pixels and label codings").
 """
 
 from __future__ import annotations
@@ -22,21 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "CODINGS",
-    "CODING_GREY",
-    "CODING_LABELS",
-    "CODING_SECTOR",
-    "CODING_DESCRIPTIONS",
-    "SdmCodingError",
-    "camus_to_sdm_labels",
-    "detect_grey_coding",
-    "detect_sdm_coding",
-    "grey_levels",
-    "grey_to_camus_labels",
-    "sdm_to_camus_labels",
-    "spread_to_grey",
-]
+__all__ = ["CODINGS", "CODING_GREY", "CODING_LABELS", "CODING_SECTOR", "CODING_DESCRIPTIONS", "SdmCodingError",
+           "camus_to_sdm_labels", "detect_grey_coding", "detect_sdm_coding", "grey_levels", "grey_to_camus_labels",
+           "sdm_to_camus_labels", "spread_to_grey"]
 
 CODING_LABELS, CODING_SECTOR, CODING_GREY = "labels", "sector", "grey"
 CODINGS: tuple[str, ...] = (CODING_LABELS, CODING_SECTOR)  # SDM CAMUS's two
@@ -64,17 +39,10 @@ def _where(path: Path | None) -> str:
 
 
 def detect_sdm_coding(label_map: np.ndarray, path: Path | None = None) -> str:
-    """'labels' (0-3) or 'sector' (0-4), decided from the values of a (H, W) label map.
-
-    - any value outside 0-4: ValueError naming the values;
-    - 4 present (LA in the sector coding): "sector";
-    - 2 absent (the sector coding always has cone background): "labels";
-    - otherwise the share of 2 among non-zero pixels (share2) and the non-zero share of
-      the image (fill) decide: the cone background dominates a large cone
-      (share2 >= 0.5 and fill >= 0.3) -> "sector"; myocardium is a minority of a
-      heart that covers less than half the image (share2 < 0.5 and fill < 0.5) -> "labels";
-      anything else, or a map with neither 1 nor 3, raises SdmCodingError (a ValueError).
-    """
+    """'labels' (0-3) or 'sector' (0-4), from a (H, W) label map's values: 4 (LA in sector)
+    -> sector; no 2 (sector always has cone background) -> labels; else the cone background
+    dominates a large cone -> sector, or myocardium (2) is a minority of a heart under half
+    the image -> labels. Anything else is an SdmCodingError, a value outside 0-4 a ValueError."""
     array = np.asarray(label_map)
     if array.ndim != 2:
         raise ValueError(f"{_where(path)}expected a (H, W) label map, got shape {array.shape}")
@@ -95,10 +63,8 @@ def detect_sdm_coding(label_map: np.ndarray, path: Path | None = None) -> str:
     nonzero = int(counts[1:].sum())
     share2 = counts[2] / nonzero
     fill = nonzero / array.size
-    stats = (
-        f"values {[v for v in range(5) if counts[v]]}, share of 2 among non-zero "
-        f"{share2:.2f}, non-zero fill {fill:.2f}"
-    )
+    stats = (f"values {[v for v in range(5) if counts[v]]}, share of 2 among non-zero {share2:.2f}, "
+             f"non-zero fill {fill:.2f}")
     if not (counts[1] or counts[3]):
         raise SdmCodingError(
             f"{_where(path)}ambiguous SDM label map ({stats}): only 0 and 2 present, which is "
@@ -134,10 +100,8 @@ def sdm_to_camus_labels(label_map: np.ndarray, coding: str) -> np.ndarray:
 def camus_to_sdm_labels(
     label_map: np.ndarray, coding: str, cone: np.ndarray | None = None
 ) -> np.ndarray:
-    """A (H, W) CAMUS map (0-3) in an SDM coding; the sector coding needs the (H, W) bool cone.
-
-    Structures are kept where they lie outside the cone (the cone is widened to hold them).
-    """
+    """A (H, W) CAMUS map (0-3) in an SDM coding; sector needs the (H, W) bool cone (widened
+    to hold structures that lie outside it)."""
     labels = sdm_to_camus_labels(label_map, CODING_LABELS)  # validates 0-3
     if coding == CODING_LABELS:
         return labels
@@ -160,13 +124,9 @@ _GREY_LUT = (np.linspace(0.0, 1.0, 256) * 255).astype(np.uint8)  # (256,)
 
 
 def spread_to_grey(array: np.ndarray) -> np.ndarray:
-    """(H, W) numbers -> (H, W) uint8 grey levels, the pixels of matplotlib's
-    ``imsave(path, array, cmap="gray")`` (R = G = B; alpha 255).
-
-    Values are scaled by the array's own min and max to the colormap's 256 entries
-    (a constant array is all 0); integer arrays are computed in float32 as matplotlib's
-    Normalize does, so uint8 images and label maps give identical bytes.
-    """
+    """(H, W) numbers -> (H, W) uint8, the grey of matplotlib's ``imsave(path, array,
+    cmap="gray")``: scaled by the array's own min and max (a constant array is all 0), in
+    float32 for integers as matplotlib's Normalize, so uint8 inputs give identical bytes."""
     values = np.asarray(array)
     if values.ndim != 2 or values.size == 0:
         raise ValueError(f"spread_to_grey: expected a non-empty (H, W) array, got shape {values.shape}")
@@ -198,11 +158,8 @@ def _grey_top(values: set[int]) -> int | None:
 
 
 def detect_grey_coding(label_map: np.ndarray, path: Path | None = None) -> str:
-    """'labels' (values 0-3) or 'grey' (0/85/170/255 or 0/128/255), from a (H, W) map's values.
-
-    Raises ValueError naming the values otherwise, and for a grey map of levels 0 and
-    255 only, whose one structure cannot be told.
-    """
+    """'labels' (values 0-3) or 'grey' (0/85/170/255 or 0/128/255), from a (H, W) map's values;
+    ValueError naming them otherwise, or for levels 0 and 255 alone (which structure?)."""
     array = np.asarray(label_map)
     if array.ndim != 2 or array.size == 0:
         raise ValueError(f"{_where(path)}expected a non-empty (H, W) label map, got shape {array.shape}")

@@ -1,36 +1,8 @@
-"""Phantom apical echocardiograms: a CAMUS + SDM look-alike dataset made from a seed.
+"""Phantom apical echocardiograms: a CAMUS + SDM look-alike dataset drawn from a seed and
+written through the real writers, so that the demo and the tests need no download
+(docs/design.md, "The phantom", says what an image shows).
 
-Why: the demo and the whole test suite must run with no dataset downloaded, yet
-exercise the real readers, prompts, models and metrics. So this module draws
-images and label maps that look and behave like CAMUS apical views, and writes them
-in the real CAMUS (2019 or 2023) and SDM CAMUS file formats through the real
-writers (`vlsm.data.camus`, `vlsm.data.sdm`), and on request in the other synthetic
-formats the way their tools write them (`vlsm.data.diffecho`, `vlsm.data.imagefolder`):
-
-    python -m vlsm demo-data --out demo_data          # the same call, from the shell
-    write_demo_data(Path("demo_data"), seed=0)        # -> demo_data/camus, demo_data/sdm
-    write_demo_data(Path("demo_data"), synthetic_formats=("sdm", "diffecho", "imagefolder"))
-
-What an image shows (apex at the top next to the probe, atria at the bottom):
-
-- a fan-shaped sector; every pixel outside it is exactly 0 and every pixel inside
-  is >= 1, so the cone can be recovered as `image > 0`;
-- speckle (Rayleigh-like multiplicative noise, laterally elongated), soft edges,
-  depth attenuation and low-frequency tissue texture;
-- label 1 (LV cavity): dark, bullet-shaped, cut at the mitral plane;
-- label 2 (myocardium): a brighter horseshoe around the LV, open towards the base;
-- label 3 (LA cavity): dark, below the mitral plane;
-- 4CH only: the right ventricle and right atrium as extra dark regions on the image
-  left, with bright walls, NOT labelled (2CH has neither);
-- ED vs ES: the LV is larger at ED (shrunk at ES by the patient's ejection fraction,
-  walls thicker), the LA larger at ES;
-- image quality (Good/Medium/Poor) lowers contrast, adds haze, dropout, noise and blur;
-- patient-level anatomy (size, eccentricity, wall thickness, tilt of a few degrees)
-  shared by both views and phases of a patient.
-
-All three structures are in every image, so an empty prompt stays ambiguous.
-Geometry is in units of the image height H; x is measured from the sector axis.
-Everything is numpy/scipy and deterministic for a given `numpy.random.Generator`.
+    python -m vlsm demo-data --out demo_data    # write_demo_data(Path("demo_data"), seed=0)
 """
 
 from __future__ import annotations
@@ -51,18 +23,8 @@ from vlsm.axes import SOURCE_SDM
 from vlsm.data.records import PHASES, QUALITIES, SEXES, VIEWS, EchoImage, PatientInfo
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, load_synthetic, source_names
 
-__all__ = [
-    "Anatomy",
-    "DemoData",
-    "GENERATOR_VERSION",
-    "MANIFEST_NAME",
-    "PhantomImage",
-    "make_patient_info",
-    "render_phantom",
-    "sample_anatomy",
-    "sector_mask",
-    "write_demo_data",
-]
+__all__ = ["Anatomy", "DemoData", "GENERATOR_VERSION", "MANIFEST_NAME", "PhantomImage", "make_patient_info",
+           "render_phantom", "sample_anatomy", "sector_mask", "write_demo_data"]
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +105,9 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
 def make_patient_info(
     rng: np.random.Generator, view: str, *, patient: PatientInfo | None = None
 ) -> PatientInfo:
-    """Metadata of one patient and view, as CAMUS's Info_<view>.cfg would hold it.
-
-    Sex, age (20-90) and ejection fraction belong to the patient: pass the other
-    view's info as `patient` to keep them; image quality and the ED/ES frame numbers
-    are drawn per view.
-    """
+    """Metadata of one patient and view, as CAMUS's Info_<view>.cfg would hold it. Sex, age
+    (20-90) and EF belong to the patient (pass the other view's info as `patient` to keep
+    them); image quality and the ED/ES frames are drawn per view."""
     _check_choice("view", view, VIEWS)
     if patient is None:
         sex = str(rng.choice(SEXES))
@@ -433,32 +392,21 @@ def _scan(
 
 
 def render_phantom(
-    rng: np.random.Generator,
-    view: str,
-    phase: str,
-    info: PatientInfo,
-    size: tuple[int, int] = (256, 224),
-    *,
-    anatomy: Anatomy | None = None,
+    rng: np.random.Generator, view: str, phase: str, info: PatientInfo,
+    size: tuple[int, int] = (256, 224), *, anatomy: Anatomy | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One apical echocardiogram and its CAMUS label map.
-
-    Returns (image (H, W) uint8, 0 outside the sector and >= 1 inside;
-    label_map (H, W) uint8 in {0 background, 1 LV, 2 MYO, 3 LA}), apex at the top.
-    `anatomy` (from `sample_anatomy`) fixes the patient's heart; when None one is drawn
-    from rng first. info.ef sets the ES contraction and info.image_quality the look
-    (None: an SDM-like continuum of looks).
-    """
+    """(image, label map), each (H, W) uint8, apex at the top: the image 0 outside the sector
+    and >= 1 inside, labels 0-3. `anatomy` (`sample_anatomy`; None: drawn from rng first)
+    fixes the heart; info.ef sets the ES contraction, info.image_quality the look (None: a
+    continuum of looks, as SDM's)."""
     _check_choice("view", view, VIEWS)
     _check_choice("phase", phase, PHASES)
     size = _check_size(size)
-    # rng order (fixed: the same seed must give the same bytes): anatomy, style,
-    # echogenicity, scan.
+    # rng order (the same seed must give the same bytes): anatomy, style, echogenicity, scan
     if anatomy is None:
         anatomy = sample_anatomy(rng)
     style = _style_for(rng, info.image_quality)
-    regions = _heart_regions(anatomy, view, phase, _phase_geometry(anatomy, phase, info.ef),
-                             size)
+    regions = _heart_regions(anatomy, view, phase, _phase_geometry(anatomy, phase, info.ef), size)
     cone = sector_mask(size)
     label = _label_map(regions, cone)
     echo = _echogenicity(rng, anatomy, regions, style, size)
@@ -488,16 +436,10 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class DemoData:
-    """A phantom dataset on disk: CAMUS under camus_root, SDM CAMUS under sdm_root.
-
-    Splits follow the paper scheme: the last n_test patients are the official test
-    patients; of the others the first n_val validate and the rest train. SDM holds
-    sdm_per_image synthetic images of every train and val image; so does each other
-    synthetic format asked for, under synthetic_roots[format] (root/<format>; "sdm" is
-    sdm_root, present when asked for, as by default). In the 2019 layout the test
-    patients are numbered from patient0001 again under testing/ (as the real release
-    does), so ids are unique only together with the split.
-    """
+    """A phantom dataset on disk: CAMUS under camus_root, each synthetic format asked for
+    under synthetic_roots[format] (root/<format>; "sdm" is sdm_root), sdm_per_image images
+    of every train and val image. The last n_test patients test; of the others the first
+    n_val validate. In the 2019 layout test ids restart at patient0001 (as the release's)."""
 
     root: Path
     camus_root: Path
@@ -522,8 +464,7 @@ class DemoData:
         return load_camus(self.camus_root, split_scheme, n_val=self.n_val)
 
     def synthetic_records(self, fmt: str) -> list[EchoImage]:
-        """`vlsm.data.synthetic_sources.load_synthetic` on synthetic_roots[fmt] with this
-        dataset's n_val (SDM with the CAMUS patients' metadata)."""
+        """`load_synthetic` on synthetic_roots[fmt] with this n_val (SDM with CAMUS metadata)."""
         if fmt not in self.synthetic_roots:
             raise ValueError(
                 f"{self.root}: no {fmt!r} data written; it holds {', '.join(self.synthetic_roots)}"
@@ -606,25 +547,12 @@ def _formats(params: dict) -> list[str]:
 
 
 def _demo_data(out: Path, params: dict) -> DemoData:
-    ids = _patient_ids(params["n_patients"], params["n_test"], params["n_val"],
-                       params["release"])
-    return DemoData(
-        root=out,
-        camus_root=out / "camus",
-        sdm_root=out / "sdm",
-        release=params["release"],
-        seed=params["seed"],
-        n_patients=params["n_patients"],
-        n_test=params["n_test"],
-        n_val=params["n_val"],
-        sdm_per_image=params["sdm_per_image"],
-        sdm_coding=params["sdm_coding"],
-        size=tuple(params["size"]),
-        train_patients=tuple(p for p, s in ids if s == "train"),
-        val_patients=tuple(p for p, s in ids if s == "val"),
-        test_patients=tuple(p for p, s in ids if s == "test"),
-        synthetic_roots={fmt: out / fmt for fmt in _formats(params)},
-    )
+    ids = _patient_ids(params["n_patients"], params["n_test"], params["n_val"], params["release"])
+    fields = {k: params[k] for k in ("release", "seed", "n_patients", "n_test", "n_val", "sdm_per_image",
+                                     "sdm_coding")}
+    patients = {f"{split}_patients": tuple(p for p, s in ids if s == split) for split in ("train", "val", "test")}
+    return DemoData(root=out, camus_root=out / "camus", sdm_root=out / "sdm", size=tuple(params["size"]),
+                    synthetic_roots={fmt: out / fmt for fmt in _formats(params)}, **fields, **patients)
 
 
 def _read_manifest(out: Path) -> dict | None:
@@ -646,12 +574,10 @@ def _write_dataset(tmp: Path, params: dict) -> None:
     from vlsm.data.camus import write_camus_split_files
 
     ids = _patient_ids(params["n_patients"], params["n_test"], params["n_val"], params["release"])
-    others = [image for i, (patient, split) in enumerate(ids) for image in _write_patient(tmp / "camus", params, i,
-                                                                                           patient, split)]
+    others = [image for i, (patient, split) in enumerate(ids)
+              for image in _write_patient(tmp / "camus", params, i, patient, split)]
     if params["release"] == "2023":
-        write_camus_split_files(
-            tmp / "camus", {s: [p for p, ps in ids if ps == s] for s in ("train", "val", "test")}
-        )
+        write_camus_split_files(tmp / "camus", {s: [p for p, ps in ids if ps == s] for s in ("train", "val", "test")})
     for fmt in _formats(params):
         SYNTHETIC_SOURCE_REGISTRY[fmt].write_phantom(tmp / fmt, others, params)
     manifest = {"generator": __name__, "version": GENERATOR_VERSION, "params": params}
@@ -673,9 +599,8 @@ def _write_patient(camus: Path, params: dict, i: int, patient: str, split: str) 
     for vi, view in enumerate(VIEWS):
         for pi, phase in enumerate(PHASES):
             rng = np.random.default_rng([seed, i, 2, vi, pi])
-            images[view, phase], labels[view, phase] = render_phantom(
-                rng, view, phase, infos[view], size, anatomy=anatomy
-            )
+            images[view, phase], labels[view, phase] = render_phantom(rng, view, phase, infos[view], size,
+                                                                      anatomy=anatomy)
             if split != "test":  # synthetic looks on the real patient's anatomy, no image quality
                 others.append(PhantomImage(i, patient, split, view, phase, vi, pi, anatomy,
                                            PatientInfo(ef=infos[view].ef), images[view, phase],
@@ -687,33 +612,16 @@ def _write_patient(camus: Path, params: dict, i: int, patient: str, split: str) 
 
 
 def write_demo_data(
-    out: Path,
-    *,
-    seed: int = 0,
-    n_patients: int = 20,
-    n_test: int = 4,
-    n_val: int = 4,
-    release: str = "2023",
-    sdm_per_image: int = 2,
-    sdm_coding: str = "labels",
-    size: tuple[int, int] = (256, 224),
-    synthetic_formats: Sequence[str] = (SOURCE_SDM,),
+    out: Path, *, seed: int = 0, n_patients: int = 20, n_test: int = 4, n_val: int = 4,
+    release: str = "2023", sdm_per_image: int = 2, sdm_coding: str = "labels",
+    size: tuple[int, int] = (256, 224), synthetic_formats: Sequence[str] = (SOURCE_SDM,),
 ) -> DemoData:
-    """Write a phantom CAMUS (out/camus) and SDM CAMUS (out/sdm) dataset.
+    """Write a phantom CAMUS (out/camus) and, for each of synthetic_formats, out/<format>
+    as its tool writes it (docs/data.md); size is the CAMUS (H, W), SDM's is (H, H).
 
-    synthetic_formats ("sdm", "diffecho", "imagefolder"; default SDM only) are written
-    under out/<format>, sdm_per_image images per train/val image each: DiffEcho as its
-    tools write it (real-derived frames and masks as imsave RGBA grey PNGs, generated
-    RGB images and masks, metadata.csv; subjects = patient indices, the first n_val
-    validate), imagefolder as images/, masks/ (labels 0-3) and a metadata.csv with
-    image, mask, split, view, phase, patient and text.
-
-    The same arguments give the same bytes. The dataset is built in a temporary folder
-    next to out and renamed into place, so out is either absent or complete. When out
-    already holds the same dataset (out/phantom_manifest.json: generator version and
-    parameters) nothing is rewritten; a phantom dataset with other parameters is
-    replaced; any other non-empty folder is a ValueError. size is (H, W) of the CAMUS
-    images; SDM images are (H, H) like the real 256 x 256 SDM CAMUS.
+    The same arguments give the same bytes, written atomically. Out holding the same
+    dataset (its manifest) is kept, another phantom dataset replaced; any other
+    non-empty folder is a ValueError.
     """
     out = Path(out)
     params = _params(seed, n_patients, n_test, n_val, release, sdm_per_image, sdm_coding,
@@ -730,10 +638,6 @@ def write_demo_data(
         )
     with atomic_folder(out, replace=True) as tmp:  # an older phantom set goes as a whole
         _write_dataset(tmp, params)
-    log.debug(
-        "wrote phantom dataset to %s: CAMUS %s (%d train, %d val, %d test patients), "
-        "SDM %d images per train/val image",
-        out, params["release"], len(data.train_patients), len(data.val_patients),
-        len(data.test_patients), params["sdm_per_image"],
-    )
+    log.debug("wrote phantom dataset to %s: CAMUS %s (%d train, %d val, %d test patients)", out,
+              params["release"], len(data.train_patients), len(data.val_patients), len(data.test_patients))
     return data

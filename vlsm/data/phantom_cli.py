@@ -1,16 +1,7 @@
-"""`vlsm demo-data`: write the phantom CAMUS + SDM dataset the demo and tests use.
+"""`vlsm demo-data`: write the phantom dataset (docs/design.md, "The phantom") and say what
+each split scheme makes of its patients.
 
-    python -m vlsm demo-data --out demo_data
-    python -m vlsm demo-data --out /tmp/tiny --patients 6 --test-patients 2 \
-        --val-patients 1 --size 64 56 --release 2019 --sdm-coding sector
-    python -m vlsm demo-data --out demo_data --synthetic-format sdm \
-        --synthetic-format diffecho --synthetic-format imagefolder
-
-Why a command: the demo needs data nobody has to download, and a user can look at the
-files in the real CAMUS / SDM formats before pointing the sweep at real data. It says
-what each split scheme makes of its patients: the sweep's paper split validates on 50
-patients unless told otherwise (`--set data.val_patients=4` for the default 20 here). Running
-it twice with the same arguments rewrites nothing. numpy/scipy only (no torch).
+    python -m vlsm demo-data --out demo_data --synthetic-format sdm --synthetic-format diffecho
 """
 
 from __future__ import annotations
@@ -66,17 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         data = write_demo_data(
-            args.out,
-            seed=args.seed,
-            n_patients=args.patients,
-            n_test=args.test_patients,
-            n_val=args.val_patients,
-            release=args.release,
-            sdm_per_image=args.sdm_per_image,
-            sdm_coding=args.sdm_coding,
-            size=tuple(args.size),
-            synthetic_formats=tuple(args.synthetic_format or (SOURCE_SDM,)),
-        )
+            args.out, seed=args.seed, n_patients=args.patients, n_test=args.test_patients,
+            n_val=args.val_patients, release=args.release, sdm_per_image=args.sdm_per_image,
+            sdm_coding=args.sdm_coding, size=tuple(args.size),
+            synthetic_formats=tuple(args.synthetic_format or (SOURCE_SDM,)))
     except ValueError as err:
         message = str(err)
         for name, option in _OPTIONS.items():  # name the command-line option, not the kwarg
@@ -93,9 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def split_summary(data: DemoData) -> str:
-    """What each split scheme makes of the dataset's patients, in the settings that choose
-    it: the sweep reads it with the paper split and data.val_patients (50 by default, too
-    many for a small phantom), validate-data and prepare with --split-scheme and --n-val."""
+    """What each split scheme makes of the dataset's patients, in the settings that choose it
+    (the sweep's paper split validates on 50 by default, too many for a small phantom)."""
     from vlsm.data.camus import PAPER_VAL_PATIENTS
 
     n_test, n_val = len(data.test_patients), len(data.val_patients)

@@ -1,9 +1,6 @@
-"""What a dataset check finds: `Problem` (one defect, naming its file) and `Findings`.
-
-Shared by the CAMUS checks (`vlsm.data.validate`) and those of the synthetic sources
-(`vlsm.data.validate_synthetic`), with the check of one image and its label map that
-all of them run, through `vlsm.data.io` so that what passes here is what the cache and
-the trainable will read.
+"""What a dataset check finds: `Problem` (one defect, naming its file), `Findings`, and the
+check of one image and its label map every check runs, through `vlsm.data.io` so that
+what passes is what the cache reads (docs/design.md, "Checking a dataset").
 """
 
 from __future__ import annotations
@@ -18,16 +15,7 @@ import numpy as np
 from vlsm.axes import STRUCTURES
 from vlsm.data.records import EchoImage
 
-__all__ = [
-    "ERROR",
-    "WARNING",
-    "Findings",
-    "Problem",
-    "check_pair",
-    "error_text",
-    "has_errors",
-    "progress_bar",
-]
+__all__ = ["ERROR", "WARNING", "Findings", "Problem", "check_pair", "error_text", "has_errors", "progress_bar"]
 
 ERROR, WARNING = "error", "warning"
 _SEVERITIES = (ERROR, WARNING)
@@ -43,9 +31,7 @@ class Problem:
 
     def __post_init__(self) -> None:
         if self.severity not in _SEVERITIES:
-            raise ValueError(
-                f"Problem.severity: got {self.severity!r}; expected one of {_SEVERITIES}"
-            )
+            raise ValueError(f"Problem.severity: got {self.severity!r}; expected one of {_SEVERITIES}")
 
     def __str__(self) -> str:
         prefix = "" if self.severity == ERROR else f"{self.severity}: "
@@ -53,10 +39,8 @@ class Problem:
 
 
 class Findings(list):
-    """The problems of a check (a list of `Problem`), and what it read under each dataset
-    root: codings[root] counts the label maps of each coding ("labels", "sector", "grey",
-    ...), patients[root] holds the patients of the images it checked. A plain list to
-    callers that only want the problems."""
+    """The problems of a check (a plain list of `Problem`), and what it read under each root:
+    codings[root] counts the label maps of each coding, patients[root] the images' patients."""
 
     def __init__(self, problems: Iterable[Problem] = (), codings: dict[Path, Counter] | None = None):
         super().__init__(problems)
@@ -93,10 +77,8 @@ def progress_bar(items: list, desc: str, progress: bool):
 
 
 def check_pair(rec: EchoImage, codings: Counter | None = None) -> list[Problem]:
-    """Read the record's image and (if any) label map; report what is wrong with them.
-
-    codings, when given, counts the label coding of the map (`vlsm.data.io.decode_label_map`).
-    """
+    """What is wrong with the record's image and (if any) label map; codings, when given,
+    counts the map's label coding."""
     from vlsm.data.io import decode_label_map, read_image
     from vlsm.data.itk_size import TruncatedFileError
 
@@ -126,17 +108,10 @@ def check_pair(rec: EchoImage, codings: Counter | None = None) -> list[Problem]:
     if codings is not None:
         codings[coding] += 1
     if image is not None and image.shape != labels.shape:
-        problems.append(
-            Problem(
-                mask_path,
-                f"mask size {labels.shape[0]} x {labels.shape[1]} (H x W) differs from its "
-                f"image {image_path.name}, {image.shape[0]} x {image.shape[1]}",
-            )
-        )
+        problems.append(Problem(mask_path, f"mask size {labels.shape[0]} x {labels.shape[1]} (H x W) differs from "
+                                f"its image {image_path.name}, {image.shape[0]} x {image.shape[1]}"))
     present = {int(v) for v in np.unique(labels)}
     absent = [f"{STRUCTURES[s]} ({s})" for s in sorted(STRUCTURES) if s not in present]
     if absent:
-        problems.append(
-            Problem(mask_path, f"structure(s) {', '.join(absent)} absent from the mask")
-        )
+        problems.append(Problem(mask_path, f"structure(s) {', '.join(absent)} absent from the mask"))
     return problems

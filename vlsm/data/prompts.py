@@ -1,13 +1,10 @@
-"""Prompts P0-P7: the prompt axis as a registry, each entry worded exactly as the
-Synthetic Boost authors' sentences (tests compare them with their published task files).
+"""Prompts P0-P7: the prompt axis as a registry, each entry naming the image attributes its
+sentences hold, worded exactly as the Synthetic Boost authors' (tests compare them with
+their published task files); docs/design.md, "Prompts", has the ladder.
 
     build_prompts(image, 1, "oval")["p2"]
     # ("Left ventricular cavity in two-chamber view of the heart.",
     #  "Left ventricular cavity in two-chamber view in the cardiac ultrasound.")
-
-An entry names the image attributes its sentences hold, in the real and in the synthetic
-style (synthetic images have no image quality: their P6 names the shape, and they have
-no P7); docs/design.md, "Prompts", has the ladder and the recipe for a new prompt.
 """
 
 from __future__ import annotations
@@ -20,25 +17,9 @@ from vlsm.axes import STRUCTURE_NAMES
 from vlsm.data.records import EchoImage
 from vlsm.registry import Registry
 
-__all__ = [
-    "ATTRIBUTES",
-    "DEFAULT_PROVENANCE_PHRASES",
-    "GENERATOR_PROMPT",
-    "PHRASINGS",
-    "PROMPT_REGISTRY",
-    "Prompt",
-    "age_in_words",
-    "build_prompts",
-    "buildable_prompts",
-    "choose_phrasing",
-    "generator_prompt",
-    "pick_phrasing",
-    "prompt_key",
-    "prompt_keys",
-    "prompt_names",
-    "template_sentences",
-    "with_provenance",
-]
+__all__ = ["ATTRIBUTES", "DEFAULT_PROVENANCE_PHRASES", "GENERATOR_PROMPT", "PHRASINGS", "PROMPT_REGISTRY", "Prompt",
+           "age_in_words", "build_prompts", "buildable_prompts", "generator_prompt", "pick_phrasing", "prompt_key",
+           "prompt_keys", "prompt_names", "template_sentences", "with_provenance"]
 
 # Prompt key of the generator's own text, beside "p0".."p7" (see generator_prompt).
 GENERATOR_PROMPT = "generator"
@@ -56,10 +37,9 @@ Sentences = str | tuple[str, str]  # one sentence, or the two phrasings
 
 
 def template_sentences(words: Mapping[str, str]) -> tuple[str, str]:
-    """The authors' template over the words of an image: "structure" and any of
-    ATTRIBUTES, e.g. "Myocardium of oval shape in two-chamber view of the heart at end of
-    the diastole cycle of a fifty-six-year-old female with good image quality.", in both
-    phrasings. Quirks kept on purpose: the article is always "a", the shape word as given."""
+    """The authors' template over an image's words ("structure" and any of ATTRIBUTES) in both
+    phrasings, e.g. "Myocardium of oval shape in two-chamber view of the heart at end of the
+    diastole cycle of a fifty-six-year-old female with good image quality." (always "a")."""
     head = words["structure"]
     if "shape" in words:
         head += f" of {words['shape']} shape"
@@ -213,16 +193,10 @@ def build_prompts(
     keys: Iterable[str] | None = None,
     synthetic: bool | None = None,
 ) -> dict[str, Sentences]:
-    """Prompts of one (image, structure): {"p0": "", "p1": (first, second), ...}.
-
-    Real images get p0-p7, synthetic ones (`image.synthetic`) p0-p6; a record carrying
-    the authors' prompts (`image.prompts`) gets those verbatim. shape: the structure's
-    shape word (`vlsm.data.shapes.classify_shape`), for the prompts that name it. keys:
-    only these prompts, so only their metadata is needed (P1 trains without ages).
-    synthetic: the prompt style (default `image.synthetic`); True on a real image gives
-    the prompts a model trained on synthetic data is tested with. ValueError naming the
-    image and field when a needed value is missing or unknown, or a key is not a prompt.
-    """
+    """Prompts of one (image, structure): {"p0": "", "p1": (first, second), ...}, p0-p7 in the
+    real style, p0-p6 in the synthetic (default `image.synthetic`); a record's own prompts
+    verbatim. shape: the structure's shape word; keys: only these prompts, so only their
+    metadata is needed. ValueError naming the image and field for a missing or unknown value."""
     if structure not in STRUCTURE_NAMES:
         raise ValueError(f"structure: got {structure!r}; expected one of {sorted(STRUCTURE_NAMES)}")
     if image.prompts is not None:
@@ -244,21 +218,9 @@ def build_prompts(
             for key in wanted}
 
 
-def choose_phrasing(
-    prompts: Mapping[str, str | Sequence[str]],
-    key: str,
-    rng: random.Random | None,
-) -> str:
-    """One sentence of prompt `key`: the first phrasing when rng is None (evaluation,
-    deterministic), else a phrasing drawn with rng (training). P0 is "" either way."""
-    if key not in prompts:
-        raise ValueError(f"prompt {key!r} not available; the prompts hold {', '.join(prompts)}")
-    return pick_phrasing(prompts[key], rng, key)
-
-
 def pick_phrasing(value: str | Sequence[str], rng: random.Random | None, key: str = "") -> str:
     """One sentence of a prompt value: itself when it is one sentence, else the first
-    phrasing (rng None) or one drawn with rng."""
+    phrasing when rng is None (evaluation) or one drawn with rng (training)."""
     if isinstance(value, str):
         return value
     if len(value) == 0:
@@ -278,11 +240,8 @@ _TEMPLATE_PLACE = "in the cardiac ultrasound"
 
 
 def with_provenance(text: str, synthetic: bool, phrases: Mapping[str, str]) -> str:
-    """One prompt sentence saying whether its image is real or synthetic, worded as the
-    templates are: the second phrasing's "in the cardiac ultrasound" becomes the phrase
-    ("... in a synthetic cardiac ultrasound."), any other sentence gets it before its
-    full stop ("... of the heart in a real cardiac ultrasound."), and P0's empty prompt
-    becomes the phrase alone."""
+    """A prompt sentence saying whether its image is real or synthetic (docs/design.md,
+    "Prompts"); P0's empty prompt becomes the phrase alone."""
     phrase = phrases["synthetic" if synthetic else "real"]
     if not text:
         return phrase

@@ -25,11 +25,8 @@ PromptSet = Mapping[str, "str | tuple[str, str]"]
 
 @dataclass(frozen=True)
 class PatientInfo:
-    """Metadata of one patient and view, as CAMUS's Info_<view>.cfg gives it.
-
-    Image quality (and the ED/ES frame numbers) belong to a view, so CAMUS has one
-    PatientInfo per patient and view. Unknown fields stay None.
-    """
+    """Metadata of one patient and view (image quality and the frames belong to a view), as
+    CAMUS's Info_<view>.cfg gives it; unknown fields stay None."""
 
     sex: str | None = None  # "M" | "F"
     age: int | None = None  # years
@@ -42,14 +39,9 @@ class PatientInfo:
 
 @dataclass(frozen=True)
 class EchoImage:
-    """One 2-D echocardiogram (one view at one phase) and where its pixels live.
-
-    mask_paths holds one label-map file (CAMUS 0-3, an SDM file in either label coding,
-    or a grey PNG whose levels spread the labels: `vlsm.data.label_codings`) or three
-    binary masks for structures 1, 2, 3 (the authors' layout); it is empty when no
-    ground truth is published (the 2019 release's test patients). view and phase are ""
-    where a source does not say (an imagefolder without those columns).
-    """
+    """One 2-D echocardiogram (one view at one phase) and where its pixels live. mask_paths:
+    one label map in its source's coding, or three binary masks (the authors' layout), or
+    none (no published ground truth); view and phase are "" where a source does not say."""
 
     source: str  # reader: "camus2019" | "camus2023" | "sdm" | "diffecho" | "imagefolder" | ...
     patient: str  # "patient0001" (DiffEcho: "diffecho0007", not a CAMUS patient)

@@ -24,15 +24,7 @@ from vlsm.registry import LazyFunction
 if TYPE_CHECKING:
     from vlsm.data.phantom import PhantomImage
 
-__all__ = [
-    "SDM_SPLITS",
-    "SdmFiles",
-    "load_sdm",
-    "scan_sdm",
-    "sdm_record",
-    "write_sdm_image",
-    "with_camus_info",
-]
+__all__ = ["SDM_SPLITS", "SdmFiles", "load_sdm", "scan_sdm", "sdm_record", "write_sdm_image", "with_camus_info"]
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +39,12 @@ _LABEL_DIR_WORDS = ("annotation", "label", "mask")
 
 
 def write_sdm_image(
-    root: Path,
-    patient: str,
-    view: str,
-    phase: str,
-    split: str,
-    index: int,
-    image: np.ndarray,
-    label_map: np.ndarray,
-    coding: str = CODING_LABELS,
-    *,
-    cone: np.ndarray | None = None,
+    root: Path, patient: str, view: str, phase: str, split: str, index: int, image: np.ndarray,
+    label_map: np.ndarray, coding: str = CODING_LABELS, *, cone: np.ndarray | None = None,
 ) -> None:
-    """Write one synthetic image and its label map in the authors' layout (module docstring).
-
-    label_map is a (H, W) CAMUS map (0-3); it is written in `coding`: "labels" under
-    <view>_<phase>/annotations/<split>/, "sector" under <view>_<phase>/sector_annotations/
-    <split>/ with the cone taken from `cone` or, when None, from the image's non-zero pixels.
-    split is the file token "training" | "validation". Both PNGs are written atomically.
-    """
+    """Write one synthetic image and its (H, W) CAMUS 0-3 label map in the authors' layout
+    (<view>_<phase>/images/<split>/, annotations/ or, in the sector coding with `cone` or the
+    image's non-zero pixels, sector_annotations/); split "training" | "validation"."""
     if not re.match(r"^patient\d{4}$", patient):
         raise ValueError(f"patient must look like 'patient0001', got {patient!r}")
     if view not in VIEWS or phase not in PHASES:
@@ -90,30 +69,17 @@ def is_label_dir(name: str) -> bool:
 
 
 def find_label(image: Path, root: Path) -> tuple[Path | None, list[Path]]:
-    """The label map of `image`: same relative path under the nearest label-ish sibling folder.
-
-    Walks from the image's folder up to root; at the first level where a sibling folder
-    (name containing annotation/label/mask) holds the file, picks a folder without
-    "sector" in its name before one with it, then by name. Returns (path or None, tried).
-    """
+    """(the label map of `image` or None, the paths tried): the same relative path under the
+    nearest sibling folder named annotation/label/mask, walking up to root; one without
+    "sector" in its name first, then by name."""
     tried: list[Path] = []
     folder = image.parent
     while True:
         parent = folder.parent
         rel = image.relative_to(folder)
-        siblings = (
-            sorted(
-                (
-                    s
-                    for s in parent.iterdir()
-                    if s.is_dir() and s != folder and is_label_dir(s.name)
-                ),
-                key=lambda s: ("sector" in s.name.lower(), s.name),
-            )
-            if parent.is_dir()
-            else []
-        )
-        for sibling in siblings:
+        entries = parent.iterdir() if parent.is_dir() else ()
+        siblings = [s for s in entries if s.is_dir() and s != folder and is_label_dir(s.name)]
+        for sibling in sorted(siblings, key=lambda s: ("sector" in s.name.lower(), s.name)):
             candidate = sibling / rel
             tried.append(candidate)
             if candidate.is_file():
@@ -135,7 +101,7 @@ class SdmFiles:
 
 
 def scan_sdm(root: Path) -> SdmFiles:
-    """Sort out the PNGs under root, at any depth (see the module docstring)."""
+    """Sort out the PNGs under root, at any depth."""
     files = SdmFiles()
     for path in sorted(Path(root).rglob("*.png")):
         if any(is_label_dir(part) for part in path.relative_to(root).parts[:-1]):
@@ -155,28 +121,15 @@ def scan_sdm(root: Path) -> SdmFiles:
 def sdm_record(image: Path, label: Path | None) -> EchoImage:
     """The record of an SDM image (its name matches NAME_RE) and its label map, if any."""
     match = NAME_RE.match(image.name)
-    return EchoImage(
-        source=SOURCE,
-        patient=match["patient"],
-        view=match["view"],
-        phase=match["phase"],
-        split=SDM_SPLITS[match["split"]],
-        image_path=image,
-        mask_paths=() if label is None else (label,),
-        variant=int(match["index"]),
-    )
+    return EchoImage(source=SOURCE, patient=match["patient"], view=match["view"], phase=match["phase"],
+                     split=SDM_SPLITS[match["split"]], image_path=image, mask_paths=() if label is None else (label,),
+                     variant=int(match["index"]))
 
 
 def load_sdm(root: Path) -> list[EchoImage]:
-    """One record per synthetic image under root (any depth; see the module docstring).
-
-    split "train" for *_training_*, "val" for *_validation_*; variant = the trailing
-    index; source "sdm"; mask_paths = (label map,) in either coding (read it with
-    `vlsm.data.io.read_label_map`, which detects the coding). Records carry no patient
-    metadata: see `with_camus_info`. Sorted by split, patient, view, phase, variant.
-    Raises ValueError when root is not a folder, holds no SDM image, or an image has
-    no label map.
-    """
+    """One record per synthetic image under root (any depth), sorted by split, patient, view,
+    phase and variant (the trailing index), with no patient metadata (`with_camus_info`).
+    ValueError when root is not a folder, holds no SDM image, or an image has no label map."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"SDM root {root} is not a folder")
@@ -212,12 +165,9 @@ def load_sdm(root: Path) -> list[EchoImage]:
 def with_camus_info(
     sdm_records: Iterable[EchoImage], camus_records: Iterable[EchoImage]
 ) -> list[EchoImage]:
-    """SDM records with the PatientInfo of the same CAMUS patient and view.
-
-    SDM images were generated from CAMUS training patients, so only non-test CAMUS
-    records are used (in the 2019 release test ids collide with training ids).
-    Records without a CAMUS match keep their empty info.
-    """
+    """SDM records with the PatientInfo of the same CAMUS patient and view, from non-test
+    records only (SDM was made from training patients; 2019 test ids collide); records
+    without a match keep their empty info."""
     infos = {(r.patient, r.view): r.info for r in camus_records if r.split != "test"}
     out, missing = [], 0
     for rec in sdm_records:
@@ -228,9 +178,7 @@ def with_camus_info(
         else:
             out.append(replace(rec, info=info))
     if missing:
-        log.warning(
-            "%d SDM record(s) have no CAMUS training patient to take metadata from", missing
-        )
+        log.warning("%d SDM record(s) have no CAMUS training patient to take metadata from", missing)
     return out
 
 

@@ -1,36 +1,6 @@
-"""The shape word of prompt P7: a deterministic geometric classifier of a binary mask.
-
-The Synthetic Boost authors asked a visual-question-answering model for the shape of
-each structure. That is neither reproducible nor available offline, so we measure the
-mask instead and name its outline one of SHAPES = circle, oval, triangle, square,
-rectangle. All measures are taken on the convex hull of the mask (pixels as unit
-squares), which makes them continuous and robust to a few flipped boundary pixels;
-counting polygon corners was rejected because on pixel boundaries it is unstable.
-
-Measures (see `ShapeFeatures`):
-
-- triangle_fill = area of the largest triangle inscribed in the hull / hull area.
-  Affine invariant: 1 for any triangle, 0.5 for any parallelogram, 0.41 for any
-  ellipse (3*sqrt(3)/(4*pi)).
-- rect_fill = hull area / area of the minimum-area enclosing rectangle (rotating
-  calipers). 1 for any rectangle, pi/4 = 0.785 for any ellipse, 0.5 for a triangle.
-- aspect = long / short side of that rectangle: 1 for a disc or square, 2 for a 2:1
-  ellipse.
-- solidity = mask area / hull area (reported for diagnosis; the rules use the hull).
-
-Decision rules, first match wins:
-
-| rule | condition             | shape     | why the threshold                                    |
-| ---- | --------------------- | --------- | ---------------------------------------------------- |
-| 1    | triangle_fill >= 0.75 | triangle  | halfway between triangle (1.0) and square (0.5)      |
-| 2    | rect_fill >= 0.90     | square    | between rectangle (1.0) and ellipse (0.785), when    |
-|      |   and aspect < 1.5    |           | not elongated (1.5: between 1:1 and 2:1)             |
-| 3    | rect_fill >= 0.90     | rectangle | the same, elongated                                  |
-| 4    | aspect < 1.5          | circle    | round and not elongated                              |
-| 5    | otherwise             | oval      | round and elongated                                  |
-
-Connected components smaller than MIN_COMPONENT_FRACTION of the foreground are
-ignored, so that isolated specks do not stretch the hull.
+"""The shape word of prompt P7: a deterministic geometric classifier of a binary mask,
+measured on its convex hull (docs/design.md, "Shape words (P7)": the measures, the rules
+and why each threshold).
 """
 
 from __future__ import annotations
@@ -55,7 +25,7 @@ _MAX_HULL_VERTICES = 96  # the inscribed-triangle search is O(n^3)
 
 @dataclass(frozen=True)
 class ShapeFeatures:
-    """Geometry of a mask's outline (see the module docstring)."""
+    """Geometry of a mask's outline (docs/design.md, "Shape words (P7)")."""
 
     area: float  # foreground pixels (after dropping specks)
     hull_area: float  # convex hull of the pixels as unit squares
@@ -98,11 +68,8 @@ def _polygon_area(poly: np.ndarray) -> float:
 
 
 def _min_area_rectangle(poly: np.ndarray) -> tuple[float, float, float]:
-    """(area, long side, short side) of the smallest enclosing rectangle.
-
-    The optimal rectangle has a side collinear with a hull edge (rotating calipers),
-    so trying every edge direction is exact.
-    """
+    """(area, long side, short side) of the smallest enclosing rectangle: it has a side
+    collinear with a hull edge (rotating calipers), so trying every edge is exact."""
     edges = np.roll(poly, -1, axis=0) - poly  # (N, 2)
     u = edges / np.linalg.norm(edges, axis=1, keepdims=True)  # (N, 2) edge directions
     v = np.stack([-u[:, 1], u[:, 0]], axis=1)  # (N, 2) normals
@@ -143,21 +110,14 @@ def shape_features(mask: np.ndarray) -> ShapeFeatures:
     hull_area = _polygon_area(poly)
     rect_area, long_side, short_side = _min_area_rectangle(poly)
     area = float(fg.sum())
-    return ShapeFeatures(
-        area=area,
-        hull_area=hull_area,
-        solidity=area / hull_area,
-        triangle_fill=_max_inscribed_triangle(poly) / hull_area,
-        rect_fill=hull_area / rect_area,
-        aspect=long_side / short_side,
-    )
+    return ShapeFeatures(area=area, hull_area=hull_area, solidity=area / hull_area,
+                         triangle_fill=_max_inscribed_triangle(poly) / hull_area,
+                         rect_fill=hull_area / rect_area, aspect=long_side / short_side)
 
 
 def classify_shape(mask: np.ndarray) -> str:
-    """The shape word of a mask's outline, one of SHAPES (rules in the module docstring).
-
-    mask: (H, W), nonzero = foreground. Raises ValueError for an empty mask.
-    """
+    """The shape word of a (H, W) mask's outline (nonzero = foreground), one of SHAPES;
+    ValueError for an empty mask."""
     f = shape_features(mask)
     elongated = f.aspect >= ELONGATED_ASPECT
     if f.triangle_fill >= TRIANGLE_FILL_MIN:

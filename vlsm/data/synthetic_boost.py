@@ -27,28 +27,13 @@ EXPORT_TOOL = "vlsm export-synthetic-boost"  # named in the marker of every expo
 MARKER_NAME = ".vlsm-export.json"  # what makes a folder an export that --overwrite may replace
 # dataset -> its folder name under the authors' data_root
 DATASETS: dict[str, str] = {"camus": "camus", "sdm": "sdm_camus"}
-# (dataset, split) -> image folders to look in, mask folder (relative to DIR)
-_IMAGE_DIRS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("camus", "train"): ("images/train",),
-    ("camus", "val"): ("images/train", "images/val"),  # theirs: val images live in train/
-    ("camus", "test"): ("images/test",),
-    ("sdm", "train"): ("images/train",),
-    ("sdm", "val"): ("images/val",),
-    ("sdm", "test"): ("images/test",),
-}
-_MASK_DIRS: dict[tuple[str, str], str] = {
-    ("camus", "train"): "masks/train",
-    ("camus", "val"): "masks/train",
-    ("camus", "test"): "masks/test",
-    ("sdm", "train"): "masks",
-    ("sdm", "val"): "masks",
-    ("sdm", "test"): "masks",
-}
-# Where export writes each split of real CAMUS: (image folder, mask folder).
-_EXPORT_DIRS: dict[str, tuple[str, str]] = {
-    "train": ("images/train", "masks/train"),
-    "val": ("images/train", "masks/train"),
-    "test": ("images/test", "masks/test"),
+# (dataset, split) -> (image folders to look in, mask folder), relative to the dataset folder;
+# an export of real CAMUS writes each split into the first image folder of its "camus" row.
+_DIRS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+    ("camus", "train"): (("images/train",), "masks/train"),
+    ("camus", "val"): (("images/train", "images/val"), "masks/train"),  # theirs: val images live in train/
+    ("camus", "test"): (("images/test",), "masks/test"),
+    **{("sdm", split): ((f"images/{split}",), "masks") for split in SPLITS},
 }
 
 _NAME = re.compile(
@@ -109,8 +94,8 @@ def _load_split(base: Path, dataset: str, split: str, ann: Path) -> list[EchoIma
         raise ValueError(f"{ann}: not valid JSON ({err})") from err
     if not isinstance(entries, list):
         raise ValueError(f"{ann}: expected a JSON list of entries, got {type(entries).__name__}")
-    image_dirs = [base / d for d in _IMAGE_DIRS[dataset, split]]
-    mask_dir = base / _MASK_DIRS[dataset, split]
+    image_dirs = [base / d for d in _DIRS[dataset, split][0]]
+    mask_dir = base / _DIRS[dataset, split][1]
     # img_name -> {structure: (entry index, mask path, prompts)}
     groups: dict[str, dict[int, tuple[int, Path, dict]]] = defaultdict(dict)
     for i, entry in enumerate(entries):
@@ -164,31 +149,18 @@ def _record(img_name: str, by_structure: dict[int, tuple[int, Path, dict]], spli
     m = _NAME.match(img_name)
     prompts = {k: by_structure[k][2] for k in sorted(STRUCTURES)}
     return EchoImage(
-        source=SOURCE,
-        patient=m["patient"],
-        view=m["view"],
-        phase=m["phase"],
-        split=split,
-        image_path=image_path,
-        mask_paths=tuple(by_structure[k][1] for k in sorted(STRUCTURES)),
-        info=_metadata_from_prompts(prompts[1]),
+        source=SOURCE, patient=m["patient"], view=m["view"], phase=m["phase"], split=split, image_path=image_path,
+        mask_paths=tuple(by_structure[k][1] for k in sorted(STRUCTURES)), info=_metadata_from_prompts(prompts[1]),
         variant=int(m["variant"]) if m["variant"] is not None else None,
         prompts={k: {key: v if isinstance(v, str) else tuple(v) for key, v in p.items()} for k, p in prompts.items()},
     )
 
 
 def load_synthetic_boost(root: Path, dataset: str = "camus") -> list[EchoImage]:
-    """Records of the authors' layout, one per image, in split then name order.
-
-    root: the dataset folder (holding anns/), or the authors' data_root holding
-      camus/ or sdm_camus/. dataset: "camus" or "sdm" (selects the folder conventions).
-    Each record has source "synthetic-boost", the split of its JSON file, the three
-    binary masks (structures 1, 2, 3) as mask_paths, the JSON prompts per structure
-    (`record.prompts[k]`, lists as tuples) and sex/age/quality read back from them.
-    SDM names carry a variant, so SDM train/val records are `synthetic`.
-
-    Raises ValueError / FileNotFoundError naming the JSON file and entry index.
-    """
+    """Records of the authors' layout (root: the dataset folder holding anns/, or their
+    data_root holding camus/ or sdm_camus/), one per image in split then name order, with
+    the three binary masks, the JSON prompts per structure and the sex, age and quality
+    they state. ValueError / FileNotFoundError naming the JSON file and entry."""
     base = _dataset_dir(Path(root), dataset)
     records: list[EchoImage] = []
     for split in SPLITS:
@@ -204,24 +176,16 @@ def load_synthetic_boost(root: Path, dataset: str = "camus") -> list[EchoImage]:
 # --- writing ---------------------------------------------------------------------------
 
 
-def _resize(array: np.ndarray, nearest: bool) -> np.ndarray:
-    """(H, W) uint8 -> (EVAL_SIZE, EVAL_SIZE) uint8; bilinear (antialiased) or nearest."""
-    from PIL import Image
-
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    out = Image.fromarray(np.ascontiguousarray(array)).resize((EVAL_SIZE, EVAL_SIZE), resample)
-    return np.asarray(out)
-
-
 def _export_record(rec: EchoImage, tmp: Path) -> list[dict]:
     """Write one image and its three masks under tmp; return its three JSON entries."""
-    from vlsm.data.io import read_image, read_label_map, write_png
+    from vlsm.data.io import read_image, read_label_map, resize, write_png
     from vlsm.data.prompts import build_prompts
     from vlsm.data.shapes import classify_shape
 
-    image_dir, mask_dir = _EXPORT_DIRS[rec.split]
-    image = _resize(read_image(rec), nearest=False)  # (512, 512) uint8
-    labels = _resize(read_label_map(rec), nearest=True)  # (512, 512) uint8 in 0..3
+    image_dirs, mask_dir = _DIRS["camus", rec.split]
+    image_dir = image_dirs[0]
+    image = resize(read_image(rec), EVAL_SIZE, nearest=False)  # (512, 512) uint8
+    labels = resize(read_label_map(rec), EVAL_SIZE, nearest=True)  # (512, 512) uint8 in 0..3
     write_png(tmp / image_dir / f"{rec.name}.png", image)
     entries = []
     for k in sorted(STRUCTURES):
@@ -234,34 +198,19 @@ def _export_record(rec: EchoImage, tmp: Path) -> list[dict]:
         mask_name = f"mask_{k}/{rec.name}_gt.png"
         write_png(tmp / mask_dir / mask_name, mask)
         prompts = build_prompts(rec, k, classify_shape(mask))
-        entries.append(
-            {
-                "img_name": f"{rec.name}.png",
-                "mask_name": mask_name,
-                "prompts": {key: v if isinstance(v, str) else list(v) for key, v in prompts.items()},
-            }
-        )
+        entries.append({"img_name": f"{rec.name}.png", "mask_name": mask_name,
+                        "prompts": {key: v if isinstance(v, str) else list(v) for key, v in prompts.items()}})
     return entries
 
 
 def export_synthetic_boost(
     camus_root: Path, out: Path, split_scheme: str = "paper", *, overwrite: bool = False
 ) -> None:
-    """Write raw CAMUS (2019 or 2023 release) in the authors' camus layout at `out`.
-
-    Images are resized to 512 x 512 (bilinear, antialiased), masks by nearest neighbour
-    and saved 0/255; prompts p0-p7 come from `build_prompts`, P7's shape from
-    `classify_shape` on the 512 x 512 mask. Splits follow `load_camus(camus_root,
-    split_scheme)`; records without ground truth (2019 test patients) are skipped with a
-    warning. Atomic: everything is written into a temporary sibling folder that is
-    renamed to `out` at the end, so `out` is either complete or untouched. The folder
-    carries `.vlsm-export.json`; `overwrite` replaces only such an earlier export, never
-    other files and never the source (`_check_out`).
-
-    Raises ValueError naming `out` when it may not be written (it is, lies inside or
-    holds camus_root; it holds files that are not an export of ours; it is an export and
-    overwrite is False) and, naming the image, when metadata a prompt needs is missing.
-    """
+    """Write raw CAMUS in the authors' camus layout at `out`, atomically: 512 x 512 images
+    (bilinear) and 0/255 masks (nearest), prompts p0-p7 (P7's shape on the 512 x 512 mask),
+    the splits of `load_camus`; images without ground truth skipped. `overwrite` replaces
+    only an earlier export (its marker), never the source; ValueError naming `out` (or the
+    image whose metadata a prompt lacks) otherwise."""
     from tqdm import tqdm
 
     from vlsm.data.camus import load_camus
@@ -271,10 +220,8 @@ def export_synthetic_boost(
     records = load_camus(Path(camus_root), split_scheme)
     usable = [r for r in records if r.mask_paths]
     if len(usable) < len(records):
-        log.warning(
-            "%s: skipping %d images without ground truth (e.g. 2019 test patients)",
-            camus_root, len(records) - len(usable),
-        )
+        log.warning("%s: skipping %d images without ground truth (e.g. 2019 test patients)", camus_root,
+                    len(records) - len(usable))
     if not usable:
         raise ValueError(f"{camus_root}: no CAMUS image with a ground-truth mask to export")
 
@@ -287,19 +234,13 @@ def export_synthetic_boost(
             if entries:
                 (tmp / "anns" / f"{split}.json").write_text(json.dumps(entries, indent=2) + "\n")
         _mark(tmp, out, old, Path(camus_root), split_scheme)
-    log.info(
-        "%s: wrote %s", out, ", ".join(f"{len(v) // 3} {k}" for k, v in anns.items() if v)
-    )
+    log.info("%s: wrote %s", out, ", ".join(f"{len(v) // 3} {k}" for k, v in anns.items() if v))
 
 
 # --- where an export may go ------------------------------------------------------------
 #
-# Why: `--overwrite` once replaced whatever `--out` named, the raw dataset included. Every
-# export folder now carries MARKER_NAME (tool, version, source, time, the files written);
-# an existing folder is replaced only when it is not, is not inside and does not hold the
-# source (symlinks resolved), carries our marker and holds nothing the marker does not
-# list. The new export is swapped in by rename; only then are the old export's listed
-# files deleted.
+# Why: `--overwrite` once replaced whatever `--out` named, the raw dataset included; now
+# only a folder carrying our marker and nothing it does not list (docs/data.md).
 
 
 def _read_marker(folder: Path) -> dict | None:
@@ -348,30 +289,18 @@ def _foreign(folder: Path, marker: dict) -> list[str]:
 
 
 def _check_out(out: Path, source: Path, *, overwrite: bool) -> dict | None:
-    """Refuse an `out` the export may not write to; return the marker of an earlier export
-    there that the export is to replace (None when out is absent or an empty folder).
-
-    Raises ValueError naming out and the reason: out is, lies inside or holds the source;
-    out is a file or a symlink; out holds files and no marker of ours; out is an earlier
-    export but overwrite is False; or it holds files its marker does not list.
-    """
+    """The marker of the earlier export at `out` the export is to replace (None: out absent
+    or empty); ValueError naming out and why it may not be written."""
     out, src = Path(out), Path(source).resolve()
     target = out.resolve()
-    if target == src:
-        raise ValueError(
-            f"{out}: --out is the --camus-root folder {src}; an export never replaces its "
-            "source; choose another --out"
-        )
-    if src in target.parents:
-        raise ValueError(
-            f"{out}: --out lies inside the --camus-root folder {src}; write the export "
-            "outside the raw dataset"
-        )
-    if target in src.parents:
-        raise ValueError(
-            f"{out}: --out holds the --camus-root folder {src}; replacing it would delete "
-            "the source; choose another --out"
-        )
+    for refused, why in (
+        (target == src, f"is the --camus-root folder {src}; an export never replaces its source; choose another --out"),
+        (src in target.parents, f"lies inside the --camus-root folder {src}; write the export outside the raw dataset"),
+        (target in src.parents,
+         f"holds the --camus-root folder {src}; replacing it would delete the source; choose another --out"),
+    ):
+        if refused:
+            raise ValueError(f"{out}: --out {why}")
     if out.is_symlink():
         raise ValueError(f"{out}: --out is a symbolic link; give the folder's own path")
     if not out.exists():
@@ -407,14 +336,9 @@ def _mark(tmp: Path, out: Path, old: dict | None, source: Path, split_scheme: st
     from vlsm import __version__
 
     files, _ = _entries(tmp)
-    marker = {
-        "tool": EXPORT_TOOL,
-        "version": __version__,
-        "source": str(Path(source).resolve()),
-        "split_scheme": split_scheme,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": sorted(files),
-    }
+    marker = {"tool": EXPORT_TOOL, "version": __version__, "source": str(Path(source).resolve()),
+              "split_scheme": split_scheme, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "files": sorted(files)}
     write_json_atomic(tmp / MARKER_NAME, marker, indent=None)
     again = _read_marker(out) if old is not None else None  # the export took a while: is out still the same?
     if old is not None and (again is None or again != old or _foreign(out, again)):

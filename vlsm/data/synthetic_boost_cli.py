@@ -1,11 +1,7 @@
-"""Write raw CAMUS in the Synthetic Boost authors' PNG + JSON layout.
+"""`vlsm export-synthetic-boost`: write raw CAMUS in the authors' PNG + JSON layout, as their
+data module reads `data_root/camus` (docs/data.md); a refused --out exits with 2.
 
     python -m vlsm export-synthetic-boost --camus-root RAW --out DIR [--split-scheme paper|official]
-
-DIR then holds images/, masks/ and anns/{train,val,test}.json exactly as the authors'
-data module expects under `data_root/camus` (see `vlsm.data.synthetic_boost`), and the
-marker .vlsm-export.json. --overwrite replaces only a folder with that marker holding
-nothing else, never the --camus-root folder, one inside it or one holding it (exit 2).
 """
 
 from __future__ import annotations
@@ -18,25 +14,17 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--camus-root", type=Path, required=True,
-        help="raw CAMUS folder (2019 release: training/ testing/; 2023: database_nifti/)",
-    )
-    parser.add_argument(
-        "--out", type=Path, required=True,
-        help="folder to create (new, empty, or an earlier export with --overwrite); "
-        "never inside, equal to or holding --camus-root",
-    )
-    parser.add_argument(
-        "--split-scheme", choices=("paper", "official"), default="paper",
-        help="paper: official test, first 50 other patients val, rest train; "
-        "official: the 2023 release's database_split files (default: paper)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true",
-        help="replace --out when it is an earlier export (it carries .vlsm-export.json and "
-        "holds only the files that lists); any other folder is refused",
-    )
+    parser.add_argument("--camus-root", type=Path, required=True,
+                        help="raw CAMUS folder (2019 release: training/ testing/; 2023: database_nifti/)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder to create (new, empty, or an earlier export with --overwrite); "
+                        "never inside, equal to or holding --camus-root")
+    parser.add_argument("--split-scheme", choices=("paper", "official"), default="paper",
+                        help="paper: official test, first 50 other patients val, rest train; "
+                        "official: the 2023 release's database_split files (default: paper)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out when it is an earlier export (it carries .vlsm-export.json and "
+                        "holds only the files that lists); any other folder is refused")
 
 
 def run(args: argparse.Namespace) -> int:

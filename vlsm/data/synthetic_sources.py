@@ -4,10 +4,6 @@ coding and phantom writer (docs/design.md, "Registries").
 
     load_synthetic("diffecho", Path("data/DiffEcho"), n_val=50)    # records, split train/val
     source_attributes("diffecho", Path("data/DiffEcho"))      # {"shape", "view", "phase"}: P0-P3
-
-Each format's module registers its entry at its end; the registry imports those modules on
-its first lookup. `source_attributes` and `has_generator_text` read at most a metadata.csv
-header, no image, so that a sweep plan can say which cells a source skips.
 """
 
 from __future__ import annotations
@@ -19,17 +15,8 @@ from typing import Any
 
 from vlsm.registry import Registry
 
-__all__ = [
-    "LABEL_CODINGS",
-    "SYNTHETIC_SOURCE_REGISTRY",
-    "SyntheticSource",
-    "has_generator_text",
-    "load_synthetic",
-    "source_attributes",
-    "source_names",
-    "synthetic_source",
-    "validate_synthetic",
-]
+__all__ = ["LABEL_CODINGS", "SYNTHETIC_SOURCE_REGISTRY", "SyntheticSource", "has_generator_text", "load_synthetic",
+           "source_attributes", "source_names", "synthetic_source", "validate_synthetic"]
 
 # How a source's masks code the labels (`vlsm.data.io`): SDM CAMUS's two codings, or labels
 # 0-3 / matplotlib imsave's grey levels, detected per file.
@@ -79,12 +66,9 @@ def synthetic_source(name: str) -> SyntheticSource:
 
 def load_synthetic(name: str, root: Path, camus_root: Path | None = None, split_scheme: str = "paper",
                    n_val: int | None = None) -> list:
-    """The records of a synthetic source (split "train"/"val", source = name, synthetic).
-
-    camus_root gives SDM records their patients' metadata (read with split_scheme and
-    n_val); the other formats ignore both. n_val: DiffEcho subjects (default 50) or
-    imagefolder patients without a split column (default 50) that validate.
-    """
+    """The records of a synthetic source (split "train"/"val", source = name). camus_root
+    gives SDM records their patients' metadata (read with split_scheme and n_val); n_val
+    also counts the validating DiffEcho subjects or imagefolder patients (default 50)."""
     return synthetic_source(name).load(Path(root), camus_root, split_scheme, n_val)
 
 
@@ -94,11 +78,9 @@ def validate_synthetic(name: str, root: Path, *, n_val: int | None = None, progr
 
 
 def source_attributes(name: str, root: Path | None, *, with_camus: bool = False) -> frozenset[str]:
-    """The prompt attributes (`vlsm.data.prompts.ATTRIBUTES`) the records of a source have
-    (root None: the phantom demo's), read with a CAMUS root or not; reads no image. sdm:
-    shape, view, phase and, with CAMUS, sex and age; diffecho: shape, view, phase;
-    imagefolder: the shape and its columns'. `vlsm.data.prompts.buildable_prompts` turns
-    them into prompts."""
+    """The prompt attributes (`vlsm.data.prompts.ATTRIBUTES`) the records of a source have,
+    read with a CAMUS root or not (root None: the phantom demo's); reads at most a
+    metadata.csv header, so that a sweep plan can say which cells a source skips."""
     return synthetic_source(name).attributes(None if root is None else Path(root), with_camus)
 
 

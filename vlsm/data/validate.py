@@ -7,7 +7,6 @@ file, before a sweep (docs/design.md, "Checking a dataset").
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from vlsm.data.camus import (
@@ -16,7 +15,9 @@ from vlsm.data.camus import (
     DIR_TESTING,
     DIR_TRAINING,
     PAPER_VAL_PATIENTS,
+    PATIENT_RE,
     SPLIT_FILES,
+    SUFFIXES,
     detect_camus_release,
     empty_split,
     load_camus,
@@ -39,16 +40,13 @@ __all__ = ["validate_camus", "validate_data"]
 
 log = logging.getLogger(__name__)
 
-_PATIENT_RE = re.compile(r"^patient\d{4}$")
-_CAMUS_SUFFIX = {"2019": ".mhd", "2023": ".nii.gz"}
-
 
 # --- CAMUS ---------------------------------------------------------------------------
 
 
 def _check_camus_patient(folder: Path, release: str, gt_required: bool) -> list[Problem]:
     patient = folder.name
-    suffix = _CAMUS_SUFFIX[release]
+    suffix = SUFFIXES[release]
     problems: list[Problem] = []
     for view in VIEWS:
         problems += read_info_cfg(folder / f"Info_{view}.cfg")[1]
@@ -56,25 +54,13 @@ def _check_camus_patient(folder: Path, release: str, gt_required: bool) -> list[
             image = folder / f"{patient}_{view}_{phase}{suffix}"
             mask = folder / f"{patient}_{view}_{phase}_gt{suffix}"
             if not image.is_file():
-                what = f"mask without image: {image.name} is missing"
-                problems.append(
-                    Problem(mask, what)
-                    if mask.is_file()
-                    else Problem(image, f"image missing (and its mask {mask.name})")
-                )
+                problems.append(Problem(mask, f"mask without image: {image.name} is missing") if mask.is_file()
+                                else Problem(image, f"image missing (and its mask {mask.name})"))
                 continue
             if not mask.is_file() and gt_required:
                 problems.append(Problem(image, f"image without mask: {mask.name} is missing"))
-            rec = EchoImage(
-                source=f"camus{release}",
-                patient=patient,
-                view=view,
-                phase=phase,
-                split="train",
-                image_path=image,
-                mask_paths=(mask,) if mask.is_file() else (),
-            )
-            problems += check_pair(rec)
+            problems += check_pair(EchoImage(f"camus{release}", patient, view, phase, "train", image,
+                                             (mask,) if mask.is_file() else ()))
     return problems
 
 
@@ -84,7 +70,7 @@ def _patient_folders(folder: Path, problems: list[Problem]) -> list[Path]:
         return []
     out = []
     for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and _PATIENT_RE.match(entry.name):
+        if entry.is_dir() and PATIENT_RE.match(entry.name):
             out.append(entry)
         elif entry.is_dir() or entry.name.lower().startswith("patient"):
             problems.append(Problem(entry, "not a patientXXXX folder; ignored", WARNING))
@@ -98,14 +84,9 @@ def _check_camus_splits(root: Path, patients: set[str]) -> list[Problem]:
     for split, name in SPLIT_FILES.items():
         path = root / DIR_SPLIT / name
         if not path.is_file():
-            if split == "test":
-                problems.append(
-                    Problem(path, "split file missing (the test patients of every split scheme)")
-                )
-            else:
-                problems.append(
-                    Problem(path, "split file missing (needed by split_scheme='official')", WARNING)
-                )
+            problems.append(Problem(path, "split file missing (the test patients of every split scheme)")
+                            if split == "test" else
+                            Problem(path, "split file missing (needed by split_scheme='official')", WARNING))
             continue
         patients_listed, bad_lines = read_split_file(path)
         problems += bad_lines
@@ -121,16 +102,14 @@ def _check_camus_splits(root: Path, patients: set[str]) -> list[Problem]:
                 problems.append(Problem(path, f"{patient} is listed but has no patient folder"))
     if owner:
         unlisted = sorted(patients - set(owner))
-        for patient in unlisted:
-            problems.append(Problem(root / DIR_SPLIT, f"{patient} is in no split file", WARNING))
+        problems += [Problem(root / DIR_SPLIT, f"{p} is in no split file", WARNING) for p in unlisted]
     return problems
 
 
 def validate_camus(root: Path, *, split_scheme: str = "paper", n_val: int | None = None,
                    progress: bool = True) -> list[Problem]:
-    """Every problem of a CAMUS folder (2019 or 2023 release), each naming its file; with
-    the split a sweep would use (`split_scheme`, `n_val` validation patients for the paper
-    split), an empty one is an error too."""
+    """Every problem of a CAMUS folder (2019 or 2023 release), each naming its file; an empty
+    split of the one a sweep would use (`split_scheme`, `n_val`) too."""
     root = Path(root)
     try:
         release = detect_camus_release(root)
@@ -148,7 +127,7 @@ def validate_camus(root: Path, *, split_scheme: str = "paper", n_val: int | None
             # split with masks, a case the sweep names); once some test image has its
             # _gt file, every one must, or the test set shrinks without a word.
             gt_required = name == DIR_TRAINING or any(
-                any(d.glob(f"*_gt{_CAMUS_SUFFIX[release]}")) for d in dirs
+                any(d.glob(f"*_gt{SUFFIXES[release]}")) for d in dirs
             )
             jobs += [(d, gt_required) for d in dirs]
     else:
@@ -195,17 +174,9 @@ def validate_data(
     n_val: int | None = None,
     progress: bool = True,
 ) -> Findings:
-    """Problems of the CAMUS and/or synthetic folders given (at least one), CAMUS first.
-
-    CAMUS is read with the split a sweep would use (`split_scheme`, `n_val`: see
-    validate_camus); sdm_root is an SDM CAMUS folder, synthetic_root a folder in
-    synthetic_format ("sdm" | "diffecho" | "imagefolder"; `vlsm.data.synthetic_sources`),
-    whose n_val first subjects or patients validate where the format has no split of its
-    own. The result's `codings` counts the label codings found under each root.
-
-    With CAMUS, synthetic images of CAMUS test patients (2023 split files) are reported as
-    a warning: synthetic training data made from test patients leaks the test set.
-    """
+    """Problems of the CAMUS and/or synthetic folders given (at least one), CAMUS first, read
+    as a sweep would (`split_scheme`, `n_val`); `codings` counts the label codings under each
+    root. Synthetic images of CAMUS test patients are a warning: they leak the test set."""
     from vlsm.data.synthetic_sources import synthetic_source, validate_synthetic
 
     if camus_root is None and sdm_root is None and synthetic_root is None:
@@ -224,14 +195,8 @@ def validate_data(
     test = _camus_test_patients(Path(camus_root)) if camus_root is not None else set()
     for _, root in sources:  # the patients of the images checked (DiffEcho's are no CAMUS ids)
         for patient in sorted(problems.patients.get(root, set()) & test):
-            problems.append(
-                Problem(
-                    root,
-                    f"synthetic images of {patient}, a CAMUS test patient: the test set leaks "
-                    "into synthetic training",
-                    WARNING,
-                )
-            )
+            problems.append(Problem(root, f"synthetic images of {patient}, a CAMUS test patient: the test set "
+                                    "leaks into synthetic training", WARNING))
     n_errors = sum(p.severity == ERROR for p in problems)
     log.info("validation: %d error(s), %d warning(s)", n_errors, len(problems) - n_errors)
     return problems

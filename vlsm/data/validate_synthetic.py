@@ -123,30 +123,21 @@ def _diffecho_frames(found: DiffEchoFiles, n_val: int, findings: Findings) -> li
         rec = diffecho.frame_record(frame, mask, n_val)
         subject = int(diffecho.FRAME_RE.match(frame.name)["subject"])
         if folder_splits.get(frame.parent.name, rec.split) != rec.split:
-            findings.append(Problem(
-                frame,
-                f"in {frame.parent.name}/, but subject {subject} is a {rec.split} subject with "
-                f"n_val {n_val} (the first n_val subjects validate)",
-                WARNING,
-            ))
+            findings.append(Problem(frame, f"in {frame.parent.name}/, but subject {subject} is a {rec.split} "
+                                    f"subject with n_val {n_val} (the first n_val subjects validate)", WARNING))
         if not mask.is_file():
             findings.append(Problem(frame, f"frame without mask: {mask} is missing"))
             continue
         records.append(rec)
-    for path in found.other_pngs:
-        findings.append(Problem(
-            path,
-            "not a DiffEcho name (<mask stem>_generated_id<k>.png, ..._mask_id<k>.png, "
-            "ch<2|4>_<ed|es>_frame_<i>.png, ch<2|4>_<ed|es>_mask_<i>.png); ignored",
-            WARNING,
-        ))
+    findings += [Problem(path, "not a DiffEcho name (<mask stem>_generated_id<k>.png, ..._mask_id<k>.png, "
+                         "ch<2|4>_<ed|es>_frame_<i>.png, ch<2|4>_<ed|es>_mask_<i>.png); ignored", WARNING)
+                 for path in found.other_pngs]
     return records
 
 
 def validate_diffecho(root: Path, *, n_val: int | None = None, progress: bool = True) -> Findings:
-    """Every problem of a DiffEcho folder (layout: `vlsm.data.diffecho`), each naming its
-    file: generated images and their masks, the real-derived frames and masks, and
-    metadata.csv; subjects below n_val (default DiffEcho's 50) validate."""
+    """Every problem of a DiffEcho folder, each naming its file: generated images and masks,
+    real-derived frames and masks, metadata.csv; subjects below n_val (default 50) validate."""
     from vlsm.data import diffecho
 
     root = Path(root)
@@ -158,18 +149,13 @@ def validate_diffecho(root: Path, *, n_val: int | None = None, progress: bool = 
     for ignored, kept in found.duplicates:
         findings.append(Problem(ignored, f"duplicate of {kept}; ignored", WARNING))
     if not found.generated:
-        findings.append(Problem(
-            root,
-            "no generated images found (expected data_generation.py's "
-            "ch{2|4}_{ed|es}_mask_<i>_generated_id<k>.png with ..._mask_id<k>.png masks)",
-        ))
+        findings.append(Problem(root, "no generated images found (expected data_generation.py's "
+                                "ch{2|4}_{ed|es}_mask_<i>_generated_id<k>.png with ..._mask_id<k>.png masks)"))
     _check_diffecho_metadata(found, findings)
     records = _diffecho_generated(found, n_val, findings) + _diffecho_frames(found, n_val, findings)
     _check_all(records, root, "validate DiffEcho", progress, findings)
-    _check_splits(
-        findings, root, "DiffEcho", lambda: diffecho.load_diffecho(root, n_val=n_val),
-        f"generated images of subjects < {n_val} validate, the others train (--n-val)",
-    )
+    _check_splits(findings, root, "DiffEcho", lambda: diffecho.load_diffecho(root, n_val=n_val),
+                  f"generated images of subjects < {n_val} validate, the others train (--n-val)")
     return findings
 
 
@@ -177,9 +163,8 @@ def validate_diffecho(root: Path, *, n_val: int | None = None, progress: bool = 
 
 
 def validate_imagefolder(root: Path, *, n_val: int | None = None, progress: bool = True) -> Findings:
-    """Every problem of an imagefolder (layout: `vlsm.data.imagefolder`), each naming its
-    file: metadata.csv's columns and cells, the files it lists, their pixels; without a
-    split column the first n_val patients (default 50) validate."""
+    """Every problem of an imagefolder, each naming its file: metadata.csv's columns and cells,
+    the files it lists, their pixels; without a split column the first n_val (50) validate."""
     from vlsm.data import imagefolder
     from vlsm.data.camus import PAPER_VAL_PATIENTS
 
@@ -215,11 +200,9 @@ def validate_imagefolder(root: Path, *, n_val: int | None = None, progress: bool
         if not missing:
             records.append(imagefolder.row_record(row, fields, fields["split"] or "train"))
     _check_all(records, root, "validate imagefolder", progress, findings)
-    how = (
-        "no row has this split in its split column" if "split" in header
-        else f"without a split column the first {PAPER_VAL_PATIENTS if n_val is None else n_val} patients "
-        "validate (--n-val)"
-    )
+    first = PAPER_VAL_PATIENTS if n_val is None else n_val
+    how = ("no row has this split in its split column" if "split" in header
+           else f"without a split column the first {first} patients validate (--n-val)")
     _check_splits(findings, root, "imagefolder", lambda: imagefolder.load_imagefolder(root, n_val=n_val), how)
     return findings
 
