@@ -12,7 +12,7 @@ import copy
 from typing import Any
 
 from sweeps.cell import CELL_ID, REAL_DATA, Cell
-from sweeps.spec import SweepSpec
+from sweeps.spec import Resources, SweepSpec
 from vlsm.axes import PROVENANCE_PROMPT
 from vlsm.model_registry import model_key
 from vlsm.strategies import REAL_AND_SYNTHETIC, STRATEGY_REGISTRY
@@ -72,7 +72,5 @@ def trial_config(
 
 def trial_resources(spec: SweepSpec, model: str, encoder: str, *, use_gpu: bool) -> dict[str, float]:
     """{"cpu": n, "gpu": share} of one trial; gpu 0 where there is none."""
-    resources = dict(spec.models[model].resources.get(encoder, {"cpu": 1, "gpu": 0}))
-    resources.setdefault("cpu", 1)
-    resources["gpu"] = float(resources.get("gpu", 0)) if use_gpu else 0.0
-    return resources
+    resources = spec.models[model].resources.get(encoder, Resources())
+    return {"cpu": resources.cpu, "gpu": resources.gpu if use_gpu else 0.0}
