@@ -6,17 +6,9 @@
     python sweeps/paper_grid.py --dry-run                        # print the plan and a GPU-hour estimate
     python sweeps/paper_grid.py --dry-run --rates bench/results/gpu_suite.json   # ... from measured rates
 
-Reads search_spaces/paper.yaml (plus demo.yaml when no dataset is configured), expands
-the grid (92 trials: synthetic data has no P7), chains each synth-PT:real-FT trial to its
-synthetic upstream, runs everything under Ray Tune with MLflow tracking, and exports
-Parquet files to <output>/exports. Running again with the same --output resumes.
-
-It runs in three phases (docs/design.md, "The driver"): plan (read the YAML and the
-options and check them all; nothing runs), data (the dataset or the phantom demo,
-validated, and the preprocessing caches), and the run, inside a session that always shuts
-Ray down and closes the sweep's MLflow run (LR search, trial configs, resume check, the
-grid, exports). Every error a user can cause is reported in one place, `main`: one line,
-exit status 2.
+Reads search_spaces/paper.yaml (plus demo.yaml when no dataset is configured), runs the
+grid (92 trials) under Ray Tune with MLflow tracking and exports Parquet files to
+<output>/exports; the same --output resumes. Phases: docs/design.md, "The driver".
 """
 
 from __future__ import annotations
@@ -95,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
-    """Phase 2: the dataset folders (or the phantom demo), checked, and the caches every
-    trial reads by path (published to shared storage for a cluster). DataError."""
+    """Phase 2: the dataset folders (or the demo's), checked, and the caches trials read by
+    path (published to shared storage for a cluster). DataError."""
     try:
         roots = resolve_data(plan.spec, plan.cache_dir)
         if plan.validate:
@@ -116,7 +108,7 @@ def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
 
 @dataclass(frozen=True)
 class SweepEnd:
-    """How the grid ended: every cell's record, and where to look at the results."""
+    """How the grid ended: every cell's record, and where the results are."""
 
     records: dict[str, CellRecord]
     exports: Path
@@ -124,7 +116,6 @@ class SweepEnd:
     experiment_id: str
 
     def mlflow_lines(self) -> list[str]:
-        """How to open the sweep's runs in the MLflow UI."""
         from sweeps.mlflow_ui import runs_url
 
         if self.mlflow_uri.startswith(("http://", "https://")):
@@ -143,19 +134,18 @@ class SweepEnd:
         return "KILLED" if self.unfinished() else "FAILED" if self.failed() else "FINISHED"
 
 
-def _warn_unplaceable(plan: SweepPlan, use_gpu: bool) -> None:
-    """On a cluster: say at once when no node has the CPUs a trial asks for (it would wait
-    forever unless the autoscaler can start a larger node, which only its config knows)."""
+def _warn_unplaceable(plan: SweepPlan) -> None:
+    """On a cluster: say at once when no node has the CPUs a trial asks for (it waits unless
+    the autoscaler can start a larger node, which only its config knows)."""
     import ray
 
+    from sweeps.options import too_many_cpus
+
     largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
-    for model in plan.spec.grid.models:
-        for encoder in plan.spec.grid.encoders:
-            need = trial_resources(plan.spec, model, encoder, use_gpu=use_gpu)["cpu"]
-            if need > largest:
-                logger.warning("models.%s.resources.%s.cpu: %g CPUs per trial, but no node of the cluster has "
-                               "more than %g now: those trials wait until the autoscaler starts a larger node",
-                               model, encoder, need, largest)
+    for model, encoder, need in too_many_cpus(plan.spec, largest):
+        logger.warning("models.%s.resources.%s.cpu: %g CPUs per trial, but no node of the cluster has "
+                       "more than %g now: those trials wait until the autoscaler starts a larger node",
+                       model, encoder, need, largest)
 
 
 def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use_gpu: bool) -> SweepEnd:
@@ -166,7 +156,7 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
 
     spec, folder = plan.spec, plan.folder
     if plan.ray.address:
-        _warn_unplaceable(plan, use_gpu)
+        _warn_unplaceable(plan)
     lr: dict[tuple[str, str], float] = {}
     if plan.lr_space is not None:
         lr = run_lr_search(spec, plan.lr_space, caches, results_file=folder.lr_search, storage=plan.storage, use_gpu=use_gpu)
@@ -197,7 +187,7 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
 def summarise(end: SweepEnd, seconds: float) -> int:
     """Print how the sweep ended; the exit status (0 all done, 1 some failed, 130 interrupted)."""
     unfinished = end.unfinished()
-    if unfinished:  # Ctrl-C: Ray saved the experiment; the same command resumes it (said last)
+    if unfinished:  # Ctrl-C: the same command resumes (said last)
         sys.stderr.flush()
         print(f"interrupted with {len(unfinished)} trial(s) unfinished; run the same command again to resume",
               flush=True)

@@ -84,7 +84,8 @@ class GridSpec:
     strategies: Annotated[tuple[Strategy, ...], NonEmpty] = field(default_factory=paper_strategies)
     encoders: Annotated[tuple[Encoder, ...], NonEmpty] = ENCODERS
     finetune_upstream: dict[Prompt, Prompt] = field(default_factory=dict)  # finetune prompt -> synthetic prompt
-    seeds: Annotated[tuple[Annotated[int, NonNegative], ...], NonEmpty, EachOnce] = (PAPER_SEED,)  # each cell once per seed
+    # replicates: every cell once per seed
+    seeds: Annotated[tuple[Annotated[int, NonNegative], ...], NonEmpty, EachOnce] = (PAPER_SEED,)
     synthetic_sources: Annotated[tuple[Source, ...], EachOnce] = ()  # () = every configured source (the demo: sdm)
     # real+synthetic: with ("prompt") / without ("none") the provenance phrase
     provenance: Annotated[tuple[Literal["prompt", "none"], ...], NonEmpty, EachOnce] = (PROVENANCE_PROMPT,)
@@ -104,7 +105,7 @@ class ModelSpec:
     pretrained: str | None = None  # hub id or local folder / file
     checkpoint: str | None = None  # official CRIS checkpoint
     tokenizer: str | None = None  # CLIP BPE tokenizer folder or hub id (CRIS: openai/clip-vit-base-patch32)
-    config: Annotated[Any, Check(_tiny_or_mapping, "null, 'tiny' or a mapping")] = None  # a mapping: model config fields
+    config: Annotated[Any, Check(_tiny_or_mapping, "null, 'tiny' or a mapping")] = None  # mapping: config fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for this model
     resources: dict[Encoder, Resources] = field(default_factory=dict)
 
@@ -120,7 +121,7 @@ class RunSpec:
     max_concurrent: Annotated[int, NonNegative] = 0  # 0 = as many as resources allow
     max_failures: Annotated[int, NonNegative] = 1  # retries of a failing trial before it counts as failed
     reuse_actors: bool = True  # 0.3 s instead of 4.6 s per trial slot (docs/design.md)
-    expected_epochs: Annotated[int, Range(ge=1)] = 60  # --dry-run estimates: early stopping ends runs long before max_epochs
+    expected_epochs: Annotated[int, Range(ge=1)] = 60  # --dry-run: early stopping ends runs before max_epochs
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,7 @@ class SweepSpec:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML as people write numbers: `1e-4` is a float (YAML 1.1 makes it a string
-    unless it has a dot); everything else as yaml.safe_load reads it."""
+    """yaml.safe_load, but `1e-4` is a float (YAML 1.1 reads it as text: it has no dot)."""
 
 
 _Loader.add_implicit_resolver(
@@ -208,10 +208,9 @@ def set_values(raw: dict[str, Any], values: dict[str, Any], *, option: str = "")
 
 
 def _check_across_fields(spec: SweepSpec, where: str) -> None:
-    """What the annotations cannot say: the settings each trial merges, and the folders
-    the grid's synthetic sources need."""
+    """What the annotations cannot say: the settings each trial merges, the data folders."""
     for name, model in spec.models.items():
-        try:  # what every trial of this model gets, checked before anything runs
+        try:  # what every trial of this model gets
             TrainConfig.from_dict({**spec.train, **model.train, "model": model_key(name)})
         except ValueError as err:
             raise SpecError(f"{where}: train + models.{name}.train: {err}") from None
@@ -231,8 +230,9 @@ def _check_across_fields(spec: SweepSpec, where: str) -> None:
                 raise SpecError(f"{where}: grid.synthetic_sources has {source!r} but no folder is configured for "
                                 f"it; give {option} (configured: {sorted(roots)})")
 
+
 def synthetic_roots(spec: SweepSpec) -> dict[str, str]:
-    """Synthetic source name -> its folder, as configured (data.sdm_root, data.synthetic_root)."""
+    """Synthetic source -> its folder, from data.sdm_root and data.synthetic_root."""
     roots = {}
     if spec.data.sdm_root:
         roots[SOURCE_SDM] = spec.data.sdm_root
@@ -242,24 +242,18 @@ def synthetic_roots(spec: SweepSpec) -> dict[str, str]:
 
 
 def grid_sources(spec: SweepSpec) -> tuple[str, ...]:
-    """The synthetic sources the grid's synthetic strategies train on: grid.synthetic_sources,
-    else every configured one (the demo and a grid without any: sdm)."""
+    """The sources synthetic strategies train on: grid.synthetic_sources, else every
+    configured one, else sdm."""
     if spec.grid.synthetic_sources:
         return spec.grid.synthetic_sources
     return tuple(synthetic_roots(spec)) or (SOURCE_SDM,)
 
 
-def load_spec(
-    *,
-    config: Path | None = None,
-    demo: bool | None = False,
-    overrides: list[str] | None = None,
-    values: dict[str, Any] | None = None,
-) -> SweepSpec:
-    """paper.yaml, then demo.yaml (when `demo`), then `config`, then `--set` overrides,
-    then `values` (typed, from command-line options). demo=None: the demo exactly when
-    no dataset folder is configured (decided before anything is checked, so the demo's
-    settings are checked, not the paper's)."""
+def load_spec(*, config: Path | None = None, demo: bool | None = False, overrides: list[str] | None = None,
+              values: dict[str, Any] | None = None) -> SweepSpec:
+    """paper.yaml, demo.yaml (when `demo`), `config`, `--set` overrides, then `values`
+    (typed, from options). demo=None: the demo exactly when no dataset folder is
+    configured (decided first, so the demo's settings are the ones checked)."""
 
     def merged(with_demo: bool) -> tuple[dict[str, Any], list[str]]:
         raw, sources = load_yaml(PAPER_YAML), [str(PAPER_YAML)]
@@ -286,18 +280,13 @@ def load_spec(
 
 
 def _with_model_sections(spec: SweepSpec) -> SweepSpec:
-    """Every model of the grid with its `models:` section: a registered model the YAML does
-    not name gets the defaults (tiny in the demo; elsewhere no weights, which the plan
-    refuses unless a config is given)."""
+    """Every model of the grid with its `models:` section: one the YAML does not name gets
+    the defaults (tiny in the demo; elsewhere no weights, which the plan refuses)."""
     missing = [m for m in spec.grid.models if m not in spec.models]
     if not missing:
         return spec
     default = ModelSpec(config="tiny" if spec.data.demo else None)
     return dataclasses.replace(spec, models={**spec.models, **dict.fromkeys(missing, default)})
-
-
-def has_dataset(spec: SweepSpec) -> bool:
-    return bool(spec.data.camus_root or spec.data.sdm_root or spec.data.synthetic_root)
 
 
 def _raw_has_dataset(raw: dict[str, Any]) -> bool:
@@ -306,15 +295,11 @@ def _raw_has_dataset(raw: dict[str, Any]) -> bool:
 
 
 def models_without_weights(spec: SweepSpec) -> list[str]:
-    """Models of the grid that would train a full-size network from random weights.
-
-    No `pretrained`, no `checkpoint` and no `config` (a mapping or "tiny" says "random on
-    purpose"): almost always a forgotten path (CRIS weights cannot be downloaded for you).
-    """
-    return [
-        name for name in spec.grid.models
-        if not (spec.models[name].pretrained or spec.models[name].checkpoint or spec.models[name].config is not None)
-    ]
+    """Models of the grid with no pretrained, checkpoint or config (a config says "random
+    on purpose"): a full-size network from random weights, almost always a forgotten path."""
+    models = spec.models
+    return [n for n in spec.grid.models
+            if not (models[n].pretrained or models[n].checkpoint or models[n].config is not None)]
 
 
 # --- the learning-rate search space (lr_search.space, a YAML file of its own) ---------

@@ -1,10 +1,7 @@
-"""MLflow tracking for a sweep: one experiment, a parent run, one nested run per trial.
-
-A Ray Tune callback in the driver does all the logging (trials never talk to MLflow), so
-the same code works with a local SQLite store and with a tracking server on a cluster
-head. A cell's run id is kept in its record, so a resumed sweep continues the same runs
-(docs/design.md, "One record per cell").
-"""
+"""MLflow tracking for a sweep: one experiment, a parent run, one nested run per trial,
+all logged by a Ray Tune callback in the driver (trials never talk to MLflow); a cell's
+run id is kept in its record, so a resume continues its run (docs/design.md, "One record
+per cell")."""
 
 from __future__ import annotations
 
@@ -42,7 +39,6 @@ TAG_CHECKPOINT = "vlsm.checkpoint"  # where the trial's final checkpoint (with b
 TAG_MODEL = "vlsm.model"  # on shared storage: the URI of the pyfunc model (the checkpoint's best/)
 PARENT_TAG = "mlflow.parentRunId"
 
-# Per-epoch metrics logged with step=epoch; final metrics logged once.
 EPOCH_METRICS = (
     axes.TRAIN_LOSS, axes.VAL_LOSS, axes.VAL_DICE, axes.BEST_VAL_DICE, axes.BEST_EPOCH,
     axes.LR, axes.IMAGES_PER_S, axes.SECONDS,
@@ -77,19 +73,15 @@ def sweep_key(sweep_dir: str | Path) -> str:
 
 
 def _trial_params(record: CellRecord) -> dict[str, str]:
-    """A trial run's parameters: the cell's axes under their own names (the UI's group-by
-    and filters), then the trial config (its `model` is the registry key of the axis value)."""
+    """The cell's axes under their own names (the UI groups and filters by them), then the
+    trial config."""
     rest = {k: v for k, v in record.config.items() if k not in record.axes}
     return {**record.axes, **_flatten(rest)}
 
 
 def _open_sqlite_store(tracking_uri: str, artifact_root: Path) -> None:
-    """Create a new SQLite store with its artifact root in the sweep folder.
-
-    MLflow creates a `Default` experiment in every new store, with its artifacts under the
-    current directory unless told otherwise; here it is created inside the sweep folder
-    and, being ours and empty, deleted (the UI lists the sweep's experiment alone).
-    """
+    """A new SQLite store, its artifacts in the sweep folder; MLflow's `Default` experiment
+    is deleted (it would put artifacts under the current directory; the UI lists ours alone)."""
     if not tracking_uri.startswith("sqlite:///") or Path(tracking_uri[len("sqlite:///"):]).exists():
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -112,7 +104,6 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-# The tracker this process made for each sweep folder (see MLflowTrialCallback.setup).
 _TRACKERS: dict[str, SweepTracker] = {}
 
 
@@ -134,10 +125,9 @@ class SweepTracker:
         self._runs: dict[str, str] = {}  # cell_id -> run_id
         self._steps: dict[str, dict[str, set[int]]] = {}  # run_id -> metric -> steps logged
         self._sweep_finished = False
-        _TRACKERS[self.sweep_dir] = self  # only once it is fully set up
+        _TRACKERS[self.sweep_dir] = self  # for MLflowTrialCallback.setup, once set up
 
     def _find_or_create_experiment(self, artifacts: Path) -> str:
-        """The experiment named after the sweep, in the model-training view, with our views."""
         experiment = self.client.get_experiment_by_name(self.name)
         if experiment is None:
             local = self.tracking_uri.startswith("sqlite:///")
@@ -175,15 +165,14 @@ class SweepTracker:
                 self.client.log_param(self.parent_run_id, key, value)
 
     def trial_run(self, record: CellRecord, upstream_run: str | None = None) -> str:
-        """The run of a cell: the one its record names or its tag finds (a resumed sweep
-        continues it), else a new one nested under the parent (see `cell_run`)."""
+        """A cell's run: the one its record names or its tag finds, else a new one nested
+        under the parent."""
         if record.cell_id in self._runs:
             return self._runs[record.cell_id]
         run = self._existing_run(record)
         if run is not None:
             run_id = run.info.run_id
             # a resumed trial replays the epochs after its last checkpoint: log each once
-            # (every metric the run holds, the system metrics a report carries included)
             self._steps[run_id] = {name: {m.step for m in self.client.get_metric_history(run_id, name)}
                                    for name in run.data.metrics}
         else:
@@ -198,8 +187,8 @@ class SweepTracker:
         return run_id
 
     def _existing_run(self, record: CellRecord) -> Any:
-        """The cell's run: its record's, else one its tag finds (made by a driver killed
-        before the record had its id), else None."""
+        """The record's run, else one its tag finds (a driver killed before the record had
+        its id), else None."""
         from mlflow.exceptions import MlflowException
 
         if record.run_id is not None:
@@ -209,8 +198,8 @@ class SweepTracker:
         return found[0] if found else None
 
     def _log_trial_inputs(self, run_id: str, record: CellRecord) -> None:
-        """A new trial run's parameters and datasets (a dataset that cannot be read is a
-        warning: the run's parameters still name its cache folders)."""
+        """Parameters and datasets (one that cannot be read is a warning: the parameters
+        still name its cache folders)."""
         from mlflow.entities import Param
 
         from sweeps.mlflow_datasets import dataset_inputs
@@ -224,14 +213,13 @@ class SweepTracker:
             logger.warning("MLflow: the datasets of %s are not logged: %s", run_id, err)
 
     def log_result(self, run_id: str, result: dict[str, Any], step: int) -> None:
-        """A trial report's metrics at `step`: the epoch's, the final ones, and the system
-        metrics it carries (`vlsm.system_metrics`)."""
+        """A report's epoch, final and system metrics (`vlsm.system_metrics`) at `step`."""
         system = tuple(name for name in result if name.startswith(SYSTEM_PREFIX))
         self.log_metrics(run_id, result, (*EPOCH_METRICS, *FINAL_METRICS, *system), step)
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], names: tuple[str, ...], step: int) -> None:
-        """Log the finite ones of `names` at `step`, each (run, metric, step) once, in one
-        request (a report's dozen metrics one call at a time held up Tune's event loop)."""
+        """The finite ones of `names` at `step`, each (run, metric, step) once, in one request
+        (a dozen calls per report held up Tune's event loop)."""
         from mlflow.entities import Metric
 
         logged = self._steps.setdefault(run_id, {})
@@ -247,7 +235,7 @@ class SweepTracker:
             logged.setdefault(metric.key, set()).add(step)
 
     def log_best_model(self, run_id: str, cell_id: str, best: Path, step: int) -> str:
-        """Log a local best/ folder as the run's pyfunc model (see `sweeps.mlflow_model`)."""
+        """A local best/ folder as the run's pyfunc model (`sweeps.mlflow_model`)."""
         from sweeps.mlflow_model import MODEL_NAME, add_pyfunc_files, log_model
 
         # a trial Ray restored after it had finished reports its end again: its model is there
@@ -279,8 +267,8 @@ class SweepTracker:
 
 
 def _guarded(method):
-    """MLflow is secondary to the sweep: a failing call is logged, never raised into Tune
-    (an exception in a callback would abort the sweep or fail a finished trial)."""
+    """A failing MLflow call is logged, never raised into Tune (it would abort the sweep or
+    fail a finished trial)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -294,7 +282,7 @@ def _guarded(method):
 
 
 def cell_run(tracker: SweepTracker, records: CellRecords, cell_id: str) -> str:
-    """The cell's run (`SweepTracker.trial_run`), its id kept in the cell's record."""
+    """The cell's run (`SweepTracker.trial_run`), its id kept in the record."""
     record = records[cell_id]
     upstream = records.cells.get(record.upstream or "")
     run_id = tracker.trial_run(record, upstream.run_id if upstream else None)
@@ -311,12 +299,8 @@ class MLflowTrialCallback(Callback):
         self.log_checkpoints = log_checkpoints
 
     def setup(self, **info) -> None:
-        """Log through this launch's tracker for the sweep folder.
-
-        Ray restores a resumed experiment's callbacks from the pickle of its first launch,
-        tracker (and MLflow URI) included; without this, trial runs would go to the old
-        store while the driver logs the sweep to the one given now.
-        """
+        """Log through this launch's tracker: Ray restores a resumed experiment's callbacks
+        from its first launch's pickle, with the MLflow URI given then."""
         current = _TRACKERS.get(self.tracker.sweep_dir)
         if current is None or current is self.tracker:
             return
@@ -338,9 +322,8 @@ class MLflowTrialCallback(Callback):
 
     @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        """Close the trial's run with the outcome its record holds (`RecordCallback`, called
-        before this one); a done trial's best weights become its model and its per-image
-        results an artifact (on shared storage tags name them)."""
+        """Close the run with the record's outcome (`RecordCallback` runs first); a done
+        trial's best/ becomes its model, per_image.parquet an artifact (tags on shared storage)."""
         record = self.records[trial.config[CELL_ID]]
         run_id = cell_run(self.tracker, self.records, record.cell_id)
         artifacts: list[Path] = []
@@ -353,7 +336,7 @@ class MLflowTrialCallback(Callback):
     on_trial_error = on_trial_complete  # the record says how it ended
 
     def _log_model(self, run_id: str, record: CellRecord, checkpoint) -> list[Path]:
-        """The best weights as the run's model; the local files still to log as artifacts."""
+        """The best weights as the run's model; returns the local files to log as artifacts."""
         if checkpoint.filesystem is None or checkpoint.filesystem.type_name == "local":
             folder = Path(checkpoint.path)
             if (folder / BEST_DIR).is_dir():
