@@ -1,9 +1,6 @@
 """Data for a sweep: the dataset folders (or the phantom demo), their checks, and the
-preprocessing caches every trial reads by path.
-
-Datasets are named as cells name them (`sweeps.cell`): "camus" (real), each synthetic
-source ("sdm", "diffecho", "imagefolder") and "camus+<source>", the training set of a
-real+synthetic cell (real and synthetic training pairs in one cache).
+preprocessing caches trials read by path, one per dataset as cells name them (`sweeps.cell`:
+"camus", each synthetic source, "camus+<source>" for a real+synthetic training set).
 """
 
 from __future__ import annotations
@@ -48,22 +45,12 @@ def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
 
         sources = grid_sources(spec)
         demo = write_demo_data(
-            cache_dir / f"demo-data-seed{data.demo_seed}",
-            seed=data.demo_seed,
-            n_patients=data.demo_patients,
-            n_test=data.demo_test_patients,
-            n_val=data.val_patients,
-            sdm_per_image=data.demo_sdm_per_image,
-            size=tuple(data.demo_image_size),
-            synthetic_formats=sources,
-        )
+            cache_dir / f"demo-data-seed{data.demo_seed}", seed=data.demo_seed, n_patients=data.demo_patients,
+            n_test=data.demo_test_patients, n_val=data.val_patients, sdm_per_image=data.demo_sdm_per_image,
+            size=tuple(data.demo_image_size), synthetic_formats=sources)
         return DataRoots(Path(demo.camus_root), {s: Path(demo.synthetic_roots[s]) for s in sources}, demo=True)
     camus = Path(data.camus_root).expanduser() if data.camus_root else None
     return DataRoots(camus, {s: Path(root).expanduser() for s, root in synthetic_roots(spec).items()})
-
-
-def _needs_synthetic(spec: SweepSpec) -> bool:
-    return any(uses_synthetic(s) for s in spec.grid.strategies)
 
 
 def check_data(roots: DataRoots, spec: SweepSpec) -> None:
@@ -74,7 +61,7 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
 
     if roots.camus_root is None:
         raise DataError("no CAMUS folder: give --camus-root (every strategy is tested on real CAMUS)")
-    sources = grid_sources(spec) if _needs_synthetic(spec) else ()
+    sources = grid_sources(spec) if any(uses_synthetic(s) for s in spec.grid.strategies) else ()
     missing = [s for s in sources if s not in roots.synthetic]
     if missing:
         option = "--sdm-root" if missing[0] == SOURCE_SDM else f"--synthetic-root --synthetic-format {missing[0]}"
@@ -135,9 +122,8 @@ def _needed_splits(name: str) -> tuple[str, ...]:
 def prepare_caches(
     spec: SweepSpec, roots: DataRoots, cache_dir: Path, cells: list[Cell]
 ) -> dict[str, dict[str, dict[str, str]]]:
-    """dataset -> model -> split -> cache folder, one per input size (see the module
-    docstring for the dataset names). Each dataset's records are read once; a
-    real+synthetic training set is the training records of both."""
+    """dataset -> model -> split -> cache folder, one per input size; each dataset's records
+    are read once (a real+synthetic training set: the training records of both)."""
     from vlsm.data.cache import load_records, prepare_records
 
     records: dict[str, list] = {}
@@ -178,16 +164,14 @@ def publish_caches(caches: dict[str, dict[str, dict[str, str]]], storage: str) -
     """The same caches on shared storage, so that trials on any node can read them."""
     from vlsm.data.remote_cache import publish
 
-    published: dict[str, str] = {}
-    out: dict[str, dict[str, dict[str, str]]] = {}
-    for kind, by_model in caches.items():
-        out[kind] = {}
-        for model, splits in by_model.items():
-            out[kind][model] = {}
-            for split, folder in splits.items():
-                if folder not in published:
-                    published[folder] = publish(Path(folder), storage)
-                out[kind][model][split] = published[folder]
-    return out
+    published: dict[str, str] = {}  # models of one input size share their caches
+
+    def one(folder: str) -> str:
+        if folder not in published:
+            published[folder] = publish(Path(folder), storage)
+        return published[folder]
+
+    return {kind: {model: {split: one(folder) for split, folder in splits.items()} for model, splits in by_model.items()}
+            for kind, by_model in caches.items()}
 
 

@@ -79,10 +79,8 @@ class SweepFolder:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the folder for this process: a second driver on the same folder would train
-        every trial twice and write the same state files concurrently. The lock is an
-        flock on `.driver.lock`, so it dies with its process (a killed driver leaves
-        nothing to clean up); FolderBusy names the holder's pid and host."""
+        """Hold the folder for this process (a second driver would train every trial twice):
+        an flock on `.driver.lock`, which dies with its process; FolderBusy names the holder."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.lock_file, "a+") as handle:
             try:
@@ -103,8 +101,8 @@ class SweepFolder:
                 handle.truncate()  # the lock itself goes with the file handle
 
     def holds_sweep(self) -> bool:
-        """Whether a sweep ran here before (its cells' records exist): running again resumes.
-        A sweep an older version wrote is refused (FolderError), never migrated."""
+        """Whether a sweep ran here before (its cells' records exist); FolderError for one an
+        older version wrote (never migrated)."""
         if not self.cells.is_dir() and (self.root / OLD_STATE).exists():
             raise FolderError(f"{self.root} holds a sweep written by an older version of this project "
                               f"({OLD_STATE}, no {self.cells.name}/): finish it with that version, or give "
@@ -112,13 +110,11 @@ class SweepFolder:
         return self.cells.is_dir()
 
     def default_tracking_uri(self) -> str:
-        """The SQLite MLflow store in the folder (artifacts in mlartifacts/ beside it)."""
         return f"sqlite:///{self.mlflow_db}"
 
     def storage(self, shared: str | None) -> str:
-        """Where this sweep's Ray experiments live: <output>/ray, or a folder of its own
-        under shared storage (named after the folder and a hash of its path, so sweeps
-        sharing a bucket never restore each other's experiments)."""
+        """Where the sweep's Ray experiments live: <output>/ray, or under shared storage a
+        folder named after this one and a hash of its path (sweeps may share a bucket)."""
         if not shared:
             return str(self.ray)
         digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
@@ -137,13 +133,8 @@ class SweepFolder:
 
 
 def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], storage: str) -> str | None:
-    """Why the sweep already in `folder` cannot be resumed with `configs`, or None.
-
-    Ray restores an experiment with the trial configs it started with, so a changed grid
-    or setting would be silently ignored; we refuse instead and say what differs. Cells
-    added to the grid (more seeds, a source, a strategy) are not a mismatch: they run as
-    an experiment of their own (`sweeps.runner`); cells left out are.
-    """
+    """Why the sweep in `folder` cannot be resumed with `configs` (Ray would silently keep
+    the configs it started with), or None; added cells are no mismatch, cells left out are."""
     if not folder.holds_sweep():
         return None
     recorded = folder.read_record().get("storage")
@@ -173,7 +164,6 @@ def recorded_experiments(folder: SweepFolder) -> dict[str, list[str]]:
 
 
 def _train_defaults() -> dict[str, Any]:
-    """TrainConfig's default values, as JSON would hold them."""
     import dataclasses
 
     from vlsm.config import TrainConfig

@@ -1,6 +1,6 @@
-"""A trial's best weights as an MLflow model: the pyfunc files go beside the weights in the
-final checkpoint's ``best/`` (one copy; `vlsm.predictor` is the loader), logged as the
-run's model ``model``, or on shared storage named by the run's ``vlsm.model`` tag:
+"""A trial's best weights as an MLflow model: pyfunc files beside them in the final
+checkpoint's ``best/`` (one copy; loader `vlsm.predictor`), logged as the run's ``model``
+(on shared storage the run's ``vlsm.model`` tag names the folder):
 
     mlflow.pyfunc.load_model("runs:/<run_id>/model").predict({"image": grey, "prompt": "left ventricle"})
 """
@@ -71,8 +71,8 @@ def pyfunc_files() -> dict[str, bytes]:
 
 
 def add_pyfunc_files(best: str, filesystem: Any = None) -> None:
-    """Write the pyfunc files into a best/ folder: a local path, or a path inside a pyarrow
-    filesystem (shared storage). Each file is complete or absent (written aside, renamed)."""
+    """Write the pyfunc files into a best/ folder, local or in a pyarrow filesystem (shared
+    storage); each file complete or absent (written aside, renamed)."""
     from vlsm.atomic import atomic_path
 
     for name, data in pyfunc_files().items():

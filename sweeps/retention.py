@@ -1,9 +1,6 @@
-"""Delete superseded trial checkpoints only when no saved experiment state can name them.
-
-Ray's own `num_to_keep` deletes a checkpoint before the snapshot naming its successor has
-reached storage, so a driver killed in between cannot resume (ray-project/ray#27790). The
-sweep keeps every checkpoint with Ray and deletes here, later (docs/design.md, "The sweep folder").
-"""
+"""Delete superseded trial checkpoints only when no saved experiment state can name them
+(Ray's `num_to_keep` deletes too early for a killed driver to resume; docs/design.md,
+"The sweep folder")."""
 
 from __future__ import annotations
 
@@ -23,12 +20,8 @@ GRACE_S = 60.0
 
 
 def checkpoint_config() -> tune.CheckpointConfig:
-    """Ray's side of the arrangement: keep every checkpoint; CheckpointRetention deletes.
-
-    With num_to_keep=None Ray's bookkeeping holds a result per checkpoint, each in every
-    experiment snapshot; TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE keeps those to the
-    path (we set no score attribute), so snapshots stay small over long sweeps.
-    """
+    """Ray keeps every checkpoint (CheckpointRetention deletes); the variable keeps Ray's
+    per-checkpoint bookkeeping in every snapshot to the path, so snapshots stay small."""
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     return tune.CheckpointConfig(num_to_keep=None)
 

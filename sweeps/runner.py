@@ -1,9 +1,5 @@
-"""Run the planned grid as Ray Tune experiments (and resume them).
-
-An experiment (`sweeps.tuner.build_tuner`) has the chain searcher, per-trial resources
-from the sweep YAML and the driver's callbacks (records, MLflow). A sweep is one
-experiment, "grid", until cells are added to it; those run as "grid-2", ... after the
-earlier ones (docs/design.md, "A sweep that grows: experiments").
+"""Run (or resume) the planned grid as Ray Tune experiments: "grid", then "grid-2", ... for
+cells added later (docs/design.md, "A sweep that grows: experiments").
 """
 
 from __future__ import annotations
@@ -51,14 +47,9 @@ def plan_experiments(recorded: dict[str, list[str]], cells: list[Cell]) -> dict[
 
 def run_grid(spec: SweepSpec, experiments: dict[str, list[Cell]], folder: SweepFolder, *, storage: str,
              tracker: SweepTracker, use_gpu: bool) -> CellRecords:
-    """Run (or resume) the experiments in order (`plan_experiments`) on the cells' records
-    (`CellRecords.plan` wrote them); returns every cell's record as it ended.
-
-    An experiment whose cells have all finished is not restored; an interrupted one stops
-    the run (the later ones wait for the next). On a resume Ray restores its own pickled
-    searcher and callbacks, which read the records again; the ones built here then serve
-    a new experiment only.
-    """
+    """Run the experiments in order on the cells' records; returns every record as it ended.
+    A finished experiment is not restored; an interrupted one stops the run. Ray restores its
+    own pickled searcher and callbacks, so the ones built here serve a new experiment only."""
     trainable = _trainable(spec, {c.cell_id: c for cells in experiments.values() for c in cells}, use_gpu)
     for name, cells in experiments.items():
         ids = [cell.cell_id for cell in cells]
@@ -87,7 +78,7 @@ def run_grid(spec: SweepSpec, experiments: dict[str, list[Cell]], folder: SweepF
 
 
 def record_not_run(records: CellRecords, tracker: SweepTracker) -> None:
-    """Give every cell that never ran (its upstream failed) an MLflow run saying why."""
+    """An MLflow run saying why for every cell that never ran (its upstream failed)."""
     for record in list(records.cells.values()):
         if record.status == NOT_RUN:
             tracker.finish_trial(cell_run(tracker, records, record.cell_id), NOT_RUN, reason=record.reason)

@@ -1,10 +1,6 @@
-"""One way to start or resume a Ray Tune experiment, for the grid and the LR search.
-
-An experiment lives at `<storage>/<name>`. When that folder holds one, it is restored
-(finished trials are not rerun, interrupted ones continue from their last checkpoint,
-errored ones stay errored); otherwise a new Tuner is made with the sweep's run settings:
-its callbacks plus checkpoint retention (`sweeps.retention`), the retry count, and no
-table on the console. `fit` runs it.
+"""One way to start or resume a Ray Tune experiment at `<storage>/<name>`, for the grid and
+the LR search: restored when it exists (finished trials not rerun, interrupted ones from
+their last checkpoint, errored ones left errored), else created.
 """
 
 from __future__ import annotations
@@ -45,11 +41,8 @@ def build_tuner(
     callbacks: Sequence[tune.Callback] = (),
     param_space: dict[str, Any] | None = None,
 ) -> tune.Tuner:
-    """The experiment `name` under `storage`: restored when it exists, else created.
-
-    A restored experiment keeps the settings it started with (Ray pickles them); the
-    driver refuses a resume with changed trial configs (`sweeps.folder.resume_mismatch`).
-    """
+    """The experiment `name` under `storage`, restored with the settings it started with (Ray
+    pickles them: `sweeps.folder.resume_mismatch` refuses changed configs), else created."""
     path = experiment_path(storage, name)
     if tune.Tuner.can_restore(path):
         logger.info("resuming the experiment in %s", path)
@@ -61,9 +54,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
-            # Ray keeps every checkpoint; CheckpointRetention deletes the superseded ones
-            # once no saved experiment state can name them (Ray's num_to_keep deletes too
-            # early for a killed driver to resume, see sweeps/retention.py)
+            # Ray keeps every checkpoint; CheckpointRetention deletes them (sweeps/retention.py)
             callbacks=[*callbacks, CheckpointRetention()],
             checkpoint_config=checkpoint_config(),
             failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -73,9 +64,8 @@ def build_tuner(
 
 
 class _NoRestoreHint(logging.Filter):
-    """Ray ends an interrupted experiment with "Resume experiment with: Tuner.restore(...)";
-    a sweep resumes by running the same command again, which the driver prints last
-    (`paper_grid.summarise`), so that line is dropped and the rest of the warning kept."""
+    """Drops Ray's "Resume experiment with: Tuner.restore(...)" line: a sweep resumes by
+    running the same command again, as the driver says last."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -86,7 +76,7 @@ class _NoRestoreHint(logging.Filter):
 
 def fit(tuner: tune.Tuner) -> tune.ResultGrid:
     """`tuner.fit()`, without Ray's advice to resume through Tuner.restore."""
-    ray_tune_logger = logging.getLogger("ray.tune.tune")  # the logger of ray/tune/tune.py
+    ray_tune_logger = logging.getLogger("ray.tune.tune")
     hint = _NoRestoreHint()
     ray_tune_logger.addFilter(hint)
     try:
