@@ -32,50 +32,33 @@ class FolderBusy(FolderError):
     """Another live driver holds the sweep folder."""
 
 
+class _Entry:
+    """A path in the sweep folder: `SweepFolder(root).cells` is `root / "cells"`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, folder: SweepFolder, owner: type) -> Path:
+        return folder.root / self.name
+
+
 @dataclass(frozen=True)
 class SweepFolder:
     """The paths of one sweep folder (absolute)."""
 
     root: Path
+    record = _Entry("sweep.json")  # the sweep's record
+    cells = _Entry("cells")  # one record per cell
+    lr_search = _Entry("lr_search.json")  # the learning rates found
+    mlflow_db = _Entry("mlflow.db")  # the default MLflow store
+    mlartifacts = _Entry("mlartifacts")  # its artifacts
+    ray = _Entry("ray")  # Ray Tune's experiments, without shared storage
+    cache = _Entry("cache")  # preprocessed data (default --cache-dir)
+    exports = _Entry(EXPORTS_DIR)  # the Parquet exports
+    lock_file = _Entry(".driver.lock")  # held by the one driver running this sweep
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
-
-    @property
-    def record(self) -> Path:  # the sweep's record
-        return self.root / "sweep.json"
-
-    @property
-    def cells(self) -> Path:  # one record per cell
-        return self.root / "cells"
-
-    @property
-    def lr_search(self) -> Path:  # the learning rates found
-        return self.root / "lr_search.json"
-
-    @property
-    def mlflow_db(self) -> Path:  # the default MLflow store
-        return self.root / "mlflow.db"
-
-    @property
-    def mlartifacts(self) -> Path:  # its artifacts
-        return self.root / "mlartifacts"
-
-    @property
-    def ray(self) -> Path:  # Ray Tune's experiments, without shared storage
-        return self.root / "ray"
-
-    @property
-    def cache(self) -> Path:  # preprocessed data (default --cache-dir)
-        return self.root / "cache"
-
-    @property
-    def exports(self) -> Path:  # the Parquet exports
-        return self.root / EXPORTS_DIR
-
-    @property
-    def lock_file(self) -> Path:  # held by the one driver running this sweep
-        return self.root / ".driver.lock"
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

@@ -17,7 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps.cell import Cell
 from sweeps.spec import LRSearchSpace, SweepSpec, grid_sources
 from sweeps.trials import trial_config, trial_resources
-from sweeps.tuner import build_tuner, experiment_path, fit, trial_dirname
+from sweeps.tuner import build_tuner, experiment_path, fit
 from vlsm.atomic import write_json_atomic
 from vlsm.strategies import uses_synthetic
 
@@ -53,24 +53,13 @@ def _search(spec: SweepSpec, space: LRSearchSpace, caches: dict[str, dict[str, d
     # N in the name: a search asked for with another N is a new search, not a resume
     name = f"lr-search-{model.lower()}-{encoder}-n{spec.lr_search.trials}"
     resources = trial_resources(spec, model, encoder, use_gpu=use_gpu)
-    tuner = build_tuner(
-        tune.with_resources(train_vlsm, resources=resources),
-        name=name,
-        storage=storage,
+    grid = fit(build_tuner(
+        tune.with_resources(train_vlsm, resources=resources), name=name, storage=storage, run=spec.run,
         param_space={**base, "lr": tune.loguniform(bounds.lr_min, bounds.lr_max)},
-        tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(seed=spec.grid.seeds[0]),
-            scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=space.asha.grace_period,
-                                    reduction_factor=space.asha.reduction_factor, max_t=space.asha.max_t),
-            metric=space.metric,
-            mode=space.mode,
-            num_samples=spec.lr_search.trials,
-            reuse_actors=spec.run.reuse_actors,
-            trial_dirname_creator=trial_dirname,
-        ),
-        max_failures=spec.run.max_failures,
-    )
-    grid = fit(tuner)
+        search_alg=OptunaSearch(seed=spec.grid.seeds[0]),
+        scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=space.asha.grace_period,
+                                reduction_factor=space.asha.reduction_factor, max_t=space.asha.max_t),
+        metric=space.metric, mode=space.mode, num_samples=spec.lr_search.trials))
     try:
         best = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
     except RuntimeError as err:  # every search trial failed

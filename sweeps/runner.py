@@ -16,7 +16,7 @@ from sweeps.record import FINISHED_STATUSES, NOT_RUN, CellRecords
 from sweeps.spec import SweepSpec
 from sweeps.tracking import MLflowTrialCallback, SweepTracker, cell_run
 from sweeps.trials import trial_resources
-from sweeps.tuner import GRID_EXPERIMENT, build_tuner, fit, trial_dirname
+from sweeps.tuner import GRID_EXPERIMENT, build_tuner, fit
 from vlsm import axes
 
 logger = logging.getLogger(__name__)
@@ -57,21 +57,11 @@ def run_grid(spec: SweepSpec, experiments: dict[str, list[Cell]], folder: SweepF
         if all(records[i].status in FINISHED_STATUSES for i in ids):
             continue
         records.restart(ids)
-        tuner = build_tuner(
-            trainable,
-            name=name,
-            storage=storage,
-            tune_config=tune.TuneConfig(
-                search_alg=ChainSearcher(ids, records, metric=axes.BEST_VAL_DICE, mode="max"),
-                num_samples=len(cells),
-                max_concurrent_trials=spec.run.max_concurrent or None,
-                reuse_actors=spec.run.reuse_actors,
-                trial_dirname_creator=trial_dirname,
-            ),
-            max_failures=spec.run.max_failures,
+        fit(build_tuner(
+            trainable, name=name, storage=storage, run=spec.run,
             callbacks=[RecordCallback(records, len(cells)), MLflowTrialCallback(tracker, records)],
-        )
-        fit(tuner)
+            search_alg=ChainSearcher(ids, records, metric=axes.BEST_VAL_DICE, mode="max"),
+            num_samples=len(cells), max_concurrent_trials=spec.run.max_concurrent or None))
         if any(CellRecords(folder.cells)[i].status not in FINISHED_STATUSES for i in ids):
             break  # interrupted: the later experiments wait for the next run
     return CellRecords(folder.cells)

@@ -39,10 +39,8 @@ TAG_CHECKPOINT = "vlsm.checkpoint"  # where the trial's final checkpoint (with b
 TAG_MODEL = "vlsm.model"  # on shared storage: the URI of the pyfunc model (the checkpoint's best/)
 PARENT_TAG = "mlflow.parentRunId"
 
-EPOCH_METRICS = (
-    axes.TRAIN_LOSS, axes.VAL_LOSS, axes.VAL_DICE, axes.BEST_VAL_DICE, axes.BEST_EPOCH,
-    axes.LR, axes.IMAGES_PER_S, axes.SECONDS,
-)
+EPOCH_METRICS = (axes.TRAIN_LOSS, axes.VAL_LOSS, axes.VAL_DICE, axes.BEST_VAL_DICE, axes.BEST_EPOCH, axes.LR,
+                 axes.IMAGES_PER_S, axes.SECONDS)
 FINAL_METRICS = (axes.TEST_DICE_MEAN, axes.TEST_DICE_STD)
 
 
@@ -133,8 +131,7 @@ class SweepTracker:
             local = self.tracking_uri.startswith("sqlite:///")
             experiment_id = self.client.create_experiment(
                 self.name, artifact_location=artifacts.as_uri() if local else None,
-                tags=mlflow_ui.experiment_tags(self.name, self.sweep_dir, self.command),
-            )
+                tags=mlflow_ui.experiment_tags(self.name, self.sweep_dir, self.command))
         else:
             experiment_id = experiment.experiment_id
         for key, value in mlflow_ui.view_tags().items():  # this version's views
@@ -151,11 +148,9 @@ class SweepTracker:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"{self.name} ({Path(self.sweep_dir).name})",
+            self.experiment_id, run_name=f"{self.name} ({Path(self.sweep_dir).name})",
             tags={TAG_ROLE: "sweep", TAG_SWEEP_DIR: self.sweep_dir, TAG_SWEEP_KEY: self.sweep_key,
-                  mlflow_ui.NOTE_TAG: mlflow_ui.sweep_note(self.name, self.sweep_dir, self.command)},
-        )
+                  mlflow_ui.NOTE_TAG: mlflow_ui.sweep_note(self.name, self.sweep_dir, self.command)})
         return run.info.run_id
 
     def log_sweep_params(self, params: dict[str, Any]) -> None:
@@ -239,9 +234,8 @@ class SweepTracker:
         from sweeps.mlflow_model import MODEL_NAME, add_pyfunc_files, log_model
 
         # a trial Ray restored after it had finished reports its end again: its model is there
-        logged = self.client.search_logged_models(
-            [self.experiment_id], filter_string=f"name = '{MODEL_NAME}' AND source_run_id = '{run_id}'",
-            max_results=1)
+        logged = self.client.search_logged_models([self.experiment_id], max_results=1, filter_string=(
+            f"name = '{MODEL_NAME}' AND source_run_id = '{run_id}'"))
         if logged:
             return logged[0].model_id
         add_pyfunc_files(str(best))
@@ -252,11 +246,8 @@ class SweepTracker:
         self.client.set_tag(run_id, TAG_STATUS, status)
         if reason:
             self.client.set_tag(run_id, TAG_REASON, reason[:5000])
-        for path in artifacts or []:
-            if path.is_dir():
-                self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
-            elif path.is_file():
-                self.client.log_artifact(run_id, str(path))
+        for path in artifacts or []:  # files
+            self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status=MLFLOW_STATUS[status])
 
     def finish_sweep(self, status: str = "FINISHED") -> None:
@@ -294,9 +285,8 @@ def cell_run(tracker: SweepTracker, records: CellRecords, cell_id: str) -> str:
 class MLflowTrialCallback(Callback):
     """Ray Tune callback: log each trial's config, epochs and outcome (read from its record)."""
 
-    def __init__(self, tracker: SweepTracker, records: CellRecords, *, log_checkpoints: bool = True):
+    def __init__(self, tracker: SweepTracker, records: CellRecords):
         self.tracker, self.records = tracker, records
-        self.log_checkpoints = log_checkpoints
 
     def setup(self, **info) -> None:
         """Log through this launch's tracker: Ray restores a resumed experiment's callbacks
@@ -329,7 +319,7 @@ class MLflowTrialCallback(Callback):
         artifacts: list[Path] = []
         if record.checkpoint is not None:
             self.tracker.client.set_tag(run_id, TAG_CHECKPOINT, record.checkpoint)
-            if self.log_checkpoints and record.status == DONE:
+            if record.status == DONE:
                 artifacts = self._log_model(run_id, record, trial.checkpoint)
         self.tracker.finish_trial(run_id, record.status, reason=record.reason, artifacts=artifacts)
 

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
 from sweeps.cell import CELL_ID
 from sweeps.retention import CheckpointRetention, checkpoint_config
 
+if TYPE_CHECKING:
+    from sweeps.spec import RunSpec
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["GRID_EXPERIMENT", "build_tuner", "experiment_path", "fit", "trial_dirname"]
+__all__ = ["GRID_EXPERIMENT", "build_tuner", "experiment_path", "fit"]
 
 GRID_EXPERIMENT = "grid"  # the grid's experiment folder under the storage path
 
@@ -31,36 +34,25 @@ def trial_dirname(trial: Any) -> str:
     return f"{trial.config[CELL_ID]}_{trial.trial_id}"
 
 
-def build_tuner(
-    trainable: Callable,
-    *,
-    name: str,
-    storage: str,
-    tune_config: tune.TuneConfig,
-    max_failures: int,
-    callbacks: Sequence[tune.Callback] = (),
-    param_space: dict[str, Any] | None = None,
-) -> tune.Tuner:
+def build_tuner(trainable: Callable, *, name: str, storage: str, run: RunSpec, callbacks: Sequence[tune.Callback] = (),
+                param_space: dict[str, Any] | None = None, **tune_options: Any) -> tune.Tuner:
     """The experiment `name` under `storage`, restored with the settings it started with (Ray
-    pickles them: `sweeps.folder.resume_mismatch` refuses changed configs), else created."""
+    pickles them: `sweeps.folder.resume_mismatch` refuses changed configs), else created with
+    the sweep's run settings and `tune_options` (tune.TuneConfig's)."""
     path = experiment_path(storage, name)
     if tune.Tuner.can_restore(path):
         logger.info("resuming the experiment in %s", path)
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune_config,
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(reuse_actors=run.reuse_actors, trial_dirname_creator=trial_dirname, **tune_options),
         run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            # Ray keeps every checkpoint; CheckpointRetention deletes them (sweeps/retention.py)
-            callbacks=[*callbacks, CheckpointRetention()],
+            name=name, storage_path=storage,
+            callbacks=[*callbacks, CheckpointRetention()],  # Ray keeps every checkpoint; this deletes them
             checkpoint_config=checkpoint_config(),
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            failure_config=tune.FailureConfig(max_failures=run.max_failures),
             verbose=0,  # the grid logs one line per trial instead (sweeps.chain.RecordCallback)
-        ),
-    )
+        ))
 
 
 class _NoRestoreHint(logging.Filter):
