@@ -33,8 +33,7 @@ def mixed_data(source: str) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One trial of the grid: a (model, strategy, encoder, prompt) combination, its
-    synthetic source and provenance where they apply, and its seed."""
+    """One trial of the grid: its axes (source and provenance where they apply) and seed."""
 
     model: str  # "CLIPSeg" | "CRIS"
     strategy: str  # a vlsm.strategies entry: "real" | "synthetic" | "synth-PT:real-FT" | "real+synthetic"

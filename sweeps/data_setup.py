@@ -37,8 +37,7 @@ class DataRoots:
 
 
 def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
-    """The dataset folders; for the demo, phantom data generated once into cache_dir (in
-    every synthetic format the grid trains on)."""
+    """The dataset folders; for the demo, phantom data written once into cache_dir."""
     data = spec.data
     if data.demo:
         from vlsm.data.phantom import write_demo_data
@@ -54,8 +53,7 @@ def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
 
 
 def check_data(roots: DataRoots, spec: SweepSpec) -> None:
-    """Run `vlsm validate-data`'s checks with the sweep's split; raise DataError listing
-    every error."""
+    """`vlsm validate-data`'s checks with the sweep's split; DataError listing every error."""
     from vlsm.data.synthetic_sources import validate_synthetic
     from vlsm.data.validate import validate_data
 
@@ -86,8 +84,7 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
 
 
 def source_prompts(spec: SweepSpec) -> dict[str, tuple[str, ...]]:
-    """source -> the prompts its records can build (from metadata headers, no images):
-    the grid skips the cells of the others (`sweeps.grid.plan_grid`)."""
+    """source -> the prompts its records can build, from metadata headers (no images)."""
     from vlsm.data.prompts import buildable_prompts
     from vlsm.data.synthetic_sources import source_attributes
 
@@ -112,18 +109,15 @@ def _datasets(cells: list[Cell]) -> list[str]:
 
 
 def _needed_splits(name: str) -> tuple[str, ...]:
-    """The splits trials read of a dataset: real CAMUS tests every cell, a synthetic source
-    trains and validates its own, a real+synthetic set only trains."""
+    """The splits trials read of a dataset (real CAMUS tests every cell; camus+<source> only trains)."""
     if name == REAL_DATA:
         return ("train", "val", "test")
     return ("train",) if "+" in name else ("train", "val")
 
 
-def prepare_caches(
-    spec: SweepSpec, roots: DataRoots, cache_dir: Path, cells: list[Cell]
-) -> dict[str, dict[str, dict[str, str]]]:
-    """dataset -> model -> split -> cache folder, one per input size; each dataset's records
-    are read once (a real+synthetic training set: the training records of both)."""
+def prepare_caches(spec: SweepSpec, roots: DataRoots, cache_dir: Path,
+                   cells: list[Cell]) -> dict[str, dict[str, dict[str, str]]]:
+    """dataset -> model -> split -> cache folder, one per input size (records read once)."""
     from vlsm.data.cache import load_records, prepare_records
 
     records: dict[str, list] = {}
@@ -150,11 +144,9 @@ def prepare_caches(
             missing = [split for split in needed if split not in paths]
             if missing:  # every trial is tested on real CAMUS; synthetic ones train on their source
                 root = roots.camus_root if name == REAL_DATA else roots.synthetic.get(name.split("+")[-1])
-                raise DataError(
-                    f"{root}: the {name} data has no {', '.join(missing)} split with ground truth "
-                    f"(an old CAMUS 2019 download ships its test patients without _gt masks: use the "
-                    f"2023 release or a 2019 copy with the test annotations)"
-                )
+                raise DataError(f"{root}: the {name} data has no {', '.join(missing)} split with ground truth "
+                                f"(an old CAMUS 2019 download ships its test patients without _gt masks: use "
+                                f"the 2023 release or a 2019 copy with the test annotations)")
             by_size[size] = {split: str(path) for split, path in paths.items()}
         caches[name] = {model: by_size[size] for model, size in sizes.items()}
     return caches
@@ -166,12 +158,12 @@ def publish_caches(caches: dict[str, dict[str, dict[str, str]]], storage: str) -
 
     published: dict[str, str] = {}  # models of one input size share their caches
 
-    def one(folder: str) -> str:
+    def published_copy(folder: str) -> str:
         if folder not in published:
             published[folder] = publish(Path(folder), storage)
         return published[folder]
 
-    return {kind: {model: {split: one(folder) for split, folder in splits.items()} for model, splits in by_model.items()}
-            for kind, by_model in caches.items()}
+    return {kind: {model: {split: published_copy(folder) for split, folder in splits.items()}
+                   for model, splits in by_model.items()} for kind, by_model in caches.items()}
 
 

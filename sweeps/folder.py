@@ -19,17 +19,13 @@ from analysis.schema import EXPORTS_DIR
 from sweeps.record import CellRecords
 from vlsm.atomic import write_json_atomic
 
-__all__ = ["FolderBusy", "FolderError", "SweepFolder", "recorded_experiments", "resume_mismatch"]
+__all__ = ["FolderError", "SweepFolder", "recorded_experiments", "resume_mismatch"]
 
 OLD_STATE = "chain_state.json"  # the cells' state of a sweep an older version wrote
 
 
 class FolderError(RuntimeError):
     """The sweep folder cannot be used as it is."""
-
-
-class FolderBusy(FolderError):
-    """Another live driver holds the sweep folder."""
 
 
 class _Entry:
@@ -63,7 +59,7 @@ class SweepFolder:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the folder for this process (a second driver would train every trial twice):
-        an flock on `.driver.lock`, which dies with its process; FolderBusy names the holder."""
+        an flock on `.driver.lock`, which dies with its process; FolderError names the holder."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.lock_file, "a+") as handle:
             try:
@@ -71,7 +67,7 @@ class SweepFolder:
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                raise FolderBusy(f"{self.root} is held by a running driver ({holder}); wait for it to "
+                raise FolderError(f"{self.root} is held by a running driver ({holder}); wait for it to "
                                  f"end, or stop it, before running this sweep again") from None
             handle.seek(0)
             handle.truncate()
@@ -84,8 +80,7 @@ class SweepFolder:
                 handle.truncate()  # the lock itself goes with the file handle
 
     def holds_sweep(self) -> bool:
-        """Whether a sweep ran here before (its cells' records exist); FolderError for one an
-        older version wrote (never migrated)."""
+        """Whether a sweep ran here before; FolderError for one an older version wrote."""
         if not self.cells.is_dir() and (self.root / OLD_STATE).exists():
             raise FolderError(f"{self.root} holds a sweep written by an older version of this project "
                               f"({OLD_STATE}, no {self.cells.name}/): finish it with that version, or give "
@@ -108,10 +103,8 @@ class SweepFolder:
 
     def read_record(self) -> dict[str, Any]:
         if not self.record.exists():
-            raise FileNotFoundError(
-                f"{self.record}: not a sweep folder (no {self.record.name}); expected the --output "
-                f"of sweeps/paper_grid.py"
-            )
+            raise FileNotFoundError(f"{self.record}: not a sweep folder (no {self.record.name}); expected the "
+                                    f"--output of sweeps/paper_grid.py")
         return json.loads(self.record.read_text())
 
 

@@ -21,8 +21,7 @@ SourcePrompts = Mapping[str, tuple[str, ...]]
 
 
 def _candidates(spec: SweepSpec, source_prompts: SourcePrompts | None) -> Iterator[tuple[Cell, str]]:
-    """Every cell the grid names with "" (planned) or why it cannot run; a cell's upstream
-    comes right before it."""
+    """Every cell the grid names with "" or why it cannot run, its upstream right before it."""
     grid = spec.grid
     for seed in grid.seeds:
         for model in grid.models:
@@ -64,9 +63,8 @@ def _cells(spec: SweepSpec, name: str, where: tuple[str, str, str, int], source:
 
 
 def plan_grid(spec: SweepSpec, source_prompts: SourcePrompts | None = None) -> tuple[list[Cell], dict[str, str]]:
-    """(the cells that can run, in planning order; cell_id -> why not, for those that
-    cannot). A finetune's upstream is planned even when the grid leaves its strategy out.
-    source_prompts: the prompts each synthetic source builds (default P0-P6)."""
+    """(the cells that can run, in planning order, their upstreams included; cell_id -> why
+    not, for the others). source_prompts: what each synthetic source builds (default P0-P6)."""
     cells: dict[str, Cell] = {}
     skipped: dict[str, str] = {}
     for cell, reason in _candidates(spec, source_prompts):

@@ -29,13 +29,9 @@ def _signature_and_example() -> tuple[Any, dict[str, np.ndarray]]:
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    signature = ModelSignature(
-        inputs=Schema([
-            TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "image"),  # (N, H, W) grey pixels
-            TensorSpec(np.dtype(str), (-1,), "prompt"),  # one prompt per image
-        ]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),  # (N, H, W) mask logits
-    )
+    signature = ModelSignature(  # (N, H, W) grey pixels and a prompt per image -> (N, H, W) mask logits
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "image"), TensorSpec(np.dtype(str), (-1,), "prompt")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]))
     yy, xx = np.mgrid[:_EXAMPLE_SIDE, :_EXAMPLE_SIDE]
     disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 18 ** 2).astype(np.uint8) * 160  # a bright disc
     example = {"image": disc[None], "prompt": np.array(["left ventricle"])}

@@ -74,8 +74,7 @@ def view_tags() -> dict[str, str]:
 
 
 def runs_url(ui: str, experiment_id: str, view: str = "trials", *, charts: bool = False) -> str:
-    """The link to an experiment's runs in the model-training view and a saved view;
-    charts: the view's charts instead of its table."""
+    """The link to an experiment's runs in a saved view (charts: as charts, not a table)."""
     if view not in VIEWS:
         raise ValueError(f"runs_url: unknown view {view!r}; expected one of {sorted(VIEWS)}")
     url = f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view}"

@@ -81,8 +81,7 @@ def _option_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> SweepSpec:
-    """paper.yaml with the options; with demo.yaml when asked or when no dataset is set
-    (decided first, so that `--set` values are checked against what will run)."""
+    """paper.yaml with the options, and demo.yaml when asked or when no dataset is set."""
     spec = load_spec(config=args.config, demo=True if args.demo else None, overrides=args.overrides,
                      values=_option_values(args))
     if spec.data.demo and not args.demo:
@@ -202,8 +201,7 @@ def _check_prompt_source(spec: SweepSpec) -> None:
 
 
 def plan_sweep(args: argparse.Namespace) -> SweepPlan:
-    """Phase 1: the spec, the grid and the folders, every option checked (SpecError,
-    UsageError); nothing is written and nothing runs."""
+    """Phase 1: the spec, the grid and the folders, every option checked; nothing runs."""
     spec = _load(args)
     folder = SweepFolder(args.output or Path("runs") / (f"{spec.name}-demo" if spec.data.demo else spec.name))
     for key, option, root in (("camus_root", "--camus-root", spec.data.camus_root),

@@ -14,22 +14,21 @@ grid (92 trials) under Ray Tune with MLflow tracking and exports Parquet files t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# One forced experiment snapshot per checkpoint is what keeping only the latest
-# checkpoint costs (a few ms here); Ray warns about it at every trial otherwise.
+# Ray would warn at every trial about the snapshot forced per checkpoint (a few ms here).
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# With a custom searcher Tune keeps a single trial pending; on an autoscaling cluster
-# that brings GPU nodes up one at a time. Let the waiting trials show their demand.
+# With a custom searcher Tune keeps one trial pending: an autoscaler would add GPU nodes one by one.
 os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "16")
 
 from sweeps.data_setup import DataError, check_data, prepare_caches, publish_caches, resolve_data  # noqa: E402
@@ -172,7 +171,7 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
         logger.info("%s holds a sweep: resuming it (finished trials are not rerun)", folder.root)
     gpu_share = {c.cell_id: trial_resources(spec, c.model, c.encoder, use_gpu=use_gpu)["gpu"] for c in plan.cells}
     with mlflow_sweep(plan) as tracker:
-        tracker.log_sweep_params({"spec": spec.to_dict()})
+        tracker.log_sweep_params({"spec": dataclasses.asdict(spec)})
         experiments = plan_experiments(recorded_experiments(folder), plan.cells)
         folder.write_record(storage=plan.storage, mlflow_uri=tracker.tracking_uri,
                             experiments={name: [c.cell_id for c in cells] for name, cells in experiments.items()})
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.time()
     try:
-        plan = replace(plan_sweep(args), command=shlex.join(["python", "sweeps/paper_grid.py", *argv]))
+        plan = dataclasses.replace(plan_sweep(args), command=shlex.join(["python", "sweeps/paper_grid.py", *argv]))
         if args.dry_run:
             print(describe_plan(plan))
             return 0

@@ -65,8 +65,7 @@ def expected_epochs(spec: SweepSpec) -> int:
 
 def format_plan(spec: SweepSpec, cells: list[Cell], sizes: dict[str, int], *, use_gpu: bool,
                 rates: dict[tuple[str, str], Rate] | None = None, skipped: Mapping[str, str] | None = None) -> str:
-    """A table of the planned trials and a GPU-hour estimate from measured rates
-    (`sweeps.rates`); trials without one are counted and named, never guessed."""
+    """The planned trials and a GPU-hour estimate from measured rates (none: counted, never guessed)."""
     rates = rates or {}
     waiting = dependents(cells)
     epochs = expected_epochs(spec)

@@ -64,8 +64,7 @@ class CellRecord:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # by epoch, its last report
 
     def add_report(self, result: Mapping[str, Any]) -> None:
-        """A trial report: its epoch (replacing a replayed epoch's earlier report), the best so
-        far, the test summary and the time, as the trial reported them."""
+        """A trial report, as the trial reported it (a replayed epoch replaces its earlier one)."""
         epoch, val_dice = result.get(EPOCH), result.get(VAL_DICE)
         if epoch is not None and val_dice is not None and not math.isnan(val_dice):
             row = {key: result.get(key) for key in EPOCH_KEYS}
@@ -113,8 +112,7 @@ class CellRecords:
                                          configs[cell.cell_id], gpu_share[cell.cell_id]))
 
     def restart(self, cell_ids: Iterable[str]) -> None:
-        """Running cells pending again (a restored experiment marks its own running again:
-        `ChainSearcher.restore`)."""
+        """Running cells pending again (a restored experiment's searcher marks its own running)."""
         for cell_id in cell_ids:
             if self.cells[cell_id].status == RUNNING:
                 self.update(cell_id, status=PENDING, trial_id=None)

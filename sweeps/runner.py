@@ -1,10 +1,8 @@
 """Run (or resume) the planned grid as Ray Tune experiments: "grid", then "grid-2", ... for
-cells added later (docs/design.md, "A sweep that grows: experiments").
-"""
+cells added later (docs/design.md, "A sweep that grows: experiments")."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ray import tune
@@ -19,8 +17,6 @@ from sweeps.trials import trial_resources
 from sweeps.tuner import GRID_EXPERIMENT, build_tuner, fit
 from vlsm import axes
 
-logger = logging.getLogger(__name__)
-
 
 def _trainable(spec: SweepSpec, cells: dict[str, Cell], use_gpu: bool):
     from vlsm.trainable import train_vlsm
@@ -33,8 +29,7 @@ def _trainable(spec: SweepSpec, cells: dict[str, Cell], use_gpu: bool):
 
 
 def plan_experiments(recorded: dict[str, list[str]], cells: list[Cell]) -> dict[str, list[Cell]]:
-    """The sweep's experiments: the recorded ones (name -> cell ids), in order, then one
-    of the cells no recorded experiment holds, if any (`grid` for a new sweep)."""
+    """The recorded experiments (name -> cell ids), then one of the cells none holds, if any."""
     by_id = {cell.cell_id: cell for cell in cells}
     experiments = {name: [by_id[i] for i in ids if i in by_id] for name, ids in recorded.items()}
     placed = {i for ids in recorded.values() for i in ids}

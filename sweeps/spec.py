@@ -134,19 +134,13 @@ class SweepSpec:
     lr_search: LRSearchSpec = field(default_factory=LRSearchSpec)
     run: RunSpec = field(default_factory=RunSpec)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 class _Loader(yaml.SafeLoader):
     """yaml.safe_load, but `1e-4` is a float (YAML 1.1 reads it as text: it has no dot)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -242,8 +236,7 @@ def synthetic_roots(spec: SweepSpec) -> dict[str, str]:
 
 
 def grid_sources(spec: SweepSpec) -> tuple[str, ...]:
-    """The sources synthetic strategies train on: grid.synthetic_sources, else every
-    configured one, else sdm."""
+    """The sources synthetic strategies train on: grid.synthetic_sources, else the configured, else sdm."""
     if spec.grid.synthetic_sources:
         return spec.grid.synthetic_sources
     return tuple(synthetic_roots(spec)) or (SOURCE_SDM,)
@@ -340,8 +333,7 @@ class LRSearchSpace:
 
 
 def lr_search_space(spec: SweepSpec) -> LRSearchSpace:
-    """The typed search space `spec.lr_search.space` names (relative to the repository);
-    SpecError naming the file and key when it does not fit the grid."""
+    """The search space `spec.lr_search.space` names (relative to the repository), typed."""
     path = Path(spec.lr_search.space)
     path = path if path.is_absolute() else REPO_ROOT / path
     try:

@@ -71,8 +71,7 @@ def sweep_key(sweep_dir: str | Path) -> str:
 
 
 def _trial_params(record: CellRecord) -> dict[str, str]:
-    """The cell's axes under their own names (the UI groups and filters by them), then the
-    trial config."""
+    """The cell's axes under their own names (the UI groups by them), then the trial config."""
     rest = {k: v for k, v in record.config.items() if k not in record.axes}
     return {**record.axes, **_flatten(rest)}
 
@@ -160,8 +159,7 @@ class SweepTracker:
                 self.client.log_param(self.parent_run_id, key, value)
 
     def trial_run(self, record: CellRecord, upstream_run: str | None = None) -> str:
-        """A cell's run: the one its record names or its tag finds, else a new one nested
-        under the parent."""
+        """A cell's run: the one its record names or its tag finds, else a new nested one."""
         if record.cell_id in self._runs:
             return self._runs[record.cell_id]
         run = self._existing_run(record)
@@ -193,8 +191,7 @@ class SweepTracker:
         return found[0] if found else None
 
     def _log_trial_inputs(self, run_id: str, record: CellRecord) -> None:
-        """Parameters and datasets (one that cannot be read is a warning: the parameters
-        still name its cache folders)."""
+        """Parameters and datasets (a dataset that cannot be read is a warning)."""
         from mlflow.entities import Param
 
         from sweeps.mlflow_datasets import dataset_inputs

@@ -29,8 +29,7 @@ def experiment_path(storage: str, name: str) -> str:
 
 
 def trial_dirname(trial: Any) -> str:
-    """A trial's folder in its experiment: its cell's id and Ray's trial id
-    (`cris-real-frozen-p3_1a2b3c4d`), instead of Ray's `train_vlsm_<id>_<n>_<config>`."""
+    """A trial's folder: `cris-real-frozen-p3_1a2b3c4d` (cell id, Ray's trial id)."""
     return f"{trial.config[CELL_ID]}_{trial.trial_id}"
 
 
