@@ -31,10 +31,6 @@ class DataRoots:
     synthetic: dict[str, Path] = field(default_factory=dict)  # source -> its folder
     demo: bool = False
 
-    @property
-    def sdm_root(self) -> Path | None:
-        return self.synthetic.get(SOURCE_SDM)
-
 
 def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
     """The dataset folders; for the demo, phantom data written once into cache_dir."""
@@ -65,7 +61,7 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
         option = "--sdm-root" if missing[0] == SOURCE_SDM else f"--synthetic-root --synthetic-format {missing[0]}"
         raise DataError(f"the grid has synthetic strategies on {missing[0]} but no folder for it: give {option}")
     others = [s for s in sources if s != SOURCE_SDM]  # beside SDM one more, or (the demo) several
-    problems = validate_data(roots.camus_root, roots.sdm_root if SOURCE_SDM in sources else None,
+    problems = validate_data(roots.camus_root, roots.synthetic[SOURCE_SDM] if SOURCE_SDM in sources else None,
                              synthetic_root=roots.synthetic[others[0]] if others else None,
                              synthetic_format=others[0] if others else SOURCE_SDM,
                              split_scheme=spec.data.split_scheme, n_val=spec.data.val_patients)

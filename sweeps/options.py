@@ -120,8 +120,11 @@ def _check_run_options(spec: SweepSpec, folder: SweepFolder, args: argparse.Name
                          f"local Ray has {cpus} (--num-cpus or this machine): no trial could start")
     fp16 = [f"models.{m}.train" if spec.models[m].train.get("precision") == "fp16" else "train"
             for m in spec.grid.models if {**spec.train, **spec.models[m].train}.get("precision") == "fp16"]
-    if fp16 and not args.address and (args.cpu_only or not _local_gpu()):
-        raise UsageError(fp16_on_cpu(fp16[0]))
+    if fp16 and not args.address:
+        import torch  # only asked when fp16 is configured
+
+        if args.cpu_only or not torch.cuda.is_available():
+            raise UsageError(fp16_on_cpu(fp16[0]))
 
 
 def too_many_cpus(spec: SweepSpec, cpus: float) -> list[tuple[str, str, float]]:
@@ -157,12 +160,6 @@ def _cluster_problem(address: str) -> str | None:
     except OSError as err:
         return f"--address {address}: no Ray cluster answers at {found} ({err.strerror or err}); {_NO_CLUSTER_ADVICE}"
     return None
-
-
-def _local_gpu() -> bool:
-    import torch  # only asked when fp16 is configured
-
-    return torch.cuda.is_available()
 
 
 def fp16_on_cpu(where: str) -> str:

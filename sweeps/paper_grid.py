@@ -82,9 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- phase 2: the data -------------------------------------------------------------------
-
-
 def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
     """Phase 2: the dataset folders (or the demo's), checked, and the caches trials read by
     path (published to shared storage for a cluster). DataError."""
@@ -100,9 +97,6 @@ def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
     except ValueError as err:  # a reader naming a file it cannot use
         raise DataError(str(err)) from None
     return caches
-
-
-# --- phase 3: the run ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ class CheckpointRetention(Callback):
         self._superseded: list[_Superseded] = []
         self._snapshot_since_step = False  # a snapshot was written after the last step ended
 
-    # --- Ray's hooks ---
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint: tune.Checkpoint, **info) -> None:
         previous = self._latest.get(trial.trial_id)
         self._latest[trial.trial_id] = checkpoint
@@ -77,7 +76,6 @@ class CheckpointRetention(Callback):
             logger.info("the sweep stopped without a final snapshot: keeping %d superseded "
                         "checkpoints a resume may need", len(self._superseded))
 
-    # --- deleting ---
     def _delete(self, ready: Callable[[_Superseded], bool], trials: list) -> None:
         if not self._superseded:  # the usual case: this runs after every controller step
             return

@@ -24,9 +24,7 @@ from vlsm.strategies import paper_strategies, strategy_names, uses_synthetic
 from vlsm.typed_config import Check, Choice, ConfigError, Range, from_mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SEARCH_SPACES = REPO_ROOT / "search_spaces"
-PAPER_YAML = SEARCH_SPACES / "paper.yaml"
-DEMO_YAML = SEARCH_SPACES / "demo.yaml"
+PAPER_YAML, DEMO_YAML = REPO_ROOT / "search_spaces" / "paper.yaml", REPO_ROOT / "search_spaces" / "demo.yaml"
 
 
 class SpecError(ValueError):
@@ -139,8 +137,8 @@ class _Loader(yaml.SafeLoader):
     """yaml.safe_load, but `1e-4` is a float (YAML 1.1 reads it as text: it has no dot)."""
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

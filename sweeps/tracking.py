@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 TAG_ROLE = "vlsm.role"  # "sweep" (parent) or "trial"
 TAG_SWEEP_DIR = "vlsm.sweep_dir"
-TAG_SWEEP_KEY = "vlsm.sweep_key"  # a hash of sweep_dir: safe inside a search filter
+TAG_SWEEP_KEY = "vlsm.sweep_key"  # a hash of sweep_dir, which may hold quotes: safe in a search filter
 TAG_CELL = f"vlsm.{CELL_ID}"
 TAG_TRIAL = "vlsm.trial_id"
 TAG_UPSTREAM_CELL = f"vlsm.upstream_{CELL_ID}"
@@ -63,17 +63,6 @@ def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
         problem = not_writable(Path(uri[len("sqlite:///"):]).parent)
         return None if problem is None else f"{uri}: {problem}"
     return None
-
-
-def sweep_key(sweep_dir: str | Path) -> str:
-    """A short hash of a sweep folder's absolute path (folder names may hold quotes)."""
-    return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
-
-
-def _trial_params(record: CellRecord) -> dict[str, str]:
-    """The cell's axes under their own names (the UI groups by them), then the trial config."""
-    rest = {k: v for k, v in record.config.items() if k not in record.axes}
-    return {**record.axes, **_flatten(rest)}
 
 
 def _open_sqlite_store(tracking_uri: str, artifact_root: Path) -> None:
@@ -112,7 +101,7 @@ class SweepTracker:
 
         self.tracking_uri = tracking_uri
         self.sweep_dir = str(Path(sweep_dir).resolve())
-        self.sweep_key = sweep_key(self.sweep_dir)
+        self.sweep_key = hashlib.sha1(self.sweep_dir.encode()).hexdigest()[:16]
         self.name, self.command = experiment_name, command
         artifacts = SweepFolder(Path(self.sweep_dir)).mlartifacts
         _open_sqlite_store(tracking_uri, artifacts)
@@ -196,7 +185,8 @@ class SweepTracker:
 
         from sweeps.mlflow_datasets import dataset_inputs
 
-        params = [Param(key, value) for key, value in _trial_params(record).items()]
+        rest = {k: v for k, v in record.config.items() if k not in record.axes}  # the axes by their own names
+        params = [Param(key, value) for key, value in {**record.axes, **_flatten(rest)}.items()]
         for start in range(0, len(params), 100):  # MLflow's batch limit
             self.client.log_batch(run_id, params=params[start:start + 100])
         try:
