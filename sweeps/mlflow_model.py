@@ -30,7 +30,8 @@ def _signature_and_example() -> tuple[Any, dict[str, np.ndarray]]:
     from mlflow.types.schema import Schema, TensorSpec
 
     signature = ModelSignature(  # (N, H, W) grey pixels and a prompt per image -> (N, H, W) mask logits
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "image"), TensorSpec(np.dtype(str), (-1,), "prompt")]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "image"),
+                       TensorSpec(np.dtype(str), (-1,), "prompt")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]))
     yy, xx = np.mgrid[:_EXAMPLE_SIDE, :_EXAMPLE_SIDE]
     disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 18 ** 2).astype(np.uint8) * 160  # a bright disc

@@ -137,8 +137,8 @@ class _Loader(yaml.SafeLoader):
     """yaml.safe_load, but `1e-4` is a float (YAML 1.1 reads it as text: it has no dot)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
