@@ -1,8 +1,6 @@
-"""The sweep side's command line.
+"""The sweep side's command line (the main job is `python sweeps/paper_grid.py`):
 
     python -m sweeps export <output_dir>   (Parquet exports, also written at a sweep's end)
-
-The main job itself is `python sweeps/paper_grid.py`.
 """
 
 from __future__ import annotations

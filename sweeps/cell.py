@@ -1,17 +1,8 @@
-"""A grid cell: the identity of one trial. A trial config carries only its id
-(`config[CELL_ID]`); the driver finds the cell and its record by it. The cell's axes are
-`vlsm.axes.CELL_AXES` (model, strategy, encoder, prompt) and `vlsm.axes.VARIANT_AXES`
-(synthetic source, provenance), which also name the export columns and MLflow
-parameters; the seed tells replicates of one cell apart.
+"""A grid cell: the identity of one trial (its axes, `vlsm.axes`, and seed); a trial config
+carries only its id, `config[CELL_ID]` (docs/design.md, "Vocabulary").
 
-    cell = Cell("CRIS", "synth-PT:real-FT", "frozen", "P3", upstream="cris-synthetic-frozen-p3")
-    cell.cell_id                          # "cris-synth-pt-real-ft-frozen-p3"
-    Cell("CRIS", "real", "unfrozen", "P2", seed=43).cell_id   # "cris-real-unfrozen-p2-s43"
-
-Ids name only what differs from the paper's grid: the source when it is not SDM, "no
-provenance" when a real+synthetic cell's prompts leave it out, the seed when it is not
-the paper's 42. So a sweep's ids never change when seeds or sources are added to it,
-and its resume finds every finished trial.
+    Cell("CRIS", "synth-PT:real-FT", "frozen", "P3", upstream="cris-synthetic-frozen-p3").cell_id
+    # "cris-synth-pt-real-ft-frozen-p3"; with seed=43: "...-p3-s43" (only what differs from the paper's grid)
 """
 
 from __future__ import annotations
@@ -42,8 +33,7 @@ def mixed_data(source: str) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One trial of the grid: a (model, strategy, encoder, prompt) combination, its
-    synthetic source and provenance where they apply, and its seed."""
+    """One trial of the grid: its axes (source and provenance where they apply) and seed."""
 
     model: str  # "CLIPSeg" | "CRIS"
     strategy: str  # a vlsm.strategies entry: "real" | "synthetic" | "synth-PT:real-FT" | "real+synthetic"
@@ -66,7 +56,8 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        """Stable, path-safe id: clipseg-synth-pt-real-ft-frozen-p3 (see the module docstring)."""
+        """Stable, path-safe id: clipseg-synth-pt-real-ft-frozen-p3 (the paper's source, provenance
+        and seed left out, so adding seeds or sources to a sweep changes no id)."""
         variant = "" if self.synthetic_source in ("", SOURCE_SDM) else f"-{self.synthetic_source}"
         if self.provenance == PROVENANCE_NONE:
             variant += "-no-provenance"
@@ -76,8 +67,7 @@ class Cell:
 
     @property
     def train_data(self) -> str:
-        """The dataset that trains this cell: real CAMUS ('camus'), its synthetic source, or
-        both in one training set ('camus+<source>')."""
+        """The dataset that trains this cell: 'camus', its synthetic source, or 'camus+<source>'."""
         train = STRATEGY_REGISTRY[self.strategy].train
         return {REAL: REAL_DATA, SYNTHETIC: self.synthetic_source,
                 REAL_AND_SYNTHETIC: mixed_data(self.synthetic_source)}[train]

@@ -1,9 +1,6 @@
-"""The driver's side of one Ray Tune experiment: which cell runs next, and what each did.
-
-`ChainSearcher` hands Tune the experiment's cells in planning order, a synth-PT:real-FT cell
-once its own upstream is done (`init_from` = the upstream's final checkpoint's best/).
-`RecordCallback` writes what Ray reports into the cells' records (`sweeps.record`) and logs
-one line per finished trial (docs/design.md, "One record per cell").
+"""The driver's side of one Ray Tune experiment: `ChainSearcher` says which cell runs next
+(a finetune once its upstream is done), `RecordCallback` writes what each did into its
+record and logs a line (docs/design.md, "One record per cell").
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from sweeps.record import (
     CellRecords,
     trial_outcome,
 )
-from vlsm.checkpoint import BEST_DIR  # the best-validation-Dice weights inside a checkpoint
+from vlsm.checkpoint import BEST_DIR
 
 logger = logging.getLogger(__name__)
 progress = logging.getLogger("sweep")
@@ -64,7 +61,7 @@ class ChainSearcher(Searcher):
         return Searcher.FINISHED if finished else None  # else finetunes wait
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        """Nothing to do: RecordCallback records the outcome, checkpoint included."""
+        """Nothing to do: RecordCallback records the outcome."""
 
     def save(self, checkpoint_path: str) -> None:
         """Written by Ray with each experiment snapshot, so a resume agrees with Ray's trials."""

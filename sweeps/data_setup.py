@@ -1,9 +1,6 @@
 """Data for a sweep: the dataset folders (or the phantom demo), their checks, and the
-preprocessing caches every trial reads by path.
-
-Datasets are named as cells name them (`sweeps.cell`): "camus" (real), each synthetic
-source ("sdm", "diffecho", "imagefolder") and "camus+<source>", the training set of a
-real+synthetic cell (real and synthetic training pairs in one cache).
+preprocessing caches trials read by path, one per dataset as cells name them (`sweeps.cell`:
+"camus", each synthetic source, "camus+<source>" for a real+synthetic training set).
 """
 
 from __future__ import annotations
@@ -34,53 +31,37 @@ class DataRoots:
     synthetic: dict[str, Path] = field(default_factory=dict)  # source -> its folder
     demo: bool = False
 
-    @property
-    def sdm_root(self) -> Path | None:
-        return self.synthetic.get(SOURCE_SDM)
-
 
 def resolve_data(spec: SweepSpec, cache_dir: Path) -> DataRoots:
-    """The dataset folders; for the demo, phantom data generated once into cache_dir (in
-    every synthetic format the grid trains on)."""
+    """The dataset folders; for the demo, phantom data written once into cache_dir."""
     data = spec.data
     if data.demo:
         from vlsm.data.phantom import write_demo_data
 
         sources = grid_sources(spec)
         demo = write_demo_data(
-            cache_dir / f"demo-data-seed{data.demo_seed}",
-            seed=data.demo_seed,
-            n_patients=data.demo_patients,
-            n_test=data.demo_test_patients,
-            n_val=data.val_patients,
-            sdm_per_image=data.demo_sdm_per_image,
-            size=tuple(data.demo_image_size),
-            synthetic_formats=sources,
-        )
+            cache_dir / f"demo-data-seed{data.demo_seed}", seed=data.demo_seed, n_patients=data.demo_patients,
+            n_test=data.demo_test_patients, n_val=data.val_patients, sdm_per_image=data.demo_sdm_per_image,
+            size=tuple(data.demo_image_size), synthetic_formats=sources)
         return DataRoots(Path(demo.camus_root), {s: Path(demo.synthetic_roots[s]) for s in sources}, demo=True)
     camus = Path(data.camus_root).expanduser() if data.camus_root else None
     return DataRoots(camus, {s: Path(root).expanduser() for s, root in synthetic_roots(spec).items()})
 
 
-def _needs_synthetic(spec: SweepSpec) -> bool:
-    return any(uses_synthetic(s) for s in spec.grid.strategies)
-
-
 def check_data(roots: DataRoots, spec: SweepSpec) -> None:
-    """Run `vlsm validate-data`'s checks with the sweep's split; raise DataError listing
-    every error."""
+    """`vlsm validate-data`'s checks with the sweep's split; DataError listing every error."""
     from vlsm.data.synthetic_sources import validate_synthetic
     from vlsm.data.validate import validate_data
 
     if roots.camus_root is None:
         raise DataError("no CAMUS folder: give --camus-root (every strategy is tested on real CAMUS)")
-    sources = grid_sources(spec) if _needs_synthetic(spec) else ()
+    sources = grid_sources(spec) if any(uses_synthetic(s) for s in spec.grid.strategies) else ()
     missing = [s for s in sources if s not in roots.synthetic]
     if missing:
         option = "--sdm-root" if missing[0] == SOURCE_SDM else f"--synthetic-root --synthetic-format {missing[0]}"
         raise DataError(f"the grid has synthetic strategies on {missing[0]} but no folder for it: give {option}")
     others = [s for s in sources if s != SOURCE_SDM]  # beside SDM one more, or (the demo) several
-    problems = validate_data(roots.camus_root, roots.sdm_root if SOURCE_SDM in sources else None,
+    problems = validate_data(roots.camus_root, roots.synthetic[SOURCE_SDM] if SOURCE_SDM in sources else None,
                              synthetic_root=roots.synthetic[others[0]] if others else None,
                              synthetic_format=others[0] if others else SOURCE_SDM,
                              split_scheme=spec.data.split_scheme, n_val=spec.data.val_patients)
@@ -99,8 +80,7 @@ def check_data(roots: DataRoots, spec: SweepSpec) -> None:
 
 
 def source_prompts(spec: SweepSpec) -> dict[str, tuple[str, ...]]:
-    """source -> the prompts its records can build (from metadata headers, no images):
-    the grid skips the cells of the others (`sweeps.grid.plan_grid`)."""
+    """source -> the prompts its records can build, from metadata headers (no images)."""
     from vlsm.data.prompts import buildable_prompts
     from vlsm.data.synthetic_sources import source_attributes
 
@@ -125,19 +105,15 @@ def _datasets(cells: list[Cell]) -> list[str]:
 
 
 def _needed_splits(name: str) -> tuple[str, ...]:
-    """The splits trials read of a dataset: real CAMUS tests every cell, a synthetic source
-    trains and validates its own, a real+synthetic set only trains."""
+    """The splits trials read of a dataset (real CAMUS tests every cell; camus+<source> only trains)."""
     if name == REAL_DATA:
         return ("train", "val", "test")
     return ("train",) if "+" in name else ("train", "val")
 
 
-def prepare_caches(
-    spec: SweepSpec, roots: DataRoots, cache_dir: Path, cells: list[Cell]
-) -> dict[str, dict[str, dict[str, str]]]:
-    """dataset -> model -> split -> cache folder, one per input size (see the module
-    docstring for the dataset names). Each dataset's records are read once; a
-    real+synthetic training set is the training records of both."""
+def prepare_caches(spec: SweepSpec, roots: DataRoots, cache_dir: Path,
+                   cells: list[Cell]) -> dict[str, dict[str, dict[str, str]]]:
+    """dataset -> model -> split -> cache folder, one per input size (records read once)."""
     from vlsm.data.cache import load_records, prepare_records
 
     records: dict[str, list] = {}
@@ -164,11 +140,9 @@ def prepare_caches(
             missing = [split for split in needed if split not in paths]
             if missing:  # every trial is tested on real CAMUS; synthetic ones train on their source
                 root = roots.camus_root if name == REAL_DATA else roots.synthetic.get(name.split("+")[-1])
-                raise DataError(
-                    f"{root}: the {name} data has no {', '.join(missing)} split with ground truth "
-                    f"(an old CAMUS 2019 download ships its test patients without _gt masks: use the "
-                    f"2023 release or a 2019 copy with the test annotations)"
-                )
+                raise DataError(f"{root}: the {name} data has no {', '.join(missing)} split with ground truth "
+                                f"(an old CAMUS 2019 download ships its test patients without _gt masks: use "
+                                f"the 2023 release or a 2019 copy with the test annotations)")
             by_size[size] = {split: str(path) for split, path in paths.items()}
         caches[name] = {model: by_size[size] for model, size in sizes.items()}
     return caches
@@ -178,16 +152,14 @@ def publish_caches(caches: dict[str, dict[str, dict[str, str]]], storage: str) -
     """The same caches on shared storage, so that trials on any node can read them."""
     from vlsm.data.remote_cache import publish
 
-    published: dict[str, str] = {}
-    out: dict[str, dict[str, dict[str, str]]] = {}
-    for kind, by_model in caches.items():
-        out[kind] = {}
-        for model, splits in by_model.items():
-            out[kind][model] = {}
-            for split, folder in splits.items():
-                if folder not in published:
-                    published[folder] = publish(Path(folder), storage)
-                out[kind][model][split] = published[folder]
-    return out
+    published: dict[str, str] = {}  # models of one input size share their caches
+
+    def published_copy(folder: str) -> str:
+        if folder not in published:
+            published[folder] = publish(Path(folder), storage)
+        return published[folder]
+
+    return {kind: {model: {split: published_copy(folder) for split, folder in splits.items()}
+                   for model, splits in by_model.items()} for kind, by_model in caches.items()}
 
 

@@ -1,10 +1,7 @@
-"""Export a sweep to Parquet: trials, epochs and per-image test metrics.
+"""Export a sweep to Parquet (trials, epochs, per-image test metrics) from the cells'
+records and each done cell's `per_image.parquet`; columns from `analysis.schema`.
 
     python -m sweeps export <output>
-
-Reads the cells' records (`sweeps.record`) and each done cell's `per_image.parquet` from
-its checkpoint. Column names come from `analysis.schema`, which the analysis package
-reads with; the export belongs to the sweep side, and analysis never imports it.
 """
 
 from __future__ import annotations

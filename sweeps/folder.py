@@ -19,7 +19,7 @@ from analysis.schema import EXPORTS_DIR
 from sweeps.record import CellRecords
 from vlsm.atomic import write_json_atomic
 
-__all__ = ["FolderBusy", "FolderError", "SweepFolder", "recorded_experiments", "resume_mismatch"]
+__all__ = ["FolderError", "SweepFolder", "recorded_experiments", "resume_mismatch"]
 
 OLD_STATE = "chain_state.json"  # the cells' state of a sweep an older version wrote
 
@@ -28,8 +28,14 @@ class FolderError(RuntimeError):
     """The sweep folder cannot be used as it is."""
 
 
-class FolderBusy(FolderError):
-    """Another live driver holds the sweep folder."""
+class _Entry:
+    """A path in the sweep folder: `SweepFolder(root).cells` is `root / "cells"`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, folder: SweepFolder, owner: type) -> Path:
+        return folder.root / self.name
 
 
 @dataclass(frozen=True)
@@ -37,52 +43,23 @@ class SweepFolder:
     """The paths of one sweep folder (absolute)."""
 
     root: Path
+    record = _Entry("sweep.json")  # the sweep's record
+    cells = _Entry("cells")  # one record per cell
+    lr_search = _Entry("lr_search.json")  # the learning rates found
+    mlflow_db = _Entry("mlflow.db")  # the default MLflow store
+    mlartifacts = _Entry("mlartifacts")  # its artifacts
+    ray = _Entry("ray")  # Ray Tune's experiments, without shared storage
+    cache = _Entry("cache")  # preprocessed data (default --cache-dir)
+    exports = _Entry(EXPORTS_DIR)  # the Parquet exports
+    lock_file = _Entry(".driver.lock")  # held by the one driver running this sweep
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
 
-    @property
-    def record(self) -> Path:  # the sweep's record
-        return self.root / "sweep.json"
-
-    @property
-    def cells(self) -> Path:  # one record per cell
-        return self.root / "cells"
-
-    @property
-    def lr_search(self) -> Path:  # the learning rates found
-        return self.root / "lr_search.json"
-
-    @property
-    def mlflow_db(self) -> Path:  # the default MLflow store
-        return self.root / "mlflow.db"
-
-    @property
-    def mlartifacts(self) -> Path:  # its artifacts
-        return self.root / "mlartifacts"
-
-    @property
-    def ray(self) -> Path:  # Ray Tune's experiments, without shared storage
-        return self.root / "ray"
-
-    @property
-    def cache(self) -> Path:  # preprocessed data (default --cache-dir)
-        return self.root / "cache"
-
-    @property
-    def exports(self) -> Path:  # the Parquet exports
-        return self.root / EXPORTS_DIR
-
-    @property
-    def lock_file(self) -> Path:  # held by the one driver running this sweep
-        return self.root / ".driver.lock"
-
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the folder for this process: a second driver on the same folder would train
-        every trial twice and write the same state files concurrently. The lock is an
-        flock on `.driver.lock`, so it dies with its process (a killed driver leaves
-        nothing to clean up); FolderBusy names the holder's pid and host."""
+        """Hold the folder for this process (a second driver would train every trial twice):
+        an flock on `.driver.lock`, which dies with its process; FolderError names the holder."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.lock_file, "a+") as handle:
             try:
@@ -90,7 +67,7 @@ class SweepFolder:
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                raise FolderBusy(f"{self.root} is held by a running driver ({holder}); wait for it to "
+                raise FolderError(f"{self.root} is held by a running driver ({holder}); wait for it to "
                                  f"end, or stop it, before running this sweep again") from None
             handle.seek(0)
             handle.truncate()
@@ -103,8 +80,7 @@ class SweepFolder:
                 handle.truncate()  # the lock itself goes with the file handle
 
     def holds_sweep(self) -> bool:
-        """Whether a sweep ran here before (its cells' records exist): running again resumes.
-        A sweep an older version wrote is refused (FolderError), never migrated."""
+        """Whether a sweep ran here before; FolderError for one an older version wrote."""
         if not self.cells.is_dir() and (self.root / OLD_STATE).exists():
             raise FolderError(f"{self.root} holds a sweep written by an older version of this project "
                               f"({OLD_STATE}, no {self.cells.name}/): finish it with that version, or give "
@@ -112,13 +88,11 @@ class SweepFolder:
         return self.cells.is_dir()
 
     def default_tracking_uri(self) -> str:
-        """The SQLite MLflow store in the folder (artifacts in mlartifacts/ beside it)."""
         return f"sqlite:///{self.mlflow_db}"
 
     def storage(self, shared: str | None) -> str:
-        """Where this sweep's Ray experiments live: <output>/ray, or a folder of its own
-        under shared storage (named after the folder and a hash of its path, so sweeps
-        sharing a bucket never restore each other's experiments)."""
+        """Where the sweep's Ray experiments live: <output>/ray, or under shared storage a
+        folder named after this one and a hash of its path (sweeps may share a bucket)."""
         if not shared:
             return str(self.ray)
         digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
@@ -129,21 +103,14 @@ class SweepFolder:
 
     def read_record(self) -> dict[str, Any]:
         if not self.record.exists():
-            raise FileNotFoundError(
-                f"{self.record}: not a sweep folder (no {self.record.name}); expected the --output "
-                f"of sweeps/paper_grid.py"
-            )
+            raise FileNotFoundError(f"{self.record}: not a sweep folder (no {self.record.name}); expected the "
+                                    f"--output of sweeps/paper_grid.py")
         return json.loads(self.record.read_text())
 
 
 def resume_mismatch(folder: SweepFolder, configs: dict[str, dict[str, Any]], storage: str) -> str | None:
-    """Why the sweep already in `folder` cannot be resumed with `configs`, or None.
-
-    Ray restores an experiment with the trial configs it started with, so a changed grid
-    or setting would be silently ignored; we refuse instead and say what differs. Cells
-    added to the grid (more seeds, a source, a strategy) are not a mismatch: they run as
-    an experiment of their own (`sweeps.runner`); cells left out are.
-    """
+    """Why the sweep in `folder` cannot be resumed with `configs` (Ray would silently keep
+    the configs it started with), or None; added cells are no mismatch, cells left out are."""
     if not folder.holds_sweep():
         return None
     recorded = folder.read_record().get("storage")
@@ -173,7 +140,6 @@ def recorded_experiments(folder: SweepFolder) -> dict[str, list[str]]:
 
 
 def _train_defaults() -> dict[str, Any]:
-    """TrainConfig's default values, as JSON would hold them."""
     import dataclasses
 
     from vlsm.config import TrainConfig

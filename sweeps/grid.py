@@ -1,11 +1,7 @@
-"""Expand a sweep definition into trials (grid cells) with their dependencies.
-
-A strategy's cells are one per synthetic source it uses and provenance it varies by
-(`vlsm.strategies`); a cell with an upstream starts from the best checkpoint of the
-upstream strategy's cell with the same model, encoder, source and seed, and the prompt
-`grid.finetune_upstream` names (P6 for P7: synthetic data has no P7). A source builds
-only the prompts its metadata allows (DiffEcho: P0-P3): the cells of the others are
-skipped, each with the reason (`plan_grid`). Longest chains start first.
+"""Expand a sweep definition into cells: one per synthetic source and provenance a strategy
+varies by, a finetune after its upstream (same model, encoder, source and seed; the prompt
+`grid.finetune_upstream` names), the cells a source cannot build skipped with the reason,
+longest chains first (docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -25,8 +21,7 @@ SourcePrompts = Mapping[str, tuple[str, ...]]
 
 
 def _candidates(spec: SweepSpec, source_prompts: SourcePrompts | None) -> Iterator[tuple[Cell, str]]:
-    """Every cell the grid names with "" (planned) or why it cannot run; a cell's upstream
-    comes right before it."""
+    """Every cell the grid names with "" or why it cannot run, its upstream right before it."""
     grid = spec.grid
     for seed in grid.seeds:
         for model in grid.models:
@@ -68,14 +63,8 @@ def _cells(spec: SweepSpec, name: str, where: tuple[str, str, str, int], source:
 
 
 def plan_grid(spec: SweepSpec, source_prompts: SourcePrompts | None = None) -> tuple[list[Cell], dict[str, str]]:
-    """(the cells that can run, in planning order; cell_id -> why it does not run, for
-    the cells the grid names that cannot).
-
-    A finetune whose upstream synthetic cell is not in the grid (e.g. `--strategies
-    synth-PT:real-FT` alone) is still planned: its upstream is added, since it cannot
-    start without it. source_prompts: the prompts each synthetic source builds
-    (default P0-P6 for every source).
-    """
+    """(the cells that can run, in planning order, their upstreams included; cell_id -> why
+    not, for the others). source_prompts: what each synthetic source builds (default P0-P6)."""
     cells: dict[str, Cell] = {}
     skipped: dict[str, str] = {}
     for cell, reason in _candidates(spec, source_prompts):
@@ -101,10 +90,8 @@ def dependents(cells: list[Cell]) -> dict[str, list[str]]:
 
 
 def order_cells(cells: list[Cell]) -> list[Cell]:
-    """Longest chains first: synthetic cells by number of dependents, then real and
-    real+synthetic cells (CRIS before CLIPSeg, unfrozen before frozen: the slow ones
-    first), then finetunes, which start as soon as their own upstream has finished.
-    Within a stage the first seed's cells come first."""
+    """Longest chains first: by strategy stage (synthetic, real and real+synthetic,
+    finetunes), then dependents, seed, and the slow ones (CRIS, unfrozen) first."""
     waiting = dependents(cells)
     seed_rank = {seed: i for i, seed in enumerate(dict.fromkeys(c.seed for c in cells))}
 

@@ -1,11 +1,6 @@
-"""Learning-rate search before the grid (`--lr-search N`): Optuna TPE with ASHA.
-
-For each (model, encoder) of the grid, N trials on one cell (`lr_search.space`, default
-search_spaces/lr_search.yaml: real P1) sample a log-uniform learning rate; ASHA stops
-the poor ones early. Each search is its own Ray Tune experiment under the sweep's
-storage, so an interrupted search resumes; the results are kept in
-<output>/lr_search.json, and the grid uses the best learning rate found per (model,
-encoder).
+"""Learning-rate search before the grid (`--lr-search N`): per (model, encoder), N Optuna
+TPE trials of a log-uniform rate on one cell (`lr_search.space`), ASHA stopping the poor
+ones; each search its own resumable Ray experiment, the results in <output>/lr_search.json.
 """
 
 from __future__ import annotations
@@ -22,22 +17,15 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps.cell import Cell
 from sweeps.spec import LRSearchSpace, SweepSpec, grid_sources
 from sweeps.trials import trial_config, trial_resources
-from sweeps.tuner import build_tuner, experiment_path, fit, trial_dirname
+from sweeps.tuner import build_tuner, experiment_path, fit
 from vlsm.atomic import write_json_atomic
 from vlsm.strategies import uses_synthetic
 
 logger = logging.getLogger(__name__)
 
 
-def run_lr_search(
-    spec: SweepSpec,
-    space: LRSearchSpace,
-    caches: dict[str, dict[str, dict[str, str]]],
-    *,
-    results_file: Path,
-    storage: str,
-    use_gpu: bool,
-) -> dict[tuple[str, str], float]:
+def run_lr_search(spec: SweepSpec, space: LRSearchSpace, caches: dict[str, dict[str, dict[str, str]]], *,
+                  results_file: Path, storage: str, use_gpu: bool) -> dict[tuple[str, str], float]:
     """Best learning rate per (model, encoder); cached in `results_file` (lr_search.json)."""
     results: dict[str, dict[str, Any]] = json.loads(results_file.read_text()) if results_file.exists() else {}
     for model in spec.grid.models:
@@ -49,23 +37,11 @@ def run_lr_search(
             write_json_atomic(results_file, results, sort_keys=False)  # never half a file to resume from
             logger.info("lr search %s: best lr %.3g (%s %.4f)", key, results[key]["lr"], space.metric,
                         results[key]["best"])
-    return {
-        (model, encoder): results[f"{model}/{encoder}"]["lr"]
-        for model in spec.grid.models
-        for encoder in spec.grid.encoders
-    }
+    return {(m, e): results[f"{m}/{e}"]["lr"] for m in spec.grid.models for e in spec.grid.encoders}
 
 
-def _search(
-    spec: SweepSpec,
-    space: LRSearchSpace,
-    caches: dict[str, dict[str, dict[str, str]]],
-    model: str,
-    encoder: str,
-    *,
-    storage: str,
-    use_gpu: bool,
-) -> dict[str, Any]:
+def _search(spec: SweepSpec, space: LRSearchSpace, caches: dict[str, dict[str, dict[str, str]]], model: str,
+            encoder: str, *, storage: str, use_gpu: bool) -> dict[str, Any]:
     """One (model, encoder) search: its best rate and score, and every rate tried."""
     from vlsm.trainable import train_vlsm
 
@@ -77,28 +53,13 @@ def _search(
     # N in the name: a search asked for with another N is a new search, not a resume
     name = f"lr-search-{model.lower()}-{encoder}-n{spec.lr_search.trials}"
     resources = trial_resources(spec, model, encoder, use_gpu=use_gpu)
-    tuner = build_tuner(
-        tune.with_resources(train_vlsm, resources=resources),
-        name=name,
-        storage=storage,
+    grid = fit(build_tuner(
+        tune.with_resources(train_vlsm, resources=resources), name=name, storage=storage, run=spec.run,
         param_space={**base, "lr": tune.loguniform(bounds.lr_min, bounds.lr_max)},
-        tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(seed=spec.grid.seeds[0]),
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                grace_period=space.asha.grace_period,
-                reduction_factor=space.asha.reduction_factor,
-                max_t=space.asha.max_t,
-            ),
-            metric=space.metric,
-            mode=space.mode,
-            num_samples=spec.lr_search.trials,
-            reuse_actors=spec.run.reuse_actors,
-            trial_dirname_creator=trial_dirname,
-        ),
-        max_failures=spec.run.max_failures,
-    )
-    grid = fit(tuner)
+        search_alg=OptunaSearch(seed=spec.grid.seeds[0]),
+        scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=space.asha.grace_period,
+                                reduction_factor=space.asha.reduction_factor, max_t=space.asha.max_t),
+        metric=space.metric, mode=space.mode, num_samples=spec.lr_search.trials))
     try:
         best = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
     except RuntimeError as err:  # every search trial failed

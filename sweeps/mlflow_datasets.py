@@ -1,11 +1,5 @@
-"""The data a trial saw, as MLflow dataset inputs of its run (the UI's "Dataset" column).
-
-A trial reads cache folders (`vlsm.data.cache`), so a dataset here is one cache folder:
-its name says dataset, split and input size (``camus-train-352``), its digest is the
-cache's content key (changed pixels, metadata or preprocessing code give another digest,
-so two runs on different data can be told apart), its source is the folder (or its URI
-on shared storage), and its profile counts images and image-structure pairs.
-"""
+"""The cache folders a trial read, as MLflow dataset inputs of its run: named
+``camus-train-352``, the cache's content key as digest (docs/sweeps.md, "MLflow")."""
 
 from __future__ import annotations
 
@@ -15,14 +9,13 @@ from typing import Any
 
 __all__ = ["CONTEXTS", "dataset_inputs"]
 
-# TrainConfig field -> MLflow's context tag value
 CONTEXTS: dict[str, str] = {"train_cache": "training", "val_cache": "validation", "test_cache": "testing"}
 _CONTEXT_TAG = "mlflow.data.context"
 
 
 @functools.lru_cache(maxsize=256)
 def _meta(cache: str) -> dict[str, Any]:
-    """A cache folder's meta.json (a local path or a URI such as s3://...)."""
+    """A cache folder's meta.json (a path or a URI such as s3://...)."""
     if "://" in cache:
         import pyarrow.fs
 

@@ -1,6 +1,6 @@
-"""A trial's best weights as an MLflow model: the pyfunc files go beside the weights in the
-final checkpoint's ``best/`` (one copy; `vlsm.predictor` is the loader), logged as the
-run's model ``model``, or on shared storage named by the run's ``vlsm.model`` tag:
+"""A trial's best weights as an MLflow model: pyfunc files beside them in the final
+checkpoint's ``best/`` (one copy; loader `vlsm.predictor`), logged as the run's ``model``
+(on shared storage the run's ``vlsm.model`` tag names the folder):
 
     mlflow.pyfunc.load_model("runs:/<run_id>/model").predict({"image": grey, "prompt": "left ventricle"})
 """
@@ -29,13 +29,10 @@ def _signature_and_example() -> tuple[Any, dict[str, np.ndarray]]:
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    signature = ModelSignature(
-        inputs=Schema([
-            TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "image"),  # (N, H, W) grey pixels
-            TensorSpec(np.dtype(str), (-1,), "prompt"),  # one prompt per image
-        ]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),  # (N, H, W) mask logits
-    )
+    signature = ModelSignature(  # (N, H, W) grey pixels and a prompt per image -> (N, H, W) mask logits
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "image"),
+                       TensorSpec(np.dtype(str), (-1,), "prompt")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]))
     yy, xx = np.mgrid[:_EXAMPLE_SIDE, :_EXAMPLE_SIDE]
     disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 18 ** 2).astype(np.uint8) * 160  # a bright disc
     example = {"image": disc[None], "prompt": np.array(["left ventricle"])}
@@ -71,8 +68,8 @@ def pyfunc_files() -> dict[str, bytes]:
 
 
 def add_pyfunc_files(best: str, filesystem: Any = None) -> None:
-    """Write the pyfunc files into a best/ folder: a local path, or a path inside a pyarrow
-    filesystem (shared storage). Each file is complete or absent (written aside, renamed)."""
+    """Write the pyfunc files into a best/ folder, local or in a pyarrow filesystem (shared
+    storage); each file complete or absent (written aside, renamed)."""
     from vlsm.atomic import atomic_path
 
     for name, data in pyfunc_files().items():

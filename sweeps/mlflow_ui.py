@@ -1,10 +1,6 @@
-"""What a researcher sees first in the MLflow UI: the experiment's kind and description,
-and saved views of the runs table (columns, sort, grouping), with the links that open them.
-
-MLflow 3 opens an experiment in its GenAI view unless the experiment says
-``mlflow.experimentKind = custom_model_development`` and the link adds
-``workflowType=machine_learning``; a view is the UI's own shared view, an experiment tag
-``mlflow.sharedViewState.<key>`` opened by ``?viewStateShareKey=<key>``.
+"""What the MLflow UI shows first: the experiment's kind (model training, not MLflow 3's
+GenAI view) and description, saved views of the runs table (experiment tags
+``mlflow.sharedViewState.<key>``) and the links that open them (docs/sweeps.md, "MLflow").
 """
 
 from __future__ import annotations
@@ -14,24 +10,14 @@ from typing import Any
 
 from vlsm import axes
 
-__all__ = [
-    "EXPERIMENT_KIND",
-    "EXPERIMENT_KIND_TAG",
-    "HEADLINE_METRICS",
-    "NOTE_TAG",
-    "VIEWS",
-    "experiment_tags",
-    "runs_url",
-    "sweep_note",
-    "view_tags",
-]
+__all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "HEADLINE_METRICS", "NOTE_TAG", "VIEWS", "experiment_tags",
+           "runs_url", "sweep_note", "view_tags"]
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # the description the UI shows
 _SHARED_VIEW_TAG = "mlflow.sharedViewState."
 
-# The numbers a comparison of trials starts from, logged on every finished trial.
 HEADLINE_METRICS: tuple[str, ...] = (axes.TEST_DICE_MEAN, axes.TEST_DICE_STD, axes.BEST_VAL_DICE, axes.BEST_EPOCH)
 
 _TRIALS_ONLY = "tags.`vlsm.role` = 'trial'"
@@ -88,8 +74,7 @@ def view_tags() -> dict[str, str]:
 
 
 def runs_url(ui: str, experiment_id: str, view: str = "trials", *, charts: bool = False) -> str:
-    """The link that opens an experiment's runs in the model-training view, in a saved view;
-    charts: as charts (one line per group of a grouped view) instead of the table."""
+    """The link to an experiment's runs in a saved view (charts: as charts, not a table)."""
     if view not in VIEWS:
         raise ValueError(f"runs_url: unknown view {view!r}; expected one of {sorted(VIEWS)}")
     url = f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view}"

@@ -1,10 +1,6 @@
-"""Phase 1 of the main job: the options of `sweeps/paper_grid.py` made into a SweepPlan.
-
-Every option and every combination of them is checked here, before anything is written
-or started: the spec (YAML, `--set`, the typed option values), the dataset folders, the
-folders a run writes, the MLflow store, Ray's address and storage, the CPUs and the
-precision trials ask for. A problem is a SpecError or UsageError naming the option.
-"""
+"""Phase 1 of the main job: the options of `sweeps/paper_grid.py` made into a SweepPlan,
+every option and combination checked before anything is written or started (SpecError or
+UsageError naming the option; docs/design.md, "The driver")."""
 
 from __future__ import annotations
 
@@ -33,12 +29,11 @@ from sweeps.spec import (
 from sweeps.trials import trial_resources
 from vlsm.atomic import not_writable
 
-__all__ = ["RaySettings", "SweepPlan", "UsageError", "describe_plan", "fp16_on_cpu", "plan_sweep"]
+__all__ = ["RaySettings", "SweepPlan", "UsageError", "describe_plan", "fp16_on_cpu", "plan_sweep", "too_many_cpus"]
 
 
 class UsageError(ValueError):
     """Options that cannot work (together, or with the sweep folder they name)."""
-
 
 
 @dataclass(frozen=True)
@@ -69,29 +64,24 @@ class SweepPlan:
     skipped: dict[str, str] = field(default_factory=dict)  # cell_id -> why the grid cannot run it
 
 
+_OPTION_KEYS = {  # option -> the YAML key it sets
+    **{axis: f"grid.{axis}" for axis in ("models", "prompts", "strategies", "encoders", "synthetic_sources", "seeds")},
+    **{root: f"data.{root}" for root in ("camus_root", "sdm_root", "synthetic_root", "synthetic_format")},
+    "prompt_source": "train.prompt_source",
+}
+
+
 def _option_values(args: argparse.Namespace) -> dict[str, Any]:
     """The options that stand for YAML values, as dotted keys with their values as typed
     (a path such as `--camus-root 2023` stays text; YAML would read a number)."""
-    values: dict[str, Any] = {}
-    for axis in ("models", "prompts", "strategies", "encoders"):
-        if getattr(args, axis):
-            values[f"grid.{axis}"] = list(getattr(args, axis))
-    for option, key in (("camus_root", "data.camus_root"), ("sdm_root", "data.sdm_root"),
-                        ("synthetic_root", "data.synthetic_root"), ("synthetic_format", "data.synthetic_format"),
-                        ("prompt_source", "train.prompt_source")):
-        if getattr(args, option, None):
-            values[key] = getattr(args, option)
-    for option, key in (("synthetic_sources", "grid.synthetic_sources"), ("seeds", "grid.seeds")):
-        if getattr(args, option, None):
-            values[key] = list(getattr(args, option))
+    values = {key: getattr(args, option) for option, key in _OPTION_KEYS.items() if getattr(args, option, None)}
     if args.lr_search is not None:
         values["lr_search.trials"] = args.lr_search
     return values
 
 
 def _load(args: argparse.Namespace) -> SweepSpec:
-    """paper.yaml with the options; with demo.yaml when asked or when no dataset is set
-    (decided first, so that `--set` values are checked against what will run)."""
+    """paper.yaml with the options, and demo.yaml when asked or when no dataset is set."""
     spec = load_spec(config=args.config, demo=True if args.demo else None, overrides=args.overrides,
                      values=_option_values(args))
     if spec.data.demo and not args.demo:
@@ -122,18 +112,26 @@ def _check_run_options(spec: SweepSpec, folder: SweepFolder, args: argparse.Name
                          "runs on a local Ray and needs neither")
     if args.resume and not folder.holds_sweep():
         raise UsageError(f"--resume: {folder.root} holds no sweep to resume (no {folder.cells.name}/)")
-    if not args.address:  # a local Ray has the CPUs of this machine (or --num-cpus), no more
-        cpus = args.num_cpus or os.cpu_count() or 1
-        for model in spec.grid.models:
-            for encoder in spec.grid.encoders:
-                need = trial_resources(spec, model, encoder, use_gpu=False)["cpu"]
-                if need > cpus:
-                    raise UsageError(f"models.{model}.resources.{encoder}.cpu: {need:g} CPUs per trial, but the "
-                                     f"local Ray has {cpus} (--num-cpus or this machine): no trial could start")
+    cpus = args.num_cpus or os.cpu_count() or 1  # a local Ray's: this machine's or --num-cpus
+    over = [] if args.address else too_many_cpus(spec, cpus)
+    if over:
+        model, encoder, need = over[0]
+        raise UsageError(f"models.{model}.resources.{encoder}.cpu: {need:g} CPUs per trial, but the "
+                         f"local Ray has {cpus} (--num-cpus or this machine): no trial could start")
     fp16 = [f"models.{m}.train" if spec.models[m].train.get("precision") == "fp16" else "train"
             for m in spec.grid.models if {**spec.train, **spec.models[m].train}.get("precision") == "fp16"]
-    if fp16 and not args.address and (args.cpu_only or not _local_gpu()):
-        raise UsageError(fp16_on_cpu(fp16[0]))
+    if fp16 and not args.address:
+        import torch  # only asked when fp16 is configured
+
+        if args.cpu_only or not torch.cuda.is_available():
+            raise UsageError(fp16_on_cpu(fp16[0]))
+
+
+def too_many_cpus(spec: SweepSpec, cpus: float) -> list[tuple[str, str, float]]:
+    """(model, encoder, CPUs per trial) of the trials that ask for more than `cpus`."""
+    needs = [(m, e, trial_resources(spec, m, e, use_gpu=False)["cpu"])
+             for m in spec.grid.models for e in spec.grid.encoders]
+    return [need for need in needs if need[2] > cpus]
 
 
 _NO_CLUSTER_ADVICE = ("start one with `ray start --head` on this machine or `ray up ray_cluster.yaml` on AWS "
@@ -142,9 +140,8 @@ _NO_CLUSTER_ADVICE = ("start one with `ray start --head` on this machine or `ray
 
 
 def _cluster_problem(address: str) -> str | None:
-    """Why no Ray cluster can be joined at `address` ("auto": RAY_ADDRESS, else the one
-    this node belongs to), in one line; None when its head answers. Checked before any
-    data is prepared: ray.init would fail only after the caches, with a traceback."""
+    """Why no Ray cluster can be joined at `address` ("auto": RAY_ADDRESS, else this node's),
+    in one line, or None (ray.init would fail only after the caches, with a traceback)."""
     import socket
 
     from ray._private.services import get_ray_address_from_environment
@@ -165,19 +162,13 @@ def _cluster_problem(address: str) -> str | None:
     return None
 
 
-def _local_gpu() -> bool:
-    import torch  # only asked when fp16 is configured
-
-    return torch.cuda.is_available()
-
-
 def fp16_on_cpu(where: str) -> str:
     return (f"{where}.precision fp16: the trials would run on CPU (no GPU here, or --cpu-only), where fp16 "
             f"cannot train; use auto, bf16 or fp32")
 
 
 def _check_places(plan: SweepPlan) -> None:
-    """The folders a run writes and the MLflow store it logs to, usable (before anything runs)."""
+    """The folders a run writes and the MLflow store it logs to, usable."""
     from sweeps.tracking import tracking_uri_problem
 
     for option, path in (("--output", plan.folder.root), ("--cache-dir", plan.cache_dir)):
@@ -207,8 +198,7 @@ def _check_prompt_source(spec: SweepSpec) -> None:
 
 
 def plan_sweep(args: argparse.Namespace) -> SweepPlan:
-    """Phase 1: the spec, the grid and the folders, every option checked (SpecError,
-    UsageError); nothing is written and nothing runs."""
+    """Phase 1: the spec, the grid and the folders, every option checked; nothing runs."""
     spec = _load(args)
     folder = SweepFolder(args.output or Path("runs") / (f"{spec.name}-demo" if spec.data.demo else spec.name))
     for key, option, root in (("camus_root", "--camus-root", spec.data.camus_root),
@@ -232,18 +222,11 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         raise UsageError(f"--rates {args.rates}: no such file or folder; expected bench/gpu_suite.py's "
                          f"JSON or a sweep folder with exports/")
     plan = SweepPlan(
-        spec=spec,
-        cells=cells,
-        folder=folder,
+        spec=spec, cells=cells, folder=folder, storage=folder.storage(args.storage),
         cache_dir=Path(args.cache_dir or spec.data.cache_dir or folder.cache).resolve(),
-        storage=folder.storage(args.storage),
         lr_space=lr_search_space(spec) if spec.lr_search.trials > 0 else None,
-        mlflow_uri=args.mlflow_uri or folder.default_tracking_uri(),
-        validate=not args.skip_validation,
-        ray=RaySettings(args.address, args.num_cpus, args.cpu_only, args.verbose),
-        rates=args.rates,
-        skipped=skipped,
-    )
+        mlflow_uri=args.mlflow_uri or folder.default_tracking_uri(), validate=not args.skip_validation,
+        ray=RaySettings(args.address, args.num_cpus, args.cpu_only, args.verbose), rates=args.rates, skipped=skipped)
     if not args.dry_run:
         _check_places(plan)
     return plan

@@ -6,38 +6,29 @@
     python sweeps/paper_grid.py --dry-run                        # print the plan and a GPU-hour estimate
     python sweeps/paper_grid.py --dry-run --rates bench/results/gpu_suite.json   # ... from measured rates
 
-Reads search_spaces/paper.yaml (plus demo.yaml when no dataset is configured), expands
-the grid (92 trials: synthetic data has no P7), chains each synth-PT:real-FT trial to its
-synthetic upstream, runs everything under Ray Tune with MLflow tracking, and exports
-Parquet files to <output>/exports. Running again with the same --output resumes.
-
-It runs in three phases (docs/design.md, "The driver"): plan (read the YAML and the
-options and check them all; nothing runs), data (the dataset or the phantom demo,
-validated, and the preprocessing caches), and the run, inside a session that always shuts
-Ray down and closes the sweep's MLflow run (LR search, trial configs, resume check, the
-grid, exports). Every error a user can cause is reported in one place, `main`: one line,
-exit status 2.
+Reads search_spaces/paper.yaml (plus demo.yaml when no dataset is configured), runs the
+grid (92 trials) under Ray Tune with MLflow tracking and exports Parquet files to
+<output>/exports; the same --output resumes. Phases: docs/design.md, "The driver".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# One forced experiment snapshot per checkpoint is what keeping only the latest
-# checkpoint costs (a few ms here); Ray warns about it at every trial otherwise.
+# Ray would warn at every trial about the snapshot forced per checkpoint (a few ms here).
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# With a custom searcher Tune keeps a single trial pending; on an autoscaling cluster
-# that brings GPU nodes up one at a time. Let the waiting trials show their demand.
+# With a custom searcher Tune keeps one trial pending: an autoscaler would add GPU nodes one by one.
 os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "16")
 
 from sweeps.data_setup import DataError, check_data, prepare_caches, publish_caches, resolve_data  # noqa: E402
@@ -91,12 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- phase 2: the data -------------------------------------------------------------------
-
-
 def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
-    """Phase 2: the dataset folders (or the phantom demo), checked, and the caches every
-    trial reads by path (published to shared storage for a cluster). DataError."""
+    """Phase 2: the dataset folders (or the demo's), checked, and the caches trials read by
+    path (published to shared storage for a cluster). DataError."""
     try:
         roots = resolve_data(plan.spec, plan.cache_dir)
         if plan.validate:
@@ -111,12 +99,9 @@ def prepare_data(plan: SweepPlan) -> dict[str, dict[str, dict[str, str]]]:
     return caches
 
 
-# --- phase 3: the run ----------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class SweepEnd:
-    """How the grid ended: every cell's record, and where to look at the results."""
+    """How the grid ended: every cell's record, and where the results are."""
 
     records: dict[str, CellRecord]
     exports: Path
@@ -124,7 +109,6 @@ class SweepEnd:
     experiment_id: str
 
     def mlflow_lines(self) -> list[str]:
-        """How to open the sweep's runs in the MLflow UI."""
         from sweeps.mlflow_ui import runs_url
 
         if self.mlflow_uri.startswith(("http://", "https://")):
@@ -143,19 +127,18 @@ class SweepEnd:
         return "KILLED" if self.unfinished() else "FAILED" if self.failed() else "FINISHED"
 
 
-def _warn_unplaceable(plan: SweepPlan, use_gpu: bool) -> None:
-    """On a cluster: say at once when no node has the CPUs a trial asks for (it would wait
-    forever unless the autoscaler can start a larger node, which only its config knows)."""
+def _warn_unplaceable(plan: SweepPlan) -> None:
+    """On a cluster: say at once when no node has the CPUs a trial asks for (it waits unless
+    the autoscaler can start a larger node, which only its config knows)."""
     import ray
 
+    from sweeps.options import too_many_cpus
+
     largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
-    for model in plan.spec.grid.models:
-        for encoder in plan.spec.grid.encoders:
-            need = trial_resources(plan.spec, model, encoder, use_gpu=use_gpu)["cpu"]
-            if need > largest:
-                logger.warning("models.%s.resources.%s.cpu: %g CPUs per trial, but no node of the cluster has "
-                               "more than %g now: those trials wait until the autoscaler starts a larger node",
-                               model, encoder, need, largest)
+    for model, encoder, need in too_many_cpus(plan.spec, largest):
+        logger.warning("models.%s.resources.%s.cpu: %g CPUs per trial, but no node of the cluster has "
+                       "more than %g now: those trials wait until the autoscaler starts a larger node",
+                       model, encoder, need, largest)
 
 
 def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use_gpu: bool) -> SweepEnd:
@@ -166,7 +149,7 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
 
     spec, folder = plan.spec, plan.folder
     if plan.ray.address:
-        _warn_unplaceable(plan, use_gpu)
+        _warn_unplaceable(plan)
     lr: dict[tuple[str, str], float] = {}
     if plan.lr_space is not None:
         lr = run_lr_search(spec, plan.lr_space, caches, results_file=folder.lr_search, storage=plan.storage, use_gpu=use_gpu)
@@ -182,7 +165,7 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
         logger.info("%s holds a sweep: resuming it (finished trials are not rerun)", folder.root)
     gpu_share = {c.cell_id: trial_resources(spec, c.model, c.encoder, use_gpu=use_gpu)["gpu"] for c in plan.cells}
     with mlflow_sweep(plan) as tracker:
-        tracker.log_sweep_params({"spec": spec.to_dict()})
+        tracker.log_sweep_params({"spec": dataclasses.asdict(spec)})
         experiments = plan_experiments(recorded_experiments(folder), plan.cells)
         folder.write_record(storage=plan.storage, mlflow_uri=tracker.tracking_uri,
                             experiments={name: [c.cell_id for c in cells] for name, cells in experiments.items()})
@@ -197,7 +180,7 @@ def run_sweep(plan: SweepPlan, caches: dict[str, dict[str, dict[str, str]]], use
 def summarise(end: SweepEnd, seconds: float) -> int:
     """Print how the sweep ended; the exit status (0 all done, 1 some failed, 130 interrupted)."""
     unfinished = end.unfinished()
-    if unfinished:  # Ctrl-C: Ray saved the experiment; the same command resumes it (said last)
+    if unfinished:  # Ctrl-C: the same command resumes (said last)
         sys.stderr.flush()
         print(f"interrupted with {len(unfinished)} trial(s) unfinished; run the same command again to resume",
               flush=True)
@@ -217,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.time()
     try:
-        plan = replace(plan_sweep(args), command=shlex.join(["python", "sweeps/paper_grid.py", *argv]))
+        plan = dataclasses.replace(plan_sweep(args), command=shlex.join(["python", "sweeps/paper_grid.py", *argv]))
         if args.dry_run:
             print(describe_plan(plan))
             return 0

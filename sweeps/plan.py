@@ -50,11 +50,8 @@ def dataset_sizes(spec: SweepSpec, camus_root: Path | None,
 
 
 def cell_gpu_hours(image_steps: float, rate: Rate | None, gpu_share: float) -> float | None:
-    """GPU-hours of a trial of image_steps training images at rate (None: no rate).
-
-    A rate measured by a trial holding its GPU share (a sweep's epochs) means GPU time =
-    wall time x share; the suite's rates are of one trial alone on a whole GPU.
-    """
+    """GPU-hours of a trial of image_steps training images at rate (None: no rate); a rate
+    measured on a GPU share (`Rate.per_share`) costs wall time x share."""
     if rate is None:
         return None
     share = gpu_share if rate.per_share and gpu_share > 0 else 1.0
@@ -66,23 +63,13 @@ def expected_epochs(spec: SweepSpec) -> int:
     return min(spec.run.expected_epochs, int(spec.train.get("max_epochs", spec.run.expected_epochs)))
 
 
-def format_plan(
-    spec: SweepSpec,
-    cells: list[Cell],
-    sizes: dict[str, int],
-    *,
-    use_gpu: bool,
-    rates: dict[tuple[str, str], Rate] | None = None,
-    skipped: Mapping[str, str] | None = None,
-) -> str:
-    """A table of the planned trials and a GPU-hour estimate from measured rates
-    (`sweeps.rates`); trials without one are counted and named, never guessed."""
+def format_plan(spec: SweepSpec, cells: list[Cell], sizes: dict[str, int], *, use_gpu: bool,
+                rates: dict[tuple[str, str], Rate] | None = None, skipped: Mapping[str, str] | None = None) -> str:
+    """The planned trials and a GPU-hour estimate from measured rates (none: counted, never guessed)."""
     rates = rates or {}
     waiting = dependents(cells)
     epochs = expected_epochs(spec)
-    lines = [
-        f"{'trial':44} {'upstream':40} {'cpu':>4} {'gpu':>5} {'items':>6} {'est. GPU-h':>10}",
-    ]
+    lines = [f"{'trial':44} {'upstream':40} {'cpu':>4} {'gpu':>5} {'items':>6} {'est. GPU-h':>10}"]
     total_gpu_h, unrated, used = 0.0, 0, {}
     for cell in cells:
         resources = trial_resources(spec, cell.model, cell.encoder, use_gpu=use_gpu)

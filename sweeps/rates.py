@@ -1,13 +1,9 @@
-"""Measured training rates for the dry run's GPU-hour estimate, and where each came from.
+"""Measured training rates for the dry run's GPU-hour estimate, and where each came from:
+`bench/gpu_suite.py`'s JSON (its keys are defined here), or a sweep's exports. Measured
+only: a hand-typed images/s is a guess nobody updates.
 
     rates = load_rates(Path("bench/results/gpu_suite.json"), Path("runs/paper-grid"))
     rates[("clipseg", "unfrozen")]  # Rate(images_per_s=..., per_share=False, source="...")
-
-Why measured only: a hand-typed images/s in the sweep file (the old
-`models.<name>.images_per_s`) is a guess that nobody updates; the estimate now comes from
-`bench/gpu_suite.py`'s JSON (`--rates FILE`), an earlier sweep's exports (`--rates
-FOLDER`), or this sweep folder's own exports, and the dry run names the source per row.
-The suite's JSON keys are defined here, once: the suite writes them, the dry run reads them.
 """
 
 from __future__ import annotations
@@ -19,17 +15,8 @@ from pathlib import Path
 from vlsm.axes import ENCODERS, IMAGES_PER_S
 from vlsm.model_registry import model_key
 
-__all__ = [
-    "DEFAULT_VARIANT",
-    "STORE",
-    "STORE_VARIANTS",
-    "SUITE_KIND",
-    "THROUGHPUT",
-    "Rate",
-    "export_rates",
-    "load_rates",
-    "suite_rates",
-]
+__all__ = ["DEFAULT_VARIANT", "STORE", "STORE_VARIANTS", "SUITE_KIND", "THROUGHPUT", "Rate", "export_rates",
+           "load_rates", "suite_rates"]
 
 SUITE_KIND = "vlsm-gpu-suite"  # the "kind" of bench/gpu_suite.py's JSON
 THROUGHPUT = "throughput"  # its section of training rows: model, encoder, variant, images_per_s
@@ -40,14 +27,10 @@ Key = tuple[str, str]  # (registry model key, encoder mode)
 
 @dataclass(frozen=True)
 class Rate:
-    """Training images/s of one (model, encoder) and where it was measured.
-
-    per_share: measured by a trial holding its fractional GPU (a sweep's epochs), so its
-    GPU time is wall time x share; False: one trial alone on a whole GPU (the suite).
-    """
+    """Training images/s of one (model, encoder) and where it was measured."""
 
     images_per_s: float
-    per_share: bool
+    per_share: bool  # by a trial on its GPU share (a sweep's epochs), not alone on a GPU (the suite)
     source: str
 
 
@@ -57,11 +40,8 @@ STORE_VARIANTS = ("store", "store_streamed")  # the store on the device, streame
 
 def suite_rates(path: Path, feature_store: bool = True) -> dict[Key, Rate]:
     """The default-variant rates of a `bench/gpu_suite.py` JSON; ValueError naming the file.
-
-    feature_store: frozen trials read the frozen towers' outputs from the store (the
-    default), so their rate is the suite's store row: streamed where its placement says a
-    store of that model would not stay on the GPU at the paper's share, else on the device.
-    """
+    feature_store: frozen trials' rates are the suite's store rows (streamed where its
+    placement says that model's store would not stay on the GPU at the paper's share)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -126,9 +106,8 @@ def export_rates(folder: Path) -> dict[Key, Rate]:
 
 
 def load_rates(rates: Path | None, output: Path, feature_store: bool = True) -> dict[Key, Rate]:
-    """The rates the dry run uses: `--rates` (a suite JSON or a sweep folder) first, then
-    this sweep folder's own exports for the pairs it leaves out. feature_store: whether
-    frozen trials use it (`train.feature_store` not False), for a suite JSON's rates."""
+    """`--rates` (a suite JSON or a sweep folder), then this sweep folder's own exports for
+    the pairs it leaves out; feature_store: whether frozen trials use it."""
     found = export_rates(output)
     if rates is None:
         return found

@@ -1,8 +1,6 @@
-"""One record per cell, `<output>/cells/<cell_id>.json`: all the sweep knows of that cell.
-
-The driver writes a record whenever it changes (planned, started, each report, the
-outcome that `trial_outcome` decides once, its MLflow run); the searcher, the MLflow
-callback, the summary and the export read it (docs/design.md, "One record per cell").
+"""One record per cell, `<output>/cells/<cell_id>.json`: all the sweep knows of that cell,
+written by the driver whenever it changes; `trial_outcome` decides how a trial ended, once
+(docs/design.md, "One record per cell").
 """
 
 from __future__ import annotations
@@ -66,8 +64,7 @@ class CellRecord:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # by epoch, its last report
 
     def add_report(self, result: Mapping[str, Any]) -> None:
-        """A trial report: its epoch (a replayed epoch replaces the earlier report), the best
-        so far, the test summary and the time, as the trial reported them."""
+        """A trial report, as the trial reported it (a replayed epoch replaces its earlier one)."""
         epoch, val_dice = result.get(EPOCH), result.get(VAL_DICE)
         if epoch is not None and val_dice is not None and not math.isnan(val_dice):
             row = {key: result.get(key) for key in EPOCH_KEYS}
@@ -115,8 +112,7 @@ class CellRecords:
                                          configs[cell.cell_id], gpu_share[cell.cell_id]))
 
     def restart(self, cell_ids: Iterable[str]) -> None:
-        """Running cells pending again: an experiment Ray restores marks its own running
-        trials running again (`ChainSearcher.restore`); a new one has none."""
+        """Running cells pending again (a restored experiment's searcher marks its own running)."""
         for cell_id in cell_ids:
             if self.cells[cell_id].status == RUNNING:
                 self.update(cell_id, status=PENDING, trial_id=None)
@@ -144,8 +140,8 @@ class Outcome:
 
 
 def trial_outcome(trial: Any, *, error: bool = False) -> Outcome:
-    """How a Ray trial that Ray reports complete ended (`error`: failed for good): done only
-    with a checkpoint and an epoch with a finite loss (best/ weights a finetune can start from)."""
+    """How a trial Ray reports complete ended (`error`: failed for good): done only with a
+    checkpoint and an epoch with a finite loss (best/ weights a finetune can start from)."""
     checkpoint = checkpoint_uri(trial.checkpoint) if trial.checkpoint is not None else None
     if error:
         return Outcome(FAILED, _error_line(trial), checkpoint)
@@ -159,8 +155,7 @@ def trial_outcome(trial: Any, *, error: bool = False) -> Outcome:
 
 
 def _error_line(trial: Any) -> str:
-    """Why a trial failed for good: the last line of its error (the exception), and where
-    the whole traceback is."""
+    """The last line of a failed trial's error (the exception), and where the traceback is."""
     where = getattr(trial, "error_file", None) or getattr(trial, "path", None)
     try:  # the driver's own copy first (Ray uploads it to storage later), else storage's
         local = Path(where) if where else None

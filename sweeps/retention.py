@@ -1,9 +1,6 @@
-"""Delete superseded trial checkpoints only when no saved experiment state can name them.
-
-Ray's own `num_to_keep` deletes a checkpoint before the snapshot naming its successor has
-reached storage, so a driver killed in between cannot resume (ray-project/ray#27790). The
-sweep keeps every checkpoint with Ray and deletes here, later (docs/design.md, "The sweep folder").
-"""
+"""Delete superseded trial checkpoints only when no saved experiment state can name them
+(Ray's `num_to_keep` deletes too early for a killed driver to resume; docs/design.md,
+"The sweep folder")."""
 
 from __future__ import annotations
 
@@ -23,12 +20,8 @@ GRACE_S = 60.0
 
 
 def checkpoint_config() -> tune.CheckpointConfig:
-    """Ray's side of the arrangement: keep every checkpoint; CheckpointRetention deletes.
-
-    With num_to_keep=None Ray's bookkeeping holds a result per checkpoint, each in every
-    experiment snapshot; TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE keeps those to the
-    path (we set no score attribute), so snapshots stay small over long sweeps.
-    """
+    """Ray keeps every checkpoint (CheckpointRetention deletes); the variable keeps Ray's
+    per-checkpoint bookkeeping in every snapshot to the path, so snapshots stay small."""
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     return tune.CheckpointConfig(num_to_keep=None)
 
@@ -52,7 +45,6 @@ class CheckpointRetention(Callback):
         self._superseded: list[_Superseded] = []
         self._snapshot_since_step = False  # a snapshot was written after the last step ended
 
-    # --- Ray's hooks ---
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint: tune.Checkpoint, **info) -> None:
         previous = self._latest.get(trial.trial_id)
         self._latest[trial.trial_id] = checkpoint
@@ -84,7 +76,6 @@ class CheckpointRetention(Callback):
             logger.info("the sweep stopped without a final snapshot: keeping %d superseded "
                         "checkpoints a resume may need", len(self._superseded))
 
-    # --- deleting ---
     def _delete(self, ready: Callable[[_Superseded], bool], trials: list) -> None:
         if not self._superseded:  # the usual case: this runs after every controller step
             return

@@ -1,14 +1,8 @@
-"""Run the planned grid as Ray Tune experiments (and resume them).
-
-An experiment (`sweeps.tuner.build_tuner`) has the chain searcher, per-trial resources
-from the sweep YAML and the driver's callbacks (records, MLflow). A sweep is one
-experiment, "grid", until cells are added to it; those run as "grid-2", ... after the
-earlier ones (docs/design.md, "A sweep that grows: experiments").
-"""
+"""Run (or resume) the planned grid as Ray Tune experiments: "grid", then "grid-2", ... for
+cells added later (docs/design.md, "A sweep that grows: experiments")."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ray import tune
@@ -20,10 +14,8 @@ from sweeps.record import FINISHED_STATUSES, NOT_RUN, CellRecords
 from sweeps.spec import SweepSpec
 from sweeps.tracking import MLflowTrialCallback, SweepTracker, cell_run
 from sweeps.trials import trial_resources
-from sweeps.tuner import GRID_EXPERIMENT, build_tuner, fit, trial_dirname
+from sweeps.tuner import GRID_EXPERIMENT, build_tuner, fit
 from vlsm import axes
-
-logger = logging.getLogger(__name__)
 
 
 def _trainable(spec: SweepSpec, cells: dict[str, Cell], use_gpu: bool):
@@ -37,8 +29,7 @@ def _trainable(spec: SweepSpec, cells: dict[str, Cell], use_gpu: bool):
 
 
 def plan_experiments(recorded: dict[str, list[str]], cells: list[Cell]) -> dict[str, list[Cell]]:
-    """The sweep's experiments: the recorded ones (name -> cell ids), in order, then one
-    of the cells no recorded experiment holds, if any (`grid` for a new sweep)."""
+    """The recorded experiments (name -> cell ids), then one of the cells none holds, if any."""
     by_id = {cell.cell_id: cell for cell in cells}
     experiments = {name: [by_id[i] for i in ids if i in by_id] for name, ids in recorded.items()}
     placed = {i for ids in recorded.values() for i in ids}
@@ -51,14 +42,9 @@ def plan_experiments(recorded: dict[str, list[str]], cells: list[Cell]) -> dict[
 
 def run_grid(spec: SweepSpec, experiments: dict[str, list[Cell]], folder: SweepFolder, *, storage: str,
              tracker: SweepTracker, use_gpu: bool) -> CellRecords:
-    """Run (or resume) the experiments in order (`plan_experiments`) on the cells' records
-    (`CellRecords.plan` wrote them); returns every cell's record as it ended.
-
-    An experiment whose cells have all finished is not restored; an interrupted one stops
-    the run (the later ones wait for the next). On a resume Ray restores its own pickled
-    searcher and callbacks, which read the records again; the ones built here then serve
-    a new experiment only.
-    """
+    """Run the experiments in order on the cells' records; returns every record as it ended.
+    A finished experiment is not restored; an interrupted one stops the run. Ray restores its
+    own pickled searcher and callbacks, so the ones built here serve a new experiment only."""
     trainable = _trainable(spec, {c.cell_id: c for cells in experiments.values() for c in cells}, use_gpu)
     for name, cells in experiments.items():
         ids = [cell.cell_id for cell in cells]
@@ -66,28 +52,18 @@ def run_grid(spec: SweepSpec, experiments: dict[str, list[Cell]], folder: SweepF
         if all(records[i].status in FINISHED_STATUSES for i in ids):
             continue
         records.restart(ids)
-        tuner = build_tuner(
-            trainable,
-            name=name,
-            storage=storage,
-            tune_config=tune.TuneConfig(
-                search_alg=ChainSearcher(ids, records, metric=axes.BEST_VAL_DICE, mode="max"),
-                num_samples=len(cells),
-                max_concurrent_trials=spec.run.max_concurrent or None,
-                reuse_actors=spec.run.reuse_actors,
-                trial_dirname_creator=trial_dirname,
-            ),
-            max_failures=spec.run.max_failures,
+        fit(build_tuner(
+            trainable, name=name, storage=storage, run=spec.run,
             callbacks=[RecordCallback(records, len(cells)), MLflowTrialCallback(tracker, records)],
-        )
-        fit(tuner)
+            search_alg=ChainSearcher(ids, records, metric=axes.BEST_VAL_DICE, mode="max"),
+            num_samples=len(cells), max_concurrent_trials=spec.run.max_concurrent or None))
         if any(CellRecords(folder.cells)[i].status not in FINISHED_STATUSES for i in ids):
             break  # interrupted: the later experiments wait for the next run
     return CellRecords(folder.cells)
 
 
 def record_not_run(records: CellRecords, tracker: SweepTracker) -> None:
-    """Give every cell that never ran (its upstream failed) an MLflow run saying why."""
+    """An MLflow run saying why for every cell that never ran (its upstream failed)."""
     for record in list(records.cells.values()):
         if record.status == NOT_RUN:
             tracker.finish_trial(cell_run(tracker, records, record.cell_id), NOT_RUN, reason=record.reason)

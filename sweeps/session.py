@@ -1,6 +1,5 @@
 """The run's contexts: Ray, and the sweep's MLflow parent run, each closed however the run
-ends (a finished grid, an error, Ctrl-C).
-"""
+ends (a finished grid, an error, Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -17,17 +16,9 @@ __all__ = ["mlflow_sweep", "ray_session"]
 
 
 def _use_the_nodes_token() -> None:
-    """Token authentication on for this process when RAY_AUTH_MODE is unset and this node
-    holds a Ray token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH).
-
-    Ray 2.60's `ray start --head` turns authentication on whenever such a token exists, but
-    `ray.init` follows it only for address "auto" with RAY_ADDRESS unset: any other address
-    connects with authentication off and is refused ("Authentication token is missing or
-    incorrect"). This is Ray's own rule for "auto" (ray/_private/worker.py), applied to every
-    address; it also refreshes Ray's cached config, which setting the variable would not.
-    A token sent to a head without authentication is ignored, and an explicit
-    RAY_AUTH_MODE is left as it is.
-    """
+    """Token authentication on when RAY_AUTH_MODE is unset and this node holds a Ray token:
+    Ray 2.60's `ray.init` does so only for "auto" without RAY_ADDRESS, so any other address
+    would be refused (docs/cluster.md). Ray's own rule, which also refreshes its cached config."""
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
@@ -42,9 +33,7 @@ def ray_session(settings: RaySettings) -> Iterator[bool]:
     """Ray for the sweep, shut down however the block ends; yields whether trials get GPUs."""
     import ray  # here, not at the top: planning and the dry run need no Ray
 
-    # Trial output (checkpoint notices, ...) stays in each trial's folder unless --verbose;
-    # the driver logs one line per finished trial.
-    if settings.address:
+    if settings.address:  # trial output stays in each trial's folder unless --verbose
         _use_the_nodes_token()
         try:
             ray.init(address=settings.address, log_to_driver=settings.log_to_driver)

@@ -1,8 +1,7 @@
-"""The sweep definition: YAML files under search_spaces/ plus command-line overrides.
-
-A sweep is data: `search_spaces/paper.yaml` (optionally overlaid by `demo.yaml` or a
-user's `--config FILE`) and `--set key=value` overrides become one typed `SweepSpec`.
-Unknown keys and wrong types fail with the file (or option) and the dotted key.
+"""The sweep definition: search_spaces/paper.yaml, optionally overlaid by demo.yaml or a
+user's `--config FILE`, then `--set key=value` overrides, become one typed `SweepSpec`
+whose annotations say what each value may be; a bad value fails with the file (or option)
+and the dotted key (docs/design.md, "Settings").
 """
 
 from __future__ import annotations
@@ -12,37 +11,51 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from vlsm.axes import (
-    BEST_VAL_DICE,
-    ENCODERS,
-    PAPER_SEED,
-    PROVENANCE_PROMPT,
-    PROVENANCES,
-    SOURCE_SDM,
-    STRATEGY_REAL,
-    TRAIN_LOSS,
-    VAL_DICE,
-    VAL_LOSS,
-)
+from vlsm.axes import ENCODERS, PAPER_SEED, PROVENANCE_PROMPT, SOURCE_SDM, STRATEGY_REAL, VAL_DICE
 from vlsm.config import TrainConfig  # light: no torch
 from vlsm.data.prompts import DEFAULT_PROVENANCE_PHRASES, prompt_names  # light: no numpy
 from vlsm.data.synthetic_sources import source_names
 from vlsm.model_registry import model_key, model_names
 from vlsm.strategies import paper_strategies, strategy_names, uses_synthetic
-from vlsm.typed_config import ConfigError, from_mapping
+from vlsm.typed_config import Check, Choice, ConfigError, Range, from_mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SEARCH_SPACES = REPO_ROOT / "search_spaces"
-PAPER_YAML = SEARCH_SPACES / "paper.yaml"
-DEMO_YAML = SEARCH_SPACES / "demo.yaml"
+PAPER_YAML, DEMO_YAML = REPO_ROOT / "search_spaces" / "paper.yaml", REPO_ROOT / "search_spaces" / "demo.yaml"
 
 
 class SpecError(ValueError):
     """A sweep definition the user wrote (YAML or --set) is not what we expect."""
+
+
+def _each_once(values: tuple) -> bool:
+    return len(set(values)) == len(values)
+
+
+def _two_phrases(phrases: dict[str, str]) -> bool:
+    return set(phrases) == {"real", "synthetic"} and all(v.strip() for v in phrases.values())
+
+
+def _tiny_or_mapping(config: Any) -> bool:
+    return config == "tiny" or isinstance(config, dict)
+
+
+def _gpu_share(gpu: float) -> bool:
+    return gpu <= 1 or gpu.is_integer()
+
+
+NonEmpty = Check(bool, "one value or more")
+EachOnce = Check(_each_once, "each value once")
+NonNegative = Range(ge=0)
+Encoder = Literal["frozen", "unfrozen"]  # vlsm.axes.ENCODERS
+Model = Annotated[str, Choice(model_names)]
+Prompt = Annotated[str, Choice(prompt_names)]
+Strategy = Annotated[str, Choice(strategy_names)]
+Source = Annotated[str, Choice(source_names)]
+Phrases = Annotated[dict[str, str], Check(_two_phrases, "{real: <phrase>, synthetic: <phrase>}, two non-empty phrases")]
 
 
 @dataclass(frozen=True)
@@ -50,8 +63,8 @@ class DataSpec:
     camus_root: str | None = None  # raw CAMUS folder, 2019 or 2023 release
     sdm_root: str | None = None  # SDM CAMUS folder (synthetic source "sdm")
     synthetic_root: str | None = None  # a synthetic dataset in synthetic_format (another source)
-    synthetic_format: str = "sdm"  # "sdm" | "diffecho" | "imagefolder": the source's name too
-    split_scheme: str = "paper"  # "paper" or "official" (2023 split files)
+    synthetic_format: Source = "sdm"  # the source's name too
+    split_scheme: Literal["paper", "official"] = "paper"  # official: the 2023 split files
     val_patients: int = 50  # paper split: the first this many non-test patients validate
     cache_dir: str | None = None  # default: <output>/cache
     demo: bool = False  # generate phantom data instead of reading a dataset
@@ -64,15 +77,25 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class GridSpec:
-    models: tuple[str, ...] = field(default_factory=model_names)
-    prompts: tuple[str, ...] = field(default_factory=prompt_names)
-    strategies: tuple[str, ...] = field(default_factory=paper_strategies)
-    encoders: tuple[str, ...] = ENCODERS
-    finetune_upstream: dict[str, str] = field(default_factory=dict)  # finetune prompt -> synthetic prompt
-    seeds: tuple[int, ...] = (PAPER_SEED,)  # replicates: each cell once per seed
-    synthetic_sources: tuple[str, ...] = ()  # () = every configured source (the demo: sdm)
-    provenance: tuple[str, ...] = (PROVENANCE_PROMPT,)  # real+synthetic: with ("prompt") / without ("none") the phrase
-    provenance_phrases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PROVENANCE_PHRASES))
+    models: Annotated[tuple[Model, ...], NonEmpty] = field(default_factory=model_names)
+    prompts: Annotated[tuple[Prompt, ...], NonEmpty] = field(default_factory=prompt_names)
+    strategies: Annotated[tuple[Strategy, ...], NonEmpty] = field(default_factory=paper_strategies)
+    encoders: Annotated[tuple[Encoder, ...], NonEmpty] = ENCODERS
+    finetune_upstream: dict[Prompt, Prompt] = field(default_factory=dict)  # finetune prompt -> synthetic prompt
+    # replicates: every cell once per seed
+    seeds: Annotated[tuple[Annotated[int, NonNegative], ...], NonEmpty, EachOnce] = (PAPER_SEED,)
+    synthetic_sources: Annotated[tuple[Source, ...], EachOnce] = ()  # () = every configured source (the demo: sdm)
+    # real+synthetic: with ("prompt") / without ("none") the provenance phrase
+    provenance: Annotated[tuple[Literal["prompt", "none"], ...], NonEmpty, EachOnce] = (PROVENANCE_PROMPT,)
+    provenance_phrases: Phrases = field(default_factory=lambda: dict(DEFAULT_PROVENANCE_PHRASES))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for (gpu is ignored where there is none)."""
+
+    cpu: Annotated[float, Range(gt=0)] = 1.0
+    gpu: Annotated[float, NonNegative, Check(_gpu_share, "a share in [0, 1] or a whole number of GPUs")] = 0.0
 
 
 @dataclass(frozen=True)
@@ -80,23 +103,23 @@ class ModelSpec:
     pretrained: str | None = None  # hub id or local folder / file
     checkpoint: str | None = None  # official CRIS checkpoint
     tokenizer: str | None = None  # CLIP BPE tokenizer folder or hub id (CRIS: openai/clip-vit-base-patch32)
-    config: Any = None  # None, "tiny", or a dict of model config fields
+    config: Annotated[Any, Check(_tiny_or_mapping, "null, 'tiny' or a mapping")] = None  # mapping: config fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for this model
-    resources: dict[str, dict[str, float]] = field(default_factory=dict)  # encoder -> {cpu, gpu}
+    resources: dict[Encoder, Resources] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class LRSearchSpec:
-    trials: int = 0  # Optuna trials per (model, encoder); 0 = no search
+    trials: Annotated[int, NonNegative] = 0  # Optuna trials per (model, encoder); 0 = no search
     space: str = "search_spaces/lr_search.yaml"
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    max_concurrent: int = 0  # 0 = as many as resources allow
-    max_failures: int = 1  # retries of a failing trial before it counts as failed
+    max_concurrent: Annotated[int, NonNegative] = 0  # 0 = as many as resources allow
+    max_failures: Annotated[int, NonNegative] = 1  # retries of a failing trial before it counts as failed
     reuse_actors: bool = True  # 0.3 s instead of 4.6 s per trial slot (docs/design.md)
-    expected_epochs: int = 60  # for --dry-run estimates: early stopping usually ends runs long before max_epochs
+    expected_epochs: Annotated[int, Range(ge=1)] = 60  # --dry-run: early stopping ends runs before max_epochs
 
 
 @dataclass(frozen=True)
@@ -104,25 +127,18 @@ class SweepSpec:
     name: str = "paper-grid"
     data: DataSpec = field(default_factory=DataSpec)
     grid: GridSpec = field(default_factory=GridSpec)
-    models: dict[str, ModelSpec] = field(default_factory=dict)
+    models: dict[Model, ModelSpec] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every trial
     lr_search: LRSearchSpec = field(default_factory=LRSearchSpec)
     run: RunSpec = field(default_factory=RunSpec)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 class _Loader(yaml.SafeLoader):
-    """YAML as people write numbers: `1e-4` is a float (YAML 1.1 makes it a string
-    unless it has a dot); everything else as yaml.safe_load reads it."""
+    """yaml.safe_load, but `1e-4` is a float (YAML 1.1 reads it as text: it has no dot)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -183,84 +199,22 @@ def set_values(raw: dict[str, Any], values: dict[str, Any], *, option: str = "")
     return result
 
 
-def _check_values(spec: SweepSpec, where: str) -> None:
-    allowed = {"models": model_names(), "prompts": prompt_names(), "strategies": strategy_names(), "encoders": ENCODERS}
-    for axis, values in allowed.items():
-        if not getattr(spec.grid, axis):
-            raise SpecError(f"{where}: grid.{axis} is empty; expected some of {list(values)}")
-        for value in getattr(spec.grid, axis):
-            if value not in values:
-                raise SpecError(f"{where}: grid.{axis} has {value!r}; expected one of {list(values)}")
-    for name in spec.models:
-        if name not in model_names():
-            raise SpecError(f"{where}: models.{name}: unknown model; expected one of {list(model_names())}")
-    for source, target in spec.grid.finetune_upstream.items():
-        if source not in prompt_names() or target not in prompt_names():
-            raise SpecError(f"{where}: grid.finetune_upstream.{source}={target}: expected prompts "
-                            f"{', '.join(prompt_names())}")
-    _check_study_axes(spec, where)
-    if spec.data.split_scheme not in ("paper", "official"):
-        raise SpecError(f"{where}: data.split_scheme={spec.data.split_scheme!r}; expected 'paper' or 'official'")
+def _check_across_fields(spec: SweepSpec, where: str) -> None:
+    """What the annotations cannot say: the settings each trial merges, the data folders."""
     for name, model in spec.models.items():
-        if model.config is not None and model.config != "tiny" and not isinstance(model.config, dict):
-            raise SpecError(f"{where}: models.{name}.config: expected null, 'tiny' or a mapping, got {model.config!r}")
-        try:  # what every trial of this model gets, checked before anything runs
+        try:  # what every trial of this model gets
             TrainConfig.from_dict({**spec.train, **model.train, "model": model_key(name)})
         except ValueError as err:
             raise SpecError(f"{where}: train + models.{name}.train: {err}") from None
-        for encoder, resources in model.resources.items():
-            key = f"models.{name}.resources.{encoder}"
-            if encoder not in ENCODERS:
-                raise SpecError(f"{where}: {key}: expected frozen or unfrozen")
-            unknown = set(resources) - {"cpu", "gpu"}
-            if unknown:
-                raise SpecError(f"{where}: {key}: unknown {sorted(unknown)}; expected cpu, gpu")
-            cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
-            if not cpu > 0:
-                raise SpecError(f"{where}: {key}.cpu: {cpu}; expected > 0")
-            if not (0 <= gpu <= 1 or float(gpu).is_integer()):
-                raise SpecError(f"{where}: {key}.gpu: {gpu}; expected a share in [0, 1] or a whole number of GPUs")
-    for key, value in (("run.max_concurrent", spec.run.max_concurrent), ("run.max_failures", spec.run.max_failures),
-                       ("lr_search.trials", spec.lr_search.trials)):
-        if value < 0:
-            raise SpecError(f"{where}: {key}: {value}; expected 0 or more")
-    if spec.run.expected_epochs < 1:
-        raise SpecError(f"{where}: run.expected_epochs: {spec.run.expected_epochs}; expected 1 or more")
-
-
-def _check_study_axes(spec: SweepSpec, where: str) -> None:
-    """Seeds, synthetic sources and provenance: the axes beyond the paper's four."""
-    grid, data = spec.grid, spec.data
-    if not grid.seeds:
-        raise SpecError(f"{where}: grid.seeds is empty; expected one seed or more, e.g. [{PAPER_SEED}]")
-    if len(set(grid.seeds)) < len(grid.seeds):
-        raise SpecError(f"{where}: grid.seeds {list(grid.seeds)} repeats a seed; expected each once")
-    if any(seed < 0 for seed in grid.seeds):
-        raise SpecError(f"{where}: grid.seeds {list(grid.seeds)}: expected seeds >= 0")
     for name, section in (("train", spec.train), *((f"models.{m}.train", s.train) for m, s in spec.models.items())):
         if "seed" in section:
             raise SpecError(f"{where}: {name}.seed: a trial's seed is the grid axis grid.seeds (--seeds); "
                             f"remove {name}.seed")
-    if data.synthetic_format not in source_names():
-        raise SpecError(f"{where}: data.synthetic_format={data.synthetic_format!r}; expected one of "
-                        f"{list(source_names())}")
+    data = spec.data
     if data.synthetic_root and data.sdm_root and data.synthetic_format == SOURCE_SDM:
         raise SpecError(f"{where}: data.sdm_root and data.synthetic_root (format sdm) both name an SDM source; "
                         f"give one, or set data.synthetic_format to diffecho or imagefolder")
-    for axis, allowed in (("synthetic_sources", source_names()), ("provenance", PROVENANCES)):
-        values = getattr(grid, axis)
-        for value in values:
-            if value not in allowed:
-                raise SpecError(f"{where}: grid.{axis} has {value!r}; expected some of {list(allowed)}")
-        if len(set(values)) < len(values):
-            raise SpecError(f"{where}: grid.{axis} {list(values)} repeats a value; expected each once")
-    if not grid.provenance:
-        raise SpecError(f"{where}: grid.provenance is empty; expected some of {list(PROVENANCES)}")
-    if set(grid.provenance_phrases) != {"real", "synthetic"} or not all(
-            isinstance(v, str) and v.strip() for v in grid.provenance_phrases.values()):
-        raise SpecError(f"{where}: grid.provenance_phrases {grid.provenance_phrases!r}; expected "
-                        f"{{real: <phrase>, synthetic: <phrase>}}, two non-empty phrases")
-    if not data.demo and any(uses_synthetic(s) for s in grid.strategies):
+    if not data.demo and any(uses_synthetic(s) for s in spec.grid.strategies):
         roots = synthetic_roots(spec)
         for source in grid_sources(spec):
             if source not in roots and roots:
@@ -270,7 +224,7 @@ def _check_study_axes(spec: SweepSpec, where: str) -> None:
 
 
 def synthetic_roots(spec: SweepSpec) -> dict[str, str]:
-    """Synthetic source name -> its folder, as configured (data.sdm_root, data.synthetic_root)."""
+    """Synthetic source -> its folder, from data.sdm_root and data.synthetic_root."""
     roots = {}
     if spec.data.sdm_root:
         roots[SOURCE_SDM] = spec.data.sdm_root
@@ -280,24 +234,17 @@ def synthetic_roots(spec: SweepSpec) -> dict[str, str]:
 
 
 def grid_sources(spec: SweepSpec) -> tuple[str, ...]:
-    """The synthetic sources the grid's synthetic strategies train on: grid.synthetic_sources,
-    else every configured one (the demo and a grid without any: sdm)."""
+    """The sources synthetic strategies train on: grid.synthetic_sources, else the configured, else sdm."""
     if spec.grid.synthetic_sources:
         return spec.grid.synthetic_sources
     return tuple(synthetic_roots(spec)) or (SOURCE_SDM,)
 
 
-def load_spec(
-    *,
-    config: Path | None = None,
-    demo: bool | None = False,
-    overrides: list[str] | None = None,
-    values: dict[str, Any] | None = None,
-) -> SweepSpec:
-    """paper.yaml, then demo.yaml (when `demo`), then `config`, then `--set` overrides,
-    then `values` (typed, from command-line options). demo=None: the demo exactly when
-    no dataset folder is configured (decided before anything is checked, so the demo's
-    settings are checked, not the paper's)."""
+def load_spec(*, config: Path | None = None, demo: bool | None = False, overrides: list[str] | None = None,
+              values: dict[str, Any] | None = None) -> SweepSpec:
+    """paper.yaml, demo.yaml (when `demo`), `config`, `--set` overrides, then `values`
+    (typed, from options). demo=None: the demo exactly when no dataset folder is
+    configured (decided first, so the demo's settings are the ones checked)."""
 
     def merged(with_demo: bool) -> tuple[dict[str, Any], list[str]]:
         raw, sources = load_yaml(PAPER_YAML), [str(PAPER_YAML)]
@@ -319,23 +266,18 @@ def load_spec(
         spec = from_mapping(SweepSpec, raw)
     except ConfigError as err:
         raise SpecError(f"{where}: {err}") from None
-    _check_values(spec, where)
+    _check_across_fields(spec, where)
     return _with_model_sections(spec)
 
 
 def _with_model_sections(spec: SweepSpec) -> SweepSpec:
-    """Every model of the grid with its `models:` section: a registered model the YAML does
-    not name gets the defaults (tiny in the demo; elsewhere no weights, which the plan
-    refuses unless a config is given)."""
+    """Every model of the grid with its `models:` section: one the YAML does not name gets
+    the defaults (tiny in the demo; elsewhere no weights, which the plan refuses)."""
     missing = [m for m in spec.grid.models if m not in spec.models]
     if not missing:
         return spec
     default = ModelSpec(config="tiny" if spec.data.demo else None)
     return dataclasses.replace(spec, models={**spec.models, **dict.fromkeys(missing, default)})
-
-
-def has_dataset(spec: SweepSpec) -> bool:
-    return bool(spec.data.camus_root or spec.data.sdm_root or spec.data.synthetic_root)
 
 
 def _raw_has_dataset(raw: dict[str, Any]) -> bool:
@@ -344,15 +286,11 @@ def _raw_has_dataset(raw: dict[str, Any]) -> bool:
 
 
 def models_without_weights(spec: SweepSpec) -> list[str]:
-    """Models of the grid that would train a full-size network from random weights.
-
-    No `pretrained`, no `checkpoint` and no `config` (a mapping or "tiny" says "random on
-    purpose"): almost always a forgotten path (CRIS weights cannot be downloaded for you).
-    """
-    return [
-        name for name in spec.grid.models
-        if not (spec.models[name].pretrained or spec.models[name].checkpoint or spec.models[name].config is not None)
-    ]
+    """Models of the grid with no pretrained, checkpoint or config (a config says "random
+    on purpose"): a full-size network from random weights, almost always a forgotten path."""
+    models = spec.models
+    return [n for n in spec.grid.models
+            if not (models[n].pretrained or models[n].checkpoint or models[n].config is not None)]
 
 
 # --- the learning-rate search space (lr_search.space, a YAML file of its own) ---------
@@ -362,8 +300,8 @@ def models_without_weights(spec: SweepSpec) -> list[str]:
 class LRSearchCell:
     """The grid cell every search trial trains (per model and encoder mode)."""
 
-    strategy: str = STRATEGY_REAL
-    prompt: str = "P1"
+    strategy: Strategy = STRATEGY_REAL
+    prompt: Prompt = "P1"
 
 
 @dataclass(frozen=True)
@@ -377,8 +315,8 @@ class AshaSpec:
 
 @dataclass(frozen=True)
 class LRRange:
-    lr_min: float
-    lr_max: float
+    lr_min: Annotated[float, Range(gt=0)]
+    lr_max: Annotated[float, Range(gt=0)]
 
 
 @dataclass(frozen=True)
@@ -387,32 +325,21 @@ class LRSearchSpace:
 
     models: dict[str, LRRange]  # model -> its range
     cell: LRSearchCell = field(default_factory=LRSearchCell)
-    metric: str = VAL_DICE  # a metric every epoch reports
-    mode: str = "max"
+    metric: Literal["val_dice", "val_loss", "best_val_dice", "train_loss"] = VAL_DICE  # one every epoch reports
+    mode: Literal["max", "min"] = "max"
     asha: AshaSpec = field(default_factory=AshaSpec)
 
 
-SEARCH_METRICS = (VAL_DICE, VAL_LOSS, BEST_VAL_DICE, TRAIN_LOSS)
-
-
 def lr_search_space(spec: SweepSpec) -> LRSearchSpace:
-    """The typed search space `spec.lr_search.space` names (relative to the repository);
-    SpecError naming the file and key when it does not fit the grid."""
+    """The search space `spec.lr_search.space` names (relative to the repository), typed."""
     path = Path(spec.lr_search.space)
     path = path if path.is_absolute() else REPO_ROOT / path
     try:
         space = from_mapping(LRSearchSpace, load_yaml(path))
     except ConfigError as err:
         raise SpecError(f"{path}: {err}") from None
-    if space.cell.strategy not in strategy_names():
-        raise SpecError(f"{path}: cell.strategy {space.cell.strategy!r}; expected one of {list(strategy_names())}")
-    if space.cell.prompt not in prompt_names():
-        raise SpecError(f"{path}: cell.prompt {space.cell.prompt!r}; expected one of {list(prompt_names())}")
-    if space.metric not in SEARCH_METRICS or space.mode not in ("max", "min"):
-        raise SpecError(f"{path}: metric {space.metric!r}, mode {space.mode!r}; expected one of "
-                        f"{list(SEARCH_METRICS)} and max or min")
     for model in spec.grid.models:
         bounds = space.models.get(model)
-        if bounds is None or not 0 < bounds.lr_min < bounds.lr_max:
+        if bounds is None or not bounds.lr_min < bounds.lr_max:
             raise SpecError(f"{path}: models.{model} needs 0 < lr_min < lr_max, got {bounds}")
     return space

@@ -1,10 +1,7 @@
-"""MLflow tracking for a sweep: one experiment, a parent run, one nested run per trial.
-
-A Ray Tune callback in the driver does all the logging (trials never talk to MLflow), so
-the same code works with a local SQLite store and with a tracking server on a cluster
-head. A cell's run id is kept in its record, so a resumed sweep continues the same runs
-(docs/design.md, "One record per cell").
-"""
+"""MLflow tracking for a sweep: one experiment, a parent run, one nested run per trial,
+all logged by a Ray Tune callback in the driver (trials never talk to MLflow); a cell's
+run id is kept in its record, so a resume continues its run (docs/design.md, "One record
+per cell")."""
 
 from __future__ import annotations
 
@@ -31,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 TAG_ROLE = "vlsm.role"  # "sweep" (parent) or "trial"
 TAG_SWEEP_DIR = "vlsm.sweep_dir"
-TAG_SWEEP_KEY = "vlsm.sweep_key"  # a hash of sweep_dir: safe inside a search filter
+TAG_SWEEP_KEY = "vlsm.sweep_key"  # a hash of sweep_dir, which may hold quotes: safe in a search filter
 TAG_CELL = f"vlsm.{CELL_ID}"
 TAG_TRIAL = "vlsm.trial_id"
 TAG_UPSTREAM_CELL = f"vlsm.upstream_{CELL_ID}"
@@ -42,11 +39,8 @@ TAG_CHECKPOINT = "vlsm.checkpoint"  # where the trial's final checkpoint (with b
 TAG_MODEL = "vlsm.model"  # on shared storage: the URI of the pyfunc model (the checkpoint's best/)
 PARENT_TAG = "mlflow.parentRunId"
 
-# Per-epoch metrics logged with step=epoch; final metrics logged once.
-EPOCH_METRICS = (
-    axes.TRAIN_LOSS, axes.VAL_LOSS, axes.VAL_DICE, axes.BEST_VAL_DICE, axes.BEST_EPOCH,
-    axes.LR, axes.IMAGES_PER_S, axes.SECONDS,
-)
+EPOCH_METRICS = (axes.TRAIN_LOSS, axes.VAL_LOSS, axes.VAL_DICE, axes.BEST_VAL_DICE, axes.BEST_EPOCH, axes.LR,
+                 axes.IMAGES_PER_S, axes.SECONDS)
 FINAL_METRICS = (axes.TEST_DICE_MEAN, axes.TEST_DICE_STD)
 
 
@@ -71,25 +65,9 @@ def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
     return None
 
 
-def sweep_key(sweep_dir: str | Path) -> str:
-    """A short hash of a sweep folder's absolute path (folder names may hold quotes)."""
-    return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
-
-
-def _trial_params(record: CellRecord) -> dict[str, str]:
-    """A trial run's parameters: the cell's axes under their own names (the UI's group-by
-    and filters), then the trial config (its `model` is the registry key of the axis value)."""
-    rest = {k: v for k, v in record.config.items() if k not in record.axes}
-    return {**record.axes, **_flatten(rest)}
-
-
 def _open_sqlite_store(tracking_uri: str, artifact_root: Path) -> None:
-    """Create a new SQLite store with its artifact root in the sweep folder.
-
-    MLflow creates a `Default` experiment in every new store, with its artifacts under the
-    current directory unless told otherwise; here it is created inside the sweep folder
-    and, being ours and empty, deleted (the UI lists the sweep's experiment alone).
-    """
+    """A new SQLite store, its artifacts in the sweep folder; MLflow's `Default` experiment
+    is deleted (it would put artifacts under the current directory; the UI lists ours alone)."""
     if not tracking_uri.startswith("sqlite:///") or Path(tracking_uri[len("sqlite:///"):]).exists():
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -112,7 +90,6 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-# The tracker this process made for each sweep folder (see MLflowTrialCallback.setup).
 _TRACKERS: dict[str, SweepTracker] = {}
 
 
@@ -124,7 +101,7 @@ class SweepTracker:
 
         self.tracking_uri = tracking_uri
         self.sweep_dir = str(Path(sweep_dir).resolve())
-        self.sweep_key = sweep_key(self.sweep_dir)
+        self.sweep_key = hashlib.sha1(self.sweep_dir.encode()).hexdigest()[:16]
         self.name, self.command = experiment_name, command
         artifacts = SweepFolder(Path(self.sweep_dir)).mlartifacts
         _open_sqlite_store(tracking_uri, artifacts)
@@ -134,17 +111,15 @@ class SweepTracker:
         self._runs: dict[str, str] = {}  # cell_id -> run_id
         self._steps: dict[str, dict[str, set[int]]] = {}  # run_id -> metric -> steps logged
         self._sweep_finished = False
-        _TRACKERS[self.sweep_dir] = self  # only once it is fully set up
+        _TRACKERS[self.sweep_dir] = self  # for MLflowTrialCallback.setup, once set up
 
     def _find_or_create_experiment(self, artifacts: Path) -> str:
-        """The experiment named after the sweep, in the model-training view, with our views."""
         experiment = self.client.get_experiment_by_name(self.name)
         if experiment is None:
             local = self.tracking_uri.startswith("sqlite:///")
             experiment_id = self.client.create_experiment(
                 self.name, artifact_location=artifacts.as_uri() if local else None,
-                tags=mlflow_ui.experiment_tags(self.name, self.sweep_dir, self.command),
-            )
+                tags=mlflow_ui.experiment_tags(self.name, self.sweep_dir, self.command))
         else:
             experiment_id = experiment.experiment_id
         for key, value in mlflow_ui.view_tags().items():  # this version's views
@@ -161,11 +136,9 @@ class SweepTracker:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"{self.name} ({Path(self.sweep_dir).name})",
+            self.experiment_id, run_name=f"{self.name} ({Path(self.sweep_dir).name})",
             tags={TAG_ROLE: "sweep", TAG_SWEEP_DIR: self.sweep_dir, TAG_SWEEP_KEY: self.sweep_key,
-                  mlflow_ui.NOTE_TAG: mlflow_ui.sweep_note(self.name, self.sweep_dir, self.command)},
-        )
+                  mlflow_ui.NOTE_TAG: mlflow_ui.sweep_note(self.name, self.sweep_dir, self.command)})
         return run.info.run_id
 
     def log_sweep_params(self, params: dict[str, Any]) -> None:
@@ -175,15 +148,13 @@ class SweepTracker:
                 self.client.log_param(self.parent_run_id, key, value)
 
     def trial_run(self, record: CellRecord, upstream_run: str | None = None) -> str:
-        """The run of a cell: the one its record names or its tag finds (a resumed sweep
-        continues it), else a new one nested under the parent (see `cell_run`)."""
+        """A cell's run: the one its record names or its tag finds, else a new nested one."""
         if record.cell_id in self._runs:
             return self._runs[record.cell_id]
         run = self._existing_run(record)
         if run is not None:
             run_id = run.info.run_id
             # a resumed trial replays the epochs after its last checkpoint: log each once
-            # (every metric the run holds, the system metrics a report carries included)
             self._steps[run_id] = {name: {m.step for m in self.client.get_metric_history(run_id, name)}
                                    for name in run.data.metrics}
         else:
@@ -198,8 +169,8 @@ class SweepTracker:
         return run_id
 
     def _existing_run(self, record: CellRecord) -> Any:
-        """The cell's run: its record's, else one its tag finds (made by a driver killed
-        before the record had its id), else None."""
+        """The record's run, else one its tag finds (a driver killed before the record had
+        its id), else None."""
         from mlflow.exceptions import MlflowException
 
         if record.run_id is not None:
@@ -209,13 +180,13 @@ class SweepTracker:
         return found[0] if found else None
 
     def _log_trial_inputs(self, run_id: str, record: CellRecord) -> None:
-        """A new trial run's parameters and datasets (a dataset that cannot be read is a
-        warning: the run's parameters still name its cache folders)."""
+        """Parameters and datasets (a dataset that cannot be read is a warning)."""
         from mlflow.entities import Param
 
         from sweeps.mlflow_datasets import dataset_inputs
 
-        params = [Param(key, value) for key, value in _trial_params(record).items()]
+        rest = {k: v for k, v in record.config.items() if k not in record.axes}  # the axes by their own names
+        params = [Param(key, value) for key, value in {**record.axes, **_flatten(rest)}.items()]
         for start in range(0, len(params), 100):  # MLflow's batch limit
             self.client.log_batch(run_id, params=params[start:start + 100])
         try:
@@ -224,14 +195,13 @@ class SweepTracker:
             logger.warning("MLflow: the datasets of %s are not logged: %s", run_id, err)
 
     def log_result(self, run_id: str, result: dict[str, Any], step: int) -> None:
-        """A trial report's metrics at `step`: the epoch's, the final ones, and the system
-        metrics it carries (`vlsm.system_metrics`)."""
+        """A report's epoch, final and system metrics (`vlsm.system_metrics`) at `step`."""
         system = tuple(name for name in result if name.startswith(SYSTEM_PREFIX))
         self.log_metrics(run_id, result, (*EPOCH_METRICS, *FINAL_METRICS, *system), step)
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], names: tuple[str, ...], step: int) -> None:
-        """Log the finite ones of `names` at `step`, each (run, metric, step) once, in one
-        request (a report's dozen metrics one call at a time held up Tune's event loop)."""
+        """The finite ones of `names` at `step`, each (run, metric, step) once, in one request
+        (a dozen calls per report held up Tune's event loop)."""
         from mlflow.entities import Metric
 
         logged = self._steps.setdefault(run_id, {})
@@ -247,13 +217,12 @@ class SweepTracker:
             logged.setdefault(metric.key, set()).add(step)
 
     def log_best_model(self, run_id: str, cell_id: str, best: Path, step: int) -> str:
-        """Log a local best/ folder as the run's pyfunc model (see `sweeps.mlflow_model`)."""
+        """A local best/ folder as the run's pyfunc model (`sweeps.mlflow_model`)."""
         from sweeps.mlflow_model import MODEL_NAME, add_pyfunc_files, log_model
 
         # a trial Ray restored after it had finished reports its end again: its model is there
-        logged = self.client.search_logged_models(
-            [self.experiment_id], filter_string=f"name = '{MODEL_NAME}' AND source_run_id = '{run_id}'",
-            max_results=1)
+        logged = self.client.search_logged_models([self.experiment_id], max_results=1, filter_string=(
+            f"name = '{MODEL_NAME}' AND source_run_id = '{run_id}'"))
         if logged:
             return logged[0].model_id
         add_pyfunc_files(str(best))
@@ -264,11 +233,8 @@ class SweepTracker:
         self.client.set_tag(run_id, TAG_STATUS, status)
         if reason:
             self.client.set_tag(run_id, TAG_REASON, reason[:5000])
-        for path in artifacts or []:
-            if path.is_dir():
-                self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
-            elif path.is_file():
-                self.client.log_artifact(run_id, str(path))
+        for path in artifacts or []:  # files
+            self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status=MLFLOW_STATUS[status])
 
     def finish_sweep(self, status: str = "FINISHED") -> None:
@@ -279,8 +245,8 @@ class SweepTracker:
 
 
 def _guarded(method):
-    """MLflow is secondary to the sweep: a failing call is logged, never raised into Tune
-    (an exception in a callback would abort the sweep or fail a finished trial)."""
+    """A failing MLflow call is logged, never raised into Tune (it would abort the sweep or
+    fail a finished trial)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -294,7 +260,7 @@ def _guarded(method):
 
 
 def cell_run(tracker: SweepTracker, records: CellRecords, cell_id: str) -> str:
-    """The cell's run (`SweepTracker.trial_run`), its id kept in the cell's record."""
+    """The cell's run (`SweepTracker.trial_run`), its id kept in the record."""
     record = records[cell_id]
     upstream = records.cells.get(record.upstream or "")
     run_id = tracker.trial_run(record, upstream.run_id if upstream else None)
@@ -306,17 +272,12 @@ def cell_run(tracker: SweepTracker, records: CellRecords, cell_id: str) -> str:
 class MLflowTrialCallback(Callback):
     """Ray Tune callback: log each trial's config, epochs and outcome (read from its record)."""
 
-    def __init__(self, tracker: SweepTracker, records: CellRecords, *, log_checkpoints: bool = True):
+    def __init__(self, tracker: SweepTracker, records: CellRecords):
         self.tracker, self.records = tracker, records
-        self.log_checkpoints = log_checkpoints
 
     def setup(self, **info) -> None:
-        """Log through this launch's tracker for the sweep folder.
-
-        Ray restores a resumed experiment's callbacks from the pickle of its first launch,
-        tracker (and MLflow URI) included; without this, trial runs would go to the old
-        store while the driver logs the sweep to the one given now.
-        """
+        """Log through this launch's tracker: Ray restores a resumed experiment's callbacks
+        from its first launch's pickle, with the MLflow URI given then."""
         current = _TRACKERS.get(self.tracker.sweep_dir)
         if current is None or current is self.tracker:
             return
@@ -338,22 +299,21 @@ class MLflowTrialCallback(Callback):
 
     @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        """Close the trial's run with the outcome its record holds (`RecordCallback`, called
-        before this one); a done trial's best weights become its model and its per-image
-        results an artifact (on shared storage tags name them)."""
+        """Close the run with the record's outcome (`RecordCallback` runs first); a done
+        trial's best/ becomes its model, per_image.parquet an artifact (tags on shared storage)."""
         record = self.records[trial.config[CELL_ID]]
         run_id = cell_run(self.tracker, self.records, record.cell_id)
         artifacts: list[Path] = []
         if record.checkpoint is not None:
             self.tracker.client.set_tag(run_id, TAG_CHECKPOINT, record.checkpoint)
-            if self.log_checkpoints and record.status == DONE:
+            if record.status == DONE:
                 artifacts = self._log_model(run_id, record, trial.checkpoint)
         self.tracker.finish_trial(run_id, record.status, reason=record.reason, artifacts=artifacts)
 
     on_trial_error = on_trial_complete  # the record says how it ended
 
     def _log_model(self, run_id: str, record: CellRecord, checkpoint) -> list[Path]:
-        """The best weights as the run's model; the local files still to log as artifacts."""
+        """The best weights as the run's model; returns the local files to log as artifacts."""
         if checkpoint.filesystem is None or checkpoint.filesystem.type_name == "local":
             folder = Path(checkpoint.path)
             if (folder / BEST_DIR).is_dir():

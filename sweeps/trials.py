@@ -1,10 +1,5 @@
-"""Turn grid cells into Ray Tune trial configs (TrainConfig dicts) and resources.
-
-Everything a trial needs is in its config: model, prompt, encoder mode, the cache
-folders of its data (passed by path, so Ray ships no arrays), the training settings of
-the sweep and the model, and its cell's id (`CELL_ID`). `init_from` is filled in by
-the chain searcher when the upstream checkpoint exists.
-"""
+"""Grid cells as Ray Tune trial configs (TrainConfig dicts: everything a trial needs, its
+data as cache folders by path, its cell's id) and resources."""
 
 from __future__ import annotations
 
@@ -12,15 +7,14 @@ import copy
 from typing import Any
 
 from sweeps.cell import CELL_ID, REAL_DATA, Cell
-from sweeps.spec import SweepSpec
+from sweeps.spec import Resources, SweepSpec
 from vlsm.axes import PROVENANCE_PROMPT
 from vlsm.model_registry import model_key
 from vlsm.strategies import REAL_AND_SYNTHETIC, STRATEGY_REGISTRY
 
 
 def model_config(spec: SweepSpec, model: str) -> dict | None:
-    """The model's config dict: None (pretrained/default), a dict, or "tiny" resolved
-    (load_spec has checked it is one of these)."""
+    """The model's config: None (pretrained or default), a dict, or "tiny" resolved."""
     raw = spec.models[model].config
     if raw == "tiny":
         from vlsm.models import tiny_config
@@ -29,21 +23,11 @@ def model_config(spec: SweepSpec, model: str) -> dict | None:
     return copy.deepcopy(raw)
 
 
-def trial_config(
-    spec: SweepSpec,
-    cell: Cell,
-    caches: dict[str, dict[str, dict[str, str]]],
-    *,
-    lr: dict[tuple[str, str], float] | None = None,
-) -> dict[str, Any]:
-    """The TrainConfig dict of one cell.
-
-    caches: dataset -> model -> split -> cache folder (`sweeps.data_setup`). Synthetic
-    cells train and validate on their source and are tested on real CAMUS, as in the
-    paper; real+synthetic cells train on both (the provenance phrases in their prompts
-    when their provenance is "prompt", the share of synthetic pairs `train.synthetic_share`)
-    and validate and test on real CAMUS. The cell's seed is the trial's seed.
-    """
+def trial_config(spec: SweepSpec, cell: Cell, caches: dict[str, dict[str, dict[str, str]]], *,
+                 lr: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
+    """The TrainConfig dict of one cell (`init_from` is set when it starts). caches: dataset
+    -> model -> split -> cache folder (`sweeps.data_setup`); every cell is tested on real
+    CAMUS; lr: the LR search's rate per (model, encoder)."""
     model_spec = spec.models[cell.model]
     config: dict[str, Any] = {
         **copy.deepcopy(spec.train),
@@ -72,7 +56,5 @@ def trial_config(
 
 def trial_resources(spec: SweepSpec, model: str, encoder: str, *, use_gpu: bool) -> dict[str, float]:
     """{"cpu": n, "gpu": share} of one trial; gpu 0 where there is none."""
-    resources = dict(spec.models[model].resources.get(encoder, {"cpu": 1, "gpu": 0}))
-    resources.setdefault("cpu", 1)
-    resources["gpu"] = float(resources.get("gpu", 0)) if use_gpu else 0.0
-    return resources
+    resources = spec.models[model].resources.get(encoder, Resources())
+    return {"cpu": resources.cpu, "gpu": resources.gpu if use_gpu else 0.0}

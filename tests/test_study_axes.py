@@ -4,6 +4,7 @@ provenance; how the grid expands them, what the plan says, and what a trial is g
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -79,16 +80,21 @@ def test_trial_configs_carry_seed_caches_share_and_phrases() -> None:
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("grid.seeds=[1, 1]", "repeats a seed"),
+    ("grid.seeds=[1, 1]", "grid.seeds: expected each value once, got (1, 1)"),
+    ("grid.seeds=[]", "grid.seeds: expected one value or more"),
+    ("grid.seeds=[1, -1]", "grid.seeds[1]: expected a finite value >= 0, got -1"),
     ("train.seed=3", "train.seed: a trial's seed is the grid axis grid.seeds"),
-    ("grid.synthetic_sources=[gan]", "grid.synthetic_sources has 'gan'"),
-    ("grid.provenance=[maybe]", "grid.provenance has 'maybe'"),
-    ("data.synthetic_format=png", "data.synthetic_format='png'"),
+    ("grid.synthetic_sources=[gan]", "grid.synthetic_sources[0]: expected one of ['sdm', 'diffecho', 'imagefolder'"),
+    ("grid.synthetic_sources=[sdm, sdm]", "grid.synthetic_sources: expected each value once"),
+    ("grid.provenance=[maybe]", "grid.provenance[0]: expected one of ['prompt', 'none'], got 'maybe'"),
+    ("grid.provenance=[]", "grid.provenance: expected one value or more"),
+    ("grid.provenance_phrases.real=' '", "grid.provenance_phrases: expected {real: <phrase>, synthetic: <phrase>}"),
+    ("data.synthetic_format=png", "data.synthetic_format: expected one of ['sdm', 'diffecho', 'imagefolder'"),
     ("train.synthetic_share=1.5", "synthetic_share: expected 0 < value < 1, got 1.5"),
     ("train.prompt_source=llm", "prompt_source: expected one of ['template', 'generator'], got 'llm'"),
 ])
 def test_study_settings_are_checked_before_anything_runs(override: str, message: str) -> None:
-    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(SpecError, match=re.escape(message)):
         load_spec(demo=True, overrides=[override])
 
 

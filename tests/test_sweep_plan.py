@@ -79,13 +79,15 @@ def test_overrides_and_demo_overlay() -> None:
     ("override", "message"),
     [
         ("grid.bogus=1", "unknown key(s) ['bogus']"),
-        ("grid.prompts=[P9]", "grid.prompts has 'P9'"),
-        ("data.split_scheme=random", "data.split_scheme"),
+        ("grid.prompts=[P9]", "grid.prompts[0]: expected one of ['P0', 'P1', 'P2'"),
+        ("grid.finetune_upstream.P3=P9", "grid.finetune_upstream.P3: expected one of ['P0',"),
+        ("models.SAM.pretrained=x", "models.SAM: expected one of ['CLIPSeg', 'CRIS'], got 'SAM'"),
+        ("data.split_scheme=random", "data.split_scheme: expected one of ['paper', 'official'], got 'random'"),
         ("run.max_failures=many", "expected a number"),
         ("oops", "expected key=value"),
         ("train.max_epoch=5", "train + models.CLIPSeg.train: TrainConfig: unknown key(s) ['max_epoch']"),
         ("models.CRIS.train.bce_weight=abc", "train + models.CRIS.train: TrainConfig: bce_weight"),
-        ("models.CLIPSeg.config=big", "models.CLIPSeg.config: expected null, 'tiny' or a mapping"),
+        ("models.CLIPSeg.config=big", "models.CLIPSeg.config: expected null, 'tiny' or a mapping, got 'big'"),
     ],
 )
 def test_bad_definitions_name_the_key(override: str, message: str) -> None:
@@ -350,10 +352,14 @@ def test_the_lr_search_space_is_typed_and_checked_before_anything_runs(tmp_path,
     ranges = "models: {CRIS: {lr_min: 1.0e-4, lr_max: 1.0e-2}, CLIPSeg: {lr_min: 1.0e-4, lr_max: 1.0e-2}}\n"
     cases = {
         "asha: {grace: 1}\n" + ranges: "asha: unknown key(s) ['grace']",
-        "cell: {prompt: P9}\n" + ranges: "cell.prompt 'P9'; expected one of ['P0',",
+        "cell: {prompt: P9}\n" + ranges: "cell.prompt: expected one of ['P0', 'P1',",
         "models: {CRIS: {lr_min: low, lr_max: 1.0}}\n": "models.CRIS.lr_min: expected a number, got 'low'",
         "models: {CRIS: {lr_min: 1.0e-4, lr_max: 1.0e-2}}\n": "models.CLIPSeg needs 0 < lr_min < lr_max, got None",
-        "metric: test_dice_mean\n" + ranges: "metric 'test_dice_mean'",
+        "metric: test_dice_mean\n" + ranges: "metric: expected one of ['val_dice', 'val_loss', 'best_val_dice',",
+        "cell: {strategy: mixed}\nmode: maximal\n" + ranges: "cell.strategy: expected one of ['real',",
+        "mode: maximal\n" + ranges: "mode: expected one of ['max', 'min'], got 'maximal'",
+        "models: {CRIS: {lr_min: 0, lr_max: 1.0e-2}, CLIPSeg: {lr_min: 1.0e-2, lr_max: 1.0e-4}}\n":
+            "models.CRIS.lr_min: expected a finite value > 0, got 0.0",
         "asha: {max_t: 5}\n": "missing key(s) ['models']",
     }
     for i, (text, message) in enumerate(cases.items()):
@@ -419,13 +425,17 @@ def test_a_resumed_trial_logs_each_epoch_to_mlflow_once(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("grid.prompts=[]", "grid.prompts is empty"),
-        ("run.max_failures=-1", "run.max_failures: -1; expected 0 or more"),
-        ("run.max_concurrent=-2", "run.max_concurrent: -2; expected 0 or more"),
-        ("lr_search.trials=-3", "lr_search.trials: -3; expected 0 or more"),
-        ("models.CLIPSeg.resources.unfrozen.gpu=-0.5", "models.CLIPSeg.resources.unfrozen.gpu: -0.5"),
-        ("models.CRIS.resources.frozen.gpu=1.5", "a share in [0, 1] or a whole number of GPUs"),
-        ("models.CRIS.resources.frozen.cpu=0", "models.CRIS.resources.frozen.cpu: 0.0; expected > 0"),
+        ("grid.prompts=[]", "grid.prompts: expected one value or more, got ()"),
+        ("run.max_failures=-1", "run.max_failures: expected a finite value >= 0, got -1"),
+        ("run.max_concurrent=-2", "run.max_concurrent: expected a finite value >= 0, got -2"),
+        ("lr_search.trials=-3", "lr_search.trials: expected a finite value >= 0, got -3"),
+        ("run.expected_epochs=0", "run.expected_epochs: expected a finite value >= 1, got 0"),
+        ("models.CLIPSeg.resources.unfrozen.gpu=-0.5", "CLIPSeg.resources.unfrozen.gpu: expected a finite value >= 0"),
+        ("models.CLIPSeg.resources.unfrozen.gpu=-2", "models.CLIPSeg.resources.unfrozen.gpu: expected a finite value"),
+        ("models.CRIS.resources.frozen.gpu=1.5", "frozen.gpu: expected a share in [0, 1] or a whole number of GPUs"),
+        ("models.CRIS.resources.frozen.tpu=1", "models.CRIS.resources.frozen: unknown key(s) ['tpu']; expected"),
+        ("models.CRIS.resources.warm.cpu=1", "models.CRIS.resources.warm: expected one of ['frozen', 'unfrozen']"),
+        ("models.CRIS.resources.frozen.cpu=0", "models.CRIS.resources.frozen.cpu: expected a finite value > 0, got 0"),
         ("models.CLIPSeg.train.lr=.inf", "lr: expected a finite value > 0, got inf"),
         ("train.weight_decay=.nan", "weight_decay: expected a finite value >= 0, got nan"),
     ],
