@@ -18,14 +18,7 @@ from analysis.schema import (
     require_columns,
 )
 from analysis.tables import ARM, arms, sort_cells, with_arm
-from vlsm.axes import (
-    EPOCH,
-    SEED,
-    STRATEGY_FINETUNE,
-    STRATEGY_REAL,
-    SYNTHETIC_SOURCE,
-    VAL_DICE,
-)
+from vlsm.axes import EPOCH, SEED, STRATEGY_FINETUNE, STRATEGY_REAL, SYNTHETIC_SOURCE, VAL_DICE
 from vlsm.model_registry import model_names
 
 __all__ = ["epochs_to_best", "speedup", "val_dice_figure"]

@@ -122,19 +122,11 @@ def _trial(rng: np.random.Generator, trial_id: str, cell: tuple, training_seed: 
     return trial, epochs, per_image
 
 
-def write_example_exports(
-    output_dir: Path | str,
-    *,
-    prompts: Sequence[str] = ("P0", "P1", "P2"),
-    models: Sequence[str] | None = None,
-    encoders: Sequence[str] = ENCODERS,
-    strategies: Sequence[str] | None = None,
-    sources: Sequence[str] = (SOURCE_SDM,),
-    provenances: Sequence[str] = PROVENANCES,
-    seeds: Sequence[int] = (DEFAULT_SEED,),
-    n_patients: int = 4,
-    seed: int = 0,
-) -> Path:
+def write_example_exports(output_dir: Path | str, *, prompts: Sequence[str] = ("P0", "P1", "P2"),
+                          models: Sequence[str] | None = None, encoders: Sequence[str] = ENCODERS,
+                          strategies: Sequence[str] | None = None, sources: Sequence[str] = (SOURCE_SDM,),
+                          provenances: Sequence[str] = PROVENANCES, seeds: Sequence[int] = (DEFAULT_SEED,),
+                          n_patients: int = 4, seed: int = 0) -> Path:
     """Write trials/epochs/per_image Parquet files under `<output_dir>/exports`; returns that folder.
 
     strategies: with "real+synthetic", a cell per provenance in `provenances`; sources: of

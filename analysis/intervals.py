@@ -43,13 +43,8 @@ def _check_cells(cells: Sequence[np.ndarray], signs: Sequence[float]) -> list[np
     return arrays
 
 
-def hierarchical_bootstrap(
-    cells: Sequence[np.ndarray],
-    signs: Sequence[float] = (1.0,),
-    *,
-    n_boot: int = N_BOOT,
-    seed: RandomSeed = 0,
-) -> np.ndarray:
+def hierarchical_bootstrap(cells: Sequence[np.ndarray], signs: Sequence[float] = (1.0,), *,
+                           n_boot: int = N_BOOT, seed: RandomSeed = 0) -> np.ndarray:
     """(n_boot,) resampled values of sum_c sign_c * mean over units of cell c's seed-averaged values.
 
     cells: one (seeds, units) array per cell, units in the same order in every cell; signs:
@@ -79,14 +74,8 @@ def percentile_interval(resamples: np.ndarray, level: float = 0.95) -> tuple[flo
     return float(low), float(high)
 
 
-def bootstrap_interval(
-    cells: Sequence[np.ndarray],
-    signs: Sequence[float] = (1.0,),
-    *,
-    n_boot: int = N_BOOT,
-    seed: RandomSeed = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
+def bootstrap_interval(cells: Sequence[np.ndarray], signs: Sequence[float] = (1.0,), *, n_boot: int = N_BOOT,
+                       seed: RandomSeed = 0, level: float = 0.95) -> tuple[float, float]:
     """The percentile interval of `hierarchical_bootstrap(cells, signs, ...)`; (NaN, NaN) for n_boot 0."""
     if n_boot == 0:
         return float("nan"), float("nan")

@@ -238,18 +238,9 @@ def _claim_rows(data: _Data, frame: pd.DataFrame, trials: pd.DataFrame | None, e
     return rows + _convergence_claims(data, per_trial, notes)
 
 
-def claims(
-    per_image: pd.DataFrame,
-    trials: pd.DataFrame | None = None,
-    epochs: pd.DataFrame | None = None,
-    *,
-    best_prompt: str = "validation",
-    test: str = "wilcoxon",
-    alpha: float = 0.05,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-) -> pd.DataFrame:
+def claims(per_image: pd.DataFrame, trials: pd.DataFrame | None = None, epochs: pd.DataFrame | None = None, *,
+           best_prompt: str = "validation", test: str = "wilcoxon", alpha: float = 0.05, n_boot: int = N_BOOT,
+           seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """CLAIMS_COLUMNS: one row per claim (and the provenance claim), model, encoder mode and
     synthetic source where the cells exist; a is claimed better, mean_diff = a - b.
 

@@ -18,12 +18,7 @@ import pandas as pd
 
 from analysis.schema import PER_IMAGE_COLUMNS, complete_variants, require_columns
 from vlsm.atomic import atomic_path
-from vlsm.axes import (
-    STRATEGY_FINETUNE,
-    STRATEGY_REAL,
-    STRATEGY_SYNTHETIC,
-    STRUCTURES,
-)
+from vlsm.axes import STRATEGY_FINETUNE, STRATEGY_REAL, STRATEGY_SYNTHETIC, STRUCTURES
 
 __all__ = [
     "BUNDLE", "BUNDLE_COLUMNS", "PUBLISHED_MODELS", "PUBLISHED_STRATEGIES", "load_published",

@@ -260,16 +260,9 @@ def _published(doc: _Document, per_image: pd.DataFrame, published: Path | None, 
     doc.frame(side.drop(columns=["statistic"]), {"p_value": _P, "p_holm": _P, "n_ours": str, "n_theirs": str, "n_pairs": str})
 
 
-def build_report(
-    output_dir: Path | str,
-    *,
-    published: Path | str | bool | None = None,
-    fmt: str = "html",
-    out: Path | str | None = None,
-    test: str = "wilcoxon",
-    best_prompt: str = "validation",
-    n_boot: int = N_BOOT,
-) -> Path:
+def build_report(output_dir: Path | str, *, published: Path | str | bool | None = None, fmt: str = "html",
+                 out: Path | str | None = None, test: str = "wilcoxon", best_prompt: str = "validation",
+                 n_boot: int = N_BOOT) -> Path:
     """Write the report of the sweep in `output_dir` to `out` (default
     `<output_dir>/report.<fmt>`, figures/ beside it); returns its path.
 

@@ -134,19 +134,9 @@ def _test(xa: np.ndarray, xb: np.ndarray, test: str, alternative: str) -> tuple[
     return float(res.statistic), float(res.pvalue)
 
 
-def compare_matrices(
-    ma: pd.DataFrame,
-    mb: pd.DataFrame,
-    label_a: str = "a",
-    label_b: str = "b",
-    *,
-    test: str = "wilcoxon",
-    alternative: str = "two-sided",
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-    scale: float = 100.0,
-) -> CompareResult:
+def compare_matrices(ma: pd.DataFrame, mb: pd.DataFrame, label_a: str = "a", label_b: str = "b", *,
+                     test: str = "wilcoxon", alternative: str = "two-sided", n_boot: int = N_BOOT,
+                     seed: int = 0, level: float = 0.95, scale: float = 100.0) -> CompareResult:
     """Paired comparison of two cells given as (seeds x units) frames (`tables.seed_matrix`).
 
     Units every seed of both cells has are paired; the test runs on the seed-averaged
@@ -175,18 +165,9 @@ def compare_matrices(
     )
 
 
-def compare(
-    per_image: pd.DataFrame,
-    a: Mapping[str, object],
-    b: Mapping[str, object],
-    *,
-    test: str = "wilcoxon",
-    alternative: str = "two-sided",
-    metric: str = DICE,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-) -> CompareResult:
+def compare(per_image: pd.DataFrame, a: Mapping[str, object], b: Mapping[str, object], *,
+            test: str = "wilcoxon", alternative: str = "two-sided", metric: str = DICE, n_boot: int = N_BOOT,
+            seed: int = 0, level: float = 0.95) -> CompareResult:
     """Paired test of cell `a` against cell `b` over the images and structures both have.
 
     a, b: {"model": ..., "strategy": ..., "encoder": ..., "prompt": ...}, plus
@@ -212,15 +193,8 @@ def _compare_logged(ma: pd.DataFrame, mb: pd.DataFrame, a: Mapping[str, object],
     return result
 
 
-def difference_to_real(
-    per_image: pd.DataFrame,
-    encoder: str = "unfrozen",
-    *,
-    metric: str = DICE,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-) -> pd.DataFrame:
+def difference_to_real(per_image: pd.DataFrame, encoder: str = "unfrozen", *, metric: str = DICE,
+                       n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Each arm's mean Dice minus real's (x 100) per model and prompt where both exist, with
     its interval and two-sided p_value (`compare_matrices`): Fig. 2's error bars.
     n_seeds: of the arm's cell."""
@@ -248,14 +222,8 @@ def difference_to_real(
     return pd.DataFrame.from_records(records, columns=columns)
 
 
-def compare_sources(
-    ours: pd.DataFrame,
-    theirs: pd.DataFrame,
-    *,
-    test: str = "wilcoxon",
-    metric: str = DICE,
-    correction: str | None = "holm",
-) -> pd.DataFrame:
+def compare_sources(ours: pd.DataFrame, theirs: pd.DataFrame, *, test: str = "wilcoxon", metric: str = DICE,
+                    correction: str | None = "holm") -> pd.DataFrame:
     """Every cell present in both frames: ours against theirs, paired on image and structure.
 
     n, mean, std of each side over all its rows (every seed); over the n_pairs pairs both
@@ -300,16 +268,9 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
-def best_cell(
-    table: pd.DataFrame,
-    model: str,
-    strategy: str,
-    encoder: str,
-    *,
-    synthetic_source: str | None = None,
-    provenance: str | None = None,
-    value: str = "mean",
-) -> dict[str, str] | None:
+def best_cell(table: pd.DataFrame, model: str, strategy: str, encoder: str, *,
+              synthetic_source: str | None = None, provenance: str | None = None, value: str = "mean"
+              ) -> dict[str, str] | None:
     """The cell (CELL_KEYS) with the highest `value` among `table`'s rows for model, strategy,
     encoder and, where given, synthetic source and provenance; None when there is none.
     table: `dice_table(...)` (value "mean": chosen on the test set, as the paper did)."""
@@ -357,17 +318,9 @@ def _comparison_plans(table: pd.DataFrame, encoder: str) -> list[tuple[str, str,
     return plans
 
 
-def paper_comparisons(
-    per_image: pd.DataFrame,
-    *,
-    test: str = "wilcoxon",
-    encoder: str = "unfrozen",
-    correction: str | None = "holm",
-    metric: str = DICE,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    families: Sequence[str] = FAMILIES,
-) -> pd.DataFrame:
+def paper_comparisons(per_image: pd.DataFrame, *, test: str = "wilcoxon", encoder: str = "unfrozen",
+                      correction: str | None = "holm", metric: str = DICE, n_boot: int = N_BOOT,
+                      seed: int = 0, families: Sequence[str] = FAMILIES) -> pd.DataFrame:
     """The paper's comparisons, one row per test: family, model, then CompareResult's fields.
 
     "real vs synthetic": best real against best synthetic prompt, one-sided (real greater);

@@ -126,14 +126,8 @@ def _seed_columns(rows: pd.DataFrame, metric: str, label: str, *, n_boot: int, s
     }
 
 
-def dice_table(
-    per_image: pd.DataFrame,
-    metric: str = DICE,
-    *,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-) -> pd.DataFrame:
+def dice_table(per_image: pd.DataFrame, metric: str = DICE, *, n_boot: int = N_BOOT, seed: int = 0,
+               level: float = 0.95) -> pd.DataFrame:
     """One row per cell (grid cell and variant): the paper's numbers and those over seeds, x 100.
 
     n, mean, std: over every image-structure pair of every seed (with one seed, the
@@ -209,14 +203,8 @@ def _cells(table: pd.DataFrame, encoder: str, decimals: Sequence[int], pm: str) 
     return text, best
 
 
-def render_table(
-    table: pd.DataFrame,
-    fmt: str = "markdown",
-    *,
-    encoder: str = "unfrozen",
-    decimals: Sequence[int] = (2, 2),
-    caption: str | None = None,
-) -> str:
+def render_table(table: pd.DataFrame, fmt: str = "markdown", *, encoder: str = "unfrozen",
+                 decimals: Sequence[int] = (2, 2), caption: str | None = None) -> str:
     """Render `dice_table(...)` for one encoder mode in the paper's layout (`layout`): "mean ±
     std", the best of each column in bold, N/A where a cell cannot exist, a dash where not run.
     fmt: one of FORMATS; decimals: (mean, std) decimal places."""
@@ -273,13 +261,8 @@ def _latex(rows: list[tuple[str, str, list[str]]], prompts: list[str], caption: 
     return "\n".join(lines) + "\n"
 
 
-def render_intervals(
-    table: pd.DataFrame,
-    fmt: str = "markdown",
-    *,
-    encoder: str = "unfrozen",
-    decimals: int = 2,
-) -> str:
+def render_intervals(table: pd.DataFrame, fmt: str = "markdown", *, encoder: str = "unfrozen",
+                     decimals: int = 2) -> str:
     """`dice_table(...)` with its intervals: a row per model and prompt, a column per arm, each
     "seed_mean [ci_low, ci_high]"; N/A where a cell cannot exist, a dash where not run.
     fmt: "markdown", "csv" or "html"."""
