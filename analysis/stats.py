@@ -85,15 +85,8 @@ class CompareResult:
 
 def cell_label(cell: Mapping[str, str]) -> str:
     """'CRIS real unfrozen P2', 'CRIS synthetic (diffecho) unfrozen P2' (the keys given, in grid order)."""
-    parts = []
-    for column in CELL_COLUMNS:
-        if column not in cell:
-            continue
-        if column == "strategy":
-            parts.append(arm_label(cell["strategy"], cell.get(SYNTHETIC_SOURCE, ""), cell.get(PROVENANCE, "")))
-        else:
-            parts.append(str(cell[column]))
-    return " ".join(parts)
+    arm = arm_label(cell.get("strategy", ""), cell.get(SYNTHETIC_SOURCE, ""), cell.get(PROVENANCE, ""))
+    return " ".join(arm if column == "strategy" else str(cell[column]) for column in CELL_COLUMNS if column in cell)
 
 
 def select_cell(per_image: pd.DataFrame, cell: Mapping[str, object], name: str = "cell") -> pd.DataFrame:
