@@ -1,15 +1,10 @@
-"""The analysis command line.
+"""The analysis command line (docs/analysis.md).
 
     python -m analysis report <output_dir> [--published [PATH]] [--format html|md] [--out FILE]
-                              [--best-prompt validation|test] [--n-boot N]
     python -m analysis example-export <dir> [--seeds N] [--sources sdm diffecho] [--mixed]
     python -m analysis notebooks [--out analysis/notebooks]
 
-Heavy libraries (pandas, scipy, matplotlib) are imported only by the subcommand that
-runs, so `--help` answers at once. Analysis reads a sweep's Parquet exports and never
-the sweep's internals: a sweep folder's exports are written by the sweep itself, or
-again by `python -m sweeps export <output_dir>`. `--published` alone compares with the
-authors' results bundled with the package; `--published PATH` with their metrics folder.
+Each subcommand imports its heavy libraries itself, so `--help` answers at once.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""Convergence: how many epochs each trial needed to reach its best validation Dice.
+"""Convergence: epochs each trial needed to reach its best validation Dice, and the speed-up.
 
-The paper's claim is that finetuning after synthetic pretraining converges faster
-(4.55x for CRIS, 1.71x for CLIPSeg). Here the speed-up of a model is the mean number of
-epochs to the best validation Dice of its real trials divided by that of its
-synth-PT:real-FT trials, over the prompts both have (the finetune's epochs only, not
-those of the synthetic run it starts from), per synthetic source the finetune was
-pretrained on; a cell's seeds are averaged first. The authors did not publish per-epoch
-logs, so those two numbers cannot be recomputed from their files.
+The paper's claim: finetuning after synthetic pretraining converges faster (4.55x CRIS,
+1.71x CLIPSeg). The authors published no per-epoch logs, so only our sweeps can test it.
 """
 
 from __future__ import annotations
@@ -14,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.figures import panels
 from analysis.schema import (
     CELL_COLUMNS,
     CELL_KEYS,
@@ -22,26 +18,17 @@ from analysis.schema import (
     require_columns,
 )
 from analysis.tables import ARM, arms, sort_cells, with_arm
-from vlsm.axes import (
-    EPOCH,
-    SEED,
-    STRATEGY_FINETUNE,
-    STRATEGY_REAL,
-    SYNTHETIC_SOURCE,
-    VAL_DICE,
-)
+from vlsm.axes import EPOCH, SEED, STRATEGY_FINETUNE, STRATEGY_REAL, SYNTHETIC_SOURCE, VAL_DICE
 from vlsm.model_registry import model_names
 
 __all__ = ["epochs_to_best", "speedup", "val_dice_figure"]
 
 
 def epochs_to_best(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: its cell, variant and seed, best_epoch, epochs_to_best, epochs run
-    and best val Dice.
+    """One row per trial: cell, variant, seed, best_epoch, epochs_to_best, epochs, best_val_dice.
 
-    epochs_to_best counts the epochs run up to and including the best one (the first
-    epoch with the highest val_dice), whatever the epoch numbering starts at; trials
-    without a finite val_dice are left out.
+    epochs_to_best counts the epochs up to and including the first with the highest
+    val_dice, whatever the numbering starts at; trials without a finite val_dice are left out.
     """
     require_columns(epochs, EPOCHS_COLUMNS, "epochs frame")
     require_columns(trials, ("trial_id", *CELL_COLUMNS), "trials frame")
@@ -51,15 +38,7 @@ def epochs_to_best(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         if scores.notna().sum() == 0:
             continue
         position = int(scores.idxmax())  # first maximum; NaN epochs are skipped
-        rows.append(
-            {
-                "trial_id": trial_id,
-                "best_epoch": group[EPOCH].iloc[position],
-                "epochs_to_best": position + 1,
-                "epochs": len(group),
-                "best_val_dice": float(scores.iloc[position]),
-            }
-        )
+        rows.append((trial_id, group[EPOCH].iloc[position], position + 1, len(group), float(scores.iloc[position])))
     per_trial = pd.DataFrame.from_records(
         rows, columns=["trial_id", "best_epoch", "epochs_to_best", "epochs", "best_val_dice"]
     )
@@ -69,11 +48,10 @@ def epochs_to_best(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
 
 def speedup(per_trial: pd.DataFrame) -> pd.DataFrame:
     """Per model, encoder and synthetic source: mean epochs to best of real and of
-    synth-PT:real-FT, and their ratio.
+    synth-PT:real-FT (the finetune's own epochs), and speedup = real / finetune.
 
     per_trial: `epochs_to_best(...)`. A cell's seeds are averaged first; only prompts with
-    both strategies count (n_prompts). speedup = real / finetune (> 1: finetuning
-    converged faster).
+    both strategies count (n_prompts).
     """
     require_columns(per_trial, (*CELL_COLUMNS, "epochs_to_best"), "per-trial frame")
     frame = complete_variants(per_trial)
@@ -113,9 +91,7 @@ def val_dice_figure(epochs: pd.DataFrame, trials: pd.DataFrame, encoder: str | N
     models = [m for m in model_names() if m in set(data["model"])]
     if not models:
         raise ValueError(f"no epochs for trials with encoder {encoder!r}")
-    fig = Figure(figsize=(4.2 * len(models), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
-    fig.suptitle("Validation Dice per epoch" + (f" ({encoder} encoders)" if encoder else ""))
+    fig, axes = panels(models, "Validation Dice per epoch" + (f" ({encoder} encoders)" if encoder else ""))
     colours = {a[0]: f"C{i}" for i, a in enumerate(arms(chosen))}
     for ax, model in zip(axes, models, strict=True):
         labelled: set[str] = set()

@@ -3,13 +3,10 @@
     python -m analysis example-export /tmp/example && python -m analysis report /tmp/example
     python -m analysis example-export /tmp/seeds --seeds 3 --sources sdm diffecho --mixed
 
-Every number in it is drawn from a seeded generator with effects built in (real beats
-synthetic, synth-PT:real-FT beats real, CRIS beats CLIPSeg, P0 is poor, P2 is a little
-better than P1, frozen encoders cost a point, diffecho pretraining is a little worse
-than SDM's, real+synthetic sits between real and synth-PT:real-FT and loses a little
-without the provenance phrase; finetunes peak at epoch 3 and real runs at epoch 9), and
-each training seed shifts a trial by a small random amount: the tests and notebooks
-check that the analysis finds them. It is not a result of anything.
+Drawn from a seeded generator with effects built in, which the tests and notebooks check
+the analysis finds (the offsets below: real beats synthetic, synth-PT:real-FT beats real,
+CRIS beats CLIPSeg, P0 is poor, frozen costs a point, ...; each training seed shifts a
+trial a little). It is not a result of anything.
 """
 
 from __future__ import annotations
@@ -89,25 +86,52 @@ def _level(model: str, strategy: str, encoder: str, prompt: str, source: str, pr
             + _PROVENANCE_OFFSET[provenance] + _PROMPT_OFFSET.get(prompt, 0.0))
 
 
-def write_example_exports(
-    output_dir: Path | str,
-    *,
-    prompts: Sequence[str] = ("P0", "P1", "P2"),
-    models: Sequence[str] | None = None,
-    encoders: Sequence[str] = ENCODERS,
-    strategies: Sequence[str] | None = None,
-    sources: Sequence[str] = (SOURCE_SDM,),
-    provenances: Sequence[str] = PROVENANCES,
-    seeds: Sequence[int] = (DEFAULT_SEED,),
-    n_patients: int = 4,
-    seed: int = 0,
-) -> Path:
+def _upstream(ids: dict[tuple, str], cell: tuple, training_seed: int) -> str | None:
+    """The trial id of the cell's upstream (a finetune's synthetic run), if written already."""
+    model, strategy, encoder, prompt, source, _provenance = cell
+    upstream_strategy = STRATEGY_REGISTRY[strategy].upstream
+    if upstream_strategy is None:
+        return None
+    pretrain = prompt if prompt in prompt_names(synthetic=True) else prompt_names(synthetic=True)[-1]
+    return ids.get((model, upstream_strategy, encoder, pretrain, source, "", training_seed))
+
+
+def _trial(rng: np.random.Generator, trial_id: str, cell: tuple, training_seed: int, upstream: str | None,
+           difficulty: dict[tuple[str, str], float]) -> tuple[dict, list[tuple], list[tuple]]:
+    """One trial's row, epochs and per-image rows (difficulty: per image and structure)."""
+    model, strategy, encoder, prompt, source, provenance = cell
+    best = BEST_EPOCH.get(strategy, 5)
+    level = _level(*cell) + rng.normal(0.0, SEED_SD)
+    curve = [level - 0.3 * (best - e) / best if e <= best else level - 0.002 * (e - best)
+             for e in range(1, EXAMPLE_EPOCHS + 1)]
+    lr = model_entry(model).paper.lr
+    epochs = [(trial_id, e, 1.0 - val_dice + 0.05, 1.0 - val_dice, val_dice, lr, 100.0, 1.5)
+              for e, val_dice in enumerate(curve, start=1)]
+    per_image = []
+    for (image, structure), shift in difficulty.items():
+        dice = float(np.clip(level + shift + rng.normal(0.0, 0.01), 0.0, 1.0))
+        per_image.append((trial_id, image, structure, dice, dice / (2.0 - dice), float(5.0 + 40.0 * (1.0 - dice))))
+    trial = {
+        "trial_id": trial_id, "model": model, "strategy": strategy, "encoder": encoder, "prompt": prompt,
+        SYNTHETIC_SOURCE: source, PROVENANCE: provenance, SEED: training_seed, "lr": lr,
+        "status": "TERMINATED", "upstream_trial_id": upstream, "mlflow_run_id": f"run-{trial_id}",
+        "best_epoch": best, "epochs": EXAMPLE_EPOCHS, "best_val_dice": curve[best - 1],
+        "test_dice_mean": float("nan"), "test_dice_std": float("nan"), "wall_s": 30.0, "gpu_s": 30.0,
+        "checkpoint": f"checkpoints/{trial_id}/best",
+    }
+    return trial, epochs, per_image
+
+
+def write_example_exports(output_dir: Path | str, *, prompts: Sequence[str] = ("P0", "P1", "P2"),
+                          models: Sequence[str] | None = None, encoders: Sequence[str] = ENCODERS,
+                          strategies: Sequence[str] | None = None, sources: Sequence[str] = (SOURCE_SDM,),
+                          provenances: Sequence[str] = PROVENANCES, seeds: Sequence[int] = (DEFAULT_SEED,),
+                          n_patients: int = 4, seed: int = 0) -> Path:
     """Write trials/epochs/per_image Parquet files under `<output_dir>/exports`; returns that folder.
 
-    strategies: add "real+synthetic" for its cells (one per provenance in `provenances`);
-    sources: the synthetic sources of the synthetic, synth-PT:real-FT and real+synthetic
-    cells; seeds: the training seeds, one trial per cell and seed (replicates); seed:
-    the generator's seed, that makes the whole export.
+    strategies: with "real+synthetic", a cell per provenance in `provenances`; sources: of
+    the cells with synthetic data; seeds: training seeds, one trial per cell and seed;
+    seed: the generator's, which makes the whole export.
     """
     rng = np.random.default_rng(seed)
     out = Path(output_dir) / EXPORTS_DIR
@@ -118,35 +142,14 @@ def write_example_exports(
     ids: dict[tuple, str] = {}
     models, strategies = models or model_names(), strategies or paper_strategies()
     for cell in _cells(models, strategies, encoders, prompts, sources, provenances):
-        model, strategy, encoder, prompt, source, provenance = cell
         for training_seed in seeds:
             trial_id = f"t{len(trials):03d}"
             ids[(*cell, training_seed)] = trial_id
-            upstream = None
-            upstream_strategy = STRATEGY_REGISTRY[strategy].upstream
-            if upstream_strategy is not None:
-                pretrain = prompt if prompt in prompt_names(synthetic=True) else prompt_names(synthetic=True)[-1]
-                upstream = ids.get((model, upstream_strategy, encoder, pretrain, source, "", training_seed))
-            best = BEST_EPOCH.get(strategy, 5)
-            level = _level(*cell) + rng.normal(0.0, SEED_SD)
-            curve = [level - 0.3 * (best - e) / best if e <= best else level - 0.002 * (e - best)
-                     for e in range(1, EXAMPLE_EPOCHS + 1)]
-            lr = model_entry(model).paper.lr
-            for e, val_dice in enumerate(curve, start=1):
-                epochs.append((trial_id, e, 1.0 - val_dice + 0.05, 1.0 - val_dice, val_dice, lr, 100.0, 1.5))
-            for image in images:
-                for structure in STRUCTURES.values():
-                    dice = float(np.clip(level + difficulty[(image, structure)] + rng.normal(0.0, 0.01), 0.0, 1.0))
-                    per_image.append((trial_id, image, structure, dice, dice / (2.0 - dice),
-                                      float(5.0 + 40.0 * (1.0 - dice))))
-            trials.append({
-                "trial_id": trial_id, "model": model, "strategy": strategy, "encoder": encoder, "prompt": prompt,
-                SYNTHETIC_SOURCE: source, PROVENANCE: provenance, SEED: training_seed, "lr": lr,
-                "status": "TERMINATED", "upstream_trial_id": upstream, "mlflow_run_id": f"run-{trial_id}",
-                "best_epoch": best, "epochs": EXAMPLE_EPOCHS, "best_val_dice": curve[best - 1],
-                "test_dice_mean": float("nan"), "test_dice_std": float("nan"), "wall_s": 30.0, "gpu_s": 30.0,
-                "checkpoint": f"checkpoints/{trial_id}/best",
-            })
+            trial, trial_epochs, trial_per_image = _trial(rng, trial_id, cell, training_seed,
+                                                          _upstream(ids, cell, training_seed), difficulty)
+            trials.append(trial)
+            epochs += trial_epochs
+            per_image += trial_per_image
     trials_frame = pd.DataFrame.from_records(trials, columns=list(TRIALS_COLUMNS))
     per_image_frame = pd.DataFrame.from_records(per_image, columns=list(PER_IMAGE_EXPORT_COLUMNS))
     stats = per_image_frame.groupby("trial_id")["dice"].agg(["mean", "std"])

@@ -1,13 +1,7 @@
-"""The paper's figures: Dice differences per prompt, drawn with matplotlib.
+"""The paper's figures: Fig. 2 (each arm minus real, per prompt) and Fig. 3 (frozen minus unfrozen).
 
-Fig. 2: each arm's mean Dice minus real's, per prompt, one panel per model; from
-`stats.difference_to_real` with each difference's interval as error bars.
-Fig. 3: frozen minus unfrozen mean Dice, per prompt, one line per arm.
-An arm is a strategy with its synthetic source and provenance (`tables.arm_label`).
-
-Figures are built as `matplotlib.figure.Figure` objects without pyplot, so they need no
-display and never touch the global backend (notebooks and servers alike); `save_figure`
-writes PNG and PDF.
+Built as `matplotlib.figure.Figure` without pyplot, so no display and no global backend
+are touched; `save_figure` writes PNG and PDF.
 """
 
 from __future__ import annotations
@@ -27,19 +21,12 @@ from vlsm.data.prompts import prompt_names
 from vlsm.model_registry import model_names
 
 __all__ = [
-    "FIGURE_FORMATS",
-    "encoder_difference",
-    "encoder_difference_figure",
-    "figure_png",
-    "save_figure",
-    "strategy_difference",
-    "strategy_difference_figure",
+    "FIGURE_FORMATS", "encoder_difference", "encoder_difference_figure", "figure_png", "panels",
+    "save_figure", "strategy_difference", "strategy_difference_figure",
 ]
 
 FIGURE_FORMATS = ("png", "pdf")
 _TABLE_COLUMNS = ("model", "strategy", "encoder", "prompt", "mean")
-
-
 _ARM_COLUMNS = ["model", ARM, "strategy", SYNTHETIC_SOURCE, PROVENANCE, "prompt"]
 
 
@@ -72,8 +59,7 @@ def encoder_difference(table: pd.DataFrame) -> pd.DataFrame:
     for encoder in ("frozen", "unfrozen"):
         if encoder not in means.columns:
             raise ValueError(f"dice table: no {encoder!r} cells; frozen minus unfrozen needs both encoder modes")
-    diff = (means["frozen"] - means["unfrozen"]).rename("diff").reset_index()
-    return diff
+    return (means["frozen"] - means["unfrozen"]).rename("diff").reset_index()
 
 
 def _models(diff: pd.DataFrame) -> list[str]:
@@ -84,7 +70,8 @@ def _models(diff: pd.DataFrame) -> list[str]:
     return [m for m in model_names() if m in present]
 
 
-def _panels(models: Sequence[str], title: str) -> tuple[Figure, list]:
+def panels(models: Sequence[str], title: str) -> tuple[Figure, list]:
+    """A figure with one panel per model, sharing the y axis."""
     fig = Figure(figsize=(4.2 * len(models), 3.4), layout="constrained")
     axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
     fig.suptitle(title)
@@ -93,7 +80,7 @@ def _panels(models: Sequence[str], title: str) -> tuple[Figure, list]:
 
 def _draw(ax, frame: pd.DataFrame, model: str, ylabel: str) -> None:
     """A line per arm, with error bars where `frame` has ci_low and ci_high; x = the
-    prompt's position in prompt_names() (so gaps stay gaps)."""
+    prompt's position in prompt_names(), so gaps stay gaps."""
     drawn = 0
     of_model = frame[frame["model"] == model]
     for label, strategy, _source, _provenance in arms(of_model):
@@ -121,11 +108,8 @@ def _draw(ax, frame: pd.DataFrame, model: str, ylabel: str) -> None:
 
 
 def strategy_difference_figure(table: pd.DataFrame, encoder: str = "unfrozen") -> Figure:
-    """Fig. 2: each arm minus real, mean Dice x 100 per prompt, a panel per model.
-
-    table: `dice_table(...)`, or `difference_to_real(per_image, encoder)` (it has a
-    `diff` column) to draw each difference's interval as error bars.
-    """
+    """Fig. 2: each arm minus real, mean Dice x 100 per prompt, a panel per model. table:
+    `dice_table(...)`, or `difference_to_real(per_image, encoder)` for error bars."""
     if "diff" in table.columns:
         require_columns(table, ("encoder", *_ARM_COLUMNS, "diff", "ci_low", "ci_high"), "differences")
         diff = table[table["encoder"] == encoder]
@@ -133,7 +117,7 @@ def strategy_difference_figure(table: pd.DataFrame, encoder: str = "unfrozen") -
         diff = strategy_difference(table, encoder)
     models = _models(diff)
     intervals = " (95% intervals)" if "ci_low" in diff.columns else ""
-    fig, axes = _panels(models, f"Dice difference to real ({encoder} encoders){intervals}")
+    fig, axes = panels(models, f"Dice difference to real ({encoder} encoders){intervals}")
     for ax, model in zip(axes, models, strict=True):
         _draw(ax, diff, model, "Δ mean Dice (x100) vs real")
     return fig
@@ -143,7 +127,7 @@ def encoder_difference_figure(table: pd.DataFrame) -> Figure:
     """Fig. 3: frozen minus unfrozen, mean Dice x 100 per prompt, a line per strategy."""
     diff = encoder_difference(table)
     models = _models(diff)
-    fig, axes = _panels(models, "Dice difference, frozen minus unfrozen encoders")
+    fig, axes = panels(models, "Dice difference, frozen minus unfrozen encoders")
     for ax, model in zip(axes, models, strict=True):
         _draw(ax, diff, model, "Δ mean Dice (x100), frozen - unfrozen")
     return fig
@@ -151,17 +135,16 @@ def encoder_difference_figure(table: pd.DataFrame) -> Figure:
 
 def save_figure(fig: Figure, stem: Path | str, formats: Sequence[str] = FIGURE_FORMATS) -> list[Path]:
     """Write `fig` as <stem>.png and <stem>.pdf (or `formats`); returns the paths."""
-    stem = Path(stem)
     bad = sorted(set(formats) - set(FIGURE_FORMATS))
     if bad:
         raise ValueError(f"formats {bad}; expected some of {FIGURE_FORMATS}")
+    stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        with atomic_path(path) as tmp:
+        paths.append(stem.with_name(f"{stem.name}.{fmt}"))
+        with atomic_path(paths[-1]) as tmp:
             fig.savefig(tmp, format=fmt, dpi=120)
-        paths.append(path)
     return paths
 
 

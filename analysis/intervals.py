@@ -1,21 +1,8 @@
-"""Confidence intervals that count both sources of noise: the training run and the images.
+"""Confidence intervals over both sources of noise, the training run (seeds) and the test images.
 
-A cell's mean Dice varies with the seed it was trained with and with the test images it
-is scored on. The hierarchical bootstrap resamples both (docs/design.md, "Seeds,
-intervals and claims"):
-
-1. the seeds of each cell, with replacement (each cell's own: different strategies'
-   runs share nothing but the seed's number);
-2. the units (image-structure pairs), with replacement, once per resample for all
-   the resampled seeds and, for a difference, for both cells: the test images are the
-   same for every seed and every cell, so their effect is crossed with the seed's, and
-   a difference is paired image by image.
-
-Each resample's statistic is the mean over the resampled units of the seed-averaged
-values (a - b for a difference); the interval is the percentile interval of B such
-resamples. With one seed, step 1 does nothing: the interval covers the images only.
-The mean over resampled seeds is a weighted sum of each seed's resampled mean (the
-weights: how often each seed was drawn), so no B x S x N array is built.
+The hierarchical bootstrap: each cell's seeds resampled on their own, then the units
+(image-structure pairs) once for all seeds and cells, so a difference stays paired
+(docs/design.md, "Seeds, intervals and claims"). With one seed it covers the images only.
 """
 
 from __future__ import annotations
@@ -56,20 +43,13 @@ def _check_cells(cells: Sequence[np.ndarray], signs: Sequence[float]) -> list[np
     return arrays
 
 
-def hierarchical_bootstrap(
-    cells: Sequence[np.ndarray],
-    signs: Sequence[float] = (1.0,),
-    *,
-    n_boot: int = N_BOOT,
-    seed: RandomSeed = 0,
-) -> np.ndarray:
-    """B resampled values of sum_c sign_c * mean over units of cell c's seed-averaged values.
+def hierarchical_bootstrap(cells: Sequence[np.ndarray], signs: Sequence[float] = (1.0,), *,
+                           n_boot: int = N_BOOT, seed: RandomSeed = 0) -> np.ndarray:
+    """(n_boot,) resampled values of sum_c sign_c * mean over units of cell c's seed-averaged values.
 
-    cells: one (seeds, units) array per cell, the units (image-structure pairs) in the
-    same order in every cell; signs: (1.0,) for a cell's mean, (1.0, -1.0) for the
-    paired difference a - b. Seeds are resampled per cell, units once for all cells
-    (module docstring). seed: numpy.random.default_rng's seed, so the result is
-    reproducible. Returns shape (n_boot,).
+    cells: one (seeds, units) array per cell, units in the same order in every cell; signs:
+    (1.0,) for a cell's mean, (1.0, -1.0) for the paired difference a - b. seed:
+    numpy.random.default_rng's, so the result is reproducible.
     """
     arrays = _check_cells(cells, signs)
     if n_boot < 1:
@@ -81,6 +61,7 @@ def hierarchical_bootstrap(
     for x, sign in zip(arrays, signs, strict=True):
         n_seeds = x.shape[0]
         per_seed = np.stack([row[unit_draws].mean(axis=1) for row in x], axis=1)  # (B, S): each seed's resampled mean
+        # the mean over resampled seeds, as each seed's mean weighted by its draws: no (B, S, N) array
         total += sign * (_seed_counts(rng, n_boot, n_seeds) * per_seed).sum(axis=1) / n_seeds
     return total
 
@@ -93,14 +74,8 @@ def percentile_interval(resamples: np.ndarray, level: float = 0.95) -> tuple[flo
     return float(low), float(high)
 
 
-def bootstrap_interval(
-    cells: Sequence[np.ndarray],
-    signs: Sequence[float] = (1.0,),
-    *,
-    n_boot: int = N_BOOT,
-    seed: RandomSeed = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
+def bootstrap_interval(cells: Sequence[np.ndarray], signs: Sequence[float] = (1.0,), *, n_boot: int = N_BOOT,
+                       seed: RandomSeed = 0, level: float = 0.95) -> tuple[float, float]:
     """The percentile interval of `hierarchical_bootstrap(cells, signs, ...)`; (NaN, NaN) for n_boot 0."""
     if n_boot == 0:
         return float("nan"), float("nan")

@@ -1,17 +1,9 @@
-"""Write the analysis notebooks from code, outputs stripped.
+"""Write the analysis notebooks from code, outputs stripped (docs/analysis.md).
 
     python -m analysis notebooks [--out analysis/notebooks]
 
-The first shows the claims table first (`analysis.claims`), then the per-cell tables
-with their intervals, the paper's layout and tests; the second the figures (Fig. 2
-with intervals) and the convergence. The notebooks live in git as generated here (the test checks they match), so they
-never carry stale outputs or hidden state. Both read a sweep's Parquet exports from
-the folder in the environment variable VLSM_OUTPUT_DIR (default `runs/paper-grid-demo`,
-where `make demo` writes); a relative path is read from the repository's root, not
-from the folder Jupyter starts the kernel in (the notebook's own, analysis/notebooks).
-The first also reads the authors' files when VLSM_PUBLISHED is set. Run one headless:
-
-    VLSM_OUTPUT_DIR=runs/paper-grid-demo jupyter execute analysis/notebooks/tables_and_tests.ipynb
+They live in git as generated here (a test checks they match): no stale outputs or hidden
+state. They read the exports of $VLSM_OUTPUT_DIR (a relative path from the repository root).
 """
 
 from __future__ import annotations
@@ -123,24 +115,16 @@ def _notebook(name: str) -> nbformat.NotebookNode:
     cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in notebook_cells(name)]
     for i, cell in enumerate(cells):
         cell["id"] = f"cell-{i}"  # stable ids: regenerating gives identical files
-    return new_notebook(
-        cells=cells,
-        metadata={
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"},
-        },
-    )
+    kernel = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    return new_notebook(cells=cells, metadata={"kernelspec": kernel, "language_info": {"name": "python"}})
 
 
 def build_notebooks(directory: Path | str) -> list[Path]:
     """Write NOTEBOOKS into `directory` (outputs stripped); returns their paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
     for name in NOTEBOOKS:
         notebook = _notebook(name)
         nbformat.validate(notebook)
-        path = directory / name
-        write_text_atomic(path, nbformat.writes(notebook) + "\n")
-        paths.append(path)
-    return paths
+        write_text_atomic(directory / name, nbformat.writes(notebook) + "\n")
+    return [directory / name for name in NOTEBOOKS]

@@ -1,22 +1,9 @@
-"""The paper's claims, each tested where the cells exist, with intervals and Holm correction.
+"""The paper's claims, each tested where its cells exist, with intervals and Holm correction.
 
     analysis.claims(per_image, trials, epochs)          # our sweep: best prompt chosen on validation
     analysis.claims(analysis.load_published())          # the authors' files: chosen on test, as the paper
 
-One row per claim, model, encoder mode and synthetic source (and per prompt where the
-claim is made per prompt). Each row compares the cell claimed better (a) with the other
-(b): the mean difference a - b (Dice x 100, or epochs for convergence), its interval from
-the hierarchical bootstrap over seeds and then images (`analysis.intervals`; images
-only where a cell has one seed, as the column `interval` says), a one-sided paired test
-on seed-averaged pairs (the paper's Wilcoxon) and its Holm adjustment within the claim.
-A claim `holds` when its interval excludes zero in the claimed direction and its
-adjusted p-value is below alpha (docs/design.md, "Seeds, intervals and claims").
-
-"The best prompt" of a strategy is chosen on validation Dice (`trials.parquet`'s
-best_val_dice, averaged over seeds) by default: choosing it on the test set, as the
-paper did, favours the chosen cell on the very data that then tests it. The paper's
-choice is `best_prompt="test"`, and is what happens, said in the column `chosen_on`,
-where no validation results exist (the authors' published files).
+Why validation and what "holds" means: docs/design.md, "Seeds, intervals and claims".
 """
 
 from __future__ import annotations
@@ -49,19 +36,9 @@ from vlsm.data.prompts import prompt_names
 from vlsm.model_registry import model_names
 
 __all__ = [
-    "BEST",
-    "BEST_PROMPT_CHOICES",
-    "CLAIMS",
-    "CLAIMS_COLUMNS",
-    "CLAIM_CONVERGENCE",
-    "CLAIM_FINETUNE",
-    "CLAIM_PROVENANCE",
-    "CLAIM_SYNTHETIC",
-    "CLAIM_UNFROZEN",
-    "DICE_UNIT",
-    "EPOCH_UNIT",
-    "NO_VALIDATION",
-    "claims",
+    "BEST", "BEST_PROMPT_CHOICES", "CLAIMS", "CLAIMS_COLUMNS", "CLAIM_CONVERGENCE",
+    "CLAIM_FINETUNE", "CLAIM_PROVENANCE", "CLAIM_SYNTHETIC", "CLAIM_UNFROZEN", "DICE_UNIT",
+    "EPOCH_UNIT", "NO_VALIDATION", "claims",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,7 +63,6 @@ CLAIMS_COLUMNS: tuple[str, ...] = (
 @dataclass
 class _Data:
     """What every claim reads, computed once: each cell's seeds x pairs Dice and its means."""
-
     matrices: dict[tuple, pd.DataFrame]  # CELL_KEYS values -> seed_matrix of the cell's Dice
     table: pd.DataFrame  # dice_table without intervals, plus "val" (NaN where none)
     prompts: dict[tuple, pd.DataFrame]  # CELL_KEYS values but the prompt -> those rows of `table`
@@ -109,8 +85,7 @@ def _validation(per_image: pd.DataFrame, trials: pd.DataFrame | None) -> pd.Data
     trials = complete_variants(trials)
     if "trial_id" in per_image:
         trials = trials[trials["trial_id"].isin(per_image["trial_id"])]
-    values = trials.groupby(list(CELL_KEYS))[BEST_VAL_DICE].mean().rename("val")
-    return values.reset_index()
+    return trials.groupby(list(CELL_KEYS))[BEST_VAL_DICE].mean().rename("val").reset_index()
 
 
 def _pick(data: _Data, model: str, strategy: str, encoder: str, source: str, provenance: str
@@ -227,8 +202,7 @@ def _convergence_claims(data: _Data, per_trial: pd.DataFrame, notes: list[str]) 
                 except ValueError as err:  # fewer than 2 prompts with both strategies
                     notes.append(f"{CLAIM_CONVERGENCE}, {model} {encoder} {source}: not tested ({err})")
                     continue
-                record = _record(CLAIM_CONVERGENCE, where, "prompts", result, "", EPOCH_UNIT, "prompts")
-                rows.append(record)
+                rows.append(_record(CLAIM_CONVERGENCE, where, "prompts", result, "", EPOCH_UNIT, "prompts"))
     return rows
 
 
@@ -264,32 +238,16 @@ def _claim_rows(data: _Data, frame: pd.DataFrame, trials: pd.DataFrame | None, e
     return rows + _convergence_claims(data, per_trial, notes)
 
 
-def claims(
-    per_image: pd.DataFrame,
-    trials: pd.DataFrame | None = None,
-    epochs: pd.DataFrame | None = None,
-    *,
-    best_prompt: str = "validation",
-    test: str = "wilcoxon",
-    alpha: float = 0.05,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-) -> pd.DataFrame:
-    """One row per claim of the paper (and the provenance claim), for each model, encoder
-    mode and synthetic source where the cells exist (module docstring).
+def claims(per_image: pd.DataFrame, trials: pd.DataFrame | None = None, epochs: pd.DataFrame | None = None, *,
+           best_prompt: str = "validation", test: str = "wilcoxon", alpha: float = 0.05, n_boot: int = N_BOOT,
+           seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """CLAIMS_COLUMNS: one row per claim (and the provenance claim), model, encoder mode and
+    synthetic source where the cells exist; a is claimed better, mean_diff = a - b.
 
-    per_image: `load_sweep(...)` or `load_published()`; trials: `read_trials(...)`, for
-    the validation Dice that chooses the best prompts and, with epochs
-    (`read_epochs(...)`), for the convergence claim (left out, with a note, without
-    them). best_prompt: "validation" (default) or "test" (the paper's choice).
-    Columns: CLAIMS_COLUMNS: claim, model, encoder, synthetic_source, comparison (a
-    prompt, "best" or "prompts"), a, b (a is claimed better), chosen_on (of "best"
-    rows), unit, n (pairs or prompts), n_seeds_a, n_seeds_b, mean_diff = a - b, ci_low,
-    ci_high (`level` interval), test, p_value (one-sided, a greater), p_holm (within the
-    claim), holds, verdict ("holds", "not shown", "opposite": the interval excludes zero
-    against the claim) and interval (what it covers). `.attrs["notes"]`: claims not
-    tested and why, and what the intervals cover.
+    trials: for the validation Dice that chooses the best prompts; with epochs, for the
+    convergence claim (left out with a note without them). comparison: a prompt, "best"
+    or "prompts"; p_value one-sided; p_holm within the claim; verdict "holds", "not shown"
+    or "opposite". `.attrs["notes"]`: claims not tested and why, what intervals cover.
     """
     if best_prompt not in BEST_PROMPT_CHOICES:
         raise ValueError(f"best_prompt={best_prompt!r}; expected one of {BEST_PROMPT_CHOICES}")

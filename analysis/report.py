@@ -1,18 +1,9 @@
 """One self-contained report of a sweep: claims, tables, paired tests, figures, convergence.
 
     python -m analysis report runs/paper_grid [--published [PATH]] [--format html|md]
-                                              [--best-prompt validation|test] [--n-boot N]
 
-The claims table comes first (`analysis.claims`: each claim of the paper, its verdict
-and its effect with a 95% interval over seeds and images), then the per-cell tables
-with their intervals, the paper's layout and tests, the figures and the convergence.
-
-The report is a single HTML or Markdown file with its figures embedded as base64 PNG
-(so it can be mailed or attached as it is); the figures are also written as PNG and PDF
-under `figures/` beside it for papers. With `--published`, every cell that both our
-sweep and the authors' files have is shown side by side with a paired Wilcoxon test: the
-authors' files as bundled with the package (`--published` alone, `published=True`), or
-their metrics folder (`--published PATH`).
+One HTML or Markdown file with its figures embedded as base64 PNG (it can be mailed as it
+is), the figures also as PNG and PDF under `figures/` beside it (docs/analysis.md).
 """
 
 from __future__ import annotations
@@ -33,9 +24,18 @@ from analysis.figures import encoder_difference_figure, save_figure, strategy_di
 from analysis.intervals import N_BOOT
 from analysis.paper_claims import BEST_PROMPT_CHOICES, EPOCH_UNIT, claims
 from analysis.published import BUNDLE, load_published
+from analysis.schema import EPOCHS_FILE, exports_dir
 from analysis.stats import FAMILIES, compare_sources, difference_to_real, paper_comparisons
 from analysis.sweep import load_sweep, read_epochs, read_trials
-from analysis.tables import ARM, dice_table, render_intervals, render_table, sort_cells, with_arm
+from analysis.tables import (
+    ARM,
+    dice_table,
+    render_intervals,
+    render_rows,
+    render_table,
+    sort_cells,
+    with_arm,
+)
 from vlsm.atomic import not_writable, write_text_atomic
 from vlsm.axes import ENCODERS, PROVENANCE, SYNTHETIC_SOURCE
 from vlsm.data.prompts import prompt_names
@@ -58,7 +58,6 @@ def _fmt_float(value: object, spec: str = "{:.2f}") -> str:
 @dataclass
 class _Document:
     """Blocks rendered to Markdown or HTML; figures are embedded and saved beside."""
-
     title: str
     figures_dir: Path
     blocks: list[tuple[str, ...]] = field(default_factory=list)
@@ -77,15 +76,8 @@ class _Document:
         cells = pd.DataFrame(
             {c: [formats.get(c, _fmt_float)(v) for v in frame[c]] for c in frame.columns}, columns=frame.columns
         )
-        header = [str(c) for c in cells.columns]
-        md = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        md += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False, name=None)]
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
-            for row in cells.itertuples(index=False, name=None)
-        )
-        self.table("\n".join(md) + "\n", f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n")
+        header, body = [str(c) for c in cells.columns], [list(row) for row in cells.itertuples(index=False)]
+        self.table(render_rows(header, body, "markdown"), render_rows(header, body, "html"))
 
     def figure(self, fig: Figure, name: str, caption: str) -> None:
         png, _pdf = save_figure(fig, self.figures_dir / name, formats=("png", "pdf"))
@@ -204,9 +196,7 @@ def _tables_and_tests(doc: _Document, per_image: pd.DataFrame, table: pd.DataFra
 def _figures(doc: _Document, per_image: pd.DataFrame, table: pd.DataFrame, n_boot: int) -> None:
     doc.heading("Figures")
     encoders = set(table["encoder"])
-    for encoder in ENCODERS[::-1]:
-        if encoder not in encoders:
-            continue
+    for encoder in (e for e in ENCODERS[::-1] if e in encoders):  # unfrozen (Fig. 2's) first
         try:
             fig = strategy_difference_figure(difference_to_real(per_image, encoder, n_boot=n_boot), encoder)
         except ValueError as err:
@@ -270,25 +260,14 @@ def _published(doc: _Document, per_image: pd.DataFrame, published: Path | None, 
     doc.frame(side.drop(columns=["statistic"]), {"p_value": _P, "p_holm": _P, "n_ours": str, "n_theirs": str, "n_pairs": str})
 
 
-def build_report(
-    output_dir: Path | str,
-    *,
-    published: Path | str | bool | None = None,
-    fmt: str = "html",
-    out: Path | str | None = None,
-    test: str = "wilcoxon",
-    best_prompt: str = "validation",
-    n_boot: int = N_BOOT,
-) -> Path:
-    """Write the report of the sweep in `output_dir`; returns its path.
+def build_report(output_dir: Path | str, *, published: Path | str | bool | None = None, fmt: str = "html",
+                 out: Path | str | None = None, test: str = "wilcoxon", best_prompt: str = "validation",
+                 n_boot: int = N_BOOT) -> Path:
+    """Write the report of the sweep in `output_dir` to `out` (default
+    `<output_dir>/report.<fmt>`, figures/ beside it); returns its path.
 
-    out: the report file (default `<output_dir>/report.<fmt>`); figures go to
-    `figures/` beside it.
-    published: add our cells beside the authors': True for their per-image results as
-      bundled with the package, a path for their metrics folder; None or False: no such
-      section.
-    best_prompt: what the claims choose "the best prompt" on ("validation" or "test",
-      the paper's choice); n_boot: bootstrap resamples of every interval.
+    published: True for the authors' bundled results beside ours, a path for their
+    metrics folder, None or False for none. best_prompt: "validation" or "test" (the paper's).
     """
     if fmt not in REPORT_FORMATS:
         raise ValueError(f"format {fmt!r}; expected one of {REPORT_FORMATS}")
@@ -297,16 +276,13 @@ def build_report(
     output_dir = Path(output_dir)
     out = Path(out) if out is not None else output_dir / f"report.{fmt}"
     problem = not_writable(out.parent)
-    if problem:  # say so before the tables and figures are computed
+    if problem:  # before the tables and figures are computed
         raise ValueError(f"cannot write the report {out}: {problem} (give --out another folder)")
     per_image = load_sweep(output_dir)
     table = dice_table(per_image, n_boot=n_boot)
     doc = _Document(title=f"Sweep report: {output_dir}", figures_dir=out.parent / "figures")
     trials = read_trials(output_dir)
-    try:
-        epochs = read_epochs(output_dir)
-    except FileNotFoundError:
-        epochs = None
+    epochs = read_epochs(output_dir) if (exports_dir(output_dir) / EPOCHS_FILE).is_file() else None
     doc.text(f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from {output_dir.resolve()}: "
              f"{len(trials)} trials, {trials['trial_id'].isin(per_image['trial_id']).sum()} with test results, "
              f"{len(per_image)} image-structure rows.")
@@ -317,11 +293,8 @@ def build_report(
     _tables_and_tests(doc, per_image, table, test, n_boot)
     _figures(doc, per_image, table, n_boot)
     _convergence(doc, epochs, trials)
-    if published is True:
-        _published(doc, per_image, None, test)
-    elif published is not None and published is not False:
-        _published(doc, per_image, Path(published), test)
-    text = doc.html() if fmt == "html" else doc.markdown()
-    write_text_atomic(out, text)  # never a half-written report
+    if published is not None and published is not False:
+        _published(doc, per_image, None if published is True else Path(published), test)
+    write_text_atomic(out, doc.html() if fmt == "html" else doc.markdown())
     log.info("report written to %s", out)
     return out

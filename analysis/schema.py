@@ -1,21 +1,13 @@
 """File names and columns of the sweep's Parquet exports and of the per-image frame.
 
-The sweep writes these files and `analysis` reads them, so both import the names from
-here: a column renamed in one place cannot silently break the other.
+The sweep writes these files and `analysis` reads them, both with the names from here:
 
-    <output>/exports/trials.parquet     one row per trial
+    <output>/exports/trials.parquet     one row per trial (one cell, variant and seed)
     <output>/exports/epochs.parquet     one row per trial and epoch
     <output>/exports/per_image.parquet  one row per trial, test image and structure
 
-Dice and IoU are fractions in [0, 1]; Hausdorff distances are pixels at 512 x 512.
-`structure` holds the names of `vlsm.axes.STRUCTURES` ("LV", "MYO", "LA"); integer
-labels 1-3 are accepted on reading and mapped to those names.
-
-A trial is one (cell, variant, seed): the grid cell's axes, the variant axes that tell
-apart cells of one grid cell (`synthetic_source`, `provenance`) and the seed, its
-replicate. Exports and files written before those columns existed (and the authors'
-published files) are read as one seed, 42 (the paper's), of the paper's synthetic
-source: `complete_variants` fills what is missing.
+Dice and IoU are fractions, Hausdorff distances pixels at 512 x 512; `structure` holds
+the names of `vlsm.axes.STRUCTURES` (labels 1-3 are mapped to them on reading).
 """
 
 from __future__ import annotations
@@ -56,24 +48,10 @@ from vlsm.model_registry import model_names
 from vlsm.strategies import strategy_names
 
 __all__ = [
-    "CELL_COLUMNS",
-    "CELL_KEYS",
-    "cell_values",
-    "DEFAULT_SEED",
-    "EPOCHS_COLUMNS",
-    "EPOCHS_FILE",
-    "EXPORTS_DIR",
-    "OPTIONAL_COLUMNS",
-    "PER_IMAGE_COLUMNS",
-    "PER_IMAGE_EXPORT_COLUMNS",
-    "PER_IMAGE_FILE",
-    "TRIALS_COLUMNS",
-    "TRIALS_FILE",
-    "VARIANT_COLUMNS",
-    "complete_variants",
-    "exports_dir",
-    "normalise_structure",
-    "require_columns",
+    "CELL_COLUMNS", "CELL_KEYS", "cell_values", "DEFAULT_SEED", "EPOCHS_COLUMNS", "EPOCHS_FILE",
+    "EXPORTS_DIR", "OPTIONAL_COLUMNS", "PER_IMAGE_COLUMNS", "PER_IMAGE_EXPORT_COLUMNS",
+    "PER_IMAGE_FILE", "TRIALS_COLUMNS", "TRIALS_FILE", "VARIANT_COLUMNS", "complete_variants",
+    "exports_dir", "normalise_structure", "require_columns",
 ]
 
 EXPORTS_DIR = "exports"
@@ -89,6 +67,8 @@ CELL_COLUMNS: tuple[str, ...] = CELL_AXES
 VARIANT_COLUMNS: tuple[str, ...] = VARIANT_AXES
 # The cell of the analysis (a row of its tables): grid cell and variant; seeds are its replicates.
 CELL_KEYS: tuple[str, ...] = (*CELL_COLUMNS, *VARIANT_COLUMNS)
+
+
 def cell_values() -> dict[str, tuple[str, ...]]:
     """The values each cell and variant column may hold, in their order in tables: the
     registries' (vlsm.registry), asked when a table is made, so plugin entries count."""
@@ -106,32 +86,12 @@ def cell_values() -> dict[str, tuple[str, ...]]:
 DEFAULT_SEED = 42
 
 TRIALS_COLUMNS: tuple[str, ...] = (
-    TRIAL_ID,
-    *CELL_KEYS,
-    SEED,
-    LR,
-    "status",
+    TRIAL_ID, *CELL_KEYS, SEED, LR, "status",
     "upstream_trial_id",  # synth-PT:real-FT: the synthetic trial it starts from
-    "mlflow_run_id",
-    "best_epoch",
-    "epochs",
-    BEST_VAL_DICE,
-    TEST_DICE_MEAN,
-    TEST_DICE_STD,
-    "wall_s",
-    "gpu_s",
-    "checkpoint",
+    "mlflow_run_id", "best_epoch", "epochs", BEST_VAL_DICE, TEST_DICE_MEAN, TEST_DICE_STD,
+    "wall_s", "gpu_s", "checkpoint",
 )
-EPOCHS_COLUMNS: tuple[str, ...] = (
-    TRIAL_ID,
-    EPOCH,
-    TRAIN_LOSS,
-    VAL_LOSS,
-    VAL_DICE,
-    LR,
-    IMAGES_PER_S,
-    SECONDS,
-)
+EPOCHS_COLUMNS: tuple[str, ...] = (TRIAL_ID, EPOCH, TRAIN_LOSS, VAL_LOSS, VAL_DICE, LR, IMAGES_PER_S, SECONDS)
 PER_IMAGE_EXPORT_COLUMNS: tuple[str, ...] = (TRIAL_ID, IMAGE, STRUCTURE, DICE, IOU, HAUSDORFF)
 
 # The long per-image frame every analysis function takes (load_published, load_sweep).
@@ -149,18 +109,17 @@ def exports_dir(output_dir: Path | str) -> Path:
 
 
 def complete_variants(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with the variant and seed columns, missing values filled as before they existed.
+    """`frame` with the variant and seed columns, missing values filled as before they existed:
+    seed 42 (the paper's), synthetic_source "sdm" ("" for real), provenance "".
 
-    Missing `seed` -> 42 (one seed, the paper's); missing `synthetic_source` -> "sdm" (the
-    paper's SDM data) for strategies other than real, "" for real; missing `provenance`
-    -> "". Needs a `strategy` column. Returns `frame` itself when nothing is missing, else
-    a copy with the columns it lacked added at the end: never modify the result in place.
+    Needs a `strategy` column. Returns `frame` itself when nothing is missing, else a copy
+    with the lacking columns added at the end: never modify the result in place.
     """
     columns = (SYNTHETIC_SOURCE, PROVENANCE, SEED)
     if all(c in frame for c in columns) and not frame[list(columns)].isna().to_numpy().any():
         return frame
     out = frame.copy()
-    for column in (SYNTHETIC_SOURCE, PROVENANCE, SEED):
+    for column in columns:
         if column not in out:
             out[column] = None
     real = out["strategy"] == STRATEGY_REAL
@@ -176,10 +135,8 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str) ->
     """Raise ValueError naming `source` and every column of `columns` it lacks."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(
-            f"{source}: missing column(s) {missing}; expected at least {list(columns)}, "
-            f"found {list(frame.columns)}"
-        )
+        raise ValueError(f"{source}: missing column(s) {missing}; expected at least {list(columns)}, "
+                         f"found {list(frame.columns)}")
 
 
 def normalise_structure(values: pd.Series, source: str) -> pd.Series:
@@ -189,8 +146,6 @@ def normalise_structure(values: pd.Series, source: str) -> pd.Series:
     out = values.astype(str).map(lambda v: v if v in names else by_label.get(v))
     bad = sorted(set(values[out.isna()].astype(str)))
     if bad:
-        raise ValueError(
-            f"{source}: column 'structure' has value(s) {bad[:5]}; expected one of "
-            f"{sorted(names)} or the labels {sorted(STRUCTURES)}"
-        )
+        raise ValueError(f"{source}: column 'structure' has value(s) {bad[:5]}; expected one of "
+                         f"{sorted(names)} or the labels {sorted(STRUCTURES)}")
     return out.astype(object)

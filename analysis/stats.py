@@ -1,16 +1,9 @@
 """Paired tests between cells, as in the paper, with Holm correction and bootstrap intervals.
 
-Two cells are compared over the same test images and structures (pairs joined on
-image + structure), with scipy's Wilcoxon signed-rank test (the paper's choice) or a
-paired t-test. The paper's one-sided tests are `alternative="greater"` with a = the
-cell claimed better: best real CRIS (P2) against best synthetic CRIS (P5) gives
-p = 8.8e-73, and synth-PT:real-FT CRIS P2 against real CRIS P2 gives p = 8.3e-6, both
-with scipy's defaults (600 pairs, normal approximation, zero_method "wilcox").
-
-A cell with several seeds enters as its seed-averaged value per image and structure:
-the test runs on those pairs, and the difference's interval comes from the hierarchical
-bootstrap over each cell's seeds and then the shared images (`analysis.intervals`),
-which counts the training run as a source of noise where the test does not.
+Two cells are paired on image + structure and compared with scipy's Wilcoxon signed-rank
+test (the paper's; its defaults reproduce the paper's p-values) or a paired t-test, on
+each cell's seed-averaged values; the interval of the difference counts the seeds too
+(`analysis.intervals`; docs/design.md, "Seeds, intervals and claims").
 """
 
 from __future__ import annotations
@@ -53,20 +46,9 @@ from vlsm.data.prompts import prompt_names
 from vlsm.model_registry import model_names
 
 __all__ = [
-    "ALTERNATIVES",
-    "FAMILIES",
-    "TESTS",
-    "CompareResult",
-    "best_cell",
-    "cell_label",
-    "compare",
-    "compare_matrices",
-    "compare_sources",
-    "difference_to_real",
-    "holm",
-    "paired_test",
-    "paper_comparisons",
-    "select_cell",
+    "ALTERNATIVES", "FAMILIES", "TESTS", "CompareResult", "best_cell", "cell_label", "compare",
+    "compare_matrices", "compare_sources", "difference_to_real", "holm",
+    "paper_comparisons", "select_cell",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,13 +62,11 @@ _SELECT_KEYS = (*CELL_KEYS, SEED)  # what a cell given to compare may name
 
 @dataclass(frozen=True)
 class CompareResult:
-    """A paired test of cell a against cell b; means and differences are a - b, x 100.
+    """A paired test of cell a against cell b; means and differences (a - b) x 100.
 
-    n: image-structure pairs both cells have (for every seed); n_seeds_a, n_seeds_b:
-    the seeds averaged per pair; ci_low, ci_high: the interval of mean_diff from the
-    hierarchical bootstrap (images only where both cells have one seed).
+    n: image-structure pairs both cells have (for every seed); n_seeds_a, n_seeds_b: the
+    seeds averaged per pair; ci_low, ci_high: the bootstrap interval of mean_diff.
     """
-
     a: str
     b: str
     test: str
@@ -102,29 +82,17 @@ class CompareResult:
     statistic: float
     p_value: float
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def cell_label(cell: Mapping[str, str]) -> str:
     """'CRIS real unfrozen P2', 'CRIS synthetic (diffecho) unfrozen P2' (the keys given, in grid order)."""
-    parts = []
-    for column in CELL_COLUMNS:
-        if column not in cell:
-            continue
-        if column == "strategy":
-            parts.append(arm_label(cell["strategy"], cell.get(SYNTHETIC_SOURCE, ""), cell.get(PROVENANCE, "")))
-        else:
-            parts.append(str(cell[column]))
-    return " ".join(parts)
+    arm = arm_label(cell.get("strategy", ""), cell.get(SYNTHETIC_SOURCE, ""), cell.get(PROVENANCE, ""))
+    return " ".join(arm if column == "strategy" else str(cell[column]) for column in CELL_COLUMNS if column in cell)
 
 
 def select_cell(per_image: pd.DataFrame, cell: Mapping[str, object], name: str = "cell") -> pd.DataFrame:
-    """The rows of the one cell (grid cell and variant) that `cell` names, every seed of it.
-
-    cell: some of model, strategy, encoder, prompt, synthetic_source, provenance (keys
-    the frame does not need to tell cells apart may be left out) and optionally seed,
-    to keep one seed. per_image must have its variant columns (`complete_variants`).
+    """The rows (every seed) of the one cell that `cell` names: some of CELL_KEYS (those
+    the frame needs to tell cells apart) and optionally seed, to keep one seed.
+    per_image must have its variant columns (`complete_variants`).
     """
     unknown = sorted(set(cell) - set(_SELECT_KEYS))
     if unknown:
@@ -141,10 +109,8 @@ def select_cell(per_image: pd.DataFrame, cell: Mapping[str, object], name: str =
         raise ValueError(f"{name}={dict(cell)}: no rows in the per-image frame")
     cells = rows[list(CELL_KEYS)].drop_duplicates()
     if len(cells) > 1:
-        raise ValueError(
-            f"{name}={dict(cell)} matches {len(cells)} cells, e.g. "
-            f"{cells.iloc[:3].to_dict('records')}; add keys so it names one cell"
-        )
+        raise ValueError(f"{name}={dict(cell)} matches {len(cells)} cells, e.g. "
+                         f"{cells.iloc[:3].to_dict('records')}; add keys so it names one cell")
     return rows
 
 
@@ -161,25 +127,14 @@ def _test(xa: np.ndarray, xb: np.ndarray, test: str, alternative: str) -> tuple[
     return float(res.statistic), float(res.pvalue)
 
 
-def compare_matrices(
-    ma: pd.DataFrame,
-    mb: pd.DataFrame,
-    label_a: str = "a",
-    label_b: str = "b",
-    *,
-    test: str = "wilcoxon",
-    alternative: str = "two-sided",
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-    scale: float = 100.0,
-) -> CompareResult:
+def compare_matrices(ma: pd.DataFrame, mb: pd.DataFrame, label_a: str = "a", label_b: str = "b", *,
+                     test: str = "wilcoxon", alternative: str = "two-sided", n_boot: int = N_BOOT,
+                     seed: int = 0, level: float = 0.95, scale: float = 100.0) -> CompareResult:
     """Paired comparison of two cells given as (seeds x units) frames (`tables.seed_matrix`).
 
     Units every seed of both cells has are paired; the test runs on the seed-averaged
-    values, the interval comes from the hierarchical bootstrap (seeded by `seed` and the
-    two labels). Means, differences and interval are multiplied by `scale` (100: Dice
-    fractions to points).
+    values; the bootstrap is seeded by `seed` and the two labels. Means, differences and
+    interval are multiplied by `scale` (100: Dice fractions to points).
     """
     if test not in TESTS:
         raise ValueError(f"test={test!r}; expected one of {TESTS}")
@@ -196,43 +151,22 @@ def compare_matrices(
     low, high = bootstrap_interval([xa, xb], (1.0, -1.0), n_boot=n_boot, level=level,
                                    seed=cell_rng_seed(seed, f"{label_a} - {label_b}"))
     return CompareResult(
-        a=label_a,
-        b=label_b,
-        test=test,
-        alternative=alternative,
-        n=len(units),
-        n_seeds_a=xa.shape[0],
-        n_seeds_b=xb.shape[0],
-        mean_a=float(mean_a.mean() * scale),
-        mean_b=float(mean_b.mean() * scale),
-        mean_diff=float((mean_a - mean_b).mean() * scale),
-        ci_low=low * scale,
-        ci_high=high * scale,
-        statistic=statistic,
-        p_value=p_value,
+        a=label_a, b=label_b, test=test, alternative=alternative, n=len(units), n_seeds_a=xa.shape[0],
+        n_seeds_b=xb.shape[0], mean_a=float(mean_a.mean() * scale), mean_b=float(mean_b.mean() * scale),
+        mean_diff=float((mean_a - mean_b).mean() * scale), ci_low=low * scale, ci_high=high * scale,
+        statistic=statistic, p_value=p_value,
     )
 
 
-def compare(
-    per_image: pd.DataFrame,
-    a: Mapping[str, object],
-    b: Mapping[str, object],
-    *,
-    test: str = "wilcoxon",
-    alternative: str = "two-sided",
-    metric: str = DICE,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-) -> CompareResult:
+def compare(per_image: pd.DataFrame, a: Mapping[str, object], b: Mapping[str, object], *,
+            test: str = "wilcoxon", alternative: str = "two-sided", metric: str = DICE, n_boot: int = N_BOOT,
+            seed: int = 0, level: float = 0.95) -> CompareResult:
     """Paired test of cell `a` against cell `b` over the images and structures both have.
 
     a, b: {"model": ..., "strategy": ..., "encoder": ..., "prompt": ...}, plus
     synthetic_source / provenance where the frame has several, and seed to keep one
-    (keys the frame does not need to tell cells apart may be left out). alternative
-    "greater" tests a > b. A cell's seeds are averaged per pair before the test; the
-    interval (ci_low, ci_high) counts the seeds and the images (`compare_matrices`).
-    Pairs with a missing value on either side, or for any seed, are dropped (logged).
+    (`select_cell`). alternative "greater" tests a > b. Pairs with a missing value on
+    either side, or for any seed, are dropped (logged).
     """
     require_columns(per_image, (*CELL_COLUMNS, *PAIR_KEYS, metric), "per-image frame")
     frame = complete_variants(per_image)
@@ -252,38 +186,11 @@ def _compare_logged(ma: pd.DataFrame, mb: pd.DataFrame, a: Mapping[str, object],
     return result
 
 
-def paired_test(
-    xa: pd.Series,
-    xb: pd.Series,
-    label_a: str = "a",
-    label_b: str = "b",
-    *,
-    test: str = "wilcoxon",
-    alternative: str = "two-sided",
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-) -> CompareResult:
-    """Paired test of two series indexed by (image, structure) (one seed each); values are fractions."""
-    return compare_matrices(xa.to_frame().T, xb.to_frame().T, label_a, label_b, test=test,
-                            alternative=alternative, n_boot=n_boot, seed=seed)
-
-
-def difference_to_real(
-    per_image: pd.DataFrame,
-    encoder: str = "unfrozen",
-    *,
-    metric: str = DICE,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-) -> pd.DataFrame:
-    """Each arm's mean Dice minus real's (x 100) per model and prompt, with its interval.
-
-    One row per (model, arm, prompt) where both cells exist: encoder, model, arm, strategy,
-    synthetic_source, provenance, prompt, n_seeds (of the arm's cell), diff, ci_low,
-    ci_high (`compare`'s paired difference and hierarchical bootstrap interval) and
-    p_value (two-sided Wilcoxon on seed-averaged pairs). The data of the Fig. 2 error bars.
-    """
+def difference_to_real(per_image: pd.DataFrame, encoder: str = "unfrozen", *, metric: str = DICE,
+                       n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Each arm's mean Dice minus real's (x 100) per model and prompt where both exist, with
+    its interval and two-sided p_value (`compare_matrices`): Fig. 2's error bars.
+    n_seeds: of the arm's cell."""
     frame = with_arm(per_image[per_image["encoder"] == encoder])
     records = []
     for model, prompt in itertools.product(model_names(), prompt_names()):
@@ -308,21 +215,13 @@ def difference_to_real(
     return pd.DataFrame.from_records(records, columns=columns)
 
 
-def compare_sources(
-    ours: pd.DataFrame,
-    theirs: pd.DataFrame,
-    *,
-    test: str = "wilcoxon",
-    metric: str = DICE,
-    correction: str | None = "holm",
-) -> pd.DataFrame:
+def compare_sources(ours: pd.DataFrame, theirs: pd.DataFrame, *, test: str = "wilcoxon", metric: str = DICE,
+                    correction: str | None = "holm") -> pd.DataFrame:
     """Every cell present in both frames: ours against theirs, paired on image and structure.
 
-    One row per cell: the cell and variant columns, n_ours, mean_ours, std_ours,
-    n_theirs, mean_theirs, std_theirs (each over all its rows, every seed), then over the
-    n_pairs image-structure pairs both have: mean_diff (ours - theirs, x 100, each side
-    averaged over its seeds), statistic and p_value (two-sided), and with correction
-    "holm", p_holm over all cells.
+    n, mean, std of each side over all its rows (every seed); over the n_pairs pairs both
+    have, mean_diff (ours - theirs, x 100, seeds averaged), statistic and two-sided
+    p_value; with correction "holm", p_holm over all cells.
     """
     if correction not in (None, "holm"):
         raise ValueError(f"correction={correction!r}; expected 'holm' or None")
@@ -330,34 +229,15 @@ def compare_sources(
     mine, other = dice_table(ours, metric, n_boot=0), dice_table(theirs, metric, n_boot=0)
     common = mine.merge(other, on=list(CELL_KEYS), suffixes=("_ours", "_theirs"))
     mine_matrices, other_matrices = cell_matrices(ours, metric), cell_matrices(theirs, metric)
+    sides = ["n_ours", "mean_ours", "std_ours", "n_theirs", "mean_theirs", "std_theirs"]
     records = []
     for _, row in common.iterrows():
         cell = {c: row[c] for c in CELL_KEYS}
-        result = compare_matrices(
-            mine_matrices[_key(cell)],
-            other_matrices[_key(cell)],
-            "ours " + cell_label(cell),
-            "theirs " + cell_label(cell),
-            test=test,
-            n_boot=0,
-        )
-        records.append(
-            {
-                **cell,
-                "n_ours": row["n_ours"],
-                "mean_ours": row["mean_ours"],
-                "std_ours": row["std_ours"],
-                "n_theirs": row["n_theirs"],
-                "mean_theirs": row["mean_theirs"],
-                "std_theirs": row["std_theirs"],
-                "n_pairs": result.n,
-                "mean_diff": result.mean_diff,
-                "statistic": result.statistic,
-                "p_value": result.p_value,
-            }
-        )
-    columns = [*CELL_KEYS, "n_ours", "mean_ours", "std_ours", "n_theirs", "mean_theirs", "std_theirs",
-               "n_pairs", "mean_diff", "statistic", "p_value"]
+        result = compare_matrices(mine_matrices[_key(cell)], other_matrices[_key(cell)], "ours " + cell_label(cell),
+                                  "theirs " + cell_label(cell), test=test, n_boot=0)
+        records.append({**cell, **{c: row[c] for c in sides}, "n_pairs": result.n, "mean_diff": result.mean_diff,
+                        "statistic": result.statistic, "p_value": result.p_value})
+    columns = [*CELL_KEYS, *sides, "n_pairs", "mean_diff", "statistic", "p_value"]
     out = pd.DataFrame.from_records(records, columns=columns)
     unpaired = out["n_pairs"] < out[["n_ours", "n_theirs"]].max(axis=1)
     if unpaired.any():
@@ -381,22 +261,12 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
-def best_cell(
-    table: pd.DataFrame,
-    model: str,
-    strategy: str,
-    encoder: str,
-    *,
-    synthetic_source: str | None = None,
-    provenance: str | None = None,
-    value: str = "mean",
-) -> dict[str, str] | None:
+def best_cell(table: pd.DataFrame, model: str, strategy: str, encoder: str, *,
+              synthetic_source: str | None = None, provenance: str | None = None, value: str = "mean"
+              ) -> dict[str, str] | None:
     """The cell (CELL_KEYS) with the highest `value` among `table`'s rows for model, strategy,
     encoder and, where given, synthetic source and provenance; None when there is none.
-
-    table: `dice_table(...)` (value "mean": chosen on the test set, as the paper did) or
-    any frame with the cell columns and a `value` column (e.g. validation Dice).
-    """
+    table: `dice_table(...)` (value "mean": chosen on the test set, as the paper did)."""
     rows = complete_variants(table)
     mask = (rows["model"] == model) & (rows["strategy"] == strategy) & (rows["encoder"] == encoder)
     if synthetic_source is not None:
@@ -441,27 +311,16 @@ def _comparison_plans(table: pd.DataFrame, encoder: str) -> list[tuple[str, str,
     return plans
 
 
-def paper_comparisons(
-    per_image: pd.DataFrame,
-    *,
-    test: str = "wilcoxon",
-    encoder: str = "unfrozen",
-    correction: str | None = "holm",
-    metric: str = DICE,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    families: Sequence[str] = FAMILIES,
-) -> pd.DataFrame:
-    """The paper's comparisons, per model (and synthetic source), in one frame (one row per test).
+def paper_comparisons(per_image: pd.DataFrame, *, test: str = "wilcoxon", encoder: str = "unfrozen",
+                      correction: str | None = "holm", metric: str = DICE, n_boot: int = N_BOOT,
+                      seed: int = 0, families: Sequence[str] = FAMILIES) -> pd.DataFrame:
+    """The paper's comparisons, one row per test: family, model, then CompareResult's fields.
 
-    family "real vs synthetic": best real against best synthetic prompt, one-sided (real greater);
-    family "PT-FT vs real": best synth-PT:real-FT against best real prompt, one-sided (PT-FT greater);
-    family "frozen vs unfrozen": every cell present in both modes, two-sided.
-    "Best" is the prompt with the highest mean Dice for that model, strategy, encoder and
-    source (chosen on the test set, as the paper did; `analysis.claims` chooses on
-    validation). correction "holm" adds p_holm, adjusted within each family; None
-    leaves it out. families: those of FAMILIES to compute ("frozen vs unfrozen" does not
-    depend on `encoder`). Columns: family, model, then CompareResult's fields.
+    "real vs synthetic": best real against best synthetic prompt, one-sided (real greater);
+    "PT-FT vs real": best synth-PT:real-FT against best real, one-sided (PT-FT greater);
+    "frozen vs unfrozen": every cell present in both modes, two-sided (whatever `encoder`).
+    "Best" is chosen on the test set, as the paper did. correction "holm": p_holm within
+    each family.
     """
     if correction not in (None, "holm"):
         raise ValueError(f"correction={correction!r}; expected 'holm' or None")
@@ -479,7 +338,7 @@ def paper_comparisons(
             continue
         result = _compare_logged(matrices[_key(a)], matrices[_key(b)], a, b, test=test, alternative=alternative,
                                  n_boot=n_boot, seed=seed)
-        records.append({"family": family, "model": model, **result.as_dict()})
+        records.append({"family": family, "model": model, **asdict(result)})
     columns = ["family", "model", *CompareResult.__dataclass_fields__]
     out = pd.DataFrame.from_records(records, columns=columns)
     if correction == "holm":

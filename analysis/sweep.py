@@ -1,12 +1,8 @@
-"""Read our sweep's Parquet exports (see `analysis.schema`) into the per-image frame.
+"""Read our sweep's Parquet exports (`analysis.schema`) into the per-image frame.
 
-`per_image.parquet` names trials only by id; the grid cell, variant and seed of each
-trial come from `trials.parquet`. Trials of one cell and variant that differ in their
-seed are replicates and all kept. When one (cell, variant, seed) was run more than once
-(an LR search, a retry), one trial has to stand for it: by default the one with the
-best validation Dice, because test results must never choose the model. Exports
-written before the seed and variant columns existed read as one seed of the paper's
-synthetic source (`analysis.schema.complete_variants`).
+A trial's cell, variant and seed come from `trials.parquet`. Several seeds of a cell are
+replicates, all kept; one (cell, variant, seed) run more than once (an LR search, a retry)
+keeps by default the trial with the best validation Dice: test results never choose.
 """
 
 from __future__ import annotations
@@ -61,12 +57,8 @@ def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 def read_trials(output_dir: Path | str) -> pd.DataFrame:
-    """`trials.parquet` of a sweep output folder (or of its `exports/` folder).
-
-    Columns: TRIALS_COLUMNS, then any others the file has. A file without the seed or
-    variant columns (or with empty values in them) reads as one seed, 42, of the
-    paper's synthetic source.
-    """
+    """`trials.parquet` of a sweep output folder (or of its `exports/` folder): TRIALS_COLUMNS,
+    then any others the file has; missing variant or seed values filled (`complete_variants`)."""
     path = exports_dir(output_dir) / TRIALS_FILE
     trials = _read(path, tuple(c for c in TRIALS_COLUMNS if c not in OPTIONAL_COLUMNS))
     trials = complete_variants(trials)
@@ -92,10 +84,8 @@ def _one_trial_per_seed(trials: pd.DataFrame, duplicates: str, source: str) -> p
     if duplicates == "error":
         cell = repeated.index[0]
         ids = trials.loc[(trials[list(_REPLICATE)] == list(cell)).all(axis=1), "trial_id"].tolist()
-        raise ValueError(
-            f"{source}: cell {dict(zip(_REPLICATE, cell, strict=True))} has trials {ids}; "
-            "expected one per cell and seed (use duplicates='best-val' to keep the best validation Dice)"
-        )
+        raise ValueError(f"{source}: cell {dict(zip(_REPLICATE, cell, strict=True))} has trials {ids}; "
+                         "expected one per cell and seed (use duplicates='best-val' to keep the best validation Dice)")
     log.info("%s: %d cell(s) and seed(s) with several trials; keeping the best validation Dice",
              source, len(repeated))
     ranked = trials.sort_values(BEST_VAL_DICE, ascending=False, na_position="last", kind="stable")
@@ -105,9 +95,8 @@ def _one_trial_per_seed(trials: pd.DataFrame, duplicates: str, source: str) -> p
 def load_sweep(output_dir: Path | str, *, duplicates: str = "best-val") -> pd.DataFrame:
     """Our exports as the long per-image frame (PER_IMAGE_COLUMNS plus trial_id).
 
-    Every seed of a cell is kept (its replicates). duplicates: what to do when one
-    (cell, variant, seed) has several trials with per-image results: "best-val" keeps
-    the one with the highest best_val_dice, "error" raises.
+    duplicates: when one (cell, variant, seed) has several trials with per-image results,
+    "best-val" keeps the one with the highest best_val_dice, "error" raises.
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicates={duplicates!r}; expected one of {DUPLICATE_POLICIES}")
@@ -117,9 +106,7 @@ def load_sweep(output_dir: Path | str, *, duplicates: str = "best-val") -> pd.Da
     per_image = _read(per_image_path, PER_IMAGE_EXPORT_COLUMNS)
     unknown = sorted(set(per_image["trial_id"]) - set(trials["trial_id"]))
     if unknown:
-        raise ValueError(
-            f"{per_image_path}: trial_id(s) {unknown[:5]} are not in {folder / TRIALS_FILE}"
-        )
+        raise ValueError(f"{per_image_path}: trial_id(s) {unknown[:5]} are not in {folder / TRIALS_FILE}")
     tested = trials[trials["trial_id"].isin(per_image["trial_id"])]
     kept = _one_trial_per_seed(tested, duplicates, str(folder / TRIALS_FILE))
     merged = per_image.merge(kept[["trial_id", *_REPLICATE]], on="trial_id", how="inner")
@@ -127,17 +114,13 @@ def load_sweep(output_dir: Path | str, *, duplicates: str = "best-val") -> pd.Da
     for column in ("dice", "iou"):
         values = merged[column].astype(float)
         if not values.dropna().between(0.0, 1.0).all():
-            raise ValueError(
-                f"{per_image_path}: column {column!r} has values outside [0, 1] "
-                f"(max {values.max()}); expected fractions, not percentages"
-            )
+            raise ValueError(f"{per_image_path}: column {column!r} has values outside [0, 1] "
+                             f"(max {values.max()}); expected fractions, not percentages")
     dup = merged.duplicated(["trial_id", "image", "structure"])
     if dup.any():
         row = merged[dup].iloc[0]
-        raise ValueError(
-            f"{per_image_path}: trial {row['trial_id']} has image {row['image']} "
-            f"structure {row['structure']} more than once"
-        )
+        raise ValueError(f"{per_image_path}: trial {row['trial_id']} has image {row['image']} "
+                         f"structure {row['structure']} more than once")
     for column in (*CELL_KEYS, "image"):
         merged[column] = merged[column].astype(object)
     return merged[[*PER_IMAGE_COLUMNS, "trial_id"]].reset_index(drop=True)

@@ -1,14 +1,8 @@
 """The paper's Dice tables (Tables 2 and 3): numbers and their renderings.
 
-`dice_table` computes one row per cell (grid cell and variant): n, mean and sample std
-of Dice x 100 over image-structure pairs, as the paper, and over seeds the number of
-seeds, the mean and standard deviation of the per-seed means and a 95% interval from
-the hierarchical bootstrap (`analysis.intervals`). `render_table` lays one encoder mode
-out as the paper does: an arm (strategy, with its synthetic source and provenance where
-they are not the defaults) and model as rows, P0-P7 as columns, "mean ± std", the best
-of each column in bold, N/A where the cell cannot exist (synthetic data has no P7) and a
-dash where it could but was not run. `render_intervals` shows the intervals: a row per
-model and prompt, a column per arm.
+`dice_table`: one row per cell, the paper's numbers over image-structure pairs and ours
+over seeds with an interval. `render_table`: one encoder mode in the paper's layout.
+`render_intervals`: the intervals, a row per model and prompt, a column per arm.
 """
 
 from __future__ import annotations
@@ -40,21 +34,9 @@ from vlsm.model_registry import model_names
 from vlsm.strategies import STRATEGY_REGISTRY, strategy_names
 
 __all__ = [
-    "ARM",
-    "FORMATS",
-    "PAPER_STRATEGY_ORDER",
-    "arm_label",
-    "arms",
-    "cell_exists",
-    "cell_matrices",
-    "cell_rng_seed",
-    "dice_table",
-    "layout",
-    "render_intervals",
-    "render_table",
-    "seed_matrix",
-    "sort_cells",
-    "with_arm",
+    "ARM", "FORMATS", "PAPER_STRATEGY_ORDER", "arm_label", "arms", "cell_exists", "cell_matrices",
+    "cell_rng_seed", "dice_table", "layout", "render_intervals", "render_rows", "render_table", "seed_matrix",
+    "sort_cells", "with_arm",
 ]
 
 # Row order of the paper's Tables 2 and 3; arms it did not have follow.
@@ -68,11 +50,8 @@ _UNITS = ("image", "structure")
 
 
 def arm_label(strategy: str, source: str = "", provenance: str = "") -> str:
-    """'synthetic', 'synthetic (diffecho)', 'real+synthetic (no provenance)': defaults left out.
-
-    The defaults are the paper's synthetic source (sdm) and, for real+synthetic, prompts
-    that say which pair is which (provenance "prompt").
-    """
+    """'synthetic', 'synthetic (diffecho)', 'real+synthetic (no provenance)': the defaults
+    (source sdm, the paper's; provenance "prompt") left out."""
     parts = [source] if source not in ("", SOURCE_SDM) else []
     if provenance == PROVENANCE_NONE:
         parts.append("no provenance")
@@ -147,34 +126,20 @@ def _seed_columns(rows: pd.DataFrame, metric: str, label: str, *, n_boot: int, s
     }
 
 
-def dice_table(
-    per_image: pd.DataFrame,
-    metric: str = DICE,
-    *,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    level: float = 0.95,
-) -> pd.DataFrame:
+def dice_table(per_image: pd.DataFrame, metric: str = DICE, *, n_boot: int = N_BOOT, seed: int = 0,
+               level: float = 0.95) -> pd.DataFrame:
     """One row per cell (grid cell and variant): the paper's numbers and those over seeds, x 100.
 
-    n, mean, std: count, mean and sample std over every image-structure pair of every
-    seed (with one seed, the paper's Table 2 numbers). n_seeds, seed_mean, seed_std:
-    the number of seeds, the mean and sample std of the per-seed means (std NaN for one
-    seed). ci_low, ci_high: the `level` percentile interval of the mean from the
-    hierarchical bootstrap over seeds and then images (`analysis.intervals`; images
-    only with one seed), n_boot resamples seeded by `seed` and the cell; n_boot=0 leaves
-    them NaN (for callers that need the means only).
+    n, mean, std: over every image-structure pair of every seed (with one seed, the
+    paper's Table 2). n_seeds, seed_mean, seed_std: of the per-seed means (std NaN for one
+    seed). ci_low, ci_high: the bootstrap interval of the mean, seeded by `seed` and the
+    cell; NaN with n_boot=0 (for callers that need the means only).
     """
     require_columns(per_image, (*CELL_KEYS[:4], *_UNITS, metric), "per-image frame")
     frame = complete_variants(per_image)
     grouped = frame.groupby(list(CELL_KEYS), observed=True, sort=False)
-    table = pd.DataFrame(
-        {
-            "n": grouped[metric].count(),
-            "mean": grouped[metric].mean() * 100.0,
-            "std": grouped[metric].std(ddof=1) * 100.0,
-        }
-    )
+    table = pd.DataFrame({"n": grouped[metric].count(), "mean": grouped[metric].mean() * 100.0,
+                          "std": grouped[metric].std(ddof=1) * 100.0})
     keys, records = [], []
     for key, rows in grouped:
         keys.append(key)
@@ -189,18 +154,15 @@ def layout(table: pd.DataFrame, encoder: str) -> pd.DataFrame:
     """The paper's grid for one encoder mode: index (arm, model), columns P0-P7, values mean.
 
     Rows: the paper's three strategies (present or not), each followed by its other arms
-    in `table` (a synthetic source other than sdm), then real+synthetic's arms (with and
-    without provenance), for the models present in `table`. Cells that do not exist are NaN, as are cells not
-    run; `cell_exists` tells them apart.
+    (another synthetic source), then real+synthetic's. Cells that cannot exist are NaN, as
+    are cells not run (`cell_exists` tells them apart).
     """
     if encoder not in ENCODERS:
         raise ValueError(f"encoder={encoder!r}; expected one of {list(ENCODERS)}")
     rows = with_arm(table[table["encoder"] == encoder])
     if rows.empty:
-        raise ValueError(
-            f"no cells with encoder {encoder!r} in the table; encoders present: "
-            f"{sorted(set(table['encoder']))}"
-        )
+        raise ValueError(f"no cells with encoder {encoder!r} in the table; encoders present: "
+                         f"{sorted(set(table['encoder']))}")
     models = [m for m in model_names() if m in set(table["model"])]
     present = arms(rows)
     labels = []
@@ -241,53 +203,40 @@ def _cells(table: pd.DataFrame, encoder: str, decimals: Sequence[int], pm: str) 
     return text, best
 
 
-def render_table(
-    table: pd.DataFrame,
-    fmt: str = "markdown",
-    *,
-    encoder: str = "unfrozen",
-    decimals: Sequence[int] = (2, 2),
-    caption: str | None = None,
-) -> str:
-    """Render `dice_table(...)` for one encoder mode in the paper's layout (`layout`).
-
-    fmt: "markdown", "latex", "csv" or "html". decimals: (mean, std) decimal places.
-    Bold is `**x**` in Markdown and CSV, `\\textbf{x}` in LaTeX, `<b>x</b>` in HTML.
-    """
+def render_table(table: pd.DataFrame, fmt: str = "markdown", *, encoder: str = "unfrozen",
+                 decimals: Sequence[int] = (2, 2), caption: str | None = None) -> str:
+    """Render `dice_table(...)` for one encoder mode in the paper's layout (`layout`): "mean ±
+    std", the best of each column in bold, N/A where a cell cannot exist, a dash where not run.
+    fmt: one of FORMATS; decimals: (mean, std) decimal places."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt={fmt!r}; expected one of {FORMATS}")
     pm = r" $\pm$ " if fmt == "latex" else " ± "
     text, best = _cells(table, encoder, decimals, pm)
-    bold = {
-        "markdown": "**{}**",
-        "csv": "**{}**",
-        "latex": r"\textbf{{{}}}",
-        "html": "<b>{}</b>",
-    }[fmt]
+    bold = {"markdown": "**{}**", "csv": "**{}**", "latex": r"\textbf{{{}}}", "html": "<b>{}</b>"}[fmt]
     rows = []
     for strategy, model in text.index:
-        cells = [
-            bold.format(text.loc[(strategy, model), p]) if best.loc[(strategy, model), p] else text.loc[(strategy, model), p]
-            for p in text.columns
-        ]
+        cells = [bold.format(x) if is_best else x
+                 for x, is_best in zip(text.loc[(strategy, model)], best.loc[(strategy, model)], strict=True)]
         rows.append((strategy, model, cells))
     prompts = list(text.columns)
-    if fmt == "markdown":
-        lines = [f"| strategy | model | {' | '.join(prompts)} |", "|" + " --- |" * (len(prompts) + 2)]
-        lines += [f"| {s} | {m} | {' | '.join(c)} |" for s, m, c in rows]
-        return "\n".join(([f"{caption}", ""] if caption else []) + lines) + "\n"
+    if fmt == "latex":
+        return _latex(rows, prompts, caption)
+    return render_rows(["strategy", "model", *prompts], [[s, m, *c] for s, m, c in rows], fmt, caption)
+
+
+def render_rows(header: list[str], body: list[list[str]], fmt: str, caption: str | None = None) -> str:
+    """Rows of text as a Markdown, CSV or HTML table (HTML-escaped, but for cells in <b>)."""
     if fmt == "csv":
-        frame = pd.DataFrame([[s, m, *c] for s, m, c in rows], columns=["strategy", "model", *prompts])
-        return frame.to_csv(index=False)
+        return pd.DataFrame(body, columns=header).to_csv(index=False)
     if fmt == "html":
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["strategy", "model", *prompts])
-        body = "".join(
-            "<tr>" + "".join(f"<td>{x if x.startswith('<b>') else html.escape(x)}</td>" for x in [s, m, *c]) + "</tr>"
-            for s, m, c in rows
-        )
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        cells = "".join("<tr>" + "".join(f"<td>{x if x.startswith('<b>') else html.escape(x)}</td>" for x in line)
+                        + "</tr>" for line in body)
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n"
-    return _latex(rows, prompts, caption)
+        return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>\n"
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    return "\n".join(([caption, ""] if caption else []) + lines) + "\n"
 
 
 def _latex(rows: list[tuple[str, str, list[str]]], prompts: list[str], caption: str | None) -> str:
@@ -312,22 +261,11 @@ def _latex(rows: list[tuple[str, str, list[str]]], prompts: list[str], caption: 
     return "\n".join(lines) + "\n"
 
 
-# Column order of `render_intervals`: real first, as the differences are taken to it.
-
-
-def render_intervals(
-    table: pd.DataFrame,
-    fmt: str = "markdown",
-    *,
-    encoder: str = "unfrozen",
-    decimals: int = 2,
-) -> str:
-    """`dice_table(...)` with its intervals: a row per model and prompt, a column per arm.
-
-    Each cell is "seed_mean [ci_low, ci_high]" (Dice x 100; with one seed, the mean and
-    an interval over images only); N/A where the cell cannot exist, a dash where it was
-    not run. fmt: "markdown", "csv" or "html".
-    """
+def render_intervals(table: pd.DataFrame, fmt: str = "markdown", *, encoder: str = "unfrozen",
+                     decimals: int = 2) -> str:
+    """`dice_table(...)` with its intervals: a row per model and prompt, a column per arm, each
+    "seed_mean [ci_low, ci_high]"; N/A where a cell cannot exist, a dash where not run.
+    fmt: "markdown", "csv" or "html"."""
     if fmt not in ("markdown", "csv", "html"):
         raise ValueError(f"fmt={fmt!r}; expected one of ('markdown', 'csv', 'html')")
     require_columns(table, ("seed_mean", "ci_low", "ci_high"), "dice table")
@@ -335,7 +273,7 @@ def render_intervals(
     if rows.empty:
         raise ValueError(f"no cells with encoder {encoder!r} in the table; encoders present: "
                          f"{sorted(set(table['encoder']))}")
-    columns = arms(rows, strategy_names())
+    columns = arms(rows, strategy_names())  # real first: the differences are taken to it
     cells = rows.set_index(["model", "prompt", ARM])
     body = []
     for model in (m for m in model_names() if m in set(rows["model"])):
@@ -352,12 +290,4 @@ def render_intervals(
                     line.append(f"{row['seed_mean']:.{decimals}f} [{row['ci_low']:.{decimals}f}, "
                                 f"{row['ci_high']:.{decimals}f}]")
             body.append(line)
-    header = ["model", "prompt", *(c[0] for c in columns)]
-    if fmt == "csv":
-        return pd.DataFrame(body, columns=header).to_csv(index=False)
-    if fmt == "html":
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        cells_html = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in line) + "</tr>" for line in body)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{cells_html}</tbody></table>\n"
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in body]) + "\n"
+    return render_rows(["model", "prompt", *(c[0] for c in columns)], body, fmt)

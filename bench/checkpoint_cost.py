@@ -2,21 +2,8 @@
 
     .venv/bin/python bench/checkpoint_cost.py [--epochs 60] [--epoch-s 4 20] [--models clipseg cris] [--quick]
 
-Two parts, one table each, then JSON:
-
-1. One full checkpoint at full size (random weights, `bench/full_size.py`), written as the
-   loop writes it: weights (frozen towers left out), the AdamW moments and the rest of
-   the `TrainState`, config.json and best/ (from a host copy, as the loop keeps it). Its
-   bytes and the seconds it takes to write, per model and encoder mode. Nothing trains:
-   one optimizer step on zero gradients creates the moments.
-2. The checkpoints a trial writes under `checkpoint_interval_s=0` (every epoch, the old
-   behaviour) and the default 600 s, counted in the real loop (`vlsm.train.run_training`,
-   tiny CLIPSeg on phantom data) with a clock on which every epoch takes --epoch-s
-   seconds (3-5 s is a real-data epoch on an H100, docs/design.md; SDM epochs are 5x
-   longer). Bytes and write seconds per trial = count x part 1's figures.
-
-A benchmark, not a test: it checks nothing. Ray's copy into storage (about as long again
-as the write, docs/design.md) comes on top of every checkpoint and is not measured here.
+One full checkpoint's bytes and write seconds at full size, and the count a trial writes per
+`checkpoint_interval_s` in the real loop on a clock (bench/README.md); Ray's copy comes on top.
 """
 
 from __future__ import annotations
@@ -105,6 +92,24 @@ def count_checkpoints(caches: dict[str, Path], epochs: int, epoch_s: float, inte
     return sum(written)
 
 
+def print_tables(full: list[dict], trials: list[dict], epochs: int) -> None:
+    gb = 1e9
+    print(f"\none full checkpoint at full size (random weights), written to {tempfile.gettempdir()}")
+    print(f"{'model':<8} {'encoder':<9} {'trained M':>9} {'GB':>6} {'weights':>8} {'state':>7} "
+          f"{'best':>6} {'write s':>8}")
+    for row in full:
+        parts = row["parts"]
+        print(f"{row['model']:<8} {row['encoder']:<9} {row['trained_parameters'] / 1e6:>9.1f} "
+              f"{row['bytes'] / gb:>6.2f} {parts['weights'] / gb:>8.2f} {parts['train_state'] / gb:>7.2f} "
+              f"{parts['best'] / gb:>6.2f} {row['write_s']:>8.1f}")
+    print(f"\na trial of {epochs} epochs: checkpoints written (counted in the loop) and their cost")
+    print(f"{'epoch s':>7} {'interval s':>10} {'checkpoints':>11} " +
+          " ".join(f"{r['model'][:4]}-{r['encoder'][:2]} GB / s".rjust(17) for r in full))
+    for trial in trials:
+        print(f"{trial['epoch_s']:>7.0f} {trial['checkpoint_interval_s']:>10.0f} {trial['checkpoints']:>11d} " +
+              " ".join(f"{c['bytes'] / gb:>8.1f} / {c['write_s']:>6.0f}" for c in trial["cost"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     from vlsm.model_registry import MODELS
 
@@ -139,27 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         counts = {(e, i): count_checkpoints(caches, args.epochs, e, i, Path(tmp))
                   for e in args.epoch_s for i in POLICIES}
 
-    gb = 1e9
-    print(f"\none full checkpoint at full size (random weights), written to {tempfile.gettempdir()}")
-    print(f"{'model':<8} {'encoder':<9} {'trained M':>9} {'GB':>6} {'weights':>8} {'state':>7} "
-          f"{'best':>6} {'write s':>8}")
-    for row in full:
-        parts = row["parts"]
-        print(f"{row['model']:<8} {row['encoder']:<9} {row['trained_parameters'] / 1e6:>9.1f} "
-              f"{row['bytes'] / gb:>6.2f} {parts['weights'] / gb:>8.2f} {parts['train_state'] / gb:>7.2f} "
-              f"{parts['best'] / gb:>6.2f} {row['write_s']:>8.1f}")
-    trials = []
-    print(f"\na trial of {args.epochs} epochs: checkpoints written (counted in the loop) and their cost")
-    print(f"{'epoch s':>7} {'interval s':>10} {'checkpoints':>11} " +
-          " ".join(f"{r['model'][:4]}-{r['encoder'][:2]} GB / s".rjust(17) for r in full))
-    for (epoch_s, interval_s), n in counts.items():
-        cost = [{"model": r["model"], "encoder": r["encoder"], "bytes": n * r["bytes"],
-                 "write_s": n * r["write_s"]} for r in full]
-        trials.append({"epoch_s": epoch_s, "checkpoint_interval_s": interval_s, "epochs": args.epochs,
-                       "checkpoints": n, "cost": cost})
-        print(f"{epoch_s:>7.0f} {interval_s:>10.0f} {n:>11d} " +
-              " ".join(f"{c['bytes'] / gb:>8.1f} / {c['write_s']:>6.0f}" for c in cost))
-
+    trials = [{"epoch_s": epoch_s, "checkpoint_interval_s": interval_s, "epochs": args.epochs, "checkpoints": n,
+               "cost": [{"model": r["model"], "encoder": r["encoder"], "bytes": n * r["bytes"],
+                         "write_s": n * r["write_s"]} for r in full]}
+              for (epoch_s, interval_s), n in counts.items()]
+    print_tables(full, trials, args.epochs)
     from bench.result_file import write_result
 
     write_result(args.out, {"benchmark": "checkpoint_cost", "full_size": full, "trials": trials})

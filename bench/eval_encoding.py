@@ -2,13 +2,8 @@
 
     .venv/bin/python bench/eval_encoding.py [--models clipseg cris]
 
-Counts FLOPs (torch.utils.flop_counter.FlopCounterMode) of evaluating one image with its
-three structure prompts at full size (random weights, `bench/full_size.py`, frozen and
-unfrozen alike in evaluation) through `ModelInputs` per structure (3 `encode_image`) and
-with shared=True (1 `encode_image`), the two paths of `vlsm.evaluate.evaluate`
-(`TrainConfig.shared_image_eval`); both then run `encode_text` and `decode` on the 3 rows. Also prints the largest
-difference between their logits and whether they are bit-identical. Prints a table and
-writes JSON. A benchmark, not a test: it checks nothing.
+FLOPs of one image with its three prompts at full size through both paths of
+`vlsm.evaluate` (`TrainConfig.shared_image_eval`), and whether their logits agree.
 """
 
 from __future__ import annotations

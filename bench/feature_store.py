@@ -2,17 +2,8 @@
 
     .venv/bin/python bench/feature_store.py [--threads 2] [--train-patients 4] [--epochs 2]
 
-Part 1 runs `vlsm.train.run_training` (the loop every trial runs) twice on the same phantom
-CAMUS cache at 352 px, with the full-size CLIPSeg architecture (`full_size.py`: random
-weights, ViT-B/16 towers, rd64-refined decoder; the text tower is full size too, over the
-offline tiny vocabulary at CLIP's 77 tokens, since nothing downloads) and a frozen encoder
-at batch 8 in fp32: once with ``feature_store=False`` (the towers run every step) and once
-with the store (the towers ran once, when it was built). Throughput is the loop's own
-``images_per_s`` (training items per second of an epoch's training phase) of the last
-epoch (the first warms up); the store's build time and size are reported beside it.
-Part 2 computes one image's stored features (`encode_image`) at full size for each
-registered model (CLIPSeg at 352 px, CRIS at 416 px also with a training `connect` branch)
-in fp32 and under bf16 autocast, and scales their bytes to the paper's datasets. A benchmark, not a test: it checks nothing.
+Part 1 runs `vlsm.train.run_training` both ways on a phantom cache at 352 px; part 2 sizes one
+image's stored features per model and precision, scaled to the paper's datasets (bench/README.md).
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """FLOP counting that sees PyTorch's CPU attention kernel.
 
-    from bench.flops import flop_counter
     with flop_counter() as counter:
         model(...)
     counter.get_total_flops()
 
-torch's FlopCounterMode counts the CUDA fused attention kernels (flash, memory-efficient,
-cuDNN) but has no formula for `aten._scaled_dot_product_flash_attention_for_cpu`, which
-`F.scaled_dot_product_attention` runs on CPU: there a model's attention FLOPs read 0. This
-counter adds the CPU kernel and its backward with torch's own SDPA formulas, so a CPU count
-with `attention="sdpa"` equals the count with `attention="eager"` (tests/test_speed.py).
+torch's FlopCounterMode has no formula for `aten._scaled_dot_product_flash_attention_for_cpu`
+(what SDPA runs on CPU), so attention would count 0: this adds it and its backward with torch's
+own SDPA formulas, and a CPU count with `attention="sdpa"` equals the eager one (tests/test_speed.py).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The paper's full-size architectures with random weights, for benchmarks on any machine.
 
-    from bench.full_size import build_full_size
     model = build_full_size("clipseg", frozen=False)   # CLIPSeg rd64-refined shape, 352 px
 
-Why: measuring bytes and FLOPs needs the real shapes, not the real weights (no download).
-Each model's full-size config is its registry entry's (`ModelEntry.full_size_config`).
+Bytes and FLOPs need the real shapes, not the weights (no download): each model's
+`ModelEntry.full_size_config`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """What `bench/gpu_suite.py` measures, one training setup at a time.
 
-    from bench.gpu_measure import Setup, measure_training
-    row = measure_training(Setup("clipseg", frozen=False, batch_size=128, variant="default"),
-                           device, steps=10, warmup=3, full_size=True)
+    row = measure_training(Setup("clipseg", frozen=False, batch_size=128), device, steps=10, warmup=3,
+                           full_size=True)
 
-Why not `vlsm.train.run_training`: an epoch at the paper's sizes would need a prepared
-cache of 1,600 images at 352 px and most of the suite's 8 minutes. A step here is the
-loop's step (`_train_epoch`) built from the same parts: the model through
-`vlsm.speed.prepare_model`, its `TrainState` (AdamW via `vlsm.speed.build_adamw`, grad
-scaler), the trial's loss, autocast at the trial's precision, gradient clipping; the
-inputs are random uint8 images and token ids of the model's context length, made on the
-device (the loop's `data_on_device` path).
+Not `vlsm.train.run_training`: an epoch at the paper's sizes would need a cache of 1,600
+images at 352 px and most of the suite's 8 minutes. A step here is the loop's step from the
+same parts (`vlsm.speed`, `TrainState`, the loss, autocast, clipping) on random device inputs.
 """
 
 from __future__ import annotations

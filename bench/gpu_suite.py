@@ -1,30 +1,12 @@
 """The GPU suite: what a trial of the paper grid costs on one GPU, and the grid's GPU-hours.
 
-    .venv/bin/python bench/gpu_suite.py                    # one GPU, at most 8 minutes
+    .venv/bin/python bench/gpu_suite.py                        # one GPU, at most 8 minutes
     .venv/bin/python bench/gpu_suite.py --device cpu --quick   # the same code, small, on CPU
 
-Per model (the registry's: CLIPSeg, CRIS) and encoder mode, at the paper's batch sizes
-(the entries' paper.batch_size: 128, 32) and full size (random weights,
-`bench/full_size.py`), one table each, then JSON:
-
-1. training images/s, FLOPs per image (FlopCounterMode, one step) and the MFU they make
-   against the GPU's dense bf16 peak (table below, or --peak-tflops), peak memory;
-2. the same with each part of the GPU path switched away from its default
-   (`bench.gpu_measure.VARIANTS`; docs/design.md, "The GPU path");
-3. frozen trials with and without the feature store (its image features computed once),
-   the store on the device and streamed from host memory, and where the paper's GPU
-   shares place each training store (`train.store_device_fraction`);
-4. the per-epoch overhead (validation, checkpoint, report) as a share of an epoch at the
-   paper's data sizes, from measured rates and write times;
-5. the aggregate images/s of 1, 2 and 4 unfrozen CLIPSeg trials sharing the GPU as Ray
-   places them (one process each, memory capped at its share);
-6. the projected GPU-hours of the paper grid from these rates
-   (`sweeps.plan.cell_gpu_hours`, `run.expected_epochs` epochs a trial);
-7. the issue's goals beside the values measured for them (`GOALS`).
-
-The JSON is what `python sweeps/paper_grid.py --dry-run --rates FILE` reads. Measurements
-are ordered by importance and each starts only while the time budget (--budget-s) lasts;
-what did not fit is listed as skipped. A benchmark, not a test: it checks nothing.
+Sections (bench/README.md; docs/design.md, "The GPU path"): 1-2 throughput, FLOPs, MFU and
+memory, by default and with each part switched off; 3 the feature store; 4 per-epoch
+overhead; 5 packed trials; 6 the grid's GPU-hours; 7 the goals (`GOALS`). Measurements run
+by importance while --budget-s lasts. `sweeps/paper_grid.py --dry-run --rates FILE` reads the JSON.
 """
 
 from __future__ import annotations
@@ -53,20 +35,17 @@ PACKED = (1, 2, 4)  # unfrozen CLIPSeg trials sharing one GPU (Ray's 0.25 share 
 # Dense bf16 tensor-core peaks, TFLOP/s (NVIDIA's datasheets; sparsity not counted).
 # Matched in this order against torch.cuda.get_device_name(); others: --peak-tflops.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H200 NVL", 835.0),
-    ("H100", 989.0),
-    ("H200", 989.0),  # also GH200
-    ("A100", 312.0),
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200 NVL", 835.0), ("H100", 989.0),
+    ("H200", 989.0), ("A100", 312.0),  # "H200" also matches GH200
 )
 # Validation pairs of an epoch (docs/design.md, "Data"): 50 CAMUS patients x 4 images x
 # 3 structures; SDM's 1,000 validation images x 3. Training pairs: `sweeps.plan.dataset_sizes`.
 VAL_PAIRS = {"camus": 600, "sdm": 3000}
+
+
 @dataclasses.dataclass
 class Budget:
     """Seconds left for new measurements; what did not start is recorded as skipped."""
-
     seconds: float
     started: float = dataclasses.field(default_factory=time.monotonic)
     skipped: list[str] = dataclasses.field(default_factory=list)

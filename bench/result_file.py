@@ -1,8 +1,5 @@
-"""What every benchmark's JSON starts with (when, on what), and its atomic write.
-
-    from bench.result_file import write_result
-    write_result(args.out, {"benchmark": "eval_encoding", "rows": rows})
-"""
+"""What every benchmark's JSON starts with (when, on what), and its atomic write:
+`write_result(args.out, {"benchmark": "eval_encoding", "rows": rows})`."""
 
 from __future__ import annotations
 

@@ -2,15 +2,8 @@
 
     .venv/bin/python bench/train_throughput.py [--model clipseg|cris|all] [--quick] [--threads 1]
 
-Runs `vlsm.train.run_training` (the loop every trial runs) on a phantom CAMUS dataset
-with the tiny models, for each registered model, frozen and unfrozen encoder, each with
-``data_on_device=True`` (the uint8 cache copied to the device once, batches gathered and
-normalised there) and ``data_on_device=False`` (a DataLoader streams the memory-mapped
-cache, pinned memory on CUDA), side by side in one run. Throughput is the loop's own
-``images_per_s`` metric (training items per second of the training phase of an epoch),
-the median over epochs 2..N (epoch 1 warms up). Runs on CUDA when there is a GPU, else
-on CPU (fp32, ``--threads`` torch threads). Prints a table with the on-device/loader
-ratio per row and writes JSON. A benchmark, not a test: it checks nothing.
+Tiny models on phantom CAMUS, each model frozen and unfrozen, both paths in one run; the
+loop's `images_per_s`, median over epochs 2..N (bench/README.md). CUDA when present.
 """
 
 from __future__ import annotations
@@ -49,18 +42,10 @@ def measure(model: str, frozen: bool, on_device: bool, caches: dict[str, Path], 
     from vlsm.train import run_training
 
     cfg = TrainConfig.from_dict({
-        "model": model,
-        "model_config": tiny_config(model),
-        "train_cache": str(caches["train"]),
-        "val_cache": str(caches["val"]),
-        "test_cache": None,
-        "prompt": "P1",
-        "max_epochs": args.epochs,
-        "min_epochs": 1,
-        "precision": "fp32" if device == "cpu" else "auto",
-        "batch_size": args.batch_size,
-        "data_on_device": on_device,
-        "freeze_encoder": frozen,
+        "model": model, "model_config": tiny_config(model), "train_cache": str(caches["train"]),
+        "val_cache": str(caches["val"]), "test_cache": None, "prompt": "P1", "max_epochs": args.epochs,
+        "min_epochs": 1, "precision": "fp32" if device == "cpu" else "auto", "batch_size": args.batch_size,
+        "data_on_device": on_device, "freeze_encoder": frozen,
     })
     per_epoch: dict[int, float] = {}
 

@@ -1,13 +1,8 @@
-"""Ray Tune per-trial overhead: reuse_actors=True vs False, side by side in one run.
+"""Ray Tune per-trial overhead: reuse_actors=True (the sweeps' setting) vs False, in one run.
 
     .venv/bin/python bench/trial_overhead.py [--trials 20] [--out bench/results/trial_overhead.json]
 
-N trivial function trials (each calls ``tune.report({"x": 1})`` once) run on a local
-Ray (2 CPUs, 1 CPU per trial, so 2 trials at a time) twice: once with
-``TuneConfig(reuse_actors=True)`` (the sweeps' setting, `sweeps/runner.py`) and once
-with False (a fresh worker process per trial). One untimed warm-up experiment runs
-first so that neither mode pays for Ray's first start. Prints a table and the ratio,
-writes JSON. A benchmark, not a test: it checks nothing.
+N trivial trials on a local Ray with 2 CPUs, after an untimed warm-up (bench/README.md).
 """
 
 from __future__ import annotations
@@ -44,9 +39,8 @@ def run_experiment(trials: int, reuse_actors: bool, storage: str, name: str) -> 
     started = time.perf_counter()
     results = tuner.fit()
     wall = time.perf_counter() - started
-    errors = results.num_errors
-    if errors or len(results) != trials:
-        raise RuntimeError(f"{name}: {len(results)} results, {errors} errors (expected {trials}, 0)")
+    if results.num_errors or len(results) != trials:
+        raise RuntimeError(f"{name}: {len(results)} results, {results.num_errors} errors (expected {trials}, 0)")
     return wall
 
 
@@ -70,14 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                 run_experiment(args.warmup, True, storage, "warmup")
             for reuse in (True, False):
                 wall = run_experiment(args.trials, reuse, storage, f"reuse_{reuse}".lower())
-                rows.append({
-                    "mode": f"reuse_actors={reuse}",
-                    "reuse_actors": reuse,
-                    "trials": args.trials,
-                    "wall_s": wall,
-                    "s_per_trial": wall / args.trials,
-                    "s_per_slot": wall * NUM_CPUS / args.trials,  # 2 trials run at a time
-                })
+                rows.append({"mode": f"reuse_actors={reuse}", "reuse_actors": reuse, "trials": args.trials,
+                             "wall_s": wall, "s_per_trial": wall / args.trials,
+                             "s_per_slot": wall * NUM_CPUS / args.trials})  # NUM_CPUS trials at a time
     finally:
         ray.shutdown()
 
@@ -92,15 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.result_file import write_result
 
-    write_result(args.out, {
-        "benchmark": "trial_overhead",
-        "ray": ray.__version__,
-        "ray_cpus": NUM_CPUS,
-        "ray_init_s": init_s,
-        "warmup_trials": args.warmup,
-        "rows": rows,
-        "ratio_no_reuse_over_reuse": ratio,
-    })
+    write_result(args.out, {"benchmark": "trial_overhead", "ray": ray.__version__, "ray_cpus": NUM_CPUS,
+                            "ray_init_s": init_s, "warmup_trials": args.warmup, "rows": rows,
+                            "ratio_no_reuse_over_reuse": ratio})
     return 0
 
 
