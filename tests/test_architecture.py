@@ -21,7 +21,7 @@ ALLOWED = {
     "sweeps": {"sweeps", "analysis", "vlsm"},
     "bench": {"bench", "sweeps", "analysis", "vlsm"},
 }
-MAX_FUNCTION_LINES = 100
+MAX_FUNCTION_LINES = 60
 
 
 def _sources() -> Iterator[tuple[str, Path]]:
