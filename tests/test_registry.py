@@ -39,6 +39,7 @@ def test_a_plugin_module_registers_its_entries_on_the_first_lookup(tmp_path, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv(registry.PLUGINS_ENV, " my_shapes , ")
     monkeypatch.setattr(registry, "_imported", set())
+    monkeypatch.setattr(registry, "_read_env", [""])
     from shape_registry import SHAPES
 
     assert SHAPES.names() == ("hexagon",)

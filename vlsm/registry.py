@@ -23,6 +23,7 @@ __all__ = ["PLUGINS_ENV", "LazyFunction", "Registry", "load_plugins", "plugin_mo
 PLUGINS_ENV = "VLSM_PLUGINS"
 Entry = TypeVar("Entry")
 _imported: set[str] = set()
+_read_env: list[str] = [""]  # the VLSM_PLUGINS value last imported (a lookup is then one comparison)
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,18 @@ class LazyFunction:
 
 def load_plugins() -> None:
     """Import the modules VLSM_PLUGINS names (once each); they register their entries."""
-    for module in (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
+    value = os.environ.get(PLUGINS_ENV, "")
+    if value == _read_env[0]:
+        return
+    for module in (m.strip() for m in value.split(",")):
         if module and module not in _imported:
-            _imported.add(module)
-            importlib.import_module(module)
+            _imported.add(module)  # first: a plugin that looks an entry up while it imports
+            try:
+                importlib.import_module(module)
+            except BaseException:
+                _imported.discard(module)
+                raise
+    _read_env[0] = value  # only once every module imported: a failing one fails every lookup
 
 
 def plugin_modules() -> tuple[str, ...]:
@@ -61,19 +70,23 @@ class Registry(Generic[Entry]):
         self._names_of = names_of
         self._modules = modules
         self._modules_loaded = not modules
-        self._entries: dict[str, Entry] = {}
+        self._entries: dict[str, Entry] = {}  # key -> entry
+        self._keys: dict[str, str] = {}  # every name and alias -> key
 
     def register(self, entry: Entry) -> Entry:
         """Add an entry (ValueError when one of its names is taken); returns it."""
-        taken = [n for n in self._names_of(entry) if n in self._by_name()]
+        names = self._names_of(entry)
+        taken = [n for n in names if n in self._keys]
         if taken:
             raise ValueError(f"{self.kind} {taken[0]!r} is registered already")
-        self._entries[self._names_of(entry)[0]] = entry
+        self._entries[names[0]] = entry
+        self._keys.update(dict.fromkeys(names, names[0]))
         return entry
 
     def unregister(self, name: str) -> None:
         """Remove an entry by its key (tests that add a toy entry take it away again)."""
         self._entries.pop(name, None)
+        self._keys = {n: key for n, key in self._keys.items() if key != name}
 
     def _load(self) -> None:
         if not self._modules_loaded:
@@ -82,19 +95,16 @@ class Registry(Generic[Entry]):
             self._modules_loaded = True
         load_plugins()
 
-    def _by_name(self) -> dict[str, Entry]:
-        return {n: e for e in self._entries.values() for n in self._names_of(e)}
-
     def __getitem__(self, name: str) -> Entry:
         self._load()
-        entry = self._by_name().get(name)
-        if entry is None:
+        key = self._keys.get(name)
+        if key is None:
             raise ValueError(f"{self.kind} {name!r} not found; available {self.kind}s = {list(self.names())}")
-        return entry
+        return self._entries[key]
 
     def __contains__(self, name: object) -> bool:
         self._load()
-        return name in self._by_name()
+        return name in self._keys
 
     def __iter__(self) -> Iterator[Entry]:
         self._load()
