@@ -23,6 +23,7 @@ from sweeps.record import (
     TEST_KEYS,
     CellRecord,
     CellRecords,
+    last_failure,
     trial_outcome,
 )
 from vlsm.checkpoint import BEST_DIR
@@ -91,6 +92,12 @@ class RecordCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._finish(trial, error=True)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        """A failed try Ray retries from the trial's last checkpoint: said; the cell runs on."""
+        progress.warning("%s: try %s failed (%s); Ray retries it from its last checkpoint (run.max_failures=%s)",
+                         trial.config[CELL_ID], getattr(trial, "num_failures", "?"), last_failure(trial),
+                         getattr(trial, "max_failures", "?"))
 
     def _finish(self, trial, *, error: bool) -> None:
         cell_id = trial.config[CELL_ID]

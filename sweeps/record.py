@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["DONE", "FAILED", "FINISHED_STATUSES", "MLFLOW_STATUS", "NOT_RUN", "PENDING", "RUNNING",
-           "CellRecord", "CellRecords", "Outcome", "checkpoint_uri", "trial_outcome"]
+           "CellRecord", "CellRecords", "Outcome", "checkpoint_uri", "last_failure", "trial_outcome"]
 
 PENDING, RUNNING, DONE, FAILED, NOT_RUN = "pending", "running", "done", "failed", "not_run"
 FINISHED_STATUSES = (DONE, FAILED, NOT_RUN)  # a cell in one of these never runs again
@@ -155,23 +156,93 @@ def trial_outcome(trial: Any, *, error: bool = False) -> Outcome:
 
 
 def _error_line(trial: Any) -> str:
-    """The last line of a failed trial's error (the exception), and where the traceback is."""
-    where = getattr(trial, "error_file", None) or getattr(trial, "path", None)
-    try:  # the driver's own copy first (Ray uploads it to storage later), else storage's
-        local = Path(where) if where else None
-        text = local.read_text() if local is not None and local.is_file() else (trial.get_error() or "")
-    except (AttributeError, OSError):  # no error file (yet), or its storage unreachable
-        text = ""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    if not lines:
+    """One line for a trial Ray gave up on, naming the file with Ray's full messages: a worker
+    that died on its last try (killed, out of memory, a lost node) said so with how often,
+    else the last line of its last error (the exception)."""
+    where = _error_location(trial)
+    failures = _failures(_error_text(trial))
+    if not failures:
         return f"trial failed after all retries (see {where or 'its error.txt'})"
-    return f"{lines[-1][:2000]} (after all retries; traceback in {where})"
+    if _worker_died(failures[-1]):
+        return _worker_died_line(failures, getattr(trial, "max_failures", None), where)
+    return f"{failures[-1][-1][:2000]} (after all retries; traceback in {where})"
+
+
+def last_failure(trial: Any) -> str:
+    """Why the trial's latest try failed, in one line (for the warning when Ray retries it)."""
+    failures = _failures(_error_text(trial))
+    if not failures:
+        return "an error"
+    if _worker_died(failures[-1]):
+        return "its worker process died (killed, out of memory or a lost node)"
+    return failures[-1][-1][:500]
+
+
+def _error_text(trial: Any) -> str:
+    """Ray's error file of the trial: the driver's own copy first (Ray uploads it to storage
+    later), else storage's; "" when there is none (yet) or its storage is unreachable."""
+    local = getattr(trial, "error_file", None)
+    try:
+        if local and Path(local).is_file():
+            return Path(local).read_text()
+        return str(trial.get_error() or "")
+    except (AttributeError, OSError):
+        return ""
+
+
+def _error_location(trial: Any) -> str | None:
+    """Where the error file stays: in the trial's folder on storage (the driver's copy is
+    in Ray's temporary session folder), else the driver's copy."""
+    local = getattr(trial, "error_file", None)
+    if not getattr(trial, "path", None):
+        return local
+    name = Path(local).name if local else "error.txt"
+    storage = getattr(trial, "storage", None)
+    return _with_scheme(f"{str(trial.path).rstrip('/')}/{name}", getattr(storage, "storage_filesystem", None))
+
+
+_FAILURE_HEADER = re.compile(r"^Failure # \d+ \(occurred at [^)\n]*\)$", re.MULTILINE)
+
+
+def _failures(text: str) -> list[list[str]]:
+    """Ray's error file as one list of non-empty lines per failure (Ray appends each under
+    a "Failure # n (occurred at ...)" line)."""
+    blocks = _FAILURE_HEADER.split(text)
+    lines = ([line.strip() for line in block.splitlines() if line.strip()] for block in blocks)
+    return [block for block in lines if block]
+
+
+def _worker_died(failure: Sequence[str]) -> bool:
+    """Whether a failure is the trial's worker process dying (Ray's message for a dead actor
+    or worker: SIGKILL, the OOM killer, a lost node), not an error raised in the trial."""
+    from ray.exceptions import ActorDiedError, WorkerCrashedError
+
+    return failure[0].startswith((ActorDiedError.BASE_ERROR_MSG, str(WorkerCrashedError())))
+
+
+def _worker_died_line(failures: Sequence[Sequence[str]], max_failures: int | None, where: str | None) -> str:
+    """`the trial's worker process died (killed, out of memory or a lost node) 2 times; run.max_failures=1 (...)`."""
+    died = sum(_worker_died(failure) for failure in failures)
+    errors = len(failures) - died
+    line = f"the trial's worker process died (killed, out of memory or a lost node) {_times(died)}"
+    if errors:
+        line += f" and it failed {_times(errors)} with an error"
+    if max_failures is not None:
+        line += f"; run.max_failures={max_failures}"
+    return f"{line} (Ray's messages in {where or 'its error.txt'})"
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
 
 
 def checkpoint_uri(checkpoint: Any) -> str:
     """A Ray checkpoint's location as a path or URI (pyarrow drops the s3:// scheme)."""
-    path = str(checkpoint.path)
-    filesystem = getattr(checkpoint, "filesystem", None)
+    return _with_scheme(str(checkpoint.path), getattr(checkpoint, "filesystem", None))
+
+
+def _with_scheme(path: str, filesystem: Any) -> str:
+    """A path on a pyarrow filesystem as a local path or a URI with its scheme."""
     if "://" in path or filesystem is None or filesystem.type_name in ("local", "mock"):
         return path
     return f"{filesystem.type_name}://{path}"
