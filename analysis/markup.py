@@ -1,6 +1,6 @@
 """Text from a sweep (folder names, model, source and arm names, notes) made safe for the
 HTML and the Markdown that the report and the notebooks render: a name holding `<script>`,
-`&`, quotes or `|` shows as written and never becomes markup (docs/analysis.md).
+`&`, quotes or `|` shows as written and never becomes markup (docs/faults.md, "Hostile inputs").
 
     markdown_text("a <b> | c")   # 'a &lt;b&gt; \\| c'
 """
