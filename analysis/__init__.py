@@ -23,6 +23,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "analysis.report": ("build_report",),
     "analysis.example": ("write_example_exports",),
     "analysis.notebook_builder": ("build_notebooks",),
+    "analysis.markup": ("markdown_text",),
 }
 _EXPORTS: dict[str, str] = {name: module for module, names in _MODULES.items() for name in names}
 

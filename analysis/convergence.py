@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.figures import panels
+from analysis.figures import panels, plain_text
 from analysis.schema import (
     CELL_COLUMNS,
     CELL_KEYS,
@@ -98,11 +98,11 @@ def val_dice_figure(epochs: pd.DataFrame, trials: pd.DataFrame, encoder: str | N
         for trial_id, group in data[data["model"] == model].groupby("trial_id", sort=True):
             group = group.sort_values(EPOCH)
             arm = group[ARM].iloc[0]
-            label = None if arm in labelled else arm
+            label = None if arm in labelled else plain_text(arm)
             labelled.add(arm)
             ax.plot(group[EPOCH].to_numpy(), group[VAL_DICE].to_numpy(), color=colours[arm], alpha=0.7,
                     linewidth=1.0, label=label, gid=str(trial_id))
-        ax.set_title(model)
+        ax.set_title(plain_text(model))
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation Dice")
         ax.grid(True, alpha=0.3)

@@ -21,7 +21,7 @@ from vlsm.data.prompts import prompt_names
 from vlsm.model_registry import model_names
 
 __all__ = [
-    "FIGURE_FORMATS", "encoder_difference", "encoder_difference_figure", "figure_png", "panels",
+    "FIGURE_FORMATS", "encoder_difference", "encoder_difference_figure", "figure_png", "panels", "plain_text",
     "save_figure", "strategy_difference", "strategy_difference_figure",
 ]
 
@@ -70,11 +70,18 @@ def _models(diff: pd.DataFrame) -> list[str]:
     return [m for m in model_names() if m in present]
 
 
+def plain_text(text: object) -> str:
+    """A name as matplotlib shows it as written: a '$' would start mathtext (and an unpaired
+    one fails the drawing), a leading '_' hides a legend entry."""
+    text = str(text).replace("$", r"\$")
+    return f" {text}" if text.startswith("_") else text
+
+
 def panels(models: Sequence[str], title: str) -> tuple[Figure, list]:
     """A figure with one panel per model, sharing the y axis."""
     fig = Figure(figsize=(4.2 * len(models), 3.4), layout="constrained")
     axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
-    fig.suptitle(title)
+    fig.suptitle(plain_text(title))
     return fig, list(axes)
 
 
@@ -93,13 +100,13 @@ def _draw(ax, frame: pd.DataFrame, model: str, ylabel: str) -> None:
         y = line["diff"].to_numpy()
         if "ci_low" in line:
             errors = [y - line["ci_low"].to_numpy(), line["ci_high"].to_numpy() - y]
-            ax.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=label)
+            ax.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=plain_text(label))
         else:
-            ax.plot(x, y, marker="o", label=label)
+            ax.plot(x, y, marker="o", label=plain_text(label))
         drawn += 1
     ax.axhline(0.0, color="0.5", linewidth=0.8)
     ax.set_xticks(range(len(prompt_names())), list(prompt_names()))
-    ax.set_title(model)
+    ax.set_title(plain_text(model))
     ax.set_xlabel("prompt")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)

@@ -4,6 +4,8 @@
 
 They live in git as generated here (a test checks they match): no stale outputs or hidden
 state. They read the exports of $VLSM_OUTPUT_DIR (a relative path from the repository root).
+Their Markdown cells hold no text from a sweep; what they display as Markdown from one (the
+tables, an encoder's name) is escaped (`analysis.markup`), tables as HTML by pandas.
 """
 
 from __future__ import annotations
@@ -59,11 +61,11 @@ _TABLES: list[tuple[str, str]] = [
     ("md", "## Per cell: the mean over seeds and its 95% interval (Dice x 100)"),
     ("code", "table = analysis.dice_table(per_image)\n"
              "for encoder in sorted(set(table['encoder']), reverse=True):\n"
-             "    display(Markdown(f'**encoders {encoder}**\\n\\n' + analysis.render_intervals(table, encoder=encoder)))\n"
+             "    display(Markdown(f'**encoders {analysis.markdown_text(encoder)}**\\n\\n' + analysis.render_intervals(table, encoder=encoder)))\n"
              "table"),
     ("md", "## The paper's layout (mean ± std of Dice x 100, best per column in bold)"),
     ("code", "for encoder in sorted(set(table['encoder']), reverse=True):\n"
-             "    display(Markdown(f'**encoders {encoder}**\\n\\n' + analysis.render_table(table, encoder=encoder)))"),
+             "    display(Markdown(f'**encoders {analysis.markdown_text(encoder)}**\\n\\n' + analysis.render_table(table, encoder=encoder)))"),
     ("md", "## Paired tests\n\nBest real vs best synthetic and best synth-PT:real-FT vs best real "
            "(one-sided Wilcoxon, best prompts chosen on the test set as the paper did), frozen vs unfrozen per "
            "cell (two-sided), Holm-adjusted within each family."),

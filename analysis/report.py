@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 from analysis.convergence import epochs_to_best, speedup, val_dice_figure
 from analysis.figures import encoder_difference_figure, save_figure, strategy_difference_figure
 from analysis.intervals import N_BOOT
+from analysis.markup import Markup, html_text, markdown_text
 from analysis.paper_claims import BEST_PROMPT_CHOICES, EPOCH_UNIT, claims
 from analysis.published import BUNDLE, load_published
 from analysis.schema import EPOCHS_FILE, exports_dir
@@ -68,8 +68,8 @@ class _Document:
     def text(self, text: str) -> None:
         self.blocks.append(("text", text))
 
-    def table(self, markdown: str, html_text: str) -> None:
-        self.blocks.append(("table", markdown, html_text))
+    def table(self, markdown: str, html_table: str) -> None:
+        self.blocks.append(("table", markdown, html_table))
 
     def frame(self, frame: pd.DataFrame, formats: Mapping[str, Callable[[object], str]] | None = None) -> None:
         formats = formats or {}
@@ -85,33 +85,36 @@ class _Document:
         self.blocks.append(("figure", name, data, caption))
 
     def markdown(self) -> str:
-        parts = [f"# {self.title}\n"]
+        """The document as Markdown: every text escaped (`markdown_text`; Markdown renders raw HTML)."""
+        md = markdown_text
+        parts = [f"# {md(self.title)}\n"]
         for kind, *rest in self.blocks:
             if kind == "heading":
-                parts.append(f"{'#' * int(rest[0])} {rest[1]}\n")
+                parts.append(f"{'#' * int(rest[0])} {md(rest[1])}\n")
             elif kind == "text":
-                parts.append(rest[0] + "\n")
+                parts.append(md(rest[0]) + "\n")
             elif kind == "table":
                 parts.append(rest[0])
             else:
                 name, data, caption = rest
-                parts.append(f"![{caption}](data:image/png;base64,{data})\n\n*{caption}* (`figures/{name}.pdf`)\n")
+                parts.append(f"![{md(caption)}](data:image/png;base64,{data})\n\n*{md(caption)}* (`figures/{name}.pdf`)\n")
         return "\n".join(parts)
 
     def html(self) -> str:
+        """The document as one HTML page: every text escaped (`html_text`)."""
         parts = []
         for kind, *rest in self.blocks:
             if kind == "heading":
-                parts.append(f"<h{rest[0]}>{html.escape(rest[1])}</h{rest[0]}>")
+                parts.append(f"<h{rest[0]}>{html_text(rest[1])}</h{rest[0]}>")
             elif kind == "text":
-                parts.append(f"<p>{html.escape(rest[0])}</p>")
+                parts.append(f"<p>{html_text(rest[0])}</p>")
             elif kind == "table":
                 parts.append(rest[1])
             else:
                 name, data, caption = rest
                 parts.append(
-                    f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                    f"<figcaption>{html.escape(caption)} (figures/{html.escape(name)}.pdf)</figcaption></figure>"
+                    f'<figure><img alt="{html_text(caption)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html_text(caption)} (figures/{html_text(name)}.pdf)</figcaption></figure>"
                 )
         style = (
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -120,8 +123,8 @@ class _Document:
             "img{max-width:100%}caption,figcaption{font-style:italic}"
         )
         return (
-            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
+            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html_text(self.title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html_text(self.title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
         )
 
 
@@ -175,7 +178,7 @@ def _tables_and_tests(doc: _Document, per_image: pd.DataFrame, table: pd.DataFra
     for encoder in encoders:
         caption = f"{_TABLE_NUMBER[encoder]} layout: encoders {encoder}"
         doc.table(
-            render_table(table, "markdown", encoder=encoder, caption=f"**{caption}**"),
+            render_table(table, "markdown", encoder=encoder, caption=Markup(f"**{markdown_text(caption)}**")),
             render_table(table, "html", encoder=encoder, caption=caption),
         )
     doc.heading("Paired tests")

@@ -7,7 +7,6 @@ over seeds with an interval. `render_table`: one encoder mode in the paper's lay
 
 from __future__ import annotations
 
-import html
 import zlib
 from collections.abc import Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.intervals import N_BOOT, bootstrap_interval
+from analysis.markup import Markup, html_text, markdown_text
 from analysis.schema import CELL_KEYS, cell_values, complete_variants, require_columns
 from vlsm.axes import (
     DICE,
@@ -213,9 +213,10 @@ def render_table(table: pd.DataFrame, fmt: str = "markdown", *, encoder: str = "
     pm = r" $\pm$ " if fmt == "latex" else " ± "
     text, best = _cells(table, encoder, decimals, pm)
     bold = {"markdown": "**{}**", "csv": "**{}**", "latex": r"\textbf{{{}}}", "html": "<b>{}</b>"}[fmt]
+    escape = {"markdown": markdown_text, "html": html_text}.get(fmt, str)
     rows = []
     for strategy, model in text.index:
-        cells = [bold.format(x) if is_best else x
+        cells = [Markup(bold.format(escape(x))) if is_best else x
                  for x, is_best in zip(text.loc[(strategy, model)], best.loc[(strategy, model)], strict=True)]
         rows.append((strategy, model, cells))
     prompts = list(text.columns)
@@ -225,18 +226,18 @@ def render_table(table: pd.DataFrame, fmt: str = "markdown", *, encoder: str = "
 
 
 def render_rows(header: list[str], body: list[list[str]], fmt: str, caption: str | None = None) -> str:
-    """Rows of text as a Markdown, CSV or HTML table (HTML-escaped, but for cells in <b>)."""
+    """Rows of text as a Markdown, CSV or HTML table, every cell and the caption escaped for
+    the format (`analysis.markup`) but for `Markup` (a bold cell, a bold caption)."""
     if fmt == "csv":
         return pd.DataFrame(body, columns=header).to_csv(index=False)
     if fmt == "html":
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        cells = "".join("<tr>" + "".join(f"<td>{x if x.startswith('<b>') else html.escape(x)}</td>" for x in line)
-                        + "</tr>" for line in body)
-        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        head = "".join(f"<th>{html_text(h)}</th>" for h in header)
+        cells = "".join("<tr>" + "".join(f"<td>{html_text(x)}</td>" for x in line) + "</tr>" for line in body)
+        cap = f"<caption>{html_text(caption)}</caption>" if caption else ""
         return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>\n"
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(line) + " |" for line in body]
-    return "\n".join(([caption, ""] if caption else []) + lines) + "\n"
+    lines = ["| " + " | ".join(map(markdown_text, header)) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(map(markdown_text, line)) + " |" for line in body]
+    return "\n".join(([markdown_text(caption), ""] if caption else []) + lines) + "\n"
 
 
 def _latex(rows: list[tuple[str, str, list[str]]], prompts: list[str], caption: str | None) -> str:

@@ -464,6 +464,7 @@ _NOT_SHAPING = {
     "vlsm.data.synthetic_sources": "picks a format's reader; decides no value",
     "vlsm.data.validate_synthetic": "checks files (a registry entry's validator), decides no value",
     "vlsm.data.problems": "describes problems found by the checks, decides no value",
+    "vlsm.data.declared_size": "refuses a file by its declared size before decoding, decides no value",
 }
 
 

@@ -5,7 +5,9 @@ once for reader and validator (docs/design.md, "Data").
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -180,10 +182,30 @@ def _check_release(release: str) -> None:
         raise ValueError(f"CAMUS release must be one of {RELEASES}, got {release!r}")
 
 
+def broken_link(path: Path) -> str | None:
+    """Why a symbolic link leads to nothing (it loops, or its target is gone), else None."""
+    if not path.is_symlink() or path.exists():
+        return None
+    try:
+        path.stat()
+    except OSError as err:
+        what = "loops (to itself or through other links)" if err.errno == errno.ELOOP else "points nowhere"
+        return f"a symbolic link that {what} (to {os.readlink(path)!r}); expected a patient folder"
+    return None
+
+
 def _patient_dirs(folder: Path) -> list[Path]:
+    """The patientXXXX folders (links to folders too); ValueError for one whose link leads nowhere."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and PATIENT_RE.match(p.name))
+    dirs = []
+    for path in sorted(p for p in folder.iterdir() if PATIENT_RE.match(p.name)):
+        why = broken_link(path)
+        if why:
+            raise ValueError(f"{path}: {why}")
+        if path.is_dir():
+            dirs.append(path)
+    return dirs
 
 
 def read_camus_split_files(root: Path) -> dict[str, list[str]]:

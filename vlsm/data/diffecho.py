@@ -20,6 +20,7 @@ from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.label_codings import spread_to_grey
 from vlsm.data.records import PHASES, VIEWS, EchoImage
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, SyntheticSource
+from vlsm.data.tree import leads_out, walk_files
 from vlsm.registry import LazyFunction
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class DiffEchoFiles:
     metadata: list[Path] = field(default_factory=list)  # metadata.csv files
     duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (ignored, kept)
     other_pngs: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # links not followed (loops), and why
 
 
 def _frame_mask(frame: Path, match: re.Match) -> Path:
@@ -94,10 +96,12 @@ def _frame_mask(frame: Path, match: re.Match) -> Path:
 
 
 def scan_diffecho(root: Path) -> DiffEchoFiles:
-    """One walk of root: every DiffEcho file by kind (hidden folders skipped)."""
+    """One walk of root: every DiffEcho file by kind (hidden folders skipped), through
+    links to folders (`walk_files`)."""
     root = Path(root)
-    found = DiffEchoFiles(root)
-    for path in sorted(root.rglob("*")):
+    tree = walk_files(root)
+    found = DiffEchoFiles(root, skipped=tree.skipped)
+    for path in tree.files:
         rel = path.relative_to(root).parts
         if any(part.startswith(".") for part in rel) or not path.is_file():
             continue
@@ -135,8 +139,9 @@ class MetadataRow:
     text: str
 
 
-def read_diffecho_metadata(path: Path) -> list[MetadataRow]:
-    """The rows of one metadata.csv; ValueError naming the file for missing columns."""
+def read_diffecho_metadata(path: Path, root: Path | None = None) -> list[MetadataRow]:
+    """The rows of one metadata.csv; ValueError naming the file for missing columns, and
+    (given the DiffEcho root) naming the line of a path that leads out of root."""
     path = Path(path)
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
@@ -147,16 +152,25 @@ def read_diffecho_metadata(path: Path) -> list[MetadataRow]:
                 f"{path}: missing column(s) {', '.join(missing)}; a DiffEcho metadata.csv has "
                 f"{', '.join(METADATA_COLUMNS)} (got {', '.join(columns) or 'no header'})"
             )
-        return [MetadataRow(path, reader.line_num, path.parent / (row["image"] or "").strip(),
+        rows = [MetadataRow(path, reader.line_num, path.parent / (row["image"] or "").strip(),
                             path.parent / (row["conditioning_image"] or "").strip(), (row["text"] or "").strip())
                 for row in reader]
+    for row in rows if root is not None else ():
+        for column in ("image", "conditioning_image"):
+            if leads_out(root, getattr(row, column)):  # "../x.png", "/data/x.png"
+                raise ValueError(
+                    f"{path}: line {row.line}: {column} {str(getattr(row, column))!r} leads out of the DiffEcho "
+                    f"root {root}; expected a path inside it, like ./{FRAME_DIRS['train']}/<name>.png (an absolute "
+                    "path or '..' leading out is refused; a symbolic link inside the root may point anywhere)"
+                )
+    return rows
 
 
-def _texts(metadata: list[Path]) -> dict[str, str]:
-    """Mask stem ("ch2_ed_mask_7") -> the generator's text, from every metadata.csv."""
+def _texts(metadata: list[Path], root: Path) -> dict[str, str]:
+    """Mask stem ("ch2_ed_mask_7") -> the generator's text, from every metadata.csv under root."""
     texts: dict[str, str] = {}
     for path in metadata:
-        for row in read_diffecho_metadata(path):
+        for row in read_diffecho_metadata(path, root):
             stem = row.conditioning_image.stem
             if row.text and texts.setdefault(stem, row.text) != row.text:
                 log.warning("%s line %d: a second text for %s; keeping the first", path, row.line, stem)
@@ -229,6 +243,8 @@ def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
         raise ValueError(f"DiffEcho root {root} is not a folder")
     n_val = _val_subjects(n_val)
     found = scan_diffecho(root)
+    for path, why in found.skipped:
+        log.warning("%s: %s", path, why)
     for ignored, kept in found.duplicates:
         log.warning("%s: duplicate of %s, skipped", ignored, kept)
     if not found.generated:
@@ -244,7 +260,7 @@ def load_diffecho(root: Path, *, n_val: int | None = None) -> list[EchoImage]:
             f"{lonely[0]}: no mask found; expected {generated_mask_name(lonely[0].name)} (data_generation.py "
             f"saves the conditioning mask beside every generated image) somewhere under {root}"
         )
-    texts = _texts(found.metadata)
+    texts = _texts(found.metadata, root)
     records = [generated_record(path, mask, n_val, texts) for path, mask in pairs]
     order = {"train": 0, "val": 1}
     records.sort(key=lambda r: (order[r.split], r.patient, r.view, r.phase, r.variant))

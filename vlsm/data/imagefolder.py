@@ -11,7 +11,7 @@ import csv
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from vlsm.data.camus import PAPER_VAL_PATIENTS
 from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.records import PHASES, SEXES, VIEWS, EchoImage, PatientInfo
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, SyntheticSource
+from vlsm.data.tree import leads_out
 from vlsm.registry import LazyFunction
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class ImagefolderRow:
     image: Path
     mask: Path
     values: Mapping[str, str]  # column -> stripped cell, for the optional columns present
+    paths: Mapping[str, str] = field(default_factory=dict)  # "image", "mask" -> the cell as written
 
 
 def read_imagefolder_rows(root: Path) -> tuple[tuple[str, ...], list[ImagefolderRow]]:
@@ -92,7 +94,8 @@ def read_imagefolder_rows(root: Path) -> tuple[tuple[str, ...], list[Imagefolder
         for raw in reader:
             cells = {k: (v or "").strip() for k, v in raw.items() if k in COLUMNS}
             rows.append(ImagefolderRow(reader.line_num, root / cells["image"], root / cells["mask"],
-                                       {c: cells[c] for c in COLUMNS[2:] if c in cells}))
+                                       {c: cells[c] for c in COLUMNS[2:] if c in cells},
+                                       {c: cells[c] for c in REQUIRED_COLUMNS}))
     return columns, rows
 
 
@@ -109,6 +112,10 @@ def row_fields(root: Path, row: ImagefolderRow) -> dict:
     for column in ("image", "mask"):
         if getattr(row, column) == Path(root):  # an empty cell
             raise _row_error(root, row, column, "", "a path relative to the root")
+        if leads_out(root, getattr(row, column)):  # "../x.png", "/data/x.png"
+            raise _row_error(root, row, column, row.paths.get(column, str(getattr(row, column))),
+                             f"a path relative to the root that stays inside it ({root}); an absolute path or "
+                             "'..' leading out is refused (a symbolic link inside the root may point anywhere)")
     for column, value in values.items():
         if not value:
             raise _row_error(root, row, column, value,

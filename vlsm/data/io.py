@@ -1,7 +1,8 @@
 """Pixel I/O: the one place that opens image files, so that orientation, dtype and label
 coding are decided once (docs/design.md, "Pixels and label codings"): arrays (H, W), images
-uint8 grey, label maps uint8 0-3, spacing (row, col) mm, a cut-short ITK file refused;
-writers never leave a partial file.
+uint8 grey, label maps uint8 0-3, spacing (row, col) mm, a cut-short ITK file and a size
+no echo has (`vlsm.data.declared_size`) refused before decoding; writers never leave a
+partial file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from vlsm.atomic import atomic_path
 from vlsm.axes import STRUCTURES
+from vlsm.data.declared_size import ImageSizeError, check_declared_size, check_sides
 from vlsm.data.itk_size import check_complete
 from vlsm.data.label_codings import (
     CODING_GREY,
@@ -64,12 +66,14 @@ def _to_2d(array: np.ndarray, path: Path) -> np.ndarray:
 def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     """A .mhd/.nii(.gz) file's (H, W) array in its dtype and its (row, col) spacing in mm (a
     singleton third dimension, as CAMUS 2019's W x H x 1, dropped). A file shorter than its
-    header says is a `TruncatedFileError` (SimpleITK would zero-fill the missing pixels)."""
+    header says is a `TruncatedFileError` (SimpleITK would zero-fill the missing pixels); a
+    header declaring a size no echo has, an `ImageSizeError` (SimpleITK would allocate it)."""
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
+    check_declared_size(path)
     check_complete(path)
     try:
         image = sitk.ReadImage(str(path))
@@ -83,13 +87,21 @@ def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
 
 def read_png(path: Path, *, mask: bool = False) -> np.ndarray:
     """A PNG's (H, W) values (palette indices kept); with mask an RGB(A) PNG must be grey (R =
-    G = B, alpha ignored) and gives its R, else it is converted to L."""
+    G = B, alpha ignored) and gives its R, else it is converted to L. A size no echo has
+    is an `ImageSizeError`, from the IHDR before Pillow opens the file (Pillow itself only
+    refuses above twice its MAX_IMAGE_PIXELS)."""
     from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
-    with Image.open(path) as im:
+    check_declared_size(path)
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as err:  # not a PNG inside, and far too large
+        raise ImageSizeError(path, f"refused before decoding ({err})") from None
+    with im:
+        check_sides(path, im.size)  # what the decoder read from the header: (W, H)
         if im.mode in ("P", "L", "I;16", "I", "1"):
             # palette PNGs keep their indices (label maps are often written as P)
             array = np.asarray(im)

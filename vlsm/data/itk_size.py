@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
-__all__ = ["TruncatedFileError", "check_complete", "mhd_data_file", "read_mhd_header"]
+__all__ = ["NIFTI1_HEADER", "TruncatedFileError", "check_complete", "mhd_data_file", "nifti_dims", "read_mhd_header"]
 
 _CHUNK = 1 << 20
-_NIFTI1_HEADER = 348
+NIFTI1_HEADER = 348
 # MetaImage element types -> bytes per element
 _MET_BYTES: dict[str, int] = {
     "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
@@ -76,9 +77,17 @@ def mhd_data_file(path: Path) -> Path | None:
 
 
 def _data_file(path: Path, fields: dict[str, str]) -> Path | None:
+    """The header's ElementDataFile beside it; ValueError naming the header for a name that
+    leads out of its folder (an absolute path or a '..' part): a dataset's headers name
+    their own .raw, never another file on the machine."""
     name = fields.get("ElementDataFile", "")
     if name.upper() in ("LOCAL", "") or name.upper().startswith("LIST"):
         return None
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or ".." in re.split(r"[/\\]", name):
+        raise ValueError(
+            f"{path}: ElementDataFile {name!r} leads out of the header's folder; expected the name "
+            "of a data file beside it (e.g. patient0001_2CH_ED.raw)"
+        )
     return path.parent / name
 
 
@@ -159,14 +168,14 @@ def _check_nifti(path: Path, *, compressed: bool) -> None:
         with opener(path, "rb") as fh:
             # read1: one decompression step a call, so an early end loses no counted byte
             while chunk := fh.read1(_CHUNK):
-                header += chunk[: _NIFTI1_HEADER - len(header)]
+                header += chunk[: NIFTI1_HEADER - len(header)]
                 found += len(chunk)
     except EOFError:  # gzip: the compressed stream was cut
         ended = False
     except (OSError, zlib.error):
         return  # not gzip at all, or a corrupt stream: SimpleITK's error says so
-    if len(header) < _NIFTI1_HEADER:
-        expected, what = _NIFTI1_HEADER, "the NIfTI-1 header"
+    if len(header) < NIFTI1_HEADER:
+        expected, what = NIFTI1_HEADER, "the NIfTI-1 header"
     else:
         size = _nifti_bytes(bytes(header))
         if size is None:
@@ -181,23 +190,36 @@ def _check_nifti(path: Path, *, compressed: bool) -> None:
         )
 
 
+def _nifti_endian(header: bytes) -> str | None:
+    """'<' or '>' for a NIfTI-1 header (its sizeof_hdr reads 348), else None."""
+    for endian in "<>":
+        if len(header) >= NIFTI1_HEADER and struct.unpack(f"{endian}i", header[:4])[0] == NIFTI1_HEADER:
+            return endian
+    return None  # NIfTI-2, not NIfTI, or cut short
+
+
+def nifti_dims(header: bytes) -> tuple[int, ...] | None:
+    """The dimensions (x, y[, z, ...]) a NIfTI-1 header declares; None for any other header."""
+    endian = _nifti_endian(header)
+    if endian is None:
+        return None
+    dim = struct.unpack(f"{endian}8h", header[40:56])
+    ndim = dim[0]
+    if not 1 <= ndim <= 7 or any(d < 0 for d in dim[1 : ndim + 1]):
+        return None
+    return tuple(dim[1 : ndim + 1])
+
+
 def _nifti_bytes(header: bytes) -> tuple[int, str] | None:
     """vox_offset + the pixels' bytes of a NIfTI-1 single-file header, and how they add
     up; None for any other header."""
-    for endian in "<>":
-        if struct.unpack(f"{endian}i", header[:4])[0] == _NIFTI1_HEADER:
-            break
-    else:
-        return None  # NIfTI-2 or not NIfTI
-    if header[344:348] != b"n+1\0":
-        return None  # a .hdr/.img pair: the pixels are elsewhere
-    dim = struct.unpack(f"{endian}8h", header[40:56])
+    endian, shape = _nifti_endian(header), nifti_dims(header)
+    if endian is None or shape is None or header[344:348] != b"n+1\0":
+        return None  # NIfTI-2, not NIfTI, or a .hdr/.img pair: the pixels are elsewhere
     bitpix = struct.unpack(f"{endian}h", header[72:74])[0]
     vox_offset = struct.unpack(f"{endian}f", header[108:112])[0]
-    ndim = dim[0]
-    if not 1 <= ndim <= 7 or any(d < 0 for d in dim[1 : ndim + 1]) or bitpix <= 0:
+    if bitpix <= 0:
         return None
-    shape = dim[1 : ndim + 1]
     pixels = math.ceil(math.prod(shape) * bitpix / 8)
     what = f"vox_offset {int(vox_offset)} + dim {' x '.join(map(str, shape))} x {bitpix} bits"
     return int(vox_offset) + pixels, what

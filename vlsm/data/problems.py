@@ -79,6 +79,7 @@ def progress_bar(items: list, desc: str, progress: bool):
 def check_pair(rec: EchoImage, codings: Counter | None = None) -> list[Problem]:
     """What is wrong with the record's image and (if any) label map; codings, when given,
     counts the map's label coding."""
+    from vlsm.data.declared_size import ImageSizeError
     from vlsm.data.io import decode_label_map, read_image
     from vlsm.data.itk_size import TruncatedFileError
 
@@ -87,7 +88,7 @@ def check_pair(rec: EchoImage, codings: Counter | None = None) -> list[Problem]:
     image = labels = None
     try:
         image = read_image(rec)  # (H, W) uint8
-    except TruncatedFileError as err:  # named by the file cut short (a .mhd's .raw)
+    except (TruncatedFileError, ImageSizeError) as err:  # named by the file cut short (a .mhd's .raw)
         problems.append(Problem(err.path, error_text(err, err.path)))
     except Exception as err:  # any decoder failure is a finding, not a crash
         problems.append(Problem(image_path, f"unreadable image: {error_text(err, image_path)}"))
@@ -96,7 +97,7 @@ def check_pair(rec: EchoImage, codings: Counter | None = None) -> list[Problem]:
     mask_path = Path(rec.mask_paths[0])
     try:
         labels, coding = decode_label_map(rec)  # (H, W) uint8 in 0..3
-    except TruncatedFileError as err:
+    except (TruncatedFileError, ImageSizeError) as err:
         problems.append(Problem(err.path, error_text(err, err.path)))
     except Exception as err:
         text = error_text(err, mask_path, image_path)

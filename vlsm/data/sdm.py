@@ -19,6 +19,7 @@ from vlsm.data.io import check_count, check_image_and_label_map, write_png
 from vlsm.data.label_codings import CODING_LABELS, CODING_SECTOR, camus_to_sdm_labels
 from vlsm.data.records import PHASES, VIEWS, EchoImage
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, SyntheticSource
+from vlsm.data.tree import walk_files
 from vlsm.registry import LazyFunction
 
 if TYPE_CHECKING:
@@ -98,12 +99,14 @@ class SdmFiles:
     duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (image, the one it repeats)
     misnamed: list[Path] = field(default_factory=list)  # PNGs not named like SDM images
     test_images: int = 0  # real test images (*_testing.png), never read
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # links not followed (loops), and why
 
 
 def scan_sdm(root: Path) -> SdmFiles:
-    """Sort out the PNGs under root, at any depth."""
-    files = SdmFiles()
-    for path in sorted(Path(root).rglob("*.png")):
+    """Sort out the PNGs under root, at any depth, through links to folders (`walk_files`)."""
+    tree = walk_files(Path(root))
+    files = SdmFiles(skipped=tree.skipped)
+    for path in (p for p in tree.files if p.name.endswith(".png")):
         if any(is_label_dir(part) for part in path.relative_to(root).parts[:-1]):
             files.label_maps.append(path)
         elif NAME_RE.match(path.name) is None:
@@ -134,6 +137,8 @@ def load_sdm(root: Path) -> list[EchoImage]:
     if not root.is_dir():
         raise ValueError(f"SDM root {root} is not a folder")
     files = scan_sdm(root)
+    for path, why in files.skipped:
+        log.warning("%s: %s", path, why)
     for path, first in files.duplicates:
         log.warning("%s: duplicate of %s, skipped", path, first)
     if files.test_images:

@@ -114,15 +114,15 @@ def _read_entry(entry: object, where: str, mask_dir: Path) -> tuple[str, int, Pa
     img_name, mask_name, prompts = entry["img_name"], entry["mask_name"], entry["prompts"]
     if not _NAME.match(str(img_name)):
         raise ValueError(f"{where}: img_name {img_name!r}; expected patientXXXX_<2CH|4CH>_<ED|ES>[...].png")
+    if str(mask_name).startswith(("/", "\\")) or ".." in re.split(r"[/\\]", str(mask_name)):  # img_name: _NAME has no "/"
+        raise ValueError(
+            f"{where}: mask_name {mask_name!r} points outside its mask folder {mask_dir} "
+            "(an absolute path or a '..' part); expected a path below it, like mask_1/<name>_gt.png"
+        )
     m = _MASK_DIR.match(str(mask_name).split("/")[0])
     structure = int(m.group(1)) if m else None
     if structure not in STRUCTURES:
         raise ValueError(f"{where}: mask_name {mask_name!r}; expected it to start with mask_1/, mask_2/ or mask_3/")
-    if ".." in re.split(r"[/\\]", str(mask_name)):  # img_name cannot: _NAME has no "/"
-        raise ValueError(
-            f"{where}: mask_name {mask_name!r} points outside its mask folder {mask_dir} "
-            "(a '..' part); expected a path below it, like mask_1/<name>_gt.png"
-        )
     if not isinstance(prompts, dict) or "p0" not in prompts:
         raise ValueError(f"{where}: prompts must be an object with keys p0, p1, ...")
     mask_path = mask_dir / mask_name

@@ -18,6 +18,7 @@ from vlsm.data.camus import (
     PATIENT_RE,
     SPLIT_FILES,
     SUFFIXES,
+    broken_link,
     detect_camus_release,
     empty_split,
     load_camus,
@@ -70,7 +71,9 @@ def _patient_folders(folder: Path, problems: list[Problem]) -> list[Path]:
         return []
     out = []
     for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and PATIENT_RE.match(entry.name):
+        if PATIENT_RE.match(entry.name) and (why := broken_link(entry)):
+            problems.append(Problem(entry, why))
+        elif entry.is_dir() and PATIENT_RE.match(entry.name):
             out.append(entry)
         elif entry.is_dir() or entry.name.lower().startswith("patient"):
             problems.append(Problem(entry, "not a patientXXXX folder; ignored", WARNING))

@@ -59,6 +59,7 @@ def validate_sdm(root: Path, *, progress: bool = True) -> Findings:
         return Findings([Problem(root, "SDM root folder not found")])
     problems = Findings(codings={root: Counter()})
     files = sdm_reader.scan_sdm(root)
+    problems += [Problem(path, why, WARNING) for path, why in files.skipped]
     problems += [Problem(path, "not named patientXXXX_{2CH|4CH}_{ED|ES}_{training|validation}_<i>.png; ignored",
                          WARNING) for path in files.misnamed]
     problems += [Problem(path, f"duplicate of {first}; ignored", WARNING) for path, first in files.duplicates]
@@ -87,7 +88,7 @@ def _check_diffecho_metadata(found: DiffEchoFiles, findings: Findings) -> None:
 
     for path in found.metadata:
         try:
-            rows = read_diffecho_metadata(path)
+            rows = read_diffecho_metadata(path, found.root)
         except (ValueError, OSError, UnicodeDecodeError) as err:
             findings.append(Problem(path, error_text(err, path)))
             continue
@@ -146,6 +147,7 @@ def validate_diffecho(root: Path, *, n_val: int | None = None, progress: bool = 
     n_val = diffecho.DIFFECHO_VAL_SUBJECTS if n_val is None else n_val
     found = diffecho.scan_diffecho(root)
     findings = Findings(codings={root: Counter()})
+    findings += [Problem(path, why, WARNING) for path, why in found.skipped]
     for ignored, kept in found.duplicates:
         findings.append(Problem(ignored, f"duplicate of {kept}; ignored", WARNING))
     if not found.generated:
