@@ -44,3 +44,23 @@ def test_a_plugin_module_registers_its_entries_on_the_first_lookup(tmp_path, mon
 
     assert SHAPES.names() == ("hexagon",)
     assert SHAPES.names() == ("hexagon",)  # imported once
+
+
+def test_built_in_entries_keep_the_order_of_their_modules_whichever_is_imported_first() -> None:
+    shapes = Registry("shape", names_of=lambda e: (e.key, e.name), modules=("shapes.round", "shapes.square"))
+    shapes._modules_loaded = True  # the modules are this test's register calls
+    shapes.register(_Entry("plugin", "Plugin"))  # a plugin's entry, registered first
+    shapes.register(_Entry("square", "Square"), module="shapes.square")
+    shapes.register(_Entry("circle", "Circle"), module="shapes.round")
+    assert shapes.names() == ("circle", "square", "plugin")
+
+
+def test_the_synthetic_source_axis_has_one_order_whichever_format_module_is_imported_first() -> None:
+    import subprocess
+    import sys
+
+    for module in ("vlsm.data.imagefolder", "vlsm.data.diffecho", "vlsm.data.sdm"):
+        names = subprocess.run(
+            [sys.executable, "-c", f"import {module}; from vlsm.data.synthetic_sources import source_names; "
+             "print(','.join(source_names()))"], capture_output=True, text=True, check=True).stdout.strip()
+        assert names == "sdm,diffecho,imagefolder", module

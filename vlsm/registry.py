@@ -72,20 +72,26 @@ class Registry(Generic[Entry]):
         self._modules_loaded = not modules
         self._entries: dict[str, Entry] = {}  # key -> entry
         self._keys: dict[str, str] = {}  # every name and alias -> key
+        self._rank: dict[str, int] = {}  # key -> place of its module in `modules` (plugins last)
 
-    def register(self, entry: Entry) -> Entry:
-        """Add an entry (ValueError when one of its names is taken); returns it."""
+    def register(self, entry: Entry, *, module: str | None = None) -> Entry:
+        """Add an entry (ValueError when one of its names is taken); returns it. A built-in
+        entry names its module (one of `modules`): built-ins keep the order of `modules`,
+        whichever is imported first, and come before plugins' entries."""
         names = self._names_of(entry)
         taken = [n for n in names if n in self._keys]
         if taken:
             raise ValueError(f"{self.kind} {taken[0]!r} is registered already")
+        self._rank[names[0]] = self._modules.index(module) if module in self._modules else len(self._modules)
         self._entries[names[0]] = entry
+        self._entries = dict(sorted(self._entries.items(), key=lambda item: self._rank[item[0]]))  # stable
         self._keys.update(dict.fromkeys(names, names[0]))
         return entry
 
     def unregister(self, name: str) -> None:
         """Remove an entry by its key (tests that add a toy entry take it away again)."""
         self._entries.pop(name, None)
+        self._rank.pop(name, None)
         self._keys = {n: key for n, key in self._keys.items() if key != name}
 
     def _load(self) -> None:

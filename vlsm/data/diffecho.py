@@ -352,4 +352,4 @@ SYNTHETIC_SOURCE_REGISTRY.register(SyntheticSource(
     attributes=lambda root, with_camus: frozenset({"shape", "view", "phase"}),
     generator_text=lambda root: True,  # metadata.csv's text, else data_generation.py's
     write_phantom=write_phantom,
-))
+), module=__name__)

@@ -264,4 +264,4 @@ SYNTHETIC_SOURCE_REGISTRY.register(SyntheticSource(
     attributes=_attributes,
     generator_text=lambda root: root is None or "text" in read_imagefolder_header(root),  # the phantom's has text
     write_phantom=write_phantom,
-))
+), module=__name__)

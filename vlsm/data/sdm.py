@@ -229,4 +229,4 @@ SYNTHETIC_SOURCE_REGISTRY.register(SyntheticSource(
     generator_text=lambda root: False,
     write_phantom=write_phantom,
     label_coding="sdm",
-))
+), module=__name__)
