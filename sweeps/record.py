@@ -9,13 +9,14 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.schema import EPOCHS_COLUMNS, TRIAL_ID
-from vlsm.atomic import write_json_atomic
+from vlsm.atomic import DiskFullError, disk_full, write_json_atomic
 from vlsm.axes import (
     BEST_EPOCH,
     BEST_VAL_DICE,
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["DONE", "FAILED", "FINISHED_STATUSES", "MLFLOW_STATUS", "NOT_RUN", "PENDING", "RUNNING",
-           "CellRecord", "CellRecords", "Outcome", "checkpoint_uri", "trial_outcome"]
+           "CellRecord", "CellRecords", "Outcome", "checkpoint_uri", "trial_disk_full", "trial_outcome"]
 
 PENDING, RUNNING, DONE, FAILED, NOT_RUN = "pending", "running", "done", "failed", "not_run"
 FINISHED_STATUSES = (DONE, FAILED, NOT_RUN)  # a cell in one of these never runs again
@@ -154,14 +155,32 @@ def trial_outcome(trial: Any, *, error: bool = False) -> Outcome:
     return Outcome(DONE, None, checkpoint)
 
 
+def _error_text(trial: Any) -> str:
+    """A failed trial's error file (each failure appended), or "" when there is none."""
+    where = getattr(trial, "error_file", None)
+    try:  # the driver's own copy first (Ray uploads it to storage later), else storage's
+        local = Path(where) if where else None
+        return local.read_text() if local is not None and local.is_file() else (trial.get_error() or "")
+    except (AttributeError, OSError):  # no error file (yet), or its storage unreachable
+        return ""
+
+
+def trial_disk_full(trial: Any) -> DiskFullError | None:
+    """The trial's last failure as a DiskFullError when it was a full disk or quota (a
+    worker writing a checkpoint to storage, or to its node's disk), else None; the file is
+    the one the error names, else the trial's folder in storage."""
+    last_failure = _error_text(trial).rsplit("Failure # ", 1)[-1]
+    found = disk_full(RuntimeError(last_failure)) if last_failure else None
+    if found is None:
+        return None
+    code, name = found
+    return DiskFullError(code, os.strerror(code), name or getattr(trial, "path", None) or "its trial folder")
+
+
 def _error_line(trial: Any) -> str:
     """The last line of a failed trial's error (the exception), and where the traceback is."""
     where = getattr(trial, "error_file", None) or getattr(trial, "path", None)
-    try:  # the driver's own copy first (Ray uploads it to storage later), else storage's
-        local = Path(where) if where else None
-        text = local.read_text() if local is not None and local.is_file() else (trial.get_error() or "")
-    except (AttributeError, OSError):  # no error file (yet), or its storage unreachable
-        text = ""
+    text = _error_text(trial)
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     if not lines:
         return f"trial failed after all retries (see {where or 'its error.txt'})"

@@ -21,6 +21,7 @@ from sweeps.cell import CELL_ID
 from sweeps.folder import SweepFolder
 from sweeps.record import DONE, MLFLOW_STATUS, CellRecord, CellRecords
 from vlsm import axes
+from vlsm.atomic import disk_full
 from vlsm.checkpoint import BEST_DIR, PER_IMAGE_FILE
 from vlsm.system_metrics import PREFIX as SYSTEM_PREFIX
 
@@ -246,13 +247,16 @@ class SweepTracker:
 
 def _guarded(method):
     """A failing MLflow call is logged, never raised into Tune (it would abort the sweep or
-    fail a finished trial)."""
+    fail a finished trial); but a full disk or quota stops the sweep, which the same command
+    resumes (logged on, the runs would miss what was lost)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any MLflow or network error
+            if disk_full(err) is not None:  # its store is full: stop, the same command resumes
+                raise
             logger.warning("MLflow logging failed in %s: %s", method.__name__, err)
             return None
 
