@@ -49,6 +49,7 @@ def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
     """Why MLflow cannot log to `uri`, or None; checked before anything runs (the MLflow
     client itself retries an unreachable server for minutes, then raises)."""
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     from vlsm.atomic import not_writable
@@ -61,9 +62,13 @@ def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
             reason = getattr(err, "reason", err)
             return f"no MLflow tracking server answers at {uri} ({reason}); start one or give another --mlflow-uri"
     if uri.startswith("sqlite:///"):
-        problem = not_writable(Path(uri[len("sqlite:///"):]).parent)
-        return None if problem is None else f"{uri}: {problem}"
-    return None
+        folder = Path(uri[len("sqlite:///"):]).parent
+    elif uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):  # a file store
+        folder = Path(urllib.parse.urlparse(uri).path if uri.startswith("file:") else uri)
+    else:
+        return None
+    problem = not_writable(folder)
+    return None if problem is None else f"{uri}: {problem}"
 
 
 def _open_sqlite_store(tracking_uri: str, artifact_root: Path) -> None:

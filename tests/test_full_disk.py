@@ -30,6 +30,15 @@ from vlsm.atomic import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# The smallest chained sweep: CRIS P1 frozen, real + synthetic -> finetune, 3 epochs, a checkpoint every epoch.
+SMALL = [
+    "--models", "CRIS", "--prompts", "P1", "--encoders", "frozen", "--num-cpus", "2",
+    "--set", "data.demo_patients=8", "--set", "data.demo_test_patients=2",
+    "--set", "data.val_patients=2", "--set", "data.demo_image_size=[64, 56]",
+    "--set", "train.max_epochs=3", "--set", "train.min_epochs=1", "--set", "train.checkpoint_interval_s=0",
+]
+IGNORED = {"trials.parquet": {"mlflow_run_id", "wall_s", "gpu_s", "checkpoint"},  # timings, run ids, paths
+           "epochs.parquet": {"images_per_s", "seconds"}, "per_image.parquet": set()}
 
 
 def _full(*_args, **_kwargs):
@@ -153,7 +162,7 @@ def test_disk_full_is_found_in_the_errors_that_wrap_it() -> None:
         except DiskFullError:
             import traceback
 
-            raise RuntimeError(traceback.format_exc())  # as Ray's TuneError wraps a callback's error
+            raise RuntimeError(traceback.format_exc())  # noqa: B904 - as Ray's TuneError wraps a callback's
     except RuntimeError as wrapped:
         assert disk_full(wrapped) == (errno.ENOSPC, "/out/cells/a.json")
         assert disk_full(RuntimeError(str(wrapped))) == (errno.ENOSPC, "/out/cells/a.json")  # its text alone
@@ -263,3 +272,149 @@ def test_the_driver_ends_with_one_line_and_exit_75(tmp_path: Path, monkeypatch, 
     monkeypatch.setattr(paper_grid, "prepare_data", sqlite_full)
     assert paper_grid.main(["--output", str(tmp_path / "s")]) == paper_grid.EXIT_DISK_FULL
     assert f"cannot write {tmp_path / 's' / 'mlflow.db'}: the disk is full" in capsys.readouterr().err
+
+
+# --- a read-only folder, refused before any work -------------------------------------------
+# As root (CI), chmod does not stop writes; os.access is what `vlsm.atomic.not_writable`
+# asks, so these tests make it say "not writable" for one folder (a read-only mount would
+# do the same, but needs root and `mount`).
+
+@pytest.fixture
+def deny_writes(monkeypatch):
+    """deny_writes(folder): os.access says `folder` is not writable by this user."""
+    denied: list[Path] = []
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if mode & os.W_OK and Path(path) in denied:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+    def deny(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        denied.append(folder)
+        return folder
+
+    return deny
+
+
+def test_a_read_only_storage_or_mlflow_folder_is_refused_before_anything_runs(tmp_path, deny_writes, monkeypatch,
+                                                                             capsys) -> None:
+    import sweeps.paper_grid as paper_grid
+
+    def ran(plan):
+        raise AssertionError("the sweep started")
+
+    monkeypatch.setattr(paper_grid, "prepare_data", ran)
+    read_only = deny_writes(tmp_path / "read-only")
+    storage = f"file://{read_only}/shared"
+    assert paper_grid.main(["--output", str(tmp_path / "s"), "--storage", storage]) == paper_grid.EXIT_USAGE
+    assert f"--storage {storage}/s-" in (err := capsys.readouterr().err) and f"{read_only} is not writable" in err
+    mlruns = f"file://{read_only}/mlruns"
+    assert paper_grid.main(["--output", str(tmp_path / "s"), "--mlflow-uri", mlruns]) == paper_grid.EXIT_USAGE
+    assert f"--mlflow-uri: {mlruns}: {read_only} is not writable" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_read_only_exports_folder_is_refused_before_the_export(tmp_path, deny_writes, caplog) -> None:
+    from sweeps.__main__ import main
+
+    folder, _, _ = _one_cell_sweep(tmp_path)
+    deny_writes(folder.exports)
+    assert main(["export", str(tmp_path)]) == 2
+    assert f"cannot write the exports to {folder.exports}: {folder.exports} is not writable" in caplog.text
+    assert _names(folder.exports) == []
+
+
+def test_a_read_only_cache_dir_is_refused_before_prepare_reads_anything(tmp_path, deny_writes, caplog) -> None:
+    from vlsm.cli import main
+
+    read_only = deny_writes(tmp_path / "read-only")
+    assert main(["prepare", "--camus-root", str(tmp_path), "--cache-dir", str(read_only / "cache")]) == 2
+    assert f"--cache-dir {read_only / 'cache'}: {read_only} is not writable" in caplog.text
+
+
+def test_read_only_analysis_outputs_are_refused_before_any_work(tmp_path, deny_writes, caplog) -> None:
+    from analysis.__main__ import main
+
+    read_only = deny_writes(tmp_path / "read-only")
+    assert main(["example-export", str(read_only / "example")]) == 2
+    assert main(["notebooks", "--out", str(read_only / "notebooks")]) == 2
+    assert f"output_dir {read_only / 'example'}: {read_only} is not writable" in caplog.text
+    assert f"--out {read_only / 'notebooks'}: {read_only} is not writable" in caplog.text
+    assert _names(read_only) == []
+
+
+# --- end to end: a real full filesystem mid-sweep, then space freed ----------------------------
+
+def _sweep(output: Path, log: Path) -> subprocess.Popen:
+    """The sweep's command in the background, its output in `log` (.out, .err): a pipe nobody
+    reads while it runs would block it."""
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        return subprocess.Popen([sys.executable, str(REPO / "sweeps" / "paper_grid.py"), "--output", str(output),
+                                 *SMALL], cwd=REPO, stdout=out, stderr=err, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros into folder/filler until its filesystem has no byte left."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC
+    return filler
+
+
+@pytest.fixture(scope="module")
+def small_tmpfs(tmp_path_factory) -> Path:
+    """A 64 MiB tmpfs (the sweep needs about 30 MiB): root and a working `mount` only."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mount = tmp_path_factory.mktemp("small-disk")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_disk_that_fills_stops_and_resumes_to_a_clean_runs_exports(small_tmpfs, tmp_path) -> None:
+    import pandas as pd
+
+    clean = _sweep(tmp_path / "clean", tmp_path / "clean-log")
+    assert clean.wait(timeout=600) == 0, (tmp_path / "clean-log.err").read_text()[-3000:]
+    output = small_tmpfs / "sweep"
+    full = _sweep(output, tmp_path / "full-log")
+    filler = None
+    while full.poll() is None and filler is None:  # fill the disk once the first cell is done
+        records = [json.loads(p.read_text()) for p in (output / "cells").glob("*.json")]
+        if any(r["status"] == "done" for r in records):
+            filler = _fill(small_tmpfs)
+        time.sleep(0.05)
+    full.wait(timeout=600)
+    stderr = (tmp_path / "full-log.err").read_text()
+    assert filler is not None and full.returncode == 75, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write {output}") and "the disk is full (ENOSPC)" in last, last
+    assert "free in" in last and "run the same command again" in last
+    # nothing half-written where a whole file belongs: every record parses, no temporaries
+    records = {p.stem: json.loads(p.read_text()) for p in (output / "cells").glob("*.json")}
+    assert len(records) == 3 and all(r["status"] in ("done", "running", "pending") for r in records.values())
+    temporaries = [p for p in output.rglob(".*") if ".tmp" in p.name]
+    assert temporaries == []
+
+    filler.unlink()
+    resumed = _sweep(output, tmp_path / "resumed-log")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "resumed-log.err").read_text()[-3000:]
+    for name, ignored in IGNORED.items():
+        ours, theirs = (pd.read_parquet(folder / "exports" / name) for folder in (output, tmp_path / "clean"))
+        columns = [c for c in theirs.columns if c not in ignored]
+        assert list(ours.columns) == list(theirs.columns)
+        pd.testing.assert_frame_equal(ours[columns], theirs[columns], check_exact=True)
