@@ -50,11 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unwritable_output(args: argparse.Namespace) -> str | None:
+    """Why the folder the command writes cannot be written, refused before any work (the
+    report checks its own --out, beside the sweep's exports)."""
+    from vlsm.atomic import not_writable
+
+    option, folder = {"example-export": ("output_dir", getattr(args, "output_dir", None)),
+                      "notebooks": ("--out", getattr(args, "out", None))}.get(args.command, (None, None))
+    problem = not_writable(folder) if folder is not None else None
+    return None if problem is None else f"{option} {folder}: {problem}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("analysis")
+    problem = _unwritable_output(args)
+    if problem:
+        log.error("%s", problem)
+        return 2
     try:
         if args.command == "report":
             from analysis.report import build_report

@@ -25,13 +25,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from sweeps.export import export_sweep
-    from sweeps.folder import FolderError
+    from sweeps.folder import FolderError, SweepFolder
+    from vlsm.atomic import disk_full_line, not_writable
 
+    log = logging.getLogger("sweeps")
+    folder = SweepFolder(args.output_dir)
     try:
-        logging.getLogger("sweeps").info("wrote %s", export_sweep(args.output_dir))
+        problem = not_writable(folder.exports) if folder.holds_sweep() else None
+        if problem:  # before any record is read
+            log.error("cannot write the exports to %s: %s", folder.exports, problem)
+            return 2
+        log.info("wrote %s", export_sweep(args.output_dir))
     except (ValueError, FileNotFoundError, FolderError) as err:
-        logging.getLogger("sweeps").error("%s", err)
+        log.error("%s", err)
         return 2
+    except OSError as err:
+        line = disk_full_line(err, folder.exports)
+        if line is None:
+            raise
+        log.error("%s", line)
+        return 75  # as the sweep's driver: the same command, once there is space
     return 0
 
 

@@ -24,6 +24,7 @@ from sweeps.record import (
     CellRecord,
     CellRecords,
     last_failure,
+    trial_disk_full,
     trial_outcome,
 )
 from vlsm.checkpoint import BEST_DIR
@@ -91,13 +92,25 @@ class RecordCallback(Callback):
         self._finish(trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._stop_if_disk_full(trial)
         self._finish(trial, error=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         """A failed try Ray retries from the trial's last checkpoint: said; the cell runs on."""
+        self._stop_if_disk_full(trial)
         progress.warning("%s: try %s failed (%s); Ray retries it from its last checkpoint (run.max_failures=%s)",
                          trial.config[CELL_ID], getattr(trial, "num_failures", "?"), last_failure(trial),
                          getattr(trial, "max_failures", "?"))
+
+    def _stop_if_disk_full(self, trial) -> None:
+        """A trial that could not write for lack of space stops the sweep, its record left
+        running: every retry would fail alike, and recorded as failed it would never run
+        again. Ray's last snapshot still has it running, so the same command resumes it."""
+        error = trial_disk_full(trial)
+        if error is not None:
+            progress.warning("%s: stopped, could not write %s (%s); stopping the sweep",
+                             trial.config[CELL_ID], error.filename, error.strerror)
+            raise error
 
     def _finish(self, trial, *, error: bool) -> None:
         cell_id = trial.config[CELL_ID]

@@ -175,8 +175,9 @@ def _check_places(plan: SweepPlan) -> None:
         problem = not_writable(path)
         if problem:
             raise UsageError(f"{option} {path}: {problem}")
-    if "://" not in plan.storage and not_writable(Path(plan.storage)):
-        raise UsageError(f"--storage {plan.storage}: {not_writable(Path(plan.storage))}")
+    local_storage = plan.storage.removeprefix("file://")  # a shared file:// folder is a local path here
+    if "://" not in local_storage and not_writable(Path(local_storage)):
+        raise UsageError(f"--storage {plan.storage}: {not_writable(Path(local_storage))}")
     problem = tracking_uri_problem(plan.mlflow_uri)
     if problem:
         raise UsageError(f"--mlflow-uri: {problem}")

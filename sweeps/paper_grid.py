@@ -38,11 +38,12 @@ from sweeps.record import DONE, FINISHED_STATUSES, CellRecord, CellRecords  # no
 from sweeps.session import mlflow_sweep, ray_session  # noqa: E402
 from sweeps.spec import SpecError  # noqa: E402
 from sweeps.trials import trial_config, trial_resources  # noqa: E402
+from vlsm.atomic import disk_full_line  # noqa: E402
 from vlsm.data.synthetic_sources import source_names  # noqa: E402
 
 logger = logging.getLogger("paper_grid")
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_USAGE, EXIT_DISK_FULL, EXIT_INTERRUPTED = 2, 75, 130  # 75: EX_TEMPFAIL, the same command resumes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,11 +195,25 @@ def summarise(end: SweepEnd, seconds: float) -> int:
     return 0 if not end.failed() else 1
 
 
+def _disk_full_exit(err: Exception, plan: SweepPlan | None) -> int | None:
+    """A full disk or quota anywhere (a trial's worker, a record, MLflow's SQLite, an
+    export): one line saying which file and what to do, exit 75; None for other errors."""
+    fallback: Path | str = plan.folder.root if plan is not None else Path.cwd()
+    if plan is not None and plan.mlflow_uri.startswith("sqlite:///") and "disk is full" in str(err):
+        fallback = plan.mlflow_uri[len("sqlite:///"):]  # SQLite names no file
+    line = disk_full_line(err, fallback)
+    if line is None:
+        return None
+    sys.stderr.flush()
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    return EXIT_DISK_FULL
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    started = time.time()
+    started, plan = time.time(), None
     try:
         plan = dataclasses.replace(plan_sweep(args), command=shlex.join(["python", "sweeps/paper_grid.py", *argv]))
         if args.dry_run:
@@ -212,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, UsageError, DataError, FolderError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as err:
+        code = _disk_full_exit(err, plan)
+        if code is None:
+            raise
+        return code
     return summarise(end, time.time() - started)
 
 

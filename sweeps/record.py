@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.schema import EPOCHS_COLUMNS, TRIAL_ID
-from vlsm.atomic import write_json_atomic
+from vlsm.atomic import DiskFullError, disk_full, write_json_atomic
 from vlsm.axes import (
     BEST_EPOCH,
     BEST_VAL_DICE,
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["DONE", "FAILED", "FINISHED_STATUSES", "MLFLOW_STATUS", "NOT_RUN", "PENDING", "RUNNING",
-           "CellRecord", "CellRecords", "Outcome", "checkpoint_uri", "last_failure", "trial_outcome"]
+           "CellRecord", "CellRecords", "Outcome", "checkpoint_uri", "last_failure", "trial_disk_full",
+           "trial_outcome"]
 
 PENDING, RUNNING, DONE, FAILED, NOT_RUN = "pending", "running", "done", "failed", "not_run"
 FINISHED_STATUSES = (DONE, FAILED, NOT_RUN)  # a cell in one of these never runs again
@@ -153,6 +155,18 @@ def trial_outcome(trial: Any, *, error: bool = False) -> Outcome:
     if checkpoint is None:
         return Outcome(FAILED, "trial finished without a checkpoint")
     return Outcome(DONE, None, checkpoint)
+
+
+def trial_disk_full(trial: Any) -> DiskFullError | None:
+    """The trial's last failure as a DiskFullError when it was a full disk or quota (a
+    worker writing a checkpoint to storage, or to its node's disk), else None; the file is
+    the one the error names, else the trial's folder in storage."""
+    failures = _failures(_error_text(trial))
+    found = disk_full(RuntimeError("\n".join(failures[-1]))) if failures else None
+    if found is None:
+        return None
+    code, name = found
+    return DiskFullError(code, os.strerror(code), name or getattr(trial, "path", None) or "its trial folder")
 
 
 def _error_line(trial: Any) -> str:

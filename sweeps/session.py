@@ -4,15 +4,19 @@ ends (a finished grid, an error, Ctrl-C)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sweeps.options import RaySettings, SweepPlan, UsageError
+from vlsm.atomic import disk_full
 
 if TYPE_CHECKING:  # imports MLflow and Ray, which planning does without
     from sweeps.tracking import SweepTracker
 
 __all__ = ["mlflow_sweep", "ray_session"]
+
+logger = logging.getLogger(__name__)
 
 
 def _use_the_nodes_token() -> None:
@@ -52,13 +56,20 @@ def ray_session(settings: RaySettings) -> Iterator[bool]:
 @contextlib.contextmanager
 def mlflow_sweep(plan: SweepPlan) -> Iterator[SweepTracker]:
     """The sweep's MLflow parent run, closed however the block ends: with the status the
-    block gave `finish_sweep`, else KILLED (Ctrl-C) or FAILED (an error)."""
+    block gave `finish_sweep`, else KILLED (Ctrl-C, a full disk: the same command resumes)
+    or FAILED (an error). Closing it may fail too (its store on the full disk): the error
+    that ended the block is the one raised."""
     from sweeps.tracking import SweepTracker
 
     tracker = SweepTracker(plan.mlflow_uri, plan.spec.name, plan.folder.root, command=plan.command)
     try:
         yield tracker
     except BaseException as err:
-        tracker.finish_sweep("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        resumable = isinstance(err, KeyboardInterrupt) or disk_full(err) is not None
+        try:
+            tracker.finish_sweep("KILLED" if resumable else "FAILED")
+        except Exception as closing:  # noqa: BLE001 - any MLflow error; the block's error goes on
+            why = "its store is full too" if disk_full(closing) else str(closing).splitlines()[0]
+            logger.warning("MLflow: cannot close the sweep's run (%s); the next run of this sweep does", why)
         raise
     tracker.finish_sweep("FAILED")  # a no-op when the block finished the run itself

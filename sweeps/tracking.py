@@ -21,6 +21,7 @@ from sweeps.cell import CELL_ID
 from sweeps.folder import SweepFolder
 from sweeps.record import DONE, MLFLOW_STATUS, CellRecord, CellRecords
 from vlsm import axes
+from vlsm.atomic import disk_full
 from vlsm.checkpoint import BEST_DIR, PER_IMAGE_FILE
 from vlsm.system_metrics import PREFIX as SYSTEM_PREFIX
 
@@ -48,6 +49,7 @@ def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
     """Why MLflow cannot log to `uri`, or None; checked before anything runs (the MLflow
     client itself retries an unreachable server for minutes, then raises)."""
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     from vlsm.atomic import not_writable
@@ -60,9 +62,13 @@ def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
             reason = getattr(err, "reason", err)
             return f"no MLflow tracking server answers at {uri} ({reason}); start one or give another --mlflow-uri"
     if uri.startswith("sqlite:///"):
-        problem = not_writable(Path(uri[len("sqlite:///"):]).parent)
-        return None if problem is None else f"{uri}: {problem}"
-    return None
+        folder = Path(uri[len("sqlite:///"):]).parent
+    elif uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):  # a file store
+        folder = Path(urllib.parse.urlparse(uri).path if uri.startswith("file:") else uri)
+    else:
+        return None
+    problem = not_writable(folder)
+    return None if problem is None else f"{uri}: {problem}"
 
 
 def _open_sqlite_store(tracking_uri: str, artifact_root: Path) -> None:
@@ -246,13 +252,16 @@ class SweepTracker:
 
 def _guarded(method):
     """A failing MLflow call is logged, never raised into Tune (it would abort the sweep or
-    fail a finished trial)."""
+    fail a finished trial); but a full disk or quota stops the sweep, which the same command
+    resumes (logged on, the runs would miss what was lost)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any MLflow or network error
+            if disk_full(err) is not None:  # its store is full: stop, the same command resumes
+                raise
             logger.warning("MLflow logging failed in %s: %s", method.__name__, err)
             return None
 

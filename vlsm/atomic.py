@@ -3,14 +3,19 @@ is filled beside its target and renamed onto it (docs/design.md, "Layers", rule 
 
     with atomic_path(out / "trials.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
+
+A write that fails for lack of space or quota raises `DiskFullError` naming its target;
+`disk_full_line` turns any error that is (or wraps) one into the line a command ends with.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -20,10 +25,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_folder", "atomic_path", "build_folder_once", "not_writable", "write_json_atomic",
-           "write_text_atomic"]
+__all__ = ["DiskFullError", "atomic_folder", "atomic_path", "build_folder_once", "disk_full", "disk_full_line",
+           "not_writable", "write_json_atomic", "write_text_atomic"]
 
 log = logging.getLogger(__name__)
+
+DISK_FULL = {errno.ENOSPC: ("the disk is full", "ENOSPC"), errno.EDQUOT: ("over the disk quota", "EDQUOT")}
+# The same, told in the text of an error that wraps it (Ray's TuneError, MLflow's, SQLite's):
+_FULL_TEXT = re.compile(r"\[errno (28|122)\][^\n]*?(?:: '([^'\n]+)')?$|(no space left on device)|"
+                        r"(disk quota exceeded)|(database or disk is full)", re.IGNORECASE | re.MULTILINE)
+
+
+class DiskFullError(OSError):
+    """A write that failed for lack of space or quota; `filename` is the whole file (or
+    folder) that could not be written, not the temporary beside it."""
+
+
+def _disk_full_error(err: OSError, target: Path) -> OSError:
+    """`err` as a DiskFullError naming `target` when it is a full disk or quota, else itself."""
+    if err.errno not in DISK_FULL or isinstance(err, DiskFullError):
+        return err
+    return DiskFullError(err.errno, os.strerror(err.errno), str(target))
 
 
 @contextmanager
@@ -37,6 +59,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        raise _disk_full_error(err, path) from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -78,12 +102,60 @@ def atomic_folder(
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(target)
     tmp = _sibling(target, "tmp")
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         yield tmp
         _move_into_place(tmp, target, replace, remove_old)
+    except OSError as err:
+        raise _disk_full_error(err, target) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # still there only when it was not moved
+
+
+def disk_full(err: BaseException) -> tuple[int, str | None] | None:
+    """(ENOSPC or EDQUOT, the file named or None) when `err` is a full disk or quota, or
+    wraps one (as its cause, its context, a Ray task's cause, or in its text); else None."""
+    errors: list[BaseException] = []
+    pending: list[BaseException | None] = [err]
+    while pending:
+        current = pending.pop(0)
+        if current is not None and all(current is not e for e in errors):
+            errors.append(current)
+            pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    for current in errors:
+        if isinstance(current, OSError) and current.errno in DISK_FULL:
+            return current.errno, str(current.filename) if current.filename else None
+    matches = [m for e in errors for m in _FULL_TEXT.finditer(str(e))]
+    if not matches:
+        return None
+    last = ([m for m in matches if m.group(2)] or matches)[-1]  # the innermost error is told last
+    return (errno.EDQUOT if last.group(1) == "122" or last.group(4) else errno.ENOSPC), last.group(2)
+
+
+def disk_full_line(err: BaseException, fallback: str | os.PathLike) -> str | None:
+    """The one line a command ends with when `err` is a full disk or quota (else None): the
+    file (or `fallback` when the error names none), the free space there, what to do."""
+    found = disk_full(err)
+    if found is None:
+        return None
+    code, name = found
+    path = Path(name or fallback)
+    what, symbol = DISK_FULL[code]
+    free = ""
+    if "://" not in str(path):
+        existing = next((p for p in (path, *path.parents) if p.is_dir()), None)
+        if existing is not None:
+            free = f", {_size(shutil.disk_usage(existing).free)} free in {existing}"
+    return (f"cannot write {path}: {what} ({symbol}){free}; free space (or raise the quota) and run the "
+            f"same command again: it resumes where it stopped")
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024:
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.1f} TiB"
 
 
 def build_folder_once(final: str | os.PathLike, build: Callable[[Path], Any]) -> bool:

@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from vlsm.atomic import disk_full_line, not_writable
 from vlsm.axes import SOURCE_SDM
 from vlsm.data.synthetic_sources import source_names
 
@@ -60,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         if not root.is_dir():
             log.error("%s %s: folder not found", option, root)
             return 2
+    problem = not_writable(args.cache_dir)
+    if problem:  # before any image is decoded
+        log.error("--cache-dir %s: %s", args.cache_dir, problem)
+        return 2
     sizes = args.size or list(DEFAULT_SIZES)
     bad = [s for s in sizes if s < 1]
     if bad:
@@ -74,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
             except (ValueError, FileNotFoundError) as err:
                 log.error("%s", err)
                 return 1
+            except OSError as err:  # a full disk: nothing half-built stays; the same command resumes
+                line = disk_full_line(err, args.cache_dir)
+                if line is None:
+                    raise
+                log.error("%s", line)
+                return 75
             for split, folder in folders.items():
                 print(f"{kind} {split} {size} {folder}")
     return 0
