@@ -455,6 +455,7 @@ def test_losing_the_rename_race_keeps_the_winner(records, tmp_path, monkeypatch)
 # cached value, with the reason; every other one must be part of the key.
 _NOT_SHAPING = {
     "vlsm.atomic": "writes files, decides no value",
+    "vlsm.integrity": "checksums of the written files, decides no value",
     "vlsm.registry": "looks entries up; the plugin modules it imports are in the key (code_digest)",
     "vlsm.model_registry": "model names for vlsm.axes, no cached value",
     "vlsm.data.camus": "reads records; the key hashes the records' files and metadata",

@@ -170,7 +170,7 @@ def test_a_store_built_on_one_node_is_published_and_fetched_on_the_next(caches, 
     assert len(builds) == 3  # node b built none
     published = [p for p in (tmp_path / "bucket" / "cache").iterdir() if ".features-" in p.name]
     assert len(published) == 3 and all((p / "meta.json").is_file() for p in published)
-    fetched = sorted(p.name for p in (tmp_path / "node-b").iterdir() if ".features-" in p.name)
+    fetched = sorted(p.name for p in (tmp_path / "node-b").iterdir() if ".features-" in p.name and p.is_dir())
     assert fetched == sorted(p.name for p in published)
     assert _strip(results[0].history) == _strip(results[1].history)
     assert results[0].test_rows == results[1].test_rows
