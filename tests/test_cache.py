@@ -460,6 +460,7 @@ def test_losing_the_rename_race_keeps_the_winner(records, tmp_path, monkeypatch)
 _NOT_SHAPING = {
     "vlsm.atomic": "writes files, decides no value",
     "vlsm.integrity": "checksums of the written files, decides no value",
+    "vlsm.data.remote_cache": "where a node's copies are, for an error message; decides no value",
     "vlsm.registry": "looks entries up; the plugin modules it imports are in the key (code_digest)",
     "vlsm.model_registry": "model names for vlsm.axes, no cached value",
     "vlsm.data.camus": "reads records; the key hashes the records' files and metadata",
@@ -616,3 +617,18 @@ def test_a_damaged_cache_of_another_user_is_not_replaced(records, tmp_path, monk
         _prepare(records, tmp_path / "cache")
     with pytest.raises(integrity.CorruptFile, match="images.npy"):
         open_split(folder)  # still there, still refused
+
+
+def test_a_damaged_copy_downloaded_from_shared_storage_says_to_delete_it(records, tmp_path, monkeypatch):
+    # a trial has the folder, not the dataset: for this node's copy of a published cache the
+    # one line says what fixes it (the sweep's data phase checks the driver's folder only)
+    from vlsm.data import remote_cache
+    from vlsm.trial_data import open_cache
+
+    uri = remote_cache.publish(_prepare(records, tmp_path / "cache"), (tmp_path / "bucket").as_uri())
+    monkeypatch.setattr(remote_cache, "LOCAL_ROOT", tmp_path / "node")
+    local = open_cache(uri, "train_cache").root
+    damage(local / "labels.npy", "flip")
+    with pytest.raises(integrity.CorruptFile, match=r"labels\.npy: .*this node's copy of one on shared storage: "
+                       "delete it"):
+        open_cache(uri, "train_cache")

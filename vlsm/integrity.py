@@ -5,7 +5,7 @@ is recorded when a folder is written, and checked when it is read.
     meta = seal({..., "files": manifest(folder, ["images.npy", "items.json"])})  # written last
     verify_files(folder, read_sealed(folder / "meta.json", remedy)["files"], remedy)
 
-Hashing a folder costs about 0.55 s a GB a core (sha256 with the CPU's SHA extensions;
+Hashing costs about 0.65 CPU seconds a GB (sha256 with the CPU's SHA extensions;
 bench/integrity.py), so `verify_files` hashes a file version once: it leaves a stamp
 beside the folder naming each verified file's size, times and inode, and a later check
 whose files still match the stamp (nothing wrote them since) only compares sizes.
@@ -30,8 +30,9 @@ __all__ = ["ALGORITHM", "VERIFY_ENV", "CorruptFile", "check_sealed", "file_diges
 
 log = logging.getLogger(__name__)
 
-# hashlib's sha256: 1.8 GB/s a core where the CPU has SHA extensions (x86 since 2017's Zen
-# and Ice Lake, ARMv8), against 0.75 for blake2b (bench/integrity.py); xxhash is no dependency.
+# hashlib's sha256: 1.5 GB a CPU second where the CPU has SHA extensions (x86 since 2017's
+# Zen and 2019's Ice Lake, ARMv8), against 0.85 for blake2b (bench/integrity.py); xxhash is
+# no dependency.
 ALGORITHM = "sha256"
 VERIFY_ENV = "VLSM_VERIFY"  # "once" (the default): hash a file version once; "always": every check
 _MODES = ("once", "always")

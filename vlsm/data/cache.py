@@ -432,6 +432,11 @@ def prepare_split(
 
 
 def _remedy(path: Path) -> str:
+    from vlsm.data.remote_cache import LOCAL_ROOT
+
+    if Path(LOCAL_ROOT).resolve() in path.resolve().parents:  # downloaded by `localize`
+        return (f"the cache folder {path} is this node's copy of one on shared storage: delete it "
+                "(the next trial downloads it again)")
     return (f"the cache folder {path.name} is damaged: run `vlsm prepare` or the sweep's command again "
             "(they verify it and rebuild it from the dataset)")
 
