@@ -30,9 +30,9 @@ __all__ = ["ALGORITHM", "VERIFY_ENV", "CorruptFile", "check_sealed", "file_diges
 
 log = logging.getLogger(__name__)
 
-# hashlib's sha256: 1.5 GB a CPU second where the CPU has SHA extensions (x86 since 2017's
-# Zen and 2019's Ice Lake, ARMv8), against 0.85 for blake2b (bench/integrity.py); xxhash is
-# no dependency.
+# hashlib's sha256: 1.5 GB a CPU second where the CPU has SHA extensions (x86 since AMD Zen
+# and Intel Ice Lake, most ARMv8 servers), against 0.85 for blake2b (bench/integrity.py);
+# xxhash is no dependency.
 ALGORITHM = "sha256"
 VERIFY_ENV = "VLSM_VERIFY"  # "once" (the default): hash a file version once; "always": every check
 _MODES = ("once", "always")
