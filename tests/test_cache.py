@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import pickle
+import re
 import shutil
 import stat
 import subprocess
@@ -14,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from damage import damage
 
-from vlsm import atomic
+from vlsm import atomic, integrity
 from vlsm.axes import EVAL_SIZE
 from vlsm.data import cache
 from vlsm.data.cache import CacheItem, cache_key, open_split, prepare_dataset, prepare_split
@@ -455,6 +459,8 @@ def test_losing_the_rename_race_keeps_the_winner(records, tmp_path, monkeypatch)
 # cached value, with the reason; every other one must be part of the key.
 _NOT_SHAPING = {
     "vlsm.atomic": "writes files, decides no value",
+    "vlsm.integrity": "checksums of the written files, decides no value",
+    "vlsm.data.remote_cache": "where a node's copies are, for an error message; decides no value",
     "vlsm.registry": "looks entries up; the plugin modules it imports are in the key (code_digest)",
     "vlsm.model_registry": "model names for vlsm.axes, no cached value",
     "vlsm.data.camus": "reads records; the key hashes the records' files and metadata",
@@ -514,3 +520,116 @@ def test_a_change_in_a_module_that_shapes_cached_values_rebuilds(records, tmp_pa
     monkeypatch.setattr(module, "__file__", str(changed))
     second = _prepare(records, tmp_path / "cache")
     assert second != first and second.is_dir() and first.is_dir()
+
+
+# --- corruption at rest (docs/faults.md, "Caches and feature stores") --------------------
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    """What a cache holds, but meta.json's build time (and the checksum that covers it)."""
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "meta.json"}
+    meta = json.loads((folder / "meta.json").read_text())
+    return {**files, "meta": {k: v for k, v in meta.items() if k not in ("created", "checksum")}}
+
+
+def _meta_value_offset(folder: Path) -> int:
+    """A byte inside meta.json's split name: flipping it keeps the file valid JSON."""
+    return (folder / "meta.json").read_bytes().index(b'"split": "train"') + len(b'"split": "t')
+
+
+@pytest.mark.parametrize(("name", "how", "problem"), [
+    ("images.npy", "truncate", r"\d+ bytes, \d+ when it was written"),
+    ("images.npy", "flip", "its sha256 differs"),
+    ("eval_labels.npy", "flip", "its sha256 differs"),
+    ("items.json", "flip", "its sha256 differs"),
+    ("meta.json", "truncate", "not valid JSON"),
+    ("meta.json", "flip", "its content does not match its checksum"),
+])
+def test_a_damaged_cache_file_is_found_and_rebuilt_to_the_same_bytes(records, tmp_path, caplog, name, how,
+                                                                      problem):
+    folder = _prepare(records, tmp_path / "cache")
+    clean = _contents(folder)
+    damage(folder / name, how, at=_meta_value_offset(folder) if name == "meta.json" and how == "flip" else None)
+    with pytest.raises(integrity.CorruptFile, match=rf"^{re.escape(str(folder / name))}: {problem}") as err:
+        open_split(folder)  # a trial (or any command) reading it stops with one line
+    assert "\n" not in str(err.value) and "run `vlsm prepare` or the sweep's command again" in str(err.value)
+    with caplog.at_level(logging.WARNING, logger="vlsm.data.cache"):
+        assert _prepare(records, tmp_path / "cache") == folder  # the data phase rebuilds it
+    assert f"rebuilding cache {folder} from its records: {name}: " in caplog.text
+    assert _contents(folder) == clean
+    assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]  # the damaged one is gone
+    np.testing.assert_array_equal(open_split(folder).images, np.frombuffer(clean["images.npy"][128:], np.uint8)
+                                  .reshape(2, SIZE, SIZE))
+
+
+def test_a_reader_keeps_the_folder_it_opened_while_a_rebuild_replaces_it(records, tmp_path):
+    # trials on this node that have the cache memory-mapped go on reading the old files (a
+    # rename and an unlink; nothing truncates them); the next open gets the rebuilt folder
+    folder = _prepare(records, tmp_path / "cache")
+    reader = open_split(folder)
+    old_inode = (folder / "images.npy").stat().st_ino
+    damage(folder / "items.json", "flip")
+    _prepare(records, tmp_path / "cache")
+    assert (folder / "images.npy").stat().st_ino != old_inode  # a new folder
+    np.testing.assert_array_equal(reader.images, open_split(folder).images)
+    np.testing.assert_array_equal(reader.eval_labels, open_split(folder).eval_labels)
+
+
+def test_verifying_once_per_file_version_gives_what_verifying_always_gives(records, tmp_path, monkeypatch):
+    # VLSM_VERIFY=once (the default) hashes a file version once (its build counts) and later
+    # compares sizes and a stamp of each file's times and inode; "always" hashes every open
+    hashed = []
+    real = integrity.file_digest
+    monkeypatch.setattr(integrity, "file_digest", lambda path, *a: (hashed.append(Path(path).name), real(path, *a))[1])
+    folder = _prepare(records, tmp_path / "cache")
+    assert sorted(hashed) == ["eval_labels.npy", "images.npy", "items.json", "labels.npy"]  # the build's
+    opened = {}
+    for mode in ("once", "always"):
+        monkeypatch.setenv(integrity.VERIFY_ENV, mode)
+        hashed.clear()
+        opened[mode] = open_split(folder)
+        assert len(hashed) == (0 if mode == "once" else 4), mode
+    for array in ("images", "labels", "eval_labels"):
+        np.testing.assert_array_equal(getattr(opened["once"], array), getattr(opened["always"], array))
+    assert opened["once"].items == opened["always"].items
+    damage(folder / "labels.npy", "flip")  # a write: new times, so "once" hashes it again
+    for mode in ("once", "always"):
+        monkeypatch.setenv(integrity.VERIFY_ENV, mode)
+        with pytest.raises(integrity.CorruptFile, match=r"labels\.npy: its sha256 differs"):
+            open_split(folder)
+    monkeypatch.setenv(integrity.VERIFY_ENV, "sometimes")
+    with pytest.raises(ValueError, match="VLSM_VERIFY='sometimes': expected one of once, always"):
+        open_split(folder)
+
+
+def test_files_hashed_in_threads_give_the_digests_of_one_thread(records, tmp_path):
+    folder = _prepare(records, tmp_path / "cache")
+    names = ["images.npy", "labels.npy", "eval_labels.npy", "items.json"]
+    assert integrity.manifest(folder, names, workers=4) == integrity.manifest(folder, names, workers=1)
+    assert integrity.manifest(folder, names, workers=1)["files"]["images.npy"]["digest"] == hashlib.sha256(
+        (folder / "images.npy").read_bytes()).hexdigest()
+
+
+def test_a_damaged_cache_of_another_user_is_not_replaced(records, tmp_path, monkeypatch):
+    folder = _prepare(records, tmp_path / "cache")
+    damage(folder / "images.npy", "flip")
+    monkeypatch.setattr(atomic, "_ours", lambda path: False)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder))}: damaged, and another user's \(not deleted\)"):
+        _prepare(records, tmp_path / "cache")
+    with pytest.raises(integrity.CorruptFile, match="images.npy"):
+        open_split(folder)  # still there, still refused
+
+
+def test_a_damaged_copy_downloaded_from_shared_storage_says_to_delete_it(records, tmp_path, monkeypatch):
+    # a trial has the folder, not the dataset: for this node's copy of a published cache the
+    # one line says what fixes it (the sweep's data phase checks the driver's folder only)
+    from vlsm.data import remote_cache
+    from vlsm.trial_data import open_cache
+
+    uri = remote_cache.publish(_prepare(records, tmp_path / "cache"), (tmp_path / "bucket").as_uri())
+    monkeypatch.setattr(remote_cache, "LOCAL_ROOT", tmp_path / "node")
+    local = open_cache(uri, "train_cache").root
+    damage(local / "labels.npy", "flip")
+    with pytest.raises(integrity.CorruptFile, match=r"labels\.npy: .*this node's copy of one on shared storage: "
+                       "delete it"):
+        open_cache(uri, "train_cache")

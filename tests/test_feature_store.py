@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from damage import damage
 
 from vlsm import feature_store as fs
+from vlsm import integrity
 from vlsm.axes import IMAGES_PER_S, SECONDS
 from vlsm.config import TrainConfig
 from vlsm.data.cache import open_split
@@ -170,7 +174,7 @@ def test_a_store_built_on_one_node_is_published_and_fetched_on_the_next(caches, 
     assert len(builds) == 3  # node b built none
     published = [p for p in (tmp_path / "bucket" / "cache").iterdir() if ".features-" in p.name]
     assert len(published) == 3 and all((p / "meta.json").is_file() for p in published)
-    fetched = sorted(p.name for p in (tmp_path / "node-b").iterdir() if ".features-" in p.name)
+    fetched = sorted(p.name for p in (tmp_path / "node-b").iterdir() if ".features-" in p.name and p.is_dir())
     assert fetched == sorted(p.name for p in published)
     assert _strip(results[0].history) == _strip(results[1].history)
     assert results[0].test_rows == results[1].test_rows
@@ -263,3 +267,57 @@ def test_store_device_fraction_places_a_store_and_both_placements_gather_the_sam
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="store_device_fraction: expected 0 <= value <= 1, got 1.5"):
         TrainConfig.from_dict({"store_device_fraction": 1.5})
+
+
+# --- corruption at rest (docs/faults.md, "Caches and feature stores") --------------------
+
+
+def _store_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "meta.json"}
+
+
+@pytest.mark.parametrize(("name", "how", "seed"), [("image_0.npy", "truncate", 21), ("image_1.npy", "flip", 22),
+                                                   ("meta.json", "truncate", 23)])
+def test_a_damaged_store_is_found_and_rebuilt_from_the_model_to_the_same_bytes(caches, monkeypatch, caplog, name,
+                                                                               how, seed):
+    cfg, split = _cfg(caches, "clipseg"), open_split(Path(caches["val"]))
+    # a seed of its own: a store of its own beside the session's phantom cache
+    model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True, init_seed=seed)
+    builds, real_build = [], fs._build
+    monkeypatch.setattr(fs, "_build", lambda *a, **k: (builds.append(a[0]), real_build(*a, **k))[1])
+    folder = fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split).folder
+    clean = _store_bytes(folder)
+    damage(folder / name, how)
+    with pytest.raises(integrity.CorruptFile, match=rf"^{re.escape(str(folder / name))}: "):
+        fs.check_store(folder, fs.store_key(model, split, "fp32", CPU))
+    with caplog.at_level(logging.WARNING, logger="vlsm.feature_store"):
+        again = fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split)  # the next trial
+    assert f"rebuilding feature store {folder} from the model: {name}: " in caplog.text
+    assert len(builds) == 2 and again.folder == folder and _store_bytes(folder) == clean
+    index = torch.tensor([1, 0])
+    with torch.no_grad():
+        live = _inputs(model, [split], cfg).image_features(model, torch.from_numpy(split.images[[1, 0]].copy()))
+    assert all(torch.equal(a, b) for a, b in zip(again.gather(index), live, strict=True))
+
+
+def test_a_damaged_store_on_shared_storage_is_rebuilt_not_trusted(caches, monkeypatch, tmp_path, caplog):
+    # node a builds the store and publishes it beside the cache; the published copy rots;
+    # node b fetches it, finds the damage and computes the features itself (the same bytes)
+    from vlsm.data import remote_cache
+    from vlsm.trial_data import open_cache
+
+    uri = remote_cache.publish(Path(caches["val"]), (tmp_path / "bucket").as_uri())
+    model = build_model("clipseg", config=tiny_config("clipseg"), freeze_encoder=True, init_seed=24)
+    folders = {}
+    for node in ("node-a", "node-b"):
+        monkeypatch.setattr(remote_cache, "LOCAL_ROOT", tmp_path / node)
+        cfg, split = _cfg(caches, "clipseg", val_cache=uri), open_cache(uri, "val_cache")
+        with caplog.at_level(logging.WARNING, logger="vlsm.feature_store"):
+            folders[node] = fs.FeatureStore(_inputs(model, [split], cfg), cfg, CPU).split(model, split).folder
+        if node == "node-a":
+            published = tmp_path / "bucket" / "cache" / folders[node].name
+            damage(published / "image_2.npy", "flip")
+            assert not caplog.text
+    assert folders["node-b"].parent == tmp_path / "node-b"
+    assert f"rebuilding feature store {folders['node-b']} from the model: image_2.npy: " in caplog.text
+    assert _store_bytes(folders["node-a"]) == _store_bytes(folders["node-b"])

@@ -158,20 +158,40 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.1f} TiB"
 
 
-def build_folder_once(final: str | os.PathLike, build: Callable[[Path], Any]) -> bool:
+def build_folder_once(final: str | os.PathLike, build: Callable[[Path], Any], *,
+                      reusable: Callable[[Path], bool] | None = None) -> bool:
     """Build the read-only folder `final` whole with build(tmp), unless it exists; True when
-    built here. A lock beside `final` makes a second process wait, then reuse the first's."""
+    built here. A lock beside `final` makes a second process wait, then reuse the first's.
+    An existing folder that `reusable` rejects (a damaged one) is rebuilt and swapped in by
+    one rename: a process that has its files open or memory-mapped keeps reading the old ones."""
     final = Path(final)
-    if final.is_dir():
+    if final.is_dir() and (reusable is None or reusable(final)):
         return False
+    rejected = _inode(final)  # the damaged folder's, None when there was none
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final.parent / f".{final.name}.lock"):
-        if final.is_dir():  # another process built it while we waited
+        # another process built (or rebuilt) it while we waited: a new folder, checked
+        if final.is_dir() and _inode(final) != rejected and (reusable is None or reusable(final)):
             return False
-        with atomic_folder(final) as tmp:
+        if final.is_dir() and not _ours(final):
+            raise ValueError(f"{final}: damaged, and another user's (not deleted); ask its owner to "
+                             "remove it, or use another cache folder")
+        with atomic_folder(final, replace=final.is_dir()) as tmp:
             build(tmp)
             _make_read_only(tmp)
     return True
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _ours(folder: Path) -> bool:
+    """Whether this user owns folder (built it): only then may a damaged one be replaced."""
+    return not hasattr(os, "getuid") or folder.stat().st_uid == os.getuid()
 
 
 def _sibling(target: Path, kind: str) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlsm import integrity
 from vlsm.atomic import build_folder_once, not_writable
 from vlsm.checkpoint import frozen_fingerprint
 from vlsm.config import TrainConfig
@@ -33,12 +34,12 @@ from vlsm.trial_data import ModelInputs, allowed_device_bytes, keep_on_device
 if TYPE_CHECKING:
     from vlsm.data.cache import PreparedSplit
 
-__all__ = ["STORE_VERSION", "FeatureStore", "SplitFeatures", "host_array", "read_rows", "store_key", "store_path",
-           "uses_feature_store"]
+__all__ = ["STORE_VERSION", "FeatureStore", "SplitFeatures", "check_store", "host_array", "read_rows", "store_key",
+           "store_path", "uses_feature_store"]
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1  # bump when the layout or meaning of the stored files changes
+STORE_VERSION = 2  # bump when the layout or meaning of the stored files changes (2: checksums)
 # Besides the model entry's code_modules, their source decides the stored values.
 _CODE_MODULES: tuple[str, ...] = ("vlsm.trial_data", "vlsm.feature_store")
 _META = "meta.json"
@@ -103,8 +104,41 @@ def _build(folder: Path, model: nn.Module, split: PreparedSplit, inputs: ModelIn
     meta = {"store_version": STORE_VERSION, "key": key, "cache": split.root.name, "n_images": n,
             "dtype": str(dtype).removeprefix("torch."), "shapes": [list(a.shape) for a in arrays],
             "orders": orders, "nbytes": int(sum(a.nbytes for a in arrays))}
+    files = [f"image_{i}.npy" for i in range(len(arrays))]
     del arrays
-    (folder / _META).write_text(json.dumps(meta))  # written last
+    meta["files"] = integrity.manifest(folder, files)  # every array's size and sha256
+    (folder / _META).write_text(json.dumps(integrity.seal(meta)))  # written last
+
+
+def _remedy(folder: Path) -> str:
+    return f"delete the feature store {folder.name} (a trial rebuilds it) or set feature_store False"
+
+
+def check_store(folder: Path, key: str) -> dict:
+    """A store's meta.json, after checking it and every array it lists (sizes always,
+    digests once per file version: `vlsm.integrity`); CorruptFile names a damaged file."""
+    meta_path = folder / _META
+    if not meta_path.is_file():
+        raise integrity.CorruptFile(meta_path, "missing", _remedy(folder))
+    meta = integrity.read_sealed(meta_path, _remedy(folder))
+    if meta.get("store_version") != STORE_VERSION or meta.get("key") != key:
+        raise integrity.CorruptFile(meta_path, f"store_version {meta.get('store_version')!r} and key "
+                                    f"{str(meta.get('key'))[:16]}, expected {STORE_VERSION} and {key[:16]}",
+                                    _remedy(folder))
+    integrity.verify_files(folder, meta["files"], _remedy(folder))
+    return meta
+
+
+def _reusable(folder: Path, key: str) -> bool:
+    """Whether a store folder is whole and undamaged (else it is rebuilt: logged with the reason)."""
+    if not folder.is_dir():
+        return False
+    try:
+        check_store(folder, key)
+    except integrity.CorruptFile as err:
+        log.warning("rebuilding feature store %s from the model: %s: %s", folder, err.path.name, err.problem)
+        return False
+    return True
 
 
 def host_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -234,7 +268,10 @@ class FeatureStore:
                 remote_cache.localize(remote)  # another node built it: fetched, not rebuilt
             started = time.perf_counter()
             if build_folder_once(path, lambda tmp: _build(tmp, model, split, self.inputs,
-                                                          self.cfg.eval_batch_size, key)):
+                                                          self.cfg.eval_batch_size, key),
+                                 reusable=lambda folder: _reusable(folder, key)):
+                # the manifest hashed the arrays as they were written: they count as verified
+                integrity.remember_verified(path, json.loads((path / _META).read_text())["files"])
                 log.info("built feature store %s (%d images) in %.1f s", path, split.n_images,
                          time.perf_counter() - started)
                 if remote is not None:

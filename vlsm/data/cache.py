@@ -5,7 +5,9 @@ preprocessing cache"). Nothing here imports torch.
 Layout of one folder: ``images.npy`` (N, size, size) uint8 grey, ``labels.npy`` (N, size,
 size) and ``eval_labels.npy`` (N, 512, 512) uint8 label maps 0..3, ``items.json`` (one item
 per image and structure, with its prompts; a prompt whose metadata is missing is left
-out) and ``meta.json`` (version, key, parameters, per-image metadata, ``prompt_counts``).
+out) and ``meta.json`` (version, key, parameters, per-image metadata, ``prompt_counts``,
+every other file's size and sha256, and its own checksum: `vlsm.integrity`). A folder
+is verified when it is opened; `prepare_split` rebuilds a damaged one from its records.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlsm import integrity
 from vlsm.atomic import build_folder_once
 from vlsm.axes import EVAL_SIZE, STRUCTURES
 from vlsm.data.io import resize
@@ -32,13 +35,13 @@ from vlsm.data.records import SPLITS, EchoImage
 from vlsm.data.synthetic_sources import SYNTHETIC_SOURCE_REGISTRY, load_synthetic
 
 __all__ = ["CACHE_VERSION", "dataset_kinds", "CacheItem", "PreparedSplit", "cache_key", "cache_folder_name",
-           "code_digest", "load_records", "open_split", "prepare_dataset", "prepare_records", "prepare_split",
+           "check_split", "code_digest", "load_records", "open_split", "prepare_dataset", "prepare_records", "prepare_split",
            "resize_image"]
 
 log = logging.getLogger(__name__)
 
-# Bump when the layout or meaning of the cached files changes.
-CACHE_VERSION = 2
+# Bump when the layout or meaning of the cached files changes (3: meta.json records checksums).
+CACHE_VERSION = 3
 
 # Modules whose code decides the cached values; their source is part of the key.
 _CODE_MODULES: tuple[str, ...] = (
@@ -53,6 +56,7 @@ _CODE_MODULES: tuple[str, ...] = (
     "vlsm.data.cache",
 )
 _ARRAYS: tuple[str, ...] = ("images", "labels", "eval_labels")
+_CHECKED_FILES: tuple[str, ...] = (*(f"{name}.npy" for name in _ARRAYS), "items.json")  # meta.json's manifest
 # Preprocessing is CPU-bound (decoding, resizing, shape classification at 512 px).
 _PARALLEL_MIN_IMAGES = 64
 _MAX_WORKERS = 8
@@ -359,8 +363,8 @@ def _build(folder: Path, records: Sequence[EchoImage], size: int, meta: dict, pr
                     ", ".join(f"{k} missing for {m} item(s)" for k, m in sorted(missing.items())))
     meta = {**meta, "n_images": n, "n_items": len(items), "prompt_counts": prompt_counts,  # items per prompt key
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "names": [rec.name for rec in records],
-            "records": [_record_meta(rec) for rec in records]}
-    _write_json(folder / "meta.json", meta)  # written last: its presence = complete
+            "records": [_record_meta(rec) for rec in records], "files": integrity.manifest(folder, _CHECKED_FILES)}
+    _write_json(folder / "meta.json", integrity.seal(meta))  # written last: its presence = complete
 
 
 def _write_json(path: Path, value) -> None:
@@ -409,45 +413,70 @@ def prepare_split(
     cache_dir = Path(cache_dir)
     key = cache_key(records, size)
     final = cache_dir / cache_folder_name(name, split, size, key)
-    if final.is_dir():
-        log.info("reusing cache %s", final)
-        return final
     sources = sorted({rec.source for rec in records})
     meta = {"cache_version": CACHE_VERSION, "key": key, "name": name, "split": split, "size": size,
             "eval_size": EVAL_SIZE, "source": "+".join(sources)}
     started = time.perf_counter()
     n_workers = _default_workers(len(records)) if workers is None else workers
-    if build_folder_once(final, lambda tmp: _build(tmp, records, size, meta, progress, n_workers)):
+    if build_folder_once(final, lambda tmp: _build(tmp, records, size, meta, progress, n_workers),
+                         reusable=_reusable):
+        # the manifest hashed the files as they were written: they count as verified
+        integrity.remember_verified(final, json.loads((final / "meta.json").read_text())["files"])
         log.info("built cache %s (%d images) in %.1f s", final, len(records), time.perf_counter() - started)
     else:
-        log.info("reusing cache %s (built by another process)", final)
+        log.info("reusing cache %s", final)
     return final
 
 
 # --- opening --------------------------------------------------------------------------
 
 
-def open_split(path: Path) -> PreparedSplit:
-    """Open a cache folder read-only (arrays memory-mapped, mmap_mode="r")."""
+def _remedy(path: Path) -> str:
+    from vlsm.data.remote_cache import LOCAL_ROOT
+
+    if Path(LOCAL_ROOT).resolve() in path.resolve().parents:  # downloaded by `localize`
+        return (f"the cache folder {path} is this node's copy of one on shared storage: delete it "
+                "(the next trial downloads it again)")
+    return (f"the cache folder {path.name} is damaged: run `vlsm prepare` or the sweep's command again "
+            "(they verify it and rebuild it from the dataset)")
+
+
+def check_split(path: Path) -> dict:
+    """A cache folder's meta.json, after checking it and every file it lists (`vlsm.integrity`:
+    sizes always, digests once per file version or, with VLSM_VERIFY=always, every time);
+    CorruptFile (a ValueError) names the first damaged file."""
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.is_file():
-        raise ValueError(
-            f"{path}: not a prepared cache folder (no meta.json); run `vlsm prepare` first"
-        )
-    meta = json.loads(meta_path.read_text())
-    version = meta.get("cache_version")
-    if version != CACHE_VERSION:
-        raise ValueError(
-            f"{meta_path}: cache_version {version!r}, expected {CACHE_VERSION}; "
-            "re-run `vlsm prepare` (it builds a new folder) and delete this one"
-        )
-    arrays = {}
-    for array_name in _ARRAYS:
-        file = path / f"{array_name}.npy"
-        if not file.is_file():
-            raise ValueError(f"{file}: missing from cache folder {path}; delete it and re-prepare")
-        arrays[array_name] = np.load(file, mmap_mode="r")
+        raise integrity.CorruptFile(path, "not a prepared cache folder (no meta.json)", "run `vlsm prepare` first")
+    meta = integrity.read_json(meta_path, _remedy(path))
+    version = meta.get("cache_version") if isinstance(meta, dict) else None
+    if version != CACHE_VERSION:  # an older layout (no checksums before 3), or a damaged file
+        raise integrity.CorruptFile(meta_path, f"cache_version {version!r}, expected {CACHE_VERSION}",
+                                    "re-run `vlsm prepare` (it builds a new folder) and delete this one")
+    meta = integrity.check_sealed(meta, meta_path, _remedy(path))
+    integrity.verify_files(path, meta["files"], _remedy(path))
+    return meta
+
+
+def _reusable(folder: Path) -> bool:
+    """Whether folder is a whole, undamaged cache (else it is rebuilt: logged with the reason)."""
+    if not folder.is_dir():
+        return False
+    try:
+        check_split(folder)
+    except integrity.CorruptFile as err:
+        log.warning("rebuilding cache %s from its records: %s: %s", folder, err.path.name, err.problem)
+        return False
+    return True
+
+
+def open_split(path: Path) -> PreparedSplit:
+    """Open a cache folder read-only (arrays memory-mapped, mmap_mode="r"), verified first
+    (`check_split`)."""
+    path = Path(path)
+    meta = check_split(path)
+    arrays = {array_name: np.load(path / f"{array_name}.npy", mmap_mode="r") for array_name in _ARRAYS}
     size, n = int(meta["size"]), int(meta["n_images"])
     eval_size = int(meta["eval_size"])
     expected = {"images": (n, size, size), "labels": (n, size, size), "eval_labels": (n, eval_size, eval_size)}
@@ -457,7 +486,7 @@ def open_split(path: Path) -> PreparedSplit:
                 f"{path / (array_name + '.npy')}: shape {arrays[array_name].shape} dtype "
                 f"{arrays[array_name].dtype}, expected {shape} uint8; delete it and re-prepare"
             )
-    raw_items = json.loads((path / "items.json").read_text())
+    raw_items = integrity.read_json(path / "items.json", _remedy(path))
     items = [
         CacheItem(
             image_index=int(it["image_index"]),
