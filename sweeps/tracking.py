@@ -61,8 +61,27 @@ def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
             return f"no MLflow tracking server answers at {uri} ({reason}); start one or give another --mlflow-uri"
     if uri.startswith("sqlite:///"):
         problem = not_writable(Path(uri[len("sqlite:///"):]).parent)
-        return None if problem is None else f"{uri}: {problem}"
+        return f"{uri}: {problem}" if problem else damaged_sqlite_store(Path(uri[len("sqlite:///"):]))
     return None
+
+
+def damaged_sqlite_store(path: Path) -> str | None:
+    """Why the SQLite MLflow store at path is damaged (a truncated file, broken pages: SQLite's
+    `PRAGMA quick_check`, 0.14 s for 22 MB), or None; None too for a store not made yet."""
+    import sqlite3
+
+    if not path.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as err:
+        rows = [(str(err),)]
+    if rows == [("ok",)]:
+        return None
+    return (f"{path}: the MLflow store is damaged ({rows[0][0]}); move it aside (mv {path} {path}.damaged) and "
+            f"run the same command again: a new store is made, with runs for the trials that run from then on "
+            f"(their epochs since their last checkpoint); cells/ and exports/ keep every trial's results")
 
 
 def _open_sqlite_store(tracking_uri: str, artifact_root: Path) -> None:
