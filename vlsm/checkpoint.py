@@ -65,7 +65,7 @@ class DamagedFileError(CheckpointError):
     its size or hash differs from the folder's manifest."""
 
 
-def seal(directory: Path) -> None:
+def seal(directory: Path, algorithm: str = integrity.DEFAULT_ALGORITHM) -> None:
     """Write directory's manifest, last: every file in it, except that a subfolder with a
     manifest of its own (best/, sealed when it was written) is listed by that manifest alone,
     so its files are hashed once, not again with every checkpoint that links them."""
@@ -77,7 +77,7 @@ def seal(directory: Path) -> None:
         if path == directory / MANIFEST_FILE or (owner is not None and path != owner / MANIFEST_FILE):
             continue
         names.append(path.relative_to(directory).as_posix())
-    integrity.write_manifest(directory, names)
+    integrity.write_manifest(directory, names, algorithm)
 
 
 def verify(directory: Path, names: Sequence[str] | None = None) -> None:
