@@ -108,3 +108,19 @@ def test_a_damaged_mlflow_db_is_refused_before_the_sweep_runs(tmp_path, damage):
     assert problem is not None and "\n" not in problem
     assert problem.startswith(f"{store}: the MLflow store is damaged")
     assert f"mv {store} {store}.damaged" in problem
+
+
+def test_page_checksums_leave_the_exported_values_as_they_were(tmp_path, monkeypatch):
+    from sweeps import export
+
+    folder, _ = _sweep(tmp_path)
+    with_crc = {name: pd.read_parquet(path) for name, path in _exported(export, folder).items()}
+    monkeypatch.setattr(export, "PAGE_CHECKSUMS", False)
+    without = {name: pd.read_parquet(path) for name, path in _exported(export, folder).items()}
+    assert with_crc.keys() == without.keys() == {"trials.parquet", "epochs.parquet", PER_IMAGE_FILE}
+    for name, frame in with_crc.items():
+        pd.testing.assert_frame_equal(frame, without[name])
+
+
+def _exported(export, folder: SweepFolder) -> dict[str, Path]:
+    return {path.name: path for path in export.export_sweep(folder.root).glob("*.parquet")}
