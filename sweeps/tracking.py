@@ -68,6 +68,7 @@ def tracking_uri_problem(uri: str, timeout_s: float = 5.0) -> str | None:
 def damaged_sqlite_store(path: Path) -> str | None:
     """Why the SQLite MLflow store at path is damaged (a truncated file, broken pages: SQLite's
     `PRAGMA quick_check`, 0.14 s for 22 MB), or None; None too for a store not made yet."""
+    import shlex
     import sqlite3
 
     if not path.is_file():
@@ -79,7 +80,8 @@ def damaged_sqlite_store(path: Path) -> str | None:
         rows = [(str(err),)]
     if rows == [("ok",)]:
         return None
-    return (f"{path}: the MLflow store is damaged ({rows[0][0]}); move it aside (mv {path} {path}.damaged) and "
+    aside = f"mv {shlex.quote(str(path))} {shlex.quote(f'{path}.damaged')}"
+    return (f"{path}: the MLflow store is damaged ({rows[0][0]}); move it aside ({aside}) and "
             f"run the same command again: a new store is made, with runs for the trials that run from then on "
             f"(their epochs since their last checkpoint); cells/ and exports/ keep every trial's results")
 
