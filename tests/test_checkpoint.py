@@ -237,9 +237,9 @@ def test_a_trial_resumed_from_a_damaged_checkpoint_trains_again_from_its_start(p
     from vlsm.train import run_training
 
     cfg = TrainConfig.from_dict({
-        "model": "cris", "model_config": tiny_config("cris"), "train_cache": str(phantom_caches["train"]),
-        "val_cache": str(phantom_caches["val"]), "test_cache": None, "lr": 1e-3, "batch_size": 12,
-        "max_epochs": 2, "min_epochs": 1, "prompt": "P2", "checkpoint_interval_s": 0, "cell_id": "cris-real-p2"})
+        "model": "clipseg", "model_config": tiny_config("clipseg"), "train_cache": str(phantom_caches["train"]),
+        "val_cache": str(phantom_caches["val"]), "test_cache": None, "lr": 1e-3, "batch_size": 32,
+        "max_epochs": 2, "min_epochs": 1, "prompt": "P2", "checkpoint_interval_s": 0, "cell_id": "clipseg-real-p2"})
     kept, reports = tmp_path / "kept", []
 
     def killed_after_epoch_1(metrics, directory):
@@ -255,4 +255,4 @@ def test_a_trial_resumed_from_a_damaged_checkpoint_trains_again_from_its_start(p
         run_training(cfg, lambda metrics, directory: resumed.append(metrics), resume_dir=kept)
     assert [m[EPOCH] for m in resumed] == [1, 2]  # from its start, not from the damaged state
     assert {k: v for k, v in resumed[0].items() if k not in (SECONDS, IMAGES_PER_S)} == reports[0]
-    assert f"cell cris-real-p2: {kept / ckpt.TRAIN_STATE_TENSORS}: damaged" in caplog.text
+    assert f"cell clipseg-real-p2: {kept / ckpt.TRAIN_STATE_TENSORS}: damaged" in caplog.text
