@@ -16,6 +16,7 @@ from analysis.schema import (
     CELL_KEYS,
     EPOCHS_COLUMNS,
     EPOCHS_FILE,
+    EXPORTS_DIR,
     OPTIONAL_COLUMNS,
     PER_IMAGE_COLUMNS,
     PER_IMAGE_EXPORT_COLUMNS,
@@ -30,7 +31,7 @@ from analysis.schema import (
 )
 from vlsm.axes import BEST_VAL_DICE, SEED
 
-__all__ = ["DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_trials"]
+__all__ = ["DUPLICATE_POLICIES", "check_cells", "load_sweep", "read_epochs", "read_export", "read_trials"]
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,22 @@ def check_cells(frame: pd.DataFrame, source: str) -> None:
             raise ValueError(f"{source}: column {column!r} has value(s) {bad}; expected one of {list(allowed)}")
 
 
-def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+def read_export(path: Path) -> pd.DataFrame:
+    """An export Parquet file, its page CRCs checked (files written without them: unchecked);
+    ValueError, one line naming the file and how to rewrite it, when it is damaged."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such export; run the sweep's export first")
-    frame = pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path, page_checksum_verification=True)
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        output = path.parent.parent if path.parent.name == EXPORTS_DIR else path.parent
+        raise ValueError(f"{path}: damaged or not a Parquet file ({why}); rewrite the exports from the sweep's "
+                         f"records with: python -m sweeps export {output}") from None
+
+
+def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    frame = read_export(path)
     require_columns(frame, columns, str(path))
     return frame
 

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/checkpoint_cost.py [--epochs 60] [--epoch-s 4 20] [--models clipseg cris] [--quick]
 
-One full checkpoint's bytes and write seconds at full size, and the count a trial writes per
+One full checkpoint's bytes, write seconds and the seconds its manifest's hashes take (sha256,
+blake2b; `vlsm.integrity`) at full size, and the count a trial writes per
 `checkpoint_interval_s` in the real loop on a clock (bench/README.md); Ray's copy comes on top.
 """
 
@@ -51,6 +52,7 @@ def full_checkpoint(model_name: str, frozen: bool, out: Path) -> dict:
     state.save(out)
     write_json_atomic(out / ckpt.CONFIG_FILE, cfg.to_dict())
     seconds = time.perf_counter() - started
+    hash_s = seal_seconds(out)
     parts = {
         "weights": (out / ckpt.WEIGHTS_FILE).stat().st_size,
         "train_state": (out / ckpt.TRAIN_STATE_TENSORS).stat().st_size,
@@ -58,7 +60,26 @@ def full_checkpoint(model_name: str, frozen: bool, out: Path) -> dict:
     }
     return {"model": model_name, "encoder": "frozen" if frozen else "unfrozen",
             "trained_parameters": sum(p.numel() for p in params), "bytes": folder_bytes(out),
-            "parts": parts, "write_s": seconds}
+            "parts": parts, "write_s": seconds, "hash_s": hash_s}
+
+
+def seal_seconds(out: Path) -> dict[str, float]:
+    """Seconds to seal a checkpoint as the loop does (best/ when written, then the folder, which
+    lists best/ by its manifest), per algorithm (`vlsm.integrity.ALGORITHMS`), and to verify it
+    as a resume does. The files were just written: read from the page cache."""
+    from vlsm import checkpoint as ckpt
+    from vlsm import integrity
+
+    seconds = {}
+    for algorithm in sorted(integrity.ALGORITHMS, key=lambda a: a == integrity.ALGORITHM):  # default last
+        started = time.perf_counter()
+        ckpt.seal(out / ckpt.BEST_DIR, algorithm)
+        ckpt.seal(out, algorithm)
+        seconds[algorithm] = time.perf_counter() - started
+    started = time.perf_counter()
+    ckpt.verify(out)  # its default-algorithm manifests, written last
+    seconds["verify"] = time.perf_counter() - started
+    return seconds
 
 
 class EpochClock:
@@ -96,12 +117,13 @@ def print_tables(full: list[dict], trials: list[dict], epochs: int) -> None:
     gb = 1e9
     print(f"\none full checkpoint at full size (random weights), written to {tempfile.gettempdir()}")
     print(f"{'model':<8} {'encoder':<9} {'trained M':>9} {'GB':>6} {'weights':>8} {'state':>7} "
-          f"{'best':>6} {'write s':>8}")
+          f"{'best':>6} {'write s':>8} {'sha256 s':>8} {'blake2b s':>9} {'verify s':>8}")
     for row in full:
-        parts = row["parts"]
+        parts, hashing = row["parts"], row["hash_s"]
         print(f"{row['model']:<8} {row['encoder']:<9} {row['trained_parameters'] / 1e6:>9.1f} "
               f"{row['bytes'] / gb:>6.2f} {parts['weights'] / gb:>8.2f} {parts['train_state'] / gb:>7.2f} "
-              f"{parts['best'] / gb:>6.2f} {row['write_s']:>8.1f}")
+              f"{parts['best'] / gb:>6.2f} {row['write_s']:>8.1f} {hashing['sha256']:>8.2f} "
+              f"{hashing['blake2b']:>9.2f} {hashing['verify']:>8.2f}")
     print(f"\na trial of {epochs} epochs: checkpoints written (counted in the loop) and their cost")
     print(f"{'epoch s':>7} {'interval s':>10} {'checkpoints':>11} " +
           " ".join(f"{r['model'][:4]}-{r['encoder'][:2]} GB / s".rjust(17) for r in full))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import torch
 from torch import nn
 
 from vlsm import checkpoint as ckpt
+from vlsm import integrity
 
 
 def _tiny(freeze: bool) -> nn.Module:
@@ -117,3 +121,138 @@ def test_train_state_round_trip(tmp_path):
     assert sched2.state_dict() == sched.state_dict()
     ckpt.restore_rng(loaded_tensors, loaded_meta["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected_draws
+
+
+# --- corruption at rest: a manifest of sizes and hashes, written last, checked on load ---------
+
+def _written_by_the_loop(folder: Path, freeze: bool = False) -> Path:
+    """A checkpoint folder as the training loop writes one (weights, state, config, best/ with
+    its tokenizer and metrics), returned."""
+    from vlsm.config import TrainConfig
+    from vlsm.models import build_tokenizer, tiny_config
+    from vlsm.train import _TrialFiles
+    from vlsm.train_state import TrainState
+
+    model = _tiny(freeze)
+    _step(model)
+    cfg = TrainConfig(model="clipseg", model_config=tiny_config("clipseg"), freeze_encoder=freeze)
+    trial = SimpleNamespace(model=model, include_frozen=False, frozen_sha=ckpt.frozen_fingerprint(model), cfg=cfg,
+                            tokenizer=build_tokenizer("clipseg", config=tiny_config("clipseg")))
+    files = _TrialFiles(folder, trial)
+    files.keep_best({"epoch": 1, "val_dice": 0.5})
+    state = TrainState.fresh([p for p in model.parameters() if p.requires_grad], cfg, torch.device("cpu"), "fp32")
+    return files.save(state)
+
+
+def _damage(path: Path, how: str) -> None:
+    """Truncate the file to half, or flip one bit of its middle byte (a tensor's data in a
+    safetensors file, whose header still parses)."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        del data[len(data) // 2:]
+    else:
+        data[len(data) // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def loop_checkpoint(tmp_path_factory) -> Path:
+    return _written_by_the_loop(tmp_path_factory.mktemp("loop"))
+
+
+@pytest.fixture
+def checkpoint(loop_checkpoint, tmp_path) -> Path:
+    """A copy of the loop's checkpoint folder, this test's to damage."""
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(loop_checkpoint, copy)
+    return copy
+
+
+DAMAGEABLE = (ckpt.WEIGHTS_FILE, ckpt.TRAIN_STATE_TENSORS, ckpt.TRAIN_STATE_JSON, ckpt.MODEL_SPEC_FILE,
+              ckpt.CONFIG_FILE, f"{ckpt.BEST_DIR}/{ckpt.WEIGHTS_FILE}", f"{ckpt.BEST_DIR}/metrics.json")
+
+
+def test_the_loop_seals_each_checkpoint_and_best_hashed_once(checkpoint):
+    folder = checkpoint
+    listed = json.loads((folder / ckpt.MANIFEST_FILE).read_text())["files"]
+    assert set(listed) == {ckpt.WEIGHTS_FILE, ckpt.MODEL_SPEC_FILE, ckpt.TRAIN_STATE_TENSORS, ckpt.TRAIN_STATE_JSON,
+                           ckpt.CONFIG_FILE, f"{ckpt.BEST_DIR}/{ckpt.MANIFEST_FILE}"}  # best/ by its own manifest
+    best = json.loads((folder / ckpt.BEST_DIR / ckpt.MANIFEST_FILE).read_text())["files"]
+    assert {ckpt.WEIGHTS_FILE, ckpt.MODEL_SPEC_FILE, "metrics.json"} <= set(best)
+    assert any(name.startswith(f"{ckpt.TOKENIZER_DIR}/") for name in best)
+    ckpt.verify(folder)  # as written: no error
+    assert ckpt.resumable(folder)
+
+
+@pytest.mark.parametrize(("name", "how"), [*((name, "flipped") for name in DAMAGEABLE),
+                                           *((name, "truncated") for name in DAMAGEABLE[:3])])
+def test_a_damaged_checkpoint_file_is_never_resumed_from(checkpoint, caplog, name, how):
+    folder = checkpoint
+    _damage(folder / name, how)
+    with caplog.at_level("WARNING", logger="vlsm.checkpoint"):
+        assert not ckpt.resumable(folder, "clipseg-real-unfrozen-p1")
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "\n" not in line and line.startswith(f"cell clipseg-real-unfrozen-p1: {folder / name}: damaged")
+    assert line.endswith("the trial trains again from its start")
+
+
+@pytest.mark.parametrize("name", [ckpt.WEIGHTS_FILE, ckpt.MODEL_SPEC_FILE, "metrics.json"])
+def test_damaged_best_weights_are_never_loaded_nor_started_from(checkpoint, name):
+    best = checkpoint / ckpt.BEST_DIR
+    _damage(best / name, "flipped")
+    with pytest.raises(ckpt.CheckpointError, match=f"^{best / name}: damaged .*not loaded: restore") as err:
+        ckpt.load_model(best)  # vlsm.predictor, the MLflow model, the test of the best epoch
+    assert "\n" not in str(err.value)
+    with pytest.raises(ckpt.CheckpointError, match=f"^init_from {best / name}: damaged .*upstream") as err:
+        ckpt.load_weights_into(_tiny(True), best)  # a finetune starting from its upstream's best
+    assert "\n" not in str(err.value)
+
+
+def test_a_checkpoint_written_before_manifests_still_loads_unverified(checkpoint):
+    folder = checkpoint
+    for manifest in folder.rglob(ckpt.MANIFEST_FILE):
+        manifest.unlink()
+    assert ckpt.resumable(folder)
+    ckpt.load_model(folder / ckpt.BEST_DIR)
+
+
+@pytest.mark.parametrize("algorithm", integrity.ALGORITHMS)
+def test_either_checksum_algorithm_verifies_and_detects_the_same(tmp_path, algorithm):
+    (tmp_path / "a.bin").write_bytes(bytes(range(256)) * 64)
+    (tmp_path / "b.json").write_text('{"x": 1}')
+    integrity.write_manifest(tmp_path, ["a.bin", "b.json"], algorithm)
+    assert integrity.verify_manifest(tmp_path) == []
+    _damage(tmp_path / "a.bin", "flipped")
+    assert [bad.name for bad in integrity.verify_manifest(tmp_path)] == ["a.bin"]
+    (tmp_path / "b.json").unlink()
+    assert [bad.why for bad in integrity.verify_manifest(tmp_path)][1] == "missing"
+    (tmp_path / integrity.MANIFEST_FILE).write_text("{")  # the manifest itself damaged
+    assert [bad.name for bad in integrity.verify_manifest(tmp_path)] == [integrity.MANIFEST_FILE]
+
+
+def test_a_trial_resumed_from_a_damaged_checkpoint_trains_again_from_its_start(phantom_caches, tmp_path, caplog):
+    from vlsm.axes import EPOCH, IMAGES_PER_S, SECONDS
+    from vlsm.config import TrainConfig
+    from vlsm.models import tiny_config
+    from vlsm.train import run_training
+
+    cfg = TrainConfig.from_dict({
+        "model": "clipseg", "model_config": tiny_config("clipseg"), "train_cache": str(phantom_caches["train"]),
+        "val_cache": str(phantom_caches["val"]), "test_cache": None, "lr": 1e-3, "batch_size": 32,
+        "max_epochs": 2, "min_epochs": 1, "prompt": "P2", "checkpoint_interval_s": 0, "cell_id": "clipseg-real-p2"})
+    kept, reports = tmp_path / "kept", []
+
+    def killed_after_epoch_1(metrics, directory):
+        reports.append({k: v for k, v in metrics.items() if k not in (SECONDS, IMAGES_PER_S)})
+        shutil.copytree(directory, kept)
+        raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, killed_after_epoch_1)
+    _damage(kept / ckpt.TRAIN_STATE_TENSORS, "flipped")  # an optimizer moment or an RNG state
+    resumed = []
+    with caplog.at_level("WARNING", logger="vlsm.checkpoint"):
+        run_training(cfg, lambda metrics, directory: resumed.append(metrics), resume_dir=kept)
+    assert [m[EPOCH] for m in resumed] == [1, 2]  # from its start, not from the damaged state
+    assert {k: v for k, v in resumed[0].items() if k not in (SECONDS, IMAGES_PER_S)} == reports[0]
+    assert f"cell clipseg-real-p2: {kept / ckpt.TRAIN_STATE_TENSORS}: damaged" in caplog.text

@@ -7,8 +7,11 @@ runs no pickle. A checkpoint folder (what `vlsm.train` reports):
     config.json              the resolved TrainConfig
     best/                    the best epoch's weights + model_spec.json + metrics.json + tokenizer/
     per_image.parquet        test metrics of best/ (last checkpoint of a trial only)
+    manifest.json            size and sha256 of each file above (best/ by its own manifest), written last
 
-Why and how frozen towers are re-derived: docs/design.md, "One trial".
+Why and how frozen towers are re-derived: docs/design.md, "One trial". A folder whose files
+differ from its manifest is never loaded (`DamagedFileError`); one without a manifest (written
+before there were manifests) loads unverified.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import os
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlsm import integrity
 from vlsm.atomic import atomic_path, write_json_atomic
 from vlsm.model_registry import INIT_SEED
 
 __all__ = [
-    "BEST_DIR", "CONFIG_FILE", "MODEL_SPEC_FILE", "PER_IMAGE_FILE", "TOKENIZER_DIR", "TRAIN_STATE_JSON",
-    "TRAIN_STATE_TENSORS", "WEIGHTS_FILE", "CheckpointError", "capture_rng", "copy_tree", "frozen_fingerprint",
-    "frozen_names", "host_copy", "load_model", "load_stored_into", "load_tokenizer", "load_train_state",
-    "load_weights_into", "optimizer_from_flat", "optimizer_to_flat", "read_json", "rebuild", "restore_rng",
-    "save_model", "save_train_state",
+    "BEST_DIR", "CONFIG_FILE", "MANIFEST_FILE", "MODEL_SPEC_FILE", "PER_IMAGE_FILE", "TOKENIZER_DIR",
+    "TRAIN_STATE_JSON", "TRAIN_STATE_TENSORS", "WEIGHTS_FILE", "CheckpointError", "DamagedFileError", "capture_rng",
+    "copy_tree", "frozen_fingerprint", "frozen_names", "host_copy", "load_model", "load_stored_into",
+    "load_tokenizer", "load_train_state", "load_weights_into", "optimizer_from_flat", "optimizer_to_flat",
+    "read_json", "rebuild", "restore_rng", "resumable", "save_model", "save_train_state", "seal", "verify",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,11 +52,60 @@ CONFIG_FILE = "config.json"
 BEST_DIR = "best"
 TOKENIZER_DIR = "tokenizer"
 PER_IMAGE_FILE = "per_image.parquet"
+MANIFEST_FILE = integrity.MANIFEST_FILE
 _FORMAT = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing files, inconsistent or not re-derivable."""
+
+
+class DamagedFileError(CheckpointError):
+    """A file of a checkpoint folder that is not as it was written (truncated, bytes flipped):
+    its size or hash differs from the folder's manifest."""
+
+
+def seal(directory: Path, algorithm: str = integrity.ALGORITHM) -> None:
+    """Write directory's manifest, last: every file in it, except that a subfolder with a
+    manifest of its own (best/, sealed when it was written) is listed by that manifest alone,
+    so its files are hashed once, not again with every checkpoint that links them."""
+    directory = Path(directory)
+    sealed = [d for d in directory.iterdir() if d.is_dir() and (d / MANIFEST_FILE).is_file()]
+    names = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        owner = next((d for d in sealed if d in path.parents), None)
+        if path == directory / MANIFEST_FILE or (owner is not None and path != owner / MANIFEST_FILE):
+            continue
+        names.append(path.relative_to(directory).as_posix())
+    integrity.write_manifest(directory, names, algorithm)
+
+
+def verify(directory: Path, names: Sequence[str] | None = None) -> None:
+    """DamagedFileError (one line, the file named) when a file of directory's manifest, or
+    of a manifest it lists (best/'s), is not as written; `names`: only those files."""
+    directory = Path(directory)
+    if not (directory / MANIFEST_FILE).is_file():
+        log.info("%s: no %s (written before checkpoints had one): loaded unverified", directory, MANIFEST_FILE)
+        return
+    for bad in integrity.verify_manifest(directory, names):
+        raise DamagedFileError(f"{directory / bad.name}: damaged since it was written ({bad.why})")
+    if names is None:
+        manifest = integrity.read_manifest(directory) or {"files": {}}
+        for name in manifest["files"]:
+            if name.endswith(f"/{MANIFEST_FILE}"):
+                verify(directory / name.rsplit("/", 1)[0])
+
+
+def resumable(directory: Path, cell: str = "") -> bool:
+    """Whether a trial may resume from the checkpoint in directory: False, with one warning
+    line naming the file, when a file is damaged (the trial then trains again from its start)."""
+    try:
+        verify(directory)
+    except DamagedFileError as err:
+        log.warning("%s%s; not resumed from it: the trial trains again from its start",
+                    f"cell {cell}: " if cell else "", err)
+        return False
+    return True
 
 
 def _existing(path: Path) -> Path:
@@ -215,12 +268,25 @@ def load_stored_into(model: nn.Module, directory: Path) -> dict:
 
 
 def load_model(directory: Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by `save_model`, in eval mode (ready to predict); frozen
-    tensors are re-derived and verified."""
+    """Rebuild a model saved by `save_model`, in eval mode (ready to predict); its files are
+    checked against its manifest, frozen tensors re-derived and verified."""
+    _verify_to_load(directory, "", "not loaded: restore the folder from a copy, or train the model again")
+    return _rebuilt(directory).to(device).eval()
+
+
+def _rebuilt(directory: Path) -> nn.Module:
     meta = read_json(Path(directory) / MODEL_SPEC_FILE)
     model = rebuild(meta["spec"])
     load_stored_into(model, directory)
-    return model.to(device).eval()
+    return model
+
+
+def _verify_to_load(directory: Path, prefix: str, advice: str) -> None:
+    """`verify`, its one line prefixed and followed by what to do."""
+    try:
+        verify(directory)
+    except DamagedFileError as err:
+        raise DamagedFileError(f"{prefix}{err}; {advice}") from None
 
 
 def load_tokenizer(directory: Path):
@@ -236,7 +302,9 @@ def load_tokenizer(directory: Path):
 def load_weights_into(model: nn.Module, directory: Path) -> None:
     """Copy every tensor of the checkpoint in directory into model (`init_from`: weights only;
     the architectures must match)."""
-    source = load_model(directory)
+    _verify_to_load(directory, "init_from ", "the upstream trial's best weights cannot be trusted: restore them "
+                    "from a copy, or train that upstream again (e.g. its cells alone in a new --output)")
+    source = _rebuilt(directory)
     try:
         model.load_state_dict(source.state_dict(), strict=True)
     except RuntimeError as err:

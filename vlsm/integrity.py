@@ -18,15 +18,16 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vlsm.atomic import write_json_atomic
 
-__all__ = ["ALGORITHM", "VERIFY_ENV", "CorruptFile", "check_sealed", "file_digest", "manifest", "read_json",
-           "read_sealed", "remember_verified", "seal", "verify_files", "verify_mode"]
+__all__ = ["ALGORITHM", "ALGORITHMS", "MANIFEST_FILE", "VERIFY_ENV", "BadFile", "CorruptFile", "bytes_problem",
+           "check_sealed", "file_digest", "manifest", "parse_manifest", "read_json", "read_manifest", "read_sealed",
+           "remember_verified", "seal", "verify_files", "verify_manifest", "verify_mode", "write_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 # and Intel Ice Lake, most ARMv8 servers), against 0.85 for blake2b (bench/integrity.py);
 # xxhash is no dependency.
 ALGORITHM = "sha256"
+ALGORITHMS = ("sha256", "blake2b")  # either verifies: a manifest names the one it used
+MANIFEST_FILE = "manifest.json"  # a checkpoint folder's (`write_manifest`); caches and stores seal meta.json
+_MANIFEST_FORMAT = 1
 VERIFY_ENV = "VLSM_VERIFY"  # "once" (the default): hash a file version once; "always": every check
 _MODES = ("once", "always")
 _CHUNK = 1 << 22
@@ -182,3 +186,81 @@ def verify_files(folder: str | os.PathLike, recorded: Mapping[str, Any], remedy:
                               "was written (changed or damaged on disk)", remedy)
     if _stamp(folder, recorded) == stamp:
         remember_verified(folder, recorded)
+
+
+# --- manifest.json: folders read rarely and whole (checkpoints), hashed on every check -----
+
+
+class BadFile(NamedTuple):
+    """A listed file that is not as it was written: its path in the folder, and why."""
+
+    name: str
+    why: str
+
+
+def write_manifest(folder: str | os.PathLike, files: Iterable[str], algorithm: str = ALGORITHM) -> None:
+    """Record the size and digest of each file (paths relative to folder) in
+    folder/manifest.json; call it last, once every listed file is complete."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"checksum algorithm {algorithm!r}; expected one of {ALGORITHMS}")
+    recorded = manifest(folder, sorted(set(files)), algorithm=algorithm, workers=1)
+    write_json_atomic(Path(folder) / MANIFEST_FILE, {"format": _MANIFEST_FORMAT, **recorded})
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """folder's manifest, None when it has none; ValueError when it cannot be read."""
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+def parse_manifest(data: bytes, source: str) -> dict[str, Any]:
+    """A manifest's JSON bytes checked for the fields `verify_manifest` reads."""
+    try:
+        recorded = json.loads(data)
+        if recorded["format"] != _MANIFEST_FORMAT or recorded["algorithm"] not in ALGORITHMS:
+            raise ValueError(f"format {recorded['format']!r}, algorithm {recorded['algorithm']!r}")
+        dict(recorded["files"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{source}: damaged or not a manifest of this version ({err})") from None
+    return recorded
+
+
+def _entry_problem(entry: Mapping[str, Any], algorithm: str, size: int, digest: Any) -> str | None:
+    """Why a file of `size` bytes differs from its manifest entry; digest() is hashed only
+    when the size matches."""
+    if size != entry["bytes"]:
+        return f"{size} bytes, {entry['bytes']} when written"
+    if digest() != entry["digest"]:
+        return f"{algorithm} differs from the one recorded when it was written"
+    return None
+
+
+def bytes_problem(recorded: dict[str, Any], name: str, data: bytes) -> str | None:
+    """Why data (the bytes read of file `name`) differs from its manifest entry, or None (also
+    when the manifest does not list it)."""
+    entry, algorithm = recorded["files"].get(name), recorded["algorithm"]
+    if entry is None:
+        return None
+    return _entry_problem(entry, algorithm, len(data), lambda: hashlib.new(algorithm, data).hexdigest())
+
+
+def verify_manifest(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[BadFile]:
+    """The files of folder's manifest (or only `names` among them) that are missing, of another
+    size or another digest; [] when all are as written or folder has no manifest."""
+    folder = Path(folder)
+    try:
+        recorded = read_manifest(folder)
+    except ValueError as err:
+        return [BadFile(MANIFEST_FILE, str(err).split(": ", 1)[-1])]
+    if recorded is None:
+        return []
+    listed, algorithm, bad = recorded["files"], recorded["algorithm"], []
+    for name in sorted(listed if names is None else set(names) & set(listed)):
+        path = folder / name
+        why = "missing" if not path.is_file() else _entry_problem(
+            listed[name], algorithm, path.stat().st_size, lambda p=path: file_digest(p, algorithm))
+        if why:
+            bad.append(BadFile(name, why))
+    return bad

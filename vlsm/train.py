@@ -90,7 +90,10 @@ def run_training(cfg: TrainConfig, report: Report, resume_dir: Path | None = Non
     """Train one trial; call report(metrics, checkpoint_dir) after every epoch. checkpoint_dir
     is a full checkpoint once cfg.checkpoint_interval_s passed on clock (else None), and at
     the end, with the test of the best weights; it exists only during the call. resume_dir:
-    a checkpoint of this trial to continue from exactly."""
+    a checkpoint of this trial to continue from exactly (one with a damaged file is not
+    trusted: the trial trains from its start, `vlsm.checkpoint.resumable`)."""
+    if resume_dir is not None and not ckpt.resumable(resume_dir, cfg.cell_id):
+        resume_dir = None
     trial = _set_up(cfg, device, resume_dir)
     state, history = trial.state, []
     with tempfile.TemporaryDirectory(prefix="vlsm-trial-", dir=work_dir) as tmp:
@@ -115,10 +118,11 @@ def run_training(cfg: TrainConfig, report: Report, resume_dir: Path | None = Non
         # --- the end: test the best weights, report once more with everything ---
         state.stop_reason = state.stop_reason or "max_epochs"  # or resumed after the last epoch
         state.last_metrics[STOP_REASON] = state.stop_reason
-        directory, test_rows = files.save(state), None
+        directory, test_rows = files.save(state, seal=False), None
         if trial.test_split is not None:
             summary, test_rows = evaluate_best(files.best_dir, trial.test_split, trial.setup, directory)
             state.last_metrics.update(summary)
+        ckpt.seal(directory)  # its per_image.parquet included
         history.append(dict(state.last_metrics))
         report(dict(state.last_metrics), directory)
     return _result(state, history, test_rows)
@@ -301,8 +305,9 @@ class _TrialFiles:
         self.tmp, self.trial, self.best_dir = tmp, trial, tmp / ckpt.BEST_DIR
         self.pending_best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
 
-    def save(self, state: TrainState) -> Path:
-        """A new checkpoint folder: weights, state, config and best/ (`vlsm.checkpoint`)."""
+    def save(self, state: TrainState, *, seal: bool = True) -> Path:
+        """A new checkpoint folder: weights, state, config and best/ (`vlsm.checkpoint`), and
+        its manifest last unless not `seal` (files are still to come)."""
         self._write_best()
         out = Path(tempfile.mkdtemp(prefix=f"epoch{state.epoch:04d}-", dir=self.tmp))
         ckpt.save_model(self.trial.model, out, include_frozen=self.trial.include_frozen,
@@ -311,6 +316,8 @@ class _TrialFiles:
         write_json_atomic(out / ckpt.CONFIG_FILE, self.trial.cfg.to_dict())
         if self.best_dir.is_dir():
             ckpt.copy_tree(self.best_dir, out / ckpt.BEST_DIR)
+        if seal:
+            ckpt.seal(out)
         return out
 
     def resume(self, state: TrainState, directory: Path) -> None:
@@ -335,6 +342,7 @@ class _TrialFiles:
                             frozen_sha256=self.trial.frozen_sha, tokenizer=self.trial.tokenizer,
                             tensors=tensors)
             write_json_atomic(staging / "metrics.json", metrics)
+            ckpt.seal(staging)
         self.pending_best = None
 
 
