@@ -32,7 +32,7 @@ from analysis import schema
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "sweeps" / "paper_grid.py"
-EPOCHS = 4
+EPOCHS = 5
 SYNTHETIC, REAL, FINETUNE = "cris-synthetic-frozen-p1", "cris-real-frozen-p1", "cris-synth-pt-real-ft-frozen-p1"
 # One chain (synthetic -> finetune) plus real, tiny CRIS with its frozen encoder (so each
 # trial builds feature stores and publishes them beside the caches), a checkpoint every
@@ -132,7 +132,9 @@ def _vanish(cluster, node) -> list[psutil.Process]:
 
 
 def _shut_down(cluster, node) -> None:
-    """A machine ended under its processes: its Ray processes killed, then its workers."""
+    """A machine ended under its processes: its Ray processes killed, then its workers. Ray
+    then reports the node's death or, when the worker's connection closed first, the worker
+    unreachable (ActorUnavailableError): both are a lost node."""
     processes = _node_processes(node)
     cluster.remove_node(node, allow_graceful=False)
     for process in processes:
