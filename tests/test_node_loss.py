@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -179,7 +181,7 @@ def _run_and_lose_nodes(cluster, nodes: dict, state: LostNodes, add_node) -> Non
 
 
 @pytest.fixture(scope="module")
-def lost_nodes(tmp_path_factory) -> LostNodes:
+def lost_nodes(tmp_path_factory) -> Iterator[LostNodes]:
     from ray.cluster_utils import Cluster
 
     base = tmp_path_factory.mktemp("nodes")
@@ -195,16 +197,20 @@ def lost_nodes(tmp_path_factory) -> LostNodes:
         return cluster.add_node(num_cpus=1, env_vars={"VLSM_REMOTE_CACHE": str(roots[name])})
 
     try:
-        _run_and_lose_nodes(cluster, {name: add_node(name) for name in "ab"}, state, add_node)
+        try:
+            _run_and_lose_nodes(cluster, {name: add_node(name) for name in "ab"}, state, add_node)
+        finally:
+            cluster.shutdown()
+            for process in state.frozen:
+                if process.is_running():
+                    process.kill()
+        clean = subprocess.run([sys.executable, str(SCRIPT), "--output", str(state.clean), "--num-cpus", "2", *SMALL],
+                               cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
+        yield state
     finally:
-        cluster.shutdown()
-        for process in state.frozen:
-            if process.is_running():
-                process.kill()
-    clean = subprocess.run([sys.executable, str(SCRIPT), "--output", str(state.clean), "--num-cpus", "2", *SMALL],
-                           cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
-    return state
+        for root in roots.values():
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _reports(storage: Path, cell_id: str) -> pd.DataFrame:
