@@ -620,16 +620,25 @@ def test_a_damaged_cache_of_another_user_is_not_replaced(records, tmp_path, monk
         open_split(folder)  # still there, still refused
 
 
-def test_a_damaged_copy_downloaded_from_shared_storage_says_to_delete_it(records, tmp_path, monkeypatch):
-    # a trial has the folder, not the dataset: for this node's copy of a published cache the
-    # one line says what fixes it (the sweep's data phase checks the driver's folder only)
+def test_a_damaged_copy_downloaded_from_shared_storage_is_fetched_again(records, tmp_path, monkeypatch, caplog):
+    # a trial has the folder, not the dataset: this node's copy of a published cache is
+    # downloaded again; a published copy that is itself damaged is named with what fixes it
     from vlsm.data import remote_cache
     from vlsm.trial_data import open_cache
 
-    uri = remote_cache.publish(_prepare(records, tmp_path / "cache"), (tmp_path / "bucket").as_uri())
+    clean = _prepare(records, tmp_path / "cache")
+    uri = remote_cache.publish(clean, (tmp_path / "bucket").as_uri())
     monkeypatch.setattr(remote_cache, "LOCAL_ROOT", tmp_path / "node")
     local = open_cache(uri, "train_cache").root
     damage(local / "labels.npy", "flip")
-    with pytest.raises(integrity.CorruptFile, match=r"labels\.npy: .*this node's copy of one on shared storage: "
-                       "delete it"):
+    with caplog.at_level("WARNING"):
+        again = open_cache(uri, "train_cache")
+    assert "this node's copy is damaged (labels.npy" in caplog.text
+    assert again.root == local and (local / "labels.npy").read_bytes() == (clean / "labels.npy").read_bytes()
+
+    published = tmp_path / "bucket" / "cache" / clean.name / "labels.npy"
+    damage(published, "flip")
+    damage(local / "labels.npy", "flip")
+    with pytest.raises(integrity.CorruptFile, match=r"cache/.*/labels\.npy: .*in the copy on shared storage; "
+                       "delete that folder on the storage"):
         open_cache(uri, "train_cache")

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -34,13 +35,26 @@ DEVICE_DATA_FRACTION = 0.15
 
 
 def open_cache(path: str | None, what: str) -> PreparedSplit:
-    """The cache split at path (a folder, or a copy of one on shared storage: s3://)."""
+    """The cache split at path (a folder, or a copy of one on shared storage: s3://). This
+    node's copy found damaged is downloaded again; the published one found damaged is named."""
     from vlsm.data.cache import open_split
-    from vlsm.data.remote_cache import localize
+    from vlsm.data.remote_cache import is_remote, localize
+    from vlsm.integrity import CorruptFile
 
     if path is None:
         raise ValueError(f"{what}: no cache folder given; set it to a folder written by `vlsm prepare`")
-    return open_split(localize(path))
+    if not is_remote(path):
+        return open_split(Path(path))
+    try:
+        return open_split(localize(path))
+    except CorruptFile as err:
+        log.warning("%s: this node's copy is damaged (%s: %s); downloading it again", path, err.path.name, err.problem)
+    try:
+        return open_split(localize(path, again=True))
+    except CorruptFile as err:
+        raise CorruptFile(f"{str(path).rstrip('/')}/{err.path.name}", f"{err.problem}, in the copy on shared storage",
+                          "delete that folder on the storage and run the sweep's command again (it publishes "
+                          "the cache anew)") from None
 
 
 class PromptTable:

@@ -113,17 +113,18 @@ def local_folder(uri: str | os.PathLike) -> Path:
     return LOCAL_ROOT / str(uri).rstrip("/").rsplit("/", 1)[-1]
 
 
-def localize(path: str | os.PathLike) -> Path:
+def localize(path: str | os.PathLike, *, again: bool = False) -> Path:
     """A local folder for a cache path or URI (downloaded once per node for a URI): the files
     the manifest names, each checked against its size, renamed into place only when all are
-    there. FileNotFoundError naming the URI when it is not wholly published."""
+    there. again: download it anew over this node's copy (one found damaged). FileNotFoundError
+    naming the URI when it is not wholly published."""
     if not is_remote(path):
         return Path(path)
     import pyarrow.fs
 
     uri = str(path).rstrip("/")
     target = local_folder(uri)
-    if (target / "meta.json").is_file():  # it only ever appears whole (renamed into place)
+    if (target / "meta.json").is_file() and not again:  # it only ever appears whole (renamed into place)
         return target
     fs, inner = pyarrow.fs.FileSystem.from_uri(uri)
     files = _published_files(fs, inner)
@@ -131,7 +132,7 @@ def localize(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{uri}: not wholly on the shared storage (no {MANIFEST} naming its files at "
                                 f"their sizes: its publisher stopped midway); the sweep publishes it again when "
                                 f"the same command runs again")
-    with atomic_folder(target) as tmp:  # another trial's finished download is kept
+    with atomic_folder(target, replace=again) as tmp:  # else another trial's finished download is kept
         for name, size in files.items():
             with fs.open_input_stream(f"{inner}/{name}") as source, open(tmp / name, "wb") as out:
                 shutil.copyfileobj(source, out, _CHUNK)
