@@ -256,3 +256,11 @@ def test_a_trial_resumed_from_a_damaged_checkpoint_trains_again_from_its_start(p
     assert [m[EPOCH] for m in resumed] == [1, 2]  # from its start, not from the damaged state
     assert {k: v for k, v in resumed[0].items() if k not in (SECONDS, IMAGES_PER_S)} == reports[0]
     assert f"cell clipseg-real-p2: {kept / ckpt.TRAIN_STATE_TENSORS}: damaged" in caplog.text
+
+
+def test_integrity_errors_survive_pickling_as_ray_sends_them() -> None:
+    import pickle
+
+    err = integrity.CorruptFile("/x/images.npy", "cut short", "rebuild it")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is integrity.CorruptFile and str(back) == str(err) and back.problem == "cut short"

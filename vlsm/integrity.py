@@ -51,7 +51,10 @@ class CorruptFile(ValueError):
 
     def __init__(self, path: str | os.PathLike, problem: str, remedy: str):
         super().__init__(f"{path}: {problem}; {remedy}")
-        self.path, self.problem = Path(path), problem
+        self.path, self.problem, self.remedy = Path(path), problem, remedy
+
+    def __reduce__(self):  # Ray sends a trial's error to the driver pickled
+        return CorruptFile, (self.path, self.problem, self.remedy)
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = ALGORITHM) -> str:
